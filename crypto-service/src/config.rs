@@ -1,0 +1,558 @@
+//! Start-up configuration: flags and environment variables, validated once
+//! into typed settings and a keyring.
+//!
+//! Key material is read from the environment only (never from flags, which
+//! other users can see in the process list), or from files for mounted
+//! secrets. Every problem becomes one [`Error::Config`] line that names the
+//! setting and never its value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use clap::{Parser, ValueEnum};
+use serde::Deserialize;
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+
+use crate::error::Error;
+use crate::keyring::{KEY_LEN, KeyMaterial, Keyring};
+
+/// Flags of the `crypto-service` binary. Each flag also reads the
+/// environment variable shown in `--help`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "crypto-service", version, about = "agentregistry crypto-service: the only process that holds the master key.")]
+pub struct Args {
+    /// Where to serve gRPC: HOST:PORT, or unix:/path/to/socket.
+    #[arg(long, env = "CRYPTO_LISTEN", default_value = "127.0.0.1:50061")]
+    pub listen: ListenAddress,
+    /// PEM certificate chain of this server (enables TLS; needs the key, the
+    /// client CA and an allow-list: TLS here is always mutual).
+    #[arg(long, env = "CRYPTO_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of this server. Secret.
+    #[arg(long, env = "CRYPTO_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that sign client certificates.
+    #[arg(long, env = "CRYPTO_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// DNS names (subject alternative names) of the client certificates
+    /// allowed to call, comma-separated.
+    #[arg(long, env = "CRYPTO_ALLOWED_CLIENTS", value_delimiter = ',')]
+    pub allowed_clients: Vec<String>,
+    /// Allow plaintext on a non-loopback address because a service mesh
+    /// provides mutual TLS in front of this process.
+    #[arg(long, env = "CRYPTO_MESH_MTLS")]
+    pub mesh_mtls: bool,
+    /// Development mode: without key settings, use a random key that lives
+    /// only as long as the process (everything it encrypted is lost on exit).
+    #[arg(long, env = "CRYPTO_DEV")]
+    pub dev: bool,
+    /// A JSON keyring file: {"keys":[{"version":1,"key":"<base64>"},
+    /// {"version":2,"master_secret":"…","salt":"…"}]}. Secret.
+    #[arg(long, env = "ENCRYPTION_KEYRING_FILE")]
+    pub keyring_file: Option<PathBuf>,
+    /// Largest plaintext accepted, in bytes.
+    #[arg(long, env = "CRYPTO_MAX_PLAINTEXT_BYTES", default_value_t = 65_536)]
+    pub max_plaintext_bytes: usize,
+    /// Largest associated data accepted, in bytes.
+    #[arg(long, env = "CRYPTO_MAX_AAD_BYTES", default_value_t = 4_096)]
+    pub max_aad_bytes: usize,
+    /// Most items in one EncryptBatch, DecryptBatch or Rewrap call.
+    #[arg(long, env = "CRYPTO_MAX_BATCH_ITEMS", default_value_t = 1_000)]
+    pub max_batch_items: usize,
+    /// Largest gRPC request message, in bytes.
+    #[arg(long, env = "CRYPTO_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "CRYPTO_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax, e.g. `info` or `crypto_service=debug`.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// A TCP socket address or a unix socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddress {
+    /// `HOST:PORT`.
+    Tcp(SocketAddr),
+    /// `unix:/path`.
+    Unix(PathBuf),
+}
+
+impl FromStr for ListenAddress {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.strip_prefix("unix:") {
+            Some("") => Err("unix: needs a socket path".to_owned()),
+            Some(path) => Ok(Self::Unix(PathBuf::from(path))),
+            None => text
+                .parse()
+                .map(Self::Tcp)
+                .map_err(|_| "expected HOST:PORT (an IP address) or unix:/path".to_owned()),
+        }
+    }
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Validated server settings (everything but the keyring).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where to serve.
+    pub listen: ListenAddress,
+    /// Mutual TLS, when configured.
+    pub tls: Option<TlsSettings>,
+    /// Size limits.
+    pub limits: Limits,
+    /// How long in-flight calls may drain at shutdown.
+    pub drain: Duration,
+}
+
+/// Mutual TLS material and the client allow-list.
+#[derive(Clone)]
+pub struct TlsSettings {
+    /// Server certificate chain, PEM.
+    pub cert_pem: Vec<u8>,
+    /// Server private key, PEM.
+    pub key_pem: Zeroizing<Vec<u8>>,
+    /// Client CA certificates, PEM.
+    pub client_ca_pem: Vec<u8>,
+    /// DNS names of allowed client certificates.
+    pub allowed_clients: Vec<String>,
+}
+
+impl fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("key_pem", &"<redacted>")
+            .field("allowed_clients", &self.allowed_clients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest plaintext, bytes.
+    pub max_plaintext_bytes: usize,
+    /// Largest associated data, bytes.
+    pub max_aad_bytes: usize,
+    /// Most items per batch call.
+    pub max_batch_items: usize,
+    /// Largest request message, bytes.
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_plaintext_bytes: 65_536,
+            max_aad_bytes: 4_096,
+            max_batch_items: 1_000,
+            max_message_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl Args {
+    /// Validates the transport and limit flags into [`Settings`].
+    pub fn settings(&self) -> Result<Settings, Error> {
+        let tls = self.tls_settings()?;
+        check_transport(&self.listen, tls.is_some(), self.mesh_mtls)?;
+        for (setting, value) in [
+            ("CRYPTO_MAX_PLAINTEXT_BYTES", self.max_plaintext_bytes),
+            ("CRYPTO_MAX_BATCH_ITEMS", self.max_batch_items),
+            ("CRYPTO_MAX_MESSAGE_BYTES", self.max_message_bytes),
+        ] {
+            if value == 0 {
+                return Err(Error::config(setting, "must be at least 1"));
+            }
+        }
+        Ok(Settings {
+            listen: self.listen.clone(),
+            tls,
+            limits: Limits {
+                max_plaintext_bytes: self.max_plaintext_bytes,
+                max_aad_bytes: self.max_aad_bytes,
+                max_batch_items: self.max_batch_items,
+                max_message_bytes: self.max_message_bytes,
+            },
+            drain: Duration::from_secs(self.drain_seconds),
+        })
+    }
+
+    /// Builds the keyring from the key settings. `env` looks up an
+    /// environment variable (the real environment in `main`, a map in tests).
+    pub fn keyring(&self, env: impl Fn(&str) -> Option<String>) -> Result<Keyring, Error> {
+        let sources = KeySources::read(self.keyring_file.as_deref(), &env)?;
+        match sources {
+            Some((setting, versions)) => Keyring::new(versions, setting),
+            None if self.dev => {
+                let mut key = Zeroizing::new([0u8; KEY_LEN]);
+                getrandom::fill(key.as_mut()).map_err(|_| Error::Random)?;
+                tracing::warn!(
+                    "development mode: using a random key that lives only as long as this process"
+                );
+                Keyring::new(vec![(1, KeyMaterial::Direct(key))], "--dev")
+            }
+            None => Err(Error::config(
+                "ENCRYPTION_KEY",
+                "no key material: set ENCRYPTION_KEY, MASTER_SECRET with ENCRYPTION_SALT, \
+                 ENCRYPTION_KEYS or ENCRYPTION_KEYRING_FILE (or their *_FILE forms), or pass --dev",
+            )),
+        }
+    }
+
+    fn tls_settings(&self) -> Result<Option<TlsSettings>, Error> {
+        let (cert, key, ca) = match (
+            &self.tls_cert_file,
+            &self.tls_key_file,
+            &self.tls_client_ca_file,
+        ) {
+            (None, None, None) => return Ok(None),
+            (Some(cert), Some(key), Some(ca)) => (cert, key, ca),
+            _ => {
+                return Err(Error::config(
+                    "CRYPTO_TLS_CERT_FILE",
+                    "TLS needs CRYPTO_TLS_CERT_FILE, CRYPTO_TLS_KEY_FILE and CRYPTO_TLS_CLIENT_CA_FILE together",
+                ));
+            }
+        };
+        let allowed_clients: Vec<String> = self
+            .allowed_clients
+            .iter()
+            .map(|name| name.trim().to_owned())
+            .filter(|name| !name.is_empty())
+            .collect();
+        if allowed_clients.is_empty() {
+            return Err(Error::config(
+                "CRYPTO_ALLOWED_CLIENTS",
+                "mutual TLS needs at least one allowed client DNS name",
+            ));
+        }
+        Ok(Some(TlsSettings {
+            cert_pem: read_file("CRYPTO_TLS_CERT_FILE", cert)?,
+            key_pem: Zeroizing::new(read_file("CRYPTO_TLS_KEY_FILE", key)?),
+            client_ca_pem: read_file("CRYPTO_TLS_CLIENT_CA_FILE", ca)?,
+            allowed_clients,
+        }))
+    }
+}
+
+/// Refuses plaintext on a non-loopback address unless a mesh provides mTLS.
+fn check_transport(listen: &ListenAddress, tls: bool, mesh_mtls: bool) -> Result<(), Error> {
+    match listen {
+        ListenAddress::Unix(_) if tls => Err(Error::config(
+            "CRYPTO_LISTEN",
+            "TLS is not used on a unix socket; remove the CRYPTO_TLS_* settings",
+        )),
+        ListenAddress::Tcp(addr) if !tls && !mesh_mtls && !addr.ip().is_loopback() => {
+            Err(Error::config(
+                "CRYPTO_LISTEN",
+                format!(
+                    "refusing plaintext on non-loopback address {addr}: configure mutual TLS \
+                     (CRYPTO_TLS_*) or pass --mesh-mtls when a service mesh provides it"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The key settings found in the environment: which setting, and versions.
+struct KeySources;
+
+impl KeySources {
+    fn read(
+        keyring_file: Option<&Path>,
+        env: &impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<(&'static str, Vec<(u32, KeyMaterial)>)>, Error> {
+        let keyring = keyring_file
+            .map(|path| read_file("ENCRYPTION_KEYRING_FILE", path).map(Zeroizing::new))
+            .transpose()?;
+        let keys = secret(env, "ENCRYPTION_KEYS")?;
+        let key = secret(env, "ENCRYPTION_KEY")?;
+        let master = secret(env, "MASTER_SECRET")?;
+        let salt = secret(env, "ENCRYPTION_SALT")?;
+
+        let given: Vec<&str> = [
+            keyring.as_ref().map(|_| "ENCRYPTION_KEYRING_FILE"),
+            keys.as_ref().map(|_| "ENCRYPTION_KEYS"),
+            key.as_ref().map(|_| "ENCRYPTION_KEY"),
+            master.as_ref().map(|_| "MASTER_SECRET"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if given.len() > 1 {
+            return Err(Error::config(
+                given[1],
+                format!("conflicts with {}: give exactly one key source", given[0]),
+            ));
+        }
+        if salt.is_some() && master.is_none() {
+            return Err(Error::config(
+                "ENCRYPTION_SALT",
+                "is set without MASTER_SECRET",
+            ));
+        }
+
+        if let Some(text) = keyring {
+            return parse_keyring_json(&text).map(|v| Some(("ENCRYPTION_KEYRING_FILE", v)));
+        }
+        if let Some(text) = keys {
+            return parse_key_list(&text).map(|v| Some(("ENCRYPTION_KEYS", v)));
+        }
+        if let Some(text) = key {
+            let material = KeyMaterial::Direct(decode_key("ENCRYPTION_KEY", &text)?);
+            return Ok(Some(("ENCRYPTION_KEY", vec![(1, material)])));
+        }
+        if let Some(secret) = master {
+            let salt = salt.ok_or_else(|| {
+                Error::config("ENCRYPTION_SALT", "is required with MASTER_SECRET")
+            })?;
+            let material = pbkdf2_material("MASTER_SECRET", &secret, &salt)?;
+            return Ok(Some(("MASTER_SECRET", vec![(1, material)])));
+        }
+        Ok(None)
+    }
+}
+
+/// Reads `NAME` or `NAME_FILE` (not both); a file's trailing newline is
+/// dropped. Empty values count as missing material and are refused.
+fn secret(
+    env: &impl Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<Zeroizing<String>>, Error> {
+    let file_setting = format!("{name}_FILE");
+    let value = env(name).map(Zeroizing::new);
+    let file = env(&file_setting);
+    let text = match (value, file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::config(
+                file_setting,
+                format!("conflicts with {name}: set one of them"),
+            ));
+        }
+        (Some(value), None) => value,
+        (None, Some(path)) => {
+            let bytes = Zeroizing::new(read_file(&file_setting, Path::new(&path))?);
+            let text = std::str::from_utf8(&bytes)
+                .map_err(|_| Error::config(&file_setting, "file is not UTF-8"))?;
+            Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        (None, None) => return Ok(None),
+    };
+    if text.trim().is_empty() {
+        return Err(Error::config(name, "is empty"));
+    }
+    Ok(Some(text))
+}
+
+fn read_file(setting: &str, path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|error| {
+        Error::config(
+            setting,
+            format!("cannot read {}: {}", path.display(), error.kind()),
+        )
+    })
+}
+
+/// Decodes a base64 (standard or URL-safe, padded or not) 32-byte key.
+fn decode_key(setting: &str, text: &str) -> Result<Zeroizing<[u8; KEY_LEN]>, Error> {
+    let text = text.trim();
+    let decoded = [STANDARD, URL_SAFE, STANDARD_NO_PAD, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok())
+        .map(Zeroizing::new)
+        .ok_or_else(|| Error::config(setting, "is not base64"))?;
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    if decoded.len() != KEY_LEN {
+        return Err(Error::config(
+            setting,
+            format!(
+                "must be base64 of exactly {KEY_LEN} bytes, got {} bytes",
+                decoded.len()
+            ),
+        ));
+    }
+    key.copy_from_slice(&decoded);
+    Ok(key)
+}
+
+fn pbkdf2_material(setting: &str, secret: &str, salt: &str) -> Result<KeyMaterial, Error> {
+    if secret.len() < 16 {
+        return Err(Error::config(setting, "must be at least 16 characters"));
+    }
+    Ok(KeyMaterial::Pbkdf2 {
+        secret: Zeroizing::new(secret.as_bytes().to_vec()),
+        salt: Zeroizing::new(salt.as_bytes().to_vec()),
+    })
+}
+
+/// `ENCRYPTION_KEYS`: `1=<base64>,2=<base64>`.
+fn parse_key_list(text: &str) -> Result<Vec<(u32, KeyMaterial)>, Error> {
+    const SETTING: &str = "ENCRYPTION_KEYS";
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let (version, key) = entry.split_once('=').ok_or_else(|| {
+                Error::config(SETTING, "expected comma-separated VERSION=BASE64KEY entries")
+            })?;
+            let version = parse_version(SETTING, version.trim())?;
+            let key = decode_key(&format!("{SETTING} (version {version})"), key)?;
+            Ok((version, KeyMaterial::Direct(key)))
+        })
+        .collect()
+}
+
+#[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct KeyringFile {
+    keys: Vec<KeyringEntry>,
+}
+
+#[derive(Deserialize, Zeroize, ZeroizeOnDrop)]
+#[serde(deny_unknown_fields)]
+struct KeyringEntry {
+    version: u32,
+    key: Option<String>,
+    master_secret: Option<String>,
+    salt: Option<String>,
+}
+
+fn parse_keyring_json(bytes: &[u8]) -> Result<Vec<(u32, KeyMaterial)>, Error> {
+    const SETTING: &str = "ENCRYPTION_KEYRING_FILE";
+    // serde_json's message can quote input; report only where it failed.
+    let file: KeyringFile = serde_json::from_slice(bytes).map_err(|error| {
+        Error::config(
+            SETTING,
+            format!(
+                "not a keyring JSON document (line {}, column {})",
+                error.line(),
+                error.column()
+            ),
+        )
+    })?;
+    file.keys
+        .iter()
+        .map(|entry| {
+            let setting = format!("{SETTING} (version {})", entry.version);
+            let material = match (&entry.key, &entry.master_secret, &entry.salt) {
+                (Some(key), None, None) => KeyMaterial::Direct(decode_key(&setting, key)?),
+                (None, Some(secret), Some(salt)) => pbkdf2_material(&setting, secret, salt)?,
+                _ => {
+                    return Err(Error::config(
+                        setting,
+                        "give either \"key\" or both \"master_secret\" and \"salt\"",
+                    ));
+                }
+            };
+            Ok((entry.version, material))
+        })
+        .collect()
+}
+
+fn parse_version(setting: &str, text: &str) -> Result<u32, Error> {
+    match text.parse::<u32>() {
+        Ok(version) if version > 0 => Ok(version),
+        _ => Err(Error::config(
+            setting,
+            "key versions are positive whole numbers",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["crypto-service"];
+        argv.extend_from_slice(extra);
+        Args::parse_from(argv)
+    }
+
+    fn keyring_error(vars: &[(&str, &str)]) -> String {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match args(&[]).keyring(|name| vars.get(name).cloned()) {
+            Ok(_) => String::from("no error"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_key_material_names_the_setting_and_not_the_value() {
+        let short = STANDARD.encode([9u8; 16]);
+        let message = keyring_error(&[("ENCRYPTION_KEY", &short)]);
+        assert!(message.starts_with("ENCRYPTION_KEY: must be base64 of exactly 32 bytes"));
+        assert!(!message.contains(&short));
+
+        let message = keyring_error(&[("ENCRYPTION_KEY", "not base64 at all!")]);
+        assert_eq!(message, "ENCRYPTION_KEY: is not base64");
+
+        let message = keyring_error(&[("MASTER_SECRET", "a-long-enough-master-secret")]);
+        assert_eq!(message, "ENCRYPTION_SALT: is required with MASTER_SECRET");
+
+        let message = keyring_error(&[]);
+        assert!(message.starts_with("ENCRYPTION_KEY: no key material"));
+
+        let key = STANDARD.encode([1u8; 32]);
+        let message = keyring_error(&[("ENCRYPTION_KEY", &key), ("MASTER_SECRET", "x")]);
+        assert!(message.starts_with("MASTER_SECRET: conflicts with ENCRYPTION_KEY"));
+
+        let message = keyring_error(&[("ENCRYPTION_KEYS", &format!("1={key},1={key}"))]);
+        assert_eq!(message, "ENCRYPTION_KEYS: key version 1 is listed twice");
+    }
+
+    #[test]
+    fn plaintext_on_a_public_address_is_refused_without_mesh_mtls() {
+        let error = args(&["--listen", "0.0.0.0:50061"]).settings().err();
+        assert!(error.is_some_and(|e| e.to_string().starts_with("CRYPTO_LISTEN: refusing plaintext")));
+        assert!(args(&["--listen", "0.0.0.0:50061", "--mesh-mtls"]).settings().is_ok());
+        assert!(args(&["--listen", "[::1]:50061"]).settings().is_ok());
+        assert!(args(&["--listen", "unix:/tmp/crypto.sock"]).settings().is_ok());
+    }
+
+    #[test]
+    fn key_list_gives_every_version_and_the_newest_encrypts() {
+        let one = STANDARD.encode([1u8; 32]);
+        let two = URL_SAFE_NO_PAD.encode([2u8; 32]);
+        let list = format!("2={two}, 1={one}");
+        let ring = args(&[])
+            .keyring(|name| (name == "ENCRYPTION_KEYS").then(|| list.clone()))
+            .expect("keyring");
+        assert_eq!(ring.active_version(), 2);
+        assert_eq!(ring.versions().len(), 2);
+    }
+}

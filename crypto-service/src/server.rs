@@ -1,0 +1,139 @@
+//! Serving: binds nothing itself. The caller hands in a bound listener and a
+//! shutdown future; this assembles health, reflection, the allow-list and
+//! the crypto handlers, serves until shutdown, then drains within a deadline.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use proto::crypto::crypto_service_server::CryptoServiceServer;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::Router;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Settings;
+use crate::error::Error;
+use crate::identity::AllowList;
+use crate::keyring::Keyring;
+use crate::service::Crypto;
+
+/// The gRPC service name, as health checks and reflection know it.
+pub const SERVICE_NAME: &str = "agentregistry.crypto.v1.CryptoService";
+
+/// An already-bound listening socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A unix domain socket.
+    Unix(UnixListener),
+}
+
+/// Serves until `shutdown` completes, then flips health to NOT_SERVING,
+/// stops accepting, and gives in-flight calls `settings.drain` to finish.
+pub async fn serve(
+    listener: Listener,
+    settings: Settings,
+    keyring: Arc<Keyring>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let router = router(&settings, keyring, health_service)?;
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(
+        listen = %settings.listen,
+        tls = settings.tls.is_some(),
+        "crypto-service serving"
+    );
+
+    let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stopped = async {
+        let _ = accepting_stopped.await;
+    };
+    let server = async move {
+        match listener {
+            Listener::Tcp(listener) => {
+                router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                    .await
+            }
+            Listener::Unix(listener) => {
+                router
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped)
+                    .await
+            }
+        }
+    };
+    tokio::pin!(server);
+
+    tokio::select! {
+        result = &mut server => return result.map_err(|e| Error::Serve(e.to_string())),
+        () = shutdown => {}
+    }
+    tracing::info!(drain = ?settings.drain, "shutting down: draining in-flight calls");
+    set_health(&health, ServingStatus::NotServing).await;
+    let _ = stop_accepting.send(());
+    match tokio::time::timeout(settings.drain, server).await {
+        Ok(result) => result.map_err(|e| Error::Serve(e.to_string()))?,
+        Err(_) => tracing::warn!("drain deadline passed; dropping the calls still running"),
+    }
+    tracing::info!("crypto-service stopped");
+    Ok(())
+}
+
+/// The layers and services, outermost first.
+fn router(
+    settings: &Settings,
+    keyring: Arc<Keyring>,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+) -> Result<Router, Error> {
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+
+    let allow_list = match &settings.tls {
+        Some(tls) => AllowList::new(&tls.allowed_clients)?,
+        None => AllowList::disabled(),
+    };
+    // Size limits sit on the crypto service itself: its messages carry the
+    // only large payloads. The allow-list wraps only this service so probes
+    // and reflection stay open to any CA-signed client.
+    let crypto = CryptoServiceServer::new(Crypto::new(keyring, settings.limits))
+        .max_decoding_message_size(settings.limits.max_message_bytes);
+    let crypto = InterceptedService::new(crypto, allow_list);
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &settings.tls {
+        let config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()))
+            .client_ca_root(Certificate::from_pem(&tls.client_ca_pem));
+        builder = builder
+            .tls_config(config)
+            .map_err(|e| Error::config("CRYPTO_TLS_CERT_FILE", e.to_string()))?;
+    }
+    Ok(builder
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(crypto))
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+fn reflection_error(error: tonic_reflection::server::Error) -> Error {
+    Error::Serve(format!("reflection: {error}"))
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    for name in ["", SERVICE_NAME] {
+        health.set_service_status(name, status).await;
+    }
+}

@@ -1,0 +1,219 @@
+//! The `CryptoService` gRPC handlers: validate the request, call the
+//! keyring, convert back. No key material or plaintext is ever logged.
+
+use std::sync::Arc;
+
+use proto::crypto::crypto_service_server::CryptoService;
+use proto::crypto::{
+    DecryptBatchRequest, DecryptBatchResponse, DecryptRequest, DecryptResponse,
+    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse,
+    GetKeyInfoRequest, GetKeyInfoResponse, KeyDerivation, KeyVersionInfo, RewrapRequest,
+    RewrapResponse, RewrappedCiphertext,
+};
+use tonic::{Request, Response, Status};
+
+use crate::ciphertext::FORMAT_TAG;
+use crate::config::Limits;
+use crate::error::{Error, FieldViolation};
+use crate::keyring::{Derivation, Keyring, Opened, Rewrapped, Sealed};
+
+/// The handlers, sharing one keyring.
+#[derive(Debug, Clone)]
+pub struct Crypto {
+    keyring: Arc<Keyring>,
+    limits: Limits,
+}
+
+impl Crypto {
+    /// Handlers over `keyring`, enforcing `limits`.
+    pub fn new(keyring: Arc<Keyring>, limits: Limits) -> Self {
+        Self { keyring, limits }
+    }
+
+    fn encrypt_one(&self, item: &EncryptRequest) -> Result<Sealed, Error> {
+        let mut violations = Vec::new();
+        if item.plaintext.is_empty() {
+            violations.push(FieldViolation::new("plaintext", "must not be empty"));
+        } else if item.plaintext.len() > self.limits.max_plaintext_bytes {
+            violations.push(FieldViolation::new(
+                "plaintext",
+                format!("must be at most {} bytes", self.limits.max_plaintext_bytes),
+            ));
+        }
+        self.check_aad(&item.associated_data, &mut violations);
+        if !violations.is_empty() {
+            return Err(Error::BadRequest(violations));
+        }
+        self.keyring.encrypt(&item.plaintext, &item.associated_data)
+    }
+
+    fn decrypt_one(&self, item: &DecryptRequest) -> Result<Opened, Error> {
+        self.check_ciphertext_request(item)?;
+        self.keyring
+            .decrypt(&item.ciphertext, &item.associated_data, "ciphertext")
+    }
+
+    fn rewrap_one(&self, item: &DecryptRequest) -> Result<Rewrapped, Error> {
+        self.check_ciphertext_request(item)?;
+        self.keyring
+            .rewrap(&item.ciphertext, &item.associated_data, "ciphertext")
+    }
+
+    fn check_ciphertext_request(&self, item: &DecryptRequest) -> Result<(), Error> {
+        let mut violations = Vec::new();
+        if item.ciphertext.is_empty() {
+            violations.push(FieldViolation::new("ciphertext", "must not be empty"));
+        }
+        self.check_aad(&item.associated_data, &mut violations);
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::BadRequest(violations))
+        }
+    }
+
+    fn check_aad(&self, aad: &[u8], violations: &mut Vec<FieldViolation>) {
+        if aad.len() > self.limits.max_aad_bytes {
+            violations.push(FieldViolation::new(
+                "associated_data",
+                format!("must be at most {} bytes", self.limits.max_aad_bytes),
+            ));
+        }
+    }
+
+    fn check_batch_size(&self, len: usize) -> Result<(), Error> {
+        if len == 0 {
+            return Err(Error::bad_field("items", "must hold at least one item"));
+        }
+        if len > self.limits.max_batch_items {
+            return Err(Error::bad_field(
+                "items",
+                format!("must hold at most {} items", self.limits.max_batch_items),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Applies `one` to every item; the first failure fails the batch and
+    /// names the item.
+    fn each<I, O>(
+        &self,
+        items: &[I],
+        one: impl Fn(&Self, &I) -> Result<O, Error>,
+    ) -> Result<Vec<O>, Error> {
+        self.check_batch_size(items.len())?;
+        items
+            .iter()
+            .enumerate()
+            .map(|(index, item)| one(self, item).map_err(|e| e.within(&format!("items[{index}]"))))
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl CryptoService for Crypto {
+    #[tracing::instrument(skip_all, fields(key_version))]
+    async fn encrypt(
+        &self,
+        request: Request<EncryptRequest>,
+    ) -> Result<Response<EncryptResponse>, Status> {
+        let sealed = self.encrypt_one(request.get_ref())?;
+        tracing::Span::current().record("key_version", sealed.key_version);
+        Ok(Response::new(sealed_response(sealed)))
+    }
+
+    #[tracing::instrument(skip_all, fields(key_version))]
+    async fn decrypt(
+        &self,
+        request: Request<DecryptRequest>,
+    ) -> Result<Response<DecryptResponse>, Status> {
+        let opened = self.decrypt_one(request.get_ref())?;
+        tracing::Span::current().record("key_version", opened.key_version);
+        Ok(Response::new(opened_response(opened)))
+    }
+
+    #[tracing::instrument(skip_all, fields(items = request.get_ref().items.len()))]
+    async fn encrypt_batch(
+        &self,
+        request: Request<EncryptBatchRequest>,
+    ) -> Result<Response<EncryptBatchResponse>, Status> {
+        let sealed = self.each(&request.get_ref().items, Self::encrypt_one)?;
+        Ok(Response::new(EncryptBatchResponse {
+            items: sealed.into_iter().map(sealed_response).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(items = request.get_ref().items.len()))]
+    async fn decrypt_batch(
+        &self,
+        request: Request<DecryptBatchRequest>,
+    ) -> Result<Response<DecryptBatchResponse>, Status> {
+        let opened = self.each(&request.get_ref().items, Self::decrypt_one)?;
+        Ok(Response::new(DecryptBatchResponse {
+            items: opened.into_iter().map(opened_response).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(items = request.get_ref().items.len(), rewrapped))]
+    async fn rewrap(
+        &self,
+        request: Request<RewrapRequest>,
+    ) -> Result<Response<RewrapResponse>, Status> {
+        let results = self.each(&request.get_ref().items, Self::rewrap_one)?;
+        let items: Vec<RewrappedCiphertext> = results
+            .into_iter()
+            .map(|result| RewrappedCiphertext {
+                rewrapped: result.previous_key_version != result.sealed.key_version,
+                ciphertext: result.sealed.ciphertext,
+                key_version: result.sealed.key_version,
+                previous_key_version: result.previous_key_version,
+            })
+            .collect();
+        let rewrapped = items.iter().filter(|item| item.rewrapped).count();
+        tracing::Span::current().record("rewrapped", rewrapped);
+        Ok(Response::new(RewrapResponse { items }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_key_info(
+        &self,
+        _request: Request<GetKeyInfoRequest>,
+    ) -> Result<Response<GetKeyInfoResponse>, Status> {
+        let versions = self
+            .keyring
+            .versions()
+            .into_iter()
+            .map(|info| KeyVersionInfo {
+                version: info.version,
+                active: info.active,
+                check_value: info.check_value,
+                derivation: match info.derivation {
+                    Derivation::Direct => KeyDerivation::Direct,
+                    Derivation::Pbkdf2 => KeyDerivation::Pbkdf2,
+                }
+                .into(),
+                encryptions_since_start: info.encryptions,
+            })
+            .collect();
+        Ok(Response::new(GetKeyInfoResponse {
+            active_version: self.keyring.active_version(),
+            versions,
+            ciphertext_format: FORMAT_TAG.to_owned(),
+        }))
+    }
+}
+
+fn sealed_response(sealed: Sealed) -> EncryptResponse {
+    EncryptResponse {
+        ciphertext: sealed.ciphertext,
+        key_version: sealed.key_version,
+    }
+}
+
+fn opened_response(opened: Opened) -> DecryptResponse {
+    DecryptResponse {
+        // The response buffer leaves our hands here; prost does not zeroize.
+        plaintext: opened.plaintext.to_vec(),
+        key_version: opened.key_version,
+    }
+}

@@ -1,0 +1,46 @@
+//! Compiles every `.proto` under `agentregistry/` with protox (pure Rust, no
+//! system `protoc`), generates tonic clients and servers, and writes the file
+//! descriptor set that the services serve through reflection.
+
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let proto_root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    collect_protos(&proto_root.join("agentregistry"), &mut files)?;
+    files.sort();
+
+    // tonic-prost-build prints no rerun-if-changed lines of its own.
+    println!("cargo:rerun-if-changed=agentregistry");
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    let descriptors = protox::compile(&files, [proto_root])?;
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    // `compile_fds` ignores `file_descriptor_set_path`, so write it ourselves.
+    std::fs::write(
+        out_dir.join("descriptor_set.bin"),
+        descriptors.encode_to_vec(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(descriptors)?;
+    Ok(())
+}
+
+fn collect_protos(dir: &Path, into: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            collect_protos(&path, into)?;
+        } else if path.extension().is_some_and(|ext| ext == "proto") {
+            into.push(path);
+        }
+    }
+    Ok(())
+}
