@@ -94,9 +94,8 @@ pub fn key_version_of(text: &str) -> Result<u32, ParseError> {
 }
 
 fn parse_version(text: &str) -> Result<u32, ParseError> {
-    let canonical = !text.is_empty()
-        && text.bytes().all(|b| b.is_ascii_digit())
-        && !text.starts_with('0');
+    let canonical =
+        !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) && !text.starts_with('0');
     if !canonical {
         return Err(ParseError::BadKeyVersion);
     }

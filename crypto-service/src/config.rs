@@ -24,7 +24,11 @@ use crate::keyring::{KEY_LEN, KeyMaterial, Keyring};
 /// Flags of the `crypto-service` binary. Each flag also reads the
 /// environment variable shown in `--help`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "crypto-service", version, about = "agentregistry crypto-service: the only process that holds the master key.")]
+#[command(
+    name = "crypto-service",
+    version,
+    about = "agentregistry crypto-service: the only process that holds the master key."
+)]
 pub struct Args {
     /// Where to serve gRPC: HOST:PORT, or unix:/path/to/socket.
     #[arg(long, env = "CRYPTO_LISTEN", default_value = "127.0.0.1:50061")]
@@ -209,9 +213,8 @@ impl Args {
     /// Builds the keyring from the key settings. `env` looks up an
     /// environment variable (the real environment in `main`, a map in tests).
     pub fn keyring(&self, env: impl Fn(&str) -> Option<String>) -> Result<Keyring, Error> {
-        let sources = KeySources::read(self.keyring_file.as_deref(), &env)?;
-        match sources {
-            Some((setting, versions)) => Keyring::new(versions, setting),
+        match read_key_source(self.keyring_file.as_deref(), &env)? {
+            Some(source) => Keyring::new(source.versions, source.setting),
             None if self.dev => {
                 let mut key = Zeroizing::new([0u8; KEY_LEN]);
                 getrandom::fill(key.as_mut()).map_err(|_| Error::Random)?;
@@ -284,63 +287,70 @@ fn check_transport(listen: &ListenAddress, tls: bool, mesh_mtls: bool) -> Result
     }
 }
 
-/// The key settings found in the environment: which setting, and versions.
-struct KeySources;
+/// The key setting that was given, and the versions it holds.
+struct KeySource {
+    setting: &'static str,
+    versions: Vec<(u32, KeyMaterial)>,
+}
 
-impl KeySources {
-    fn read(
-        keyring_file: Option<&Path>,
-        env: &impl Fn(&str) -> Option<String>,
-    ) -> Result<Option<(&'static str, Vec<(u32, KeyMaterial)>)>, Error> {
-        let keyring = keyring_file
-            .map(|path| read_file("ENCRYPTION_KEYRING_FILE", path).map(Zeroizing::new))
-            .transpose()?;
-        let keys = secret(env, "ENCRYPTION_KEYS")?;
-        let key = secret(env, "ENCRYPTION_KEY")?;
-        let master = secret(env, "MASTER_SECRET")?;
-        let salt = secret(env, "ENCRYPTION_SALT")?;
-
-        let given: Vec<&str> = [
-            keyring.as_ref().map(|_| "ENCRYPTION_KEYRING_FILE"),
-            keys.as_ref().map(|_| "ENCRYPTION_KEYS"),
-            key.as_ref().map(|_| "ENCRYPTION_KEY"),
-            master.as_ref().map(|_| "MASTER_SECRET"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        if given.len() > 1 {
-            return Err(Error::config(
-                given[1],
-                format!("conflicts with {}: give exactly one key source", given[0]),
-            ));
-        }
-        if salt.is_some() && master.is_none() {
-            return Err(Error::config(
-                "ENCRYPTION_SALT",
-                "is set without MASTER_SECRET",
-            ));
-        }
-
-        if let Some(text) = keyring {
-            return parse_keyring_json(&text).map(|v| Some(("ENCRYPTION_KEYRING_FILE", v)));
-        }
-        if let Some(text) = keys {
-            return parse_key_list(&text).map(|v| Some(("ENCRYPTION_KEYS", v)));
-        }
-        if let Some(text) = key {
-            let material = KeyMaterial::Direct(decode_key("ENCRYPTION_KEY", &text)?);
-            return Ok(Some(("ENCRYPTION_KEY", vec![(1, material)])));
-        }
-        if let Some(secret) = master {
-            let salt = salt.ok_or_else(|| {
-                Error::config("ENCRYPTION_SALT", "is required with MASTER_SECRET")
-            })?;
-            let material = pbkdf2_material("MASTER_SECRET", &secret, &salt)?;
-            return Ok(Some(("MASTER_SECRET", vec![(1, material)])));
-        }
-        Ok(None)
+impl KeySource {
+    fn found(setting: &'static str, versions: Vec<(u32, KeyMaterial)>) -> Option<Self> {
+        Some(Self { setting, versions })
     }
+}
+
+/// Finds the one key source among the settings; `None` when there is none.
+fn read_key_source(
+    keyring_file: Option<&Path>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<KeySource>, Error> {
+    let keyring = keyring_file
+        .map(|path| read_file("ENCRYPTION_KEYRING_FILE", path).map(Zeroizing::new))
+        .transpose()?;
+    let keys = secret(env, "ENCRYPTION_KEYS")?;
+    let key = secret(env, "ENCRYPTION_KEY")?;
+    let master = secret(env, "MASTER_SECRET")?;
+    let salt = secret(env, "ENCRYPTION_SALT")?;
+
+    let given: Vec<&str> = [
+        keyring.as_ref().map(|_| "ENCRYPTION_KEYRING_FILE"),
+        keys.as_ref().map(|_| "ENCRYPTION_KEYS"),
+        key.as_ref().map(|_| "ENCRYPTION_KEY"),
+        master.as_ref().map(|_| "MASTER_SECRET"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if given.len() > 1 {
+        return Err(Error::config(
+            given[1],
+            format!("conflicts with {}: give exactly one key source", given[0]),
+        ));
+    }
+    if salt.is_some() && master.is_none() {
+        return Err(Error::config(
+            "ENCRYPTION_SALT",
+            "is set without MASTER_SECRET",
+        ));
+    }
+
+    if let Some(text) = keyring {
+        return parse_keyring_json(&text).map(|v| KeySource::found("ENCRYPTION_KEYRING_FILE", v));
+    }
+    if let Some(text) = keys {
+        return parse_key_list(&text).map(|v| KeySource::found("ENCRYPTION_KEYS", v));
+    }
+    if let Some(text) = key {
+        let material = KeyMaterial::Direct(decode_key("ENCRYPTION_KEY", &text)?);
+        return Ok(KeySource::found("ENCRYPTION_KEY", vec![(1, material)]));
+    }
+    if let Some(secret) = master {
+        let salt =
+            salt.ok_or_else(|| Error::config("ENCRYPTION_SALT", "is required with MASTER_SECRET"))?;
+        let material = pbkdf2_material("MASTER_SECRET", &secret, &salt)?;
+        return Ok(KeySource::found("MASTER_SECRET", vec![(1, material)]));
+    }
+    Ok(None)
 }
 
 /// Reads `NAME` or `NAME_FILE` (not both); a file's trailing newline is
@@ -423,7 +433,10 @@ fn parse_key_list(text: &str) -> Result<Vec<(u32, KeyMaterial)>, Error> {
         .filter(|entry| !entry.is_empty())
         .map(|entry| {
             let (version, key) = entry.split_once('=').ok_or_else(|| {
-                Error::config(SETTING, "expected comma-separated VERSION=BASE64KEY entries")
+                Error::config(
+                    SETTING,
+                    "expected comma-separated VERSION=BASE64KEY entries",
+                )
             })?;
             let version = parse_version(SETTING, version.trim())?;
             let key = decode_key(&format!("{SETTING} (version {version})"), key)?;
@@ -538,10 +551,21 @@ mod tests {
     #[test]
     fn plaintext_on_a_public_address_is_refused_without_mesh_mtls() {
         let error = args(&["--listen", "0.0.0.0:50061"]).settings().err();
-        assert!(error.is_some_and(|e| e.to_string().starts_with("CRYPTO_LISTEN: refusing plaintext")));
-        assert!(args(&["--listen", "0.0.0.0:50061", "--mesh-mtls"]).settings().is_ok());
+        assert!(error.is_some_and(|e| {
+            e.to_string()
+                .starts_with("CRYPTO_LISTEN: refusing plaintext")
+        }));
+        assert!(
+            args(&["--listen", "0.0.0.0:50061", "--mesh-mtls"])
+                .settings()
+                .is_ok()
+        );
         assert!(args(&["--listen", "[::1]:50061"]).settings().is_ok());
-        assert!(args(&["--listen", "unix:/tmp/crypto.sock"]).settings().is_ok());
+        assert!(
+            args(&["--listen", "unix:/tmp/crypto.sock"])
+                .settings()
+                .is_ok()
+        );
     }
 
     #[test]

@@ -263,9 +263,7 @@ impl VersionedKey {
     fn derive(material: &KeyMaterial) -> Self {
         let (root, derivation) = match material {
             KeyMaterial::Direct(key) => (key.clone(), Derivation::Direct),
-            KeyMaterial::Pbkdf2 { secret, salt } => {
-                (pbkdf2_root(secret, salt), Derivation::Pbkdf2)
-            }
+            KeyMaterial::Pbkdf2 { secret, salt } => (pbkdf2_root(secret, salt), Derivation::Pbkdf2),
         };
         let data_key = separate(&root);
         let check_value = check_value(&data_key);

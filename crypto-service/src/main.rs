@@ -5,9 +5,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use crypto_service::Error;
 use crypto_service::config::{Args, ListenAddress, LogFormat};
 use crypto_service::server::{self, Listener};
-use crypto_service::Error;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -37,7 +37,10 @@ async fn run(args: Args) -> Result<(), Error> {
 
 async fn bind(address: &ListenAddress) -> Result<Listener, Error> {
     let bind_error = |error: std::io::Error| {
-        Error::config("CRYPTO_LISTEN", format!("cannot bind {address}: {}", error.kind()))
+        Error::config(
+            "CRYPTO_LISTEN",
+            format!("cannot bind {address}: {}", error.kind()),
+        )
     };
     match address {
         ListenAddress::Tcp(addr) => tokio::net::TcpListener::bind(addr)
@@ -91,7 +94,9 @@ fn init_logging(args: &Args) {
     // unless the filter names them.
     let filter = EnvFilter::try_new(format!("h2=warn,hyper=warn,tower=warn,{}", args.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Pretty => builder.init(),

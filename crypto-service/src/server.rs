@@ -32,6 +32,21 @@ pub enum Listener {
     Unix(UnixListener),
 }
 
+impl Listener {
+    /// The bound address (`127.0.0.1:50061`, `unix:/run/crypto.sock`); with
+    /// port 0 this is the port the system chose.
+    pub fn local_description(&self) -> String {
+        let described = match self {
+            Self::Tcp(listener) => listener.local_addr().map(|addr| addr.to_string()),
+            Self::Unix(listener) => listener.local_addr().map(|addr| match addr.as_pathname() {
+                Some(path) => format!("unix:{}", path.display()),
+                None => "unix:(unnamed)".to_owned(),
+            }),
+        };
+        described.unwrap_or_else(|error| format!("(unknown: {})", error.kind()))
+    }
+}
+
 /// Serves until `shutdown` completes, then flips health to NOT_SERVING,
 /// stops accepting, and gives in-flight calls `settings.drain` to finish.
 pub async fn serve(
@@ -44,7 +59,7 @@ pub async fn serve(
     let router = router(&settings, keyring, health_service)?;
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(
-        listen = %settings.listen,
+        listen = %listener.local_description(),
         tls = settings.tls.is_some(),
         "crypto-service serving"
     );

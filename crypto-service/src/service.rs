@@ -6,9 +6,9 @@ use std::sync::Arc;
 use proto::crypto::crypto_service_server::CryptoService;
 use proto::crypto::{
     DecryptBatchRequest, DecryptBatchResponse, DecryptRequest, DecryptResponse,
-    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse,
-    GetKeyInfoRequest, GetKeyInfoResponse, KeyDerivation, KeyVersionInfo, RewrapRequest,
-    RewrapResponse, RewrappedCiphertext,
+    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse, GetKeyInfoRequest,
+    GetKeyInfoResponse, KeyDerivation, KeyVersionInfo, RewrapRequest, RewrapResponse,
+    RewrappedCiphertext,
 };
 use tonic::{Request, Response, Status};
 

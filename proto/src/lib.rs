@@ -7,7 +7,8 @@
 
 /// Encoded `FileDescriptorSet` of every agentregistry `.proto` file (and the
 /// well-known types they import), for `tonic-reflection`.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
 
 /// `agentregistry.v1`: agents, providers, their versions and the runtime view.
 pub mod v1 {

@@ -1,1 +1,257 @@
-//! x
+//! Support for end-to-end tests: start the real binaries as child processes
+//! on ephemeral loopback ports, learn their address from their own log line,
+//! collect everything they print, and stop them with real signals.
+//!
+//! Every wait here is on a condition with a deadline, never a sleep.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub mod pki;
+
+/// How long a service may take to report that it is serving.
+pub const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary built next to the running executable: beside
+/// it (a tool in `target/<profile>/`) or one level up (a test in
+/// `target/<profile>/deps/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running executable has a path");
+    let candidates: Vec<PathBuf> = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join(name))
+        .collect();
+    candidates
+        .iter()
+        .find(|path| path.is_file())
+        .cloned()
+        .unwrap_or_else(|| {
+            panic!(
+                "{name} is missing beside {}: build the binaries first (`cargo build --workspace --bins`; scripts/test does)",
+                exe.display()
+            )
+        })
+}
+
+/// A running service process and everything it has printed so far.
+#[derive(Debug)]
+pub struct Process {
+    child: Child,
+    output: Arc<Mutex<String>>,
+    /// The address it reported in its "serving" log line.
+    pub address: String,
+}
+
+/// What to start.
+#[derive(Debug, Clone, Default)]
+pub struct Launch {
+    /// Command-line arguments.
+    pub args: Vec<String>,
+    /// The whole environment of the child (nothing is inherited but PATH).
+    pub env: Vec<(String, String)>,
+}
+
+impl Launch {
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Adds an environment variable.
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+}
+
+impl Process {
+    /// Starts `binary` with JSON logs and waits until it logs the line with
+    /// `serving_message`, taking the address from that line's `listen`
+    /// field. Panics with the output so far if it exits or times out.
+    pub async fn start(binary: &Path, launch: Launch, serving_message: &str) -> Self {
+        let mut child = spawn(binary, &launch);
+        let output = Arc::new(Mutex::new(String::new()));
+        let (address_tx, mut address_rx) = watch::channel(None::<String>);
+        collect_output(&mut child, &output, serving_message, address_tx);
+
+        let found = tokio::time::timeout(START_DEADLINE, async {
+            loop {
+                if let Some(address) = address_rx.borrow_and_update().clone() {
+                    return Some(address);
+                }
+                if address_rx.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(address)) => Self {
+                child,
+                output,
+                address,
+            },
+            _ => {
+                let _ = child.start_kill();
+                let status = child.wait().await;
+                let printed = output.lock().map(|o| o.clone()).unwrap_or_default();
+                panic!(
+                    "{} did not start ({status:?}); it printed:\n{printed}",
+                    binary.display()
+                );
+            }
+        }
+    }
+
+    /// Runs `binary` to completion (for start-up failures) and returns its
+    /// exit status and everything it printed.
+    pub async fn run_to_exit(binary: &Path, launch: Launch) -> (ExitStatus, String) {
+        let child = spawn(binary, &launch);
+        let finished = tokio::time::timeout(START_DEADLINE, child.wait_with_output())
+            .await
+            .expect("process exits within the deadline")
+            .expect("process output");
+        let mut printed = String::from_utf8_lossy(&finished.stdout).into_owned();
+        printed.push_str(&String::from_utf8_lossy(&finished.stderr));
+        (finished.status, printed)
+    }
+
+    /// `http://ADDRESS`, for a plaintext TCP client.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// A plaintext channel to the service (TCP).
+    pub async fn channel(&self) -> Channel {
+        Endpoint::from_shared(self.url())
+            .expect("valid url")
+            .connect()
+            .await
+            .expect("connects")
+    }
+
+    /// Everything the process printed so far (stdout and stderr).
+    pub fn output(&self) -> String {
+        self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL") to the process.
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(mut self) -> (ExitStatus, String) {
+        self.signal("TERM");
+        let status = tokio::time::timeout(START_DEADLINE, self.child.wait())
+            .await
+            .expect("exits within the deadline after SIGTERM")
+            .expect("exit status");
+        (status, self.output())
+    }
+}
+
+fn spawn(binary: &Path, launch: &Launch) -> Child {
+    let mut command = Command::new(binary);
+    command
+        .args(&launch.args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(launch.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command.spawn().expect("the binary starts")
+}
+
+/// Copies stdout and stderr into `output`; the first line that carries
+/// `serving_message` sends its `listen` field.
+fn collect_output(
+    child: &mut Child,
+    output: &Arc<Mutex<String>>,
+    serving_message: &str,
+    address_tx: watch::Sender<Option<String>>,
+) {
+    let address_tx = Arc::new(address_tx);
+    let stdout = child
+        .stdout
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    let stderr = child
+        .stderr
+        .take()
+        .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    for stream in [stdout, stderr].into_iter().flatten() {
+        let output = Arc::clone(output);
+        let address_tx = Arc::clone(&address_tx);
+        let serving_message = serving_message.to_owned();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stream).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(&serving_message)
+                    && let Some(address) = listen_field(&line)
+                {
+                    address_tx.send_replace(Some(address));
+                }
+                if let Ok(mut all) = output.lock() {
+                    all.push_str(&line);
+                    all.push('\n');
+                }
+            }
+        });
+    }
+}
+
+fn listen_field(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value
+        .pointer("/fields/listen")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+}
+
+/// A channel over a unix domain socket.
+pub async fn unix_channel(path: &Path) -> Channel {
+    let path = path.to_owned();
+    Endpoint::from_static("http://unix.invalid")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("connects over the unix socket")
+}
+
+/// Starts crypto-service on an ephemeral loopback port with `launch` plus
+/// JSON logs.
+pub async fn start_crypto(launch: Launch) -> Process {
+    let mut launch = launch.arg("--log-format").arg("json");
+    if !launch.args.iter().any(|arg| arg == "--listen") {
+        launch = launch.arg("--listen").arg("127.0.0.1:0");
+    }
+    Process::start(&binary("crypto-service"), launch, "crypto-service serving").await
+}
