@@ -59,7 +59,11 @@ const AAD: &[u8] = b"tenant:00000000-0000-0000-0000-000000000001/provider:0195f3
 async fn crypto(levels: &[usize], calls: usize, connections: usize) {
     in_process_aes_gcm();
 
-    let service = start_crypto(Launch::default().env("ENCRYPTION_KEY", "ERERERERERERERERERERERERERERERERERERERERERE=")).await;
+    let service = start_crypto(Launch::default().env(
+        "ENCRYPTION_KEY",
+        "ERERERERERERERERERERERERERERERERERERERERERE=",
+    ))
+    .await;
     let pid = service.pid();
     let mut pool = Vec::new();
     for _ in 0..connections.max(1) {
@@ -80,15 +84,22 @@ async fn crypto(levels: &[usize], calls: usize, connections: usize) {
     println!("{}", Phase::header());
     for &level in levels {
         let total = if level == 1 { calls } else { calls * 10 };
-        let encrypt = run_phase("Encrypt", pid, &pool, level, total, |mut client| async move {
-            client
-                .encrypt(EncryptRequest {
-                    plaintext: SECRET_64.to_vec(),
-                    associated_data: AAD.to_vec(),
-                })
-                .await
-                .map(|_| ())
-        })
+        let encrypt = run_phase(
+            "Encrypt",
+            pid,
+            &pool,
+            level,
+            total,
+            |mut client| async move {
+                client
+                    .encrypt(EncryptRequest {
+                        plaintext: SECRET_64.to_vec(),
+                        associated_data: AAD.to_vec(),
+                    })
+                    .await
+                    .map(|_| ())
+            },
+        )
         .await;
         println!("{}", encrypt.row());
         let ciphertext = Arc::new(sample.clone());
@@ -133,7 +144,10 @@ fn in_process_aes_gcm() {
     let decrypt_ns = per_op(&|| {
         std::hint::black_box(ring.decrypt(std::hint::black_box(&sealed), AAD, "c").ok());
     });
-    println!("in-process AES-256-GCM, 64-byte secret, {}-byte AAD (median of 5 × 200,000)", AAD.len());
+    println!(
+        "in-process AES-256-GCM, 64-byte secret, {}-byte AAD (median of 5 × 200,000)",
+        AAD.len()
+    );
     println!("  encrypt (nonce from the OS RNG, format string): {encrypt_ns:.0} ns/op");
     println!("  decrypt (parse, verify tag):                    {decrypt_ns:.0} ns/op");
 }

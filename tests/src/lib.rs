@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod pki;
+pub mod stack;
 
 /// How long a service may take to report that it is serving.
 pub const START_DEADLINE: Duration = Duration::from_secs(30);

@@ -1,0 +1,56 @@
+//! The agentregistry database schema and its sea-orm entities.
+//!
+//! The schema is created and changed only through the migrations in this
+//! crate (sea-orm-migration), and the same migrations run on SQLite (the
+//! embedded default) and PostgreSQL. The registry-service applies them at
+//! start-up through [`Migrator`] (`Migrator::up(&db, None)`) or from its
+//! `migrate` subcommand, and reads and writes the tables through the entities
+//! in [`entity`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), migrations::DbErr> {
+//! use migrations::{Migrator, MigratorTrait};
+//!
+//! let db = sea_orm::Database::connect("sqlite://registry.db?mode=rwc").await?;
+//! Migrator::up(&db, None).await?;
+//! for (name, applied) in migrations::status(&db).await? {
+//!     println!("{name}: {}", if applied { "applied" } else { "pending" });
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod entity;
+mod m20261126_000001_create_registry;
+
+use sea_orm_migration::sea_orm::ConnectionTrait;
+pub use sea_orm_migration::{DbErr, MigrationStatus, MigrationTrait, MigratorTrait};
+
+/// Every migration of the registry schema, in the order they apply.
+#[derive(Debug)]
+pub struct Migrator;
+
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261126_000001_create_registry::Migration)]
+    }
+}
+
+/// Every migration this build knows, oldest first, with whether it has been
+/// applied to `db` (`(name, applied)`).
+///
+/// Read-only: unlike [`MigratorTrait::get_migration_with_status`] it never
+/// creates the `seaql_migrations` bookkeeping table, so a role without DDL
+/// rights can call it (a database without that table reports every migration
+/// as pending). It fails when `db` records a migration this build does not
+/// know — the database is newer than the binary.
+pub async fn status<C>(db: &C) -> Result<Vec<(String, bool)>, DbErr>
+where
+    C: ConnectionTrait,
+{
+    Ok(Migrator::get_migration_with_status_read_only(db)
+        .await?
+        .into_iter()
+        .map(|m| (m.name().to_owned(), m.status() == MigrationStatus::Applied))
+        .collect())
+}

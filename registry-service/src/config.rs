@@ -1,0 +1,248 @@
+//! Start-up configuration: flags and environment variables, validated once
+//! into typed settings. Nothing else in the registry reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use zeroize::Zeroizing;
+
+use crate::crypto::ClientTls;
+use crate::error::Error;
+use crate::store::DatabaseSettings;
+
+/// Flags of the `registry-service` binary. Each flag also reads the
+/// environment variable shown in `--help`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "registry-service",
+    version,
+    about = "agentregistry registry-service: agents, providers and their versions over gRPC."
+)]
+pub struct Args {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Apply or revert database migrations, or show their status.
+    Migrate {
+        /// up, down (reverts the newest one) or status.
+        #[arg(value_enum, default_value_t = MigrateAction::Up)]
+        action: MigrateAction,
+    },
+}
+
+/// `migrate` actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the newest applied migration.
+    Down,
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+/// Settings every subcommand uses.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Common {
+    /// Database URL: `sqlite://path/to/file.db` or `postgres://user@host/db`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://agentregistry.db",
+        global = true
+    )]
+    pub database_url: String,
+    /// Most pooled database connections.
+    #[arg(
+        long,
+        env = "DATABASE_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub database_max_connections: u32,
+    /// Seconds to wait for a database connection (and on SQLite for a lock).
+    #[arg(
+        long,
+        env = "DATABASE_TIMEOUT_SECONDS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub database_timeout_seconds: u64,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    /// Log filter in `tracing` syntax.
+    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
+    pub log_level: String,
+}
+
+/// Settings of `serve`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ServeArgs {
+    /// Where to serve gRPC.
+    #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Do not apply pending migrations at start-up.
+    #[arg(long, env = "REGISTRY_NO_MIGRATE")]
+    pub no_migrate: bool,
+    /// crypto-service: `http://HOST:PORT`, `https://HOST:PORT` (mutual TLS,
+    /// with the CRYPTO_TLS_* settings) or `unix:/path/to/socket`.
+    #[arg(
+        long,
+        env = "CRYPTO_ENDPOINT",
+        default_value = "http://127.0.0.1:50061"
+    )]
+    pub crypto_endpoint: String,
+    /// CA certificate that signed crypto-service's certificate (PEM).
+    #[arg(long, env = "CRYPTO_TLS_CA_FILE")]
+    pub crypto_tls_ca_file: Option<PathBuf>,
+    /// This registry's client certificate for crypto-service (PEM).
+    #[arg(long, env = "CRYPTO_TLS_CERT_FILE")]
+    pub crypto_tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM). Secret.
+    #[arg(long, env = "CRYPTO_TLS_KEY_FILE")]
+    pub crypto_tls_key_file: Option<PathBuf>,
+    /// The DNS name crypto-service's certificate must be valid for.
+    #[arg(long, env = "CRYPTO_TLS_SERVER_NAME")]
+    pub crypto_tls_server_name: Option<String>,
+    /// Seconds a call to crypto-service may take.
+    #[arg(long, env = "CRYPTO_TIMEOUT_SECONDS", default_value_t = 5)]
+    pub crypto_timeout_seconds: u64,
+    /// Largest gRPC request message, in bytes.
+    #[arg(long, env = "REGISTRY_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "REGISTRY_DRAIN_SECONDS", default_value_t = 10)]
+    pub drain_seconds: u64,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Validated settings of `serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub database: DatabaseSettings,
+    pub migrate: bool,
+    pub crypto_endpoint: String,
+    pub crypto_tls: Option<ClientTls>,
+    pub crypto_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub drain: Duration,
+}
+
+impl Common {
+    /// The database settings.
+    pub fn database(&self) -> Result<DatabaseSettings, Error> {
+        let url = self.database_url.trim();
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://"))
+        {
+            return Err(Error::config(
+                "DATABASE_URL",
+                "must start with sqlite: or postgres://",
+            ));
+        }
+        if self.database_max_connections == 0 {
+            return Err(Error::config(
+                "DATABASE_MAX_CONNECTIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(DatabaseSettings {
+            url: url.to_owned(),
+            max_connections: self.database_max_connections,
+            acquire_timeout: Duration::from_secs(self.database_timeout_seconds.max(1)),
+        })
+    }
+}
+
+impl ServeArgs {
+    /// Validates into [`Settings`].
+    pub fn settings(&self, common: &Common) -> Result<Settings, Error> {
+        let crypto_endpoint = self.crypto_endpoint.trim().to_owned();
+        Ok(Settings {
+            listen: self.listen,
+            database: common.database()?,
+            migrate: !self.no_migrate,
+            crypto_tls: self.crypto_tls(&crypto_endpoint)?,
+            crypto_endpoint,
+            crypto_timeout: Duration::from_secs(self.crypto_timeout_seconds.max(1)),
+            max_message_bytes: self.max_message_bytes.max(1024),
+            drain: Duration::from_secs(self.drain_seconds),
+        })
+    }
+
+    fn crypto_tls(&self, endpoint: &str) -> Result<Option<ClientTls>, Error> {
+        let files = (
+            &self.crypto_tls_ca_file,
+            &self.crypto_tls_cert_file,
+            &self.crypto_tls_key_file,
+        );
+        let (ca, cert, key) = match files {
+            (None, None, None) if endpoint.starts_with("https://") => {
+                return Err(Error::config(
+                    "CRYPTO_ENDPOINT",
+                    "https:// needs CRYPTO_TLS_CA_FILE, CRYPTO_TLS_CERT_FILE and CRYPTO_TLS_KEY_FILE",
+                ));
+            }
+            (None, None, None) => return Ok(None),
+            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+            _ => {
+                return Err(Error::config(
+                    "CRYPTO_TLS_CA_FILE",
+                    "mutual TLS to crypto-service needs CRYPTO_TLS_CA_FILE, CRYPTO_TLS_CERT_FILE and CRYPTO_TLS_KEY_FILE together",
+                ));
+            }
+        };
+        if !endpoint.starts_with("https://") {
+            return Err(Error::config(
+                "CRYPTO_ENDPOINT",
+                "must be https:// when CRYPTO_TLS_* is set",
+            ));
+        }
+        let read = |setting: &str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                Error::config(
+                    setting,
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })
+        };
+        let server_name = self.crypto_tls_server_name.clone().unwrap_or_else(|| {
+            endpoint
+                .trim_start_matches("https://")
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        });
+        Ok(Some(ClientTls {
+            ca_pem: read("CRYPTO_TLS_CA_FILE", ca)?,
+            cert_pem: read("CRYPTO_TLS_CERT_FILE", cert)?,
+            key_pem: Zeroizing::new(read("CRYPTO_TLS_KEY_FILE", key)?),
+            server_name,
+        }))
+    }
+}

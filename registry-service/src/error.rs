@@ -1,0 +1,209 @@
+//! The registry's one error type and its one mapping to `tonic::Status`.
+//!
+//! Client-facing messages name fields, ids and reasons; database and
+//! transport details are logged here and reach the client only as a generic
+//! INTERNAL or UNAVAILABLE message.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// `ErrorInfo.domain` of every error the registry returns.
+pub const ERROR_DOMAIN: &str = "registry.agentregistry.dev";
+
+/// Everything that can go wrong in registry-service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Request fields are invalid.
+    #[error("invalid request: {}", describe(.0))]
+    BadRequest(Vec<FieldViolation>),
+    /// The resource does not exist in the caller's tenant.
+    #[error("{kind} {id:?} not found")]
+    NotFound {
+        /// `agent`, `provider`, `agent version` …
+        kind: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+    /// A resource with this name exists in the tenant.
+    #[error("{kind} named {name:?} already exists")]
+    AlreadyExists {
+        /// `agent` or `provider`.
+        kind: &'static str,
+        /// The name taken.
+        name: String,
+    },
+    /// The etag is stale, or a concurrent writer won repeatedly.
+    #[error("{0}")]
+    Aborted(String),
+    /// The system is not in a state that allows the call.
+    #[error("{message}")]
+    FailedPrecondition {
+        /// `ErrorInfo.reason`, e.g. `PROVIDER_IN_USE`.
+        reason: &'static str,
+        /// What is wrong, for a human.
+        message: String,
+    },
+    /// The caller may not make this call.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The caller is not authenticated.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A dependency (database, crypto-service) is unreachable; retryable.
+    #[error("{dependency} unavailable")]
+    Unavailable {
+        /// `database` or `crypto-service`.
+        dependency: &'static str,
+        /// Logged, never sent.
+        detail: String,
+    },
+    /// A bug or an unexpected dependency answer; logged, sent generically.
+    #[error("internal error: {0}")]
+    Internal(String),
+    /// A setting is missing or malformed; raised only at start-up.
+    #[error("{setting}: {problem}")]
+    Config {
+        /// The flag or environment variable at fault.
+        setting: String,
+        /// What is wrong (never a secret value).
+        problem: String,
+    },
+}
+
+/// One bad field of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// Dotted path, e.g. `agent.llm_overrides.temperature`.
+    pub field: String,
+    /// What is wrong.
+    pub description: String,
+}
+
+impl Error {
+    /// A single-violation [`Error::BadRequest`].
+    pub fn bad_field(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::BadRequest(vec![FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        }])
+    }
+
+    /// A start-up configuration error.
+    pub fn config(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Config {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+
+    /// A failed precondition with a machine-readable reason.
+    pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
+        Self::FailedPrecondition {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// Collects field violations while validating a request.
+#[derive(Debug, Default)]
+pub struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    /// Records that `field` is invalid.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(FieldViolation {
+            field: field.into(),
+            description: description.into(),
+        });
+    }
+
+    /// `Ok(value)` when nothing was recorded, else the violations.
+    pub fn finish<T>(self, value: T) -> Result<T, Error> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(Error::BadRequest(self.0))
+        }
+    }
+
+    /// Whether nothing was recorded so far.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn info(reason: &str, metadata: Vec<(&str, String)>) -> ErrorDetails {
+    ErrorDetails::with_error_info(
+        reason,
+        ERROR_DOMAIN,
+        metadata
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect::<std::collections::HashMap<_, _>>(),
+    )
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let message = error.to_string();
+        match error {
+            Error::BadRequest(violations) => {
+                let mut details = ErrorDetails::new();
+                for v in violations {
+                    details.add_bad_request_violation(v.field, v.description);
+                }
+                details.set_error_info("INVALID_FIELD", ERROR_DOMAIN, []);
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            Error::NotFound { kind, id } => Status::with_error_details(
+                Code::NotFound,
+                message,
+                info("NOT_FOUND", vec![("kind", kind.to_owned()), ("id", id)]),
+            ),
+            Error::AlreadyExists { kind, name } => Status::with_error_details(
+                Code::AlreadyExists,
+                message,
+                info(
+                    "NAME_TAKEN",
+                    vec![("kind", kind.to_owned()), ("name", name)],
+                ),
+            ),
+            Error::Aborted(_) => {
+                Status::with_error_details(Code::Aborted, message, info("ETAG_MISMATCH", vec![]))
+            }
+            Error::FailedPrecondition { reason, .. } => {
+                Status::with_error_details(Code::FailedPrecondition, message, info(reason, vec![]))
+            }
+            Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::Unauthenticated(_) => Status::unauthenticated(message),
+            Error::Unavailable { dependency, detail } => {
+                tracing::warn!(dependency, %detail, "dependency unavailable");
+                Status::with_error_details(
+                    Code::Unavailable,
+                    format!("{dependency} unavailable; retry later"),
+                    info(
+                        "DEPENDENCY_UNAVAILABLE",
+                        vec![("dependency", dependency.to_owned())],
+                    ),
+                )
+            }
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                Status::internal("internal error")
+            }
+            Error::Config { .. } => {
+                tracing::error!(error = %message, "configuration error at run time");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! registry-service: CrewAI agents and LLM providers with an immutable
+//! version history, over gRPC, stored through sea-orm in SQLite or
+//! PostgreSQL. It never holds key material: provider API keys are encrypted
+//! and decrypted by crypto-service. See `ARCHITECTURE.md` for the map.
+
+pub mod api;
+pub mod caller;
+pub mod config;
+pub mod crypto;
+pub mod error;
+pub mod model;
+pub mod page;
+pub mod server;
+pub mod store;
+
+pub use error::Error;

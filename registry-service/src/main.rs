@@ -1,0 +1,113 @@
+//! The `registry-service` binary: parse configuration, connect to the
+//! database (migrating it unless told not to), bind, serve until SIGTERM or
+//! SIGINT; or run the `migrate` subcommand.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use registry_service::api::Registry;
+use registry_service::config::{Args, Command, Common, LogFormat, MigrateAction};
+use registry_service::crypto::Crypto;
+use registry_service::{Error, server, store};
+use sea_orm_migration::MigratorTrait;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(&args.common);
+    let result = match args.command {
+        Some(Command::Migrate { action }) => migrate(&args.common, action).await,
+        Some(Command::Serve) | None => serve(&args).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "registry-service failed");
+            eprintln!("registry-service: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: &Args) -> Result<(), Error> {
+    let settings = args.serve.settings(&args.common)?;
+    let db = store::connect(&settings.database).await?;
+    if settings.migrate {
+        store::migrate_up(&db).await?;
+        tracing::info!("database migrations applied");
+    }
+    let crypto = Crypto::connect_lazy(
+        &settings.crypto_endpoint,
+        settings.crypto_tls.clone(),
+        settings.crypto_timeout,
+    )?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| {
+            Error::config(
+                "REGISTRY_LISTEN",
+                format!("cannot bind {}: {}", settings.listen, e.kind()),
+            )
+        })?;
+    server::serve(
+        listener,
+        &settings,
+        Registry { db, crypto },
+        shutdown_signal(),
+    )
+    .await
+}
+
+async fn migrate(common: &Common, action: MigrateAction) -> Result<(), Error> {
+    let db = store::connect(&common.database()?).await?;
+    match action {
+        MigrateAction::Up => migrations::Migrator::up(&db, None).await,
+        MigrateAction::Down => migrations::Migrator::down(&db, Some(1)).await,
+        MigrateAction::Status => migrations::status(&db).await.map(|rows| {
+            for (name, applied) in rows {
+                println!("{} {name}", if applied { "applied" } else { "pending" });
+            }
+        }),
+    }
+    .map_err(store::db_error)?;
+    if action != MigrateAction::Status {
+        println!("migrate {}: done", format!("{action:?}").to_lowercase());
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let terminate = async {
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        () = terminate => tracing::info!("SIGTERM received"),
+    }
+}
+
+fn init_logging(common: &Common) {
+    use tracing_subscriber::EnvFilter;
+    // Transport and database crates are noisy below warn.
+    let filter = EnvFilter::try_new(format!(
+        "h2=warn,hyper=warn,tower=warn,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,{}",
+        common.log_level
+    ))
+    .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match common.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}

@@ -1,0 +1,53 @@
+//! Domain types: validated agent and provider configurations, independent of
+//! prost. Handlers convert requests into these (collecting one field
+//! violation per bad field) and back; storage keeps them as JSON snapshots.
+
+pub mod agent;
+pub mod params;
+pub mod provider;
+pub mod version;
+
+use crate::error::Violations;
+
+/// Checks a required text field: not blank, at most `max` characters.
+pub(crate) fn check_required_text(v: &mut Violations, field: &str, value: &str, max: usize) {
+    if value.trim().is_empty() {
+        v.add(field, "is required");
+    } else {
+        check_length(v, field, value, max);
+    }
+}
+
+/// Checks an optional text field's length.
+pub(crate) fn check_length(v: &mut Violations, field: &str, value: &str, max: usize) {
+    let length = value.chars().count();
+    if length > max {
+        v.add(
+            field,
+            format!("must be at most {max} characters (got {length})"),
+        );
+    }
+}
+
+/// Checks that a number is finite and within `min..=max`.
+pub(crate) fn check_f64(v: &mut Violations, field: &str, value: f64, min: f64, max: f64) {
+    if !value.is_finite() || value < min || value > max {
+        v.add(field, format!("must be between {min} and {max}"));
+    }
+}
+
+/// Checks that an integer is within `min..=max`.
+pub(crate) fn check_i32(v: &mut Violations, field: &str, value: i32, min: i32, max: i32) {
+    if value < min || value > max {
+        v.add(field, format!("must be between {min} and {max}"));
+    }
+}
+
+/// Joins a field path: `prefix.name`, or `name` when the prefix is empty.
+pub(crate) fn path(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}

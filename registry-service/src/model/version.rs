@@ -1,0 +1,209 @@
+//! Version history pieces shared by agents and providers: the action that
+//! made a version, and the diff between two configuration snapshots.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use proto::v1 as pb;
+
+pub use migrations::entity::VersionAction as Action;
+
+/// The message form of an action.
+pub fn action_to_proto(action: Action) -> pb::VersionAction {
+    match action {
+        Action::Create => pb::VersionAction::Create,
+        Action::Update => pb::VersionAction::Update,
+        Action::Rollback => pb::VersionAction::Rollback,
+    }
+}
+
+/// How a field changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ChangeKind {
+    Added,
+    Modified,
+    Removed,
+}
+
+/// One changed field, by dotted path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub path: String,
+    pub kind: ChangeKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new: Option<Value>,
+}
+
+/// The changes that turn `old` into `new`. Objects are compared field by
+/// field (nested fields get dotted paths); anything else, lists included,
+/// is compared as a whole. Paths come out sorted.
+pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
+    let mut changes = Vec::new();
+    diff_into("", old, new, &mut changes);
+    changes
+}
+
+fn diff_into(prefix: &str, old: &Value, new: &Value, changes: &mut Vec<Change>) {
+    match (old, new) {
+        (Value::Object(old_fields), Value::Object(new_fields)) => {
+            let keys: BTreeSet<&String> = old_fields.keys().chain(new_fields.keys()).collect();
+            for key in keys {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                match (old_fields.get(key), new_fields.get(key)) {
+                    (Some(a), Some(b)) => diff_into(&path, a, b, changes),
+                    (Some(a), None) => changes.push(Change {
+                        path,
+                        kind: ChangeKind::Removed,
+                        old: Some(a.clone()),
+                        new: None,
+                    }),
+                    (None, Some(b)) => changes.push(Change {
+                        path,
+                        kind: ChangeKind::Added,
+                        old: None,
+                        new: Some(b.clone()),
+                    }),
+                    (None, None) => {}
+                }
+            }
+        }
+        _ if old != new => changes.push(Change {
+            path: prefix.to_owned(),
+            kind: ChangeKind::Modified,
+            old: Some(old.clone()),
+            new: Some(new.clone()),
+        }),
+        _ => {}
+    }
+}
+
+/// Replaces the values of changes at `secret_path` with the encrypted
+/// marker, so diffs never carry ciphertext.
+pub fn mask_secret(changes: &mut [Change], secret_path: &str, marker: &str) {
+    for change in changes.iter_mut().filter(|c| c.path == secret_path) {
+        if change.old.is_some() {
+            change.old = Some(Value::String(marker.to_owned()));
+        }
+        if change.new.is_some() {
+            change.new = Some(Value::String(marker.to_owned()));
+        }
+    }
+}
+
+/// Stored form of a diff.
+pub fn changes_to_json(changes: &[Change]) -> Value {
+    serde_json::to_value(changes).unwrap_or(Value::Array(Vec::new()))
+}
+
+/// Reads a stored diff; an unreadable one reads as empty.
+pub fn changes_from_json(value: &Value) -> Vec<Change> {
+    serde_json::from_value(value.clone()).unwrap_or_default()
+}
+
+/// The message form of a change.
+pub fn change_to_proto(change: &Change) -> pb::FieldChange {
+    pb::FieldChange {
+        path: change.path.clone(),
+        kind: match change.kind {
+            ChangeKind::Added => pb::ChangeKind::Added,
+            ChangeKind::Modified => pb::ChangeKind::Modified,
+            ChangeKind::Removed => pb::ChangeKind::Removed,
+        }
+        .into(),
+        old_value: change.old.as_ref().map(json_to_proto),
+        new_value: change.new.as_ref().map(json_to_proto),
+    }
+}
+
+/// A JSON value as `google.protobuf.Value`.
+pub fn json_to_proto(value: &Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        Value::Null => Kind::NullValue(0),
+        Value::Bool(b) => Kind::BoolValue(*b),
+        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        Value::String(s) => Kind::StringValue(s.clone()),
+        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.iter().map(json_to_proto).collect(),
+        }),
+        Value::Object(fields) => Kind::StructValue(prost_types::Struct {
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.clone(), json_to_proto(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_report_example_gives_exactly_two_modifications() {
+        let v1 = json!({"name": "a", "temperature": 0.7, "max_iter": 15, "tools": ["x"]});
+        let v2 = json!({"name": "a", "temperature": 0.8, "max_iter": 20, "tools": ["x"]});
+        let changes = diff(&v1, &v2);
+        assert_eq!(
+            changes,
+            vec![
+                Change {
+                    path: "max_iter".into(),
+                    kind: ChangeKind::Modified,
+                    old: Some(json!(15)),
+                    new: Some(json!(20))
+                },
+                Change {
+                    path: "temperature".into(),
+                    kind: ChangeKind::Modified,
+                    old: Some(json!(0.7)),
+                    new: Some(json!(0.8))
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn nested_fields_get_dotted_paths_and_presence_changes_are_added_or_removed() {
+        let old = json!({"llm_overrides": {"temperature": 0.1, "top_p": 0.5}, "max_rpm": 10});
+        let new =
+            json!({"llm_overrides": {"temperature": 0.2, "max_tokens": 5}, "tools": ["a", "b"]});
+        let paths: Vec<(String, ChangeKind)> = diff(&old, &new)
+            .into_iter()
+            .map(|c| (c.path, c.kind))
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                ("llm_overrides.max_tokens".into(), ChangeKind::Added),
+                ("llm_overrides.temperature".into(), ChangeKind::Modified),
+                ("llm_overrides.top_p".into(), ChangeKind::Removed),
+                ("max_rpm".into(), ChangeKind::Removed),
+                ("tools".into(), ChangeKind::Added),
+            ]
+        );
+        assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn secrets_are_masked_in_both_directions() {
+        let mut changes = diff(
+            &json!({"api_key": "arc1.1.aaa"}),
+            &json!({"api_key": "arc1.1.bbb"}),
+        );
+        mask_secret(&mut changes, "api_key", "***encrypted***");
+        assert_eq!(changes[0].old, Some(json!("***encrypted***")));
+        assert_eq!(changes[0].new, Some(json!("***encrypted***")));
+    }
+}

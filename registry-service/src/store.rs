@@ -1,0 +1,242 @@
+//! Storage through sea-orm on SQLite or PostgreSQL: connecting, running
+//! migrations, and the pieces the agent and provider stores share.
+//!
+//! Every change and its version row are written in one transaction. The
+//! version number is taken with a conditional update (`… WHERE version =
+//! n`), which works the same on both databases; a writer that loses the race
+//! re-reads and tries again, or gets ABORTED when it sent an etag. The unique
+//! `(resource_id, version_number)` index is the backstop.
+
+pub mod agents;
+pub mod providers;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    SqlErr, SqliteTransactionMode, TransactionOptions, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+use serde_json::Value;
+
+use crate::error::Error;
+use crate::model::version::{self, Change};
+use proto::v1 as pb;
+
+/// How often a write without an etag retries after losing a race.
+pub const MAX_WRITE_ATTEMPTS: usize = 20;
+
+/// Database connection settings.
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    /// `sqlite://path?mode=rwc` or `postgres://…`.
+    pub url: String,
+    /// Most pooled connections.
+    pub max_connections: u32,
+    /// How long a call waits for a connection (and SQLite for a lock).
+    pub acquire_timeout: Duration,
+}
+
+/// Opens the pool. SQLite gets WAL, `synchronous=FULL`, foreign keys and a
+/// busy timeout; PostgreSQL its defaults.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, Error> {
+    let mut options = ConnectOptions::new(settings.url.clone());
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_timeout(settings.acquire_timeout)
+        .sqlx_logging(false);
+    if settings.url.starts_with("sqlite:") {
+        let busy = settings.acquire_timeout;
+        options.map_sqlx_sqlite_opts(move |opts| {
+            opts.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+                .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Full)
+                .foreign_keys(true)
+                .busy_timeout(busy)
+                .create_if_missing(true)
+        });
+    }
+    Database::connect(options).await.map_err(db_error)
+}
+
+/// Applies every pending migration.
+pub async fn migrate_up(db: &DatabaseConnection) -> Result<(), Error> {
+    migrations::Migrator::up(db, None).await.map_err(db_error)
+}
+
+/// Starts a write transaction (IMMEDIATE on SQLite, so two writers never
+/// deadlock upgrading read locks).
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, Error> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
+    .map_err(db_error)
+}
+
+/// Maps a database error on purpose: lost connections are UNAVAILABLE
+/// (retryable); everything else is INTERNAL and logged.
+pub fn db_error(error: DbErr) -> Error {
+    use sea_orm::sqlx::Error as Sqlx;
+    let unavailable = match &error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => true,
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => {
+            matches!(
+                e.as_ref(),
+                Sqlx::Io(_)
+                    | Sqlx::PoolTimedOut
+                    | Sqlx::PoolClosed
+                    | Sqlx::WorkerCrashed
+                    | Sqlx::Tls(_)
+            ) || is_busy(e.as_ref())
+        }
+        _ => false,
+    };
+    if unavailable {
+        Error::Unavailable {
+            dependency: "database",
+            detail: error.to_string(),
+        }
+    } else {
+        Error::Internal(format!("database: {error}"))
+    }
+}
+
+fn is_busy(error: &sea_orm::sqlx::Error) -> bool {
+    // SQLITE_BUSY / SQLITE_LOCKED after the busy timeout; PostgreSQL
+    // 57P01 (admin shutdown), 57P03 (cannot connect now).
+    matches!(
+        error.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("5" | "6" | "517" | "57P01" | "57P03")
+    )
+}
+
+/// Whether a database error is a unique-index violation, and its message.
+pub fn unique_violation(error: &DbErr) -> Option<String> {
+    match error.sql_err() {
+        Some(SqlErr::UniqueConstraintViolation(message)) => Some(message),
+        _ => None,
+    }
+}
+
+/// Whether a database error is a foreign-key violation.
+pub fn foreign_key_violation(error: &DbErr) -> bool {
+    matches!(
+        error.sql_err(),
+        Some(SqlErr::ForeignKeyConstraintViolation(_))
+    )
+}
+
+/// The current time, truncated to microseconds (what both databases keep).
+pub fn now() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}
+
+/// A `google.protobuf.Timestamp`.
+pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The etag of a version: opaque to clients, the version number to us.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version an etag names; `None` when no etag was sent.
+pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, Error> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::bad_field(field, "is not an etag this service issued"))
+}
+
+/// The ABORTED answer for a stale etag.
+pub fn stale_etag(kind: &str, current: i64) -> Error {
+    Error::Aborted(format!(
+        "the {kind} changed since that etag was read (now at version {current}); read it again"
+    ))
+}
+
+/// One stored version of an agent or provider.
+#[derive(Debug, Clone)]
+pub struct VersionRecord {
+    pub version_number: i64,
+    pub action: version::Action,
+    pub configuration: Value,
+    pub diff: Vec<Change>,
+    pub change_description: String,
+    pub changed_by: String,
+    pub create_time: DateTime<Utc>,
+}
+
+impl VersionRecord {
+    /// The diff as messages.
+    pub fn diff_proto(&self) -> Vec<pb::FieldChange> {
+        self.diff.iter().map(version::change_to_proto).collect()
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// The key to resume after, when more items follow.
+    pub next_after: Option<String>,
+    /// All items of the listing, across pages.
+    pub total: i64,
+}
+
+/// Splits `limit + 1` fetched rows into a page and the resume key.
+pub fn paginate<T>(
+    mut rows: Vec<T>,
+    limit: u64,
+    key: impl Fn(&T) -> String,
+    total: i64,
+) -> Page<T> {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    let next_after = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(&key)
+    } else {
+        None
+    };
+    Page {
+        items: rows,
+        next_after,
+        total,
+    }
+}
+
+/// A default change description, as the platform wrote them.
+pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String, Error> {
+    if given.chars().count() > 2000 {
+        return Err(Error::bad_field(
+            "change_description",
+            "must be at most 2000 characters",
+        ));
+    }
+    Ok(if given.trim().is_empty() {
+        default()
+    } else {
+        given.to_owned()
+    })
+}
+
+/// Checks that a database answers (for readiness).
+pub async fn ping(db: &DatabaseConnection) -> Result<(), Error> {
+    db.execute_unprepared("SELECT 1")
+        .await
+        .map(|_| ())
+        .map_err(db_error)
+}

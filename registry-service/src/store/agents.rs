@@ -1,0 +1,400 @@
+//! Agents and their versions in the database.
+
+use chrono::{DateTime, Utc};
+use migrations::entity::{agent, agent_version, provider};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+};
+
+use super::{
+    MAX_WRITE_ATTEMPTS, Page, VersionRecord, begin_write, db_error, foreign_key_violation,
+    paginate, stale_etag, unique_violation,
+};
+use crate::caller::Caller;
+use crate::error::Error;
+use crate::model::agent::AgentSpec;
+use crate::model::version::{self, Action};
+
+/// An agent as stored now.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub id: String,
+    pub spec: AgentSpec,
+    pub version: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+impl AgentRecord {
+    fn from_row(row: agent::Model) -> Result<Self, Error> {
+        Ok(Self {
+            spec: AgentSpec::from_json(&row.config)?,
+            id: row.id,
+            version: row.version,
+            create_time: row.create_time,
+            update_time: row.update_time,
+            created_by: row.created_by,
+            updated_by: row.updated_by,
+        })
+    }
+}
+
+/// Who writes a version, and why.
+#[derive(Debug)]
+pub struct Write<'a> {
+    pub caller: &'a Caller,
+    pub action: Action,
+    pub description: String,
+}
+
+/// Creates an agent and its version 1.
+pub async fn create(
+    db: &DatabaseConnection,
+    write: Write<'_>,
+    spec: AgentSpec,
+) -> Result<AgentRecord, Error> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let now = super::now();
+    let row = agent::ActiveModel {
+        id: Set(id.clone()),
+        tenant_id: Set(write.caller.tenant.clone()),
+        name: Set(spec.name.clone()),
+        llm_provider_id: Set(spec.llm_provider_id.clone()),
+        config: Set(spec.to_json()),
+        version: Set(1),
+        create_time: Set(now),
+        update_time: Set(now),
+        created_by: Set(write.caller.subject.clone()),
+        updated_by: Set(write.caller.subject.clone()),
+    };
+    let txn = begin_write(db).await?;
+    let inserted = row.insert(&txn).await.map_err(|e| write_error(e, &spec))?;
+    check_provider(&txn, &write.caller.tenant, &spec).await?;
+    insert_version(&txn, &write, &id, 1, &spec, Vec::new(), now).await?;
+    txn.commit().await.map_err(db_error)?;
+    AgentRecord::from_row(inserted)
+}
+
+/// The agent `id` of `tenant`.
+pub async fn get(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<AgentRecord, Error> {
+    let row = agent::Entity::find_by_id(id.to_owned())
+        .filter(agent::Column::TenantId.eq(tenant))
+        .one(db)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| not_found(id))?;
+    AgentRecord::from_row(row)
+}
+
+/// One page of the tenant's agents, oldest first.
+pub async fn list(
+    db: &DatabaseConnection,
+    tenant: &str,
+    after: Option<String>,
+    limit: u64,
+) -> Result<Page<AgentRecord>, Error> {
+    let scoped = agent::Entity::find().filter(agent::Column::TenantId.eq(tenant));
+    let total = scoped.clone().count(db).await.map_err(db_error)?;
+    let mut query = scoped.order_by_asc(agent::Column::Id).limit(limit + 1);
+    if let Some(after) = after {
+        query = query.filter(agent::Column::Id.gt(after));
+    }
+    let rows = query.all(db).await.map_err(db_error)?;
+    let records = rows
+        .into_iter()
+        .map(AgentRecord::from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(paginate(records, limit, |r| r.id.clone(), total_i64(total)))
+}
+
+/// Changes an agent with `change`, appending a version unless nothing
+/// changed (rollbacks always append). The current row is read inside the
+/// write transaction, locked (`FOR UPDATE` on PostgreSQL; SQLite's write
+/// transaction is IMMEDIATE), so concurrent writers queue instead of
+/// failing; a stale etag (`expected_version`) answers ABORTED.
+pub async fn update(
+    db: &DatabaseConnection,
+    write: Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
+) -> Result<AgentRecord, Error> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let txn = begin_write(db).await?;
+        let current = get_locked(&txn, &write.caller.tenant, id).await?;
+        if let Some(expected) = expected_version
+            && expected != current.version
+        {
+            return Err(stale_etag("agent", current.version));
+        }
+        let spec = change(&current)?;
+        if spec == current.spec && write.action == Action::Update {
+            return Ok(current);
+        }
+        if let Some(record) = write_next_version(&txn, &write, &current, spec).await? {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(record);
+        }
+    }
+    Err(Error::Aborted(
+        "too many concurrent writers on this agent; try again".to_owned(),
+    ))
+}
+
+async fn get_locked(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    id: &str,
+) -> Result<AgentRecord, Error> {
+    let row = agent::Entity::find_by_id(id.to_owned())
+        .filter(agent::Column::TenantId.eq(tenant))
+        .lock_exclusive()
+        .one(txn)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| not_found(id))?;
+    AgentRecord::from_row(row)
+}
+
+/// Deletes an agent (its versions go with it).
+pub async fn delete(
+    db: &DatabaseConnection,
+    tenant: &str,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<(), Error> {
+    let mut query = agent::Entity::delete_many()
+        .filter(agent::Column::Id.eq(id))
+        .filter(agent::Column::TenantId.eq(tenant));
+    if let Some(expected) = expected_version {
+        query = query.filter(agent::Column::Version.eq(expected));
+    }
+    let txn = begin_write(db).await?;
+    let deleted = query.exec(&txn).await.map_err(db_error)?.rows_affected;
+    if deleted == 0 {
+        let current = agent::Entity::find_by_id(id.to_owned())
+            .filter(agent::Column::TenantId.eq(tenant))
+            .one(&txn)
+            .await
+            .map_err(db_error)?;
+        txn.rollback().await.map_err(db_error)?;
+        return Err(match current {
+            Some(row) => stale_etag("agent", row.version),
+            None => not_found(id),
+        });
+    }
+    txn.commit().await.map_err(db_error)
+}
+
+/// One page of an agent's versions, newest first.
+pub async fn list_versions(
+    db: &DatabaseConnection,
+    tenant: &str,
+    id: &str,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Page<VersionRecord>, Error> {
+    // Versions are contiguous from 1, so the current version is the count.
+    let total = get(db, tenant, id).await?.version;
+    let mut query = agent_version::Entity::find()
+        .filter(agent_version::Column::AgentId.eq(id))
+        .filter(agent_version::Column::TenantId.eq(tenant))
+        .order_by_desc(agent_version::Column::VersionNumber)
+        .limit(limit + 1);
+    if let Some(before) = before {
+        query = query.filter(agent_version::Column::VersionNumber.lt(before));
+    }
+    let rows = query.all(db).await.map_err(db_error)?;
+    let records = rows.into_iter().map(version_record).collect();
+    Ok(paginate(
+        records,
+        limit,
+        |r| r.version_number.to_string(),
+        total,
+    ))
+}
+
+/// Version `number` of agent `id`.
+pub async fn get_version(
+    db: &DatabaseConnection,
+    tenant: &str,
+    id: &str,
+    number: i64,
+) -> Result<VersionRecord, Error> {
+    let row = agent_version::Entity::find()
+        .filter(agent_version::Column::AgentId.eq(id))
+        .filter(agent_version::Column::TenantId.eq(tenant))
+        .filter(agent_version::Column::VersionNumber.eq(number))
+        .one(db)
+        .await
+        .map_err(db_error)?;
+    match row {
+        Some(row) => Ok(version_record(row)),
+        None => {
+            // Tell a missing agent from a missing version.
+            get(db, tenant, id).await?;
+            Err(Error::NotFound {
+                kind: "agent version",
+                id: format!("{id}@{number}"),
+            })
+        }
+    }
+}
+
+/// Writes `spec` as version `current.version + 1`; `None` when another
+/// writer took that number first.
+async fn write_next_version(
+    txn: &DatabaseTransaction,
+    write: &Write<'_>,
+    current: &AgentRecord,
+    spec: AgentSpec,
+) -> Result<Option<AgentRecord>, Error> {
+    let next = current.version + 1;
+    let now = super::now();
+    let updated = agent::Entity::update_many()
+        .col_expr(agent::Column::Name, Expr::value(spec.name.clone()))
+        .col_expr(
+            agent::Column::LlmProviderId,
+            Expr::value(spec.llm_provider_id.clone()),
+        )
+        .col_expr(agent::Column::Config, Expr::value(spec.to_json()))
+        .col_expr(agent::Column::Version, Expr::value(next))
+        .col_expr(agent::Column::UpdateTime, Expr::value(now))
+        .col_expr(
+            agent::Column::UpdatedBy,
+            Expr::value(write.caller.subject.clone()),
+        )
+        .filter(agent::Column::Id.eq(current.id.clone()))
+        .filter(agent::Column::TenantId.eq(write.caller.tenant.clone()))
+        .filter(agent::Column::Version.eq(current.version))
+        .exec(txn)
+        .await
+        .map_err(|e| write_error(e, &spec))?;
+    if updated.rows_affected == 0 {
+        return Ok(None);
+    }
+    check_provider(txn, &write.caller.tenant, &spec).await?;
+    let changes = version::diff(&current.spec.to_json(), &spec.to_json());
+    insert_version(txn, write, &current.id, next, &spec, changes, now).await?;
+    Ok(Some(AgentRecord {
+        id: current.id.clone(),
+        spec,
+        version: next,
+        create_time: current.create_time,
+        update_time: now,
+        created_by: current.created_by.clone(),
+        updated_by: write.caller.subject.clone(),
+    }))
+}
+
+async fn insert_version(
+    txn: &DatabaseTransaction,
+    write: &Write<'_>,
+    agent_id: &str,
+    number: i64,
+    spec: &AgentSpec,
+    changes: Vec<version::Change>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    agent_version::ActiveModel {
+        agent_id: Set(agent_id.to_owned()),
+        tenant_id: Set(write.caller.tenant.clone()),
+        version_number: Set(number),
+        action: Set(write.action),
+        configuration: Set(spec.to_json()),
+        diff: Set(version::changes_to_json(&changes)),
+        change_description: Set(write.description.clone()),
+        changed_by: Set(write.caller.subject.clone()),
+        create_time: Set(now),
+        ..Default::default()
+    }
+    .insert(txn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// The assigned provider must exist in the caller's tenant.
+async fn check_provider(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    spec: &AgentSpec,
+) -> Result<(), Error> {
+    let Some(provider_id) = &spec.llm_provider_id else {
+        return Ok(());
+    };
+    let found = provider::Entity::find_by_id(provider_id.clone())
+        .filter(provider::Column::TenantId.eq(tenant))
+        .count(txn)
+        .await
+        .map_err(db_error)?;
+    if found == 0 {
+        return Err(Error::precondition(
+            "PROVIDER_NOT_FOUND",
+            format!("provider {provider_id:?} does not exist in this tenant"),
+        ));
+    }
+    Ok(())
+}
+
+fn write_error(error: sea_orm::DbErr, spec: &AgentSpec) -> Error {
+    if unique_violation(&error).is_some() {
+        Error::AlreadyExists {
+            kind: "agent",
+            name: spec.name.clone(),
+        }
+    } else if foreign_key_violation(&error) {
+        Error::precondition("PROVIDER_NOT_FOUND", "the assigned provider does not exist")
+    } else {
+        db_error(error)
+    }
+}
+
+fn version_record(row: agent_version::Model) -> VersionRecord {
+    VersionRecord {
+        version_number: row.version_number,
+        action: row.action,
+        diff: version::changes_from_json(&row.diff),
+        configuration: row.configuration,
+        change_description: row.change_description,
+        changed_by: row.changed_by,
+        create_time: row.create_time,
+    }
+}
+
+fn not_found(id: &str) -> Error {
+    Error::NotFound {
+        kind: "agent",
+        id: id.to_owned(),
+    }
+}
+
+fn total_i64(count: u64) -> i64 {
+    i64::try_from(count).unwrap_or(i64::MAX)
+}
+
+/// Used by the runtime: the agent snapshot at `number`, or the current one.
+pub async fn spec_at(
+    db: &DatabaseConnection,
+    tenant: &str,
+    id: &str,
+    number: Option<i64>,
+) -> Result<(AgentRecord, AgentSpec, i64), Error> {
+    let current = get(db, tenant, id).await?;
+    match number {
+        None => {
+            let spec = current.spec.clone();
+            let version = current.version;
+            Ok((current, spec, version))
+        }
+        Some(n) => {
+            let version = get_version(db, tenant, id, n).await?;
+            let spec = AgentSpec::from_json(&version.configuration)?;
+            Ok((current, spec, n))
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! The whole pair for end-to-end tests: crypto-service and registry-service
+//! as real processes, over a fresh database each — a SQLite file in a
+//! temporary directory, or, when `TEST_POSTGRES_URL` is set, a new
+//! PostgreSQL database that is dropped afterwards.
+
+use std::path::PathBuf;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use sea_orm::{ConnectionTrait, Database};
+use tonic::transport::Channel;
+
+use crate::{Launch, Process, binary, start_crypto};
+
+/// The development key the stack's crypto-service runs with.
+pub const STACK_KEY: [u8; 32] = [0x5a; 32];
+
+/// Where the registry keeps its data for one test.
+#[derive(Debug)]
+pub enum TestDatabase {
+    /// A SQLite file.
+    Sqlite {
+        /// Keeps the directory alive.
+        dir: tempfile::TempDir,
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A fresh PostgreSQL database.
+    Postgres {
+        /// Maintenance URL used to create and drop it.
+        admin_url: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+impl TestDatabase {
+    /// A fresh database of the backend this run tests.
+    pub async fn fresh() -> Self {
+        match std::env::var("TEST_POSTGRES_URL") {
+            Ok(admin_url) if !admin_url.is_empty() => {
+                let name = format!("registry_test_{}", random_hex());
+                let admin = Database::connect(&admin_url)
+                    .await
+                    .expect("connect to TEST_POSTGRES_URL");
+                admin
+                    .execute_unprepared(&format!("CREATE DATABASE {name}"))
+                    .await
+                    .expect("create test database");
+                Self::Postgres { admin_url, name }
+            }
+            _ => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let path = dir.path().join("registry.db");
+                Self::Sqlite { dir, path }
+            }
+        }
+    }
+
+    /// The registry's DATABASE_URL.
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite { path, .. } => format!("sqlite://{}", path.display()),
+            Self::Postgres { admin_url, name } => replace_database(admin_url, name),
+        }
+    }
+
+    /// Whether this is PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres { .. })
+    }
+
+    /// Every byte the database keeps on disk for SQLite (file, WAL, shm),
+    /// or a textual dump of every table for PostgreSQL.
+    pub async fn stored_bytes(&self) -> Vec<u8> {
+        match self {
+            Self::Sqlite { path, .. } => {
+                let mut bytes = Vec::new();
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let file = PathBuf::from(format!("{}{suffix}", path.display()));
+                    if let Ok(content) = std::fs::read(&file) {
+                        bytes.extend(content);
+                    }
+                }
+                bytes
+            }
+            Self::Postgres { .. } => {
+                let db = Database::connect(self.url()).await.expect("connect");
+                let mut dump = Vec::new();
+                for table in ["providers", "agents", "provider_versions", "agent_versions"] {
+                    let rows = db
+                        .query_all_raw(sea_orm::Statement::from_string(
+                            db.get_database_backend(),
+                            format!("SELECT row_to_json(t)::text AS j FROM {table} t"),
+                        ))
+                        .await
+                        .expect("dump table");
+                    for row in rows {
+                        let text: String = row.try_get("", "j").expect("json text");
+                        dump.extend(text.into_bytes());
+                        dump.push(b'\n');
+                    }
+                }
+                dump
+            }
+        }
+    }
+
+    /// Runs one SQL statement against the test database (for checks).
+    pub async fn count(&self, sql: &str) -> i64 {
+        let db = Database::connect(self.url()).await.expect("connect");
+        let row = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                sql.to_owned(),
+            ))
+            .await
+            .expect("query")
+            .expect("one row");
+        row.try_get_by_index::<i64>(0).expect("count")
+    }
+
+    /// Drops a PostgreSQL database; SQLite files go with their directory.
+    pub async fn drop_database(&self) {
+        if let Self::Postgres { admin_url, name } = self {
+            let admin = Database::connect(admin_url).await.expect("connect");
+            let _ = admin
+                .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .await;
+        }
+    }
+}
+
+/// crypto-service and registry-service over a fresh database.
+#[derive(Debug)]
+pub struct Stack {
+    /// The crypto-service process (None after [`Stack::stop_crypto`]).
+    pub crypto: Option<Process>,
+    /// The registry-service process.
+    pub registry: Process,
+    /// Its database.
+    pub database: TestDatabase,
+    /// The crypto endpoint the registry was given.
+    pub crypto_endpoint: String,
+}
+
+impl Stack {
+    /// Starts both services on ephemeral loopback ports.
+    pub async fn start() -> Self {
+        let crypto =
+            start_crypto(Launch::default().env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))).await;
+        let crypto_endpoint = crypto.url();
+        let database = TestDatabase::fresh().await;
+        let registry = start_registry(&database, &crypto_endpoint, Launch::default()).await;
+        Self {
+            crypto: Some(crypto),
+            registry,
+            database,
+            crypto_endpoint,
+        }
+    }
+
+    /// A channel to the registry.
+    pub async fn channel(&self) -> Channel {
+        self.registry.channel().await
+    }
+
+    /// Stops crypto-service (SIGTERM) and waits for it to exit.
+    pub async fn stop_crypto(&mut self) {
+        if let Some(crypto) = self.crypto.take() {
+            crypto.terminate().await;
+        }
+    }
+
+    /// Everything both processes printed.
+    pub fn logs(&self) -> String {
+        let mut all = self.registry.output();
+        if let Some(crypto) = &self.crypto {
+            all.push_str(&crypto.output());
+        }
+        all
+    }
+
+    /// Stops both processes and drops the database; returns all logs.
+    pub async fn finish(mut self) -> String {
+        self.stop_crypto().await;
+        let (_, registry_logs) = self.registry.terminate().await;
+        self.database.drop_database().await;
+        registry_logs
+    }
+}
+
+/// Starts registry-service on an ephemeral port over `database`.
+pub async fn start_registry(
+    database: &TestDatabase,
+    crypto_endpoint: &str,
+    launch: Launch,
+) -> Process {
+    let launch = launch
+        .arg("--log-format")
+        .arg("json")
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .env("DATABASE_URL", database.url())
+        .env("CRYPTO_ENDPOINT", crypto_endpoint)
+        .env("CRYPTO_TIMEOUT_SECONDS", "2");
+    Process::start(
+        &binary("registry-service"),
+        launch,
+        "registry-service serving",
+    )
+    .await
+}
+
+fn replace_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let prefix = match base.rfind('/') {
+        Some(slash)
+            if base[..slash].contains("://") && slash > base.find("://").unwrap_or(0) + 2 =>
+        {
+            &base[..slash]
+        }
+        _ => base,
+    };
+    format!("{prefix}/{name}{query}")
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("random");
+    hex::encode(bytes)
+}

@@ -1,0 +1,928 @@
+//! registry-service end to end: both real binaries, a fresh database per
+//! test (SQLite by default, PostgreSQL when TEST_POSTGRES_URL is set), and
+//! gRPC clients doing what the platform's users do.
+
+use std::collections::BTreeMap;
+
+use prost::Message;
+use prost_types::FieldMask;
+use proto::v1 as pb;
+use proto::v1::agent_service_client::AgentServiceClient;
+use proto::v1::provider_service_client::ProviderServiceClient;
+use proto::v1::runtime_service_client::RuntimeServiceClient;
+use tests::stack::Stack;
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+struct Clients {
+    agents: AgentServiceClient<Channel>,
+    providers: ProviderServiceClient<Channel>,
+    runtime: RuntimeServiceClient<Channel>,
+}
+
+async fn clients(stack: &Stack) -> Clients {
+    let channel = stack.channel().await;
+    Clients {
+        agents: AgentServiceClient::new(channel.clone()),
+        providers: ProviderServiceClient::new(channel.clone()),
+        runtime: RuntimeServiceClient::new(channel),
+    }
+}
+
+/// The report's example agent.
+fn data_analyst(name: &str, provider_id: Option<&str>) -> pb::Agent {
+    pb::Agent {
+        name: name.to_owned(),
+        role: "Senior Data Analyst".to_owned(),
+        goal: "Analyze complex datasets".to_owned(),
+        backstory: "Expert in data science".to_owned(),
+        llm_provider_id: provider_id.map(str::to_owned),
+        temperature: Some(0.7),
+        cache: Some(true),
+        max_iter: Some(15),
+        ..Default::default()
+    }
+}
+
+fn openai(name: &str, api_key: &str) -> pb::Provider {
+    pb::Provider {
+        name: name.to_owned(),
+        provider_type: pb::ProviderType::Openai.into(),
+        model_name: "gpt-4".to_owned(),
+        api_key: api_key.to_owned(),
+        is_default: true,
+        ..Default::default()
+    }
+}
+
+async fn create_agent(c: &mut Clients, agent: pb::Agent) -> pb::Agent {
+    c.agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create agent")
+        .into_inner()
+}
+
+async fn create_provider(c: &mut Clients, provider: pb::Provider) -> pb::Provider {
+    c.providers
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(provider),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create provider")
+        .into_inner()
+}
+
+fn mask(paths: &[&str]) -> Option<FieldMask> {
+    Some(FieldMask {
+        paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+    })
+}
+
+fn changes(diff: &[pb::FieldChange]) -> BTreeMap<String, (i32, String, String)> {
+    diff.iter()
+        .map(|c| {
+            let show = |v: &Option<prost_types::Value>| {
+                format!("{:?}", v.as_ref().and_then(|v| v.kind.clone()))
+            };
+            (
+                c.path.clone(),
+                (c.kind, show(&c.old_value), show(&c.new_value)),
+            )
+        })
+        .collect()
+}
+
+fn number(value: f64) -> String {
+    format!("{:?}", Some(prost_types::value::Kind::NumberValue(value)))
+}
+
+fn violations(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn create_update_list_and_rollback_follow_the_report_examples() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+
+    let created = create_agent(&mut c, data_analyst("Data Analyst Agent", None)).await;
+    assert_eq!(created.version, 1);
+    assert_eq!(
+        created.allow_delegation,
+        Some(true),
+        "platform default applied"
+    );
+    assert_eq!(created.max_retry_limit, Some(2));
+
+    let updated = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: created.id.clone(),
+                temperature: Some(0.8),
+                max_iter: Some(20),
+                ..Default::default()
+            }),
+            update_mask: mask(&["temperature", "max_iter"]),
+            change_description: String::new(),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(updated.version, 2);
+    assert_eq!(
+        (updated.temperature, updated.max_iter),
+        (Some(0.8), Some(20))
+    );
+    assert_eq!(
+        updated.goal, created.goal,
+        "fields outside the mask are kept"
+    );
+
+    let history = c
+        .agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: created.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    assert_eq!(history.total_size, 2);
+    assert_eq!(
+        history
+            .versions
+            .iter()
+            .map(|v| v.version_number)
+            .collect::<Vec<_>>(),
+        [2, 1],
+        "newest first"
+    );
+    let v2 = &history.versions[0];
+    assert_eq!(v2.action(), pb::VersionAction::Update);
+    let modified = pb::ChangeKind::Modified as i32;
+    assert_eq!(
+        changes(&v2.diff),
+        BTreeMap::from([
+            (
+                "max_iter".to_owned(),
+                (modified, number(15.0), number(20.0))
+            ),
+            (
+                "temperature".to_owned(),
+                (modified, number(0.7), number(0.8))
+            ),
+        ]),
+        "exactly temperature 0.7→0.8 and max_iter 15→20"
+    );
+    assert_eq!(history.versions[1].action(), pb::VersionAction::Create);
+    assert_eq!(history.versions[1].changed_by, "anonymous");
+
+    let rolled_back = c
+        .agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: created.id.clone(),
+            version_number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("rollback")
+        .into_inner();
+    assert_eq!(rolled_back.version, 3);
+    assert_eq!(
+        (rolled_back.temperature, rolled_back.max_iter),
+        (Some(0.7), Some(15))
+    );
+    let v3 = c
+        .agents
+        .get_agent_version(pb::GetAgentVersionRequest {
+            agent_id: created.id.clone(),
+            version_number: 3,
+        })
+        .await
+        .expect("v3")
+        .into_inner();
+    assert_eq!(v3.action(), pb::VersionAction::Rollback);
+    assert_eq!(v3.change_description, "Rolled back to version 1");
+    assert_eq!(
+        changes(&v3.diff).len(),
+        2,
+        "diff against the version it replaced"
+    );
+
+    let v1_to_v3 = c
+        .agents
+        .diff_agent_versions(pb::DiffAgentVersionsRequest {
+            agent_id: created.id.clone(),
+            from_version: 1,
+            to_version: 3,
+        })
+        .await
+        .expect("diff")
+        .into_inner();
+    assert!(v1_to_v3.changes.is_empty(), "v3 holds v1's configuration");
+
+    // An update that changes nothing appends nothing.
+    let same = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: created.id.clone(),
+                temperature: Some(0.7),
+                ..Default::default()
+            }),
+            update_mask: mask(&["temperature"]),
+            change_description: String::new(),
+        })
+        .await
+        .expect("no-op update")
+        .into_inner();
+    assert_eq!(same.version, 3);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback_and_resolved() {
+    const KEY_V1: &str = "sk-live-first-key-7f3a91c0";
+    const KEY_V2: &str = "sk-live-second-key-2b64e8d5";
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    let mut responses = Vec::new();
+
+    let provider = create_provider(&mut c, openai("OpenAI GPT-4", KEY_V1)).await;
+    responses.push(provider.encode_to_vec());
+    assert!(provider.api_key_set);
+    assert!(provider.api_key.is_empty());
+
+    // Assign and Override.
+    let mut agent = data_analyst("Resolver", Some(&provider.id));
+    agent.llm_overrides = Some(pb::ModelParameters {
+        max_tokens: Some(512),
+        temperature: Some(0.2),
+        ..Default::default()
+    });
+    let agent = create_agent(&mut c, agent).await;
+    responses.push(agent.encode_to_vec());
+
+    let updated = c
+        .providers
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: provider.id.clone(),
+                api_key: KEY_V2.to_owned(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["api_key"]),
+            change_description: "rotate the key".to_owned(),
+        })
+        .await
+        .expect("update key")
+        .into_inner();
+    responses.push(updated.encode_to_vec());
+    assert_eq!(updated.version, 2);
+
+    let history = c
+        .providers
+        .list_provider_versions(pb::ListProviderVersionsRequest {
+            provider_id: provider.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    responses.push(history.encode_to_vec());
+    let marker = format!(
+        "{:?}",
+        Some(prost_types::value::Kind::StringValue(
+            "***encrypted***".to_owned()
+        ))
+    );
+    assert_eq!(
+        changes(&history.versions[0].diff),
+        BTreeMap::from([(
+            "api_key".to_owned(),
+            (pb::ChangeKind::Modified as i32, marker.clone(), marker)
+        )])
+    );
+
+    let resolved = c
+        .runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: agent.id.clone(),
+            version_number: None,
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(resolved.api_key, KEY_V2);
+    let effective = resolved.effective.expect("effective");
+    assert_eq!(effective.model_name.as_deref(), Some("gpt-4"));
+    assert_eq!(
+        effective.temperature,
+        Some(0.2),
+        "overrides win over the agent's temperature"
+    );
+    assert_eq!(effective.max_tokens, Some(512));
+
+    let restored = c
+        .providers
+        .rollback_provider(pb::RollbackProviderRequest {
+            provider_id: provider.id.clone(),
+            version_number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("rollback")
+        .into_inner();
+    responses.push(restored.encode_to_vec());
+    assert_eq!(restored.version, 3);
+    let resolved = c
+        .runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: agent.id.clone(),
+            version_number: None,
+        })
+        .await
+        .expect("resolve after rollback")
+        .into_inner();
+    assert_eq!(resolved.api_key, KEY_V1, "rollback restored the first key");
+
+    let stored = stack.database.stored_bytes().await;
+    let logs = stack.logs();
+    for key in [KEY_V1, KEY_V2] {
+        assert!(
+            !stored.windows(key.len()).any(|w| w == key.as_bytes()),
+            "{key} stored in plaintext"
+        );
+        assert!(!logs.contains(key), "{key} in the logs");
+        for response in &responses {
+            assert!(
+                !response.windows(key.len()).any(|w| w == key.as_bytes()),
+                "{key} in a response"
+            );
+        }
+    }
+    assert!(
+        stored.windows(7).any(|w| w == b"arc1.1."),
+        "the key is stored as ciphertext"
+    );
+    let logs = stack.finish().await;
+    assert!(!logs.contains(KEY_V1) && !logs.contains(KEY_V2));
+}
+
+#[tokio::test]
+async fn concurrent_writers_get_contiguous_versions_and_aborted_on_stale_etags() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    let agent = create_agent(&mut c, data_analyst("Contended", None)).await;
+
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let mut agents = c.agents.clone();
+        let id = agent.id.clone();
+        writers.push(tokio::spawn(async move {
+            let mut applied = Vec::new();
+            let mut aborted = 0;
+            for round in 0..50 {
+                let current = agents
+                    .get_agent(pb::GetAgentRequest { id: id.clone() })
+                    .await
+                    .expect("get")
+                    .into_inner();
+                let goal = format!("writer {writer} round {round}");
+                let result = agents
+                    .update_agent(pb::UpdateAgentRequest {
+                        agent: Some(pb::Agent {
+                            id: id.clone(),
+                            goal: goal.clone(),
+                            etag: current.etag,
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["goal"]),
+                        change_description: String::new(),
+                    })
+                    .await;
+                match result {
+                    Ok(updated) => applied.push((updated.into_inner().version, goal)),
+                    Err(status) if status.code() == Code::Aborted => aborted += 1,
+                    Err(status) => panic!("unexpected {status:?}"),
+                }
+            }
+            (applied, aborted)
+        }));
+    }
+    let mut applied = Vec::new();
+    let mut aborted = 0;
+    for writer in writers {
+        let (mine, refused) = writer.await.expect("writer");
+        applied.extend(mine);
+        aborted += refused;
+    }
+    assert_eq!(applied.len() + aborted, 800);
+    assert!(!applied.is_empty());
+
+    // Versions 1..N, contiguous, and each applied update is its own version.
+    let mut versions = BTreeMap::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .agents
+            .list_agent_versions(pb::ListAgentVersionsRequest {
+                agent_id: agent.id.clone(),
+                page_size: 100,
+                page_token: token,
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        for v in page.versions {
+            let goal = v.configuration.expect("configuration").goal;
+            assert!(
+                versions.insert(v.version_number, goal).is_none(),
+                "duplicate version"
+            );
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let expected: Vec<i64> = (1..=i64::try_from(applied.len()).expect("fits") + 1).collect();
+    assert_eq!(
+        versions.keys().copied().collect::<Vec<_>>(),
+        expected,
+        "contiguous, none lost"
+    );
+    for (version, goal) in &applied {
+        assert_eq!(
+            versions.get(version),
+            Some(goal),
+            "version {version} holds its own update"
+        );
+    }
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+
+    let status = c
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                name: " ".to_owned(),
+                role: String::new(),
+                goal: "g".repeat(2001),
+                temperature: Some(f64::NAN),
+                max_iter: Some(0),
+                max_rpm: Some(-5),
+                tools: vec!["search".to_owned(), "search".to_owned()],
+                llm_provider_id: Some("not-a-uuid".to_owned()),
+                llm_overrides: Some(pb::ModelParameters {
+                    top_p: Some(1.5),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("invalid agent");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let mut fields = violations(&status);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "agent.goal",
+            "agent.llm_overrides.top_p",
+            "agent.llm_provider_id",
+            "agent.max_iter",
+            "agent.max_rpm",
+            "agent.name",
+            "agent.role",
+            "agent.temperature",
+            "agent.tools[1]",
+        ]
+    );
+
+    let status = c
+        .providers
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(pb::Provider {
+                name: "p".into(),
+                provider_type: 99,
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("invalid provider");
+    let mut fields = violations(&status);
+    fields.sort();
+    assert_eq!(fields, ["provider.model_name", "provider.provider_type"]);
+
+    let missing = "01900000-0000-7000-8000-000000000000".to_owned();
+    let status = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            id: missing.clone(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = c
+        .agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: missing.clone(),
+            version_number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(status.code(), Code::NotFound);
+    let status = c
+        .providers
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: missing.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect_err("missing");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let agent = create_agent(&mut c, data_analyst("Twin", None)).await;
+    let status = c
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(data_analyst("Twin", None)),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("duplicate name");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let status = c
+        .agents
+        .get_agent_version(pb::GetAgentVersionRequest {
+            agent_id: agent.id.clone(),
+            version_number: 9,
+        })
+        .await
+        .expect_err("missing version");
+    assert_eq!(status.code(), Code::NotFound);
+
+    let status = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: agent.id.clone(),
+                max_iter: Some(5000),
+                ..Default::default()
+            }),
+            update_mask: mask(&["max_iter", "version"]),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("output-only path");
+    assert_eq!(violations(&status), ["update_mask"]);
+
+    let status = c
+        .agents
+        .list_agents(pb::ListAgentsRequest {
+            page_size: -1,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("negative page size");
+    assert_eq!(violations(&status), ["page_size"]);
+
+    // A stale etag writes nothing.
+    let status = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: agent.id.clone(),
+                goal: "new".into(),
+                etag: "\"7\"".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["goal"]),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("stale etag");
+    assert_eq!(status.code(), Code::Aborted);
+    let current = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            id: agent.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((current.version, current.goal), (1, agent.goal));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn create_provider_with_crypto_down_is_unavailable_and_writes_nothing() {
+    let mut stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    stack.stop_crypto().await;
+    let status = c
+        .providers
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(openai("Unreachable", "sk-never-stored")),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("crypto-service is down");
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(
+        stack.database.count("SELECT COUNT(*) FROM providers").await,
+        0
+    );
+    assert_eq!(
+        stack
+            .database
+            .count("SELECT COUNT(*) FROM provider_versions")
+            .await,
+        0
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn pages_walk_every_agent_once_and_tokens_are_bound_to_their_request() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    for i in 0..23 {
+        create_agent(&mut c, data_analyst(&format!("agent-{i:02}"), None)).await;
+    }
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = c
+            .agents
+            .list_agents(pb::ListAgentsRequest {
+                page_size: 10,
+                page_token: token,
+            })
+            .await
+            .expect("page")
+            .into_inner();
+        assert_eq!(page.total_size, 23);
+        pages += 1;
+        seen.extend(page.agents.into_iter().map(|a| a.name));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+        let status = c
+            .providers
+            .list_providers(pb::ListProvidersRequest {
+                page_size: 10,
+                page_token: token.clone(),
+            })
+            .await
+            .expect_err("an agents token is not a providers token");
+        assert_eq!(violations(&status), ["page_token"]);
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..23).map(|i| format!("agent-{i:02}")).collect();
+    assert_eq!(seen, expected);
+
+    let big = c
+        .agents
+        .list_agents(pb::ListAgentsRequest {
+            page_size: 1000,
+            page_token: String::new(),
+        })
+        .await
+        .expect("clamped")
+        .into_inner();
+    assert_eq!(big.agents.len(), 23);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    let first = create_provider(&mut c, openai("first", "sk-first-0001")).await;
+    let second = create_provider(&mut c, openai("second", "sk-second-0002")).await;
+    assert!(second.is_default);
+    let first_now = c
+        .providers
+        .get_provider(pb::GetProviderRequest {
+            id: first.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert!(!first_now.is_default, "the default moved");
+    assert_eq!(first_now.version, 2, "losing the default is a version");
+
+    // An agent without a provider resolves through the tenant default.
+    let agent = create_agent(&mut c, data_analyst("Defaulted", None)).await;
+    let resolved = c
+        .runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: agent.id.clone(),
+            version_number: None,
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(resolved.provider.expect("provider").id, second.id);
+    assert_eq!(resolved.api_key, "sk-second-0002");
+
+    let assigned = create_agent(&mut c, data_analyst("Assigned", Some(&first.id))).await;
+    let status = c
+        .providers
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: first.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect_err("in use");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+
+    c.agents
+        .delete_agent(pb::DeleteAgentRequest {
+            id: assigned.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("delete agent");
+    assert_eq!(
+        stack
+            .database
+            .count(&format!(
+                "SELECT COUNT(*) FROM agent_versions WHERE agent_id = '{}'",
+                assigned.id
+            ))
+            .await,
+        0,
+        "versions deleted with their agent"
+    );
+    c.providers
+        .delete_provider(pb::DeleteProviderRequest {
+            provider_id: first.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("now deletable");
+
+    let status = c
+        .agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(data_analyst("Orphan", Some(&first.id))),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("deleted provider");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn resolve_agent_as_of_an_earlier_version() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    create_provider(&mut c, openai("default", "sk-resolve-0003")).await;
+    let agent = create_agent(&mut c, data_analyst("Versioned", None)).await;
+    c.agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: agent.id.clone(),
+                temperature: Some(1.5),
+                ..Default::default()
+            }),
+            update_mask: None,
+            change_description: String::new(),
+        })
+        .await
+        .expect("update without a mask changes the fields it sets");
+    let now = c
+        .runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: agent.id.clone(),
+            version_number: None,
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(
+        (
+            now.agent_version,
+            now.effective.expect("effective").temperature
+        ),
+        (2, Some(1.5))
+    );
+    let then = c
+        .runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: agent.id.clone(),
+            version_number: Some(1),
+        })
+        .await
+        .expect("resolve v1")
+        .into_inner();
+    assert_eq!(then.agent_version, 1);
+    assert_eq!(then.agent.expect("agent").temperature, Some(0.7));
+    assert_eq!(then.effective.expect("effective").temperature, Some(0.7));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn concurrent_writers_without_etags_all_apply_in_order() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    let agent = create_agent(&mut c, data_analyst("Queued", None)).await;
+    let mut writers = Vec::new();
+    for writer in 0..16 {
+        let mut agents = c.agents.clone();
+        let id = agent.id.clone();
+        writers.push(tokio::spawn(async move {
+            for round in 0..20 {
+                agents
+                    .update_agent(pb::UpdateAgentRequest {
+                        agent: Some(pb::Agent {
+                            id: id.clone(),
+                            backstory: format!("{writer}/{round}"),
+                            ..Default::default()
+                        }),
+                        update_mask: mask(&["backstory"]),
+                        change_description: String::new(),
+                    })
+                    .await
+                    .expect("an update without an etag waits its turn and applies");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let current = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            id: agent.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(current.version, 1 + 16 * 20);
+    let versions = stack
+        .database
+        .count(&format!(
+            "SELECT COUNT(DISTINCT version_number) FROM agent_versions WHERE agent_id = '{}' AND version_number BETWEEN 1 AND 321",
+            agent.id
+        ))
+        .await;
+    assert_eq!(versions, 321);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn the_migrate_subcommand_reports_applies_and_reverts() {
+    let database = tests::stack::TestDatabase::fresh().await;
+    let registry = tests::binary("registry-service");
+    let run = |action: &str| {
+        let launch = tests::Launch::default()
+            .arg("migrate")
+            .arg(action)
+            .env("DATABASE_URL", database.url());
+        tests::Process::run_to_exit(&registry, launch)
+    };
+    let (status, output) = run("up").await;
+    assert!(status.success(), "{output}");
+    let (_, output) = run("status").await;
+    assert!(
+        output.contains("applied m20261126_000001_create_registry"),
+        "{output}"
+    );
+    assert_eq!(database.count("SELECT COUNT(*) FROM agents").await, 0);
+    let (status, output) = run("down").await;
+    assert!(status.success(), "{output}");
+    let (_, output) = run("status").await;
+    assert!(
+        output.contains("pending m20261126_000001_create_registry"),
+        "{output}"
+    );
+    database.drop_database().await;
+}
