@@ -1,12 +1,8 @@
 //! Who is calling: the tenant whose data a call may touch and the subject
-//! recorded as `changed_by`. The authentication layer (issue 4) will put a
-//! verified `Caller` into each request's extensions; until then every call
-//! acts in one default tenant.
+//! recorded as `changed_by`. The authentication layer ([`crate::auth`])
+//! puts a verified `Caller` into each request's extensions.
 
-/// The tenant used when no authenticated caller is attached.
-pub const DEFAULT_TENANT: &str = "default";
-/// The subject recorded when no authenticated caller is attached.
-pub const ANONYMOUS: &str = "anonymous";
+use crate::error::Error;
 
 /// The caller of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,15 +14,13 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The caller attached to `request`, or the default one.
-    pub fn of<T>(request: &tonic::Request<T>) -> Self {
+    /// The authenticated caller of `request`. Without one (a server built
+    /// without the authentication layer) the call is refused: fail closed.
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<Self, Error> {
         request
             .extensions()
             .get::<Self>()
             .cloned()
-            .unwrap_or_else(|| Self {
-                tenant: DEFAULT_TENANT.to_owned(),
-                subject: ANONYMOUS.to_owned(),
-            })
+            .ok_or_else(|| Error::Unauthenticated("no authenticated caller".to_owned()))
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroizing;
 
+use crate::auth::{Expectations, KeySource};
 use crate::crypto::ClientTls;
 use crate::error::Error;
 use crate::store::DatabaseSettings;
@@ -28,6 +29,8 @@ pub struct Args {
     pub common: Common,
     #[command(flatten)]
     pub serve: ServeArgs,
+    #[command(flatten)]
+    pub jwt: JwtArgs,
 }
 
 /// Subcommands.
@@ -41,6 +44,26 @@ pub enum Command {
         #[arg(value_enum, default_value_t = MigrateAction::Up)]
         action: MigrateAction,
     },
+    /// Mint an HS256 token with the configured JWT_HS256_SECRET (and
+    /// JWT_ISSUER / JWT_AUDIENCE when set), printed to stdout.
+    Token(TokenArgs),
+}
+
+/// Settings of `token`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct TokenArgs {
+    /// The `sub` claim: who is calling (recorded as changed_by).
+    #[arg(long)]
+    pub subject: String,
+    /// The `tenant` claim.
+    #[arg(long)]
+    pub tenant: String,
+    /// Roles, comma-separated: viewer, editor, admin, runtime.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub roles: Vec<String>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub ttl_seconds: u64,
 }
 
 /// `migrate` actions.
@@ -127,6 +150,100 @@ pub struct ServeArgs {
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REGISTRY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+}
+
+/// Token verification settings. The HS256 secret itself is read only from
+/// the environment (`JWT_HS256_SECRET`) or a file (`JWT_HS256_SECRET_FILE`).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct JwtArgs {
+    /// File holding the HS256 shared secret (at least 32 bytes). Secret.
+    #[arg(long, env = "JWT_HS256_SECRET_FILE", global = true)]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// PEM public key (RS256 or ES256) that signs tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// JWKS file: several RS256/ES256 public keys, chosen by `kid`.
+    #[arg(long, env = "JWT_JWKS_FILE", global = true)]
+    pub jwt_jwks_file: Option<PathBuf>,
+    /// Required `iss` claim.
+    #[arg(long, env = "JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed on exp and nbf, in seconds.
+    #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = 30, global = true)]
+    pub jwt_leeway_seconds: u64,
+}
+
+impl JwtArgs {
+    /// The one configured key source, and the setting that named it.
+    /// `env` looks up an environment variable (only `JWT_HS256_SECRET`).
+    pub fn key_source(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(KeySource, &'static str), Error> {
+        let read = |setting: &'static str, path: &PathBuf| {
+            std::fs::read(path).map_err(|e| {
+                Error::config(
+                    setting,
+                    format!("cannot read {}: {}", path.display(), e.kind()),
+                )
+            })
+        };
+        let mut sources = Vec::new();
+        if let Some(secret) = env("JWT_HS256_SECRET").filter(|s| !s.is_empty()) {
+            sources.push((
+                KeySource::Hs256(Zeroizing::new(secret.into_bytes())),
+                "JWT_HS256_SECRET",
+            ));
+        }
+        if let Some(path) = &self.jwt_hs256_secret_file {
+            let mut bytes = read("JWT_HS256_SECRET_FILE", path)?;
+            while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                bytes.pop();
+            }
+            sources.push((
+                KeySource::Hs256(Zeroizing::new(bytes)),
+                "JWT_HS256_SECRET_FILE",
+            ));
+        }
+        if let Some(path) = &self.jwt_public_key_file {
+            sources.push((
+                KeySource::PublicKeyPem(read("JWT_PUBLIC_KEY_FILE", path)?),
+                "JWT_PUBLIC_KEY_FILE",
+            ));
+        }
+        if let Some(path) = &self.jwt_jwks_file {
+            sources.push((
+                KeySource::Jwks(read("JWT_JWKS_FILE", path)?),
+                "JWT_JWKS_FILE",
+            ));
+        }
+        match sources.len() {
+            0 => Err(Error::config(
+                "JWT_HS256_SECRET",
+                "no token verification key: set JWT_HS256_SECRET (or JWT_HS256_SECRET_FILE), JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE",
+            )),
+            1 => Ok(sources.remove(0)),
+            _ => Err(Error::config(
+                sources[1].1,
+                format!(
+                    "conflicts with {}: give exactly one token key source",
+                    sources[0].1
+                ),
+            )),
+        }
+    }
+
+    /// What tokens must carry besides a valid signature.
+    pub fn expectations(&self) -> Expectations {
+        Expectations {
+            issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
+            leeway_seconds: self.jwt_leeway_seconds,
+        }
+    }
 }
 
 /// How log lines are written.

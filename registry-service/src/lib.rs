@@ -4,6 +4,7 @@
 //! and decrypted by crypto-service. See `ARCHITECTURE.md` for the map.
 
 pub mod api;
+pub mod auth;
 pub mod caller;
 pub mod config;
 pub mod crypto;

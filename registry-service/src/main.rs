@@ -3,10 +3,12 @@
 //! SIGINT; or run the `migrate` subcommand.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use registry_service::api::Registry;
-use registry_service::config::{Args, Command, Common, LogFormat, MigrateAction};
+use registry_service::auth::{Authenticator, KeySource};
+use registry_service::config::{Args, Command, Common, LogFormat, MigrateAction, TokenArgs};
 use registry_service::crypto::Crypto;
 use registry_service::{Error, server, store};
 use sea_orm_migration::MigratorTrait;
@@ -17,6 +19,7 @@ async fn main() -> ExitCode {
     init_logging(&args.common);
     let result = match args.command {
         Some(Command::Migrate { action }) => migrate(&args.common, action).await,
+        Some(Command::Token(ref token)) => mint_token(&args, token),
         Some(Command::Serve) | None => serve(&args).await,
     };
     match result {
@@ -31,6 +34,12 @@ async fn main() -> ExitCode {
 
 async fn serve(args: &Args) -> Result<(), Error> {
     let settings = args.serve.settings(&args.common)?;
+    let (source, setting) = args.jwt.key_source(|name| std::env::var(name).ok())?;
+    let authenticator = Arc::new(Authenticator::new(
+        &source,
+        args.jwt.expectations(),
+        setting,
+    )?);
     let db = store::connect(&settings.database).await?;
     if settings.migrate {
         store::migrate_up(&db).await?;
@@ -49,10 +58,12 @@ async fn serve(args: &Args) -> Result<(), Error> {
                 format!("cannot bind {}: {}", settings.listen, e.kind()),
             )
         })?;
+    let registry = Registry { db, crypto };
     server::serve(
         listener,
         &settings,
-        Registry { db, crypto },
+        registry,
+        authenticator,
         shutdown_signal(),
     )
     .await
@@ -73,6 +84,20 @@ async fn migrate(common: &Common, action: MigrateAction) -> Result<(), Error> {
     if action != MigrateAction::Status {
         println!("migrate {}: done", format!("{action:?}").to_lowercase());
     }
+    Ok(())
+}
+
+/// `token`: an HS256 token for development and operations.
+fn mint_token(args: &Args, token: &TokenArgs) -> Result<(), Error> {
+    let (source, _) = args.jwt.key_source(|name| std::env::var(name).ok())?;
+    let KeySource::Hs256(secret) = source else {
+        return Err(Error::config(
+            "JWT_HS256_SECRET",
+            "`token` signs with the HS256 secret; with public keys, tokens come from your identity provider",
+        ));
+    };
+    let minted = registry_service::auth::mint_hs256(&secret, &args.jwt.expectations(), token)?;
+    println!("{minted}");
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! shutdown, then flips health to NOT_SERVING and drains within a deadline.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
@@ -14,6 +15,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::api::Registry;
+use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
 use crate::error::Error;
 
@@ -29,6 +31,7 @@ pub async fn serve(
     listener: TcpListener,
     settings: &Settings,
     registry: Registry,
+    authenticator: Arc<Authenticator>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -36,6 +39,9 @@ pub async fn serve(
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let limit = settings.max_message_bytes;
     let router = Server::builder()
+        // Outermost: no call reaches a handler without a verified caller
+        // whose roles allow the method (health and reflection excepted).
+        .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+pub mod auth;
 pub mod pki;
 pub mod stack;
 

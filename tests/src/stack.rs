@@ -145,13 +145,23 @@ pub struct Stack {
 }
 
 impl Stack {
-    /// Starts both services on ephemeral loopback ports.
+    /// Starts both services on ephemeral loopback ports; the registry
+    /// verifies HS256 tokens signed with [`crate::auth::STACK_JWT_SECRET`].
     pub async fn start() -> Self {
+        let auth = Launch::default()
+            .env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET)
+            .env("JWT_AUDIENCE", crate::auth::STACK_AUDIENCE);
+        Self::start_with(auth).await
+    }
+
+    /// Starts both services; `registry` adds the registry's token settings
+    /// (and any other arguments or environment).
+    pub async fn start_with(registry: Launch) -> Self {
         let crypto =
             start_crypto(Launch::default().env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))).await;
         let crypto_endpoint = crypto.url();
         let database = TestDatabase::fresh().await;
-        let registry = start_registry(&database, &crypto_endpoint, Launch::default()).await;
+        let registry = start_registry(&database, &crypto_endpoint, registry).await;
         Self {
             crypto: Some(crypto),
             registry,
@@ -163,6 +173,18 @@ impl Stack {
     /// A channel to the registry.
     pub async fn channel(&self) -> Channel {
         self.registry.channel().await
+    }
+
+    /// A channel to the registry that sends a token for `subject` in
+    /// `tenant` with `roles` on every call.
+    pub async fn channel_as(
+        &self,
+        subject: &str,
+        tenant: &str,
+        roles: &[&str],
+    ) -> crate::auth::Authed {
+        let token = crate::auth::token(subject, tenant, roles);
+        crate::auth::authed(self.channel().await, crate::auth::Bearer::new(&token))
     }
 
     /// Stops crypto-service (SIGTERM) and waits for it to exit.

@@ -10,19 +10,24 @@ use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::provider_service_client::ProviderServiceClient;
 use proto::v1::runtime_service_client::RuntimeServiceClient;
+use tests::auth::Authed;
 use tests::stack::Stack;
 use tonic::Code;
-use tonic::transport::Channel;
 use tonic_types::StatusExt;
 
 struct Clients {
-    agents: AgentServiceClient<Channel>,
-    providers: ProviderServiceClient<Channel>,
-    runtime: RuntimeServiceClient<Channel>,
+    agents: AgentServiceClient<Authed>,
+    providers: ProviderServiceClient<Authed>,
+    runtime: RuntimeServiceClient<Authed>,
 }
 
+/// Clients acting as alice, admin and runtime of tenant `acme`.
 async fn clients(stack: &Stack) -> Clients {
-    let channel = stack.channel().await;
+    clients_as(stack, "alice", "acme", &["admin", "runtime"]).await
+}
+
+async fn clients_as(stack: &Stack, subject: &str, tenant: &str, roles: &[&str]) -> Clients {
+    let channel = stack.channel_as(subject, tenant, roles).await;
     Clients {
         agents: AgentServiceClient::new(channel.clone()),
         providers: ProviderServiceClient::new(channel.clone()),
@@ -186,7 +191,11 @@ async fn create_update_list_and_rollback_follow_the_report_examples() {
         "exactly temperature 0.7→0.8 and max_iter 15→20"
     );
     assert_eq!(history.versions[1].action(), pb::VersionAction::Create);
-    assert_eq!(history.versions[1].changed_by, "anonymous");
+    assert_eq!(
+        history.versions[1].changed_by, "alice",
+        "the token's subject"
+    );
+    assert_eq!(created.created_by, "alice");
 
     let rolled_back = c
         .agents

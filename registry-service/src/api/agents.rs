@@ -20,7 +20,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let input = request
             .agent
@@ -42,7 +42,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::GetAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let id = &request.get_ref().id;
         require_id("id", id)?;
         let record = store::get(&self.db, &caller.tenant, id).await?;
@@ -54,7 +54,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::ListAgentsRequest>,
     ) -> Result<Response<pb::ListAgentsResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let limit = page::size(request.page_size)?;
         let scope = page::Scope::new(&[&caller.tenant, "ListAgents"]);
@@ -75,7 +75,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let input = request
             .agent
@@ -119,7 +119,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::DeleteAgentRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("id", &request.id)?;
         let expected = parse_etag(&request.etag, "etag")?;
@@ -132,7 +132,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::ListAgentVersionsRequest>,
     ) -> Result<Response<pb::ListAgentVersionsResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("agent_id", &request.agent_id)?;
         let limit = page::size(request.page_size)?;
@@ -160,7 +160,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::GetAgentVersionRequest>,
     ) -> Result<Response<pb::AgentVersion>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("agent_id", &request.agent_id)?;
         require_version("version_number", request.version_number)?;
@@ -179,7 +179,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::DiffAgentVersionsRequest>,
     ) -> Result<Response<pb::DiffAgentVersionsResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("agent_id", &request.agent_id)?;
         require_version("from_version", request.from_version)?;
@@ -209,7 +209,7 @@ impl AgentService for Registry {
         &self,
         request: Request<pb::RollbackAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("agent_id", &request.agent_id)?;
         require_version("version_number", request.version_number)?;

@@ -48,7 +48,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::CreateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let input = request
             .provider
@@ -75,7 +75,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::GetProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let id = &request.get_ref().id;
         require_id("id", id)?;
         let record = store::get(&self.db, &caller.tenant, id).await?;
@@ -87,7 +87,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let limit = page::size(request.page_size)?;
         let scope = page::Scope::new(&[&caller.tenant, "ListProviders"]);
@@ -108,7 +108,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let input = request
             .provider
@@ -161,7 +161,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::DeleteProviderRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("provider_id", &request.provider_id)?;
         let expected = parse_etag(&request.etag, "etag")?;
@@ -174,7 +174,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::ListProviderVersionsRequest>,
     ) -> Result<Response<pb::ListProviderVersionsResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("provider_id", &request.provider_id)?;
         let limit = page::size(request.page_size)?;
@@ -209,7 +209,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::GetProviderVersionRequest>,
     ) -> Result<Response<pb::ProviderVersion>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("provider_id", &request.provider_id)?;
         require_version("version_number", request.version_number)?;
@@ -231,7 +231,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::DiffProviderVersionsRequest>,
     ) -> Result<Response<pb::DiffProviderVersionsResponse>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("provider_id", &request.provider_id)?;
         require_version("from_version", request.from_version)?;
@@ -264,7 +264,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::RollbackProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("provider_id", &request.provider_id)?;
         require_version("version_number", request.version_number)?;

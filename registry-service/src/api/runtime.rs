@@ -27,7 +27,7 @@ impl RuntimeService for Registry {
         &self,
         request: Request<pb::ResolveAgentRequest>,
     ) -> Result<Response<pb::ResolvedAgent>, Status> {
-        let caller = Caller::of(&request);
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("agent_id", &request.agent_id)?;
         if let Some(number) = request.version_number {

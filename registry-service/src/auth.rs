@@ -1,0 +1,423 @@
+//! Authentication and authorization of every registry call.
+//!
+//! A tower layer in front of all services turns `authorization: Bearer
+//! <JWT>` into a [`Caller`] (subject, tenant, roles) in the request's
+//! extensions, then checks the method against [`allowed_roles`] — the one
+//! table of method → roles. Health and reflection pass without a token (a
+//! probe or grpcurl has none); a method missing from the table is denied.
+//! Failures are UNAUTHENTICATED or PERMISSION_DENIED with a reason that helps
+//! the caller and never echoes the token.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+use serde::Deserialize;
+use tonic::Status;
+use tonic::codegen::http;
+
+use crate::caller::Caller;
+use crate::error::Error;
+
+/// A role a token can grant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Reads agents and providers.
+    Viewer,
+    /// Also writes and rolls back agents.
+    Editor,
+    /// Everything but ResolveAgent, including every provider write.
+    Admin,
+    /// Only ResolveAgent.
+    Runtime,
+}
+
+impl Role {
+    /// The claim spelling (`viewer`, `editor`, `admin`, `runtime`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Viewer => "viewer",
+            Self::Editor => "editor",
+            Self::Admin => "admin",
+            Self::Runtime => "runtime",
+        }
+    }
+
+    /// Every role.
+    pub const ALL: [Role; 4] = [Role::Viewer, Role::Editor, Role::Admin, Role::Runtime];
+
+    fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|role| role.as_str() == name)
+    }
+}
+
+const READERS: &[Role] = &[Role::Viewer, Role::Editor, Role::Admin];
+const EDITORS: &[Role] = &[Role::Editor, Role::Admin];
+const ADMINS: &[Role] = &[Role::Admin];
+const RUNTIME: &[Role] = &[Role::Runtime];
+
+/// The roles allowed to call `method` (a full gRPC path such as
+/// `/agentregistry.v1.AgentService/CreateAgent`); `None` for a method the
+/// table does not know, which is denied.
+pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
+    let (service, name) = method.trim_start_matches('/').split_once('/')?;
+    let roles = match (service, name) {
+        (
+            "agentregistry.v1.AgentService",
+            "GetAgent" | "ListAgents" | "ListAgentVersions" | "GetAgentVersion"
+            | "DiffAgentVersions",
+        ) => READERS,
+        (
+            "agentregistry.v1.AgentService",
+            "CreateAgent" | "UpdateAgent" | "DeleteAgent" | "RollbackAgent",
+        ) => EDITORS,
+        (
+            "agentregistry.v1.ProviderService",
+            "GetProvider"
+            | "ListProviders"
+            | "ListProviderVersions"
+            | "GetProviderVersion"
+            | "DiffProviderVersions",
+        ) => READERS,
+        (
+            "agentregistry.v1.ProviderService",
+            "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider",
+        ) => ADMINS,
+        ("agentregistry.v1.RuntimeService", "ResolveAgent") => RUNTIME,
+        _ => return None,
+    };
+    Some(roles)
+}
+
+/// Whether `method` is open without a token: health checks and reflection.
+pub fn is_public(method: &str) -> bool {
+    method.starts_with("/grpc.health.v1.Health/")
+        || method.starts_with("/grpc.reflection.v1.ServerReflection/")
+        || method.starts_with("/grpc.reflection.v1alpha.ServerReflection/")
+}
+
+/// Where verification keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// An HS256 shared secret.
+    Hs256(zeroize::Zeroizing<Vec<u8>>),
+    /// One RS256 or ES256 public key, PEM.
+    PublicKeyPem(Vec<u8>),
+    /// A JWKS document: several RS256/ES256 keys chosen by `kid`.
+    Jwks(Vec<u8>),
+}
+
+/// What a token must satisfy besides its signature.
+#[derive(Debug, Clone, Default)]
+pub struct Expectations {
+    /// Required `iss`, when configured.
+    pub issuer: Option<String>,
+    /// Required `aud`, when configured.
+    pub audience: Option<String>,
+    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    pub leeway_seconds: u64,
+}
+
+/// Verifies tokens into callers.
+pub struct Authenticator {
+    /// Keys by `kid`; the `None` entry is used for tokens without one.
+    keys: HashMap<Option<String>, (Algorithm, DecodingKey)>,
+    expectations: Expectations,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("keys", &self.keys.len())
+            .field("expectations", &self.expectations)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    tenant: String,
+    #[serde(default)]
+    roles: Vec<String>,
+}
+
+/// An authenticated caller and its roles.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub caller: Caller,
+    pub roles: Vec<Role>,
+}
+
+impl Authenticator {
+    /// Loads the keys; `setting` names the source for start-up errors.
+    pub fn new(
+        source: &KeySource,
+        expectations: Expectations,
+        setting: &str,
+    ) -> Result<Self, Error> {
+        let bad = |problem: String| Error::config(setting, problem);
+        let mut keys = HashMap::new();
+        match source {
+            KeySource::Hs256(secret) => {
+                if secret.len() < 32 {
+                    return Err(bad("an HS256 secret must be at least 32 bytes".to_owned()));
+                }
+                keys.insert(None, (Algorithm::HS256, DecodingKey::from_secret(secret)));
+            }
+            KeySource::PublicKeyPem(pem) => {
+                let key = DecodingKey::from_rsa_pem(pem)
+                    .map(|k| (Algorithm::RS256, k))
+                    .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (Algorithm::ES256, k)))
+                    .map_err(|_| bad("not an RSA or P-256 public key in PEM".to_owned()))?;
+                keys.insert(None, key);
+            }
+            KeySource::Jwks(json) => {
+                let set: JwkSet = serde_json::from_slice(json)
+                    .map_err(|_| bad("not a JWKS document".to_owned()))?;
+                for jwk in &set.keys {
+                    let algorithm = match &jwk.algorithm {
+                        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                        AlgorithmParameters::EllipticCurve(ec)
+                            if ec.curve == EllipticCurve::P256 =>
+                        {
+                            Algorithm::ES256
+                        }
+                        _ => {
+                            return Err(bad(
+                                "only RSA (RS256) and P-256 (ES256) keys are supported".to_owned(),
+                            ));
+                        }
+                    };
+                    let key = DecodingKey::from_jwk(jwk)
+                        .map_err(|e| bad(format!("unusable key: {e}")))?;
+                    let kid = jwk.common.key_id.clone();
+                    if kid.is_none() && set.keys.len() > 1 {
+                        return Err(bad("with several keys, every key needs a kid".to_owned()));
+                    }
+                    keys.insert(kid, (algorithm, key));
+                }
+                if keys.is_empty() {
+                    return Err(bad("the JWKS holds no keys".to_owned()));
+                }
+            }
+        }
+        Ok(Self { keys, expectations })
+    }
+
+    /// Verifies a bearer token.
+    pub fn verify(&self, token: &str) -> Result<Identity, Status> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
+        let (algorithm, key) = match &header.kid {
+            Some(kid) => self
+                .keys
+                .get(&Some(kid.clone()))
+                .or_else(|| self.only_key()),
+            None => self.keys.get(&None).or_else(|| self.only_key()),
+        }
+        .ok_or_else(|| unauthenticated("unknown signing key (kid)"))?;
+        if header.alg != *algorithm {
+            return Err(unauthenticated("unexpected signing algorithm"));
+        }
+        let mut validation = Validation::new(*algorithm);
+        validation.leeway = self.expectations.leeway_seconds;
+        validation.validate_nbf = true;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        match &self.expectations.audience {
+            Some(audience) => validation.set_audience(&[audience]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.expectations.issuer {
+            validation.set_issuer(&[issuer]);
+        }
+        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+            .map_err(|error| unauthenticated(reason(error.kind())))?
+            .claims;
+        if claims.sub.is_empty() {
+            return Err(unauthenticated("token has an empty sub"));
+        }
+        if claims.tenant.is_empty() {
+            return Err(unauthenticated("token has an empty tenant"));
+        }
+        Ok(Identity {
+            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
+            caller: Caller {
+                tenant: claims.tenant,
+                subject: claims.sub,
+            },
+        })
+    }
+
+    /// A single configured key also verifies tokens that name a kid.
+    fn only_key(&self) -> Option<&(Algorithm, DecodingKey)> {
+        if self.keys.len() == 1 {
+            self.keys.values().next()
+        } else {
+            None
+        }
+    }
+
+    /// Authenticates and authorizes one call to `method`.
+    pub fn admit(&self, method: &str, authorization: Option<&str>) -> Result<Caller, Status> {
+        let header = authorization
+            .ok_or_else(|| unauthenticated("missing authorization: Bearer <token>"))?;
+        let token = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
+        let identity = self.verify(token)?;
+        let allowed = allowed_roles(method).unwrap_or(&[]);
+        if identity.roles.iter().any(|role| allowed.contains(role)) {
+            Ok(identity.caller)
+        } else {
+            let needed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
+            Err(Status::permission_denied(if needed.is_empty() {
+                "this method is not open to any role".to_owned()
+            } else {
+                format!("this method needs one of the roles: {}", needed.join(", "))
+            }))
+        }
+    }
+}
+
+/// Signs an HS256 token (the `token` subcommand, development tokens).
+pub fn mint_hs256(
+    secret: &[u8],
+    expectations: &Expectations,
+    args: &crate::config::TokenArgs,
+) -> Result<String, Error> {
+    let unknown: Vec<&String> = args
+        .roles
+        .iter()
+        .filter(|r| Role::parse(r).is_none())
+        .collect();
+    if !unknown.is_empty() {
+        return Err(Error::bad_field(
+            "roles",
+            format!("unknown roles {unknown:?}; use viewer, editor, admin, runtime"),
+        ));
+    }
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut claims = serde_json::json!({
+        "sub": args.subject,
+        "tenant": args.tenant,
+        "roles": args.roles,
+        "iat": now,
+        "exp": now + args.ttl_seconds,
+    });
+    if let Some(issuer) = &expectations.issuer {
+        claims["iss"] = serde_json::json!(issuer);
+    }
+    if let Some(audience) = &expectations.audience {
+        claims["aud"] = serde_json::json!(audience);
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .map_err(|e| Error::Internal(format!("signing: {e}")))
+}
+
+fn reason(kind: &ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not yet valid (nbf)",
+        ErrorKind::InvalidSignature => "invalid token signature",
+        ErrorKind::InvalidAudience => "token audience is not this registry",
+        ErrorKind::InvalidIssuer => "token issuer is not trusted",
+        ErrorKind::InvalidAlgorithm => "unexpected signing algorithm",
+        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (exp, sub)",
+        ErrorKind::Json(_) | ErrorKind::InvalidClaimFormat(_) => {
+            "token lacks the sub, tenant or roles claims in the right form"
+        }
+        _ => "invalid token",
+    }
+}
+
+fn unauthenticated(reason: &str) -> Status {
+    Status::unauthenticated(reason)
+}
+
+/// The tower layer that authenticates every call.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    /// A layer checking calls with `authenticator`.
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticated {
+            inner,
+            authenticator: Arc::clone(&self.authenticator),
+        }
+    }
+}
+
+/// A service behind [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for Authenticated<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The ready service answers this call; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let method = request.uri().path().to_owned();
+        if is_public(&method) {
+            return Box::pin(inner.call(request));
+        }
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok());
+        match self.authenticator.admit(&method, authorization) {
+            Ok(caller) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(inner.call(request))
+            }
+            Err(status) => {
+                tracing::info!(%method, code = ?status.code(), reason = status.message(), "call refused");
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}

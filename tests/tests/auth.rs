@@ -1,0 +1,772 @@
+//! Authentication, RBAC and tenant isolation on every registry call, end to
+//! end: the real binaries, real tokens, and the method list read from the
+//! proto descriptors (not typed by hand).
+
+use std::str::FromStr;
+
+use prost::Message;
+use prost::bytes::{Buf, BufMut};
+use prost_types::FieldMask;
+use proto::v1 as pb;
+use registry_service::auth::{Role, allowed_roles};
+use tests::auth::{self, STACK_AUDIENCE};
+use tests::stack::Stack;
+use tonic::Code;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Channel;
+
+/// Every method of the public `agentregistry.v1` services, as
+/// `/package.Service/Method`, from the compiled descriptors.
+fn public_methods() -> Vec<String> {
+    let set =
+        prost_types::FileDescriptorSet::decode(proto::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let mut methods = Vec::new();
+    for file in set
+        .file
+        .iter()
+        .filter(|f| f.package() == "agentregistry.v1")
+    {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push(format!(
+                    "/agentregistry.v1.{}/{}",
+                    service.name(),
+                    method.name()
+                ));
+            }
+        }
+    }
+    methods.sort();
+    methods
+}
+
+#[test]
+fn every_proto_method_is_in_the_role_table() {
+    let methods = public_methods();
+    assert_eq!(methods.len(), 19, "{methods:?}");
+    for method in &methods {
+        assert!(
+            allowed_roles(method).is_some(),
+            "{method} is missing from the role table"
+        );
+    }
+    assert!(
+        allowed_roles("/agentregistry.v1.AgentService/Unknown").is_none(),
+        "unknown methods are denied"
+    );
+}
+
+/// Sends and receives raw protobuf bytes, so any method can be called by
+/// its path.
+#[derive(Debug, Clone, Default)]
+struct RawCodec;
+
+#[derive(Debug, Clone, Default)]
+struct RawCoder;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCoder;
+    type Decoder = RawCoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCoder
+    }
+}
+
+impl Encoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
+    }
+}
+
+async fn call(channel: &Channel, method: &str, payload: Vec<u8>, bearer: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.expect("ready");
+    let mut request = tonic::Request::new(payload);
+    if let Some(token) = bearer {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("ascii"),
+        );
+    }
+    let path = PathAndQuery::from_str(method).expect("path");
+    match grpc.unary(request, path, RawCodec).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+/// Ids of resources of tenant `acme` that the requests name.
+struct Fixture {
+    agent_id: String,
+    provider_id: String,
+}
+
+async fn fixture(stack: &Stack, tag: &str) -> Fixture {
+    let channel = stack.channel_as("root", "acme", &["admin"]).await;
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(channel.clone());
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(channel);
+    let provider = providers
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(provider_input(&format!("p-{tag}"))),
+            change_description: String::new(),
+        })
+        .await
+        .expect("fixture provider")
+        .into_inner();
+    let agent = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent_input(&format!("a-{tag}"), Some(&provider.id))),
+            change_description: String::new(),
+        })
+        .await
+        .expect("fixture agent")
+        .into_inner();
+    Fixture {
+        agent_id: agent.id,
+        provider_id: provider.id,
+    }
+}
+
+fn provider_input(name: &str) -> pb::Provider {
+    pb::Provider {
+        name: name.to_owned(),
+        provider_type: pb::ProviderType::Anthropic.into(),
+        model_name: "claude".to_owned(),
+        api_key: "sk-fixture-key-0000".to_owned(),
+        ..Default::default()
+    }
+}
+
+fn agent_input(name: &str, provider_id: Option<&str>) -> pb::Agent {
+    pb::Agent {
+        name: name.to_owned(),
+        role: "Researcher".to_owned(),
+        goal: "Find things".to_owned(),
+        llm_provider_id: provider_id.map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+/// A meaningful request for `method` against `fixture`; panics for a
+/// method it does not know, so a new proto method fails this test until
+/// it is covered.
+fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
+    let name = method.rsplit('/').next().unwrap_or_default();
+    let mask = |path: &str| {
+        Some(FieldMask {
+            paths: vec![path.to_owned()],
+        })
+    };
+    match name {
+        "CreateAgent" => pb::CreateAgentRequest {
+            agent: Some(agent_input(&format!("new-{tag}"), None)),
+            change_description: String::new(),
+        }
+        .encode_to_vec(),
+        "GetAgent" => pb::GetAgentRequest {
+            id: f.agent_id.clone(),
+        }
+        .encode_to_vec(),
+        "ListAgents" => pb::ListAgentsRequest::default().encode_to_vec(),
+        "UpdateAgent" => pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: f.agent_id.clone(),
+                goal: format!("goal {tag}"),
+                ..Default::default()
+            }),
+            update_mask: mask("goal"),
+            change_description: String::new(),
+        }
+        .encode_to_vec(),
+        "DeleteAgent" => pb::DeleteAgentRequest {
+            id: f.agent_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "ListAgentVersions" => pb::ListAgentVersionsRequest {
+            agent_id: f.agent_id.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "GetAgentVersion" => pb::GetAgentVersionRequest {
+            agent_id: f.agent_id.clone(),
+            version_number: 1,
+        }
+        .encode_to_vec(),
+        "DiffAgentVersions" => pb::DiffAgentVersionsRequest {
+            agent_id: f.agent_id.clone(),
+            from_version: 1,
+            to_version: 1,
+        }
+        .encode_to_vec(),
+        "RollbackAgent" => pb::RollbackAgentRequest {
+            agent_id: f.agent_id.clone(),
+            version_number: 1,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "CreateProvider" => pb::CreateProviderRequest {
+            provider: Some(provider_input(&format!("new-{tag}"))),
+            change_description: String::new(),
+        }
+        .encode_to_vec(),
+        "GetProvider" => pb::GetProviderRequest {
+            id: f.provider_id.clone(),
+        }
+        .encode_to_vec(),
+        "ListProviders" => pb::ListProvidersRequest::default().encode_to_vec(),
+        "UpdateProvider" => pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: f.provider_id.clone(),
+                model_name: format!("model-{tag}"),
+                ..Default::default()
+            }),
+            update_mask: mask("model_name"),
+            change_description: String::new(),
+        }
+        .encode_to_vec(),
+        "DeleteProvider" => pb::DeleteProviderRequest {
+            provider_id: f.provider_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "ListProviderVersions" => pb::ListProviderVersionsRequest {
+            provider_id: f.provider_id.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "GetProviderVersion" => pb::GetProviderVersionRequest {
+            provider_id: f.provider_id.clone(),
+            version_number: 1,
+        }
+        .encode_to_vec(),
+        "DiffProviderVersions" => pb::DiffProviderVersionsRequest {
+            provider_id: f.provider_id.clone(),
+            from_version: 1,
+            to_version: 1,
+        }
+        .encode_to_vec(),
+        "RollbackProvider" => pb::RollbackProviderRequest {
+            provider_id: f.provider_id.clone(),
+            version_number: 1,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ResolveAgent" => pb::ResolveAgentRequest {
+            agent_id: f.agent_id.clone(),
+            version_number: None,
+        }
+        .encode_to_vec(),
+        other => panic!("no request for {other}: add one to request_for"),
+    }
+}
+
+/// Who calls, in the matrix.
+#[derive(Debug, Clone, Copy)]
+enum Identity {
+    NoToken,
+    Expired,
+    BadSignature,
+    WrongAudience,
+    Role(Role),
+    OtherTenant,
+}
+
+fn bearer_for(identity: Identity) -> Option<String> {
+    let claims = |tenant: &str, roles: &[&str], aud: &str, exp: u64| serde_json::json!({"sub": "matrix", "tenant": tenant, "roles": roles, "aud": aud, "exp": exp});
+    let fresh = auth::now() + 600;
+    match identity {
+        Identity::NoToken => None,
+        Identity::Expired => Some(auth::sign(&claims(
+            "acme",
+            &["admin", "runtime"],
+            STACK_AUDIENCE,
+            auth::now() - 3600,
+        ))),
+        Identity::BadSignature => Some(auth::sign_with(
+            &claims("acme", &["admin", "runtime"], STACK_AUDIENCE, fresh),
+            b"another-secret-of-sufficient-length-000000",
+        )),
+        Identity::WrongAudience => Some(auth::sign(&claims(
+            "acme",
+            &["admin", "runtime"],
+            "someone-else",
+            fresh,
+        ))),
+        Identity::Role(role) => Some(auth::sign(&claims(
+            "acme",
+            &[role.as_str()],
+            STACK_AUDIENCE,
+            fresh,
+        ))),
+        Identity::OtherTenant => Some(auth::sign(&claims(
+            "globex",
+            &["viewer", "editor", "admin", "runtime"],
+            STACK_AUDIENCE,
+            fresh,
+        ))),
+    }
+}
+
+/// The code the table says `identity` gets for `method`: `Some(code)` when
+/// exact, `None` for "allowed past authentication and authorization".
+fn expected(method: &str, identity: Identity) -> Option<Code> {
+    let name = method.rsplit('/').next().unwrap_or_default();
+    match identity {
+        Identity::NoToken
+        | Identity::Expired
+        | Identity::BadSignature
+        | Identity::WrongAudience => Some(Code::Unauthenticated),
+        Identity::Role(role) => {
+            let allowed = allowed_roles(method).expect("in the table").contains(&role);
+            if allowed {
+                None
+            } else {
+                Some(Code::PermissionDenied)
+            }
+        }
+        Identity::OtherTenant => {
+            if name.starts_with("Create") || name.starts_with("List") && !name.ends_with("Versions")
+            {
+                Some(Code::Ok)
+            } else {
+                Some(Code::NotFound)
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_method_for_every_identity_answers_as_the_role_table_says() {
+    let stack = Stack::start().await;
+    let channel = stack.channel().await;
+    let identities = [
+        Identity::NoToken,
+        Identity::Expired,
+        Identity::BadSignature,
+        Identity::WrongAudience,
+        Identity::Role(Role::Viewer),
+        Identity::Role(Role::Editor),
+        Identity::Role(Role::Admin),
+        Identity::Role(Role::Runtime),
+        Identity::OtherTenant,
+    ];
+    let mut checked = 0;
+    for (index, identity) in identities.into_iter().enumerate() {
+        let bearer = bearer_for(identity);
+        for method in public_methods() {
+            // Fresh resources per call: deletes must not hide what follows.
+            let tag = format!("{index}-{}", method.rsplit('/').next().unwrap_or_default());
+            let fixture = fixture(&stack, &tag).await;
+            let code = call(
+                &channel,
+                &method,
+                request_for(&method, &fixture, &tag),
+                bearer.as_deref(),
+            )
+            .await;
+            match expected(&method, identity) {
+                Some(want) => assert_eq!(code, want, "{method} as {identity:?}"),
+                None => assert!(
+                    !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+                    "{method} as {identity:?} was refused: {code:?}"
+                ),
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 9 * 19);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn provider_rollback_is_admin_only_and_resolve_is_runtime_only() {
+    let stack = Stack::start().await;
+    let fixture = fixture(&stack, "rbac").await;
+    let admin = stack.channel_as("ada", "acme", &["admin"]).await;
+    let editor = stack.channel_as("eddie", "acme", &["editor"]).await;
+    let runtime = stack.channel_as("rt", "acme", &["runtime"]).await;
+
+    let mut as_admin = pb::provider_service_client::ProviderServiceClient::new(admin.clone());
+    as_admin
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: fixture.provider_id.clone(),
+                model_name: "claude-2".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["model_name".into()],
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("admin updates");
+    let rollback = pb::RollbackProviderRequest {
+        provider_id: fixture.provider_id.clone(),
+        version_number: 1,
+        ..Default::default()
+    };
+    let status = pb::provider_service_client::ProviderServiceClient::new(editor)
+        .rollback_provider(rollback.clone())
+        .await
+        .expect_err("editor may not roll back providers");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let versions = stack
+        .database
+        .count(&format!(
+            "SELECT COUNT(*) FROM provider_versions WHERE provider_id = '{}'",
+            fixture.provider_id
+        ))
+        .await;
+    assert_eq!(versions, 2, "the refused rollback wrote nothing");
+    let rolled = as_admin
+        .rollback_provider(rollback)
+        .await
+        .expect("admin rolls back")
+        .into_inner();
+    assert_eq!((rolled.version, rolled.model_name.as_str()), (3, "claude"));
+
+    let resolve = pb::ResolveAgentRequest {
+        agent_id: fixture.agent_id.clone(),
+        version_number: None,
+    };
+    let status = pb::runtime_service_client::RuntimeServiceClient::new(admin)
+        .resolve_agent(resolve.clone())
+        .await
+        .expect_err("admin may not resolve");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let resolved = pb::runtime_service_client::RuntimeServiceClient::new(runtime)
+        .resolve_agent(resolve)
+        .await
+        .expect("runtime resolves")
+        .into_inner();
+    assert_eq!(resolved.api_key, "sk-fixture-key-0000");
+    stack.finish().await;
+}
+
+fn not_found<T>(result: Result<tonic::Response<T>, tonic::Status>, what: &str) {
+    match result {
+        Ok(_) => panic!("{what} succeeded across tenants"),
+        Err(status) => assert_eq!(status.code(), Code::NotFound, "{what}: {status:?}"),
+    }
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_touch_another_tenants_resources() {
+    let stack = Stack::start().await;
+    let theirs = fixture(&stack, "a").await; // tenant acme
+    let everything = &["viewer", "editor", "admin", "runtime"];
+    let intruder = stack.channel_as("mallory", "globex", everything).await;
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(intruder.clone());
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(intruder.clone());
+    let mut runtime = pb::runtime_service_client::RuntimeServiceClient::new(intruder);
+    let agent_id = theirs.agent_id.clone();
+    let provider_id = theirs.provider_id.clone();
+    let mask = || {
+        Some(FieldMask {
+            paths: vec!["goal".into()],
+        })
+    };
+
+    not_found(
+        agents
+            .get_agent(pb::GetAgentRequest {
+                id: agent_id.clone(),
+            })
+            .await,
+        "get agent",
+    );
+    not_found(
+        agents
+            .list_agent_versions(pb::ListAgentVersionsRequest {
+                agent_id: agent_id.clone(),
+                ..Default::default()
+            })
+            .await,
+        "list agent versions",
+    );
+    not_found(
+        agents
+            .diff_agent_versions(pb::DiffAgentVersionsRequest {
+                agent_id: agent_id.clone(),
+                from_version: 1,
+                to_version: 1,
+            })
+            .await,
+        "diff agent versions",
+    );
+    let update = pb::UpdateAgentRequest {
+        agent: Some(pb::Agent {
+            id: agent_id.clone(),
+            goal: "pwned".into(),
+            ..Default::default()
+        }),
+        update_mask: mask(),
+        change_description: String::new(),
+    };
+    not_found(agents.update_agent(update).await, "update agent");
+    not_found(
+        agents
+            .rollback_agent(pb::RollbackAgentRequest {
+                agent_id: agent_id.clone(),
+                version_number: 1,
+                ..Default::default()
+            })
+            .await,
+        "rollback agent",
+    );
+    not_found(
+        runtime
+            .resolve_agent(pb::ResolveAgentRequest {
+                agent_id: agent_id.clone(),
+                version_number: None,
+            })
+            .await,
+        "resolve agent",
+    );
+    not_found(
+        agents
+            .delete_agent(pb::DeleteAgentRequest {
+                id: agent_id.clone(),
+                etag: String::new(),
+            })
+            .await,
+        "delete agent",
+    );
+    not_found(
+        providers
+            .get_provider(pb::GetProviderRequest {
+                id: provider_id.clone(),
+            })
+            .await,
+        "get provider",
+    );
+    not_found(
+        providers
+            .rollback_provider(pb::RollbackProviderRequest {
+                provider_id: provider_id.clone(),
+                version_number: 1,
+                ..Default::default()
+            })
+            .await,
+        "rollback provider",
+    );
+    not_found(
+        providers
+            .delete_provider(pb::DeleteProviderRequest {
+                provider_id: provider_id.clone(),
+                etag: String::new(),
+            })
+            .await,
+        "delete provider",
+    );
+
+    let listed = agents
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(
+        (listed.total_size, listed.agents.len()),
+        (0, 0),
+        "no other tenant's agents are listed"
+    );
+    let listed = providers
+        .list_providers(pb::ListProvidersRequest::default())
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(listed.total_size, 0);
+
+    // Assigning another tenant's provider is refused; the same names are free.
+    let status = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent_input("a-a", Some(&provider_id))),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("assign across tenants");
+    assert_eq!(status.code(), Code::FailedPrecondition);
+    agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent_input("a-a", None)),
+            change_description: String::new(),
+        })
+        .await
+        .expect("names are unique per tenant only");
+
+    // The owner still sees everything unchanged.
+    let owner = stack.channel_as("root", "acme", &["viewer"]).await;
+    let agent = pb::agent_service_client::AgentServiceClient::new(owner)
+        .get_agent(pb::GetAgentRequest { id: agent_id })
+        .await
+        .expect("owner reads")
+        .into_inner();
+    assert_eq!((agent.version, agent.goal.as_str()), (1, "Find things"));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn page_tokens_do_not_cross_tenants() {
+    let stack = Stack::start().await;
+    for i in 0..3 {
+        fixture(&stack, &format!("page{i}")).await;
+    }
+    let acme = stack.channel_as("root", "acme", &["viewer"]).await;
+    let page = pb::agent_service_client::AgentServiceClient::new(acme)
+        .list_agents(pb::ListAgentsRequest {
+            page_size: 1,
+            page_token: String::new(),
+        })
+        .await
+        .expect("page")
+        .into_inner();
+    assert!(!page.next_page_token.is_empty());
+    let globex = stack.channel_as("mallory", "globex", &["viewer"]).await;
+    let status = pb::agent_service_client::AgentServiceClient::new(globex)
+        .list_agents(pb::ListAgentsRequest {
+            page_size: 1,
+            page_token: page.next_page_token,
+        })
+        .await
+        .expect_err("another tenant's token");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn versions_record_the_subject_of_each_change() {
+    let stack = Stack::start().await;
+    let alice = stack.channel_as("alice", "acme", &["editor"]).await;
+    let bob = stack.channel_as("bob", "acme", &["editor"]).await;
+    let created = pb::agent_service_client::AgentServiceClient::new(alice)
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent_input("attributed", None)),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+    let mut as_bob = pb::agent_service_client::AgentServiceClient::new(bob);
+    let updated = as_bob
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: created.id.clone(),
+                goal: "bob's goal".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["goal".into()],
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("update")
+        .into_inner();
+    assert_eq!(
+        (updated.created_by.as_str(), updated.updated_by.as_str()),
+        ("alice", "bob")
+    );
+    let history = as_bob
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: created.id,
+            ..Default::default()
+        })
+        .await
+        .expect("history")
+        .into_inner();
+    let by: Vec<&str> = history
+        .versions
+        .iter()
+        .map(|v| v.changed_by.as_str())
+        .collect();
+    assert_eq!(by, ["bob", "alice"]);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
+    let stack = Stack::start().await;
+    let channel = stack.channel().await;
+    let method = "/agentregistry.v1.AgentService/ListAgents";
+    let payload = pb::ListAgentsRequest::default().encode_to_vec();
+    let claims = serde_json::json!({"sub": "x", "tenant": "acme", "roles": ["viewer"], "aud": STACK_AUDIENCE, "exp": auth::now() + 600});
+    let b64 = |v: &serde_json::Value| {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let unsigned = format!(
+        "{}.{}.",
+        b64(&serde_json::json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims)
+    );
+    assert_eq!(
+        call(&channel, method, payload.clone(), Some(&unsigned)).await,
+        Code::Unauthenticated
+    );
+
+    // An RS256 token where the registry expects HS256.
+    let rsa = jsonwebtoken::EncodingKey::from_rsa_pem(include_bytes!(
+        "../fixtures/jwt-rs256-test-private.pem"
+    ))
+    .expect("rsa key");
+    let swapped = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+        &claims,
+        &rsa,
+    )
+    .expect("sign");
+    assert_eq!(
+        call(&channel, method, payload.clone(), Some(&swapped)).await,
+        Code::Unauthenticated
+    );
+
+    let valid = auth::sign(&claims);
+    assert_eq!(
+        call(&channel, method, payload.clone(), Some(&valid)).await,
+        Code::Ok
+    );
+    let tampered = format!("{}x", valid);
+    assert_eq!(
+        call(&channel, method, payload.clone(), Some(&tampered)).await,
+        Code::Unauthenticated
+    );
+    let no_tenant = auth::sign(
+        &serde_json::json!({"sub": "x", "roles": ["viewer"], "aud": STACK_AUDIENCE, "exp": auth::now() + 600}),
+    );
+    assert_eq!(
+        call(&channel, method, payload, Some(&no_tenant)).await,
+        Code::Unauthenticated
+    );
+
+    // Health and reflection need no token.
+    let health = "/grpc.health.v1.Health/Check";
+    let check = tonic_health::pb::HealthCheckRequest {
+        service: String::new(),
+    }
+    .encode_to_vec();
+    assert_eq!(call(&channel, health, check, None).await, Code::Ok);
+    stack.finish().await;
+}
