@@ -34,7 +34,8 @@ pub struct AgentSpec {
     pub tools: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_provider_id: Option<String>,
-    #[serde(default, skip_serializing_if = "ModelParams::is_empty")]
+    /// Always serialized (even empty), so diffs name nested fields.
+    #[serde(default)]
     pub llm_overrides: ModelParams,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<f64>,

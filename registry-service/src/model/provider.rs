@@ -88,7 +88,8 @@ pub struct ProviderSpec {
     pub base_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "ModelParams::is_empty")]
+    /// Always serialized (even empty), so diffs name nested fields.
+    #[serde(default)]
     pub default_parameters: ModelParams,
     pub is_default: bool,
     /// crypto-service ciphertext of the key; never plaintext.
