@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use serde::Deserialize;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
@@ -74,21 +74,14 @@ pub struct Args {
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "CRYPTO_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty)]
-    pub log_format: LogFormat,
-    /// Log filter in `tracing` syntax, e.g. `info` or `crypto_service=debug`.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
-}
-
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Pretty,
+    /// Where to serve Prometheus metrics over HTTP (`/metrics`); off when
+    /// unset.
+    #[arg(long, env = "CRYPTO_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    pub telemetry: ops::cli::TelemetryArgs,
+    #[command(flatten)]
+    pub grpc: ops::cli::GrpcArgs,
 }
 
 /// A TCP socket address or a unix socket path.
@@ -135,6 +128,8 @@ pub struct Settings {
     pub limits: Limits,
     /// How long in-flight calls may drain at shutdown.
     pub drain: Duration,
+    /// Protective limits of the gRPC server.
+    pub grpc: ops::cli::GrpcArgs,
 }
 
 /// Mutual TLS material and the client allow-list.
@@ -207,6 +202,7 @@ impl Args {
                 max_message_bytes: self.max_message_bytes,
             },
             drain: Duration::from_secs(self.drain_seconds),
+            grpc: self.grpc.clone(),
         })
     }
 

@@ -1,18 +1,25 @@
 //! The `crypto-service` binary: parse configuration, load the keyring, bind,
 //! serve until SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use crypto_service::Error;
-use crypto_service::config::{Args, ListenAddress, LogFormat};
+use crypto_service::config::{Args, ListenAddress};
 use crypto_service::server::{self, Listener};
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args);
+    let _telemetry = match args.telemetry.init("crypto-service") {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("crypto-service: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -31,8 +38,40 @@ async fn run(args: Args) -> Result<(), Error> {
         versions = keyring.versions().len(),
         "keyring loaded"
     );
+    let metrics = ops::metrics::Metrics::new(|_| {});
+    if let Some(address) = args.metrics_listen {
+        serve_metrics(address, metrics.clone()).await?;
+    }
     let listener = bind(&settings.listen).await?;
-    server::serve(listener, settings, keyring, shutdown_signal()).await
+    server::serve(
+        listener,
+        settings,
+        keyring,
+        &metrics,
+        ops::shutdown::signal(),
+    )
+    .await
+}
+
+/// Binds the metrics endpoint and serves it in the background.
+async fn serve_metrics(address: SocketAddr, metrics: ops::metrics::Metrics) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        Error::config(
+            "CRYPTO_METRICS_LISTEN",
+            format!("cannot bind {address}: {}", e.kind()),
+        )
+    })?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %bound, "metrics serving");
+    tokio::spawn(async move {
+        if let Err(error) = ops::metrics::serve(listener, metrics, std::future::pending()).await {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(())
 }
 
 async fn bind(address: &ListenAddress) -> Result<Listener, Error> {
@@ -67,38 +106,4 @@ fn remove_stale_socket(path: &std::path::Path) {
 fn restrict_to_owner_and_group(path: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
-}
-
-fn init_logging(args: &Args) {
-    use tracing_subscriber::EnvFilter;
-    // Transport crates log frame details at debug level: keep them at warn
-    // unless the filter names them.
-    let filter = EnvFilter::try_new(format!("h2=warn,hyper=warn,tower=warn,{}", args.log_level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match args.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
 }

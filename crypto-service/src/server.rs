@@ -10,9 +10,8 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::error::Error;
@@ -53,11 +52,15 @@ pub async fn serve(
     listener: Listener,
     settings: Settings,
     keyring: Arc<Keyring>,
+    metrics: &ops::metrics::Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
-    let router = router(&settings, keyring, health_service)?;
-    set_health(&health, ServingStatus::Serving).await;
+    let router = router(&settings, keyring, metrics, health_service)?;
+    health
+        .set_service_status(ops::LIVENESS, ServingStatus::Serving)
+        .await;
+    ops::shutdown::set_readiness(&health, &[SERVICE_NAME], ServingStatus::Serving).await;
     tracing::info!(
         listen = %listener.local_description(),
         tls = settings.tls.is_some(),
@@ -82,31 +85,32 @@ pub async fn serve(
             }
         }
     };
-    tokio::pin!(server);
-
-    tokio::select! {
-        result = &mut server => return result.map_err(|e| Error::Serve(e.to_string())),
-        () = shutdown => {}
-    }
-    tracing::info!(drain = ?settings.drain, "shutting down: draining in-flight calls");
-    set_health(&health, ServingStatus::NotServing).await;
-    let _ = stop_accepting.send(());
-    match tokio::time::timeout(settings.drain, server).await {
-        Ok(result) => result.map_err(|e| Error::Serve(e.to_string()))?,
-        Err(_) => tracing::warn!("drain deadline passed; dropping the calls still running"),
-    }
+    ops::shutdown::serve_and_drain(
+        server,
+        shutdown,
+        &health,
+        &[SERVICE_NAME],
+        stop_accepting,
+        settings.drain,
+    )
+    .await
+    .map_err(Error::Serve)?;
     tracing::info!("crypto-service stopped");
     Ok(())
 }
+
+/// The tower layers around every service.
+type Layers = tower::layer::util::Stack<ops::rpc::RpcLayer, tower::layer::util::Identity>;
 
 /// The layers and services, outermost first.
 fn router(
     settings: &Settings,
     keyring: Arc<Keyring>,
+    metrics: &ops::metrics::Metrics,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
-) -> Result<Router, Error> {
+) -> Result<Router<Layers>, Error> {
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
@@ -121,7 +125,12 @@ fn router(
         .max_decoding_message_size(settings.limits.max_message_bytes);
     let crypto = InterceptedService::new(crypto, allow_list);
 
-    let mut builder = Server::builder();
+    // Outermost: a span, metrics and an access log line for every call,
+    // refused ones included.
+    let mut builder = settings
+        .grpc
+        .server()
+        .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone()));
     if let Some(tls) = &settings.tls {
         let config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()))
@@ -145,10 +154,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 fn reflection_error(error: tonic_reflection::server::Error) -> Error {
     Error::Serve(format!("reflection: {error}"))
-}
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    for name in ["", SERVICE_NAME] {
-        health.set_service_status(name, status).await;
-    }
 }

@@ -104,12 +104,8 @@ pub struct Common {
         global = true
     )]
     pub database_timeout_seconds: u64,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Pretty, global = true)]
-    pub log_format: LogFormat,
-    /// Log filter in `tracing` syntax.
-    #[arg(long, env = "LOG_LEVEL", default_value = "info", global = true)]
-    pub log_level: String,
+    #[command(flatten)]
+    pub telemetry: ops::cli::TelemetryArgs,
 }
 
 /// Settings of `serve`.
@@ -150,6 +146,16 @@ pub struct ServeArgs {
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REGISTRY_DRAIN_SECONDS", default_value_t = 10)]
     pub drain_seconds: u64,
+    /// Where to serve Prometheus metrics over HTTP (`/metrics`); off when
+    /// unset.
+    #[arg(long, env = "REGISTRY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Seconds between background checks of the database and
+    /// crypto-service, which drive readiness.
+    #[arg(long, env = "REGISTRY_HEALTH_INTERVAL_SECONDS", default_value_t = 5)]
+    pub health_interval_seconds: u64,
+    #[command(flatten)]
+    pub grpc: ops::cli::GrpcArgs,
 }
 
 /// Token verification settings. The HS256 secret itself is read only from
@@ -246,15 +252,6 @@ impl JwtArgs {
     }
 }
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Pretty,
-}
-
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -266,6 +263,9 @@ pub struct Settings {
     pub crypto_timeout: Duration,
     pub max_message_bytes: usize,
     pub drain: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    pub health_interval: Duration,
+    pub grpc: ops::cli::GrpcArgs,
 }
 
 impl Common {
@@ -308,6 +308,9 @@ impl ServeArgs {
             crypto_timeout: Duration::from_secs(self.crypto_timeout_seconds.max(1)),
             max_message_bytes: self.max_message_bytes.max(1024),
             drain: Duration::from_secs(self.drain_seconds),
+            metrics_listen: self.metrics_listen,
+            health_interval: Duration::from_millis(self.health_interval_seconds.max(1) * 1000),
+            grpc: self.grpc.clone(),
         })
     }
 

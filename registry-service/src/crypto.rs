@@ -2,7 +2,10 @@
 //! here only on their way to be encrypted, or back out to `ResolveAgent`;
 //! they are never logged.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ops::telemetry::PropagateTrace;
+use tonic::service::interceptor::InterceptedService;
 
 use proto::crypto::crypto_service_client::CryptoServiceClient;
 use proto::crypto::{DecryptRequest, EncryptRequest, GetKeyInfoRequest, GetKeyInfoResponse};
@@ -10,6 +13,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use zeroize::Zeroizing;
 
 use crate::error::Error;
+use crate::telemetry::RegistryMetrics;
 
 /// TLS material for calling crypto-service over mutual TLS.
 #[derive(Clone)]
@@ -32,10 +36,12 @@ impl std::fmt::Debug for ClientTls {
     }
 }
 
-/// A cheap-to-clone handle on crypto-service.
+/// A cheap-to-clone handle on crypto-service. Every call carries the
+/// caller's trace context and is counted in the registry's metrics.
 #[derive(Debug, Clone)]
 pub struct Crypto {
-    client: CryptoServiceClient<Channel>,
+    client: CryptoServiceClient<InterceptedService<Channel, PropagateTrace>>,
+    metrics: RegistryMetrics,
 }
 
 impl Crypto {
@@ -46,6 +52,7 @@ impl Crypto {
         endpoint: &str,
         tls: Option<ClientTls>,
         timeout: Duration,
+        metrics: RegistryMetrics,
     ) -> Result<Self, Error> {
         let setting = "CRYPTO_ENDPOINT";
         let channel = if let Some(path) = endpoint.strip_prefix("unix:") {
@@ -77,7 +84,8 @@ impl Crypto {
             builder.connect_lazy()
         };
         Ok(Self {
-            client: CryptoServiceClient::new(channel),
+            client: CryptoServiceClient::with_interceptor(channel, PropagateTrace),
+            metrics,
         })
     }
 
@@ -92,13 +100,10 @@ impl Crypto {
             plaintext: key.as_bytes().to_vec(),
             associated_data: api_key_aad(tenant, provider_id),
         };
-        let response = self
-            .client
-            .clone()
-            .encrypt(request)
-            .await
-            .map_err(from_status)?;
-        Ok(response.into_inner().ciphertext)
+        let started = Instant::now();
+        let response = self.client.clone().encrypt(request).await;
+        self.observe("Encrypt", started, &response);
+        Ok(response.map_err(from_status)?.into_inner().ciphertext)
     }
 
     /// Decrypts a provider's API key.
@@ -112,12 +117,10 @@ impl Crypto {
             ciphertext: ciphertext.to_owned(),
             associated_data: api_key_aad(tenant, provider_id),
         };
-        let response = self
-            .client
-            .clone()
-            .decrypt(request)
-            .await
-            .map_err(from_status)?;
+        let started = Instant::now();
+        let response = self.client.clone().decrypt(request).await;
+        self.observe("Decrypt", started, &response);
+        let response = response.map_err(from_status)?;
         let plaintext = Zeroizing::new(response.into_inner().plaintext);
         String::from_utf8(plaintext.to_vec())
             .map(Zeroizing::new)
@@ -126,13 +129,18 @@ impl Crypto {
 
     /// The keyring description (no key material).
     pub async fn key_info(&self) -> Result<GetKeyInfoResponse, Error> {
-        let response = self
-            .client
-            .clone()
-            .get_key_info(GetKeyInfoRequest {})
-            .await
-            .map_err(from_status)?;
-        Ok(response.into_inner())
+        let started = Instant::now();
+        let response = self.client.clone().get_key_info(GetKeyInfoRequest {}).await;
+        self.observe("GetKeyInfo", started, &response);
+        Ok(response.map_err(from_status)?.into_inner())
+    }
+
+    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, tonic::Status>) {
+        let code = result
+            .as_ref()
+            .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
+        self.metrics
+            .crypto_call(method, code, started.elapsed().as_secs_f64());
     }
 }
 

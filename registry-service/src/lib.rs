@@ -11,7 +11,9 @@ pub mod crypto;
 pub mod error;
 pub mod model;
 pub mod page;
+pub mod readiness;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use error::Error;

@@ -2,21 +2,30 @@
 //! database (migrating it unless told not to), bind, serve until SIGTERM or
 //! SIGINT; or run the `migrate` subcommand.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+use ops::metrics::Metrics;
 use registry_service::api::Registry;
 use registry_service::auth::{Authenticator, KeySource};
-use registry_service::config::{Args, Command, Common, LogFormat, MigrateAction, TokenArgs};
+use registry_service::config::{Args, Command, Common, MigrateAction, TokenArgs};
 use registry_service::crypto::Crypto;
+use registry_service::telemetry::RegistryMetrics;
 use registry_service::{Error, server, store};
 use sea_orm_migration::MigratorTrait;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(&args.common);
+    let _telemetry = match args.common.telemetry.init("registry-service") {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("registry-service: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = match args.command {
         Some(Command::Migrate { action }) => migrate(&args.common, action).await,
         Some(Command::Token(ref token)) => mint_token(&args, token),
@@ -45,11 +54,17 @@ async fn serve(args: &Args) -> Result<(), Error> {
         store::migrate_up(&db).await?;
         tracing::info!("database migrations applied");
     }
+    let registry_metrics = RegistryMetrics::default();
+    let metrics = Metrics::new(|registry| registry_metrics.register(registry));
     let crypto = Crypto::connect_lazy(
         &settings.crypto_endpoint,
         settings.crypto_tls.clone(),
         settings.crypto_timeout,
+        registry_metrics.clone(),
     )?;
+    if let Some(address) = settings.metrics_listen {
+        serve_metrics(address, metrics.clone()).await?;
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|e| {
@@ -64,9 +79,32 @@ async fn serve(args: &Args) -> Result<(), Error> {
         &settings,
         registry,
         authenticator,
-        shutdown_signal(),
+        &metrics,
+        registry_metrics,
+        ops::shutdown::signal(),
     )
     .await
+}
+
+/// Binds the metrics endpoint and serves it in the background.
+async fn serve_metrics(address: SocketAddr, metrics: Metrics) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+        Error::config(
+            "REGISTRY_METRICS_LISTEN",
+            format!("cannot bind {address}: {}", e.kind()),
+        )
+    })?;
+    let bound = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(listen = %bound, "metrics serving");
+    tokio::spawn(async move {
+        if let Err(error) = ops::metrics::serve(listener, metrics, std::future::pending()).await {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(())
 }
 
 async fn migrate(common: &Common, action: MigrateAction) -> Result<(), Error> {
@@ -99,40 +137,4 @@ fn mint_token(args: &Args, token: &TokenArgs) -> Result<(), Error> {
     let minted = registry_service::auth::mint_hs256(&secret, &args.jwt.expectations(), token)?;
     println!("{minted}");
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
-    }
-}
-
-fn init_logging(common: &Common) {
-    use tracing_subscriber::EnvFilter;
-    // Transport and database crates are noisy below warn.
-    let filter = EnvFilter::try_new(format!(
-        "h2=warn,hyper=warn,tower=warn,sqlx=warn,sea_orm=warn,sea_orm_migration=warn,{}",
-        common.log_level
-    ))
-    .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match common.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Pretty => builder.init(),
-    }
 }

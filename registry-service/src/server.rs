@@ -10,14 +10,15 @@ use proto::v1::provider_service_server::ProviderServiceServer;
 use proto::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::api::Registry;
 use crate::auth::{AuthLayer, Authenticator};
 use crate::config::Settings;
 use crate::error::Error;
+use crate::readiness;
+use crate::telemetry::RegistryMetrics;
+use ops::metrics::Metrics;
 
 /// The service names health checks and reflection know.
 pub const SERVICE_NAMES: [&str; 3] = [
@@ -27,29 +28,49 @@ pub const SERVICE_NAMES: [&str; 3] = [
 ];
 
 /// Serves until `shutdown` completes, then drains within `settings.drain`.
+/// Readiness follows the background dependency check; liveness is SERVING
+/// for as long as the process runs.
 pub async fn serve(
     listener: TcpListener,
     settings: &Settings,
     registry: Registry,
     authenticator: Arc<Authenticator>,
+    metrics: &Metrics,
+    registry_metrics: RegistryMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let limit = settings.max_message_bytes;
-    let router = Server::builder()
-        // Outermost: no call reaches a handler without a verified caller
-        // whose roles allow the method (health and reflection excepted).
+    let router = settings
+        .grpc
+        .server()
+        // Outermost: a span (child of the caller's trace), metrics and an
+        // access log line for every call, refused ones included.
+        .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone()))
+        // Then: no call reaches a handler without a verified caller whose
+        // roles allow the method (health and reflection excepted).
         .layer(AuthLayer::new(authenticator))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AgentServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(ProviderServiceServer::new(registry.clone()).max_decoding_message_size(limit))
-        .add_service(RuntimeServiceServer::new(registry).max_decoding_message_size(limit));
+        .add_service(RuntimeServiceServer::new(registry.clone()).max_decoding_message_size(limit));
 
-    set_health(&health, ServingStatus::Serving).await;
+    health
+        .set_service_status(ops::LIVENESS, ServingStatus::Serving)
+        .await;
+    // Not ready until the first dependency check has passed.
+    ops::shutdown::set_readiness(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
+    let watcher = tokio::spawn(readiness::watch(
+        registry.db.clone(),
+        registry.crypto.clone(),
+        health.clone(),
+        registry_metrics,
+        settings.health_interval,
+    ));
     let listen = listener
         .local_addr()
         .map(|addr| addr.to_string())
@@ -60,18 +81,22 @@ pub async fn serve(
     let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
         let _ = accepting_stopped.await;
     });
-    tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(|e| Error::Internal(format!("server: {e}"))),
-        () = shutdown => {}
-    }
-    tracing::info!(drain = ?settings.drain, "shutting down: draining in-flight calls");
-    set_health(&health, ServingStatus::NotServing).await;
-    let _ = stop_accepting.send(());
-    match tokio::time::timeout(settings.drain, server).await {
-        Ok(result) => result.map_err(|e| Error::Internal(format!("server: {e}")))?,
-        Err(_) => tracing::warn!("drain deadline passed; dropping the calls still running"),
-    }
+    // The dependency check stops before readiness flips for the drain, so
+    // it cannot flip it back.
+    let shutdown = async {
+        shutdown.await;
+        watcher.abort();
+    };
+    ops::shutdown::serve_and_drain(
+        server,
+        shutdown,
+        &health,
+        &SERVICE_NAMES,
+        stop_accepting,
+        settings.drain,
+    )
+    .await
+    .map_err(|e| Error::Internal(format!("server: {e}")))?;
     tracing::info!("registry-service stopped");
     Ok(())
 }
@@ -84,11 +109,4 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 
 fn reflection_error(error: tonic_reflection::server::Error) -> Error {
     Error::Internal(format!("reflection: {error}"))
-}
-
-async fn set_health(health: &HealthReporter, status: ServingStatus) {
-    health.set_service_status("", status).await;
-    for name in SERVICE_NAMES {
-        health.set_service_status(name, status).await;
-    }
 }

@@ -1,0 +1,15 @@
+//! Operational plumbing both agentregistry services share, so each server
+//! assembles the same behaviour from one place: structured logs and
+//! OpenTelemetry traces ([`telemetry`]), per-RPC spans and Prometheus
+//! metrics as tower layers ([`rpc`], [`metrics`]), and SIGTERM/SIGINT
+//! handling with health flipped before draining ([`shutdown`]).
+
+pub mod cli;
+pub mod metrics;
+pub mod rpc;
+pub mod shutdown;
+pub mod telemetry;
+
+/// The health service name that stays SERVING while the process runs:
+/// Kubernetes liveness probes ask for it, readiness probes ask for `""`.
+pub const LIVENESS: &str = "liveness";

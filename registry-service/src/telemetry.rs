@@ -1,0 +1,114 @@
+//! The registry's own metrics (beyond the per-RPC series every server has):
+//! calls to crypto-service and their latency, dependency status, and the
+//! database pool.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use ops::metrics::{LatencyFamily, MethodLabels, OutcomeLabels, latency_histogram};
+
+/// Labels naming a dependency.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    /// `database` or `crypto-service`.
+    pub dependency: String,
+}
+
+/// Labels of pool connection counts.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    /// `idle` or `in_use`.
+    pub state: String,
+}
+
+/// The registry-specific series.
+#[derive(Debug, Clone)]
+pub struct RegistryMetrics {
+    /// Calls to crypto-service by method and outcome.
+    pub crypto_calls: Family<OutcomeLabels, Counter>,
+    /// Their latency by method.
+    pub crypto_latency: LatencyFamily<MethodLabels>,
+    /// 1 while a dependency answers its check, 0 while it does not.
+    pub dependency_up: Family<DependencyLabels, Gauge>,
+    /// Database pool connections by state.
+    pub pool_connections: Family<PoolLabels, Gauge>,
+}
+
+impl Default for RegistryMetrics {
+    fn default() -> Self {
+        Self {
+            crypto_calls: Family::default(),
+            crypto_latency: Family::new_with_constructor(latency_histogram),
+            dependency_up: Family::default(),
+            pool_connections: Family::default(),
+        }
+    }
+}
+
+impl RegistryMetrics {
+    /// Registers every series in `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "registry_crypto_calls",
+            "Calls from the registry to crypto-service, by method and status code",
+            self.crypto_calls.clone(),
+        );
+        registry.register(
+            "registry_crypto_call_seconds",
+            "Latency of calls to crypto-service, by method",
+            self.crypto_latency.clone(),
+        );
+        registry.register(
+            "registry_dependency_up",
+            "1 while a dependency answered its last readiness check",
+            self.dependency_up.clone(),
+        );
+        registry.register(
+            "registry_db_pool_connections",
+            "Database pool connections, by state",
+            self.pool_connections.clone(),
+        );
+    }
+
+    /// Records one crypto-service call.
+    pub fn crypto_call(&self, method: &str, code: tonic::Code, seconds: f64) {
+        let method = method.to_owned();
+        self.crypto_calls
+            .get_or_create(&OutcomeLabels {
+                method: method.clone(),
+                code: ops::rpc::code_name(code),
+            })
+            .inc();
+        self.crypto_latency
+            .get_or_create(&MethodLabels { method })
+            .observe(seconds);
+    }
+
+    /// Records whether `dependency` answered.
+    pub fn set_up(&self, dependency: &str, up: bool) {
+        self.dependency_up
+            .get_or_create(&DependencyLabels {
+                dependency: dependency.to_owned(),
+            })
+            .set(i64::from(up));
+    }
+
+    /// Records the pool's connection counts.
+    pub fn set_pool(&self, idle: usize, total: u32) {
+        let idle = i64::try_from(idle).unwrap_or(i64::MAX);
+        let total = i64::from(total);
+        self.pool_connections
+            .get_or_create(&PoolLabels {
+                state: "idle".into(),
+            })
+            .set(idle);
+        self.pool_connections
+            .get_or_create(&PoolLabels {
+                state: "in_use".into(),
+            })
+            .set((total - idle).max(0));
+    }
+}
