@@ -162,6 +162,38 @@ impl Process {
         assert!(status.success(), "kill -{signal} failed");
     }
 
+    /// The `field` of the first JSON log line whose message is `message`.
+    pub fn log_field(&self, message: &str, field: &str) -> Option<String> {
+        self.output().lines().find_map(|line| {
+            let value: serde_json::Value = serde_json::from_str(line).ok()?;
+            (value.pointer("/fields/message")?.as_str()? == message)
+                .then(|| {
+                    value
+                        .pointer(&format!("/fields/{field}"))?
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .flatten()
+        })
+    }
+
+    /// Sends SIGKILL and waits until the process is gone.
+    pub async fn kill(mut self) {
+        self.signal("KILL");
+        let _ = tokio::time::timeout(START_DEADLINE, self.child.wait())
+            .await
+            .expect("exits within the deadline after SIGKILL");
+    }
+
+    /// Waits for the process to exit on its own.
+    pub async fn wait(mut self) -> (ExitStatus, String) {
+        let status = tokio::time::timeout(START_DEADLINE, self.child.wait())
+            .await
+            .expect("exits within the deadline")
+            .expect("exit status");
+        (status, self.output())
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(mut self) -> (ExitStatus, String) {
         self.signal("TERM");
@@ -246,6 +278,25 @@ pub async fn unix_channel(path: &Path) -> Channel {
         }))
         .await
         .expect("connects over the unix socket")
+}
+
+/// GETs `http://address/path` and returns the body (plain HTTP/1.1, for
+/// the metrics endpoints).
+pub async fn http_get(address: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = String::new();
+    tokio::time::timeout(START_DEADLINE, stream.read_to_string(&mut response))
+        .await
+        .expect("response within the deadline")
+        .expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
 }
 
 /// Starts crypto-service on an ephemeral loopback port with `launch` plus

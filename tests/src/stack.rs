@@ -148,17 +148,25 @@ impl Stack {
     /// Starts both services on ephemeral loopback ports; the registry
     /// verifies HS256 tokens signed with [`crate::auth::STACK_JWT_SECRET`].
     pub async fn start() -> Self {
-        let auth = Launch::default()
-            .env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET)
-            .env("JWT_AUDIENCE", crate::auth::STACK_AUDIENCE);
-        Self::start_with(auth).await
+        Self::start_with(Self::default_registry()).await
     }
 
     /// Starts both services; `registry` adds the registry's token settings
     /// (and any other arguments or environment).
     pub async fn start_with(registry: Launch) -> Self {
-        let crypto =
-            start_crypto(Launch::default().env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))).await;
+        Self::launch(Launch::default(), registry).await
+    }
+
+    /// The registry settings [`Stack::start`] uses, to extend.
+    pub fn default_registry() -> Launch {
+        Launch::default()
+            .env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET)
+            .env("JWT_AUDIENCE", crate::auth::STACK_AUDIENCE)
+    }
+
+    /// Starts both services with extra settings for each.
+    pub async fn launch(crypto: Launch, registry: Launch) -> Self {
+        let crypto = start_crypto(crypto.env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))).await;
         let crypto_endpoint = crypto.url();
         let database = TestDatabase::fresh().await;
         let registry = start_registry(&database, &crypto_endpoint, registry).await;

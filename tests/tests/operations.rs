@@ -1,0 +1,300 @@
+//! The pair as operators and meshes see it: readiness that follows the
+//! dependencies, liveness, graceful shutdown with calls in flight, metrics,
+//! and one trace across both services.
+
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use proto::v1 as pb;
+use sea_orm::{ConnectionTrait, Database, TransactionTrait};
+use tests::stack::{STACK_KEY, Stack, TestDatabase, start_registry};
+use tests::{Launch, auth, http_get, start_crypto};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Waits on the Health/Watch stream until `service` reports `wanted`.
+async fn wait_for_status(channel: Channel, service: &str, wanted: ServingStatus) {
+    let mut stream = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let reached = tokio::time::timeout(DEADLINE, async {
+        while let Some(update) = stream.message().await.expect("health update") {
+            if update.status() == wanted {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(reached, Ok(true), "{service:?} never reported {wanted:?}");
+}
+
+async fn check(channel: Channel, service: &str) -> ServingStatus {
+    HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: service.to_owned(),
+        })
+        .await
+        .expect("check")
+        .into_inner()
+        .status()
+}
+
+fn crypto_on(socket: &std::path::Path) -> Launch {
+    Launch::default()
+        .env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+}
+
+#[tokio::test]
+async fn readiness_follows_crypto_service_down_and_back_without_a_registry_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("crypto.sock");
+    let crypto = start_crypto(crypto_on(&socket)).await;
+    let database = TestDatabase::fresh().await;
+    let registry = start_registry(
+        &database,
+        &format!("unix:{}", socket.display()),
+        Stack::default_registry()
+            .arg("--health-interval-seconds")
+            .arg("1"),
+    )
+    .await;
+    let channel = registry.channel().await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
+    assert_eq!(
+        check(channel.clone(), "agentregistry.v1.AgentService").await,
+        ServingStatus::Serving
+    );
+
+    crypto.kill().await;
+    wait_for_status(channel.clone(), "", ServingStatus::NotServing).await;
+    assert_eq!(
+        check(channel.clone(), "agentregistry.v1.ProviderService").await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        check(channel.clone(), "liveness").await,
+        ServingStatus::Serving,
+        "still alive"
+    );
+
+    let token = auth::token("ops", "acme", &["admin"]);
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(auth::authed(
+        channel.clone(),
+        auth::Bearer::new(&token),
+    ));
+    let request = || pb::CreateProviderRequest {
+        provider: Some(pb::Provider {
+            name: "after-outage".into(),
+            provider_type: pb::ProviderType::Openai.into(),
+            model_name: "gpt-4".into(),
+            api_key: "sk-outage-0001".into(),
+            ..Default::default()
+        }),
+        change_description: String::new(),
+    };
+    let status = providers
+        .create_provider(request())
+        .await
+        .expect_err("crypto is down");
+    assert_eq!(status.code(), Code::Unavailable);
+
+    let _crypto = start_crypto(crypto_on(&socket)).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
+    let created = providers
+        .create_provider(request())
+        .await
+        .expect("works again")
+        .into_inner();
+    assert!(created.api_key_set);
+    registry.terminate().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_zero() {
+    let registry_launch = Stack::default_registry()
+        .arg("--metrics-listen")
+        .arg("127.0.0.1:0")
+        .arg("--drain-seconds")
+        .arg("30")
+        .env("DATABASE_TIMEOUT_SECONDS", "60");
+    let stack = Stack::launch(Launch::default(), registry_launch).await;
+    let metrics = stack
+        .registry
+        .log_field("metrics serving", "listen")
+        .expect("metrics address");
+    let channel = stack.channel_as("ops", "acme", &["editor"]).await;
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(channel);
+    let agent = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                name: "draining".into(),
+                role: "r".into(),
+                goal: "g".into(),
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+
+    // Hold a lock the updates need (SQLite's write lock, or the agent's row
+    // on PostgreSQL) so they wait inside the registry.
+    let db = Database::connect(stack.database.url())
+        .await
+        .expect("connect");
+    let lock = db
+        .begin_with_options(sea_orm::TransactionOptions {
+            sqlite_transaction_mode: Some(sea_orm::SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await
+        .expect("write lock");
+    if stack.database.is_postgres() {
+        lock.execute_unprepared(&format!(
+            "SELECT id FROM agents WHERE id = '{}' FOR UPDATE",
+            agent.id
+        ))
+        .await
+        .expect("row lock");
+    }
+    let mut in_flight = Vec::new();
+    for i in 0..4 {
+        let mut agents = agents.clone();
+        let id = agent.id.clone();
+        in_flight.push(tokio::spawn(async move {
+            agents
+                .update_agent(pb::UpdateAgentRequest {
+                    agent: Some(pb::Agent {
+                        id,
+                        goal: format!("goal {i}"),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["goal".into()],
+                    }),
+                    change_description: String::new(),
+                })
+                .await
+        }));
+    }
+    let gauge = r#"grpc_server_in_flight{method="/agentregistry.v1.AgentService/UpdateAgent"} 4"#;
+    let seen = tokio::time::timeout(DEADLINE, async {
+        while !http_get(&metrics, "/metrics").await.contains(gauge) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "four updates never showed as in flight");
+
+    stack.registry.signal("TERM");
+    let address = stack.registry.address.clone();
+    let refused = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let endpoint =
+                tonic::transport::Endpoint::from_shared(format!("http://{address}")).expect("url");
+            if endpoint.connect().await.is_err() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        refused.is_ok(),
+        "new connections are refused while draining"
+    );
+
+    lock.rollback().await.expect("release the lock");
+    for call in in_flight {
+        let updated = call
+            .await
+            .expect("task")
+            .expect("the in-flight update completes");
+        assert!(updated.into_inner().version >= 2);
+    }
+    let (status, output) = stack.registry.wait().await;
+    assert!(status.success(), "exit {status:?}\n{output}");
+    assert!(output.contains("registry-service stopped"));
+    drop(db);
+    if let Some(crypto) = stack.crypto {
+        crypto.terminate().await;
+    }
+    stack.database.drop_database().await;
+}
+
+#[tokio::test]
+async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() {
+    let metrics_flag = |launch: Launch| launch.arg("--metrics-listen").arg("127.0.0.1:0");
+    let stack = Stack::launch(
+        metrics_flag(Launch::default()),
+        metrics_flag(Stack::default_registry()),
+    )
+    .await;
+    let channel = stack.channel_as("ops", "acme", &["admin"]).await;
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(channel);
+    for i in 0..3 {
+        providers
+            .create_provider(pb::CreateProviderRequest {
+                provider: Some(pb::Provider {
+                    name: format!("metered-{i}"),
+                    provider_type: pb::ProviderType::Openai.into(),
+                    model_name: "gpt-4".into(),
+                    api_key: format!("sk-metered-{i}"),
+                    ..Default::default()
+                }),
+                change_description: String::new(),
+            })
+            .await
+            .expect("create");
+    }
+    let missing = providers
+        .get_provider(pb::GetProviderRequest {
+            id: "01900000-0000-7000-8000-000000000000".into(),
+        })
+        .await;
+    assert_eq!(missing.expect_err("missing").code(), Code::NotFound);
+
+    let registry_metrics = stack
+        .registry
+        .log_field("metrics serving", "listen")
+        .expect("registry metrics");
+    let text = http_get(&registry_metrics, "/metrics").await;
+    for series in [
+        r#"grpc_server_handled_total{method="/agentregistry.v1.ProviderService/CreateProvider",code="OK"} 3"#,
+        r#"grpc_server_handled_total{method="/agentregistry.v1.ProviderService/GetProvider",code="NotFound"} 1"#,
+        r#"grpc_server_started_total{method="/agentregistry.v1.ProviderService/CreateProvider"} 3"#,
+        r#"grpc_server_handling_seconds_count{method="/agentregistry.v1.ProviderService/CreateProvider"} 3"#,
+        r#"registry_crypto_calls_total{method="Encrypt",code="OK"} 3"#,
+        r#"registry_crypto_call_seconds_bucket{le="#,
+        r#"registry_dependency_up{dependency="database"} 1"#,
+        r#"registry_db_pool_connections{state="idle"}"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
+    let crypto_metrics = stack
+        .crypto
+        .as_ref()
+        .and_then(|c| c.log_field("metrics serving", "listen"))
+        .expect("crypto metrics");
+    let text = http_get(&crypto_metrics, "/metrics").await;
+    assert!(
+        text.contains(r#"grpc_server_handled_total{method="/agentregistry.crypto.v1.CryptoService/Encrypt",code="OK"} 3"#),
+        "{text}"
+    );
+    stack.finish().await;
+}
