@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::Error;
+use crate::fernet::FernetKey;
 use crate::keyring::{KEY_LEN, KeyMaterial, Keyring};
 
 /// Flags of the `crypto-service` binary. Each flag also reads the
@@ -130,6 +132,9 @@ pub struct Settings {
     pub drain: Duration,
     /// Protective limits of the gRPC server.
     pub grpc: ops::cli::GrpcArgs,
+    /// The Python platform's Fernet key, which `ImportFernet` decrypts with;
+    /// `None` (the default) refuses imports. Set from [`Args::legacy_key`].
+    pub legacy_key: Option<Arc<FernetKey>>,
 }
 
 /// Mutual TLS material and the client allow-list.
@@ -203,7 +208,47 @@ impl Args {
             },
             drain: Duration::from_secs(self.drain_seconds),
             grpc: self.grpc.clone(),
+            legacy_key: None,
         })
+    }
+
+    /// The Python platform's Fernet key for `ImportFernet`, when configured:
+    /// `LEGACY_FERNET_KEY` (its `ENCRYPTION_KEY`: URL-safe base64 of 32
+    /// bytes), or `LEGACY_MASTER_SECRET` with `LEGACY_ENCRYPTION_SALT` (its
+    /// `MASTER_SECRET` and `ENCRYPTION_SALT`, through PBKDF2-HMAC-SHA256 with
+    /// 100,000 iterations); each also as `*_FILE`. `env` as in
+    /// [`Args::keyring`]. The values are used exactly as the platform used
+    /// them, so no minimum length applies.
+    pub fn legacy_key(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<FernetKey>, Error> {
+        const KEY: &str = "LEGACY_FERNET_KEY";
+        const MASTER: &str = "LEGACY_MASTER_SECRET";
+        const SALT: &str = "LEGACY_ENCRYPTION_SALT";
+        let key = secret(&env, KEY)?;
+        let master = secret(&env, MASTER)?;
+        let salt = secret(&env, SALT)?;
+        match (key, master, salt) {
+            (None, None, None) => Ok(None),
+            (Some(key), None, None) => FernetKey::from_base64(&key)
+                .map(Some)
+                .map_err(|problem| Error::config(KEY, problem.to_string())),
+            (Some(_), Some(_), _) => Err(Error::config(
+                MASTER,
+                format!("conflicts with {KEY}: give the Fernet key, or the master secret with its salt"),
+            )),
+            (Some(_), None, Some(_)) => Err(Error::config(
+                SALT,
+                format!("conflicts with {KEY}: the salt goes only with {MASTER}"),
+            )),
+            (None, Some(_), None) => Err(Error::config(SALT, format!("is required with {MASTER}"))),
+            (None, None, Some(_)) => Err(Error::config(SALT, format!("is set without {MASTER}"))),
+            (None, Some(secret), Some(salt)) => Ok(Some(FernetKey::from_master_secret(
+                secret.as_bytes(),
+                salt.as_bytes(),
+            ))),
+        }
     }
 
     /// Builds the keyring from the key settings. `env` looks up an
@@ -562,6 +607,65 @@ mod tests {
                 .settings()
                 .is_ok()
         );
+    }
+
+    fn legacy_error(vars: &[(&str, &str)]) -> String {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        match args(&[]).legacy_key(|name| vars.get(name).cloned()) {
+            Ok(Some(key)) => format!("key {key:?}"),
+            Ok(None) => String::from("none"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn legacy_key_settings_are_optional_exclusive_and_never_echoed() {
+        let fernet = URL_SAFE.encode([7u8; 32]);
+        assert_eq!(legacy_error(&[]), "none");
+        assert_eq!(
+            legacy_error(&[("LEGACY_FERNET_KEY", &fernet)]),
+            "key FernetKey(<redacted>)"
+        );
+        let short = URL_SAFE.encode([7u8; 20]);
+        let message = legacy_error(&[("LEGACY_FERNET_KEY", &short)]);
+        assert!(message.starts_with("LEGACY_FERNET_KEY: must be base64 of exactly 32 bytes"));
+        assert!(!message.contains(&short));
+        assert!(
+            legacy_error(&[("LEGACY_FERNET_KEY", "%%%")]).starts_with("LEGACY_FERNET_KEY: is not")
+        );
+        assert!(
+            legacy_error(&[("LEGACY_FERNET_KEY", &fernet), ("LEGACY_MASTER_SECRET", "s3cret")])
+                .starts_with("LEGACY_MASTER_SECRET: conflicts with LEGACY_FERNET_KEY")
+        );
+        assert!(
+            legacy_error(&[("LEGACY_FERNET_KEY", &fernet), ("LEGACY_ENCRYPTION_SALT", "salt")])
+                .starts_with("LEGACY_ENCRYPTION_SALT: conflicts with LEGACY_FERNET_KEY")
+        );
+        assert_eq!(
+            legacy_error(&[("LEGACY_MASTER_SECRET", "s3cret")]),
+            "LEGACY_ENCRYPTION_SALT: is required with LEGACY_MASTER_SECRET"
+        );
+        assert_eq!(
+            legacy_error(&[("LEGACY_ENCRYPTION_SALT", "salt")]),
+            "LEGACY_ENCRYPTION_SALT: is set without LEGACY_MASTER_SECRET"
+        );
+        assert_eq!(
+            legacy_error(&[("LEGACY_MASTER_SECRET", " ")]),
+            "LEGACY_MASTER_SECRET: is empty"
+        );
+        let dir = std::env::temp_dir().join(format!("legacy-key-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("key");
+        std::fs::write(&file, format!("{fernet}\n")).expect("write");
+        let path = file.display().to_string();
+        assert_eq!(
+            legacy_error(&[("LEGACY_FERNET_KEY_FILE", &path)]),
+            "key FernetKey(<redacted>)"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -30,6 +30,17 @@ pub enum Error {
         /// The version the ciphertext names.
         version: u32,
     },
+    /// The active key version cannot be retired.
+    #[error("key version {version} is the active version and cannot be retired")]
+    KeyVersionActive {
+        /// The version asked for.
+        version: u32,
+    },
+    /// No legacy (Fernet) key is configured for imports.
+    #[error(
+        "no legacy key is configured: set LEGACY_MASTER_SECRET and LEGACY_ENCRYPTION_SALT, or LEGACY_FERNET_KEY"
+    )]
+    LegacyKeyNotConfigured,
     /// The caller's TLS identity is not on the allow-list.
     #[error("client identity is not allowed")]
     ClientNotAllowed,
@@ -144,6 +155,19 @@ impl From<Error> for Status {
                         ("key_version".to_owned(), version.to_string()),
                     ],
                 );
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
+            Error::KeyVersionActive { version } => {
+                let details = ErrorDetails::with_error_info(
+                    "KEY_VERSION_ACTIVE",
+                    ERROR_DOMAIN,
+                    [("key_version".to_owned(), version.to_string())],
+                );
+                Status::with_error_details(Code::FailedPrecondition, message, details)
+            }
+            Error::LegacyKeyNotConfigured => {
+                let details =
+                    ErrorDetails::with_error_info("LEGACY_KEY_NOT_CONFIGURED", ERROR_DOMAIN, []);
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
             Error::ClientNotAllowed => Status::permission_denied(message),

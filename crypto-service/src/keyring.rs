@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
 use aes_gcm::aead::{Aead, Payload};
 use aes_gcm::{Aes256Gcm, KeyInit, Nonce};
@@ -120,8 +121,39 @@ struct VersionedKey {
 
 /// Numbered keys; the highest version encrypts, every version decrypts.
 pub struct Keyring {
-    keys: BTreeMap<u32, VersionedKey>,
+    keys: BTreeMap<u32, Arc<VersionedKey>>,
     active: u32,
+}
+
+/// The keyring a running service uses: replaced whole on reload (SIGHUP)
+/// or when a version is retired; each call works on one snapshot.
+#[derive(Debug, Clone)]
+pub struct SharedKeyring(Arc<RwLock<Arc<Keyring>>>);
+
+impl SharedKeyring {
+    /// Shares `keyring`.
+    pub fn new(keyring: Keyring) -> Self {
+        Self(Arc::new(RwLock::new(Arc::new(keyring))))
+    }
+
+    /// The keyring in force now.
+    pub fn current(&self) -> Arc<Keyring> {
+        // A poisoned lock still holds a whole keyring: replacing it is one
+        // assignment, so no writer can leave it half-changed.
+        match self.0.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Puts `keyring` in force for every later call.
+    pub fn replace(&self, keyring: Keyring) {
+        let keyring = Arc::new(keyring);
+        match self.0.write() {
+            Ok(mut guard) => *guard = keyring,
+            Err(poisoned) => *poisoned.into_inner() = keyring,
+        }
+    }
 }
 
 impl fmt::Debug for Keyring {
@@ -142,7 +174,7 @@ impl Keyring {
             if version == 0 {
                 return Err(Error::config(setting, "key versions start at 1"));
             }
-            let key = VersionedKey::derive(&material);
+            let key = Arc::new(VersionedKey::derive(&material));
             if keys.insert(version, key).is_some() {
                 return Err(Error::config(
                     setting,
@@ -160,6 +192,30 @@ impl Keyring {
     /// The version that encrypts new values.
     pub fn active_version(&self) -> u32 {
         self.active
+    }
+
+    /// This keyring without `version`; refused for the active version or
+    /// one it does not hold. Other versions keep their keys and counters.
+    pub fn without(&self, version: u32) -> Result<Self, Error> {
+        if version == self.active {
+            return Err(Error::KeyVersionActive { version });
+        }
+        if !self.keys.contains_key(&version) {
+            return Err(Error::UnknownKeyVersion {
+                field: "version".to_owned(),
+                version,
+            });
+        }
+        let keys = self
+            .keys
+            .iter()
+            .filter(|(v, _)| **v != version)
+            .map(|(v, key)| (*v, Arc::clone(key)))
+            .collect();
+        Ok(Self {
+            keys,
+            active: self.active,
+        })
     }
 
     /// Encrypts `plaintext` bound to `aad` under the active version.

@@ -7,6 +7,7 @@
 pub mod ciphertext;
 pub mod config;
 pub mod error;
+pub mod fernet;
 pub mod identity;
 pub mod keyring;
 pub mod server;

@@ -3,11 +3,11 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use crypto_service::Error;
 use crypto_service::config::{Args, ListenAddress};
+use crypto_service::keyring::SharedKeyring;
 use crypto_service::server::{self, Listener};
 
 #[tokio::main]
@@ -31,13 +31,21 @@ async fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> Result<(), Error> {
-    let settings = args.settings()?;
-    let keyring = Arc::new(args.keyring(|name| std::env::var(name).ok())?);
+    let mut settings = args.settings()?;
+    let keyring = args.keyring(|name| std::env::var(name).ok())?;
+    settings.legacy_key = args
+        .legacy_key(|name| std::env::var(name).ok())?
+        .map(std::sync::Arc::new);
+    if settings.legacy_key.is_some() {
+        tracing::info!("legacy Fernet key loaded: ImportFernet is enabled");
+    }
     tracing::info!(
         active_version = keyring.active_version(),
         versions = keyring.versions().len(),
         "keyring loaded"
     );
+    let keyring = SharedKeyring::new(keyring);
+    reload_on_sighup(args.clone(), keyring.clone())?;
     let metrics = ops::metrics::Metrics::new(|_| {});
     if let Some(address) = args.metrics_listen {
         serve_metrics(address, metrics.clone()).await?;
@@ -51,6 +59,33 @@ async fn run(args: Args) -> Result<(), Error> {
         ops::shutdown::signal(),
     )
     .await
+}
+
+/// Re-reads the key settings (files are read again; environment values are
+/// fixed for the life of the process) on every SIGHUP. Calls in flight keep
+/// the keyring they started with; a bad new keyring is logged and ignored.
+fn reload_on_sighup(args: Args, keyring: SharedKeyring) -> Result<(), Error> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup())
+        .map_err(|e| Error::Serve(format!("cannot listen for SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match args.keyring(|name| std::env::var(name).ok()) {
+                Ok(reloaded) => {
+                    tracing::info!(
+                        active_version = reloaded.active_version(),
+                        versions = reloaded.versions().len(),
+                        "keyring reloaded"
+                    );
+                    keyring.replace(reloaded);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "keyring reload failed; keeping the current keyring");
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 /// Binds the metrics endpoint and serves it in the background.

@@ -3,7 +3,6 @@
 //! the crypto handlers, serves until shutdown, then drains within a deadline.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use proto::crypto::crypto_service_server::CryptoServiceServer;
 use tokio::net::{TcpListener, UnixListener};
@@ -16,7 +15,7 @@ use tonic_health::ServingStatus;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::identity::AllowList;
-use crate::keyring::Keyring;
+use crate::keyring::SharedKeyring;
 use crate::service::Crypto;
 
 /// The gRPC service name, as health checks and reflection know it.
@@ -51,7 +50,7 @@ impl Listener {
 pub async fn serve(
     listener: Listener,
     settings: Settings,
-    keyring: Arc<Keyring>,
+    keyring: SharedKeyring,
     metrics: &ops::metrics::Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
@@ -105,7 +104,7 @@ type Layers = tower::layer::util::Stack<ops::rpc::RpcLayer, tower::layer::util::
 /// The layers and services, outermost first.
 fn router(
     settings: &Settings,
-    keyring: Arc<Keyring>,
+    keyring: SharedKeyring,
     metrics: &ops::metrics::Metrics,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -121,7 +120,9 @@ fn router(
     // Size limits sit on the crypto service itself: its messages carry the
     // only large payloads. The allow-list wraps only this service so probes
     // and reflection stay open to any CA-signed client.
-    let crypto = CryptoServiceServer::new(Crypto::new(keyring, settings.limits))
+    let handlers =
+        Crypto::new(keyring, settings.limits).with_legacy_key(settings.legacy_key.clone());
+    let crypto = CryptoServiceServer::new(handlers)
         .max_decoding_message_size(settings.limits.max_message_bytes);
     let crypto = InterceptedService::new(crypto, allow_list);
 

@@ -1,33 +1,83 @@
 //! The `CryptoService` gRPC handlers: validate the request, call the
 //! keyring, convert back. No key material or plaintext is ever logged.
 
-use std::sync::Arc;
-
 use proto::crypto::crypto_service_server::CryptoService;
 use proto::crypto::{
     DecryptBatchRequest, DecryptBatchResponse, DecryptRequest, DecryptResponse,
-    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse, GetKeyInfoRequest,
-    GetKeyInfoResponse, KeyDerivation, KeyVersionInfo, RewrapRequest, RewrapResponse,
-    RewrappedCiphertext,
+    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse,
+    GetKeyInfoRequest, GetKeyInfoResponse, ImportFernetItem, ImportFernetRequest,
+    ImportFernetResponse, ImportFernetResult, KeyDerivation, KeyVersionInfo,
+    RetireKeyVersionRequest, RewrapRequest, RewrapResponse, RewrappedCiphertext,
+    import_fernet_result,
 };
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use crate::ciphertext::FORMAT_TAG;
 use crate::config::Limits;
 use crate::error::{Error, FieldViolation};
-use crate::keyring::{Derivation, Keyring, Opened, Rewrapped, Sealed};
+use crate::fernet::FernetKey;
+use crate::keyring::{Derivation, Keyring, Opened, Rewrapped, Sealed, SharedKeyring};
 
-/// The handlers, sharing one keyring.
+/// The handlers, sharing one live keyring.
 #[derive(Debug, Clone)]
 pub struct Crypto {
-    keyring: Arc<Keyring>,
+    keyring: SharedKeyring,
     limits: Limits,
+    legacy_key: Option<Arc<FernetKey>>,
 }
 
 impl Crypto {
     /// Handlers over `keyring`, enforcing `limits`.
-    pub fn new(keyring: Arc<Keyring>, limits: Limits) -> Self {
-        Self { keyring, limits }
+    pub fn new(keyring: SharedKeyring, limits: Limits) -> Self {
+        Self {
+            keyring,
+            limits,
+            legacy_key: None,
+        }
+    }
+
+    /// The same handlers, with the Python platform's Fernet key for
+    /// `ImportFernet` (`None` refuses imports).
+    pub fn with_legacy_key(mut self, legacy_key: Option<Arc<FernetKey>>) -> Self {
+        self.legacy_key = legacy_key;
+        self
+    }
+
+    /// Decrypts one legacy token and seals its plaintext under the active
+    /// key. The error is the item's report: it names what is wrong and
+    /// never holds the token, the plaintext or key material.
+    fn import_one(
+        &self,
+        legacy: &FernetKey,
+        keyring: &Keyring,
+        item: &ImportFernetItem,
+    ) -> Result<Sealed, String> {
+        // Two base64 layers grow a value by at most 16/9; Fernet adds 73
+        // bytes of header, padding and tag.
+        let max_token_chars = self.limits.max_plaintext_bytes.saturating_mul(2) + 256;
+        if item.token.len() > max_token_chars {
+            return Err(format!("token is longer than {max_token_chars} characters"));
+        }
+        if item.associated_data.len() > self.limits.max_aad_bytes {
+            return Err(format!(
+                "associated_data must be at most {} bytes",
+                self.limits.max_aad_bytes
+            ));
+        }
+        let plaintext = legacy.decrypt(&item.token).map_err(|e| e.to_string())?;
+        if plaintext.is_empty() {
+            return Err("the token holds an empty value".to_owned());
+        }
+        if plaintext.len() > self.limits.max_plaintext_bytes {
+            return Err(format!(
+                "the token's value is larger than {} bytes",
+                self.limits.max_plaintext_bytes
+            ));
+        }
+        keyring
+            .encrypt(&plaintext, &item.associated_data)
+            .map_err(|e| e.to_string())
     }
 
     fn encrypt_one(&self, item: &EncryptRequest) -> Result<Sealed, Error> {
@@ -44,18 +94,22 @@ impl Crypto {
         if !violations.is_empty() {
             return Err(Error::BadRequest(violations));
         }
-        self.keyring.encrypt(&item.plaintext, &item.associated_data)
+        self.keyring
+            .current()
+            .encrypt(&item.plaintext, &item.associated_data)
     }
 
     fn decrypt_one(&self, item: &DecryptRequest) -> Result<Opened, Error> {
         self.check_ciphertext_request(item)?;
         self.keyring
+            .current()
             .decrypt(&item.ciphertext, &item.associated_data, "ciphertext")
     }
 
     fn rewrap_one(&self, item: &DecryptRequest) -> Result<Rewrapped, Error> {
         self.check_ciphertext_request(item)?;
         self.keyring
+            .current()
             .rewrap(&item.ciphertext, &item.associated_data, "ciphertext")
     }
 
@@ -179,8 +233,64 @@ impl CryptoService for Crypto {
         &self,
         _request: Request<GetKeyInfoRequest>,
     ) -> Result<Response<GetKeyInfoResponse>, Status> {
-        let versions = self
-            .keyring
+        Ok(Response::new(key_info(&self.keyring.current())))
+    }
+
+    #[tracing::instrument(skip_all, fields(version = request.get_ref().version))]
+    async fn retire_key_version(
+        &self,
+        request: Request<RetireKeyVersionRequest>,
+    ) -> Result<Response<GetKeyInfoResponse>, Status> {
+        let current = self.keyring.current();
+        let retired = current.without(request.get_ref().version)?;
+        self.keyring.replace(retired);
+        tracing::warn!("key version retired from the running keyring");
+        Ok(Response::new(key_info(&self.keyring.current())))
+    }
+
+    #[tracing::instrument(
+        skip_all,
+        fields(items = request.get_ref().items.len(), imported, failed)
+    )]
+    async fn import_fernet(
+        &self,
+        request: Request<ImportFernetRequest>,
+    ) -> Result<Response<ImportFernetResponse>, Status> {
+        let items = &request.get_ref().items;
+        self.check_batch_size(items.len())?;
+        let legacy = self
+            .legacy_key
+            .as_deref()
+            .ok_or(Error::LegacyKeyNotConfigured)?;
+        // One keyring snapshot for the whole batch.
+        let keyring = self.keyring.current();
+        let results: Vec<ImportFernetResult> = items
+            .iter()
+            .map(|item| {
+                let outcome = match self.import_one(legacy, &keyring, item) {
+                    Ok(sealed) => import_fernet_result::Outcome::Encrypted(sealed_response(sealed)),
+                    Err(error) => import_fernet_result::Outcome::Error(error),
+                };
+                ImportFernetResult {
+                    outcome: Some(outcome),
+                }
+            })
+            .collect();
+        let failed = results
+            .iter()
+            .filter(|r| matches!(r.outcome, Some(import_fernet_result::Outcome::Error(_))))
+            .count();
+        let span = tracing::Span::current();
+        span.record("imported", results.len() - failed);
+        span.record("failed", failed);
+        Ok(Response::new(ImportFernetResponse { results }))
+    }
+}
+
+/// The keyring description a `GetKeyInfo` returns.
+fn key_info(keyring: &Keyring) -> GetKeyInfoResponse {
+    {
+        let versions = keyring
             .versions()
             .into_iter()
             .map(|info| KeyVersionInfo {
@@ -195,11 +305,11 @@ impl CryptoService for Crypto {
                 encryptions_since_start: info.encryptions,
             })
             .collect();
-        Ok(Response::new(GetKeyInfoResponse {
-            active_version: self.keyring.active_version(),
+        GetKeyInfoResponse {
+            active_version: keyring.active_version(),
             versions,
             ciphertext_format: FORMAT_TAG.to_owned(),
-        }))
+        }
     }
 }
 

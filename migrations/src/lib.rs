@@ -22,6 +22,7 @@
 
 pub mod entity;
 mod m20261126_000001_create_registry;
+mod m20261126_000002_key_canary;
 
 use sea_orm_migration::sea_orm::ConnectionTrait;
 pub use sea_orm_migration::{DbErr, MigrationStatus, MigrationTrait, MigratorTrait};
@@ -32,7 +33,10 @@ pub struct Migrator;
 
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261126_000001_create_registry::Migration)]
+        vec![
+            Box::new(m20261126_000001_create_registry::Migration),
+            Box::new(m20261126_000002_key_canary::Migration),
+        ]
     }
 }
 

@@ -209,7 +209,13 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 4] = ["agent_versions", "agents", "provider_versions", "providers"];
+const TABLES: [&str; 5] = [
+    "agent_versions",
+    "agents",
+    "key_canary",
+    "provider_versions",
+    "providers",
+];
 const INDEXES: [&str; 8] = [
     "ix_agents_llm_provider_id",
     "ix_agents_tenant_id",
@@ -961,7 +967,10 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
     let before = migrations::status(&db)
         .await
         .expect("status on an empty database");
-    assert_eq!(names(&before), ["m20261126_000001_create_registry"]);
+    assert_eq!(
+        names(&before),
+        ["m20261126_000001_create_registry", "m20261126_000002_key_canary"]
+    );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");
     assert!(tables(&db).await.is_empty(), "status is read-only");
 

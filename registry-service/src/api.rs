@@ -2,6 +2,7 @@
 //! validated domain values, call the store, turn the result back.
 
 pub mod agents;
+pub mod keys;
 pub mod providers;
 pub mod runtime;
 

@@ -88,6 +88,10 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
             "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider",
         ) => ADMINS,
         ("agentregistry.v1.RuntimeService", "ResolveAgent") => RUNTIME,
+        (
+            "agentregistry.v1.KeyService",
+            "GetKeyStatus" | "RewrapCredentials" | "RetireKeyVersion",
+        ) => ADMINS,
         _ => return None,
     };
     Some(roles)

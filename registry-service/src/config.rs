@@ -44,9 +44,40 @@ pub enum Command {
         #[arg(value_enum, default_value_t = MigrateAction::Up)]
         action: MigrateAction,
     },
+    /// Re-encrypt every stored credential (current rows and every version
+    /// snapshot) under crypto-service's newest key version, in batches;
+    /// resumable and idempotent, safe while the registry serves traffic.
+    RewrapCredentials {
+        /// Values per Rewrap call.
+        #[arg(long, default_value_t = 500)]
+        batch_size: u32,
+    },
+    /// Show how many stored values each key version still protects.
+    KeyStatus,
+    /// Import providers from the Python platform's database, re-encrypting
+    /// their Fernet-encrypted API keys inside crypto-service.
+    ImportFernet(ImportArgs),
     /// Mint an HS256 token with the configured JWT_HS256_SECRET (and
     /// JWT_ISSUER / JWT_AUDIENCE when set), printed to stdout.
     Token(TokenArgs),
+}
+
+/// Settings of `import-fernet`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ImportArgs {
+    /// The Python platform's database: `sqlite://path/to/file.db` or
+    /// `postgres://…`. Secret when it holds a password.
+    #[arg(long, env = "LEGACY_DATABASE_URL")]
+    pub legacy_database_url: String,
+    /// The tenant to create the providers in.
+    #[arg(long)]
+    pub tenant: String,
+    /// The subject recorded as `created_by` / `changed_by`.
+    #[arg(long, default_value = "import-fernet")]
+    pub subject: String,
+    /// Report what would be imported, and which rows fail, without writing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Settings of `token`.

@@ -8,7 +8,11 @@ use ops::telemetry::PropagateTrace;
 use tonic::service::interceptor::InterceptedService;
 
 use proto::crypto::crypto_service_client::CryptoServiceClient;
-use proto::crypto::{DecryptRequest, EncryptRequest, GetKeyInfoRequest, GetKeyInfoResponse};
+use proto::crypto::{
+    DecryptRequest, EncryptRequest, GetKeyInfoRequest, GetKeyInfoResponse,
+    RetireKeyVersionRequest as CryptoRetireRequest, RewrapRequest,
+};
+use proto::crypto::{ImportFernetItem, ImportFernetRequest, import_fernet_result};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 use zeroize::Zeroizing;
 
@@ -127,6 +131,60 @@ impl Crypto {
             .map_err(|_| Error::Internal("stored API key is not UTF-8".to_owned()))
     }
 
+    /// Carries API keys over from the Python platform: crypto-service
+    /// decrypts each Fernet token (`token`, as the platform stored it) with
+    /// its legacy key and re-encrypts the value bound to `tenant` and
+    /// `provider_id`, so no plaintext reaches this process. One result per
+    /// `(provider_id, token)` item, in order: the new ciphertext, or why that
+    /// token could not be imported. FAILED_PRECONDITION
+    /// (`LEGACY_KEY_NOT_CONFIGURED`) when crypto-service has no legacy key.
+    pub async fn import_fernet(
+        &self,
+        tenant: &str,
+        items: &[(&str, &str)],
+    ) -> Result<Vec<Result<String, String>>, Error> {
+        let request = ImportFernetRequest {
+            items: items
+                .iter()
+                .map(|(provider_id, token)| ImportFernetItem {
+                    token: (*token).to_owned(),
+                    associated_data: api_key_aad(tenant, provider_id),
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        let response = self.client.clone().import_fernet(request).await;
+        self.observe("ImportFernet", started, &response);
+        let results = match response {
+            Ok(response) => response.into_inner().results,
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                return Err(Error::precondition(
+                    "LEGACY_KEY_NOT_CONFIGURED",
+                    format!(
+                        "crypto-service answered FAILED_PRECONDITION: {}",
+                        status.message()
+                    ),
+                ));
+            }
+            Err(status) => return Err(from_status(status)),
+        };
+        if results.len() != items.len() {
+            return Err(Error::Internal(format!(
+                "crypto-service answered {} ImportFernet results for {} items",
+                results.len(),
+                items.len()
+            )));
+        }
+        Ok(results
+            .into_iter()
+            .map(|result| match result.outcome {
+                Some(import_fernet_result::Outcome::Encrypted(sealed)) => Ok(sealed.ciphertext),
+                Some(import_fernet_result::Outcome::Error(reason)) => Err(reason),
+                None => Err("crypto-service gave no outcome".to_owned()),
+            })
+            .collect())
+    }
+
     /// The keyring description (no key material).
     pub async fn key_info(&self) -> Result<GetKeyInfoResponse, Error> {
         let started = Instant::now();
@@ -135,12 +193,107 @@ impl Crypto {
         Ok(response.map_err(from_status)?.into_inner())
     }
 
+    /// Moves ciphertexts (each with its associated data) to the active key
+    /// version; answers `(ciphertext, key_version, rewrapped)` per item.
+    pub async fn rewrap(&self, items: Vec<(String, Vec<u8>)>) -> Result<Vec<Rewrapped>, Error> {
+        let request = RewrapRequest {
+            items: items
+                .into_iter()
+                .map(|(ciphertext, associated_data)| DecryptRequest {
+                    ciphertext,
+                    associated_data,
+                })
+                .collect(),
+        };
+        let started = Instant::now();
+        let response = self.client.clone().rewrap(request).await;
+        self.observe("Rewrap", started, &response);
+        Ok(response
+            .map_err(from_status)?
+            .into_inner()
+            .items
+            .into_iter()
+            .map(|item| Rewrapped {
+                ciphertext: item.ciphertext,
+                key_version: item.key_version,
+            })
+            .collect())
+    }
+
+    /// Retires a key version in crypto-service's running keyring.
+    pub async fn retire(&self, version: u32) -> Result<GetKeyInfoResponse, Error> {
+        let started = Instant::now();
+        let response = self
+            .client
+            .clone()
+            .retire_key_version(CryptoRetireRequest { version })
+            .await;
+        self.observe("RetireKeyVersion", started, &response);
+        response
+            .map(tonic::Response::into_inner)
+            .map_err(|status| match status.code() {
+                tonic::Code::FailedPrecondition => Error::precondition(
+                    "KEY_VERSION_ACTIVE",
+                    format!("crypto-service refused: {}", status.message()),
+                ),
+                _ => from_status(status),
+            })
+    }
+
+    /// Encrypts a non-secret value (the key canary).
+    pub async fn encrypt_raw(&self, plaintext: &[u8], aad: &[u8]) -> Result<String, tonic::Status> {
+        let request = EncryptRequest {
+            plaintext: plaintext.to_vec(),
+            associated_data: aad.to_vec(),
+        };
+        let started = Instant::now();
+        let response = self.client.clone().encrypt(request).await;
+        self.observe("Encrypt", started, &response);
+        response.map(|r| r.into_inner().ciphertext)
+    }
+
+    /// Decrypts a non-secret value (the key canary), keeping crypto-service's
+    /// status so a wrong key can be told from an outage.
+    pub async fn decrypt_raw(
+        &self,
+        ciphertext: &str,
+        aad: &[u8],
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let request = DecryptRequest {
+            ciphertext: ciphertext.to_owned(),
+            associated_data: aad.to_vec(),
+        };
+        let started = Instant::now();
+        let response = self.client.clone().decrypt(request).await;
+        self.observe("Decrypt", started, &response);
+        response.map(|r| r.into_inner().plaintext)
+    }
+
     fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, tonic::Status>) {
         let code = result
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         self.metrics
             .crypto_call(method, code, started.elapsed().as_secs_f64());
+    }
+}
+
+/// A ciphertext after Rewrap.
+#[derive(Debug, Clone)]
+pub struct Rewrapped {
+    /// The ciphertext under the active version.
+    pub ciphertext: String,
+    /// That version.
+    pub key_version: u32,
+}
+
+/// The key version a ciphertext names (`arc1.<version>.…`), read without
+/// decrypting; `None` for anything else.
+pub fn key_version_of(ciphertext: &str) -> Option<u32> {
+    let mut parts = ciphertext.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("arc1"), Some(version), Some(_)) => version.parse().ok(),
+        _ => None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod config;
 pub mod crypto;
 pub mod error;
+pub mod import;
 pub mod model;
 pub mod page;
 pub mod readiness;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use ops::metrics::Metrics;
-use registry_service::api::Registry;
+use registry_service::api::{self, Registry};
 use registry_service::auth::{Authenticator, KeySource};
 use registry_service::config::{Args, Command, Common, MigrateAction, TokenArgs};
 use registry_service::crypto::Crypto;
@@ -29,6 +29,13 @@ async fn main() -> ExitCode {
     let result = match args.command {
         Some(Command::Migrate { action }) => migrate(&args.common, action).await,
         Some(Command::Token(ref token)) => mint_token(&args, token),
+        Some(Command::RewrapCredentials { batch_size }) => {
+            rewrap_credentials(&args, batch_size).await
+        }
+        Some(Command::KeyStatus) => key_status(&args).await,
+        Some(Command::ImportFernet(ref import)) => {
+            registry_service::import::run(&args, import).await
+        }
         Some(Command::Serve) | None => serve(&args).await,
     };
     match result {
@@ -84,6 +91,73 @@ async fn serve(args: &Args) -> Result<(), Error> {
         ops::shutdown::signal(),
     )
     .await
+}
+
+/// The database (migrated) and crypto-service client for the key
+/// subcommands.
+async fn key_tools(args: &Args) -> Result<(sea_orm::DatabaseConnection, Crypto), Error> {
+    let settings = args.serve.settings(&args.common)?;
+    let db = store::connect(&settings.database).await?;
+    store::migrate_up(&db).await?;
+    let crypto = Crypto::connect_lazy(
+        &settings.crypto_endpoint,
+        settings.crypto_tls.clone(),
+        settings.crypto_timeout,
+        RegistryMetrics::default(),
+    )?;
+    Ok((db, crypto))
+}
+
+/// `rewrap-credentials`: prints progress after every batch.
+async fn rewrap_credentials(args: &Args, batch_size: u32) -> Result<(), Error> {
+    let (db, crypto) = key_tools(args).await?;
+    let batch = batch_size.clamp(1, 1000);
+    let done = api::keys::rewrap(&db, &crypto, batch, 0, |report| {
+        println!(
+            "progress: scanned {} rewrapped {} already-current {} changed-concurrently {}",
+            report.scanned, report.rewrapped, report.already_current, report.changed_concurrently
+        );
+    })
+    .await?;
+    println!(
+        "rewrap-credentials: active version {}; scanned {}, rewrapped {}, already current {}, changed concurrently {}, remaining {}",
+        done.active_version,
+        done.scanned,
+        done.rewrapped,
+        done.already_current,
+        done.changed_concurrently,
+        done.remaining
+    );
+    Ok(())
+}
+
+/// `key-status`: one line per key version.
+async fn key_status(args: &Args) -> Result<(), Error> {
+    let (db, crypto) = key_tools(args).await?;
+    let status = api::keys::key_status(&db, &crypto).await?;
+    println!(
+        "active version {}; {} stored values",
+        status.active_version, status.total_values
+    );
+    for v in status.versions {
+        println!(
+            "version {}{}{}: {} stored values{}",
+            v.version,
+            if v.active { " (active)" } else { "" },
+            if v.in_keyring {
+                ""
+            } else {
+                " (NOT in crypto-service's keyring)"
+            },
+            v.stored_values,
+            if v.check_value.is_empty() {
+                String::new()
+            } else {
+                format!(", check value {}", v.check_value)
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Binds the metrics endpoint and serves it in the background.

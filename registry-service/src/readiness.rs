@@ -1,5 +1,6 @@
 //! Readiness from a background check, not per request: every interval the
-//! registry pings its database and asks crypto-service for its key info.
+//! registry pings its database and has crypto-service decrypt the key
+//! canary (writing it the first time).
 //! While either fails, `""` and every registry service report NOT_SERVING
 //! (so load balancers and Kubernetes stop routing here); when both answer
 //! again they report SERVING. Each transition is logged once.
@@ -13,6 +14,7 @@ use tonic_health::server::HealthReporter;
 use crate::crypto::Crypto;
 use crate::server::SERVICE_NAMES;
 use crate::store;
+use crate::store::keys::{self, Canary};
 use crate::telemetry::RegistryMetrics;
 
 /// Checks the dependencies every `interval`, forever; abort the task to stop.
@@ -24,14 +26,14 @@ pub async fn watch(
     interval: Duration,
 ) {
     let mut serving: Option<bool> = None;
+    let mut wrong_key_logged = false;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let (database, crypto_ok) = tokio::join!(
-            check_database(&db, &metrics),
-            check_crypto(&crypto, &metrics)
-        );
+        let database = check_database(&db, &metrics).await;
+        let crypto_ok =
+            database && check_crypto(&db, &crypto, &metrics, &mut wrong_key_logged).await;
         let ready = database && crypto_ok;
         if serving != Some(ready) {
             if ready {
@@ -71,8 +73,29 @@ async fn check_database(db: &DatabaseConnection, metrics: &RegistryMetrics) -> b
     up
 }
 
-async fn check_crypto(crypto: &Crypto, metrics: &RegistryMetrics) -> bool {
-    let up = crypto.key_info().await.is_ok();
+/// crypto-service is ready when it decrypts the registry's canary: an
+/// unreachable service and one holding the wrong key both fail, and a wrong
+/// key is logged as such once.
+async fn check_crypto(
+    db: &DatabaseConnection,
+    crypto: &Crypto,
+    metrics: &RegistryMetrics,
+    wrong_key_logged: &mut bool,
+) -> bool {
+    let outcome = keys::check_canary(db, crypto).await;
+    let up = matches!(outcome, Ok(Canary::Verified | Canary::Created));
     metrics.set_up("crypto-service", up);
+    match outcome {
+        Ok(Canary::WrongKey(reason)) if !*wrong_key_logged => {
+            tracing::error!(
+                %reason,
+                "crypto-service cannot decrypt the registry's key canary: it holds the wrong key (check ENCRYPTION_KEY / MASTER_SECRET / the keyring); readiness stays NOT_SERVING"
+            );
+            *wrong_key_logged = true;
+        }
+        Ok(Canary::Created) => tracing::info!("key canary written"),
+        Ok(Canary::Verified) => *wrong_key_logged = false,
+        _ => {}
+    }
     up
 }

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use proto::v1::agent_service_server::AgentServiceServer;
+use proto::v1::key_service_server::KeyServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
 use proto::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::TcpListener;
@@ -21,10 +22,11 @@ use crate::telemetry::RegistryMetrics;
 use ops::metrics::Metrics;
 
 /// The service names health checks and reflection know.
-pub const SERVICE_NAMES: [&str; 3] = [
+pub const SERVICE_NAMES: [&str; 4] = [
     "agentregistry.v1.AgentService",
     "agentregistry.v1.ProviderService",
     "agentregistry.v1.RuntimeService",
+    "agentregistry.v1.KeyService",
 ];
 
 /// Serves until `shutdown` completes, then drains within `settings.drain`.
@@ -57,7 +59,8 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(AgentServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(ProviderServiceServer::new(registry.clone()).max_decoding_message_size(limit))
-        .add_service(RuntimeServiceServer::new(registry.clone()).max_decoding_message_size(limit));
+        .add_service(RuntimeServiceServer::new(registry.clone()).max_decoding_message_size(limit))
+        .add_service(KeyServiceServer::new(registry.clone()).max_decoding_message_size(limit));
 
     health
         .set_service_status(ops::LIVENESS, ServingStatus::Serving)

@@ -8,6 +8,7 @@
 //! `(resource_id, version_number)` index is the backstop.
 
 pub mod agents;
+pub mod keys;
 pub mod providers;
 
 use std::time::Duration;

@@ -81,10 +81,14 @@ impl Process {
     /// `serving_message`, taking the address from that line's `listen`
     /// field. Panics with the output so far if it exits or times out.
     pub async fn start(binary: &Path, launch: Launch, serving_message: &str) -> Self {
+        Self::start_matching(binary, launch, serving_message, true).await
+    }
+
+    async fn start_matching(binary: &Path, launch: Launch, text: &str, listen: bool) -> Self {
         let mut child = spawn(binary, &launch);
         let output = Arc::new(Mutex::new(String::new()));
         let (address_tx, mut address_rx) = watch::channel(None::<String>);
-        collect_output(&mut child, &output, serving_message, address_tx);
+        collect_output(&mut child, &output, text, listen, address_tx);
 
         let found = tokio::time::timeout(START_DEADLINE, async {
             loop {
@@ -113,6 +117,12 @@ impl Process {
                 );
             }
         }
+    }
+
+    /// Starts `binary` and waits until it prints a line containing `text`
+    /// (for commands that report progress rather than serve).
+    pub async fn start_until(binary: &Path, launch: Launch, text: &str) -> Self {
+        Self::start_matching(binary, launch, text, false).await
     }
 
     /// Runs `binary` to completion (for start-up failures) and returns its
@@ -225,6 +235,7 @@ fn collect_output(
     child: &mut Child,
     output: &Arc<Mutex<String>>,
     serving_message: &str,
+    listen: bool,
     address_tx: watch::Sender<Option<String>>,
 ) {
     let address_tx = Arc::new(address_tx);
@@ -243,10 +254,15 @@ fn collect_output(
         tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                if line.contains(&serving_message)
-                    && let Some(address) = listen_field(&line)
-                {
-                    address_tx.send_replace(Some(address));
+                if line.contains(&serving_message) {
+                    let found = if listen {
+                        listen_field(&line)
+                    } else {
+                        Some(line.clone())
+                    };
+                    if let Some(found) = found {
+                        address_tx.send_replace(Some(found));
+                    }
                 }
                 if let Ok(mut all) = output.lock() {
                     all.push_str(&line);

@@ -106,6 +106,24 @@ impl TestDatabase {
         }
     }
 
+    /// The first column of every row of `sql`, as text (for checks; cast
+    /// JSON columns with `CAST(… AS TEXT)`).
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let db = Database::connect(self.url()).await.expect("connect");
+        db.query_all_raw(sea_orm::Statement::from_string(
+            db.get_database_backend(),
+            sql.to_owned(),
+        ))
+        .await
+        .expect("query")
+        .into_iter()
+        .filter_map(|row| {
+            row.try_get_by_index::<Option<String>>(0)
+                .expect("text column")
+        })
+        .collect()
+    }
+
     /// Runs one SQL statement against the test database (for checks).
     pub async fn count(&self, sql: &str) -> i64 {
         let db = Database::connect(self.url()).await.expect("connect");

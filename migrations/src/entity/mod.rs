@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod agent_version;
+pub mod key_canary;
 pub mod provider;
 pub mod provider_version;
 

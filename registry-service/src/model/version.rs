@@ -145,6 +145,62 @@ pub fn json_to_proto(value: &Value) -> prost_types::Value {
     prost_types::Value { kind: Some(kind) }
 }
 
+/// Applies `changes` to `base`: the inverse of [`diff`], so
+/// `apply(old, &diff(old, new)) == new`. `Added` and `Modified` set the
+/// value at the dotted path (creating missing parent objects, and replacing
+/// a parent that is not an object), `Removed` deletes it; the empty path
+/// stands for the whole value. A change without the value its kind needs,
+/// or the removal of an absent path, changes nothing. Paths are split at
+/// every `.`, so the inverse holds for values whose object keys are
+/// non-empty and contain no `.`, as every configuration snapshot's are.
+pub fn apply(base: &Value, changes: &[Change]) -> Value {
+    fn set(target: &mut Value, path: &[&str], new: Option<&Value>) {
+        let Some((first, rest)) = path.split_first() else {
+            if let Some(value) = new {
+                *target = value.clone();
+            }
+            return;
+        };
+        if !target.is_object() {
+            if new.is_none() {
+                return;
+            }
+            *target = Value::Object(serde_json::Map::new());
+        }
+        let Value::Object(fields) = target else {
+            return;
+        };
+        match fields.get_mut(*first) {
+            Some(_) if rest.is_empty() && new.is_none() => {
+                fields.remove(*first);
+            }
+            Some(child) => set(child, rest, new),
+            None if new.is_some() => {
+                let mut child = Value::Null;
+                set(&mut child, rest, new);
+                fields.insert((*first).to_owned(), child);
+            }
+            None => {}
+        }
+    }
+
+    let mut result = base.clone();
+    for change in changes {
+        let new = match (change.kind, &change.new) {
+            (ChangeKind::Removed, _) => None,
+            (_, Some(value)) => Some(value),
+            (_, None) => continue,
+        };
+        let path: Vec<&str> = if change.path.is_empty() {
+            Vec::new()
+        } else {
+            change.path.split('.').collect()
+        };
+        set(&mut result, &path, new);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

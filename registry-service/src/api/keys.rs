@@ -1,0 +1,124 @@
+//! `KeyService`: key status, rewrapping stored credentials to the newest
+//! key version, and retiring versions nothing uses. Admin only.
+
+use proto::v1 as pb;
+use proto::v1::key_service_server::KeyService;
+use tonic::{Request, Response, Status};
+
+use super::Registry;
+use crate::crypto::Crypto;
+use crate::error::Error;
+use crate::store::keys::{self, RewrapReport};
+use sea_orm::DatabaseConnection;
+
+/// Values read per database page when counting.
+const COUNT_BATCH: u64 = 1000;
+/// Rewrap batch size when the request gives none.
+const DEFAULT_BATCH: u32 = 500;
+
+#[tonic::async_trait]
+impl KeyService for Registry {
+    #[tracing::instrument(skip_all)]
+    async fn get_key_status(
+        &self,
+        _request: Request<pb::GetKeyStatusRequest>,
+    ) -> Result<Response<pb::KeyStatus>, Status> {
+        Ok(Response::new(key_status(&self.db, &self.crypto).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(rewrapped))]
+    async fn rewrap_credentials(
+        &self,
+        request: Request<pb::RewrapCredentialsRequest>,
+    ) -> Result<Response<pb::RewrapCredentialsResponse>, Status> {
+        let request = request.into_inner();
+        let batch = match request.batch_size {
+            0 => DEFAULT_BATCH,
+            n @ 1..=1000 => n,
+            _ => return Err(Error::bad_field("batch_size", "must be between 1 and 1000").into()),
+        };
+        let response = rewrap(&self.db, &self.crypto, batch, request.max_values, |_| {}).await?;
+        tracing::Span::current().record("rewrapped", response.rewrapped);
+        Ok(Response::new(response))
+    }
+
+    #[tracing::instrument(skip_all, fields(version = request.get_ref().version))]
+    async fn retire_key_version(
+        &self,
+        request: Request<pb::RetireKeyVersionRequest>,
+    ) -> Result<Response<pb::KeyStatus>, Status> {
+        let version = request.get_ref().version;
+        let counts = keys::count_by_version(&self.db, COUNT_BATCH).await?;
+        let in_use = counts.get(&Some(version)).copied().unwrap_or(0);
+        if in_use > 0 {
+            return Err(Error::precondition(
+                "KEY_VERSION_IN_USE",
+                format!("key version {version} still protects {in_use} stored values: run RewrapCredentials first"),
+            )
+            .into());
+        }
+        self.crypto.retire(version).await?;
+        tracing::warn!(version, "key version retired");
+        Ok(Response::new(key_status(&self.db, &self.crypto).await?))
+    }
+}
+
+/// The keyring next to the stored values each version protects.
+pub async fn key_status(db: &DatabaseConnection, crypto: &Crypto) -> Result<pb::KeyStatus, Error> {
+    let info = crypto.key_info().await?;
+    let mut counts = keys::count_by_version(db, COUNT_BATCH).await?;
+    let total_values = counts.values().sum();
+    let mut versions: Vec<pb::KeyVersionStatus> = info
+        .versions
+        .iter()
+        .map(|v| pb::KeyVersionStatus {
+            version: v.version,
+            in_keyring: true,
+            active: v.active,
+            check_value: v.check_value.clone(),
+            stored_values: counts.remove(&Some(v.version)).unwrap_or(0),
+        })
+        .collect();
+    for (version, stored_values) in counts {
+        versions.push(pb::KeyVersionStatus {
+            version: version.unwrap_or(0),
+            in_keyring: false,
+            active: false,
+            check_value: String::new(),
+            stored_values,
+        });
+    }
+    versions.sort_by_key(|v| v.version);
+    Ok(pb::KeyStatus {
+        active_version: info.active_version,
+        versions,
+        total_values,
+    })
+}
+
+/// Rewraps to crypto-service's active version and reports what is left.
+pub async fn rewrap(
+    db: &DatabaseConnection,
+    crypto: &Crypto,
+    batch: u32,
+    max_values: u64,
+    progress: impl FnMut(&RewrapReport),
+) -> Result<pb::RewrapCredentialsResponse, Error> {
+    let active = crypto.key_info().await?.active_version;
+    let report =
+        keys::rewrap_all(db, crypto, active, u64::from(batch), max_values, progress).await?;
+    let counts = keys::count_by_version(db, COUNT_BATCH).await?;
+    let remaining = counts
+        .iter()
+        .filter(|(version, _)| **version != Some(active))
+        .map(|(_, n)| n)
+        .sum();
+    Ok(pb::RewrapCredentialsResponse {
+        active_version: active,
+        scanned: report.scanned,
+        rewrapped: report.rewrapped,
+        already_current: report.already_current,
+        changed_concurrently: report.changed_concurrently,
+        remaining,
+    })
+}

@@ -1,0 +1,828 @@
+//! `registry-service import-fernet`: carries providers over from the
+//! Python platform's database. Each Fernet-encrypted API key is decrypted
+//! and re-encrypted inside crypto-service (`ImportFernet`), so plaintext
+//! never enters the registry process.
+//!
+//! Every legacy row of the tenant becomes one provider (version 1, action
+//! CREATE) under a new UUIDv7 id, with its key as crypto-service ciphertext
+//! bound to that id. A row whose key cannot be carried over, or whose
+//! settings do not map, is reported and not created; a name the tenant
+//! already has is skipped, so running the import again only adds what is
+//! missing. Output: one line per row on stdout (`imported <name> as <id>`,
+//! `skipped <name>: <reason>`, `failed <name>: <reason>`) and a summary
+//! line; the exit status is non-zero when a row failed. Keys and tokens are
+//! never printed.
+
+use std::collections::{BTreeSet, HashSet};
+use std::fmt;
+
+use migrations::entity::provider;
+use sea_orm::{
+    ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
+    QueryFilter, QueryResult, QuerySelect, Statement,
+};
+use serde_json::{Map, Value};
+
+use crate::caller::Caller;
+use crate::config::{Args, ImportArgs};
+use crate::crypto::Crypto;
+use crate::error::Error;
+use crate::model::provider::ProviderSpec;
+use crate::model::version::Action;
+use crate::store::agents::Write;
+use crate::store::{self, db_error, providers};
+use crate::telemetry::RegistryMetrics;
+use proto::v1 as pb;
+
+/// The change description of every imported provider's version 1.
+pub const CHANGE_DESCRIPTION: &str = "Imported from the Python platform";
+
+/// Rows per `ImportFernet` call (crypto-service accepts up to 1,000).
+const BATCH_ROWS: usize = 100;
+
+const LEGACY_URL_SETTING: &str = "LEGACY_DATABASE_URL";
+
+/// Runs the import and prints a report per row.
+pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
+    let settings = args.serve.settings(&args.common)?;
+    let tenant = required("--tenant", &import.tenant)?;
+    let subject = required("--subject", &import.subject)?;
+
+    let legacy = connect_legacy(&import.legacy_database_url).await?;
+    let rows = rows_of_tenant(
+        read_legacy_rows(&legacy).await?,
+        &read_tenants(&legacy).await,
+        &tenant,
+    )?;
+    legacy.close().await.map_err(legacy_error)?;
+
+    let db = if import.dry_run {
+        connect_read_only(&settings.database).await
+    } else {
+        let db = store::connect(&settings.database).await?;
+        if settings.migrate {
+            store::migrate_up(&db).await?;
+        }
+        Some(db)
+    };
+    let migrated = match &db {
+        Some(db) if import.dry_run => migrations::status(db)
+            .await
+            .map(|all| all.iter().all(|(_, applied)| *applied))
+            .unwrap_or(false),
+        Some(_) => true,
+        None => false,
+    };
+    let crypto = Crypto::connect_lazy(
+        &settings.crypto_endpoint,
+        settings.crypto_tls.clone(),
+        settings.crypto_timeout,
+        RegistryMetrics::default(),
+    )?;
+
+    let mut importer = Importer {
+        db: db.as_ref(),
+        crypto: &crypto,
+        caller: Caller { tenant, subject },
+        dry_run: import.dry_run,
+        taken: HashSet::new(),
+        has_default: false,
+        report: Report::default(),
+    };
+    if migrated {
+        importer.load_tenant_state().await?;
+    } else {
+        println!(
+            "note: the registry database does not exist or is not migrated yet; \
+             names already taken are not checked"
+        );
+    }
+    let result = importer.import_all(rows).await;
+    let report = importer.report;
+    println!("{}", report.summary(import.dry_run));
+    result?;
+    if report.failed > 0 {
+        return Err(Error::precondition(
+            "IMPORT_INCOMPLETE",
+            format!(
+                "{} row(s) failed; fix them (or the legacy key) and run the import again: \
+                 rows already imported are skipped",
+                report.failed
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn required(setting: &str, value: &str) -> Result<String, Error> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::config(setting, "must not be empty"));
+    }
+    Ok(value.to_owned())
+}
+
+/// Counts of what happened.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Report {
+    imported: usize,
+    skipped: usize,
+    failed: usize,
+}
+
+impl Report {
+    fn summary(&self, dry_run: bool) -> String {
+        if dry_run {
+            format!(
+                "import-fernet (dry run, nothing written): {} to import, {} skipped, {} failed",
+                self.imported, self.skipped, self.failed
+            )
+        } else {
+            format!(
+                "import-fernet: {} imported, {} skipped, {} failed",
+                self.imported, self.skipped, self.failed
+            )
+        }
+    }
+}
+
+struct Importer<'a> {
+    /// The registry database; `None` in a dry run without one.
+    db: Option<&'a DatabaseConnection>,
+    crypto: &'a Crypto,
+    caller: Caller,
+    dry_run: bool,
+    /// Provider names the tenant has (or will have after this run).
+    taken: HashSet<String>,
+    /// Whether the tenant has a default provider (or will have).
+    has_default: bool,
+    report: Report,
+}
+
+/// A row ready to be created: its new id and spec (key not yet sealed).
+struct Planned {
+    row: LegacyRow,
+    id: String,
+    spec: ProviderSpec,
+    notes: Vec<String>,
+}
+
+impl Importer<'_> {
+    async fn load_tenant_state(&mut self) -> Result<(), Error> {
+        let Some(db) = self.db else {
+            return Ok(());
+        };
+        let names: Vec<String> = provider::Entity::find()
+            .select_only()
+            .column(provider::Column::Name)
+            .filter(provider::Column::TenantId.eq(self.caller.tenant.clone()))
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(db_error)?;
+        self.taken = names.into_iter().collect();
+        self.has_default = providers::default_of(db, &self.caller.tenant)
+            .await?
+            .is_some();
+        Ok(())
+    }
+
+    async fn import_all(&mut self, rows: Vec<LegacyRow>) -> Result<(), Error> {
+        let mut batch = Vec::new();
+        for row in rows {
+            let name = row.name.clone();
+            if self.taken.contains(&name) {
+                self.skipped(
+                    &name,
+                    "a provider with this name already exists in the tenant",
+                );
+                continue;
+            }
+            match plan(row) {
+                Ok(planned) => {
+                    self.taken.insert(name);
+                    batch.push(planned);
+                }
+                Err(reason) => self.failed(&name, &reason),
+            }
+            if batch.len() == BATCH_ROWS {
+                self.import_batch(std::mem::take(&mut batch)).await?;
+            }
+        }
+        if !batch.is_empty() {
+            self.import_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Seals the batch's keys in one `ImportFernet` call, then creates each
+    /// provider whose key (if it has one) came through.
+    async fn import_batch(&mut self, batch: Vec<Planned>) -> Result<(), Error> {
+        let items: Vec<(&str, &str)> = batch
+            .iter()
+            .filter_map(|p| p.row.token().map(|token| (p.id.as_str(), token)))
+            .collect();
+        let mut sealed = if items.is_empty() {
+            Vec::new()
+        } else {
+            self.crypto
+                .import_fernet(&self.caller.tenant, &items)
+                .await?
+        }
+        .into_iter();
+        for mut planned in batch {
+            if planned.row.token().is_some() {
+                match sealed.next() {
+                    Some(Ok(ciphertext)) => planned.spec.api_key = Some(ciphertext),
+                    Some(Err(reason)) => {
+                        self.failed(&planned.row.name, &format!("api_key: {reason}"));
+                        continue;
+                    }
+                    None => {
+                        return Err(Error::Internal(
+                            "crypto-service answered too few ImportFernet results".to_owned(),
+                        ));
+                    }
+                }
+            }
+            self.create(planned).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(&mut self, mut planned: Planned) -> Result<(), Error> {
+        if planned.spec.is_default {
+            if self.has_default {
+                planned.spec.is_default = false;
+                planned
+                    .notes
+                    .push("not default: the tenant already has a default provider".to_owned());
+            } else {
+                self.has_default = true;
+            }
+        }
+        let name = planned.row.name.clone();
+        let suffix = notes(&planned.notes);
+        let db = match self.db {
+            Some(db) if !self.dry_run => db,
+            _ => {
+                println!("would import {} as {}{suffix}", shown(&name), planned.id);
+                self.report.imported += 1;
+                return Ok(());
+            }
+        };
+        let write = Write {
+            caller: &self.caller,
+            action: Action::Create,
+            description: CHANGE_DESCRIPTION.to_owned(),
+        };
+        match providers::create(db, write, planned.id.clone(), planned.spec).await {
+            Ok(record) => {
+                println!("imported {} as {}{suffix}", shown(&name), record.id);
+                self.report.imported += 1;
+                Ok(())
+            }
+            Err(Error::AlreadyExists { .. }) => {
+                self.skipped(
+                    &name,
+                    "a provider with this name already exists in the tenant",
+                );
+                Ok(())
+            }
+            Err(error @ Error::Unavailable { .. }) => Err(error),
+            Err(error) => {
+                self.failed(&name, &error.to_string());
+                Ok(())
+            }
+        }
+    }
+
+    fn skipped(&mut self, name: &str, reason: &str) {
+        println!("skipped {}: {reason}", shown(name));
+        self.report.skipped += 1;
+    }
+
+    fn failed(&mut self, name: &str, reason: &str) {
+        println!("failed {}: {reason}", shown(name));
+        self.report.failed += 1;
+    }
+}
+
+/// A name as printed: control characters escaped, so one row is one line.
+fn shown(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        format!("{name:?}")
+    } else {
+        name.to_owned()
+    }
+}
+
+fn notes(notes: &[String]) -> String {
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    }
+}
+
+/// One row of the platform's `llm_providers` table.
+struct LegacyRow {
+    tenant_id: i64,
+    name: String,
+    provider_type: String,
+    model_name: String,
+    api_base: Option<String>,
+    /// The stored form of the key (Fernet token, base64'd again).
+    api_key: Option<String>,
+    config: Option<String>,
+    is_active: bool,
+    is_default: bool,
+}
+
+impl fmt::Debug for LegacyRow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LegacyRow")
+            .field("tenant_id", &self.tenant_id)
+            .field("name", &self.name)
+            .field("provider_type", &self.provider_type)
+            .field("api_key", &self.token().map(|_| "<token>"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl LegacyRow {
+    /// The stored key, when the row has one (the platform writes "" for none).
+    fn token(&self) -> Option<&str> {
+        self.api_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+    }
+}
+
+/// The provider a legacy row becomes, validated as `CreateProvider` would.
+fn plan(row: LegacyRow) -> Result<Planned, String> {
+    let kind = provider_type(&row.provider_type)?;
+    let mut notes = Vec::new();
+    if !row.is_active {
+        notes.push("inactive on the Python platform".to_owned());
+    }
+    let config = config_object(row.config.as_deref())?;
+    let mut params = pb::ModelParameters::default();
+    let mut api_version = None;
+    let mut ignored = BTreeSet::new();
+    for (key, value) in &config {
+        match key.as_str() {
+            "temperature" => params.temperature = Some(number(key, value)?),
+            "top_p" => params.top_p = Some(number(key, value)?),
+            "frequency_penalty" => params.frequency_penalty = Some(number(key, value)?),
+            "presence_penalty" => params.presence_penalty = Some(number(key, value)?),
+            "max_tokens" => params.max_tokens = Some(integer(key, value)?),
+            "timeout" | "timeout_seconds" | "request_timeout" => {
+                params.timeout_seconds = Some(integer(key, value)?);
+            }
+            "stop" => params.stop = stop_sequences(value)?,
+            "api_version" if kind == pb::ProviderType::AzureOpenai => {
+                api_version = Some(text(key, value)?);
+            }
+            _ => {
+                ignored.insert(key.clone());
+            }
+        }
+    }
+    if !ignored.is_empty() {
+        let keys: Vec<String> = ignored.into_iter().collect();
+        notes.push(format!("config keys not carried over: {}", keys.join(", ")));
+    }
+    let base_url = row
+        .api_base
+        .as_deref()
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_owned();
+    if kind == pb::ProviderType::AzureOpenai && (base_url.is_empty() || api_version.is_none()) {
+        return Err(
+            "an Azure OpenAI provider needs api_base (the resource endpoint) and \
+             config.api_version; set them on the Python platform and run again"
+                .to_owned(),
+        );
+    }
+    if kind == pb::ProviderType::OpenaiCompatible && base_url.is_empty() {
+        return Err(format!(
+            "provider_type {:?} becomes OPENAI_COMPATIBLE, which needs an api_base",
+            row.provider_type
+        ));
+    }
+    let has_params = params != pb::ModelParameters::default();
+    let request = pb::Provider {
+        name: row.name.clone(),
+        provider_type: kind.into(),
+        model_name: row.model_name.clone(),
+        base_url,
+        api_version,
+        default_parameters: has_params.then_some(params),
+        is_default: row.is_default,
+        ..Default::default()
+    };
+    let input = ProviderSpec::from_proto(&request).map_err(|error| error.to_string())?;
+    Ok(Planned {
+        row,
+        id: uuid::Uuid::now_v7().to_string(),
+        spec: input.spec,
+        notes,
+    })
+}
+
+/// The registry's type for the platform's `provider_type` (the enum's name,
+/// as SQLAlchemy stores it, or its value; any case).
+fn provider_type(value: &str) -> Result<pb::ProviderType, String> {
+    use pb::ProviderType as T;
+    Ok(match value.trim().to_ascii_lowercase().as_str() {
+        "openai" => T::Openai,
+        "anthropic" => T::Anthropic,
+        "azure" | "azure_openai" | "azureopenai" => T::AzureOpenai,
+        "ollama" => T::Ollama,
+        "vllm" | "custom" | "openai_compatible" => T::OpenaiCompatible,
+        "google" | "gemini" => T::Google,
+        "bedrock" => T::Bedrock,
+        "mistral" => T::Mistral,
+        "cohere" => T::Cohere,
+        "groq" => T::Groq,
+        _ => return Err(format!("unknown provider_type {value:?}")),
+    })
+}
+
+fn config_object(config: Option<&str>) -> Result<Map<String, Value>, String> {
+    let Some(text) = config.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(Map::new());
+    };
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(Value::Null) => Ok(Map::new()),
+        Ok(_) => Err("config is not a JSON object".to_owned()),
+        Err(_) => Err("config is not valid JSON".to_owned()),
+    }
+}
+
+fn number(key: &str, value: &Value) -> Result<f64, String> {
+    value
+        .as_f64()
+        .ok_or_else(|| format!("config.{key} is not a number"))
+}
+
+fn integer(key: &str, value: &Value) -> Result<i32, String> {
+    let whole = value
+        .as_i64()
+        .or_else(|| {
+            value
+                .as_f64()
+                .filter(|n| n.fract() == 0.0)
+                .map(|n| n as i64)
+        })
+        .ok_or_else(|| format!("config.{key} is not a whole number"))?;
+    i32::try_from(whole).map_err(|_| format!("config.{key} is out of range"))
+}
+
+fn text(key: &str, value: &Value) -> Result<String, String> {
+    value
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| format!("config.{key} is not a string"))
+}
+
+fn stop_sequences(value: &Value) -> Result<Vec<String>, String> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::String(one) => Ok(vec![one.clone()]),
+        Value::Array(all) => all
+            .iter()
+            .map(|item| text("stop", item))
+            .collect::<Result<_, _>>(),
+        _ => Err("config.stop is not a string or a list of strings".to_owned()),
+    }
+}
+
+/// The registry database for a dry run: a SQLite file opened read-only (and
+/// not created); `None` when there is none to read.
+async fn connect_read_only(settings: &store::DatabaseSettings) -> Option<DatabaseConnection> {
+    let mut settings = settings.clone();
+    if settings.url.starts_with("sqlite:") && !settings.url.contains("mode=") {
+        let separator = if settings.url.contains('?') { '&' } else { '?' };
+        settings.url = format!("{}{separator}mode=ro", settings.url);
+    }
+    store::connect(&settings).await.ok()
+}
+
+/// Opens the platform's database; a SQLite file read-only.
+async fn connect_legacy(url: &str) -> Result<DatabaseConnection, Error> {
+    let url = url.trim();
+    let url = if url.starts_with("sqlite:") {
+        if url.contains("mode=") {
+            url.to_owned()
+        } else if url.contains('?') {
+            format!("{url}&mode=ro")
+        } else {
+            format!("{url}?mode=ro")
+        }
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        url.to_owned()
+    } else {
+        return Err(Error::config(
+            LEGACY_URL_SETTING,
+            "must start with sqlite: or postgres://",
+        ));
+    };
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(1)
+        .min_connections(1)
+        .sqlx_logging(false);
+    Database::connect(options).await.map_err(|error| {
+        Error::config(
+            LEGACY_URL_SETTING,
+            format!(
+                "cannot open the Python platform's database: {}",
+                legacy_detail(&error)
+            ),
+        )
+    })
+}
+
+fn legacy_error(error: sea_orm::DbErr) -> Error {
+    Error::config(
+        LEGACY_URL_SETTING,
+        format!(
+            "reading the Python platform's database: {}",
+            legacy_detail(&error)
+        ),
+    )
+}
+
+/// The database's own message, without the connection string.
+fn legacy_detail(error: &sea_orm::DbErr) -> String {
+    match error {
+        sea_orm::DbErr::Conn(sea_orm::RuntimeErr::SqlxError(e))
+        | sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e.to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// Every provider row, oldest first. The casts give the same column types
+/// on SQLite and PostgreSQL (where `provider_type` is a native enum and
+/// `config` JSON).
+async fn read_legacy_rows(legacy: &DatabaseConnection) -> Result<Vec<LegacyRow>, Error> {
+    const SQL: &str = "SELECT CAST(tenant_id AS BIGINT) AS tenant_id, name, \
+        CAST(provider_type AS TEXT) AS provider_type, model_name, api_base, api_key, \
+        CAST(config AS TEXT) AS config, is_active, is_default \
+        FROM llm_providers ORDER BY id";
+    let rows = legacy
+        .query_all_raw(Statement::from_string(
+            legacy.get_database_backend(),
+            SQL.to_owned(),
+        ))
+        .await
+        .map_err(legacy_error)?;
+    rows.iter().map(legacy_row).collect()
+}
+
+fn legacy_row(row: &QueryResult) -> Result<LegacyRow, Error> {
+    let column = |name: &str, error: sea_orm::DbErr| {
+        Error::config(
+            LEGACY_URL_SETTING,
+            format!(
+                "llm_providers.{name} is unreadable: {}",
+                legacy_detail(&error)
+            ),
+        )
+    };
+    let string = |name: &str| row.try_get::<String>("", name).map_err(|e| column(name, e));
+    let optional = |name: &str| {
+        row.try_get::<Option<String>>("", name)
+            .map_err(|e| column(name, e))
+    };
+    let boolean = |name: &str| {
+        row.try_get::<bool>("", name)
+            .or_else(|_| row.try_get::<i64>("", name).map(|n| n != 0))
+            .map_err(|e| column(name, e))
+    };
+    Ok(LegacyRow {
+        tenant_id: row
+            .try_get::<i64>("", "tenant_id")
+            .map_err(|e| column("tenant_id", e))?,
+        name: string("name")?,
+        provider_type: string("provider_type")?,
+        model_name: string("model_name")?,
+        api_base: optional("api_base")?,
+        api_key: optional("api_key")?,
+        config: optional("config")?,
+        is_active: boolean("is_active")?,
+        is_default: boolean("is_default")?,
+    })
+}
+
+/// A tenant of the platform: id, name, schema name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LegacyTenant {
+    id: i64,
+    name: String,
+    schema_name: String,
+}
+
+/// The platform's tenants; empty when the table cannot be read (only
+/// needed to tell several tenants apart).
+async fn read_tenants(legacy: &DatabaseConnection) -> Vec<LegacyTenant> {
+    const SQL: &str = "SELECT CAST(id AS BIGINT) AS id, name, schema_name FROM tenants ORDER BY id";
+    let Ok(rows) = legacy
+        .query_all_raw(Statement::from_string(
+            legacy.get_database_backend(),
+            SQL.to_owned(),
+        ))
+        .await
+    else {
+        return Vec::new();
+    };
+    rows.iter()
+        .filter_map(|row| {
+            Some(LegacyTenant {
+                id: row.try_get("", "id").ok()?,
+                name: row.try_get("", "name").ok()?,
+                schema_name: row.try_get("", "schema_name").ok()?,
+            })
+        })
+        .collect()
+}
+
+/// The rows to import into `tenant`. A database of one tenant is imported
+/// whole; with several, `tenant` must name one of them (by id, name or
+/// schema name), so no tenant's providers land in another's.
+fn rows_of_tenant(
+    rows: Vec<LegacyRow>,
+    tenants: &[LegacyTenant],
+    tenant: &str,
+) -> Result<Vec<LegacyRow>, Error> {
+    let ids: BTreeSet<i64> = rows.iter().map(|row| row.tenant_id).collect();
+    if ids.len() <= 1 {
+        return Ok(rows);
+    }
+    let matching: Vec<&LegacyTenant> = tenants
+        .iter()
+        .filter(|t| ids.contains(&t.id))
+        .filter(|t| t.schema_name == tenant || t.name == tenant || t.id.to_string() == tenant)
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(rows
+            .into_iter()
+            .filter(|row| row.tenant_id == one.id)
+            .collect()),
+        _ => {
+            let known: Vec<String> = ids
+                .iter()
+                .map(|id| match tenants.iter().find(|t| t.id == *id) {
+                    Some(t) => format!("{id} ({})", t.schema_name),
+                    None => id.to_string(),
+                })
+                .collect();
+            Err(Error::config(
+                "--tenant",
+                format!(
+                    "the Python platform's database holds providers of {} tenants ({}); \
+                     --tenant must name exactly one of them by id, name or schema_name",
+                    ids.len(),
+                    known.join(", ")
+                ),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(provider_type: &str, api_base: Option<&str>, config: &str) -> LegacyRow {
+        LegacyRow {
+            tenant_id: 1,
+            name: "Legacy".to_owned(),
+            provider_type: provider_type.to_owned(),
+            model_name: "gpt-4".to_owned(),
+            api_base: api_base.map(str::to_owned),
+            api_key: Some("Z0FBQUFB".to_owned()),
+            config: Some(config.to_owned()),
+            is_active: true,
+            is_default: false,
+        }
+    }
+
+    #[test]
+    fn provider_types_map_by_enum_name_or_value() {
+        use pb::ProviderType as T;
+        for (legacy, expected) in [
+            ("OPENAI", T::Openai),
+            ("openai", T::Openai),
+            ("ANTHROPIC", T::Anthropic),
+            ("OLLAMA", T::Ollama),
+            ("VLLM", T::OpenaiCompatible),
+            ("custom", T::OpenaiCompatible),
+            ("azure", T::AzureOpenai),
+        ] {
+            assert_eq!(provider_type(legacy), Ok(expected), "{legacy}");
+        }
+        assert_eq!(
+            provider_type("palm"),
+            Err("unknown provider_type \"palm\"".to_owned())
+        );
+    }
+
+    #[test]
+    fn config_becomes_default_parameters_and_the_rest_is_reported() {
+        let planned = plan(row(
+            "OPENAI",
+            None,
+            r#"{"temperature": 0.5, "max_tokens": 100, "timeout": 30, "stop": "END", "retries": 3, "api_version": "x"}"#,
+        ))
+        .expect("plans");
+        let params = &planned.spec.default_parameters;
+        assert_eq!(params.temperature, Some(0.5));
+        assert_eq!(params.max_tokens, Some(100));
+        assert_eq!(params.timeout_seconds, Some(30));
+        assert_eq!(params.stop, vec!["END".to_owned()]);
+        assert_eq!(planned.spec.api_version, None);
+        assert_eq!(
+            planned.notes,
+            vec!["config keys not carried over: api_version, retries".to_owned()]
+        );
+        assert!(
+            planned.spec.api_key.is_none(),
+            "sealed only by crypto-service"
+        );
+
+        let error = plan(row("OPENAI", None, r#"{"temperature": "hot"}"#)).err();
+        assert_eq!(error.as_deref(), Some("config.temperature is not a number"));
+        let error = plan(row("OPENAI", None, r#"{"temperature": 7}"#)).err();
+        assert!(error.is_some_and(|e| e.contains("default_parameters.temperature")));
+    }
+
+    #[test]
+    fn azure_needs_an_endpoint_and_api_version_and_compatible_types_an_endpoint() {
+        let planned = plan(row(
+            "azure",
+            Some("https://acme.openai.azure.com"),
+            r#"{"api_version": "2024-06-01"}"#,
+        ))
+        .expect("azure with both");
+        assert_eq!(planned.spec.api_version.as_deref(), Some("2024-06-01"));
+        assert_eq!(
+            planned.spec.base_url.as_deref(),
+            Some("https://acme.openai.azure.com")
+        );
+        for (api_base, config) in [
+            (None, r#"{"api_version": "2024-06-01"}"#),
+            (Some("https://acme.openai.azure.com"), "{}"),
+        ] {
+            let error = plan(row("azure", api_base, config)).err();
+            assert!(error.is_some_and(|e| e.contains("needs api_base")));
+        }
+        let error = plan(row("VLLM", None, "{}")).err();
+        assert!(error.is_some_and(|e| e.contains("needs an api_base")));
+    }
+
+    #[test]
+    fn several_legacy_tenants_need_tenant_to_name_one() {
+        let tenants = vec![
+            LegacyTenant {
+                id: 1,
+                name: "Acme".to_owned(),
+                schema_name: "acme".to_owned(),
+            },
+            LegacyTenant {
+                id: 2,
+                name: "Globex".to_owned(),
+                schema_name: "globex".to_owned(),
+            },
+        ];
+        let rows = || {
+            let mut other = row("OPENAI", None, "{}");
+            other.tenant_id = 2;
+            vec![row("OPENAI", None, "{}"), other]
+        };
+        for name in ["acme", "Acme", "1"] {
+            let chosen = rows_of_tenant(rows(), &tenants, name).expect(name);
+            assert_eq!(chosen.len(), 1);
+            assert_eq!(chosen[0].tenant_id, 1);
+        }
+        let error = rows_of_tenant(rows(), &tenants, "initech").err();
+        assert!(error.is_some_and(|e| e.to_string().contains("1 (acme), 2 (globex)")));
+        // One tenant: imported whole, whatever it is called.
+        let one = rows_of_tenant(vec![row("OPENAI", None, "{}")], &tenants, "anything");
+        assert_eq!(one.map(|rows| rows.len()).ok(), Some(1));
+    }
+
+    #[test]
+    fn names_print_on_one_line_and_rows_never_print_tokens() {
+        assert_eq!(shown("OpenAI GPT-4"), "OpenAI GPT-4");
+        assert_eq!(shown("two\nlines"), "\"two\\nlines\"");
+        let printed = format!("{:?}", row("OPENAI", None, "{}"));
+        assert!(!printed.contains("Z0FB"), "{printed}");
+    }
+}

@@ -1,0 +1,336 @@
+//! Stored ciphertexts as a whole: counting them per key version, moving them
+//! to the active version through crypto-service's Rewrap, and the key
+//! canary. Values live in three places: `providers.api_key_ciphertext`, the
+//! `api_key` of every `provider_versions` snapshot, and `key_canary`.
+
+use std::collections::BTreeMap;
+
+use migrations::entity::{key_canary, provider, provider_version};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, Set,
+};
+use serde_json::Value;
+
+use super::{begin_write, db_error, unique_violation};
+use crate::crypto::{Crypto, api_key_aad, key_version_of};
+use crate::error::Error;
+
+/// The canary's id, plaintext and associated data.
+const CANARY_ID: &str = "canary";
+const CANARY_PLAINTEXT: &[u8] = b"agentregistry key canary v1";
+const CANARY_AAD: &[u8] = b"agentregistry.v1|key_canary";
+
+/// Stored values per key version (`None`: not an `arc1` ciphertext).
+pub type Counts = BTreeMap<Option<u32>, u64>;
+
+/// What a rewrap pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RewrapReport {
+    pub scanned: u64,
+    pub rewrapped: u64,
+    pub already_current: u64,
+    pub changed_concurrently: u64,
+}
+
+/// One stored value: where it is, its ciphertext and associated data.
+#[derive(Debug, Clone)]
+struct Stored {
+    place: Place,
+    ciphertext: String,
+    aad: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+enum Place {
+    Provider(String),
+    ProviderVersion { id: i64, configuration: Value },
+    Canary,
+}
+
+/// Counts every stored value by the key version it names.
+pub async fn count_by_version(db: &DatabaseConnection, batch: u64) -> Result<Counts, Error> {
+    let mut counts = Counts::new();
+    for_each_batch(db, batch, |values| {
+        for value in values {
+            *counts.entry(key_version_of(&value.ciphertext)).or_default() += 1;
+        }
+        async { Ok(()) }
+    })
+    .await?;
+    Ok(counts)
+}
+
+/// Moves every stored value not on `active` to it, `batch` values per
+/// Rewrap call, stopping once `max_values` were examined (0 = all).
+/// `progress` hears after each batch.
+pub async fn rewrap_all(
+    db: &DatabaseConnection,
+    crypto: &Crypto,
+    active: u32,
+    batch: u64,
+    max_values: u64,
+    mut progress: impl FnMut(&RewrapReport),
+) -> Result<RewrapReport, Error> {
+    let mut report = RewrapReport::default();
+    let mut after = Cursor::default();
+    loop {
+        let values = next_batch(db, &mut after, batch).await?;
+        if values.is_empty() {
+            break;
+        }
+        report.scanned += values.len() as u64;
+        let (current, stale): (Vec<Stored>, Vec<Stored>) = values
+            .into_iter()
+            .partition(|v| key_version_of(&v.ciphertext) == Some(active));
+        report.already_current += current.len() as u64;
+        if !stale.is_empty() {
+            let items = stale
+                .iter()
+                .map(|v| (v.ciphertext.clone(), v.aad.clone()))
+                .collect();
+            let rewrapped = crypto.rewrap(items).await?;
+            let (written, raced) = store_rewrapped(db, &stale, &rewrapped).await?;
+            report.rewrapped += written;
+            report.changed_concurrently += raced;
+        }
+        progress(&report);
+        if max_values > 0 && report.scanned >= max_values {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+/// Writes rewrapped values back in one transaction; a provider whose key
+/// changed meanwhile keeps the writer's value. Answers (written, raced).
+async fn store_rewrapped(
+    db: &DatabaseConnection,
+    stale: &[Stored],
+    rewrapped: &[crate::crypto::Rewrapped],
+) -> Result<(u64, u64), Error> {
+    let txn = begin_write(db).await?;
+    let (mut written, mut raced) = (0, 0);
+    for (value, new) in stale.iter().zip(rewrapped) {
+        let changed = match &value.place {
+            Place::Provider(id) => {
+                provider::Entity::update_many()
+                    .col_expr(
+                        provider::Column::ApiKeyCiphertext,
+                        Expr::value(new.ciphertext.clone()),
+                    )
+                    .filter(provider::Column::Id.eq(id.clone()))
+                    .filter(provider::Column::ApiKeyCiphertext.eq(value.ciphertext.clone()))
+                    .exec(&txn)
+                    .await
+                    .map_err(db_error)?
+                    .rows_affected
+            }
+            Place::ProviderVersion { id, configuration } => {
+                let mut configuration = configuration.clone();
+                configuration["api_key"] = Value::String(new.ciphertext.clone());
+                provider_version::Entity::update_many()
+                    .col_expr(
+                        provider_version::Column::Configuration,
+                        Expr::value(configuration),
+                    )
+                    .filter(provider_version::Column::Id.eq(*id))
+                    .exec(&txn)
+                    .await
+                    .map_err(db_error)?
+                    .rows_affected
+            }
+            Place::Canary => {
+                key_canary::Entity::update_many()
+                    .col_expr(
+                        key_canary::Column::Ciphertext,
+                        Expr::value(new.ciphertext.clone()),
+                    )
+                    .filter(key_canary::Column::Id.eq(CANARY_ID))
+                    .filter(key_canary::Column::Ciphertext.eq(value.ciphertext.clone()))
+                    .exec(&txn)
+                    .await
+                    .map_err(db_error)?
+                    .rows_affected
+            }
+        };
+        if changed == 1 {
+            written += 1;
+        } else {
+            raced += 1;
+        }
+    }
+    txn.commit().await.map_err(db_error)?;
+    Ok((written, raced))
+}
+
+/// Where a scan stands: the last key read in each place.
+#[derive(Debug, Default)]
+struct Cursor {
+    provider: Option<String>,
+    providers_done: bool,
+    version: Option<i64>,
+    versions_done: bool,
+    canary_done: bool,
+}
+
+/// Up to `batch` stored values after `cursor`, providers first, then
+/// version snapshots, then the canary.
+async fn next_batch(
+    db: &DatabaseConnection,
+    cursor: &mut Cursor,
+    batch: u64,
+) -> Result<Vec<Stored>, Error> {
+    if !cursor.providers_done {
+        let mut query = provider::Entity::find()
+            .filter(provider::Column::ApiKeyCiphertext.is_not_null())
+            .order_by_asc(provider::Column::Id)
+            .limit(batch);
+        if let Some(after) = &cursor.provider {
+            query = query.filter(provider::Column::Id.gt(after.clone()));
+        }
+        let rows = query.all(db).await.map_err(db_error)?;
+        cursor.providers_done = (rows.len() as u64) < batch;
+        cursor.provider = rows
+            .last()
+            .map(|row| row.id.clone())
+            .or(cursor.provider.take());
+        let values: Vec<Stored> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let ciphertext = row.api_key_ciphertext?;
+                Some(Stored {
+                    aad: api_key_aad(&row.tenant_id, &row.id),
+                    place: Place::Provider(row.id),
+                    ciphertext,
+                })
+            })
+            .collect();
+        if !values.is_empty() || !cursor.providers_done {
+            return Ok(values);
+        }
+    }
+    if !cursor.versions_done {
+        let mut query = provider_version::Entity::find()
+            .order_by_asc(provider_version::Column::Id)
+            .limit(batch);
+        if let Some(after) = cursor.version {
+            query = query.filter(provider_version::Column::Id.gt(after));
+        }
+        let rows = query.all(db).await.map_err(db_error)?;
+        cursor.versions_done = (rows.len() as u64) < batch;
+        cursor.version = rows.last().map(|row| row.id).or(cursor.version);
+        let values: Vec<Stored> = rows
+            .into_iter()
+            .filter_map(|row| {
+                let ciphertext = row.configuration.get("api_key")?.as_str()?.to_owned();
+                Some(Stored {
+                    aad: api_key_aad(&row.tenant_id, &row.provider_id),
+                    place: Place::ProviderVersion {
+                        id: row.id,
+                        configuration: row.configuration,
+                    },
+                    ciphertext,
+                })
+            })
+            .collect();
+        if !values.is_empty() || !cursor.versions_done {
+            return Ok(values);
+        }
+    }
+    if !cursor.canary_done {
+        cursor.canary_done = true;
+        let canary = key_canary::Entity::find_by_id(CANARY_ID.to_owned())
+            .one(db)
+            .await
+            .map_err(db_error)?;
+        return Ok(canary
+            .map(|row| Stored {
+                place: Place::Canary,
+                ciphertext: row.ciphertext,
+                aad: CANARY_AAD.to_vec(),
+            })
+            .into_iter()
+            .collect());
+    }
+    Ok(Vec::new())
+}
+
+async fn for_each_batch<F, Fut>(
+    db: &DatabaseConnection,
+    batch: u64,
+    mut each: F,
+) -> Result<(), Error>
+where
+    F: FnMut(Vec<Stored>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Error>>,
+{
+    let mut cursor = Cursor::default();
+    loop {
+        let values = next_batch(db, &mut cursor, batch).await?;
+        if values.is_empty() {
+            return Ok(());
+        }
+        each(values).await?;
+    }
+}
+
+/// What the canary check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Canary {
+    /// crypto-service decrypts the canary: it holds the right key.
+    Verified,
+    /// The canary did not exist and was written now.
+    Created,
+    /// crypto-service answered, but cannot decrypt the canary: wrong key.
+    WrongKey(String),
+    /// crypto-service did not answer.
+    Unreachable(String),
+}
+
+/// Checks (or, the first time, writes) the canary through crypto-service.
+pub async fn check_canary(db: &DatabaseConnection, crypto: &Crypto) -> Result<Canary, Error> {
+    let stored = key_canary::Entity::find_by_id(CANARY_ID.to_owned())
+        .one(db)
+        .await
+        .map_err(db_error)?;
+    let Some(stored) = stored else {
+        return create_canary(db, crypto).await;
+    };
+    Ok(
+        match crypto.decrypt_raw(&stored.ciphertext, CANARY_AAD).await {
+            Ok(plaintext) if plaintext == CANARY_PLAINTEXT => Canary::Verified,
+            Ok(_) => Canary::WrongKey("the canary decrypted to another value".to_owned()),
+            Err(status) => classify(status),
+        },
+    )
+}
+
+async fn create_canary(db: &DatabaseConnection, crypto: &Crypto) -> Result<Canary, Error> {
+    let ciphertext = match crypto.encrypt_raw(CANARY_PLAINTEXT, CANARY_AAD).await {
+        Ok(ciphertext) => ciphertext,
+        Err(status) => return Ok(classify(status)),
+    };
+    let row = key_canary::ActiveModel {
+        id: Set(CANARY_ID.to_owned()),
+        ciphertext: Set(ciphertext),
+        create_time: Set(super::now()),
+    };
+    match row.insert(db).await {
+        Ok(_) => Ok(Canary::Created),
+        // Another replica wrote it first: check theirs next time.
+        Err(error) if unique_violation(&error).is_some() => Ok(Canary::Created),
+        Err(error) => Err(db_error(error)),
+    }
+}
+
+fn classify(status: tonic::Status) -> Canary {
+    use tonic::Code;
+    match status.code() {
+        Code::InvalidArgument | Code::FailedPrecondition => {
+            Canary::WrongKey(status.message().to_owned())
+        }
+        _ => Canary::Unreachable(format!("{:?}: {}", status.code(), status.message())),
+    }
+}

@@ -1,0 +1,92 @@
+//! A Python client generated from `proto/` alone (grpcio + grpc_tools at
+//! run time) drives the real services through the README walkthrough, rich
+//! errors, RBAC and tenancy: the contract works for non-Rust users.
+//!
+//! Needs `python3` with grpcio, grpcio-tools, grpcio-status and
+//! grpcio-health-checking; scripts/test installs them. Without them this
+//! test fails (it never skips).
+
+use std::process::Command;
+use std::time::Duration;
+
+use tests::auth;
+use tests::stack::Stack;
+
+const MODULES: &str = "import grpc, grpc_tools, grpc_status, grpc_health";
+const PIP: &str = "python3 -m pip install grpcio grpcio-tools grpcio-status grpcio-health-checking";
+
+/// How long the whole Python program may take (stub generation included).
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// How many checks workflow.py asserts: a count that falls short means a
+/// step was skipped. Update it with the program.
+const CHECKS: u32 = 44;
+
+fn require_python_modules() {
+    let output = Command::new("python3").args(["-c", MODULES]).output();
+    match output {
+        Ok(output) if output.status.success() => {}
+        Ok(output) => panic!(
+            "python3 lacks the gRPC client packages (`{MODULES}` failed):\n{}\n\
+             install them with `{PIP}` (scripts/test does)",
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(error) => panic!("python3 does not run ({error}); install Python 3, then `{PIP}`"),
+    }
+}
+
+#[tokio::test]
+async fn python_client_runs_the_workflow_from_the_protos() {
+    require_python_modules();
+
+    let stack = Stack::start().await;
+    let token = |role: &str| auth::token(&format!("python-{role}"), "acme", &[role]);
+    let other_tenant = auth::token(
+        "globex-all",
+        "globex",
+        &["viewer", "editor", "admin", "runtime"],
+    );
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let script = format!("{manifest}/python/workflow.py");
+    let proto_root = format!("{manifest}/../proto");
+
+    let run = tokio::process::Command::new("python3")
+        .arg(&script)
+        .args(["--proto-root", &proto_root])
+        .args(["--registry", &stack.registry.address])
+        .args(["--admin-token", &token("admin")])
+        .args(["--editor-token", &token("editor")])
+        .args(["--viewer-token", &token("viewer")])
+        .args(["--runtime-token", &token("runtime")])
+        .args(["--other-tenant-token", &other_tenant])
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, run)
+        .await
+        .unwrap_or_else(|_| panic!("{script} did not finish within {DEADLINE:?}"))
+        .expect("python3 runs");
+
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let report = format!("--- stdout\n{stdout}\n--- stderr\n{stderr}");
+    if !output.status.success() {
+        panic!(
+            "{script} failed ({}):\n{report}\n--- service logs\n{}",
+            output.status,
+            stack.logs()
+        );
+    }
+    let last = stdout.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!("python workflow: all {CHECKS} checks passed"),
+        "unexpected final line of {script}:\n{report}"
+    );
+
+    let logs = stack.logs();
+    stack.finish().await;
+    assert!(
+        !logs.contains("sk-python-client-key"),
+        "the api key reached the services' logs:\n{logs}"
+    );
+}
