@@ -63,6 +63,7 @@ async fn readme_walkthrough_runs_as_written() {
         r#""apiKey": "sk-example-key""#,
         r#""maxTokens": 1024"#,
         "agentregistry.v1.RuntimeService",
+        "rpc ResolveAgent ( .agentregistry.v1.ResolveAgentRequest )",
         r#""status": "SERVING""#,
     ] {
         assert!(
