@@ -89,6 +89,7 @@ async fn readme_crypto_examples_run_as_written() {
     );
     for expected in [
         "agentregistry.crypto.v1.CryptoService",
+        "rpc Rewrap",
         "SERVING",
         r#""ciphertext": "arc1.1."#,
         "KEY_DERIVATION_DIRECT",
