@@ -14,6 +14,7 @@ use proto::crypto::{DecryptRequest, EncryptRequest};
 use tests::{Launch, start_crypto};
 use tonic::transport::Channel;
 
+mod rewrap;
 mod stats;
 
 use stats::{Phase, cpu_seconds, percentile};
@@ -40,6 +41,16 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         connections: usize,
     },
+    /// Rewrap throughput: stored credentials moved to a new key version per
+    /// second (SQLite).
+    Rewrap {
+        /// Stored values (half provider rows, half version snapshots).
+        #[arg(long, default_value_t = 100_000)]
+        values: u64,
+        /// Values per Rewrap call.
+        #[arg(long, default_value_t = 500)]
+        batch: u64,
+    },
 }
 
 #[tokio::main]
@@ -50,6 +61,7 @@ async fn main() {
             calls,
             connections,
         } => crypto(&concurrency, calls, connections).await,
+        Command::Rewrap { values, batch } => rewrap::run(values, batch).await,
     }
 }
 
