@@ -54,6 +54,10 @@ pub enum Command {
     },
     /// Show how many stored values each key version still protects.
     KeyStatus,
+    /// Check the database's invariants: every resource's versions are 1..N
+    /// and its current configuration equals its newest snapshot. Exits
+    /// non-zero and lists each problem when one is broken.
+    Verify,
     /// Import providers from the Python platform's database, re-encrypting
     /// their Fernet-encrypted API keys inside crypto-service.
     ImportFernet(ImportArgs),

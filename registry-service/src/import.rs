@@ -665,15 +665,20 @@ fn rows_of_tenant(
     if ids.len() <= 1 {
         return Ok(rows);
     }
-    let matching: Vec<&LegacyTenant> = tenants
+    let matching: Vec<i64> = ids
         .iter()
-        .filter(|t| ids.contains(&t.id))
-        .filter(|t| t.schema_name == tenant || t.name == tenant || t.id.to_string() == tenant)
+        .copied()
+        .filter(|id| {
+            id.to_string() == tenant
+                || tenants
+                    .iter()
+                    .any(|t| t.id == *id && (t.schema_name == tenant || t.name == tenant))
+        })
         .collect();
     match matching.as_slice() {
         [one] => Ok(rows
             .into_iter()
-            .filter(|row| row.tenant_id == one.id)
+            .filter(|row| row.tenant_id == *one)
             .collect()),
         _ => {
             let known: Vec<String> = ids

@@ -16,5 +16,6 @@ pub mod readiness;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod verify;
 
 pub use error::Error;

@@ -33,6 +33,7 @@ async fn main() -> ExitCode {
             rewrap_credentials(&args, batch_size).await
         }
         Some(Command::KeyStatus) => key_status(&args).await,
+        Some(Command::Verify) => verify(&args.common).await,
         Some(Command::ImportFernet(ref import)) => {
             registry_service::import::run(&args, import).await
         }
@@ -129,6 +130,27 @@ async fn rewrap_credentials(args: &Args, batch_size: u32) -> Result<(), Error> {
         done.remaining
     );
     Ok(())
+}
+
+/// `verify`: one line per broken invariant, non-zero exit when any.
+async fn verify(common: &Common) -> Result<(), Error> {
+    let db = store::connect(&common.database()?).await?;
+    let (checked, findings) = registry_service::verify::verify(&db, 1000).await?;
+    for finding in &findings {
+        println!("{}: {}", finding.resource, finding.problem);
+    }
+    println!(
+        "verify: {checked} resources checked, {} problems",
+        findings.len()
+    );
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::precondition(
+            "INCONSISTENT",
+            format!("{} problems found", findings.len()),
+        ))
+    }
 }
 
 /// `key-status`: one line per key version.

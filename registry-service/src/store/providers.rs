@@ -31,7 +31,8 @@ pub struct ProviderRecord {
 }
 
 impl ProviderRecord {
-    fn from_row(row: provider::Model) -> Result<Self, Error> {
+    /// Reads a row.
+    pub fn from_row(row: provider::Model) -> Result<Self, Error> {
         // The row's columns are authoritative; `config` holds the rest.
         let mut spec = ProviderSpec::from_json(&row.config)?;
         spec.name = row.name;
