@@ -101,3 +101,72 @@ async fn verify_passes_a_consistent_database_and_reports_each_corruption() {
     drop(db);
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_registry_killed_mid_write_leaves_a_consistent_database() {
+    let mut stack = Stack::start().await;
+    let id = agent_with_versions(&stack, "crash").await;
+    let channel = stack.channel_as("ops", "acme", &["editor"]).await;
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let mut agents = pb::agent_service_client::AgentServiceClient::new(channel.clone());
+        let id = id.clone();
+        writers.push(tokio::spawn(async move {
+            let mut applied = 0u32;
+            for round in 0..1000 {
+                let update = pb::UpdateAgentRequest {
+                    agent: Some(pb::Agent {
+                        id: id.clone(),
+                        goal: format!("{writer}/{round}"),
+                        ..Default::default()
+                    }),
+                    update_mask: Some(prost_types::FieldMask {
+                        paths: vec!["goal".into()],
+                    }),
+                    change_description: String::new(),
+                };
+                if agents.update_agent(update).await.is_err() {
+                    break;
+                }
+                applied += 1;
+            }
+            applied
+        }));
+    }
+    // Kill once writes are flowing: wait until some versions exist.
+    let flowing = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while stack
+            .database
+            .count(&format!(
+                "SELECT COUNT(*) FROM agent_versions WHERE agent_id = '{id}'"
+            ))
+            .await
+            < 50
+        {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(flowing.is_ok(), "writes never started");
+    let registry_launch_db = stack.database.url();
+    stack.registry.signal("KILL");
+    for writer in writers {
+        writer.await.expect("writer ends when the registry dies");
+    }
+
+    let launch = Launch::default()
+        .env("DATABASE_URL", registry_launch_db)
+        .arg("verify");
+    let (ok, output) = Process::run_to_exit(&binary("registry-service"), launch).await;
+    assert!(ok.success(), "the database is consistent after SIGKILL:\n{output}");
+    assert!(output.contains("0 problems"), "{output}");
+    let versions = stack
+        .database
+        .count(&format!(
+            "SELECT COUNT(*) FROM agent_versions WHERE agent_id = '{id}'"
+        ))
+        .await;
+    assert!(versions >= 50);
+    stack.crypto.take().expect("crypto").terminate().await;
+    stack.database.drop_database().await;
+}
