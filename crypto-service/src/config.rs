@@ -236,7 +236,9 @@ impl Args {
                 .map_err(|problem| Error::config(KEY, problem.to_string())),
             (Some(_), Some(_), _) => Err(Error::config(
                 MASTER,
-                format!("conflicts with {KEY}: give the Fernet key, or the master secret with its salt"),
+                format!(
+                    "conflicts with {KEY}: give the Fernet key, or the master secret with its salt"
+                ),
             )),
             (Some(_), None, Some(_)) => Err(Error::config(
                 SALT,
@@ -637,12 +639,18 @@ mod tests {
             legacy_error(&[("LEGACY_FERNET_KEY", "%%%")]).starts_with("LEGACY_FERNET_KEY: is not")
         );
         assert!(
-            legacy_error(&[("LEGACY_FERNET_KEY", &fernet), ("LEGACY_MASTER_SECRET", "s3cret")])
-                .starts_with("LEGACY_MASTER_SECRET: conflicts with LEGACY_FERNET_KEY")
+            legacy_error(&[
+                ("LEGACY_FERNET_KEY", &fernet),
+                ("LEGACY_MASTER_SECRET", "s3cret")
+            ])
+            .starts_with("LEGACY_MASTER_SECRET: conflicts with LEGACY_FERNET_KEY")
         );
         assert!(
-            legacy_error(&[("LEGACY_FERNET_KEY", &fernet), ("LEGACY_ENCRYPTION_SALT", "salt")])
-                .starts_with("LEGACY_ENCRYPTION_SALT: conflicts with LEGACY_FERNET_KEY")
+            legacy_error(&[
+                ("LEGACY_FERNET_KEY", &fernet),
+                ("LEGACY_ENCRYPTION_SALT", "salt")
+            ])
+            .starts_with("LEGACY_ENCRYPTION_SALT: conflicts with LEGACY_FERNET_KEY")
         );
         assert_eq!(
             legacy_error(&[("LEGACY_MASTER_SECRET", "s3cret")]),

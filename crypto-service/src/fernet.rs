@@ -111,7 +111,8 @@ impl FernetKey {
             URL_SAFE_LENIENT,
             GeneralPurpose::new(
                 &alphabet::STANDARD,
-                GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+                GeneralPurposeConfig::new()
+                    .with_decode_padding_mode(DecodePaddingMode::Indifferent),
             ),
         ]
         .iter()
@@ -159,12 +160,12 @@ impl FernetKey {
         mac.verify_slice(tag)
             .map_err(|_| FernetError::NotAuthentic)?;
 
-        let iv: &[u8; IV_LEN] = signed[1 + TIMESTAMP_LEN..HEADER_LEN]
-            .try_into()
-            .map_err(|_| FernetError::WrongLength)?;
+        let iv = &signed[1 + TIMESTAMP_LEN..HEADER_LEN];
         let mut buffer = Zeroizing::new(signed[HEADER_LEN..].to_vec());
-        let decryptor =
-            cbc::Decryptor::<Aes128>::new(&(*self.encryption).into(), &(*iv).into());
+        // Slices in, so no unzeroized copy of the key is made on the way;
+        // the cipher state zeroizes itself on drop.
+        let decryptor = cbc::Decryptor::<Aes128>::new_from_slices(self.encryption.as_slice(), iv)
+            .map_err(|_| FernetError::WrongLength)?;
         let plaintext_len = decryptor
             .decrypt_padded::<Pkcs7>(buffer.as_mut_slice())
             .map_err(|_| FernetError::BadPadding)?
@@ -261,12 +262,16 @@ mod tests {
             let opened = key.decrypt(text(&fixtures, form)).expect(form);
             assert_eq!(opened.as_slice(), plaintext.as_bytes(), "{form}");
         }
-        let empty = key.decrypt(text(&fixtures, "/tokens/empty")).expect("empty");
+        let empty = key
+            .decrypt(text(&fixtures, "/tokens/empty"))
+            .expect("empty");
         assert!(empty.is_empty());
         // Padding stripped, or whitespace around it: still the same token.
         let stripped = text(&fixtures, "/tokens/plain").trim_end_matches('=');
         assert_eq!(
-            key.decrypt(&format!(" {stripped}\n")).expect("lenient").as_slice(),
+            key.decrypt(&format!(" {stripped}\n"))
+                .expect("lenient")
+                .as_slice(),
             plaintext.as_bytes()
         );
     }
@@ -281,7 +286,10 @@ mod tests {
         let opened = derived
             .decrypt(text(&fixtures, "/tokens/stored"))
             .expect("derived key opens the token");
-        assert_eq!(opened.as_slice(), text(&fixtures, "/tokens/plaintext").as_bytes());
+        assert_eq!(
+            opened.as_slice(),
+            text(&fixtures, "/tokens/plaintext").as_bytes()
+        );
     }
 
     #[test]
@@ -305,10 +313,20 @@ mod tests {
         }
         let mut version = raw.clone();
         version[0] ^= 0x01;
-        assert_fails(&key, &URL_SAFE.encode(&version), FernetError::WrongVersion, secret);
+        assert_fails(
+            &key,
+            &URL_SAFE.encode(&version),
+            FernetError::WrongVersion,
+            secret,
+        );
 
         // Another key, from Python.
-        assert_fails(&key, text(&fixtures, "/tokens/other_key"), FernetError::NotAuthentic, secret);
+        assert_fails(
+            &key,
+            text(&fixtures, "/tokens/other_key"),
+            FernetError::NotAuthentic,
+            secret,
+        );
         let wrong = FernetKey::from_bytes(&[0x42; 32]);
         assert_fails(&wrong, plain, FernetError::NotAuthentic, secret);
 
@@ -321,12 +339,27 @@ mod tests {
                 "{error:?}"
             );
         }
-        assert_fails(&key, &URL_SAFE.encode(&raw[..HEADER_LEN]), FernetError::WrongLength, secret);
+        assert_fails(
+            &key,
+            &URL_SAFE.encode(&raw[..HEADER_LEN]),
+            FernetError::WrongLength,
+            secret,
+        );
 
         // Authentic, but not a padded plaintext (made by Python's primitives).
-        assert_fails(&key, text(&fixtures, "/tokens/bad_padding"), FernetError::BadPadding, secret);
+        assert_fails(
+            &key,
+            text(&fixtures, "/tokens/bad_padding"),
+            FernetError::BadPadding,
+            secret,
+        );
         // Correctly signed with another version byte.
-        assert_fails(&key, text(&fixtures, "/tokens/version_0x81"), FernetError::WrongVersion, secret);
+        assert_fails(
+            &key,
+            text(&fixtures, "/tokens/version_0x81"),
+            FernetError::WrongVersion,
+            secret,
+        );
 
         assert_fails(&key, "", FernetError::Empty, secret);
         assert_fails(&key, "not a token!", FernetError::NotBase64, secret);
@@ -338,9 +371,15 @@ mod tests {
         let key = FernetKey::from_bytes(&key_bytes);
         let secret = "sk-made-here-😀-0123456789abcdef";
         let good = URL_SAFE.encode(seal(&key_bytes, VERSION, secret.as_bytes(), true));
-        assert_eq!(key.decrypt(&good).expect("round trip").as_slice(), secret.as_bytes());
+        assert_eq!(
+            key.decrypt(&good).expect("round trip").as_slice(),
+            secret.as_bytes()
+        );
         let stored = URL_SAFE.encode(good.as_bytes());
-        assert_eq!(key.decrypt(&stored).expect("stored form").as_slice(), secret.as_bytes());
+        assert_eq!(
+            key.decrypt(&stored).expect("stored form").as_slice(),
+            secret.as_bytes()
+        );
 
         // A whole block with a last byte of 0: not PKCS#7.
         let unpadded = URL_SAFE.encode(seal(&key_bytes, VERSION, &[0u8; 32], false));

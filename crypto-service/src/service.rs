@@ -4,11 +4,10 @@
 use proto::crypto::crypto_service_server::CryptoService;
 use proto::crypto::{
     DecryptBatchRequest, DecryptBatchResponse, DecryptRequest, DecryptResponse,
-    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse,
-    GetKeyInfoRequest, GetKeyInfoResponse, ImportFernetItem, ImportFernetRequest,
-    ImportFernetResponse, ImportFernetResult, KeyDerivation, KeyVersionInfo,
-    RetireKeyVersionRequest, RewrapRequest, RewrapResponse, RewrappedCiphertext,
-    import_fernet_result,
+    EncryptBatchRequest, EncryptBatchResponse, EncryptRequest, EncryptResponse, GetKeyInfoRequest,
+    GetKeyInfoResponse, ImportFernetItem, ImportFernetRequest, ImportFernetResponse,
+    ImportFernetResult, KeyDerivation, KeyVersionInfo, RetireKeyVersionRequest, RewrapRequest,
+    RewrapResponse, RewrappedCiphertext, import_fernet_result,
 };
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
