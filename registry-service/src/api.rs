@@ -49,10 +49,17 @@ pub fn mask_paths(
     Ok(Some(mask.paths.clone()))
 }
 
-/// Checks that a required id field is present.
+/// Checks that a required id field is present. An id no resource can
+/// have (it holds a NUL) is simply not found.
 pub fn require_id(field: &str, id: &str) -> Result<(), Error> {
     if id.trim().is_empty() {
         return Err(Error::bad_field(field, "is required"));
+    }
+    if id.contains('\0') {
+        return Err(Error::NotFound {
+            kind: "resource",
+            id: id.replace('\0', "\\0"),
+        });
     }
     Ok(())
 }
@@ -63,6 +70,17 @@ pub fn require_version(field: &str, number: i64) -> Result<(), Error> {
         return Err(Error::bad_field(field, "must be 1 or more"));
     }
     Ok(())
+}
+
+/// Checks both version numbers of a diff, one violation per bad field.
+pub fn require_versions(from: i64, to: i64) -> Result<(), Error> {
+    let mut violations = crate::error::Violations::default();
+    for (field, number) in [("from_version", from), ("to_version", to)] {
+        if number < 1 {
+            violations.add(field, "must be 1 or more");
+        }
+    }
+    violations.finish(())
 }
 
 /// The `version_number` to resume before, from a page token.

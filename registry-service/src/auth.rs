@@ -242,11 +242,11 @@ impl Authenticator {
         let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
             .map_err(|error| unauthenticated(reason(error.kind())))?
             .claims;
-        if claims.sub.is_empty() {
-            return Err(unauthenticated("token has an empty sub"));
+        if claims.sub.is_empty() || claims.sub.contains('\0') {
+            return Err(unauthenticated("token has an empty or malformed sub"));
         }
-        if claims.tenant.is_empty() {
-            return Err(unauthenticated("token has an empty tenant"));
+        if claims.tenant.is_empty() || claims.tenant.contains('\0') {
+            return Err(unauthenticated("token has an empty or malformed tenant"));
         }
         Ok(Identity {
             roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),

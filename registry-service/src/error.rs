@@ -133,12 +133,26 @@ impl Violations {
     }
 }
 
+/// Violations listed in a status's message; the rest are in its details.
+const VIOLATIONS_IN_MESSAGE: usize = 3;
+/// Violations carried in a status's details; more would overflow the
+/// HTTP/2 header block clients accept (16 KiB by default).
+const VIOLATIONS_IN_DETAILS: usize = 100;
+
 fn describe(violations: &[FieldViolation]) -> String {
-    violations
+    let mut text = violations
         .iter()
+        .take(VIOLATIONS_IN_MESSAGE)
         .map(|v| format!("{}: {}", v.field, v.description))
         .collect::<Vec<_>>()
-        .join("; ")
+        .join("; ");
+    if violations.len() > VIOLATIONS_IN_MESSAGE {
+        text.push_str(&format!(
+            " (and {} more)",
+            violations.len() - VIOLATIONS_IN_MESSAGE
+        ));
+    }
+    text
 }
 
 fn info(reason: &str, metadata: Vec<(&str, String)>) -> ErrorDetails {
@@ -158,10 +172,15 @@ impl From<Error> for Status {
         match error {
             Error::BadRequest(violations) => {
                 let mut details = ErrorDetails::new();
-                for v in violations {
+                let omitted = violations.len().saturating_sub(VIOLATIONS_IN_DETAILS);
+                for v in violations.into_iter().take(VIOLATIONS_IN_DETAILS) {
                     details.add_bad_request_violation(v.field, v.description);
                 }
-                details.set_error_info("INVALID_FIELD", ERROR_DOMAIN, []);
+                let metadata: std::collections::HashMap<String, String> = (omitted > 0)
+                    .then(|| ("omitted_violations".to_owned(), omitted.to_string()))
+                    .into_iter()
+                    .collect();
+                details.set_error_info("INVALID_FIELD", ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
             Error::NotFound { kind, id } => Status::with_error_details(

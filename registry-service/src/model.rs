@@ -18,7 +18,8 @@ pub(crate) fn check_required_text(v: &mut Violations, field: &str, value: &str, 
     }
 }
 
-/// Checks an optional text field's length.
+/// Checks an optional text field's length, and that it holds no NUL
+/// character (PostgreSQL text cannot store one).
 pub(crate) fn check_length(v: &mut Violations, field: &str, value: &str, max: usize) {
     let length = value.chars().count();
     if length > max {
@@ -26,6 +27,8 @@ pub(crate) fn check_length(v: &mut Violations, field: &str, value: &str, max: us
             field,
             format!("must be at most {max} characters (got {length})"),
         );
+    } else if value.contains('\0') {
+        v.add(field, "must not contain NUL characters");
     }
 }
 

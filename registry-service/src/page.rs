@@ -65,7 +65,7 @@ impl Scope {
         let invalid = || Error::bad_field("page_token", "is not a page token of this request");
         let bytes = URL_SAFE_NO_PAD.decode(page_token).map_err(|_| invalid())?;
         let token: Token = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
-        if token.s != self.0 {
+        if token.s != self.0 || token.k.contains('\0') {
             return Err(invalid());
         }
         Ok(Some(token.k))

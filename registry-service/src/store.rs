@@ -227,6 +227,12 @@ pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String,
             "must be at most 2000 characters",
         ));
     }
+    if given.contains('\0') {
+        return Err(Error::bad_field(
+            "change_description",
+            "must not contain NUL characters",
+        ));
+    }
     Ok(if given.trim().is_empty() {
         default()
     } else {

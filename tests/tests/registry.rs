@@ -929,7 +929,13 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
     let (status, output) = run("down").await;
     assert!(status.success(), "{output}");
     let (_, output) = run("status").await;
-    assert!(output.contains("applied m20261126_000001_create_registry"), "{output}");
-    assert!(output.contains("pending m20261126_000002_key_canary"), "down reverts the newest: {output}");
+    assert!(
+        output.contains("applied m20261126_000001_create_registry"),
+        "{output}"
+    );
+    assert!(
+        output.contains("pending m20261126_000002_key_canary"),
+        "down reverts the newest: {output}"
+    );
     database.drop_database().await;
 }

@@ -158,7 +158,10 @@ async fn a_registry_killed_mid_write_leaves_a_consistent_database() {
         .env("DATABASE_URL", registry_launch_db)
         .arg("verify");
     let (ok, output) = Process::run_to_exit(&binary("registry-service"), launch).await;
-    assert!(ok.success(), "the database is consistent after SIGKILL:\n{output}");
+    assert!(
+        ok.success(),
+        "the database is consistent after SIGKILL:\n{output}"
+    );
     assert!(output.contains("0 problems"), "{output}");
     let versions = stack
         .database

@@ -234,8 +234,7 @@ impl ProviderService for Registry {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
         require_id("provider_id", &request.provider_id)?;
-        require_version("from_version", request.from_version)?;
-        require_version("to_version", request.to_version)?;
+        super::require_versions(request.from_version, request.to_version)?;
         let from = store::get_version(
             &self.db,
             &caller.tenant,

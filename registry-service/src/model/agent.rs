@@ -227,7 +227,7 @@ impl AgentSpec {
         for (index, tool) in self.tools.iter().enumerate() {
             let field = format!("agent.tools[{index}]");
             check_required_text(v, &field, tool, 200);
-            if self.tools[..index].contains(tool) {
+            if !tool.trim().is_empty() && self.tools[..index].contains(tool) {
                 v.add(field, "is listed twice");
             }
         }
