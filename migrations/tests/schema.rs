@@ -969,7 +969,10 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
         .expect("status on an empty database");
     assert_eq!(
         names(&before),
-        ["m20261126_000001_create_registry", "m20261126_000002_key_canary"]
+        [
+            "m20261126_000001_create_registry",
+            "m20261126_000002_key_canary"
+        ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");
     assert!(tables(&db).await.is_empty(), "status is read-only");
