@@ -245,6 +245,9 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         metrics_flag(Stack::default_registry()),
     )
     .await;
+    // Ready means the registry has written its key canary (one Encrypt), so
+    // the counts below are exact.
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     let channel = stack.channel_as("ops", "acme", &["admin"]).await;
     let mut providers = pb::provider_service_client::ProviderServiceClient::new(channel);
     for i in 0..3 {
@@ -279,7 +282,7 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         r#"grpc_server_handled_total{method="/agentregistry.v1.ProviderService/GetProvider",code="NotFound"} 1"#,
         r#"grpc_server_started_total{method="/agentregistry.v1.ProviderService/CreateProvider"} 3"#,
         r#"grpc_server_handling_seconds_count{method="/agentregistry.v1.ProviderService/CreateProvider"} 3"#,
-        r#"registry_crypto_calls_total{method="Encrypt",code="OK"} 3"#,
+        r#"registry_crypto_calls_total{method="Encrypt",code="OK"} 4"#,
         r#"registry_crypto_call_seconds_bucket{le="#,
         r#"registry_dependency_up{dependency="database"} 1"#,
         r#"registry_db_pool_connections{state="idle"}"#,
@@ -293,7 +296,7 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         .expect("crypto metrics");
     let text = http_get(&crypto_metrics, "/metrics").await;
     assert!(
-        text.contains(r#"grpc_server_handled_total{method="/agentregistry.crypto.v1.CryptoService/Encrypt",code="OK"} 3"#),
+        text.contains(r#"grpc_server_handled_total{method="/agentregistry.crypto.v1.CryptoService/Encrypt",code="OK"} 4"#),
         "{text}"
     );
     stack.finish().await;

@@ -170,6 +170,8 @@ async fn start_rotating_stack(dir: &Path) -> (Stack, PathBuf) {
         registry,
         database,
     };
+    // Ready means the key canary is written: the counts below include it.
+    wait_for(&stack.channel().await, ServingStatus::Serving).await;
     (stack, keyring)
 }
 
