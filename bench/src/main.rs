@@ -2,7 +2,9 @@
 //! loopback, drives them over gRPC, and prints throughput, latency
 //! percentiles and the server's CPU time per call (from /proc).
 //!
-//! Run: `cargo build --release --workspace --bins && target/release/bench crypto`.
+//! Run: `cargo build --release --workspace --bins`, then from the target
+//! directory `release/bench crypto`, `release/bench registry`,
+//! `release/bench versions` or `release/bench compare` (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,8 +16,12 @@ use proto::crypto::{DecryptRequest, EncryptRequest};
 use tests::{Launch, start_crypto};
 use tonic::transport::Channel;
 
+mod compare;
+mod pair;
+mod registry;
 mod rewrap;
 mod stats;
+mod versions;
 
 use stats::{Phase, cpu_seconds, percentile};
 
@@ -51,6 +57,14 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: u64,
     },
+    /// registry-service + crypto-service: the workload of the Python peer's
+    /// measure.py (same phases, counts and concurrency) over gRPC.
+    Registry(registry::RegistryArgs),
+    /// ListAgentVersions latency with a short and a very long history.
+    Versions(versions::VersionsArgs),
+    /// Side-by-side table of `bench registry` runs and the peer's
+    /// measure.py runs (median run of each side).
+    Compare(compare::CompareArgs),
 }
 
 #[tokio::main]
@@ -62,6 +76,9 @@ async fn main() {
             connections,
         } => crypto(&concurrency, calls, connections).await,
         Command::Rewrap { values, batch } => rewrap::run(values, batch).await,
+        Command::Registry(args) => registry::run(args).await,
+        Command::Versions(args) => versions::run(args).await,
+        Command::Compare(args) => compare::run(&args),
     }
 }
 

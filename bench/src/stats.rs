@@ -1,5 +1,6 @@
 //! Percentiles, process CPU time from /proc, and result rows.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// One measured phase.
@@ -61,4 +62,154 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     };
     // After ')': state is index 0, utime is 11, stime is 12.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Clock ticks per second of the /proc CPU counters (`USER_HZ`, 100 on
+/// every Linux this runs on).
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// The fields of /proc/<pid>/stat after the command name (index 0 is
+/// the state, 1 the parent pid, 11..=14 utime, stime, cutime, cstime).
+fn stat_fields(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // The state is a letter: keep its slot so indexes match proc(5).
+    Some(
+        rest.split_whitespace()
+            .map(|field| field.parse::<u64>().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU time of every process in the trees under some root pids, read two
+/// ways:
+///
+/// * clock ticks, the way the Python peer's measure.py counts them: per
+///   process, user = utime + cutime and system = stime + cstime (the `c`
+///   fields hold reaped children, e.g. PostgreSQL backends that exited);
+///   10 ms resolution;
+/// * nanoseconds on CPU of every live thread, from
+///   /proc/<pid>/task/<tid>/schedstat (user + system together). Threads
+///   that exit between two readings are not counted, but this resolves the
+///   short phases, where a few ticks would be ±100 %.
+#[derive(Debug, Clone, Default)]
+pub struct TreeCpu {
+    ticks: HashMap<u32, (u64, u64)>,
+    runtime_ns: HashMap<(u32, u32), u64>,
+}
+
+/// CPU seconds one tree used between two readings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUsed {
+    /// User seconds (ticks).
+    pub user: f64,
+    /// System seconds (ticks).
+    pub system: f64,
+    /// Seconds on CPU (schedstat, ns resolution).
+    pub runtime: f64,
+}
+
+impl CpuUsed {
+    /// User + system seconds from ticks.
+    pub fn ticks_total(&self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl TreeCpu {
+    /// Reads the trees under `roots` now.
+    pub fn read(roots: &[u32]) -> Self {
+        if roots.is_empty() {
+            return Self::default();
+        }
+        let mut processes = Vec::new();
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if let Some(fields) = stat_fields(pid) {
+                    let parent = fields.get(1).copied().unwrap_or(0);
+                    processes.push((pid, u32::try_from(parent).unwrap_or(0), fields));
+                }
+            }
+        }
+        let mut in_tree: HashSet<u32> = roots.iter().copied().collect();
+        // Parents need not precede their children: iterate to a fixed point.
+        loop {
+            let before = in_tree.len();
+            for (pid, parent, _) in &processes {
+                if in_tree.contains(parent) {
+                    in_tree.insert(*pid);
+                }
+            }
+            if in_tree.len() == before {
+                break;
+            }
+        }
+        let field = |fields: &[u64], index: usize| fields.get(index).copied().unwrap_or(0);
+        let mut cpu = Self::default();
+        for (pid, _, f) in processes
+            .into_iter()
+            .filter(|(pid, _, _)| in_tree.contains(pid))
+        {
+            cpu.ticks.insert(
+                pid,
+                (field(&f, 11) + field(&f, 13), field(&f, 12) + field(&f, 14)),
+            );
+            for (tid, ns) in thread_runtimes(pid) {
+                cpu.runtime_ns.insert((pid, tid), ns);
+            }
+        }
+        cpu
+    }
+
+    /// CPU used between `earlier` and `self`; processes and threads that
+    /// appeared in between count from zero.
+    pub fn since(&self, earlier: &Self) -> CpuUsed {
+        let (mut user, mut system) = (0i64, 0i64);
+        for (pid, (u, s)) in &self.ticks {
+            let (u0, s0) = earlier.ticks.get(pid).copied().unwrap_or((0, 0));
+            user += i64::try_from(*u).unwrap_or(0) - i64::try_from(u0).unwrap_or(0);
+            system += i64::try_from(*s).unwrap_or(0) - i64::try_from(s0).unwrap_or(0);
+        }
+        let mut runtime = 0i128;
+        for (task, ns) in &self.runtime_ns {
+            let ns0 = earlier.runtime_ns.get(task).copied().unwrap_or(0);
+            runtime += i128::from(*ns) - i128::from(ns0);
+        }
+        CpuUsed {
+            user: user as f64 / TICKS_PER_SECOND,
+            system: system as f64 / TICKS_PER_SECOND,
+            runtime: runtime as f64 / 1e9,
+        }
+    }
+
+    /// The pids read.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.ticks.keys().copied().collect();
+        pids.sort_unstable();
+        pids
+    }
+}
+
+/// Nanoseconds on CPU of each thread of `pid` (first field of
+/// /proc/<pid>/task/<tid>/schedstat).
+fn thread_runtimes(pid: u32) -> Vec<(u32, u64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid = task.file_name().to_str()?.parse::<u32>().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            let ns = stat.split_whitespace().next()?.parse::<u64>().ok()?;
+            Some((tid, ns))
+        })
+        .collect()
 }
