@@ -6,7 +6,7 @@ use std::future::Future;
 
 use proto::crypto::crypto_service_server::CryptoServiceServer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -74,7 +74,10 @@ pub async fn serve(
         match listener {
             Listener::Tcp(listener) => {
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped)
+                    .serve_with_incoming_shutdown(
+                        ops::shutdown::incoming_nodelay(listener),
+                        stopped,
+                    )
                     .await
             }
             Listener::Unix(listener) => {

@@ -10,7 +10,6 @@ use proto::v1::key_service_server::KeyServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
 use proto::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic_health::ServingStatus;
 
 use crate::api::Registry;
@@ -81,9 +80,10 @@ pub async fn serve(
     tracing::info!(%listen, "registry-service serving");
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-        let _ = accepting_stopped.await;
-    });
+    let server =
+        router.serve_with_incoming_shutdown(ops::shutdown::incoming_nodelay(listener), async {
+            let _ = accepting_stopped.await;
+        });
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back.
     let shutdown = async {
