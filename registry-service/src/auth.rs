@@ -415,6 +415,8 @@ where
             .and_then(|value| value.to_str().ok());
         match self.authenticator.admit(&method, authorization) {
             Ok(caller) => {
+                // The per-RPC span (ops::rpc) is current here.
+                tracing::Span::current().record("tenant", caller.tenant.as_str());
                 request.extensions_mut().insert(caller);
                 Box::pin(inner.call(request))
             }

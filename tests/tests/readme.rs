@@ -65,6 +65,7 @@ async fn readme_walkthrough_runs_as_written() {
         "agentregistry.v1.RuntimeService",
         "rpc ResolveAgent ( .agentregistry.v1.ResolveAgentRequest )",
         r#""status": "SERVING""#,
+        r#""activeVersion": 1"#,
     ] {
         assert!(
             out.contains(expected),
