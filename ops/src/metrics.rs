@@ -127,3 +127,18 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// Binds `address` and serves `/metrics` there in the background for the
+/// life of the process, logging the bound address ("metrics serving",
+/// field `listen`). The error is the bind failure.
+pub async fn spawn(address: std::net::SocketAddr, metrics: Metrics) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(address).await?;
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, "metrics serving");
+    tokio::spawn(async move {
+        if let Err(error) = serve(listener, metrics, std::future::pending()).await {
+            tracing::error!(%error, "metrics endpoint failed");
+        }
+    });
+    Ok(())
+}

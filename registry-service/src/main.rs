@@ -183,24 +183,13 @@ async fn key_status(args: &Args) -> Result<(), Error> {
 }
 
 /// Binds the metrics endpoint and serves it in the background.
-async fn serve_metrics(address: SocketAddr, metrics: Metrics) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
+async fn serve_metrics(address: SocketAddr, metrics: ops::metrics::Metrics) -> Result<(), Error> {
+    ops::metrics::spawn(address, metrics).await.map_err(|e| {
         Error::config(
             "REGISTRY_METRICS_LISTEN",
             format!("cannot bind {address}: {}", e.kind()),
         )
-    })?;
-    let bound = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    tracing::info!(listen = %bound, "metrics serving");
-    tokio::spawn(async move {
-        if let Err(error) = ops::metrics::serve(listener, metrics, std::future::pending()).await {
-            tracing::error!(%error, "metrics endpoint failed");
-        }
-    });
-    Ok(())
+    })
 }
 
 async fn migrate(common: &Common, action: MigrateAction) -> Result<(), Error> {
