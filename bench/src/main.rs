@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo build --release --workspace --bins`, then from the target
 //! directory `release/bench crypto`, `release/bench registry`,
-//! `release/bench versions` or `release/bench compare` (see BENCHMARKS.md).
+//! `release/bench versions`, `release/bench compare` or `release/bench soak`
+//! (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ mod compare;
 mod pair;
 mod registry;
 mod rewrap;
+mod soak;
 mod stats;
 mod versions;
 
@@ -62,6 +64,10 @@ enum Command {
     Registry(registry::RegistryArgs),
     /// ListAgentVersions latency with a short and a very long history.
     Versions(versions::VersionsArgs),
+    /// Minutes of a mixed read/write workload at high concurrency: every
+    /// error but a stale etag's ABORTED fails the run; reports latency per
+    /// call and the services' memory at start and end.
+    Soak(soak::SoakArgs),
     /// Side-by-side table of `bench registry` runs and the peer's
     /// measure.py runs (median run of each side).
     Compare(compare::CompareArgs),
@@ -79,6 +85,7 @@ async fn main() {
         Command::Registry(args) => registry::run(args).await,
         Command::Versions(args) => versions::run(args).await,
         Command::Compare(args) => compare::run(&args),
+        Command::Soak(args) => soak::run(args).await,
     }
 }
 

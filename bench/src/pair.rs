@@ -293,6 +293,56 @@ impl Api {
             .await
     }
 
+    /// AgentService.GetAgent.
+    pub async fn get_agent(
+        &self,
+        message: pb::GetAgentRequest,
+    ) -> Result<Response<pb::Agent>, Status> {
+        AgentServiceClient::new(self.channel())
+            .get_agent(self.request(message))
+            .await
+    }
+
+    /// AgentService.ListAgents.
+    pub async fn list_agents(
+        &self,
+        message: pb::ListAgentsRequest,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        AgentServiceClient::new(self.channel())
+            .list_agents(self.request(message))
+            .await
+    }
+
+    /// AgentService.DeleteAgent.
+    pub async fn delete_agent(
+        &self,
+        message: pb::DeleteAgentRequest,
+    ) -> Result<Response<()>, Status> {
+        AgentServiceClient::new(self.channel())
+            .delete_agent(self.request(message))
+            .await
+    }
+
+    /// AgentService.DiffAgentVersions.
+    pub async fn diff_agent_versions(
+        &self,
+        message: pb::DiffAgentVersionsRequest,
+    ) -> Result<Response<pb::DiffAgentVersionsResponse>, Status> {
+        AgentServiceClient::new(self.channel())
+            .diff_agent_versions(self.request(message))
+            .await
+    }
+
+    /// ProviderService.UpdateProvider.
+    pub async fn update_provider(
+        &self,
+        message: pb::UpdateProviderRequest,
+    ) -> Result<Response<pb::Provider>, Status> {
+        ProviderServiceClient::new(self.channel())
+            .update_provider(self.request(message))
+            .await
+    }
+
     /// AgentService.UpdateAgent.
     pub async fn update_agent(
         &self,
