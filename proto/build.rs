@@ -1,30 +1,38 @@
 //! Compiles every `.proto` under `agentregistry/` with protox (pure Rust, no
 //! system `protoc`), generates tonic clients and servers, and writes the file
-//! descriptor set that the services serve through reflection.
+//! descriptor set that the services serve through reflection. That set also
+//! holds `google/rpc/error_details.proto` (no code is generated for it) so
+//! reflection clients can decode the rich error details we send.
 
 use std::path::{Path, PathBuf};
 
 use prost::Message;
+
+/// Served through reflection only; see the file's header.
+const ERROR_DETAILS: &str = "google/rpc/error_details.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     collect_protos(&proto_root.join("agentregistry"), &mut files)?;
     files.sort();
+    let error_details = proto_root.join(ERROR_DETAILS);
 
     // tonic-prost-build prints no rerun-if-changed lines of its own.
     println!("cargo:rerun-if-changed=agentregistry");
-    for file in &files {
+    for file in files.iter().chain([&error_details]) {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
-    let descriptors = protox::compile(&files, [proto_root])?;
+    let mut descriptors = protox::compile(files.iter().chain([&error_details]), [proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // `compile_fds` ignores `file_descriptor_set_path`, so write it ourselves.
     std::fs::write(
         out_dir.join("descriptor_set.bin"),
         descriptors.encode_to_vec(),
     )?;
+    // Generated clients take these messages from tonic-types / googleapis.
+    descriptors.file.retain(|file| file.name() != ERROR_DETAILS);
 
     tonic_prost_build::configure()
         .build_client(true)

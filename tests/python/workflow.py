@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """A Python client of agentregistry built from the .proto files alone.
 
-At start it compiles every .proto under --proto-root with grpc_tools.protoc
-into a temporary directory and imports the generated modules; nothing
+At start it compiles every .proto of the contract (--proto-root's
+agentregistry/ tree; the rich-error messages come from googleapis-common-protos,
+as for any client) with grpc_tools.protoc into a temporary directory and imports the generated modules; nothing
 Rust-side is used. Then it runs the README walkthrough (Create -> Assign ->
 Update -> Override -> Rollback -> Resolve) against a running
 registry-service, decodes the rich error details of a failed call, and checks
@@ -63,12 +64,13 @@ class Checks:
 
 
 def generate_stubs(proto_root: pathlib.Path, out_dir: pathlib.Path) -> None:
-    """Compiles every .proto under proto_root into out_dir with protoc."""
+    """Compiles every .proto under proto_root/agentregistry into out_dir."""
     from grpc_tools import protoc
 
     well_known = importlib.resources.files("grpc_tools") / "_proto"
     protos = sorted(
-        str(path.relative_to(proto_root)) for path in proto_root.rglob("*.proto")
+        str(path.relative_to(proto_root))
+        for path in (proto_root / "agentregistry").rglob("*.proto")
     )
     if not protos:
         raise SystemExit(f"no .proto files under {proto_root}")
