@@ -157,7 +157,7 @@ impl Drop for PgCluster {
         // Already stopped is fine; anything else we can only report.
         if let Ok(output) = command.args(args).output()
             && !output.status.success()
-            && Path::new(&self.data().join("postmaster.pid")).exists()
+            && self.data().join("postmaster.pid").exists()
         {
             eprintln!(
                 "pg_ctl stop failed: {}",

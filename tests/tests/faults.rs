@@ -13,8 +13,8 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -63,7 +63,7 @@ async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_not
     let clients = Clients::new(channel.clone());
 
     let mut writers = Vec::new();
-    let fault = std::sync::Arc::new(Fault::new());
+    let fault = Arc::new(Fault::new());
     for writer in 0..WRITERS {
         let mut c = clients.clone();
         let provider = c
@@ -74,7 +74,7 @@ async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_not
             .create_agent(&format!("agent-{writer}"), Some(&provider.id))
             .await
             .expect("create the writer's agent");
-        let fault = std::sync::Arc::clone(&fault);
+        let fault = Arc::clone(&fault);
         writers.push(tokio::spawn(async move {
             crypto_writer(writer, c, provider.id, agent.id, &fault).await
         }));
@@ -232,7 +232,7 @@ async fn postgresql_restarted_under_writers_turns_readiness_and_recovers_without
     wait_for_health(channel.clone(), ServingStatus::Serving).await;
     let clients = Clients::new(channel.clone());
 
-    let fault = std::sync::Arc::new(Fault::new());
+    let fault = Arc::new(Fault::new());
     let mut writers = Vec::new();
     for writer in 0..WRITERS {
         let mut c = clients.clone();
@@ -240,7 +240,7 @@ async fn postgresql_restarted_under_writers_turns_readiness_and_recovers_without
             .create_agent(&format!("agent-{writer}"), None)
             .await
             .expect("create the writer's agent");
-        let fault = std::sync::Arc::clone(&fault);
+        let fault = Arc::clone(&fault);
         writers.push(tokio::spawn(async move {
             database_writer(writer, c, agent.id, &fault).await
         }));
