@@ -231,7 +231,16 @@ impl Authenticator {
         let mut validation = Validation::new(*algorithm);
         validation.leeway = self.expectations.leeway_seconds;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // jsonwebtoken checks `iss` and `aud` only when the token has them:
+        // a configured one must also be required, or omitting it passes.
+        let mut required = vec!["exp", "sub"];
+        if self.expectations.audience.is_some() {
+            required.push("aud");
+        }
+        if self.expectations.issuer.is_some() {
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         match &self.expectations.audience {
             Some(audience) => validation.set_audience(&[audience]),
             None => validation.validate_aud = false,
@@ -425,5 +434,55 @@ where
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"unit-test-secret-unit-test-secret-0123";
+
+    fn authenticator(issuer: Option<&str>, audience: Option<&str>) -> Authenticator {
+        Authenticator::new(
+            &KeySource::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
+            Expectations {
+                issuer: issuer.map(str::to_owned),
+                audience: audience.map(str::to_owned),
+                leeway_seconds: 0,
+            },
+            "test",
+        )
+        .expect("authenticator")
+    }
+
+    fn token(claims: serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SECRET),
+        )
+        .expect("sign")
+    }
+
+    /// Found by the `jwt_claims` fuzz target: a token without `iss` (or
+    /// `aud`) passed although an issuer (audience) was configured.
+    #[test]
+    fn a_configured_issuer_and_audience_are_required_not_only_checked() {
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let checked = authenticator(Some("https://issuer.test"), Some("registry"));
+        let full = serde_json::json!({"sub": "a", "tenant": "t", "roles": ["viewer"], "exp": exp,
+            "iss": "https://issuer.test", "aud": "registry"});
+        assert!(checked.verify(&token(full.clone())).is_ok());
+        for missing in ["iss", "aud"] {
+            let mut claims = full.clone();
+            claims.as_object_mut().expect("object").remove(missing);
+            let refused = checked.verify(&token(claims)).expect_err(missing);
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{missing}");
+        }
+        // Without expectations, neither claim is needed.
+        let open = authenticator(None, None);
+        let bare = serde_json::json!({"sub": "a", "tenant": "t", "exp": exp});
+        assert!(open.verify(&token(bare)).is_ok());
     }
 }
