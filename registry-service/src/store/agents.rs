@@ -277,7 +277,13 @@ async fn write_next_version(
     if updated.rows_affected == 0 {
         return Ok(None);
     }
-    check_provider(txn, &write.caller.tenant, &spec).await?;
+    // An unchanged assignment needs no check: it was checked when it was
+    // made, the foreign key (ON DELETE RESTRICT) keeps the provider from
+    // going away while the agent uses it, and a provider never changes
+    // tenant.
+    if spec.llm_provider_id != current.spec.llm_provider_id {
+        check_provider(txn, &write.caller.tenant, &spec).await?;
+    }
     let changes = version::diff(&current.spec.to_json(), &spec.to_json());
     insert_version(txn, write, &current.id, next, &spec, changes, now).await?;
     Ok(Some(AgentRecord {
