@@ -97,9 +97,11 @@ pub async fn create(
 pub async fn get(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<AgentRecord, Error> {
     let row = agent::Entity::find_by_id(id.to_owned())
         .filter(agent::Column::TenantId.eq(tenant))
-        .one(db)
+        .all(db)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     AgentRecord::from_row(row)
 }
@@ -115,9 +117,11 @@ pub async fn get_with_provider(
     let (row, provider) = agent::Entity::find_by_id(id.to_owned())
         .filter(agent::Column::TenantId.eq(tenant))
         .find_also_related(provider::Entity)
-        .one(db)
+        .all(db)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     // Assignments are checked against the tenant when made; this keeps a
     // foreign row out even so.
@@ -221,9 +225,11 @@ async fn get_locked(
     let row = agent::Entity::find_by_id(id.to_owned())
         .filter(agent::Column::TenantId.eq(tenant))
         .lock_exclusive()
-        .one(txn)
+        .all(txn)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     AgentRecord::from_row(row)
 }
@@ -346,9 +352,11 @@ pub async fn get_version(
         .filter(agent_version::Column::AgentId.eq(id))
         .filter(agent_version::Column::TenantId.eq(tenant))
         .filter(agent_version::Column::VersionNumber.eq(number))
-        .one(db)
+        .all(db)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .into_iter()
+        .next();
     match row {
         Some(row) => Ok(version_record(row)),
         None => {

@@ -113,9 +113,11 @@ pub async fn get(
 ) -> Result<ProviderRecord, Error> {
     let row = provider::Entity::find_by_id(id.to_owned())
         .filter(provider::Column::TenantId.eq(tenant))
-        .one(db)
+        .all(db)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     ProviderRecord::from_row(row)
 }
@@ -198,9 +200,11 @@ async fn get_locked(
     let row = provider::Entity::find_by_id(id.to_owned())
         .filter(provider::Column::TenantId.eq(tenant))
         .lock_exclusive()
-        .one(txn)
+        .all(txn)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     ProviderRecord::from_row(row)
 }
@@ -286,9 +290,11 @@ pub async fn get_version(
         .filter(provider_version::Column::ProviderId.eq(id))
         .filter(provider_version::Column::TenantId.eq(tenant))
         .filter(provider_version::Column::VersionNumber.eq(number))
-        .one(db)
+        .all(db)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .into_iter()
+        .next();
     match row {
         Some(row) => Ok(version_record(row)),
         None => {
