@@ -123,14 +123,10 @@ pub struct Common {
         global = true
     )]
     pub database_url: String,
-    /// Most pooled database connections.
-    #[arg(
-        long,
-        env = "DATABASE_MAX_CONNECTIONS",
-        default_value_t = 10,
-        global = true
-    )]
-    pub database_max_connections: u32,
+    /// Most pooled database connections (default: 1 on SQLite, 10 on
+    /// PostgreSQL).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", global = true)]
+    pub database_max_connections: Option<u32>,
     /// Seconds to wait for a database connection (and on SQLite for a lock).
     #[arg(
         long,
@@ -303,6 +299,11 @@ pub struct Settings {
     pub grpc: ops::cli::GrpcArgs,
 }
 
+/// Pool size on SQLite unless `DATABASE_MAX_CONNECTIONS` says otherwise.
+const SQLITE_DEFAULT_CONNECTIONS: u32 = 1;
+/// Pool size on PostgreSQL unless `DATABASE_MAX_CONNECTIONS` says otherwise.
+const POSTGRES_DEFAULT_CONNECTIONS: u32 = 10;
+
 impl Common {
     /// The database settings.
     pub fn database(&self) -> Result<DatabaseSettings, Error> {
@@ -316,7 +317,20 @@ impl Common {
                 "must start with sqlite: or postgres://",
             ));
         }
-        if self.database_max_connections == 0 {
+        // SQLite runs one writer at a time whatever the pool size; with more
+        // connections, writers that queue do so in SQLite's busy handler
+        // (sleep and poll, unfair, SQLITE_BUSY after the timeout) and each
+        // connection has its own worker thread to hand statements to. One
+        // connection queues callers in the pool instead, in order, and
+        // measured the least CPU per call (BENCHMARKS.md, issue 3).
+        let max_connections =
+            self.database_max_connections
+                .unwrap_or(if url.starts_with("sqlite:") {
+                    SQLITE_DEFAULT_CONNECTIONS
+                } else {
+                    POSTGRES_DEFAULT_CONNECTIONS
+                });
+        if max_connections == 0 {
             return Err(Error::config(
                 "DATABASE_MAX_CONNECTIONS",
                 "must be at least 1",
@@ -324,7 +338,7 @@ impl Common {
         }
         Ok(DatabaseSettings {
             url: url.to_owned(),
-            max_connections: self.database_max_connections,
+            max_connections,
             acquire_timeout: Duration::from_secs(self.database_timeout_seconds.max(1)),
         })
     }

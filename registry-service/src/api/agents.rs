@@ -214,14 +214,6 @@ impl AgentService for Registry {
         require_version("version_number", request.version_number)?;
         tracing::Span::current().record("agent_id", &request.agent_id);
         let expected = parse_etag(&request.etag, "etag")?;
-        let target = store::get_version(
-            &self.db,
-            &caller.tenant,
-            &request.agent_id,
-            request.version_number,
-        )
-        .await?;
-        let snapshot = AgentSpec::from_json(&target.configuration)?;
         let number = request.version_number;
         let description = describe(&request.change_description, || {
             format!("Rolled back to version {number}")
@@ -231,10 +223,7 @@ impl AgentService for Registry {
             action: Action::Rollback,
             description,
         };
-        let record = store::update(&self.db, write, &request.agent_id, expected, |_| {
-            Ok(snapshot.clone())
-        })
-        .await?;
+        let record = store::rollback(&self.db, write, &request.agent_id, number, expected).await?;
         Ok(Response::new(agent_proto(&record)))
     }
 }

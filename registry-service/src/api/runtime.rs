@@ -33,14 +33,27 @@ impl RuntimeService for Registry {
         if let Some(number) = request.version_number {
             require_version("version_number", number)?;
         }
-        let (current, spec, agent_version) = agent_store::spec_at(
-            &self.db,
-            &caller.tenant,
-            &request.agent_id,
-            request.version_number,
-        )
-        .await?;
-        let provider = self.provider_for(&caller.tenant, &spec).await?;
+        // The current configuration: agent and provider in one query.
+        let (current, spec, agent_version, provider) = match request.version_number {
+            None => {
+                let (current, provider) =
+                    agent_store::get_with_provider(&self.db, &caller.tenant, &request.agent_id)
+                        .await?;
+                let spec = current.spec.clone();
+                let version = current.version;
+                (current, spec, version, provider)
+            }
+            Some(number) => {
+                let (current, spec, version) =
+                    agent_store::spec_at(&self.db, &caller.tenant, &request.agent_id, Some(number))
+                        .await?;
+                (current, spec, version, None)
+            }
+        };
+        let provider = match provider {
+            Some(provider) => provider,
+            None => self.provider_for(&caller.tenant, &spec).await?,
+        };
         let api_key = match &provider.spec.api_key {
             Some(ciphertext) => {
                 self.crypto

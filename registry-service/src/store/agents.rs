@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 use migrations::entity::{agent, agent_version, provider};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
+use super::providers::ProviderRecord;
 use super::{
     MAX_WRITE_ATTEMPTS, Page, VersionRecord, begin_write, db_error, foreign_key_violation,
     paginate, stale_etag, unique_violation,
@@ -57,37 +58,78 @@ pub async fn create(
     write: Write<'_>,
     spec: AgentSpec,
 ) -> Result<AgentRecord, Error> {
-    let id = uuid::Uuid::now_v7().to_string();
     let now = super::now();
+    let record = AgentRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        spec,
+        version: 1,
+        create_time: now,
+        update_time: now,
+        created_by: write.caller.subject.clone(),
+        updated_by: write.caller.subject.clone(),
+    };
     let row = agent::ActiveModel {
-        id: Set(id.clone()),
+        id: Set(record.id.clone()),
         tenant_id: Set(write.caller.tenant.clone()),
-        name: Set(spec.name.clone()),
-        llm_provider_id: Set(spec.llm_provider_id.clone()),
-        config: Set(spec.to_json()),
+        name: Set(record.spec.name.clone()),
+        llm_provider_id: Set(record.spec.llm_provider_id.clone()),
+        config: Set(record.spec.to_json()),
         version: Set(1),
         create_time: Set(now),
         update_time: Set(now),
-        created_by: Set(write.caller.subject.clone()),
-        updated_by: Set(write.caller.subject.clone()),
+        created_by: Set(record.created_by.clone()),
+        updated_by: Set(record.updated_by.clone()),
     };
     let txn = begin_write(db).await?;
-    let inserted = row.insert(&txn).await.map_err(|e| write_error(e, &spec))?;
-    check_provider(&txn, &write.caller.tenant, &spec).await?;
-    insert_version(&txn, &write, &id, 1, &spec, Vec::new(), now).await?;
+    // Without RETURNING: the row is what we just built (on SQLite, sea-orm's
+    // `insert` would read it back with a second statement).
+    agent::Entity::insert(row)
+        .exec_without_returning(&txn)
+        .await
+        .map_err(|e| write_error(e, &record.spec))?;
+    check_provider(&txn, &write.caller.tenant, &record.spec).await?;
+    insert_version(&txn, &write, &record.id, 1, &record.spec, Vec::new(), now).await?;
     txn.commit().await.map_err(db_error)?;
-    AgentRecord::from_row(inserted)
+    Ok(record)
 }
 
 /// The agent `id` of `tenant`.
 pub async fn get(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<AgentRecord, Error> {
     let row = agent::Entity::find_by_id(id.to_owned())
         .filter(agent::Column::TenantId.eq(tenant))
-        .one(db)
+        .all(db)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     AgentRecord::from_row(row)
+}
+
+/// The agent `id` of `tenant` and its assigned provider, in one query
+/// (`None` when it has no provider: the caller falls back to the tenant's
+/// default).
+pub async fn get_with_provider(
+    db: &DatabaseConnection,
+    tenant: &str,
+    id: &str,
+) -> Result<(AgentRecord, Option<ProviderRecord>), Error> {
+    let (row, provider) = agent::Entity::find_by_id(id.to_owned())
+        .filter(agent::Column::TenantId.eq(tenant))
+        .find_also_related(provider::Entity)
+        .all(db)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| not_found(id))?;
+    // Assignments are checked against the tenant when made; this keeps a
+    // foreign row out even so.
+    let provider = provider
+        .filter(|p| p.tenant_id == tenant)
+        .map(ProviderRecord::from_row)
+        .transpose()?;
+    Ok((AgentRecord::from_row(row)?, provider))
 }
 
 /// One page of the tenant's agents, oldest first.
@@ -145,6 +187,36 @@ pub async fn update(
     ))
 }
 
+/// Rolls agent `id` back to its version `number`: a new version whose
+/// configuration is that snapshot. The snapshot is read inside the write
+/// transaction, after the row lock, so it costs no extra checkout.
+pub async fn rollback(
+    db: &DatabaseConnection,
+    write: Write<'_>,
+    id: &str,
+    number: i64,
+    expected_version: Option<i64>,
+) -> Result<AgentRecord, Error> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let txn = begin_write(db).await?;
+        let current = get_locked(&txn, &write.caller.tenant, id).await?;
+        let target = get_version(&txn, &write.caller.tenant, id, number).await?;
+        if let Some(expected) = expected_version
+            && expected != current.version
+        {
+            return Err(stale_etag("agent", current.version));
+        }
+        let spec = AgentSpec::from_json(&target.configuration)?;
+        if let Some(record) = write_next_version(&txn, &write, &current, spec).await? {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(record);
+        }
+    }
+    Err(Error::Aborted(
+        "too many concurrent writers on this agent; try again".to_owned(),
+    ))
+}
+
 async fn get_locked(
     txn: &DatabaseTransaction,
     tenant: &str,
@@ -153,9 +225,11 @@ async fn get_locked(
     let row = agent::Entity::find_by_id(id.to_owned())
         .filter(agent::Column::TenantId.eq(tenant))
         .lock_exclusive()
-        .one(txn)
+        .all(txn)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     AgentRecord::from_row(row)
 }
@@ -190,7 +264,9 @@ pub async fn delete(
     txn.commit().await.map_err(db_error)
 }
 
-/// One page of an agent's versions, newest first.
+/// One page of an agent's versions, newest first, in one query: the
+/// agent's current version (the total) comes with each row through a join
+/// that also scopes the versions to the caller's tenant.
 pub async fn list_versions(
     db: &DatabaseConnection,
     tenant: &str,
@@ -198,18 +274,38 @@ pub async fn list_versions(
     before: Option<i64>,
     limit: u64,
 ) -> Result<Page<VersionRecord>, Error> {
-    // Versions are contiguous from 1, so the current version is the count.
-    let total = get(db, tenant, id).await?.version;
     let mut query = agent_version::Entity::find()
+        .select_only()
+        .columns([
+            agent_version::Column::VersionNumber,
+            agent_version::Column::Action,
+            agent_version::Column::Configuration,
+            agent_version::Column::Diff,
+            agent_version::Column::ChangeDescription,
+            agent_version::Column::ChangedBy,
+            agent_version::Column::CreateTime,
+        ])
+        .column_as(agent::Column::Version, "current_version")
+        .inner_join(agent::Entity)
         .filter(agent_version::Column::AgentId.eq(id))
-        .filter(agent_version::Column::TenantId.eq(tenant))
+        .filter(agent::Column::TenantId.eq(tenant))
         .order_by_desc(agent_version::Column::VersionNumber)
         .limit(limit + 1);
     if let Some(before) = before {
         query = query.filter(agent_version::Column::VersionNumber.lt(before));
     }
-    let rows = query.all(db).await.map_err(db_error)?;
-    let records = rows.into_iter().map(version_record).collect();
+    let rows = query
+        .into_model::<VersionRow>()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    // Versions are contiguous from 1, so the current version is the count.
+    let total = match rows.first() {
+        Some(row) => row.current_version,
+        // No rows: an unknown agent, or a page past the oldest version.
+        None => get(db, tenant, id).await?.version,
+    };
+    let records = rows.into_iter().map(VersionRow::into_record).collect();
     Ok(paginate(
         records,
         limit,
@@ -218,9 +314,36 @@ pub async fn list_versions(
     ))
 }
 
+/// A version row with its agent's current version.
+#[derive(Debug, FromQueryResult)]
+struct VersionRow {
+    version_number: i64,
+    action: Action,
+    configuration: serde_json::Value,
+    diff: serde_json::Value,
+    change_description: String,
+    changed_by: String,
+    create_time: DateTime<Utc>,
+    current_version: i64,
+}
+
+impl VersionRow {
+    fn into_record(self) -> VersionRecord {
+        VersionRecord {
+            version_number: self.version_number,
+            action: self.action,
+            diff: version::changes_from_json(&self.diff),
+            configuration: self.configuration,
+            change_description: self.change_description,
+            changed_by: self.changed_by,
+            create_time: self.create_time,
+        }
+    }
+}
+
 /// Version `number` of agent `id`.
 pub async fn get_version(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     number: i64,
@@ -229,9 +352,11 @@ pub async fn get_version(
         .filter(agent_version::Column::AgentId.eq(id))
         .filter(agent_version::Column::TenantId.eq(tenant))
         .filter(agent_version::Column::VersionNumber.eq(number))
-        .one(db)
+        .all(db)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .into_iter()
+        .next();
     match row {
         Some(row) => Ok(version_record(row)),
         None => {
@@ -277,7 +402,13 @@ async fn write_next_version(
     if updated.rows_affected == 0 {
         return Ok(None);
     }
-    check_provider(txn, &write.caller.tenant, &spec).await?;
+    // An unchanged assignment needs no check: it was checked when it was
+    // made, the foreign key (ON DELETE RESTRICT) keeps the provider from
+    // going away while the agent uses it, and a provider never changes
+    // tenant.
+    if spec.llm_provider_id != current.spec.llm_provider_id {
+        check_provider(txn, &write.caller.tenant, &spec).await?;
+    }
     let changes = version::diff(&current.spec.to_json(), &spec.to_json());
     insert_version(txn, write, &current.id, next, &spec, changes, now).await?;
     Ok(Some(AgentRecord {
@@ -300,7 +431,7 @@ async fn insert_version(
     changes: Vec<version::Change>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    agent_version::ActiveModel {
+    let row = agent_version::ActiveModel {
         agent_id: Set(agent_id.to_owned()),
         tenant_id: Set(write.caller.tenant.clone()),
         version_number: Set(number),
@@ -311,10 +442,12 @@ async fn insert_version(
         changed_by: Set(write.caller.subject.clone()),
         create_time: Set(now),
         ..Default::default()
-    }
-    .insert(txn)
-    .await
-    .map_err(db_error)?;
+    };
+    // Without RETURNING: nothing of the row is needed back.
+    agent_version::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await
+        .map_err(db_error)?;
     Ok(())
 }
 

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use migrations::entity::{agent, provider, provider_version};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveEnum, ActiveModelTrait, ColumnTrait, DatabaseConnection, DatabaseTransaction,
-    EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 use super::agents::Write;
@@ -79,16 +79,28 @@ pub async fn create(
             created_by: Set(write.caller.subject.clone()),
             updated_by: Set(write.caller.subject.clone()),
         };
-        let inserted = match row.insert(&txn).await {
-            Ok(inserted) => inserted,
-            Err(error) => match classify(error, &spec) {
+        // Without RETURNING: the row is what we just built (on SQLite,
+        // sea-orm's `insert` would read it back with a second statement).
+        if let Err(error) = provider::Entity::insert(row)
+            .exec_without_returning(&txn)
+            .await
+        {
+            match classify(error, &spec) {
                 WriteFailure::DefaultTaken => continue,
                 WriteFailure::Error(error) => return Err(error),
-            },
-        };
+            }
+        }
         insert_version(&txn, &write, &id, 1, &spec, Vec::new(), now).await?;
         txn.commit().await.map_err(db_error)?;
-        return ProviderRecord::from_row(inserted);
+        return Ok(ProviderRecord {
+            id,
+            spec,
+            version: 1,
+            create_time: now,
+            update_time: now,
+            created_by: write.caller.subject.clone(),
+            updated_by: write.caller.subject.clone(),
+        });
     }
     Err(contended())
 }
@@ -101,9 +113,11 @@ pub async fn get(
 ) -> Result<ProviderRecord, Error> {
     let row = provider::Entity::find_by_id(id.to_owned())
         .filter(provider::Column::TenantId.eq(tenant))
-        .one(db)
+        .all(db)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     ProviderRecord::from_row(row)
 }
@@ -186,9 +200,11 @@ async fn get_locked(
     let row = provider::Entity::find_by_id(id.to_owned())
         .filter(provider::Column::TenantId.eq(tenant))
         .lock_exclusive()
-        .one(txn)
+        .all(txn)
         .await
         .map_err(db_error)?
+        .into_iter()
+        .next()
         .ok_or_else(|| not_found(id))?;
     ProviderRecord::from_row(row)
 }
@@ -274,9 +290,11 @@ pub async fn get_version(
         .filter(provider_version::Column::ProviderId.eq(id))
         .filter(provider_version::Column::TenantId.eq(tenant))
         .filter(provider_version::Column::VersionNumber.eq(number))
-        .one(db)
+        .all(db)
         .await
-        .map_err(db_error)?;
+        .map_err(db_error)?
+        .into_iter()
+        .next();
     match row {
         Some(row) => Ok(version_record(row)),
         None => {
@@ -416,7 +434,7 @@ async fn insert_version(
     changes: Vec<version::Change>,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    provider_version::ActiveModel {
+    let row = provider_version::ActiveModel {
         provider_id: Set(provider_id.to_owned()),
         tenant_id: Set(write.caller.tenant.clone()),
         version_number: Set(number),
@@ -427,10 +445,12 @@ async fn insert_version(
         changed_by: Set(write.caller.subject.clone()),
         create_time: Set(now),
         ..Default::default()
-    }
-    .insert(txn)
-    .await
-    .map_err(db_error)?;
+    };
+    // Without RETURNING: nothing of the row is needed back.
+    provider_version::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await
+        .map_err(db_error)?;
     Ok(())
 }
 
