@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod auth;
+pub mod health;
 pub mod pgcluster;
 pub mod pki;
 pub mod stack;

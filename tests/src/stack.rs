@@ -238,6 +238,15 @@ impl Stack {
     }
 }
 
+/// crypto-service with the stack's key on a unix socket: a replacement started
+/// after a kill takes the same address, so the registry needs no restart.
+pub fn crypto_on_socket(socket: &std::path::Path) -> Launch {
+    Launch::default()
+        .env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))
+        .arg("--listen")
+        .arg(format!("unix:{}", socket.display()))
+}
+
 /// Starts registry-service on an ephemeral port over `database`.
 pub async fn start_registry(
     database: &TestDatabase,

@@ -25,16 +25,15 @@ use proto::v1::provider_service_client::ProviderServiceClient;
 use proto::v1::runtime_service_client::RuntimeServiceClient;
 use sea_orm::{ConnectionTrait, Database};
 use tests::auth::{self, Authed};
+use tests::health::{check, wait_for_status};
 use tests::pgcluster::PgCluster;
-use tests::stack::{STACK_KEY, Stack, TestDatabase, start_registry};
+use tests::stack::{STACK_KEY, Stack, TestDatabase, crypto_on_socket, start_registry};
 use tests::{Launch, Process, binary, start_crypto};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 /// Concurrent writers per test.
 const WRITERS: usize = 8;
@@ -47,7 +46,7 @@ const CALL_DEADLINE: Duration = Duration::from_secs(15);
 async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("crypto.sock");
-    let crypto = start_crypto(crypto_on(&socket)).await;
+    let crypto = start_crypto(crypto_on_socket(&socket)).await;
     let database = TestDatabase::fresh().await;
     let registry = start_registry(
         &database,
@@ -59,7 +58,7 @@ async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_not
     .await;
     let channel = registry.channel().await;
     // Ready = the key canary is written, so crypto holds no surprise later.
-    wait_for_health(channel.clone(), ServingStatus::Serving).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     let clients = Clients::new(channel.clone());
 
     let mut writers = Vec::new();
@@ -92,7 +91,7 @@ async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_not
             p.unavailable_by_writer.len() == WRITERS
         })
         .await;
-    let crypto = start_crypto(crypto_on(&socket)).await;
+    let crypto = start_crypto(crypto_on_socket(&socket)).await;
     fault.enter(BACK);
     fault
         .wait("every writer succeeded again", |p| {
@@ -229,7 +228,7 @@ async fn postgresql_restarted_under_writers_turns_readiness_and_recovers_without
     )
     .await;
     let channel = registry.channel().await;
-    wait_for_health(channel.clone(), ServingStatus::Serving).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     let clients = Clients::new(channel.clone());
 
     let fault = Arc::new(Fault::new());
@@ -254,7 +253,7 @@ async fn postgresql_restarted_under_writers_turns_readiness_and_recovers_without
         .stop("fast")
         .await
         .unwrap_or_else(|e| panic!("stop PostgreSQL: {e}"));
-    wait_for_health(channel.clone(), ServingStatus::NotServing).await;
+    wait_for_status(channel.clone(), "", ServingStatus::NotServing).await;
     assert_eq!(
         check(channel.clone(), "").await,
         ServingStatus::NotServing,
@@ -270,7 +269,7 @@ async fn postgresql_restarted_under_writers_turns_readiness_and_recovers_without
         .await
         .unwrap_or_else(|e| panic!("start PostgreSQL again: {e}"));
     fault.enter(BACK);
-    wait_for_health(channel.clone(), ServingStatus::Serving).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     assert_eq!(check(channel.clone(), "").await, ServingStatus::Serving);
     fault
         .wait("every writer succeeded again", |p| {
@@ -345,7 +344,7 @@ async fn a_sqlite_file_locked_by_another_process_fails_writes_fast_and_recovers(
         stack.finish().await;
         return;
     };
-    wait_for_health(stack.channel().await, ServingStatus::Serving).await;
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     let mut c = Clients::new(stack.channel().await);
     let before = c
         .create_agent("before-lock", None)
@@ -800,45 +799,6 @@ fn key(writer: usize, round: u32) -> String {
 
 /// crypto-service on a unix socket, so a new one can take the same address
 /// right after a SIGKILL.
-fn crypto_on(socket: &Path) -> Launch {
-    Launch::default()
-        .env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
-}
-
-/// Waits on Health/Watch until the registry's readiness (`""`) is `wanted`.
-async fn wait_for_health(channel: Channel, wanted: ServingStatus) {
-    let mut stream = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let reached = tokio::time::timeout(DEADLINE, async {
-        while let Some(update) = stream.message().await.expect("health update") {
-            if update.status() == wanted {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(reached, Ok(true), "readiness never reported {wanted:?}");
-}
-
-async fn check(channel: Channel, service: &str) -> ServingStatus {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("check")
-        .into_inner()
-        .status()
-}
-
 /// The resource's version rows are exactly 1..`expected` and its current
 /// version is `expected`.
 async fn assert_versions(database: &TestDatabase, kind: &str, id: &str, expected: i64) {

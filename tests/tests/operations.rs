@@ -4,64 +4,21 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use proto::v1 as pb;
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
-use tests::stack::{STACK_KEY, Stack, TestDatabase, start_registry};
+use tests::health::{check, wait_for_status};
+use tests::stack::{Stack, TestDatabase, crypto_on_socket, start_registry};
 use tests::{Launch, auth, http_get, start_crypto};
 use tonic::Code;
-use tonic::transport::Channel;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// Waits on the Health/Watch stream until `service` reports `wanted`.
-async fn wait_for_status(channel: Channel, service: &str, wanted: ServingStatus) {
-    let mut stream = HealthClient::new(channel)
-        .watch(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let reached = tokio::time::timeout(DEADLINE, async {
-        while let Some(update) = stream.message().await.expect("health update") {
-            if update.status() == wanted {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(reached, Ok(true), "{service:?} never reported {wanted:?}");
-}
-
-async fn check(channel: Channel, service: &str) -> ServingStatus {
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.to_owned(),
-        })
-        .await
-        .expect("check")
-        .into_inner()
-        .status()
-}
-
-fn crypto_on(socket: &std::path::Path) -> Launch {
-    Launch::default()
-        .env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))
-        .arg("--listen")
-        .arg(format!("unix:{}", socket.display()))
-}
 
 #[tokio::test]
 async fn readiness_follows_crypto_service_down_and_back_without_a_registry_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("crypto.sock");
-    let crypto = start_crypto(crypto_on(&socket)).await;
+    let crypto = start_crypto(crypto_on_socket(&socket)).await;
     let database = TestDatabase::fresh().await;
     let registry = start_registry(
         &database,
@@ -111,7 +68,7 @@ async fn readiness_follows_crypto_service_down_and_back_without_a_registry_resta
         .expect_err("crypto is down");
     assert_eq!(status.code(), Code::Unavailable);
 
-    let _crypto = start_crypto(crypto_on(&socket)).await;
+    let _crypto = start_crypto(crypto_on_socket(&socket)).await;
     wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     let created = providers
         .create_provider(request())

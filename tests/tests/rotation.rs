@@ -14,12 +14,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use proto::v1 as pb;
 use tests::auth::Authed;
+use tests::health::wait_for_status;
 use tests::stack::{Stack, TestDatabase, start_registry};
 use tests::{Launch, Process, binary, start_crypto};
 use tonic::Code;
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 const V1: [u8; 32] = [0x31; 32];
@@ -171,7 +170,7 @@ async fn start_rotating_stack(dir: &Path) -> (Stack, PathBuf) {
         database,
     };
     // Ready means the key canary is written: the counts below include it.
-    wait_for(&stack.channel().await, ServingStatus::Serving).await;
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     (stack, keyring)
 }
 
@@ -388,7 +387,7 @@ async fn a_crypto_service_with_the_wrong_key_makes_the_registry_not_ready_with_o
     )
     .await;
     let channel = registry.channel().await;
-    wait_for(&channel, ServingStatus::Serving).await;
+    wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     assert_eq!(
         database.count("SELECT COUNT(*) FROM key_canary").await,
         1,
@@ -397,28 +396,8 @@ async fn a_crypto_service_with_the_wrong_key_makes_the_registry_not_ready_with_o
 
     right.kill().await;
     let _wrong = start_crypto(crypto_with(V2)).await;
-    wait_for(&channel, ServingStatus::NotServing).await;
+    wait_for_status(channel.clone(), "", ServingStatus::NotServing).await;
     let (_, logs) = registry.terminate().await;
     assert_eq!(logs.matches("holds the wrong key").count(), 1, "{logs}");
     database.drop_database().await;
-}
-
-async fn wait_for(channel: &tonic::transport::Channel, wanted: ServingStatus) {
-    let mut stream = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .expect("watch")
-        .into_inner();
-    let reached = tokio::time::timeout(DEADLINE, async {
-        while let Some(update) = stream.message().await.expect("update") {
-            if update.status() == wanted {
-                return true;
-            }
-        }
-        false
-    })
-    .await;
-    assert_eq!(reached, Ok(true), "readiness never became {wanted:?}");
 }
