@@ -10,6 +10,12 @@ use crypto_service::config::{Args, ListenAddress};
 use crypto_service::keyring::SharedKeyring;
 use crypto_service::server::{self, Listener};
 
+/// mimalloc: the services allocate small, short-lived buffers on every
+/// call from several threads, where it spends less CPU than the system
+/// allocator (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();

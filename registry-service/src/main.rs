@@ -16,6 +16,12 @@ use registry_service::telemetry::RegistryMetrics;
 use registry_service::{Error, server, store};
 use sea_orm_migration::MigratorTrait;
 
+/// mimalloc: the services allocate small, short-lived buffers on every
+/// call from several threads, where it spends less CPU than the system
+/// allocator (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();

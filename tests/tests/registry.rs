@@ -643,6 +643,55 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .expect("get")
         .into_inner();
     assert_eq!((current.version, current.goal), (1, agent.goal));
+
+    // A rename onto a taken name and a rollback to a missing version write
+    // nothing: no version row, the agent unchanged (on PostgreSQL these go
+    // through the one-statement write).
+    let other = create_agent(&mut c, data_analyst("Other", None)).await;
+    let status = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: other.id.clone(),
+                name: "Twin".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("rename onto a taken name");
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let status = c
+        .agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: other.id.clone(),
+            version_number: 2,
+            ..Default::default()
+        })
+        .await
+        .expect_err("rollback to a missing version");
+    assert_eq!(status.code(), Code::NotFound);
+    let current = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            id: other.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!((current.version, current.name), (1, "Other".to_owned()));
+    assert_eq!(
+        stack
+            .database
+            .count(&format!(
+                "SELECT COUNT(*) FROM agent_versions WHERE agent_id = '{}'",
+                other.id
+            ))
+            .await,
+        1,
+        "only version 1 is stored"
+    );
     stack.finish().await;
 }
 

@@ -2,16 +2,17 @@
 
 use chrono::{DateTime, Utc};
 use migrations::entity::{agent, agent_version, provider};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::providers::ProviderRecord;
 use super::{
     MAX_WRITE_ATTEMPTS, Page, VersionRecord, begin_write, db_error, foreign_key_violation,
-    paginate, stale_etag, unique_violation,
+    insert_row, paginate, stale_etag, unique_violation, val, write_with_version,
+    writes_in_one_statement,
 };
 use crate::caller::Caller;
 use crate::error::Error;
@@ -68,29 +69,80 @@ pub async fn create(
         created_by: write.caller.subject.clone(),
         updated_by: write.caller.subject.clone(),
     };
-    let row = agent::ActiveModel {
-        id: Set(record.id.clone()),
-        tenant_id: Set(write.caller.tenant.clone()),
-        name: Set(record.spec.name.clone()),
-        llm_provider_id: Set(record.spec.llm_provider_id.clone()),
-        config: Set(record.spec.to_json()),
-        version: Set(1),
-        create_time: Set(now),
-        update_time: Set(now),
-        created_by: Set(record.created_by.clone()),
-        updated_by: Set(record.updated_by.clone()),
-    };
+    let version = version_row(&write, &record, version::changes_to_json(&[]));
+    if writes_in_one_statement(db) {
+        return create_in_one_statement(db, &write, record, version).await;
+    }
     let txn = begin_write(db).await?;
     // Without RETURNING: the row is what we just built (on SQLite, sea-orm's
     // `insert` would read it back with a second statement).
-    agent::Entity::insert(row)
-        .exec_without_returning(&txn)
+    insert_row(&txn, agent::Entity, agent_row(&write, &record))
         .await
         .map_err(|e| write_error(e, &record.spec))?;
     check_provider(&txn, &write.caller.tenant, &record.spec).await?;
-    insert_version(&txn, &write, &record.id, 1, &record.spec, Vec::new(), now).await?;
+    insert_row(&txn, agent_version::Entity, version)
+        .await
+        .map_err(db_error)?;
     txn.commit().await.map_err(db_error)?;
     Ok(record)
+}
+
+/// PostgreSQL: `INSERT INTO agents … SELECT … WHERE <the assigned provider
+/// is in the tenant>` and version 1, in one statement.
+async fn create_in_one_statement(
+    db: &DatabaseConnection,
+    write: &Write<'_>,
+    record: AgentRecord,
+    version: Vec<(agent_version::Column, SimpleExpr)>,
+) -> Result<AgentRecord, Error> {
+    let (columns, values): (Vec<_>, Vec<_>) = agent_row(write, &record).into_iter().unzip();
+    let mut select = Query::select();
+    select.exprs(values);
+    if let Some(provider_id) = &record.spec.llm_provider_id {
+        select.and_where(Expr::exists(
+            Query::select()
+                .expr(Expr::val(1))
+                .from(provider::Entity)
+                .and_where(provider::Column::Id.eq(provider_id.clone()))
+                .and_where(provider::Column::TenantId.eq(write.caller.tenant.clone()))
+                .to_owned(),
+        ));
+    }
+    let mut insert = Query::insert();
+    insert
+        .into_table(agent::Entity)
+        .columns(columns)
+        .select_from(select)
+        .map_err(|e| Error::Internal(format!("agent insert: {e}")))?
+        .returning_col(agent::Column::Id);
+    let written = write_with_version(db, insert, agent_version::Entity, version)
+        .await
+        .map_err(|e| write_error(e, &record.spec))?;
+    match (&record.spec.llm_provider_id, written) {
+        (_, true) => Ok(record),
+        (Some(provider_id), false) => Err(provider_not_found(provider_id)),
+        (None, false) => Err(Error::Internal("agent insert wrote no row".to_owned())),
+    }
+}
+
+/// The `agents` row of a new agent.
+fn agent_row(write: &Write<'_>, record: &AgentRecord) -> Vec<(agent::Column, SimpleExpr)> {
+    use agent::Column;
+    vec![
+        (Column::Id, val(record.id.clone())),
+        (Column::TenantId, val(write.caller.tenant.clone())),
+        (Column::Name, val(record.spec.name.clone())),
+        (
+            Column::LlmProviderId,
+            val(record.spec.llm_provider_id.clone()),
+        ),
+        (Column::Config, val(record.spec.to_json())),
+        (Column::Version, val(record.version)),
+        (Column::CreateTime, val(record.create_time)),
+        (Column::UpdateTime, val(record.update_time)),
+        (Column::CreatedBy, val(record.created_by.clone())),
+        (Column::UpdatedBy, val(record.updated_by.clone())),
+    ]
 }
 
 /// The agent `id` of `tenant`.
@@ -165,14 +217,23 @@ pub async fn update(
     expected_version: Option<i64>,
     change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
 ) -> Result<AgentRecord, Error> {
+    if writes_in_one_statement(db) {
+        let current = get(db, &write.caller.tenant, id).await?;
+        check_etag(expected_version, &current)?;
+        let spec = change(&current)?;
+        if spec == current.spec && write.action == Action::Update {
+            return Ok(current);
+        }
+        if let Some(record) = write_in_one_statement(db, &write, &current, spec).await? {
+            return Ok(record);
+        }
+        // Another writer got there first, or the assignment changes: the
+        // locking path below queues behind the row lock and checks it.
+    }
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = begin_write(db).await?;
         let current = get_locked(&txn, &write.caller.tenant, id).await?;
-        if let Some(expected) = expected_version
-            && expected != current.version
-        {
-            return Err(stale_etag("agent", current.version));
-        }
+        check_etag(expected_version, &current)?;
         let spec = change(&current)?;
         if spec == current.spec && write.action == Action::Update {
             return Ok(current);
@@ -197,15 +258,19 @@ pub async fn rollback(
     number: i64,
     expected_version: Option<i64>,
 ) -> Result<AgentRecord, Error> {
+    if writes_in_one_statement(db) {
+        let (current, target) = get_with_version(db, &write.caller.tenant, id, number).await?;
+        check_etag(expected_version, &current)?;
+        let spec = AgentSpec::from_json(&target.configuration)?;
+        if let Some(record) = write_in_one_statement(db, &write, &current, spec).await? {
+            return Ok(record);
+        }
+    }
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = begin_write(db).await?;
         let current = get_locked(&txn, &write.caller.tenant, id).await?;
         let target = get_version(&txn, &write.caller.tenant, id, number).await?;
-        if let Some(expected) = expected_version
-            && expected != current.version
-        {
-            return Err(stale_etag("agent", current.version));
-        }
+        check_etag(expected_version, &current)?;
         let spec = AgentSpec::from_json(&target.configuration)?;
         if let Some(record) = write_next_version(&txn, &write, &current, spec).await? {
             txn.commit().await.map_err(db_error)?;
@@ -215,6 +280,40 @@ pub async fn rollback(
     Err(Error::Aborted(
         "too many concurrent writers on this agent; try again".to_owned(),
     ))
+}
+
+/// The agent `id` of `tenant` and its version `number`, in one query.
+async fn get_with_version(
+    db: &DatabaseConnection,
+    tenant: &str,
+    id: &str,
+    number: i64,
+) -> Result<(AgentRecord, VersionRecord), Error> {
+    let found = agent::Entity::find_by_id(id.to_owned())
+        .filter(agent::Column::TenantId.eq(tenant))
+        .find_also_related(agent_version::Entity)
+        .filter(agent_version::Column::VersionNumber.eq(number))
+        .all(db)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .next();
+    match found {
+        Some((row, Some(version))) => Ok((AgentRecord::from_row(row)?, version_record(version))),
+        // No such agent or no such version: the separate lookups tell which.
+        _ => {
+            let version = get_version(db, tenant, id, number).await?;
+            Ok((get(db, tenant, id).await?, version))
+        }
+    }
+}
+
+/// ABORTED when the caller's etag names another version than the current.
+fn check_etag(expected_version: Option<i64>, current: &AgentRecord) -> Result<(), Error> {
+    match expected_version {
+        Some(expected) if expected != current.version => Err(stale_etag("agent", current.version)),
+        _ => Ok(()),
+    }
 }
 
 async fn get_locked(
@@ -378,77 +477,115 @@ async fn write_next_version(
     current: &AgentRecord,
     spec: AgentSpec,
 ) -> Result<Option<AgentRecord>, Error> {
-    let next = current.version + 1;
-    let now = super::now();
-    let updated = agent::Entity::update_many()
-        .col_expr(agent::Column::Name, Expr::value(spec.name.clone()))
-        .col_expr(
-            agent::Column::LlmProviderId,
-            Expr::value(spec.llm_provider_id.clone()),
-        )
-        .col_expr(agent::Column::Config, Expr::value(spec.to_json()))
-        .col_expr(agent::Column::Version, Expr::value(next))
-        .col_expr(agent::Column::UpdateTime, Expr::value(now))
-        .col_expr(
-            agent::Column::UpdatedBy,
-            Expr::value(write.caller.subject.clone()),
-        )
-        .filter(agent::Column::Id.eq(current.id.clone()))
-        .filter(agent::Column::TenantId.eq(write.caller.tenant.clone()))
-        .filter(agent::Column::Version.eq(current.version))
-        .exec(txn)
+    let next = Next::after(current, write, spec);
+    let updated = txn
+        .execute(&next.bump(write, current))
         .await
-        .map_err(|e| write_error(e, &spec))?;
-    if updated.rows_affected == 0 {
+        .map_err(|e| write_error(e, &next.record.spec))?;
+    if updated.rows_affected() == 0 {
         return Ok(None);
     }
     // An unchanged assignment needs no check: it was checked when it was
     // made, the foreign key (ON DELETE RESTRICT) keeps the provider from
     // going away while the agent uses it, and a provider never changes
     // tenant.
-    if spec.llm_provider_id != current.spec.llm_provider_id {
-        check_provider(txn, &write.caller.tenant, &spec).await?;
+    if next.record.spec.llm_provider_id != current.spec.llm_provider_id {
+        check_provider(txn, &write.caller.tenant, &next.record.spec).await?;
     }
-    let changes = version::diff(&current.spec.to_json(), &spec.to_json());
-    insert_version(txn, write, &current.id, next, &spec, changes, now).await?;
-    Ok(Some(AgentRecord {
-        id: current.id.clone(),
-        spec,
-        version: next,
-        create_time: current.create_time,
-        update_time: now,
-        created_by: current.created_by.clone(),
-        updated_by: write.caller.subject.clone(),
-    }))
-}
-
-async fn insert_version(
-    txn: &DatabaseTransaction,
-    write: &Write<'_>,
-    agent_id: &str,
-    number: i64,
-    spec: &AgentSpec,
-    changes: Vec<version::Change>,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
-    let row = agent_version::ActiveModel {
-        agent_id: Set(agent_id.to_owned()),
-        tenant_id: Set(write.caller.tenant.clone()),
-        version_number: Set(number),
-        action: Set(write.action),
-        configuration: Set(spec.to_json()),
-        diff: Set(version::changes_to_json(&changes)),
-        change_description: Set(write.description.clone()),
-        changed_by: Set(write.caller.subject.clone()),
-        create_time: Set(now),
-        ..Default::default()
-    };
-    // Without RETURNING: nothing of the row is needed back.
-    agent_version::Entity::insert(row)
-        .exec_without_returning(txn)
+    insert_row(txn, agent_version::Entity, next.version_row(write))
         .await
         .map_err(db_error)?;
-    Ok(())
+    Ok(Some(next.record))
+}
+
+/// PostgreSQL: the conditional version bump and the version row in one
+/// statement. `None` when another writer took the version first or the
+/// assignment changes (its tenant check needs the locking path).
+async fn write_in_one_statement(
+    db: &DatabaseConnection,
+    write: &Write<'_>,
+    current: &AgentRecord,
+    spec: AgentSpec,
+) -> Result<Option<AgentRecord>, Error> {
+    if spec.llm_provider_id != current.spec.llm_provider_id {
+        return Ok(None);
+    }
+    let next = Next::after(current, write, spec);
+    let mut bump = next.bump(write, current);
+    bump.returning_col(agent::Column::Id);
+    let written = write_with_version(db, bump, agent_version::Entity, next.version_row(write))
+        .await
+        .map_err(|e| write_error(e, &next.record.spec))?;
+    Ok(written.then_some(next.record))
+}
+
+/// The agent as the next version will store it, and that version's diff.
+struct Next {
+    record: AgentRecord,
+    changes: Vec<version::Change>,
+}
+
+impl Next {
+    fn after(current: &AgentRecord, write: &Write<'_>, spec: AgentSpec) -> Self {
+        let changes = version::diff(&current.spec.to_json(), &spec.to_json());
+        let record = AgentRecord {
+            id: current.id.clone(),
+            spec,
+            version: current.version + 1,
+            create_time: current.create_time,
+            update_time: super::now(),
+            created_by: current.created_by.clone(),
+            updated_by: write.caller.subject.clone(),
+        };
+        Self { record, changes }
+    }
+
+    /// `UPDATE agents SET … WHERE id = … AND tenant = … AND version =
+    /// <current>`: takes the version number only if nobody else did.
+    fn bump(&self, write: &Write<'_>, current: &AgentRecord) -> UpdateStatement {
+        let record = &self.record;
+        Query::update()
+            .table(agent::Entity)
+            .values([
+                (agent::Column::Name, val(record.spec.name.clone())),
+                (
+                    agent::Column::LlmProviderId,
+                    val(record.spec.llm_provider_id.clone()),
+                ),
+                (agent::Column::Config, val(record.spec.to_json())),
+                (agent::Column::Version, val(record.version)),
+                (agent::Column::UpdateTime, val(record.update_time)),
+                (agent::Column::UpdatedBy, val(record.updated_by.clone())),
+            ])
+            .and_where(agent::Column::Id.eq(current.id.clone()))
+            .and_where(agent::Column::TenantId.eq(write.caller.tenant.clone()))
+            .and_where(agent::Column::Version.eq(current.version))
+            .to_owned()
+    }
+
+    fn version_row(&self, write: &Write<'_>) -> Vec<(agent_version::Column, SimpleExpr)> {
+        version_row(write, &self.record, version::changes_to_json(&self.changes))
+    }
+}
+
+/// The `agent_versions` row that records `record` as written by `write`.
+fn version_row(
+    write: &Write<'_>,
+    record: &AgentRecord,
+    diff: serde_json::Value,
+) -> Vec<(agent_version::Column, SimpleExpr)> {
+    use agent_version::Column;
+    vec![
+        (Column::AgentId, val(record.id.clone())),
+        (Column::TenantId, val(write.caller.tenant.clone())),
+        (Column::VersionNumber, val(record.version)),
+        (Column::Action, val(write.action.to_value())),
+        (Column::Configuration, val(record.spec.to_json())),
+        (Column::Diff, val(diff)),
+        (Column::ChangeDescription, val(write.description.clone())),
+        (Column::ChangedBy, val(write.caller.subject.clone())),
+        (Column::CreateTime, val(record.update_time)),
+    ]
 }
 
 /// The assigned provider must exist in the caller's tenant.
@@ -466,12 +603,16 @@ async fn check_provider(
         .await
         .map_err(db_error)?;
     if found == 0 {
-        return Err(Error::precondition(
-            "PROVIDER_NOT_FOUND",
-            format!("provider {provider_id:?} does not exist in this tenant"),
-        ));
+        return Err(provider_not_found(provider_id));
     }
     Ok(())
+}
+
+fn provider_not_found(provider_id: &str) -> Error {
+    Error::precondition(
+        "PROVIDER_NOT_FOUND",
+        format!("provider {provider_id:?} does not exist in this tenant"),
+    )
 }
 
 fn write_error(error: sea_orm::DbErr, spec: &AgentSpec) -> Error {
