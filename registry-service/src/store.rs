@@ -163,7 +163,7 @@ where
 
 /// A bound value for a statement.
 pub fn val(value: impl Into<sea_orm::Value>) -> SimpleExpr {
-    Expr::val(value).into()
+    Expr::val(value)
 }
 
 /// Maps a database error on purpose: lost connections are UNAVAILABLE
