@@ -206,10 +206,13 @@ pub async fn list(
 }
 
 /// Changes an agent with `change`, appending a version unless nothing
-/// changed (rollbacks always append). The current row is read inside the
-/// write transaction, locked (`FOR UPDATE` on PostgreSQL; SQLite's write
-/// transaction is IMMEDIATE), so concurrent writers queue instead of
-/// failing; a stale etag (`expected_version`) answers ABORTED.
+/// changed (rollbacks always append); a stale etag (`expected_version`)
+/// answers ABORTED. On PostgreSQL the first attempt reads the row and
+/// writes in one statement (the common case: nobody else is writing this
+/// agent). Otherwise, and after losing that race, the current row is read
+/// inside the write transaction, locked (`FOR UPDATE` on PostgreSQL;
+/// SQLite's write transaction is IMMEDIATE), so concurrent writers queue
+/// instead of failing.
 pub async fn update(
     db: &DatabaseConnection,
     write: Write<'_>,
@@ -249,8 +252,10 @@ pub async fn update(
 }
 
 /// Rolls agent `id` back to its version `number`: a new version whose
-/// configuration is that snapshot. The snapshot is read inside the write
-/// transaction, after the row lock, so it costs no extra checkout.
+/// configuration is that snapshot. Written like [`update`]: on PostgreSQL
+/// first as one statement after one read of the agent and the snapshot;
+/// otherwise the snapshot is read inside the write transaction, after the
+/// row lock, so it costs no extra checkout.
 pub async fn rollback(
     db: &DatabaseConnection,
     write: Write<'_>,
