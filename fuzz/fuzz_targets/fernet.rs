@@ -48,7 +48,7 @@ fn open(text: &str) {
     let authentic = |raw: &[u8]| {
         raw.len() >= 1 + 8 + 16 + 16 + 32
             && raw[0] == VERSION
-            && (raw.len() - (1 + 8 + 16 + 32)) % 16 == 0
+            && (raw.len() - (1 + 8 + 16 + 32)).is_multiple_of(16)
             && hs256(&FERNET_KEY_BYTES[..16], &raw[..raw.len() - 32]) == raw[raw.len() - 32..]
     };
     assert!(
