@@ -55,7 +55,10 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<V
 
 /// The changes that turn `old` into `new`. Objects are compared field by
 /// field (nested fields get dotted paths); anything else, lists included,
-/// is compared as a whole. Paths come out sorted.
+/// is compared as a whole. Paths come out in key order segment by segment
+/// (`a.b` before `a-c`, because `a` sorts before `a-c`): sorted as plain
+/// strings only when keys are identifiers, which every agent and provider
+/// field is.
 pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
     let mut changes = Vec::new();
     diff_into("", old, new, &mut changes);

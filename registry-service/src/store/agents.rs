@@ -620,8 +620,15 @@ fn provider_not_found(provider_id: &str) -> Error {
     )
 }
 
+/// Maps the errors of a statement that writes an agent (and, on
+/// PostgreSQL, its version row): a name clash is ALREADY_EXISTS, a missing
+/// provider FAILED_PRECONDITION. A clash on the version index
+/// (`ux_agent_versions_agent_version`, or `agent_versions.…` in SQLite's
+/// message) is not the caller's doing and stays INTERNAL.
 fn write_error(error: sea_orm::DbErr, spec: &AgentSpec) -> Error {
-    if unique_violation(&error).is_some() {
+    let name_clash =
+        unique_violation(&error).is_some_and(|message| !message.contains("agent_versions"));
+    if name_clash {
         Error::AlreadyExists {
             kind: "agent",
             name: spec.name.clone(),
