@@ -7,10 +7,11 @@
 //! re-reads and tries again, or gets ABORTED when it sent an etag. The unique
 //! `(resource_id, version_number)` index is the backstop.
 //!
-//! On PostgreSQL a change to an existing row and its version row go out as
-//! one statement (a data-modifying CTE, [`write_with_version`]): atomic
-//! without BEGIN/COMMIT, one round trip instead of five. SQLite cannot put
-//! DML in a CTE, so it keeps the IMMEDIATE transaction.
+//! On PostgreSQL an agent's create, update or rollback and its version row
+//! go out as one statement (a data-modifying CTE, [`write_with_version`]):
+//! atomic without BEGIN/COMMIT, a read and one statement instead of a
+//! transaction of five. SQLite cannot put DML in a CTE, so it keeps the
+//! IMMEDIATE transaction.
 //!
 //! Lookups of one row by key use `all`, not `one`: `one` appends `LIMIT ?`,
 //! and SQLite re-prepares a cached statement whose LIMIT is a bound
