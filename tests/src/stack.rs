@@ -247,6 +247,24 @@ pub fn crypto_on_socket(socket: &std::path::Path) -> Launch {
         .arg(format!("unix:{}", socket.display()))
 }
 
+/// Starts registry-service over `database`, calling crypto-service on the
+/// unix socket `socket` (see [`crypto_on_socket`]) and re-checking its
+/// dependencies every second, so readiness follows a crypto-service that
+/// goes away and comes back within a test's deadlines.
+pub async fn start_registry_on_crypto_socket(
+    database: &TestDatabase,
+    socket: &std::path::Path,
+) -> Process {
+    start_registry(
+        database,
+        &format!("unix:{}", socket.display()),
+        Stack::default_registry()
+            .arg("--health-interval-seconds")
+            .arg("1"),
+    )
+    .await
+}
+
 /// Starts registry-service on an ephemeral port over `database`.
 pub async fn start_registry(
     database: &TestDatabase,

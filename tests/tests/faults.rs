@@ -27,7 +27,10 @@ use sea_orm::{ConnectionTrait, Database};
 use tests::auth::{self, Authed};
 use tests::health::{check, wait_for_status};
 use tests::pgcluster::PgCluster;
-use tests::stack::{STACK_KEY, Stack, TestDatabase, crypto_on_socket, start_registry};
+use tests::stack::{
+    STACK_KEY, Stack, TestDatabase, crypto_on_socket, start_registry,
+    start_registry_on_crypto_socket,
+};
 use tests::{Launch, Process, binary, start_crypto};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -48,14 +51,7 @@ async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_not
     let socket = dir.path().join("crypto.sock");
     let crypto = start_crypto(crypto_on_socket(&socket)).await;
     let database = TestDatabase::fresh().await;
-    let registry = start_registry(
-        &database,
-        &format!("unix:{}", socket.display()),
-        Stack::default_registry()
-            .arg("--health-interval-seconds")
-            .arg("1"),
-    )
-    .await;
+    let registry = start_registry_on_crypto_socket(&database, &socket).await;
     let channel = registry.channel().await;
     // Ready = the key canary is written, so crypto holds no surprise later.
     wait_for_status(channel.clone(), "", ServingStatus::Serving).await;

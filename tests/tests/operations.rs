@@ -7,7 +7,7 @@ use std::time::Duration;
 use proto::v1 as pb;
 use sea_orm::{ConnectionTrait, Database, TransactionTrait};
 use tests::health::{check, wait_for_status};
-use tests::stack::{Stack, TestDatabase, crypto_on_socket, start_registry};
+use tests::stack::{Stack, TestDatabase, crypto_on_socket, start_registry_on_crypto_socket};
 use tests::{Launch, auth, http_get, start_crypto};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -20,14 +20,7 @@ async fn readiness_follows_crypto_service_down_and_back_without_a_registry_resta
     let socket = dir.path().join("crypto.sock");
     let crypto = start_crypto(crypto_on_socket(&socket)).await;
     let database = TestDatabase::fresh().await;
-    let registry = start_registry(
-        &database,
-        &format!("unix:{}", socket.display()),
-        Stack::default_registry()
-            .arg("--health-interval-seconds")
-            .arg("1"),
-    )
-    .await;
+    let registry = start_registry_on_crypto_socket(&database, &socket).await;
     let channel = registry.channel().await;
     wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     assert_eq!(

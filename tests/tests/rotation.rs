@@ -15,7 +15,7 @@ use base64::engine::general_purpose::STANDARD;
 use proto::v1 as pb;
 use tests::auth::Authed;
 use tests::health::wait_for_status;
-use tests::stack::{Stack, TestDatabase, start_registry};
+use tests::stack::{Stack, TestDatabase, start_registry, start_registry_on_crypto_socket};
 use tests::{Launch, Process, binary, start_crypto};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -378,14 +378,7 @@ async fn a_crypto_service_with_the_wrong_key_makes_the_registry_not_ready_with_o
     };
     let right = start_crypto(crypto_with(V1)).await;
     let database = TestDatabase::fresh().await;
-    let registry = start_registry(
-        &database,
-        &format!("unix:{}", socket.display()),
-        Stack::default_registry()
-            .arg("--health-interval-seconds")
-            .arg("1"),
-    )
-    .await;
+    let registry = start_registry_on_crypto_socket(&database, &socket).await;
     let channel = registry.channel().await;
     wait_for_status(channel.clone(), "", ServingStatus::Serving).await;
     assert_eq!(
