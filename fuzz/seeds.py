@@ -195,3 +195,9 @@ write("jwt_claims", "sub_number", HEADER + b"\xff" + claims(sub=7))
 write("jwt_claims", "nul_tenant", HEADER + b"\xff" + claims(tenant="a\u0000b"))
 write("jwt_claims", "kid_and_crit", b'{"alg":"HS256","kid":"x","crit":["exp"]}' + b"\xff" + claims())
 write("jwt_claims", "wrong_issuer", HEADER + b"\xff" + claims(iss="https://evil.test"))
+# JSON is UTF-8 with valid escapes: a non-UTF-8 byte (found by CI's fuzz
+# run; 0x9b, as 0xFF splits header from claims here) or a lone surrogate
+# escape in a member nobody reads.
+write("jwt_claims", "claims_not_utf8", claims(note="?").replace(b"?", b"\x9b"))
+write("jwt_claims", "header_not_utf8", b'{"alg":"HS256","x":"\x9b"}' + b"\xff" + claims())
+write("jwt_claims", "lone_surrogate", claims(note="?").replace(b"?", b"\\ud800"))

@@ -217,6 +217,9 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Identity, Status> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
+        if !header_is_json(token) {
+            return Err(unauthenticated("malformed token"));
+        }
         let (algorithm, key) = match &header.kid {
             Some(kid) => self
                 .keys
@@ -248,9 +251,15 @@ impl Authenticator {
         if let Some(issuer) = &self.expectations.issuer {
             validation.set_issuer(&[issuer]);
         }
-        let claims = jsonwebtoken::decode::<Claims>(token, key, &validation)
+        // Decoded to a JSON value first: that parse checks every member,
+        // while a struct's parse skips the members it does not read without
+        // checking them (invalid UTF-8, lone surrogate escapes).
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
             .map_err(|error| unauthenticated(reason(error.kind())))?
             .claims;
+        let claims = Claims::deserialize(&claims).map_err(|_| {
+            unauthenticated("token lacks the sub, tenant or roles claims in the right form")
+        })?;
         if claims.sub.is_empty() || claims.sub.contains('\0') {
             return Err(unauthenticated("token has an empty or malformed sub"));
         }
@@ -339,6 +348,17 @@ pub fn mint_hs256(
     .map_err(|e| Error::Internal(format!("signing: {e}")))
 }
 
+/// Whether the token's header is valid JSON text throughout: RFC 7519
+/// §7.2 requires it, and jsonwebtoken's header parse skips the members it
+/// does not read without checking them.
+fn header_is_json(token: &str) -> bool {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .is_ok_and(|json| serde_json::from_slice::<serde_json::Value>(&json).is_ok())
+}
+
 fn reason(kind: &ErrorKind) -> &'static str {
     match kind {
         ErrorKind::ExpiredSignature => "token expired",
@@ -347,10 +367,15 @@ fn reason(kind: &ErrorKind) -> &'static str {
         ErrorKind::InvalidAudience => "token audience is not this registry",
         ErrorKind::InvalidIssuer => "token issuer is not trusted",
         ErrorKind::InvalidAlgorithm => "unexpected signing algorithm",
-        ErrorKind::MissingRequiredClaim(_) => "token lacks a required claim (exp, sub)",
-        ErrorKind::Json(_) | ErrorKind::InvalidClaimFormat(_) => {
-            "token lacks the sub, tenant or roles claims in the right form"
-        }
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "exp" => "token lacks the exp claim",
+            "sub" => "token lacks the sub claim",
+            "aud" => "token lacks the aud claim",
+            "iss" => "token lacks the iss claim",
+            _ => "token lacks a required claim",
+        },
+        ErrorKind::Json(_) => "token claims are not valid JSON",
+        ErrorKind::InvalidClaimFormat(_) => "token has a registered claim in the wrong form",
         _ => "invalid token",
     }
 }

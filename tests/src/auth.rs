@@ -43,6 +43,21 @@ pub fn sign_with(claims: &serde_json::Value, secret: &[u8]) -> String {
     .expect("sign token")
 }
 
+/// An HS256 token over exactly these header and claims bytes (which need
+/// not be JSON, nor UTF-8), signed with the stack's secret.
+pub fn sign_raw(header: &[u8], claims: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let signing_input = format!("{}.{}", b64(header), b64(claims));
+    let signature = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(STACK_JWT_SECRET.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("sign token");
+    format!("{signing_input}.{signature}")
+}
+
 /// Sends a bearer token with every call (or none).
 #[derive(Debug, Clone)]
 pub struct Bearer(Option<MetadataValue<Ascii>>);

@@ -766,9 +766,54 @@ async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
         &serde_json::json!({"sub": "x", "roles": ["viewer"], "aud": STACK_AUDIENCE, "exp": auth::now() + 600}),
     );
     assert_eq!(
-        call(&channel, method, payload, Some(&no_tenant)).await,
+        call(&channel, method, payload.clone(), Some(&no_tenant)).await,
         Code::Unauthenticated
     );
+
+    // JSON text is UTF-8 with valid escapes (RFC 8259; RFC 7519 §7.2): a
+    // member the registry does not read must be valid too, in the header and
+    // in the claims. The same JSON with a valid string there passes.
+    let header = |x: &[u8]| [br#"{"alg":"HS256","typ":"JWT","x":""#, x, br#""}"#].concat();
+    let claims_start = format!(
+        r#"{{"sub":"x","tenant":"acme","roles":["viewer"],"aud":"{STACK_AUDIENCE}","exp":{},"x":""#,
+        auth::now() + 600
+    );
+    let claims = |x: &[u8]| [claims_start.as_bytes(), x, br#""}"#].concat();
+    let valid: &[u8] = b"ok";
+    for (what, header, claims, expected) in [
+        ("valid", header(valid), claims(valid), Code::Ok),
+        (
+            "header not UTF-8",
+            header(b"\xFF"),
+            claims(valid),
+            Code::Unauthenticated,
+        ),
+        (
+            "claims not UTF-8",
+            header(valid),
+            claims(b"\xFF"),
+            Code::Unauthenticated,
+        ),
+        (
+            "header lone surrogate",
+            header(br"\ud800"),
+            claims(valid),
+            Code::Unauthenticated,
+        ),
+        (
+            "claims lone surrogate",
+            header(valid),
+            claims(br"\ud800"),
+            Code::Unauthenticated,
+        ),
+    ] {
+        let token = auth::sign_raw(&header, &claims);
+        assert_eq!(
+            call(&channel, method, payload.clone(), Some(&token)).await,
+            expected,
+            "{what}"
+        );
+    }
 
     // Health and reflection need no token.
     let health = "/grpc.health.v1.Health/Check";
