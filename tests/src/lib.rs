@@ -18,6 +18,7 @@ pub mod auth;
 pub mod health;
 pub mod pgcluster;
 pub mod pki;
+pub mod raw;
 pub mod stack;
 
 /// How long a service may take to report that it is serving.

@@ -2,18 +2,13 @@
 //! end: the real binaries, real tokens, and the method list read from the
 //! proto descriptors (not typed by hand).
 
-use std::str::FromStr;
-
 use prost::Message;
-use prost::bytes::{Buf, BufMut};
 use prost_types::FieldMask;
 use proto::v1 as pb;
 use registry_service::auth::{Role, allowed_roles};
 use tests::auth::{self, STACK_AUDIENCE};
 use tests::stack::Stack;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Channel;
 
 /// Every method of the public `agentregistry.v1` services, as
@@ -57,51 +52,7 @@ fn every_proto_method_is_in_the_role_table() {
     );
 }
 
-/// Sends and receives raw protobuf bytes, so any method can be called by
-/// its path.
-#[derive(Debug, Clone, Default)]
-struct RawCodec;
-
-#[derive(Debug, Clone, Default)]
-struct RawCoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCoder;
-    type Decoder = RawCoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCoder
-    }
-}
-
-impl Encoder for RawCoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
 async fn call(channel: &Channel, method: &str, payload: Vec<u8>, bearer: Option<&str>) -> Code {
-    let mut grpc = tonic::client::Grpc::new(channel.clone());
-    grpc.ready().await.expect("ready");
     let mut request = tonic::Request::new(payload);
     if let Some(token) = bearer {
         request.metadata_mut().insert(
@@ -109,8 +60,7 @@ async fn call(channel: &Channel, method: &str, payload: Vec<u8>, bearer: Option<
             format!("Bearer {token}").parse().expect("ascii"),
         );
     }
-    let path = PathAndQuery::from_str(method).expect("path");
-    match grpc.unary(request, path, RawCodec).await {
+    match tests::raw::unary(channel.clone(), method, request).await {
         Ok(_) => Code::Ok,
         Err(status) => status.code(),
     }

@@ -4,13 +4,10 @@
 //! violations expected) and leaves every table as it was; every test ends
 //! with a call that succeeds, so a panic or a wedged server shows.
 
-use std::str::FromStr;
-
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use prost::Message;
-use prost::bytes::{Buf, BufMut};
 use prost::encoding::{WireType, encode_key, encode_varint};
 use prost_types::FieldMask;
 use proto::v1 as pb;
@@ -20,8 +17,6 @@ use proto::v1::runtime_service_client::RuntimeServiceClient;
 use tests::auth::{Authed, Bearer, authed, now};
 use tests::stack::Stack;
 use tests::{Launch, pki};
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::codegen::http::uri::PathAndQuery;
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
@@ -162,62 +157,12 @@ async fn still_serving(stack: &Stack, c: &mut Clients) {
     assert!(!logs.contains("panicked"), "a service panicked:\n{logs}");
 }
 
-// ---------------------------------------------------------------------------
-// Raw protobuf bytes, for messages the typed clients cannot build.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug, Clone, Default)]
-struct RawCodec;
-
-#[derive(Debug, Clone, Default)]
-struct RawCoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCoder;
-    type Decoder = RawCoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCoder
-    }
-}
-
-impl Encoder for RawCoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCoder {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        Ok(Some(src.copy_to_bytes(src.remaining()).to_vec()))
-    }
-}
-
 async fn raw_call(
     channel: Authed,
     method: &str,
     payload: Vec<u8>,
 ) -> Result<tonic::Response<Vec<u8>>, Status> {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready()
-        .await
-        .map_err(|e| Status::unavailable(e.to_string()))?;
-    let path = PathAndQuery::from_str(method).expect("path");
-    grpc.unary(tonic::Request::new(payload), path, RawCodec)
-        .await
+    tests::raw::unary(channel, method, tonic::Request::new(payload)).await
 }
 
 /// A CreateAgentRequest whose agent is `agent` plus `llm_overrides` given
