@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::registry::PHASES;
+use crate::stats::cell;
 
 /// Flags of `bench compare`.
 #[derive(Debug, Clone, clap::Args)]
@@ -62,16 +63,16 @@ pub fn run(args: &CompareArgs) {
         };
         print!(
             "| {phase} | {} | {} | {} | {} | {} | {} | {} | {} + {} = {} | {} | {met} |",
-            num(&p["ops_per_s"]),
-            num(&o["ops_per_s"]),
-            num(&p["p50_ms"]),
-            num(&o["p50_ms"]),
-            num(&p["p99_ms"]),
-            num(&o["p99_ms"]),
-            num(&p["server_cpu_us_per_op"]),
-            num(&o["registry_cpu_us_per_op"]),
-            num(&o["crypto_cpu_us_per_op"]),
-            num(&o["server_cpu_us_per_op"]),
+            cell(&p["ops_per_s"]),
+            cell(&o["ops_per_s"]),
+            cell(&p["p50_ms"]),
+            cell(&o["p50_ms"]),
+            cell(&p["p99_ms"]),
+            cell(&o["p99_ms"]),
+            cell(&p["server_cpu_us_per_op"]),
+            cell(&o["registry_cpu_us_per_op"]),
+            cell(&o["crypto_cpu_us_per_op"]),
+            cell(&o["server_cpu_us_per_op"]),
             ratio.map_or("–".to_owned(), |r| format!("{r:.1}×")),
         );
         if with_db {
@@ -84,8 +85,8 @@ pub fn run(args: &CompareArgs) {
             };
             print!(
                 " {} | {} | {both} |",
-                num(&p["db_cpu_us_per_op"]),
-                num(&o["db_cpu_us_per_op"])
+                cell(&p["db_cpu_us_per_op"]),
+                cell(&o["db_cpu_us_per_op"])
             );
         }
         println!();
@@ -95,8 +96,8 @@ pub fn run(args: &CompareArgs) {
         "\nerrors: peer {}, ours {}; ops: peer {}, ours {}",
         errors(peer),
         errors(ours),
-        num(&peer["total"]["ops"]),
-        num(&ours["total"]["ops"])
+        cell(&peer["total"]["ops"]),
+        cell(&ours["total"]["ops"])
     );
 }
 
@@ -119,8 +120,8 @@ fn median_run(side: &str, files: &[PathBuf]) -> (PathBuf, Value) {
         println!(
             "  {}: {cpu}, {}, {}",
             path.display(),
-            num(&value["total"]["ops_per_s"]),
-            num(&value["total"]["db_cpu_us_per_op"])
+            cell(&value["total"]["ops_per_s"]),
+            cell(&value["total"]["db_cpu_us_per_op"])
         );
     }
     let (path, value, _) = runs.swap_remove((runs.len() - 1) / 2);
@@ -136,12 +137,4 @@ fn read_json(path: &Path) -> Value {
 fn ratio(peer: &Value, ours: &Value) -> Option<f64> {
     let (peer, ours) = (peer.as_f64()?, ours.as_f64()?);
     (ours > 0.0).then(|| peer / ours)
-}
-
-fn num(value: &Value) -> String {
-    match value {
-        Value::Null => "–".to_owned(),
-        Value::Number(n) => n.to_string(),
-        other => other.to_string(),
-    }
 }

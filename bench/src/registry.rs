@@ -31,7 +31,9 @@ use serde_json::{Value, json};
 use tonic::{Response, Status};
 
 use crate::pair::{Api, Pair, Target, random_hex};
-use crate::stats::{CpuUsed, TreeCpu, cpu_seconds, percentile};
+use crate::stats::{
+    CpuUsed, TreeCpu, cell, cells, cpu_seconds, percentile, round1, round3, round4, table_row,
+};
 
 /// The phases, in order (measure.py's `PHASES`).
 pub const PHASES: [&str; 6] = [
@@ -370,17 +372,20 @@ fn per_op(seconds: f64, ops: usize) -> f64 {
     round1(seconds / ops.max(1) as f64 * 1e6)
 }
 
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1e3).round() / 1e3
-}
-
-fn round4(x: f64) -> f64 {
-    (x * 1e4).round() / 1e4
-}
+/// The per-phase figures of the report table, in column order.
+const PHASE_COLUMNS: [&str; 11] = [
+    "count",
+    "errors",
+    "ops_per_s",
+    "p50_ms",
+    "p99_ms",
+    "registry_cpu_us_per_op",
+    "crypto_cpu_us_per_op",
+    "server_cpu_us_per_op",
+    "server_cpu_ticks_us_per_op",
+    "db_cpu_us_per_op",
+    "client_cpu_us_per_op",
+];
 
 fn print_report(summary: &Value, args: &RegistryArgs) {
     let db = args.target.db.name();
@@ -392,41 +397,28 @@ fn print_report(summary: &Value, args: &RegistryArgs) {
         "| op | count | errors | ops/s | p50 ms | p99 ms | registry CPU µs/op | crypto CPU µs/op | server CPU µs/op | (ticks) | PG CPU µs/op | client CPU µs/op |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let cell = |v: &Value| match v {
-        Value::Null => "–".to_owned(),
-        Value::Number(n) => n.to_string(),
-        other => other.to_string(),
-    };
     for phase in PHASES {
-        let o = &summary["ops"][phase];
+        let figures = cells(&summary["ops"][phase], &PHASE_COLUMNS);
         println!(
-            "| {phase} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            cell(&o["count"]),
-            cell(&o["errors"]),
-            cell(&o["ops_per_s"]),
-            cell(&o["p50_ms"]),
-            cell(&o["p99_ms"]),
-            cell(&o["registry_cpu_us_per_op"]),
-            cell(&o["crypto_cpu_us_per_op"]),
-            cell(&o["server_cpu_us_per_op"]),
-            cell(&o["server_cpu_ticks_us_per_op"]),
-            cell(&o["db_cpu_us_per_op"]),
-            cell(&o["client_cpu_us_per_op"]),
+            "{}",
+            table_row(std::iter::once(phase.to_owned()).chain(figures))
         );
     }
+    // The total has no percentiles; its server CPU is the headline figure.
     let t = &summary["total"];
-    println!(
-        "| **all** | {} | {} | {} | | | {} | {} | **{}** | {} | {} | {} |",
-        cell(&t["ops"]),
-        cell(&t["errors"]),
-        cell(&t["ops_per_s"]),
-        cell(&t["registry_cpu_us_per_op"]),
-        cell(&t["crypto_cpu_us_per_op"]),
-        cell(&t["server_cpu_us_per_op"]),
-        cell(&t["server_cpu_ticks_us_per_op"]),
-        cell(&t["db_cpu_us_per_op"]),
-        cell(&t["client_cpu_us_per_op"]),
-    );
+    let [count, errors, ops_per_s] = ["ops", "errors", "ops_per_s"].map(|key| cell(&t[key]));
+    let cpu = cells(t, &PHASE_COLUMNS[5..]);
+    let mut row = vec![
+        "**all**".to_owned(),
+        count,
+        errors,
+        ops_per_s,
+        String::new(),
+        String::new(),
+    ];
+    row.extend(cpu);
+    row[8] = format!("**{}**", row[8]);
+    println!("{}", table_row(row));
     let idle = &summary["server"]["idle_cpu_us_per_s"];
     println!(
         "idle CPU before the run (µs/s): registry {}, crypto {}, PostgreSQL {}",

@@ -33,7 +33,7 @@ use serde_json::{Value, json};
 use tonic::{Code, Response, Status};
 
 use crate::pair::{Api, Pair, Target, random_hex};
-use crate::stats::{TreeCpu, cpu_seconds, percentile};
+use crate::stats::{TreeCpu, cell, cells, cpu_seconds, percentile, round1, round3, table_row};
 
 /// Flags of `bench soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -1019,12 +1019,18 @@ fn summarize(run: &Run<'_>) -> Value {
     })
 }
 
+/// The per-call figures of the report table, in column order.
+const OP_COLUMNS: [&str; 7] = [
+    "count",
+    "aborted",
+    "errors",
+    "ops_per_s",
+    "p50_ms",
+    "p99_ms",
+    "max_ms",
+];
+
 fn print_report(summary: &Value) {
-    let cell = |v: &Value| match v {
-        Value::Null => "–".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
     let c = &summary["config"];
     println!(
         "\nbench soak — {}, {} s measured after a {} s warm-up, concurrency {}, {} connection(s), {} agents, {} providers",
@@ -1041,29 +1047,19 @@ fn print_report(summary: &Value) {
     );
     println!("|---|---|---|---|---|---|---|---|");
     for op in OPS {
-        let o = &summary["ops"][op.name()];
+        let figures = cells(&summary["ops"][op.name()], &OP_COLUMNS);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            op.name(),
-            cell(&o["count"]),
-            cell(&o["aborted"]),
-            cell(&o["errors"]),
-            cell(&o["ops_per_s"]),
-            cell(&o["p50_ms"]),
-            cell(&o["p99_ms"]),
-            cell(&o["max_ms"]),
+            "{}",
+            table_row(std::iter::once(op.name().to_owned()).chain(figures))
         );
     }
     let t = &summary["total"];
+    // The total counts calls where a call counts them as `count`.
+    let mut total = OP_COLUMNS;
+    total[0] = "calls";
     println!(
-        "| **all** | {} | {} | {} | {} | {} | {} | {} |",
-        cell(&t["calls"]),
-        cell(&t["aborted"]),
-        cell(&t["errors"]),
-        cell(&t["ops_per_s"]),
-        cell(&t["p50_ms"]),
-        cell(&t["p99_ms"]),
-        cell(&t["max_ms"]),
+        "{}",
+        table_row(std::iter::once("**all**".to_owned()).chain(cells(t, &total)))
     );
     println!(
         "server CPU µs/call: registry {}, crypto {}, both {}; PostgreSQL {}; client {}",
@@ -1106,12 +1102,4 @@ fn print_report(summary: &Value) {
             println!("  {}", cell(line));
         }
     }
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1e3).round() / 1e3
 }

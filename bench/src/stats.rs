@@ -1,4 +1,4 @@
-//! Percentiles, process CPU time from /proc, and result rows.
+//! Percentiles, process CPU time from /proc, rounding, and result rows.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -34,6 +34,41 @@ impl Phase {
             self.server_cpu_us_per_call
         )
     }
+}
+
+/// `x` to one decimal, for figures in JSON.
+pub fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// `x` to three decimals.
+pub fn round3(x: f64) -> f64 {
+    (x * 1e3).round() / 1e3
+}
+
+/// `x` to four decimals.
+pub fn round4(x: f64) -> f64 {
+    (x * 1e4).round() / 1e4
+}
+
+/// A figure of a JSON summary as a table cell: `–` when there is none,
+/// strings without quotes.
+pub fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => "–".to_owned(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The cells of `keys` in the JSON object `object`.
+pub fn cells(object: &serde_json::Value, keys: &[&str]) -> Vec<String> {
+    keys.iter().map(|key| cell(&object[*key])).collect()
+}
+
+/// One markdown table row.
+pub fn table_row(cells: impl IntoIterator<Item = String>) -> String {
+    format!("| {} |", cells.into_iter().collect::<Vec<_>>().join(" | "))
 }
 
 /// The `q` quantile of sorted samples (nearest rank).

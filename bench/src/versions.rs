@@ -20,7 +20,7 @@ use sea_orm::{ConnectionTrait, Database, Statement, TransactionTrait};
 use serde_json::{Value, json};
 
 use crate::pair::{Api, Pair, Target};
-use crate::stats::{TreeCpu, percentile};
+use crate::stats::{TreeCpu, percentile, round1, round3};
 
 /// Flags of `bench versions`.
 #[derive(Debug, Clone, clap::Args)]
@@ -342,12 +342,4 @@ async fn measure_page(
         "registry_cpu_us_per_call": round1(registry.runtime / calls * 1e6),
         "db_cpu_us_per_call": pair.postgres_pid.map(|_| round1(db.runtime / calls * 1e6)),
     })
-}
-
-fn round1(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
-}
-
-fn round3(x: f64) -> f64 {
-    (x * 1e3).round() / 1e3
 }
