@@ -7,11 +7,13 @@
 //! re-reads and tries again, or gets ABORTED when it sent an etag. The unique
 //! `(resource_id, version_number)` index is the backstop.
 //!
-//! On PostgreSQL an agent's create, update or rollback and its version row
-//! go out as one statement (a data-modifying CTE, [`write_with_version`]):
-//! atomic without BEGIN/COMMIT, a read and one statement instead of a
-//! transaction of five. SQLite cannot put DML in a CTE, so it keeps the
-//! IMMEDIATE transaction.
+//! An agent's create, update or rollback and its version row go out
+//! together ([`write_with_version`]): on PostgreSQL as one statement (a
+//! data-modifying CTE, atomic without BEGIN/COMMIT), on SQLite as one batch
+//! with its BEGIN IMMEDIATE and COMMIT, sent to the connection's thread as
+//! one command. An update is then a read and one write instead of a
+//! transaction of five statements. The locking transaction stays for lost
+//! races, assignment changes and providers.
 //!
 //! Lookups of one row by key use `all`, not `one`: `one` appends `LIMIT ?`,
 //! and SQLite re-prepares a cached statement whose LIMIT is a bound
@@ -26,8 +28,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    CommonTableExpression, Expr, Query, SimpleExpr, SubQueryStatement, WithClause,
+    CommonTableExpression, Expr, Query, QueryStatementWriter, SimpleExpr, SqliteQueryBuilder,
+    SubQueryStatement, WithClause,
 };
+use sea_orm::sqlx::{self, Row};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, IdenStatic, SqlErr, SqliteTransactionMode, TransactionOptions,
@@ -104,42 +108,120 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     .map_err(db_error)
 }
 
-/// Whether changes are written as one statement (PostgreSQL) rather than
-/// in a transaction of several (SQLite).
-pub fn writes_in_one_statement(db: &DatabaseConnection) -> bool {
-    db.get_database_backend() == DbBackend::Postgres
-}
-
-/// Runs `WITH written AS (<change> RETURNING …) INSERT INTO <versions>
-/// (<columns>) SELECT <values> FROM written`: the version row is inserted
-/// exactly when `change` wrote its row, in the same statement, so both or
-/// neither are stored. `change` must return a column (`RETURNING`), and
-/// writes at most one row. Answers whether it wrote.
-pub async fn write_with_version<V, C>(
+/// Writes `change` (an insert or a conditional update of at most one row)
+/// and, exactly when it wrote its row, the version row `version_row` into
+/// `versions`: both or neither are stored. Answers whether it wrote.
+///
+/// PostgreSQL: one statement, `WITH written AS (<change> RETURNING …)
+/// INSERT INTO <versions> (<columns>) SELECT <values> FROM written`, atomic
+/// without BEGIN/COMMIT; `change` must return a column (`RETURNING`).
+///
+/// SQLite cannot put DML in a CTE: there it is one batch, `BEGIN
+/// IMMEDIATE; <change>; INSERT INTO <versions> … SELECT <values> WHERE
+/// changes() = 1; SELECT changes(); COMMIT`, sent to the connection as one
+/// command (see [`run_write_batch`]).
+pub async fn write_with_version<V, C, S>(
     db: &DatabaseConnection,
-    change: impl Into<SubQueryStatement>,
+    change: S,
     versions: V,
     version_row: Vec<(C, SimpleExpr)>,
 ) -> Result<bool, DbErr>
 where
     V: EntityTrait,
     C: IdenStatic,
+    S: Into<SubQueryStatement> + QueryStatementWriter,
 {
+    let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
+    let mut insert = Query::insert();
+    insert.into_table(versions).columns(columns);
+    if db.get_database_backend() == DbBackend::Sqlite {
+        let when_written = Query::select()
+            .exprs(values)
+            .and_where(Expr::cust("changes() = 1"))
+            .to_owned();
+        insert
+            .select_from(when_written)
+            .map_err(|e| DbErr::Custom(e.to_string()))?;
+        return run_write_batch(
+            db,
+            [
+                change.build(SqliteQueryBuilder),
+                insert.build(SqliteQueryBuilder),
+            ],
+        )
+        .await;
+    }
     const WRITTEN: &str = "written";
     let cte = CommonTableExpression::new()
         .query(change)
         .table_name(WRITTEN)
         .to_owned();
-    let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
-    let mut insert = Query::insert();
     insert
         .with_cte(WithClause::new().cte(cte).to_owned())
-        .into_table(versions)
-        .columns(columns)
         .select_from(Query::select().exprs(values).from(WRITTEN).to_owned())
         .map_err(|e| DbErr::Custom(e.to_string()))?;
     let written = db.execute(&insert).await?.rows_affected();
     Ok(written == 1)
+}
+
+/// SQLite: runs `statements` in one IMMEDIATE transaction sent as a single
+/// command, and answers whether the last one changed a row.
+///
+/// sqlx runs each SQLite connection on a thread of its own, and every
+/// command is a hand-off to that thread and back; a transaction of BEGIN,
+/// the writes and COMMIT costs one per statement, a batch one in all. The
+/// batch runs in a task of its own, so a cancelled call cannot stop it
+/// half-way; if a statement fails, the open transaction is rolled back on
+/// the same connection before it goes back to the pool (or the connection
+/// is closed).
+async fn run_write_batch<const N: usize>(
+    db: &DatabaseConnection,
+    statements: [(String, sea_orm::sea_query::Values); N],
+) -> Result<bool, DbErr> {
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    let mut values = Vec::new();
+    for (statement, statement_values) in statements {
+        sql.push_str(&statement);
+        sql.push_str(";\n");
+        values.extend(statement_values.0);
+    }
+    sql.push_str("SELECT changes();\nCOMMIT;");
+    let pool = db.get_sqlite_connection_pool().clone();
+    let batch = tokio::spawn(async move {
+        let mut connection = pool.acquire().await.map_err(sqlx_exec_error)?;
+        let query = sqlx::query_with(
+            sqlx::AssertSqlSafe(sql),
+            sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
+        );
+        match query.fetch_all(&mut *connection).await {
+            Ok(rows) => {
+                let changed: i64 = match rows.last() {
+                    Some(row) => row.try_get(0).map_err(sqlx_exec_error)?,
+                    None => 0,
+                };
+                Ok(changed == 1)
+            }
+            Err(error) => {
+                if sqlx::query("ROLLBACK")
+                    .execute(&mut *connection)
+                    .await
+                    .is_err()
+                {
+                    // No transaction was open (BEGIN itself failed), or the
+                    // connection is broken: either way, not one to reuse.
+                    let _ = connection.close().await;
+                }
+                Err(sqlx_exec_error(error))
+            }
+        }
+    });
+    batch
+        .await
+        .map_err(|e| DbErr::Custom(format!("write batch task: {e}")))?
+}
+
+fn sqlx_exec_error(error: sqlx::Error) -> DbErr {
+    DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(error)))
 }
 
 /// Inserts one row given as columns and values.

@@ -424,6 +424,78 @@ async fn a_sqlite_file_locked_by_another_process_fails_writes_fast_and_recovers(
     stack.finish().await;
 }
 
+/// A write whose caller gives up while it waits for SQLite's write lock
+/// (here: the deadline passes while another process holds it) runs to its
+/// end on its own once the lock is free, and leaves the registry's
+/// connection clean: the next write succeeds as version 3, not with an
+/// error from a transaction left open underneath it.
+#[tokio::test]
+async fn a_write_abandoned_while_waiting_for_the_sqlite_lock_finishes_and_leaves_no_open_transaction()
+ {
+    let stack =
+        Stack::start_with(Stack::default_registry().env("DATABASE_TIMEOUT_SECONDS", "20")).await;
+    let TestDatabase::Sqlite { path, .. } = &stack.database else {
+        println!("skipped: the file-lock test is for SQLite only");
+        stack.finish().await;
+        return;
+    };
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
+    let mut c = Clients::new(stack.channel().await);
+    let agent = c.create_agent("abandoned", None).await.expect("create");
+
+    let mut locker = lock_sqlite_file(path).await;
+    let mut abandoned =
+        tonic::Request::new(goal_update(&agent.id, "written after its caller left"));
+    abandoned.set_timeout(Duration::from_millis(300));
+    let status = tokio::time::timeout(CALL_DEADLINE, c.agents.update_agent(abandoned))
+        .await
+        .expect("the abandoned call answers")
+        .expect_err("the deadline passes while the lock is held");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    drop(locker.stdin.take());
+    let exit = tokio::time::timeout(DEADLINE, locker.wait())
+        .await
+        .expect("the locker exits when its stdin closes")
+        .expect("locker status");
+    assert!(exit.success(), "locker: {exit:?}");
+
+    let next = tokio::time::timeout(
+        CALL_DEADLINE,
+        c.agents.update_agent(goal_update(&agent.id, "next")),
+    )
+    .await
+    .expect("the next update answers")
+    .unwrap_or_else(|status| {
+        panic!(
+            "the next update after the abandoned one: {status:?}\n{}",
+            stack.registry.output()
+        )
+    })
+    .into_inner();
+    assert_eq!(
+        (next.version, next.goal.as_str()),
+        (3, "next"),
+        "the abandoned update was written once, as version 2"
+    );
+    let abandoned_version = c
+        .agents
+        .get_agent_version(pb::GetAgentVersionRequest {
+            agent_id: agent.id.clone(),
+            version_number: 2,
+        })
+        .await
+        .expect("version 2")
+        .into_inner();
+    let goal = abandoned_version.configuration.map(|config| config.goal);
+    assert_eq!(goal.as_deref(), Some("written after its caller left"));
+    assert_versions(&stack.database, "agent", &agent.id, 3).await;
+    assert_verify_passes(&stack.database).await;
+    stack.finish().await;
+}
+
 // ---- the writers ----------------------------------------------------------
 
 /// Phases of a fault; each call is counted in the phase it started in.

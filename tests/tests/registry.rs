@@ -645,8 +645,8 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
     assert_eq!((current.version, current.goal), (1, agent.goal));
 
     // A rename onto a taken name and a rollback to a missing version write
-    // nothing: no version row, the agent unchanged (on PostgreSQL these go
-    // through the one-statement write).
+    // nothing: no version row, the agent unchanged (these go through the
+    // one-statement write on PostgreSQL, the one-command batch on SQLite).
     let other = create_agent(&mut c, data_analyst("Other", None)).await;
     let status = c
         .agents
@@ -692,6 +692,22 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         1,
         "only version 1 is stored"
     );
+    // The failed writes left nothing open: the next one is version 2.
+    let renamed = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: other.id.clone(),
+                name: "Other renamed".into(),
+                ..Default::default()
+            }),
+            update_mask: mask(&["name"]),
+            change_description: String::new(),
+        })
+        .await
+        .expect("a rename onto a free name after the failed one")
+        .into_inner();
+    assert_eq!(renamed.version, 2);
     stack.finish().await;
 }
 

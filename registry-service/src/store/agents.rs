@@ -12,7 +12,6 @@ use super::providers::ProviderRecord;
 use super::{
     MAX_WRITE_ATTEMPTS, Page, VersionRecord, begin_write, db_error, foreign_key_violation,
     insert_row, paginate, stale_etag, unique_violation, val, write_with_version,
-    writes_in_one_statement,
 };
 use crate::caller::Caller;
 use crate::error::Error;
@@ -70,26 +69,12 @@ pub async fn create(
         updated_by: write.caller.subject.clone(),
     };
     let version = version_row(&write, &record, version::changes_to_json(&[]));
-    if writes_in_one_statement(db) {
-        return create_in_one_statement(db, &write, record, version).await;
-    }
-    let txn = begin_write(db).await?;
-    // Without RETURNING: the row is what we just built (on SQLite, sea-orm's
-    // `insert` would read it back with a second statement).
-    insert_row(&txn, agent::Entity, agent_row(&write, &record))
-        .await
-        .map_err(|e| write_error(e, &record.spec))?;
-    check_provider(&txn, &write.caller.tenant, &record.spec).await?;
-    insert_row(&txn, agent_version::Entity, version)
-        .await
-        .map_err(db_error)?;
-    txn.commit().await.map_err(db_error)?;
-    Ok(record)
+    create_with_version(db, &write, record, version).await
 }
 
-/// PostgreSQL: `INSERT INTO agents … SELECT … WHERE <the assigned provider
-/// is in the tenant>` and version 1, in one statement.
-async fn create_in_one_statement(
+/// `INSERT INTO agents … SELECT … WHERE <the assigned provider is in the
+/// tenant>` and version 1, written together ([`write_with_version`]).
+async fn create_with_version(
     db: &DatabaseConnection,
     write: &Write<'_>,
     record: AgentRecord,
@@ -207,12 +192,13 @@ pub async fn list(
 
 /// Changes an agent with `change`, appending a version unless nothing
 /// changed (rollbacks always append); a stale etag (`expected_version`)
-/// answers ABORTED. On PostgreSQL the first attempt reads the row and
-/// writes in one statement (the common case: nobody else is writing this
-/// agent). Otherwise, and after losing that race, the current row is read
-/// inside the write transaction, locked (`FOR UPDATE` on PostgreSQL;
-/// SQLite's write transaction is IMMEDIATE), so concurrent writers queue
-/// instead of failing.
+/// answers ABORTED. The first attempt reads the row, then writes the
+/// change and its version together ([`write_with_version`]; the common
+/// case: nobody else is writing this agent). After losing that race, or
+/// when the assignment changes, the current row is read inside the write
+/// transaction, locked (`FOR UPDATE` on PostgreSQL; SQLite's write
+/// transaction is IMMEDIATE), so concurrent writers queue instead of
+/// failing.
 pub async fn update(
     db: &DatabaseConnection,
     write: Write<'_>,
@@ -220,19 +206,17 @@ pub async fn update(
     expected_version: Option<i64>,
     change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
 ) -> Result<AgentRecord, Error> {
-    if writes_in_one_statement(db) {
-        let current = get(db, &write.caller.tenant, id).await?;
-        check_etag(expected_version, &current)?;
-        let spec = change(&current)?;
-        if spec == current.spec && write.action == Action::Update {
-            return Ok(current);
-        }
-        if let Some(record) = write_in_one_statement(db, &write, &current, spec).await? {
-            return Ok(record);
-        }
-        // Another writer got there first, or the assignment changes: the
-        // locking path below queues behind the row lock and checks it.
+    let current = get(db, &write.caller.tenant, id).await?;
+    check_etag(expected_version, &current)?;
+    let spec = change(&current)?;
+    if spec == current.spec && write.action == Action::Update {
+        return Ok(current);
     }
+    if let Some(record) = write_optimistically(db, &write, &current, spec).await? {
+        return Ok(record);
+    }
+    // Another writer got there first, or the assignment changes: the
+    // locking path below queues behind the write lock and checks it.
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = begin_write(db).await?;
         let current = get_locked(&txn, &write.caller.tenant, id).await?;
@@ -252,10 +236,9 @@ pub async fn update(
 }
 
 /// Rolls agent `id` back to its version `number`: a new version whose
-/// configuration is that snapshot. Written like [`update`]: on PostgreSQL
-/// first as one statement after one read of the agent and the snapshot;
-/// otherwise the snapshot is read inside the write transaction, after the
-/// row lock, so it costs no extra checkout.
+/// configuration is that snapshot. Written like [`update`]: first after one
+/// read of the agent and the snapshot together; after losing the race, the
+/// snapshot is read again inside the locking write transaction.
 pub async fn rollback(
     db: &DatabaseConnection,
     write: Write<'_>,
@@ -263,13 +246,11 @@ pub async fn rollback(
     number: i64,
     expected_version: Option<i64>,
 ) -> Result<AgentRecord, Error> {
-    if writes_in_one_statement(db) {
-        let (current, target) = get_with_version(db, &write.caller.tenant, id, number).await?;
-        check_etag(expected_version, &current)?;
-        let spec = AgentSpec::from_json(&target.configuration)?;
-        if let Some(record) = write_in_one_statement(db, &write, &current, spec).await? {
-            return Ok(record);
-        }
+    let (current, target) = get_with_version(db, &write.caller.tenant, id, number).await?;
+    check_etag(expected_version, &current)?;
+    let spec = AgentSpec::from_json(&target.configuration)?;
+    if let Some(record) = write_optimistically(db, &write, &current, spec).await? {
+        return Ok(record);
     }
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = begin_write(db).await?;
@@ -503,10 +484,11 @@ async fn write_next_version(
     Ok(Some(next.record))
 }
 
-/// PostgreSQL: the conditional version bump and the version row in one
-/// statement. `None` when another writer took the version first or the
-/// assignment changes (its tenant check needs the locking path).
-async fn write_in_one_statement(
+/// The conditional version bump and the version row, written together
+/// without a read in the transaction ([`write_with_version`]). `None` when
+/// another writer took the version first or the assignment changes (its
+/// tenant check needs the locking path).
+async fn write_optimistically(
     db: &DatabaseConnection,
     write: &Write<'_>,
     current: &AgentRecord,
