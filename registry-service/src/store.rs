@@ -29,7 +29,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
     CommonTableExpression, Expr, Query, QueryStatementWriter, SimpleExpr, SqliteQueryBuilder,
-    SubQueryStatement, WithClause,
+    SubQueryStatement, Values, WithClause,
 };
 use sea_orm::sqlx::{self, Row};
 use sea_orm::{
@@ -39,6 +39,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::error::Error;
 use crate::model::version::{self, Change};
@@ -176,8 +177,18 @@ where
 /// is closed).
 async fn run_write_batch<const N: usize>(
     db: &DatabaseConnection,
-    statements: [(String, sea_orm::sea_query::Values); N],
+    statements: [(String, Values); N],
 ) -> Result<bool, DbErr> {
+    let (sql, values) = write_batch(statements);
+    let pool = db.get_sqlite_connection_pool().clone();
+    tokio::spawn(run_batch(pool, sql, values).in_current_span())
+        .await
+        .map_err(|e| DbErr::Custom(format!("write batch task: {e}")))?
+}
+
+/// `BEGIN IMMEDIATE; <statements>; SELECT changes(); COMMIT` and the
+/// statements' values in order (SQLite's placeholders are positional).
+fn write_batch<const N: usize>(statements: [(String, Values); N]) -> (String, Values) {
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
     let mut values = Vec::new();
     for (statement, statement_values) in statements {
@@ -186,38 +197,32 @@ async fn run_write_batch<const N: usize>(
         values.extend(statement_values.0);
     }
     sql.push_str("SELECT changes();\nCOMMIT;");
-    let pool = db.get_sqlite_connection_pool().clone();
-    let batch = tokio::spawn(async move {
-        let mut connection = pool.acquire().await.map_err(sqlx_exec_error)?;
-        let query = sqlx::query_with(
-            sqlx::AssertSqlSafe(sql),
-            sea_query_sqlx::SqlxValues(sea_orm::sea_query::Values(values)),
-        );
-        match query.fetch_all(&mut *connection).await {
-            Ok(rows) => {
-                let changed: i64 = match rows.last() {
-                    Some(row) => row.try_get(0).map_err(sqlx_exec_error)?,
-                    None => 0,
-                };
-                Ok(changed == 1)
-            }
-            Err(error) => {
-                if sqlx::query("ROLLBACK")
-                    .execute(&mut *connection)
-                    .await
-                    .is_err()
-                {
-                    // No transaction was open (BEGIN itself failed), or the
-                    // connection is broken: either way, not one to reuse.
-                    let _ = connection.close().await;
-                }
-                Err(sqlx_exec_error(error))
-            }
+    (sql, Values(values))
+}
+
+/// Runs a [`write_batch`] on a connection of `pool`; on failure rolls back
+/// whatever it left open, or closes the connection.
+async fn run_batch(pool: sqlx::SqlitePool, sql: String, values: Values) -> Result<bool, DbErr> {
+    let mut connection = pool.acquire().await.map_err(sqlx_exec_error)?;
+    let batch = sqlx::query_with(sqlx::AssertSqlSafe(sql), sea_query_sqlx::SqlxValues(values));
+    match batch.fetch_all(&mut *connection).await {
+        Ok(rows) => {
+            let changed: i64 = match rows.last() {
+                Some(row) => row.try_get(0).map_err(sqlx_exec_error)?,
+                None => 0,
+            };
+            Ok(changed == 1)
         }
-    });
-    batch
-        .await
-        .map_err(|e| DbErr::Custom(format!("write batch task: {e}")))?
+        Err(error) => {
+            let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+            if rolled_back.is_err() {
+                // No transaction was open (BEGIN itself failed), or the
+                // connection is broken: either way, not one to reuse.
+                let _ = connection.close().await;
+            }
+            Err(sqlx_exec_error(error))
+        }
+    }
 }
 
 fn sqlx_exec_error(error: sqlx::Error) -> DbErr {
