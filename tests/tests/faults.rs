@@ -446,7 +446,9 @@ async fn a_write_abandoned_while_waiting_for_the_sqlite_lock_finishes_and_leaves
     let mut locker = lock_sqlite_file(path).await;
     let mut abandoned =
         tonic::Request::new(goal_update(&agent.id, "written after its caller left"));
-    abandoned.set_timeout(Duration::from_millis(300));
+    // Long enough for the call to reach the batch (it reads the agent
+    // first), short against the 20 s the batch may wait for the lock.
+    abandoned.set_timeout(Duration::from_secs(1));
     let status = tokio::time::timeout(CALL_DEADLINE, c.agents.update_agent(abandoned))
         .await
         .expect("the abandoned call answers")
