@@ -11,7 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -333,21 +333,16 @@ async fn postgresql_restarted_under_writers_turns_readiness_and_recovers_without
 
 #[tokio::test]
 async fn a_sqlite_file_locked_by_another_process_fails_writes_fast_and_recovers() {
-    let stack =
-        Stack::start_with(Stack::default_registry().env("DATABASE_TIMEOUT_SECONDS", "1")).await;
-    let TestDatabase::Sqlite { path, .. } = &stack.database else {
-        println!("skipped: the file-lock test is for SQLite only");
-        stack.finish().await;
+    let Some((stack, path)) = start_on_sqlite("1").await else {
         return;
     };
-    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     let mut c = Clients::new(stack.channel().await);
     let before = c
         .create_agent("before-lock", None)
         .await
         .expect("create before the lock");
 
-    let mut locker = lock_sqlite_file(path).await;
+    let locker = lock_sqlite_file(&path).await;
     let started = Instant::now();
     let create = tokio::time::timeout(CALL_DEADLINE, c.create_agent("during-lock", None))
         .await
@@ -380,12 +375,7 @@ async fn a_sqlite_file_locked_by_another_process_fails_writes_fast_and_recovers(
         "two writes under the lock took {elapsed:?} (DATABASE_TIMEOUT_SECONDS=1)"
     );
 
-    drop(locker.stdin.take());
-    let exit = tokio::time::timeout(DEADLINE, locker.wait())
-        .await
-        .expect("the locker exits when its stdin closes")
-        .expect("locker status");
-    assert!(exit.success(), "locker: {exit:?}");
+    unlock_sqlite_file(locker).await;
 
     // Nothing was written under the lock, and writes work again without a
     // registry restart: the same name can be created now, and the agent
@@ -432,18 +422,13 @@ async fn a_sqlite_file_locked_by_another_process_fails_writes_fast_and_recovers(
 #[tokio::test]
 async fn a_write_abandoned_while_waiting_for_the_sqlite_lock_finishes_and_leaves_no_open_transaction()
  {
-    let stack =
-        Stack::start_with(Stack::default_registry().env("DATABASE_TIMEOUT_SECONDS", "20")).await;
-    let TestDatabase::Sqlite { path, .. } = &stack.database else {
-        println!("skipped: the file-lock test is for SQLite only");
-        stack.finish().await;
+    let Some((stack, path)) = start_on_sqlite("20").await else {
         return;
     };
-    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     let mut c = Clients::new(stack.channel().await);
     let agent = c.create_agent("abandoned", None).await.expect("create");
 
-    let mut locker = lock_sqlite_file(path).await;
+    let locker = lock_sqlite_file(&path).await;
     let mut abandoned =
         tonic::Request::new(goal_update(&agent.id, "written after its caller left"));
     // Long enough for the call to reach the batch (it reads the agent
@@ -457,12 +442,7 @@ async fn a_write_abandoned_while_waiting_for_the_sqlite_lock_finishes_and_leaves
         matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
         "{status:?}"
     );
-    drop(locker.stdin.take());
-    let exit = tokio::time::timeout(DEADLINE, locker.wait())
-        .await
-        .expect("the locker exits when its stdin closes")
-        .expect("locker status");
-    assert!(exit.success(), "locker: {exit:?}");
+    unlock_sqlite_file(locker).await;
 
     let next = tokio::time::timeout(
         CALL_DEADLINE,
@@ -904,6 +884,34 @@ async fn assert_verify_passes(database: &TestDatabase) {
     let (status, output) = Process::run_to_exit(&binary("registry-service"), launch).await;
     assert!(status.success(), "verify after the fault:\n{output}");
     assert!(output.contains(", 0 problems"), "{output}");
+}
+
+/// A serving stack on SQLite whose writes wait up to `lock_timeout_seconds`
+/// for a lock, and its database file; `None` on PostgreSQL (the file-lock
+/// tests are for SQLite only).
+async fn start_on_sqlite(lock_timeout_seconds: &str) -> Option<(Stack, PathBuf)> {
+    let stack = Stack::start_with(
+        Stack::default_registry().env("DATABASE_TIMEOUT_SECONDS", lock_timeout_seconds),
+    )
+    .await;
+    let TestDatabase::Sqlite { path, .. } = &stack.database else {
+        println!("skipped: the file-lock test is for SQLite only");
+        stack.finish().await;
+        return None;
+    };
+    let path = path.clone();
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
+    Some((stack, path))
+}
+
+/// Lets the locker of [`lock_sqlite_file`] roll back and exit.
+async fn unlock_sqlite_file(mut locker: tokio::process::Child) {
+    drop(locker.stdin.take());
+    let exit = tokio::time::timeout(DEADLINE, locker.wait())
+        .await
+        .expect("the locker exits when its stdin closes")
+        .expect("locker status");
+    assert!(exit.success(), "locker: {exit:?}");
 }
 
 /// Starts a python3 process that holds SQLite's write lock on `path` (an
