@@ -6,17 +6,16 @@ pub mod keys;
 pub mod providers;
 pub mod runtime;
 
-use prost_types::FieldMask;
-use sea_orm::DatabaseConnection;
-
 use crate::crypto::Crypto;
 use crate::error::Error;
+use crate::store::Store;
+use prost_types::FieldMask;
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
 pub struct Registry {
-    /// The database pool.
-    pub db: DatabaseConnection,
+    /// The database pool (and SQLite's write committer).
+    pub db: Store,
     /// The crypto-service client.
     pub crypto: Crypto,
 }

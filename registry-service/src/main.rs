@@ -87,7 +87,10 @@ async fn serve(args: &Args) -> Result<(), Error> {
                 format!("cannot bind {}: {}", settings.listen, e.kind()),
             )
         })?;
-    let registry = Registry { db, crypto };
+    let registry = Registry {
+        db: store::Store::new(db),
+        crypto,
+    };
     server::serve(
         listener,
         &settings,

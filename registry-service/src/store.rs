@@ -11,9 +11,10 @@
 //! together ([`write_with_version`]): on PostgreSQL as one statement (a
 //! data-modifying CTE, atomic without BEGIN/COMMIT), on SQLite as one batch
 //! with its BEGIN IMMEDIATE and COMMIT, sent to the connection's thread as
-//! one command. An update is then a read and one write instead of a
-//! transaction of five statements. The locking transaction stays for lost
-//! races, assignment changes and providers.
+//! one command together with every other agent write waiting at that moment
+//! ([`group_commit`]). An update is then a read and a share of one durable
+//! commit instead of a transaction of five statements. The locking
+//! transaction stays for lost races, assignment changes and providers.
 //!
 //! Lookups of one row by key use `all`, not `one`: `one` appends `LIMIT ?`,
 //! and SQLite re-prepares a cached statement whose LIMIT is a bound
@@ -21,17 +22,18 @@
 //! about 5 % of the registry's CPU in a profile of the issue-3 workload.
 
 pub mod agents;
+mod group_commit;
 pub mod keys;
 pub mod providers;
 
+use std::ops::Deref;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
     CommonTableExpression, Expr, Query, QueryStatementWriter, SimpleExpr, SqliteQueryBuilder,
-    SubQueryStatement, Values, WithClause,
+    SubQueryStatement, WithClause,
 };
-use sea_orm::sqlx::{self, Row};
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
     DbErr, EntityTrait, IdenStatic, SqlErr, SqliteTransactionMode, TransactionOptions,
@@ -39,10 +41,10 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::Value;
-use tracing::Instrument;
 
 use crate::error::Error;
 use crate::model::version::{self, Change};
+use group_commit::GroupCommit;
 use proto::v1 as pb;
 
 /// How often a write without an etag retries after losing a race.
@@ -109,6 +111,40 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     .map_err(db_error)
 }
 
+/// The database pool and, on SQLite, the committer that groups agent
+/// writes ([`group_commit`]). Dereferences to the pool.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: DatabaseConnection,
+    sqlite_writes: Option<GroupCommit>,
+}
+
+impl Store {
+    /// Wraps `pool`; on SQLite starts its committer task (so it must be
+    /// called inside the runtime).
+    pub fn new(pool: DatabaseConnection) -> Self {
+        let sqlite_writes = (pool.get_database_backend() == DbBackend::Sqlite)
+            .then(|| GroupCommit::start(pool.get_sqlite_connection_pool().clone()));
+        Self {
+            pool,
+            sqlite_writes,
+        }
+    }
+
+    /// The pool itself.
+    pub fn pool(&self) -> &DatabaseConnection {
+        &self.pool
+    }
+}
+
+impl Deref for Store {
+    type Target = DatabaseConnection;
+
+    fn deref(&self) -> &DatabaseConnection {
+        &self.pool
+    }
+}
+
 /// Writes `change` (an insert or a conditional update of at most one row)
 /// and, exactly when it wrote its row, the version row `version_row` into
 /// `versions`: both or neither are stored. Answers whether it wrote.
@@ -117,12 +153,12 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 /// INSERT INTO <versions> (<columns>) SELECT <values> FROM written`, atomic
 /// without BEGIN/COMMIT; `change` must return a column (`RETURNING`).
 ///
-/// SQLite cannot put DML in a CTE: there it is one batch, `BEGIN
-/// IMMEDIATE; <change>; INSERT INTO <versions> … SELECT <values> WHERE
-/// changes() = 1; SELECT changes(); COMMIT`, sent to the connection as one
-/// command (see [`run_write_batch`]).
+/// SQLite cannot put DML in a CTE: there the write is `<change>; INSERT
+/// INTO <versions> … SELECT <values> WHERE changes() = 1`, committed in one
+/// transaction with the other writes waiting at that moment
+/// ([`group_commit`]).
 pub async fn write_with_version<V, C, S>(
-    db: &DatabaseConnection,
+    store: &Store,
     change: S,
     versions: V,
     version_row: Vec<(C, SimpleExpr)>,
@@ -135,7 +171,7 @@ where
     let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
     let mut insert = Query::insert();
     insert.into_table(versions).columns(columns);
-    if db.get_database_backend() == DbBackend::Sqlite {
+    if let Some(sqlite_writes) = &store.sqlite_writes {
         let when_written = Query::select()
             .exprs(values)
             .and_where(Expr::cust("changes() = 1"))
@@ -143,14 +179,12 @@ where
         insert
             .select_from(when_written)
             .map_err(|e| DbErr::Custom(e.to_string()))?;
-        return run_write_batch(
-            db,
-            [
+        return sqlite_writes
+            .write(vec![
                 change.build(SqliteQueryBuilder),
                 insert.build(SqliteQueryBuilder),
-            ],
-        )
-        .await;
+            ])
+            .await;
     }
     const WRITTEN: &str = "written";
     let cte = CommonTableExpression::new()
@@ -161,72 +195,8 @@ where
         .with_cte(WithClause::new().cte(cte).to_owned())
         .select_from(Query::select().exprs(values).from(WRITTEN).to_owned())
         .map_err(|e| DbErr::Custom(e.to_string()))?;
-    let written = db.execute(&insert).await?.rows_affected();
+    let written = store.execute(&insert).await?.rows_affected();
     Ok(written == 1)
-}
-
-/// SQLite: runs `statements` in one IMMEDIATE transaction sent as a single
-/// command, and answers whether the last one changed a row.
-///
-/// sqlx runs each SQLite connection on a thread of its own, and every
-/// command is a hand-off to that thread and back; a transaction of BEGIN,
-/// the writes and COMMIT costs one per statement, a batch one in all. The
-/// batch runs in a task of its own, so a cancelled call cannot stop it
-/// half-way; if a statement fails, the open transaction is rolled back on
-/// the same connection before it goes back to the pool (or the connection
-/// is closed).
-async fn run_write_batch<const N: usize>(
-    db: &DatabaseConnection,
-    statements: [(String, Values); N],
-) -> Result<bool, DbErr> {
-    let (sql, values) = write_batch(statements);
-    let pool = db.get_sqlite_connection_pool().clone();
-    tokio::spawn(run_batch(pool, sql, values).in_current_span())
-        .await
-        .map_err(|e| DbErr::Custom(format!("write batch task: {e}")))?
-}
-
-/// `BEGIN IMMEDIATE; <statements>; SELECT changes(); COMMIT` and the
-/// statements' values in order (SQLite's placeholders are positional).
-fn write_batch<const N: usize>(statements: [(String, Values); N]) -> (String, Values) {
-    let mut sql = String::from("BEGIN IMMEDIATE;\n");
-    let mut values = Vec::new();
-    for (statement, statement_values) in statements {
-        sql.push_str(&statement);
-        sql.push_str(";\n");
-        values.extend(statement_values.0);
-    }
-    sql.push_str("SELECT changes();\nCOMMIT;");
-    (sql, Values(values))
-}
-
-/// Runs a [`write_batch`] on a connection of `pool`; on failure rolls back
-/// whatever it left open, or closes the connection.
-async fn run_batch(pool: sqlx::SqlitePool, sql: String, values: Values) -> Result<bool, DbErr> {
-    let mut connection = pool.acquire().await.map_err(sqlx_exec_error)?;
-    let batch = sqlx::query_with(sqlx::AssertSqlSafe(sql), sea_query_sqlx::SqlxValues(values));
-    match batch.fetch_all(&mut *connection).await {
-        Ok(rows) => {
-            let changed: i64 = match rows.last() {
-                Some(row) => row.try_get(0).map_err(sqlx_exec_error)?,
-                None => 0,
-            };
-            Ok(changed == 1)
-        }
-        Err(error) => {
-            let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-            if rolled_back.is_err() {
-                // No transaction was open (BEGIN itself failed), or the
-                // connection is broken: either way, not one to reuse.
-                let _ = connection.close().await;
-            }
-            Err(sqlx_exec_error(error))
-        }
-    }
-}
-
-fn sqlx_exec_error(error: sqlx::Error) -> DbErr {
-    DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(error)))
 }
 
 /// Inserts one row given as columns and values.

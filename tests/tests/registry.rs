@@ -923,6 +923,67 @@ async fn resolve_agent_as_of_an_earlier_version() {
     stack.finish().await;
 }
 
+/// Writes that arrive together are committed together on SQLite (one
+/// transaction for the group); each must still get its own answer.
+#[tokio::test]
+async fn concurrent_creates_each_get_their_own_answer() {
+    let stack = Stack::start().await;
+    let c = clients(&stack).await;
+    let missing_provider = "0192f0c4-5e1a-7000-8000-000000000000".to_owned();
+    let mut calls = Vec::new();
+    for i in 0..24 {
+        let agent = match i % 3 {
+            0 => data_analyst(&format!("Solo {i}"), None),
+            1 => data_analyst("Shared", None),
+            _ => data_analyst(&format!("Orphan {i}"), Some(&missing_provider)),
+        };
+        let mut agents = c.agents.clone();
+        calls.push(tokio::spawn(async move {
+            let answer = agents
+                .create_agent(pb::CreateAgentRequest {
+                    agent: Some(agent),
+                    change_description: String::new(),
+                })
+                .await;
+            (i % 3, answer.map(|a| a.into_inner()))
+        }));
+    }
+    let mut created = Vec::new();
+    let mut codes = BTreeMap::new();
+    for call in calls {
+        let (kind, answer) = call.await.expect("call");
+        match answer {
+            Ok(agent) => {
+                assert_eq!(agent.version, 1);
+                created.push((kind, agent.name));
+            }
+            Err(status) => {
+                *codes
+                    .entry((kind, format!("{:?}", status.code())))
+                    .or_insert(0) += 1
+            }
+        }
+    }
+    let solos = created.iter().filter(|(kind, _)| *kind == 0).count();
+    let shared = created.iter().filter(|(kind, _)| *kind == 1).count();
+    assert_eq!((solos, shared, created.len()), (8, 1, 9), "{created:?}");
+    assert_eq!(
+        codes,
+        BTreeMap::from([
+            ((1, "AlreadyExists".to_owned()), 7),
+            ((2, "FailedPrecondition".to_owned()), 8)
+        ])
+    );
+    let count = |sql: &'static str| stack.database.count(sql);
+    assert_eq!(count("SELECT COUNT(*) FROM agents").await, 9);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM agent_versions WHERE version_number = 1").await,
+        9
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM agent_versions").await, 9);
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn concurrent_writers_without_etags_all_apply_in_order() {
     let stack = Stack::start().await;

@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::providers::ProviderRecord;
 use super::{
-    MAX_WRITE_ATTEMPTS, Page, VersionRecord, begin_write, db_error, foreign_key_violation,
+    MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, foreign_key_violation,
     insert_row, paginate, stale_etag, unique_violation, val, write_with_version,
 };
 use crate::caller::Caller;
@@ -54,7 +54,7 @@ pub struct Write<'a> {
 
 /// Creates an agent and its version 1.
 pub async fn create(
-    db: &DatabaseConnection,
+    store: &Store,
     write: Write<'_>,
     spec: AgentSpec,
 ) -> Result<AgentRecord, Error> {
@@ -69,13 +69,13 @@ pub async fn create(
         updated_by: write.caller.subject.clone(),
     };
     let version = version_row(&write, &record, version::changes_to_json(&[]));
-    create_with_version(db, &write, record, version).await
+    create_with_version(store, &write, record, version).await
 }
 
 /// `INSERT INTO agents … SELECT … WHERE <the assigned provider is in the
 /// tenant>` and version 1, written together ([`write_with_version`]).
 async fn create_with_version(
-    db: &DatabaseConnection,
+    store: &Store,
     write: &Write<'_>,
     record: AgentRecord,
     version: Vec<(agent_version::Column, SimpleExpr)>,
@@ -100,7 +100,7 @@ async fn create_with_version(
         .select_from(select)
         .map_err(|e| Error::Internal(format!("agent insert: {e}")))?
         .returning_col(agent::Column::Id);
-    let written = write_with_version(db, insert, agent_version::Entity, version)
+    let written = write_with_version(store, insert, agent_version::Entity, version)
         .await
         .map_err(|e| write_error(e, &record.spec))?;
     match (&record.spec.llm_provider_id, written) {
@@ -200,25 +200,25 @@ pub async fn list(
 /// transaction is IMMEDIATE), so concurrent writers queue instead of
 /// failing.
 pub async fn update(
-    db: &DatabaseConnection,
+    store: &Store,
     write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
     change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
 ) -> Result<AgentRecord, Error> {
-    let current = get(db, &write.caller.tenant, id).await?;
+    let current = get(store.pool(), &write.caller.tenant, id).await?;
     check_etag(expected_version, &current)?;
     let spec = change(&current)?;
     if spec == current.spec && write.action == Action::Update {
         return Ok(current);
     }
-    if let Some(record) = write_optimistically(db, &write, &current, spec).await? {
+    if let Some(record) = write_optimistically(store, &write, &current, spec).await? {
         return Ok(record);
     }
     // Another writer got there first, or the assignment changes: the
     // locking path below queues behind the write lock and checks it.
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(db).await?;
+        let txn = begin_write(store.pool()).await?;
         let current = get_locked(&txn, &write.caller.tenant, id).await?;
         check_etag(expected_version, &current)?;
         let spec = change(&current)?;
@@ -240,20 +240,21 @@ pub async fn update(
 /// read of the agent and the snapshot together; after losing the race, the
 /// snapshot is read again inside the locking write transaction.
 pub async fn rollback(
-    db: &DatabaseConnection,
+    store: &Store,
     write: Write<'_>,
     id: &str,
     number: i64,
     expected_version: Option<i64>,
 ) -> Result<AgentRecord, Error> {
-    let (current, target) = get_with_version(db, &write.caller.tenant, id, number).await?;
+    let (current, target) =
+        get_with_version(store.pool(), &write.caller.tenant, id, number).await?;
     check_etag(expected_version, &current)?;
     let spec = AgentSpec::from_json(&target.configuration)?;
-    if let Some(record) = write_optimistically(db, &write, &current, spec).await? {
+    if let Some(record) = write_optimistically(store, &write, &current, spec).await? {
         return Ok(record);
     }
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(db).await?;
+        let txn = begin_write(store.pool()).await?;
         let current = get_locked(&txn, &write.caller.tenant, id).await?;
         let target = get_version(&txn, &write.caller.tenant, id, number).await?;
         check_etag(expected_version, &current)?;
@@ -489,7 +490,7 @@ async fn write_next_version(
 /// another writer took the version first or the assignment changes (its
 /// tenant check needs the locking path).
 async fn write_optimistically(
-    db: &DatabaseConnection,
+    store: &Store,
     write: &Write<'_>,
     current: &AgentRecord,
     spec: AgentSpec,
@@ -500,7 +501,7 @@ async fn write_optimistically(
     let next = Next::after(current, write, spec);
     let mut bump = next.bump(write, current);
     bump.returning_col(agent::Column::Id);
-    let written = write_with_version(db, bump, agent_version::Entity, next.version_row(write))
+    let written = write_with_version(store, bump, agent_version::Entity, next.version_row(write))
         .await
         .map_err(|e| write_error(e, &next.record.spec))?;
     Ok(written.then_some(next.record))
