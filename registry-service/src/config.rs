@@ -322,7 +322,9 @@ impl Common {
         // (sleep and poll, unfair, SQLITE_BUSY after the timeout) and each
         // connection has its own worker thread to hand statements to. One
         // connection queues callers in the pool instead, in order, and
-        // measured the least CPU per call (BENCHMARKS.md, issue 3).
+        // measured the least CPU per call (BENCHMARKS.md, issue 3). Reads
+        // outside a transaction have a read-only connection of their own
+        // (`store::Store`).
         let max_connections =
             self.database_max_connections
                 .unwrap_or(if url.starts_with("sqlite:") {

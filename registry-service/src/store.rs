@@ -25,6 +25,7 @@ pub mod agents;
 mod group_commit;
 pub mod keys;
 pub mod providers;
+mod sqlite_reads;
 
 use std::ops::Deref;
 use std::time::Duration;
@@ -36,8 +37,8 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, IdenStatic, SqlErr, SqliteTransactionMode, TransactionOptions,
-    TransactionTrait,
+    DbErr, EntityTrait, ExecResult, IdenStatic, QueryResult, SqlErr, SqliteTransactionMode,
+    Statement, TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::Value;
@@ -46,6 +47,7 @@ use crate::error::Error;
 use crate::model::version::{self, Change};
 use group_commit::GroupCommit;
 use proto::v1 as pb;
+use sqlite_reads::SqliteReads;
 
 /// How often a write without an etag retries after losing a race.
 pub const MAX_WRITE_ATTEMPTS: usize = 20;
@@ -112,22 +114,26 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 }
 
 /// The database pool and, on SQLite, the committer that groups agent
-/// writes ([`group_commit`]). Dereferences to the pool.
+/// writes ([`group_commit`]) and the connection reads go through
+/// ([`sqlite_reads`]). As a [`ConnectionTrait`] it sends queries there and
+/// everything else to the pool; it also dereferences to the pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: DatabaseConnection,
     sqlite_writes: Option<GroupCommit>,
+    sqlite_reads: Option<SqliteReads>,
 }
 
 impl Store {
     /// Wraps `pool`; on SQLite starts its committer task (so it must be
     /// called inside the runtime).
     pub fn new(pool: DatabaseConnection) -> Self {
-        let sqlite_writes = (pool.get_database_backend() == DbBackend::Sqlite)
-            .then(|| GroupCommit::start(pool.get_sqlite_connection_pool().clone()));
+        let sqlite = pool.get_database_backend() == DbBackend::Sqlite;
+        let sqlite_pool = || pool.get_sqlite_connection_pool();
         Self {
+            sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone())),
+            sqlite_reads: sqlite.then(|| SqliteReads::new(sqlite_pool())),
             pool,
-            sqlite_writes,
         }
     }
 
@@ -142,6 +148,32 @@ impl Deref for Store {
 
     fn deref(&self) -> &DatabaseConnection {
         &self.pool
+    }
+}
+
+#[sea_orm::prelude::async_trait::async_trait]
+impl ConnectionTrait for Store {
+    fn get_database_backend(&self) -> DbBackend {
+        self.pool.get_database_backend()
+    }
+
+    async fn execute_raw(&self, statement: Statement) -> Result<ExecResult, DbErr> {
+        self.pool.execute_raw(statement).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.pool.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, statement: Statement) -> Result<Option<QueryResult>, DbErr> {
+        Ok(self.query_all_raw(statement).await?.into_iter().next())
+    }
+
+    async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        match &self.sqlite_reads {
+            Some(reads) => reads.query_all(statement).await,
+            None => self.pool.query_all_raw(statement).await,
+        }
     }
 }
 

@@ -45,7 +45,7 @@ impl AgentService for Registry {
         let caller = Caller::of(&request)?;
         let id = &request.get_ref().id;
         require_id("id", id)?;
-        let record = store::get(self.db.pool(), &caller.tenant, id).await?;
+        let record = store::get(&self.db, &caller.tenant, id).await?;
         Ok(Response::new(agent_proto(&record)))
     }
 
@@ -165,7 +165,7 @@ impl AgentService for Registry {
         require_id("agent_id", &request.agent_id)?;
         require_version("version_number", request.version_number)?;
         let version = store::get_version(
-            self.db.pool(),
+            &self.db,
             &caller.tenant,
             &request.agent_id,
             request.version_number,
@@ -184,14 +184,14 @@ impl AgentService for Registry {
         require_id("agent_id", &request.agent_id)?;
         super::require_versions(request.from_version, request.to_version)?;
         let from = store::get_version(
-            self.db.pool(),
+            &self.db,
             &caller.tenant,
             &request.agent_id,
             request.from_version,
         )
         .await?;
         let to = store::get_version(
-            self.db.pool(),
+            &self.db,
             &caller.tenant,
             &request.agent_id,
             request.to_version,

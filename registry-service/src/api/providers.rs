@@ -78,7 +78,7 @@ impl ProviderService for Registry {
         let caller = Caller::of(&request)?;
         let id = &request.get_ref().id;
         require_id("id", id)?;
-        let record = store::get(self.db.pool(), &caller.tenant, id).await?;
+        let record = store::get(&self.db, &caller.tenant, id).await?;
         Ok(Response::new(provider_proto(&record)))
     }
 
@@ -128,7 +128,7 @@ impl ProviderService for Registry {
         // Validate against the current row first, so a bad request never
         // reaches crypto-service; encrypt a new key once, outside the
         // transaction; then write (re-applying the mask if a writer raced).
-        let current = store::get(self.db.pool(), &caller.tenant, &input.id).await?;
+        let current = store::get(&self.db, &caller.tenant, &input.id).await?;
         let validated = apply(&current.spec, &input, paths.as_deref())?;
         let sealed_key = match &validated.new_api_key {
             Some(key) if !key.is_empty() => Some(Some(

@@ -88,15 +88,17 @@ impl Registry {
     /// The agent's assigned provider, or the tenant's default one.
     async fn provider_for(&self, tenant: &str, spec: &AgentSpec) -> Result<ProviderRecord, Error> {
         match &spec.llm_provider_id {
-            Some(id) => provider_store::get(self.db.pool(), tenant, id)
-                .await
-                .map_err(|error| match error {
-                    Error::NotFound { .. } => Error::precondition(
-                        "PROVIDER_NOT_FOUND",
-                        format!("the agent's provider {id:?} no longer exists"),
-                    ),
-                    other => other,
-                }),
+            Some(id) => {
+                provider_store::get(&self.db, tenant, id)
+                    .await
+                    .map_err(|error| match error {
+                        Error::NotFound { .. } => Error::precondition(
+                            "PROVIDER_NOT_FOUND",
+                            format!("the agent's provider {id:?} no longer exists"),
+                        ),
+                        other => other,
+                    })
+            }
             None => provider_store::default_of(&self.db, tenant)
                 .await?
                 .ok_or_else(|| {

@@ -147,7 +147,7 @@ pub async fn get(db: &impl ConnectionTrait, tenant: &str, id: &str) -> Result<Ag
 /// (`None` when it has no provider: the caller falls back to the tenant's
 /// default).
 pub async fn get_with_provider(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
 ) -> Result<(AgentRecord, Option<ProviderRecord>), Error> {
@@ -171,7 +171,7 @@ pub async fn get_with_provider(
 
 /// One page of the tenant's agents, oldest first.
 pub async fn list(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     after: Option<String>,
     limit: u64,
@@ -206,7 +206,7 @@ pub async fn update(
     expected_version: Option<i64>,
     change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
 ) -> Result<AgentRecord, Error> {
-    let current = get(store.pool(), &write.caller.tenant, id).await?;
+    let current = get(store, &write.caller.tenant, id).await?;
     check_etag(expected_version, &current)?;
     let spec = change(&current)?;
     if spec == current.spec && write.action == Action::Update {
@@ -246,8 +246,7 @@ pub async fn rollback(
     number: i64,
     expected_version: Option<i64>,
 ) -> Result<AgentRecord, Error> {
-    let (current, target) =
-        get_with_version(store.pool(), &write.caller.tenant, id, number).await?;
+    let (current, target) = get_with_version(store, &write.caller.tenant, id, number).await?;
     check_etag(expected_version, &current)?;
     let spec = AgentSpec::from_json(&target.configuration)?;
     if let Some(record) = write_optimistically(store, &write, &current, spec).await? {
@@ -271,7 +270,7 @@ pub async fn rollback(
 
 /// The agent `id` of `tenant` and its version `number`, in one query.
 async fn get_with_version(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     number: i64,
@@ -354,7 +353,7 @@ pub async fn delete(
 /// agent's current version (the total) comes with each row through a join
 /// that also scopes the versions to the caller's tenant.
 pub async fn list_versions(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     before: Option<i64>,
@@ -648,7 +647,7 @@ fn total_i64(count: u64) -> i64 {
 
 /// Used by the runtime: the agent snapshot at `number`, or the current one.
 pub async fn spec_at(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     number: Option<i64>,

@@ -147,10 +147,13 @@ async fn run_transaction(
     }
     sql.push_str("COMMIT;");
     let mut connection = pool.acquire().await.map_err(exec_error)?;
+    // A group's text is new almost every time: keeping its prepared
+    // statements would evict the reads' from the connection's cache.
     let batch = sqlx::query_with(
         sqlx::AssertSqlSafe(sql),
         sea_query_sqlx::SqlxValues(Values(values)),
-    );
+    )
+    .persistent(group.len() == 1);
     match batch.fetch_all(&mut *connection).await {
         Ok(rows) => written_per_write(&rows, group.len()),
         Err(error) => {

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use migrations::entity::{agent, provider, provider_version};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveEnum, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
 use super::agents::Write;
@@ -124,7 +124,7 @@ pub async fn get(
 
 /// The tenant's default provider, if it has one.
 pub async fn default_of(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
 ) -> Result<Option<ProviderRecord>, Error> {
     let row = provider::Entity::find()
@@ -138,7 +138,7 @@ pub async fn default_of(
 
 /// One page of the tenant's providers, oldest first.
 pub async fn list(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     after: Option<String>,
     limit: u64,
@@ -254,7 +254,7 @@ pub async fn delete(
 
 /// One page of a provider's versions, newest first.
 pub async fn list_versions(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     before: Option<i64>,
@@ -281,7 +281,7 @@ pub async fn list_versions(
 
 /// Version `number` of provider `id`.
 pub async fn get_version(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     number: i64,
