@@ -478,6 +478,76 @@ async fn a_write_abandoned_while_waiting_for_the_sqlite_lock_finishes_and_leaves
     stack.finish().await;
 }
 
+/// On SQLite, reads have a connection of their own: they answer while a
+/// write waits for the database's write lock (another process holds it),
+/// instead of queueing behind that write for the pool's connection.
+#[tokio::test]
+async fn reads_answer_while_a_write_waits_for_the_sqlite_lock() {
+    let Some((stack, path)) = start_on_sqlite("20").await else {
+        return;
+    };
+    let mut c = Clients::new(stack.channel().await);
+    let agent = c
+        .create_agent("read while locked", None)
+        .await
+        .expect("create");
+
+    let locker = lock_sqlite_file(&path).await;
+    let mut writer = c.agents.clone();
+    let update = goal_update(&agent.id, "after the lock");
+    let waiting = tokio::spawn(async move { writer.update_agent(update).await });
+    // Far below the 20 s the write may wait for the lock: a read that
+    // queued behind it would miss this.
+    let read_deadline = Duration::from_secs(3);
+    for _ in 0..10 {
+        let read = c.agents.get_agent(pb::GetAgentRequest {
+            id: agent.id.clone(),
+        });
+        let current = tokio::time::timeout(read_deadline, read)
+            .await
+            .expect("a read answers while the write waits")
+            .expect("get")
+            .into_inner();
+        assert_eq!(current.version, 1);
+        let list = c.agents.list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: agent.id.clone(),
+            ..Default::default()
+        });
+        let versions = tokio::time::timeout(read_deadline, list)
+            .await
+            .expect("a listing answers while the write waits")
+            .expect("list versions")
+            .into_inner();
+        assert_eq!(versions.total_size, 1);
+    }
+    assert!(
+        !waiting.is_finished(),
+        "the write should still be waiting for the lock"
+    );
+    unlock_sqlite_file(locker).await;
+
+    let updated = tokio::time::timeout(CALL_DEADLINE, waiting)
+        .await
+        .expect("the write finishes once the lock is free")
+        .expect("writer task")
+        .expect("the update applies");
+    assert_eq!(updated.into_inner().version, 2);
+    let current = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            id: agent.id.clone(),
+        })
+        .await
+        .expect("get after the write")
+        .into_inner();
+    assert_eq!(
+        (current.version, current.goal.as_str()),
+        (2, "after the lock")
+    );
+    assert_versions(&stack.database, "agent", &agent.id, 2).await;
+    stack.finish().await;
+}
+
 // ---- the writers ----------------------------------------------------------
 
 /// Phases of a fault; each call is counted in the phase it started in.
