@@ -88,7 +88,7 @@ async fn serve(args: &Args) -> Result<(), Error> {
             )
         })?;
     let registry = Registry {
-        db: store::Store::new(db),
+        db: store::Store::new(db, &registry_metrics),
         crypto,
     };
     server::serve(

@@ -45,6 +45,7 @@ use serde_json::Value;
 
 use crate::error::Error;
 use crate::model::version::{self, Change};
+use crate::telemetry::RegistryMetrics;
 use group_commit::GroupCommit;
 use proto::v1 as pb;
 use sqlite_reads::SqliteReads;
@@ -126,12 +127,13 @@ pub struct Store {
 
 impl Store {
     /// Wraps `pool`; on SQLite starts its committer task (so it must be
-    /// called inside the runtime).
-    pub fn new(pool: DatabaseConnection) -> Self {
+    /// called inside the runtime), which records group sizes in `metrics`.
+    pub fn new(pool: DatabaseConnection, metrics: &RegistryMetrics) -> Self {
         let sqlite = pool.get_database_backend() == DbBackend::Sqlite;
         let sqlite_pool = || pool.get_sqlite_connection_pool();
+        let group_sizes = metrics.sqlite_group_writes.clone();
         Self {
-            sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone())),
+            sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone(), group_sizes)),
             sqlite_reads: sqlite.then(|| SqliteReads::new(sqlite_pool())),
             pool,
         }

@@ -1,11 +1,12 @@
 //! The registry's own metrics (beyond the per-RPC series every server has):
-//! calls to crypto-service and their latency, dependency status, and the
-//! database pool.
+//! calls to crypto-service and their latency, dependency status, the
+//! database pool, and how many writes SQLite's group commits carry.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use ops::metrics::{LatencyFamily, MethodLabels, OutcomeLabels, latency_histogram};
@@ -35,6 +36,8 @@ pub struct RegistryMetrics {
     pub dependency_up: Family<DependencyLabels, Gauge>,
     /// Database pool connections by state.
     pub pool_connections: Family<PoolLabels, Gauge>,
+    /// Agent writes per SQLite group commit (1, 2, 4 … 64).
+    pub sqlite_group_writes: Histogram,
 }
 
 impl Default for RegistryMetrics {
@@ -44,6 +47,7 @@ impl Default for RegistryMetrics {
             crypto_latency: Family::new_with_constructor(latency_histogram),
             dependency_up: Family::default(),
             pool_connections: Family::default(),
+            sqlite_group_writes: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
         }
     }
 }
@@ -70,6 +74,11 @@ impl RegistryMetrics {
             "registry_db_pool_connections",
             "Database pool connections, by state",
             self.pool_connections.clone(),
+        );
+        registry.register(
+            "registry_sqlite_group_commit_writes",
+            "Agent writes per SQLite transaction of the group commit (one fsync each)",
+            self.sqlite_group_writes.clone(),
         );
     }
 

@@ -221,6 +221,24 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         })
         .await;
     assert_eq!(missing.expect_err("missing").code(), Code::NotFound);
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(
+        stack.channel_as("ops", "acme", &["admin"]).await,
+    );
+    agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                name: "metered".into(),
+                role: "r".into(),
+                goal: "g".into(),
+                backstory: "b".into(),
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create agent");
+    // One agent write: on SQLite a group commit of one; PostgreSQL has none.
+    let groups = if stack.database.is_postgres() { 0 } else { 1 };
 
     let registry_metrics = stack
         .registry
@@ -236,6 +254,8 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         r#"registry_crypto_call_seconds_bucket{le="#,
         r#"registry_dependency_up{dependency="database"} 1"#,
         r#"registry_db_pool_connections{state="idle"}"#,
+        &format!("registry_sqlite_group_commit_writes_count {groups}\n"),
+        &format!(r#"registry_sqlite_group_commit_writes_bucket{{le="1.0"}} {groups}"#),
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }

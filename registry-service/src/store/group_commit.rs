@@ -22,6 +22,7 @@
 //! The task runs the writes whatever happens to their callers, so a call
 //! cancelled while it waits never leaves a transaction half-done.
 
+use prometheus_client::metrics::histogram::Histogram;
 use sea_orm::DbErr;
 use sea_orm::sea_query::Values;
 use sea_orm::sqlx::{self, Row};
@@ -53,11 +54,12 @@ struct PendingWrite {
 }
 
 impl GroupCommit {
-    /// Starts the committer task for `pool`; it stops when the last clone
-    /// of the answer is dropped and the queue is empty.
-    pub fn start(pool: sqlx::SqlitePool) -> Self {
+    /// Starts the committer task for `pool`, which records each group's
+    /// size in `group_sizes`; it stops when the last clone of the answer is
+    /// dropped and the queue is empty.
+    pub fn start(pool: sqlx::SqlitePool, group_sizes: Histogram) -> Self {
         let (writes, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(commit_groups(pool, queue));
+        tokio::spawn(commit_groups(pool, queue, group_sizes));
         Self { writes }
     }
 
@@ -95,9 +97,14 @@ fn joined(statements: Vec<(String, Values)>) -> (String, Values) {
 }
 
 /// The committer: every write waiting when a group starts joins it.
-async fn commit_groups(pool: sqlx::SqlitePool, mut queue: mpsc::Receiver<PendingWrite>) {
+async fn commit_groups(
+    pool: sqlx::SqlitePool,
+    mut queue: mpsc::Receiver<PendingWrite>,
+    group_sizes: Histogram,
+) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        group_sizes.observe(group.len() as f64);
         let span = tracing::debug_span!("sqlite group commit", writes = group.len());
         commit(&pool, std::mem::take(&mut group))
             .instrument(span)

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions, Connection};
-use sea_orm::{DbErr, QueryResult, RuntimeErr, Statement};
+use sea_orm::{DbErr, QueryResult, RuntimeErr, Statement, Value, Values};
 use tokio::sync::Mutex;
 
 /// The read connection, opened on first use.
@@ -53,11 +53,8 @@ impl SqliteReads {
             Some(connection) => connection,
             None => held.insert(self.options.connect().await.map_err(query_error)?),
         };
-        let values = statement.values.unwrap_or(sea_orm::Values(Vec::new()));
-        let query = sqlx::query_with(
-            sqlx::AssertSqlSafe(statement.sql),
-            sea_query_sqlx::SqlxValues(values),
-        );
+        let (sql, values) = with_literal_limit(statement);
+        let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), sea_query_sqlx::SqlxValues(values));
         match query.fetch_all(&mut *connection).await {
             Ok(rows) => Ok(rows.into_iter().map(QueryResult::from).collect()),
             Err(error) => {
@@ -72,6 +69,78 @@ impl SqliteReads {
     }
 }
 
+/// The statement's SQL and values, with a trailing `LIMIT ?` written as a
+/// number instead of a bound value.
+///
+/// SQLite (3.51, as bundled) plans a bound LIMIT with its value and marks
+/// the statement to be prepared again whenever that parameter is bound
+/// anew — on every call of a cached statement, so a page query was parsed
+/// and planned each time. A literal keeps the cached plan (one cached
+/// statement per page size in use).
+fn with_literal_limit(statement: Statement) -> (String, Values) {
+    let mut values = statement.values.unwrap_or(Values(Vec::new())).0;
+    let mut sql = statement.sql;
+    const BOUND_LIMIT: &str = " LIMIT ?";
+    if let (Some(stem), Some(Value::BigUnsigned(Some(limit)))) =
+        (sql.strip_suffix(BOUND_LIMIT), values.last())
+    {
+        sql = format!("{stem} LIMIT {limit}");
+        values.pop();
+    }
+    (sql, Values(values))
+}
+
 fn query_error(error: sqlx::Error) -> DbErr {
     DbErr::Query(RuntimeErr::SqlxError(Arc::new(error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::DbBackend;
+
+    fn statement(sql: &str, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
+    }
+
+    #[test]
+    fn a_trailing_bound_limit_becomes_a_literal() {
+        let (sql, values) = with_literal_limit(statement(
+            "SELECT id FROM agents WHERE tenant_id = ? LIMIT ?",
+            vec!["acme".into(), 21u64.into()],
+        ));
+        assert_eq!(sql, "SELECT id FROM agents WHERE tenant_id = ? LIMIT 21");
+        assert_eq!(values.0, vec![Value::from("acme")]);
+    }
+
+    #[test]
+    fn a_page_query_as_sea_orm_builds_it_gets_a_literal_limit() {
+        use migrations::entity::agent;
+        use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QuerySelect, QueryTrait};
+        let query = agent::Entity::find()
+            .filter(agent::Column::TenantId.eq("acme"))
+            .limit(11)
+            .build(DbBackend::Sqlite);
+        let (sql, values) = with_literal_limit(query);
+        assert!(sql.ends_with(" LIMIT 11"), "{sql}");
+        assert_eq!(values.0, vec![Value::from("acme")]);
+    }
+
+    #[test]
+    fn other_statements_are_left_alone() {
+        for (sql, values) in [
+            ("SELECT id FROM agents WHERE id = ?", vec![Value::from("x")]),
+            (
+                "SELECT id FROM agents LIMIT ? OFFSET ?",
+                vec![Value::from(5u64), Value::from(10u64)],
+            ),
+            (
+                "SELECT id FROM agents WHERE name = ? LIMIT ?",
+                vec![Value::from("a"), Value::from("b")],
+            ),
+        ] {
+            let (kept_sql, kept_values) = with_literal_limit(statement(sql, values.clone()));
+            assert_eq!((kept_sql.as_str(), kept_values.0), (sql, values));
+        }
+    }
 }
