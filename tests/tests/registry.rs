@@ -955,7 +955,7 @@ async fn concurrent_creates_each_get_their_own_answer() {
         match answer {
             Ok(agent) => {
                 assert_eq!(agent.version, 1);
-                created.push((kind, agent.name));
+                created.push((kind, agent.name, agent.id));
             }
             Err(status) => {
                 *codes
@@ -964,9 +964,18 @@ async fn concurrent_creates_each_get_their_own_answer() {
             }
         }
     }
-    let solos = created.iter().filter(|(kind, _)| *kind == 0).count();
-    let shared = created.iter().filter(|(kind, _)| *kind == 1).count();
+    let solos = created.iter().filter(|(kind, ..)| *kind == 0).count();
+    let shared = created.iter().filter(|(kind, ..)| *kind == 1).count();
     assert_eq!((solos, shared, created.len()), (8, 1, 9), "{created:?}");
+    let mut agents = c.agents.clone();
+    for (_, name, id) in &created {
+        let stored = agents
+            .get_agent(pb::GetAgentRequest { id: id.clone() })
+            .await
+            .expect("get a created agent")
+            .into_inner();
+        assert_eq!((&stored.name, stored.version), (name, 1));
+    }
     assert_eq!(
         codes,
         BTreeMap::from([
