@@ -12,7 +12,7 @@
 //! data-modifying CTE, atomic without BEGIN/COMMIT), on SQLite as one batch
 //! with its BEGIN IMMEDIATE and COMMIT, sent to the connection's thread as
 //! one command together with every other agent write waiting at that moment
-//! ([`group_commit`]). An update is then a read and a share of one durable
+//! (`group_commit`). An update is then a read and a share of one durable
 //! commit instead of a transaction of five statements. The locking
 //! transaction stays for lost races, assignment changes and providers.
 //!
@@ -20,6 +20,9 @@
 //! and SQLite re-prepares a cached statement whose LIMIT is a bound
 //! parameter every time it is bound again (its planner may use the value) —
 //! about 5 % of the registry's CPU in a profile of the issue-3 workload.
+//! Page queries need their LIMIT: on SQLite's read connection a trailing
+//! `LIMIT ?` is written as the number (`sqlite_reads`); inside a
+//! transaction it stays bound.
 
 pub mod agents;
 mod group_commit;
@@ -115,8 +118,8 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 }
 
 /// The database pool and, on SQLite, the committer that groups agent
-/// writes ([`group_commit`]) and the connection reads go through
-/// ([`sqlite_reads`]). As a [`ConnectionTrait`] it sends queries there and
+/// writes (`group_commit`) and the connection reads go through
+/// (`sqlite_reads`). As a [`ConnectionTrait`] it sends queries there and
 /// everything else to the pool; it also dereferences to the pool.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -190,7 +193,7 @@ impl ConnectionTrait for Store {
 /// SQLite cannot put DML in a CTE: there the write is `<change>; INSERT
 /// INTO <versions> … SELECT <values> WHERE changes() = 1`, committed in one
 /// transaction with the other writes waiting at that moment
-/// ([`group_commit`]).
+/// (`group_commit`).
 pub async fn write_with_version<V, C, S>(
     store: &Store,
     change: S,
