@@ -92,7 +92,9 @@ fn joined(statements: Vec<(String, Values)>) -> (String, Values) {
         sql.push_str(";\n");
         values.extend(statement_values.0);
     }
-    sql.push_str(&format!("SELECT changes() AS {WRITTEN};\n"));
+    sql.push_str("SELECT changes() AS ");
+    sql.push_str(WRITTEN);
+    sql.push_str(";\n");
     (sql, Values(values))
 }
 
