@@ -241,7 +241,8 @@ impl AgentSpec {
 
     /// Reads a stored snapshot.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, Error> {
-        serde_json::from_value(value.clone())
+        // Straight from the borrowed tree: no copy of it first.
+        Self::deserialize(value)
             .map_err(|e| Error::Internal(format!("unreadable agent snapshot: {e}")))
     }
 

@@ -266,7 +266,7 @@ impl ProviderSpec {
 
     /// Reads a stored snapshot.
     pub fn from_json(value: &serde_json::Value) -> Result<Self, Error> {
-        serde_json::from_value(value.clone())
+        Self::deserialize(value)
             .map_err(|e| Error::Internal(format!("unreadable provider snapshot: {e}")))
     }
 

@@ -123,7 +123,7 @@ pub fn changes_to_json(changes: &[Change]) -> Value {
 
 /// Reads a stored diff; an unreadable one reads as empty.
 pub fn changes_from_json(value: &Value) -> Vec<Change> {
-    serde_json::from_value(value.clone()).unwrap_or_default()
+    Vec::<Change>::deserialize(value).unwrap_or_default()
 }
 
 /// The message form of a change.

@@ -68,7 +68,12 @@ pub async fn create(
         created_by: write.caller.subject.clone(),
         updated_by: write.caller.subject.clone(),
     };
-    let version = version_row(&write, &record, version::changes_to_json(&[]));
+    let version = version_row(
+        &write,
+        &record,
+        record.spec.to_json(),
+        version::changes_to_json(&[]),
+    );
     create_with_version(store, &write, record, version).await
 }
 
@@ -506,15 +511,19 @@ async fn write_optimistically(
     Ok(written.then_some(next.record))
 }
 
-/// The agent as the next version will store it, and that version's diff.
+/// The agent as the next version will store it, its configuration as
+/// stored (made once for the row, the snapshot and the diff), and that
+/// version's diff.
 struct Next {
     record: AgentRecord,
+    config: serde_json::Value,
     changes: Vec<version::Change>,
 }
 
 impl Next {
     fn after(current: &AgentRecord, write: &Write<'_>, spec: AgentSpec) -> Self {
-        let changes = version::diff(&current.spec.to_json(), &spec.to_json());
+        let config = spec.to_json();
+        let changes = version::diff(&current.spec.to_json(), &config);
         let record = AgentRecord {
             id: current.id.clone(),
             spec,
@@ -524,7 +533,11 @@ impl Next {
             created_by: current.created_by.clone(),
             updated_by: write.caller.subject.clone(),
         };
-        Self { record, changes }
+        Self {
+            record,
+            config,
+            changes,
+        }
     }
 
     /// `UPDATE agents SET … WHERE id = … AND tenant = … AND version =
@@ -539,7 +552,7 @@ impl Next {
                     agent::Column::LlmProviderId,
                     val(record.spec.llm_provider_id.clone()),
                 ),
-                (agent::Column::Config, val(record.spec.to_json())),
+                (agent::Column::Config, val(self.config.clone())),
                 (agent::Column::Version, val(record.version)),
                 (agent::Column::UpdateTime, val(record.update_time)),
                 (agent::Column::UpdatedBy, val(record.updated_by.clone())),
@@ -551,7 +564,8 @@ impl Next {
     }
 
     fn version_row(&self, write: &Write<'_>) -> Vec<(agent_version::Column, SimpleExpr)> {
-        version_row(write, &self.record, version::changes_to_json(&self.changes))
+        let diff = version::changes_to_json(&self.changes);
+        version_row(write, &self.record, self.config.clone(), diff)
     }
 }
 
@@ -559,6 +573,7 @@ impl Next {
 fn version_row(
     write: &Write<'_>,
     record: &AgentRecord,
+    config: serde_json::Value,
     diff: serde_json::Value,
 ) -> Vec<(agent_version::Column, SimpleExpr)> {
     use agent_version::Column;
@@ -567,7 +582,7 @@ fn version_row(
         (Column::TenantId, val(write.caller.tenant.clone())),
         (Column::VersionNumber, val(record.version)),
         (Column::Action, val(write.action.to_value())),
-        (Column::Configuration, val(record.spec.to_json())),
+        (Column::Configuration, val(config)),
         (Column::Diff, val(diff)),
         (Column::ChangeDescription, val(write.description.clone())),
         (Column::ChangedBy, val(write.caller.subject.clone())),
