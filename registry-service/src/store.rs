@@ -261,6 +261,18 @@ pub fn val(value: impl Into<sea_orm::Value>) -> SimpleExpr {
     Expr::val(value)
 }
 
+/// A JSON column's value to bind. SQLite keeps JSON as text, so there it
+/// is bound as its text: a write's values are copied on their way to the
+/// database (when the statement is built, when it joins a group commit),
+/// and a string copies in one piece where a JSON tree copies node by node.
+/// PostgreSQL gets JSON (its columns are `jsonb`).
+pub fn json_val(backend: DbBackend, value: &Value) -> SimpleExpr {
+    match backend {
+        DbBackend::Sqlite => val(value.to_string()),
+        _ => val(value.clone()),
+    }
+}
+
 /// Maps a database error on purpose: lost connections are UNAVAILABLE
 /// (retryable); everything else is INTERNAL and logged.
 pub fn db_error(error: DbErr) -> Error {

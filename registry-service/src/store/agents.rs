@@ -4,14 +4,14 @@ use chrono::{DateTime, Utc};
 use migrations::entity::{agent, agent_version, provider};
 use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement};
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::providers::ProviderRecord;
 use super::{
     MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, foreign_key_violation,
-    insert_row, paginate, stale_etag, unique_violation, val, write_with_version,
+    insert_row, json_val, paginate, stale_etag, unique_violation, val, write_with_version,
 };
 use crate::caller::Caller;
 use crate::error::Error;
@@ -68,13 +68,12 @@ pub async fn create(
         created_by: write.caller.subject.clone(),
         updated_by: write.caller.subject.clone(),
     };
-    let version = version_row(
-        &write,
-        &record,
-        record.spec.to_json(),
-        version::changes_to_json(&[]),
-    );
-    create_with_version(store, &write, record, version).await
+    let backend = store.get_database_backend();
+    let config = json_val(backend, &record.spec.to_json());
+    let row = agent_row(&write, &record, config.clone());
+    let diff = json_val(backend, &version::changes_to_json(&[]));
+    let version = version_row(&write, &record, config, diff);
+    create_with_version(store, &write, record, row, version).await
 }
 
 /// `INSERT INTO agents … SELECT … WHERE <the assigned provider is in the
@@ -83,9 +82,10 @@ async fn create_with_version(
     store: &Store,
     write: &Write<'_>,
     record: AgentRecord,
+    row: Vec<(agent::Column, SimpleExpr)>,
     version: Vec<(agent_version::Column, SimpleExpr)>,
 ) -> Result<AgentRecord, Error> {
-    let (columns, values): (Vec<_>, Vec<_>) = agent_row(write, &record).into_iter().unzip();
+    let (columns, values): (Vec<_>, Vec<_>) = row.into_iter().unzip();
     let mut select = Query::select();
     select.exprs(values);
     if let Some(provider_id) = &record.spec.llm_provider_id {
@@ -116,7 +116,11 @@ async fn create_with_version(
 }
 
 /// The `agents` row of a new agent.
-fn agent_row(write: &Write<'_>, record: &AgentRecord) -> Vec<(agent::Column, SimpleExpr)> {
+fn agent_row(
+    write: &Write<'_>,
+    record: &AgentRecord,
+    config: SimpleExpr,
+) -> Vec<(agent::Column, SimpleExpr)> {
     use agent::Column;
     vec![
         (Column::Id, val(record.id.clone())),
@@ -126,7 +130,7 @@ fn agent_row(write: &Write<'_>, record: &AgentRecord) -> Vec<(agent::Column, Sim
             Column::LlmProviderId,
             val(record.spec.llm_provider_id.clone()),
         ),
-        (Column::Config, val(record.spec.to_json())),
+        (Column::Config, config),
         (Column::Version, val(record.version)),
         (Column::CreateTime, val(record.create_time)),
         (Column::UpdateTime, val(record.update_time)),
@@ -468,7 +472,7 @@ async fn write_next_version(
     current: &AgentRecord,
     spec: AgentSpec,
 ) -> Result<Option<AgentRecord>, Error> {
-    let next = Next::after(current, write, spec);
+    let next = Next::after(current, write, spec, txn.get_database_backend());
     let updated = txn
         .execute(&next.bump(write, current))
         .await
@@ -502,7 +506,7 @@ async fn write_optimistically(
     if spec.llm_provider_id != current.spec.llm_provider_id {
         return Ok(None);
     }
-    let next = Next::after(current, write, spec);
+    let next = Next::after(current, write, spec, store.get_database_backend());
     let mut bump = next.bump(write, current);
     bump.returning_col(agent::Column::Id);
     let written = write_with_version(store, bump, agent_version::Entity, next.version_row(write))
@@ -511,17 +515,22 @@ async fn write_optimistically(
     Ok(written.then_some(next.record))
 }
 
-/// The agent as the next version will store it, its configuration as
-/// stored (made once for the row, the snapshot and the diff), and that
+/// The agent as the next version will store it, with the values of its
+/// configuration (made once for the row and the snapshot) and of that
 /// version's diff.
 struct Next {
     record: AgentRecord,
-    config: serde_json::Value,
-    changes: Vec<version::Change>,
+    config: SimpleExpr,
+    diff: SimpleExpr,
 }
 
 impl Next {
-    fn after(current: &AgentRecord, write: &Write<'_>, spec: AgentSpec) -> Self {
+    fn after(
+        current: &AgentRecord,
+        write: &Write<'_>,
+        spec: AgentSpec,
+        backend: DbBackend,
+    ) -> Self {
         let config = spec.to_json();
         let changes = version::diff(&current.spec.to_json(), &config);
         let record = AgentRecord {
@@ -535,8 +544,8 @@ impl Next {
         };
         Self {
             record,
-            config,
-            changes,
+            config: json_val(backend, &config),
+            diff: json_val(backend, &version::changes_to_json(&changes)),
         }
     }
 
@@ -552,7 +561,7 @@ impl Next {
                     agent::Column::LlmProviderId,
                     val(record.spec.llm_provider_id.clone()),
                 ),
-                (agent::Column::Config, val(self.config.clone())),
+                (agent::Column::Config, self.config.clone()),
                 (agent::Column::Version, val(record.version)),
                 (agent::Column::UpdateTime, val(record.update_time)),
                 (agent::Column::UpdatedBy, val(record.updated_by.clone())),
@@ -564,8 +573,7 @@ impl Next {
     }
 
     fn version_row(&self, write: &Write<'_>) -> Vec<(agent_version::Column, SimpleExpr)> {
-        let diff = version::changes_to_json(&self.changes);
-        version_row(write, &self.record, self.config.clone(), diff)
+        version_row(write, &self.record, self.config.clone(), self.diff.clone())
     }
 }
 
@@ -573,8 +581,8 @@ impl Next {
 fn version_row(
     write: &Write<'_>,
     record: &AgentRecord,
-    config: serde_json::Value,
-    diff: serde_json::Value,
+    config: SimpleExpr,
+    diff: SimpleExpr,
 ) -> Vec<(agent_version::Column, SimpleExpr)> {
     use agent_version::Column;
     vec![
@@ -582,8 +590,8 @@ fn version_row(
         (Column::TenantId, val(write.caller.tenant.clone())),
         (Column::VersionNumber, val(record.version)),
         (Column::Action, val(write.action.to_value())),
-        (Column::Configuration, val(config)),
-        (Column::Diff, val(diff)),
+        (Column::Configuration, config),
+        (Column::Diff, diff),
         (Column::ChangeDescription, val(write.description.clone())),
         (Column::ChangedBy, val(write.caller.subject.clone())),
         (Column::CreateTime, val(record.update_time)),
