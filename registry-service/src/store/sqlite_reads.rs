@@ -6,9 +6,10 @@
 //! pooled connection every time it is given back (one more hand-off to that
 //! thread and back, from a task spawned for it). A read is one statement,
 //! so that ping was half of its trips to the connection's thread. Reads
-//! here take the connection, run their statement and leave; the statement
-//! runs in a task of its own, so a call cancelled half-way never abandons
-//! the connection mid-statement. WAL lets this connection read while the
+//! here take the connection, run their statement and leave. A call
+//! cancelled half-way does no harm: the connection's thread finishes the
+//! statement (or stops when nobody takes its rows) before it runs the
+//! next one, and the connection only reads. WAL lets this connection read while the
 //! pool's connection writes: reads do not queue behind a commit, and each
 //! statement sees every transaction committed before it started.
 //!
@@ -41,13 +42,6 @@ impl SqliteReads {
 
     /// Runs `statement` and answers its rows.
     pub async fn query_all(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        let reads = self.clone();
-        tokio::spawn(async move { reads.run(statement).await })
-            .await
-            .map_err(|e| DbErr::Custom(format!("SQLite read task: {e}")))?
-    }
-
-    async fn run(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
         let mut held = self.connection.lock().await;
         let connection = match &mut *held {
             Some(connection) => connection,
