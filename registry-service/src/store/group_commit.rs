@@ -5,10 +5,9 @@
 //! Each write is a list of statements whose last one tells whether it
 //! wrote (see [`super::write_with_version`]). A task owns the queue; it
 //! takes every waiting write (up to [`MAX_GROUP`]) and runs them on the
-//! pool's connection as one transaction: each write (`<statements>;
-//! SELECT changes()`) is one command to the connection's thread, its
-//! prepared statements cached; the first also opens the transaction
-//! (`BEGIN IMMEDIATE`) and the last commits it.
+//! pool's connection as one transaction: `BEGIN IMMEDIATE`, then each
+//! write (`<statements>; SELECT changes()`, one command to the
+//! connection's thread, its prepared statements cached), then `COMMIT`.
 //! Writes stay independent: each one's conditions (the version it
 //! expects, the provider it names) are evaluated against what the writes
 //! before it in the group left, exactly as if they had committed one by
@@ -170,39 +169,25 @@ async fn run_transaction(
     outcome.map_err(exec_error)
 }
 
-/// `BEGIN IMMEDIATE`, each write of `group`, `COMMIT`: one command per
-/// write, the first one opening the transaction and the last one
-/// committing it (so a write's text has four forms, each cached).
+/// `BEGIN IMMEDIATE`, each write of `group`, `COMMIT`.
 async fn run_writes(
     connection: &mut sqlx::SqliteConnection,
     group: &[PendingWrite],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *connection)
+        .await?;
     let mut written = Vec::with_capacity(group.len());
-    let last = group.len().saturating_sub(1);
-    for (index, pending) in group.iter().enumerate() {
-        let sql = framed(&pending.sql, index == 0, index == last);
+    for pending in group {
         let write = sqlx::query_with(
-            sqlx::AssertSqlSafe(sql),
+            sqlx::AssertSqlSafe(pending.sql.as_str()),
             sea_query_sqlx::SqlxValues(pending.values.clone()),
         );
         let rows = write.fetch_all(&mut *connection).await?;
         written.push(write_outcome(&rows)?);
     }
+    sqlx::query("COMMIT").execute(&mut *connection).await?;
     Ok(written)
-}
-
-/// A write's statements, after `BEGIN IMMEDIATE` when it opens the
-/// transaction and before `COMMIT` when it closes it.
-fn framed(sql: &str, opens: bool, closes: bool) -> String {
-    let mut framed = String::with_capacity(sql.len() + 32);
-    if opens {
-        framed.push_str("BEGIN IMMEDIATE;\n");
-    }
-    framed.push_str(sql);
-    if closes {
-        framed.push_str("COMMIT;\n");
-    }
-    framed
 }
 
 /// Whether a write wrote: its last row is its `SELECT changes()` (rows a
