@@ -9,10 +9,10 @@
 //!
 //! An agent's create, update or rollback and its version row go out
 //! together ([`write_with_version`]): on PostgreSQL as one statement (a
-//! data-modifying CTE, atomic without BEGIN/COMMIT), on SQLite as one
-//! command of cached statements to the connection's thread, inside one
-//! BEGIN IMMEDIATE … COMMIT with every other agent write waiting at that
-//! moment (`group_commit`). An update is then a read and a share of one durable
+//! data-modifying CTE, atomic without BEGIN/COMMIT), on SQLite as one batch
+//! with its BEGIN IMMEDIATE and COMMIT, sent to the connection's thread as
+//! one command together with every other agent write waiting at that moment
+//! (`group_commit`). An update is then a read and a share of one durable
 //! commit instead of a transaction of five statements. The locking
 //! transaction stays for lost races, assignment changes and providers.
 //!

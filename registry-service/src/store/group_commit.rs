@@ -4,11 +4,13 @@
 //!
 //! Each write is a list of statements whose last one tells whether it
 //! wrote (see [`super::write_with_version`]). A task owns the queue; it
-//! takes every waiting write (up to [`MAX_GROUP`]) and runs them on the
-//! pool's connection as one transaction: `BEGIN IMMEDIATE`, then each
-//! write (`<statements>; SELECT changes()`, one command to the
-//! connection's thread, its prepared statements cached), then `COMMIT`.
-//! Writes stay independent: each one's conditions (the version it
+//! takes every waiting write (up to [`MAX_GROUP`]) and sends them as one
+//! batch, `BEGIN IMMEDIATE; <write 1>; SELECT changes(); <write 2>; SELECT
+//! changes(); … COMMIT`, to the connection's thread: one hand-off per
+//! group. A group's text is the same whenever the same kinds of write
+//! arrive in the same order (under a steady stream of updates, one text
+//! per group size), so it is kept prepared, up to [`MAX_CACHED_GROUP`]
+//! writes. Writes stay independent: each one's conditions (the version it
 //! expects, the provider it names) are evaluated against what the writes
 //! before it in the group left, exactly as if they had committed one by
 //! one in that order.
@@ -32,6 +34,12 @@ use tracing::Instrument;
 
 /// Most writes in one transaction.
 pub const MAX_GROUP: usize = 64;
+
+/// Most writes in a group whose prepared statements are kept for the next
+/// group of the same text. Larger groups (more writers at once than this)
+/// are parsed each time: their texts rarely recur, and each one kept holds
+/// three prepared statements per write.
+const MAX_CACHED_GROUP: usize = 16;
 
 /// Writes waiting for the committer before callers wait to enqueue.
 const QUEUE_DEPTH: usize = 1024;
@@ -84,8 +92,7 @@ impl GroupCommit {
 }
 
 /// The statements as one SQL text ending in `SELECT changes()`, and their
-/// values in order (SQLite's placeholders are positional). The text of a
-/// kind of write is the same every time, so its statements stay prepared.
+/// values in order (SQLite's placeholders are positional).
 fn joined(statements: Vec<(String, Values)>) -> (String, Values) {
     let mut sql = String::new();
     let mut values = Vec::new();
@@ -146,66 +153,64 @@ async fn commit(pool: &sqlx::SqlitePool, group: Vec<PendingWrite>) {
 /// of `pool` and answers, per write, whether it wrote. On failure the open
 /// transaction is rolled back on the same connection before it goes back to
 /// the pool, or the connection is closed.
-///
-/// Each write is its own command to the connection's thread, so that its
-/// text stays the same from group to group and its prepared statements are
-/// cached: one batch text for the whole group would be new almost every
-/// time, and parsing and planning it again was an eighth of the registry's
-/// CPU in the update phase of the issue-3 workload.
 async fn run_transaction(
     pool: &sqlx::SqlitePool,
     group: &[PendingWrite],
 ) -> Result<Vec<bool>, DbErr> {
+    let mut sql = String::from("BEGIN IMMEDIATE;\n");
+    let mut values = Vec::new();
+    for pending in group {
+        sql.push_str(&pending.sql);
+        values.extend(pending.values.0.iter().cloned());
+    }
+    sql.push_str("COMMIT;");
     let mut connection = pool.acquire().await.map_err(exec_error)?;
-    let outcome = run_writes(&mut connection, group).await;
-    if outcome.is_err() {
-        let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-        if rolled_back.is_err() {
-            // No transaction was open (BEGIN itself failed), or the
-            // connection is broken: either way, not one to reuse.
-            let _ = connection.close().await;
+    // Prepared once per text: parsing and planning every group's text
+    // anew was an eighth of the registry's CPU in the update phase of the
+    // issue-3 workload. The reads have a connection of their own, so these
+    // statements evict none of theirs.
+    let batch = sqlx::query_with(
+        sqlx::AssertSqlSafe(sql),
+        sea_query_sqlx::SqlxValues(Values(values)),
+    )
+    .persistent(group.len() <= MAX_CACHED_GROUP);
+    match batch.fetch_all(&mut *connection).await {
+        Ok(rows) => written_per_write(&rows, group.len()),
+        Err(error) => {
+            let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+            if rolled_back.is_err() {
+                // No transaction was open (BEGIN itself failed), or the
+                // connection is broken: either way, not one to reuse.
+                let _ = connection.close().await;
+            }
+            Err(exec_error(error))
         }
     }
-    outcome.map_err(exec_error)
 }
 
-/// `BEGIN IMMEDIATE`, each write of `group`, `COMMIT`.
-async fn run_writes(
-    connection: &mut sqlx::SqliteConnection,
-    group: &[PendingWrite],
-) -> Result<Vec<bool>, sqlx::Error> {
-    sqlx::query("BEGIN IMMEDIATE")
-        .execute(&mut *connection)
-        .await?;
-    let mut written = Vec::with_capacity(group.len());
-    for pending in group {
-        let write = sqlx::query_with(
-            sqlx::AssertSqlSafe(pending.sql.as_str()),
-            sea_query_sqlx::SqlxValues(pending.values.clone()),
-        );
-        let rows = write.fetch_all(&mut *connection).await?;
-        written.push(write_outcome(&rows)?);
+/// Reads each write's `SELECT changes()` row; rows a statement returned
+/// (`RETURNING`) are skipped.
+fn written_per_write(rows: &[sqlx::sqlite::SqliteRow], writes: usize) -> Result<Vec<bool>, DbErr> {
+    let mut written = Vec::with_capacity(writes);
+    for row in rows {
+        let closes_a_write = row
+            .try_column(0)
+            .is_ok_and(|column| sqlx::Column::name(column) == WRITTEN);
+        if closes_a_write {
+            let changed: i64 = row.try_get(0).map_err(exec_error)?;
+            written.push(changed == 1);
+        }
     }
-    sqlx::query("COMMIT").execute(&mut *connection).await?;
+    if written.len() != writes {
+        return Err(DbErr::Custom(format!(
+            "group commit: {} outcomes for {writes} writes",
+            written.len()
+        )));
+    }
     Ok(written)
 }
 
-/// Whether a write wrote: its last row is its `SELECT changes()` (rows a
-/// statement returned with `RETURNING` come before it).
-fn write_outcome(rows: &[sqlx::sqlite::SqliteRow]) -> Result<bool, sqlx::Error> {
-    let closing = rows.last().filter(|row| {
-        row.try_column(0)
-            .is_ok_and(|column| sqlx::Column::name(column) == WRITTEN)
-    });
-    match closing {
-        Some(row) => Ok(row.try_get::<i64, _>(0)? == 1),
-        None => Err(sqlx::Error::Protocol(
-            "group commit: a write did not end with its changes() row".to_owned(),
-        )),
-    }
-}
-
-/// Whether `error` came from one statement of a write (a constraint, a
+/// Whether `error` came from one statement of the batch (a constraint, a
 /// value out of range) rather than from the database as a whole (locked,
 /// I/O, no connection): only the former is worth running each write alone.
 fn is_statement_error(error: &DbErr) -> bool {
