@@ -9,9 +9,9 @@
 //! here take the connection, run their statement and leave. A call
 //! cancelled half-way does no harm: the connection's thread finishes the
 //! statement (or stops when nobody takes its rows) before it runs the
-//! next one, and the connection only reads. WAL lets this connection read while the
-//! pool's connection writes: reads do not queue behind a commit, and each
-//! statement sees every transaction committed before it started.
+//! next one, and the connection only reads. WAL lets this connection read
+//! while the pool's connection writes: reads do not queue behind a commit,
+//! and each statement sees every transaction committed before it started.
 //!
 //! A connection that fails with anything but an SQL error (I/O, its thread
 //! gone) is closed and the next read opens a new one.
