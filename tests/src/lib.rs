@@ -52,6 +52,8 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Process {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// The tasks copying stdout and stderr into `output`.
+    readers: Vec<tokio::task::JoinHandle<()>>,
     /// The address it reported in its "serving" log line.
     pub address: String,
 }
@@ -91,7 +93,7 @@ impl Process {
         let mut child = spawn(binary, &launch);
         let output = Arc::new(Mutex::new(String::new()));
         let (address_tx, mut address_rx) = watch::channel(None::<String>);
-        collect_output(&mut child, &output, text, listen, address_tx);
+        let readers = collect_output(&mut child, &output, text, listen, address_tx);
 
         let found = tokio::time::timeout(START_DEADLINE, async {
             loop {
@@ -108,6 +110,7 @@ impl Process {
             Ok(Some(address)) => Self {
                 child,
                 output,
+                readers,
                 address,
             },
             _ => {
@@ -204,7 +207,17 @@ impl Process {
             .await
             .expect("exits within the deadline")
             .expect("exit status");
-        (status, self.output())
+        (status, self.output_to_the_end().await)
+    }
+
+    /// Everything the process printed, once it has exited: the copying
+    /// tasks may still hold its last lines when the exit status arrives,
+    /// so this waits until they reach the end of both pipes.
+    async fn output_to_the_end(&mut self) -> String {
+        for reader in self.readers.drain(..) {
+            let _ = tokio::time::timeout(START_DEADLINE, reader).await;
+        }
+        self.output()
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -214,7 +227,7 @@ impl Process {
             .await
             .expect("exits within the deadline after SIGTERM")
             .expect("exit status");
-        (status, self.output())
+        (status, self.output_to_the_end().await)
     }
 }
 
@@ -240,7 +253,7 @@ fn collect_output(
     serving_message: &str,
     listen: bool,
     address_tx: watch::Sender<Option<String>>,
-) {
+) -> Vec<tokio::task::JoinHandle<()>> {
     let address_tx = Arc::new(address_tx);
     let stdout = child
         .stdout
@@ -250,11 +263,12 @@ fn collect_output(
         .stderr
         .take()
         .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>);
+    let mut readers = Vec::new();
     for stream in [stdout, stderr].into_iter().flatten() {
         let output = Arc::clone(output);
         let address_tx = Arc::clone(&address_tx);
         let serving_message = serving_message.to_owned();
-        tokio::spawn(async move {
+        readers.push(tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains(&serving_message) {
@@ -272,8 +286,9 @@ fn collect_output(
                     all.push('\n');
                 }
             }
-        });
+        }));
     }
+    readers
 }
 
 fn listen_field(line: &str) -> Option<String> {
