@@ -166,9 +166,9 @@ async fn run_transaction(
     sql.push_str("COMMIT;");
     let mut connection = pool.acquire().await.map_err(exec_error)?;
     // Prepared once per text: parsing and planning every group's text
-    // anew was about an eighth of the registry's CPU in the update phase of the
-    // issue-3 workload. The reads have a connection of their own, so these
-    // statements evict none of theirs.
+    // anew was about an eighth of the registry's CPU in the update phase
+    // of the issue-3 workload. The reads have a connection of their own,
+    // so these statements evict none of theirs.
     let batch = sqlx::query_with(
         sqlx::AssertSqlSafe(sql),
         sea_query_sqlx::SqlxValues(Values(values)),
