@@ -116,7 +116,7 @@ impl Process {
             _ => {
                 let _ = child.start_kill();
                 let status = child.wait().await;
-                let printed = output.lock().map(|o| o.clone()).unwrap_or_default();
+                let printed = read_to_the_end(readers, &output).await;
                 panic!(
                     "{} did not start ({status:?}); it printed:\n{printed}",
                     binary.display()
@@ -210,14 +210,8 @@ impl Process {
         (status, self.output_to_the_end().await)
     }
 
-    /// Everything the process printed, once it has exited: the copying
-    /// tasks may still hold its last lines when the exit status arrives,
-    /// so this waits until they reach the end of both pipes.
     async fn output_to_the_end(&mut self) -> String {
-        for reader in self.readers.drain(..) {
-            let _ = tokio::time::timeout(START_DEADLINE, reader).await;
-        }
-        self.output()
+        read_to_the_end(std::mem::take(&mut self.readers), &self.output).await
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -289,6 +283,19 @@ fn collect_output(
         }));
     }
     readers
+}
+
+/// Everything an exited process printed: the copying tasks may still hold
+/// its last lines when the exit status arrives, so this waits until they
+/// reach the end of both pipes.
+async fn read_to_the_end(
+    readers: Vec<tokio::task::JoinHandle<()>>,
+    output: &Arc<Mutex<String>>,
+) -> String {
+    for reader in readers {
+        let _ = tokio::time::timeout(START_DEADLINE, reader).await;
+    }
+    output.lock().map(|o| o.clone()).unwrap_or_default()
 }
 
 fn listen_field(line: &str) -> Option<String> {
