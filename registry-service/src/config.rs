@@ -185,6 +185,11 @@ pub struct ServeArgs {
     /// crypto-service, which drive readiness.
     #[arg(long, env = "REGISTRY_HEALTH_INTERVAL_SECONDS", default_value_t = 5)]
     pub health_interval_seconds: u64,
+    /// Agents kept (each with its configuration) as this process last
+    /// wrote them: the first guess of their next update or rollback, which
+    /// saves a read while it is current; 0 turns it off.
+    #[arg(long, env = "REGISTRY_RECENT_AGENTS", default_value_t = 10_000)]
+    pub recent_agents: usize,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -296,6 +301,7 @@ pub struct Settings {
     pub drain: Duration,
     pub metrics_listen: Option<SocketAddr>,
     pub health_interval: Duration,
+    pub recent_agents: usize,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -361,6 +367,7 @@ impl ServeArgs {
             drain: Duration::from_secs(self.drain_seconds),
             metrics_listen: self.metrics_listen,
             health_interval: Duration::from_millis(self.health_interval_seconds.max(1) * 1000),
+            recent_agents: self.recent_agents,
             grpc: self.grpc.clone(),
         })
     }

@@ -88,7 +88,7 @@ async fn serve(args: &Args) -> Result<(), Error> {
             )
         })?;
     let registry = Registry {
-        db: store::Store::new(db, &registry_metrics),
+        db: store::Store::new(db, &registry_metrics, settings.recent_agents),
         crypto,
     };
     server::serve(

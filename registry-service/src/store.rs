@@ -13,8 +13,10 @@
 //! with its BEGIN IMMEDIATE and COMMIT, sent to the connection's thread as
 //! one command together with every other agent write waiting at that moment
 //! (`group_commit`). An update is then a read and a share of one durable
-//! commit instead of a transaction of five statements. The locking
-//! transaction stays for lost races, assignment changes and providers.
+//! commit instead of a transaction of five statements; without the read
+//! when this process wrote the agent last (`recent`: the conditional update
+//! tells whether that guess is current). The locking transaction stays for
+//! lost races, assignment changes and providers.
 //!
 //! Lookups of one row by key use `all`, not `one`: `one` appends `LIMIT ?`,
 //! and SQLite re-prepares a cached statement whose LIMIT is a bound
@@ -28,9 +30,11 @@ pub mod agents;
 mod group_commit;
 pub mod keys;
 pub mod providers;
+pub mod recent;
 mod sqlite_reads;
 
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -51,6 +55,7 @@ use crate::model::version::{self, Change};
 use crate::telemetry::RegistryMetrics;
 use group_commit::GroupCommit;
 use proto::v1 as pb;
+use recent::RecentAgents;
 use sqlite_reads::SqliteReads;
 
 /// How often a write without an etag retries after losing a race.
@@ -117,27 +122,32 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     .map_err(db_error)
 }
 
-/// The database pool and, on SQLite, the committer that groups agent
-/// writes (`group_commit`) and the connection reads go through
-/// (`sqlite_reads`). As a [`ConnectionTrait`] it sends queries there and
+/// The database pool; on SQLite, the committer that groups agent writes
+/// (`group_commit`) and the connection reads go through (`sqlite_reads`);
+/// and the agents this process wrote last (`recent`). As a
+/// [`ConnectionTrait`] it sends queries to the read connection and
 /// everything else to the pool; it also dereferences to the pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: DatabaseConnection,
     sqlite_writes: Option<GroupCommit>,
     sqlite_reads: Option<SqliteReads>,
+    recent_agents: Arc<RecentAgents>,
 }
 
 impl Store {
     /// Wraps `pool`; on SQLite starts its committer task (so it must be
     /// called inside the runtime), which records group sizes in `metrics`.
-    pub fn new(pool: DatabaseConnection, metrics: &RegistryMetrics) -> Self {
+    /// Keeps up to `recent_agents` written agents as the first guess of
+    /// the next update (`recent`).
+    pub fn new(pool: DatabaseConnection, metrics: &RegistryMetrics, recent_agents: usize) -> Self {
         let sqlite = pool.get_database_backend() == DbBackend::Sqlite;
         let sqlite_pool = || pool.get_sqlite_connection_pool();
         let group_sizes = metrics.sqlite_group_writes.clone();
         Self {
             sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone(), group_sizes)),
             sqlite_reads: sqlite.then(|| SqliteReads::new(sqlite_pool())),
+            recent_agents: Arc::new(RecentAgents::new(recent_agents, metrics)),
             pool,
         }
     }
@@ -145,6 +155,11 @@ impl Store {
     /// The pool itself.
     pub fn pool(&self) -> &DatabaseConnection {
         &self.pool
+    }
+
+    /// The agents this process wrote last.
+    pub fn recent_agents(&self) -> &RecentAgents {
+        &self.recent_agents
     }
 }
 

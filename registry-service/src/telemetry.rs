@@ -1,6 +1,7 @@
 //! The registry's own metrics (beyond the per-RPC series every server has):
 //! calls to crypto-service and their latency, dependency status, the
-//! database pool, and how many writes SQLite's group commits carry.
+//! database pool, how many writes SQLite's group commits carry, and what
+//! became of the updates' guesses (`store::recent`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -25,6 +26,13 @@ pub struct PoolLabels {
     pub state: String,
 }
 
+/// Labels of the updates' guesses.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GuessLabels {
+    /// `written`, `stale` or `absent`.
+    pub outcome: String,
+}
+
 /// The registry-specific series.
 #[derive(Debug, Clone)]
 pub struct RegistryMetrics {
@@ -38,6 +46,9 @@ pub struct RegistryMetrics {
     pub pool_connections: Family<PoolLabels, Gauge>,
     /// Agent writes per SQLite group commit (1, 2, 4 … 64).
     pub sqlite_group_writes: Histogram,
+    /// Agent updates and rollbacks by what became of the agent this
+    /// process last wrote, their first guess of the row.
+    pub agent_write_guesses: Family<GuessLabels, Counter>,
 }
 
 impl Default for RegistryMetrics {
@@ -48,6 +59,7 @@ impl Default for RegistryMetrics {
             dependency_up: Family::default(),
             pool_connections: Family::default(),
             sqlite_group_writes: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
+            agent_write_guesses: Family::default(),
         }
     }
 }
@@ -80,6 +92,22 @@ impl RegistryMetrics {
             "Agent writes per SQLite transaction of the group commit (one fsync each)",
             self.sqlite_group_writes.clone(),
         );
+        registry.register(
+            "registry_agent_write_guesses",
+            "Agent updates and rollbacks by what became of the agent as this process last wrote it: \
+             written from it without a read, stale (the row was read), or absent",
+            self.agent_write_guesses.clone(),
+        );
+    }
+
+    /// The counter of guesses with `outcome` (shares its value with the
+    /// series).
+    pub fn agent_write_guess(&self, outcome: &str) -> Counter {
+        self.agent_write_guesses
+            .get_or_create(&GuessLabels {
+                outcome: outcome.to_owned(),
+            })
+            .clone()
     }
 
     /// Records one crypto-service call.

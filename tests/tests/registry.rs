@@ -11,7 +11,8 @@ use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::provider_service_client::ProviderServiceClient;
 use proto::v1::runtime_service_client::RuntimeServiceClient;
 use tests::auth::Authed;
-use tests::stack::Stack;
+use tests::http_get;
+use tests::stack::{Stack, start_registry};
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -1039,6 +1040,275 @@ async fn concurrent_writers_without_etags_all_apply_in_order() {
         ))
         .await;
     assert_eq!(versions, 321);
+    stack.finish().await;
+}
+
+/// Clients of another registry process on the stack's database, acting
+/// as alice (admin) of `acme`.
+async fn second_registry_clients(stack: &Stack) -> (tests::Process, Clients) {
+    let other = start_registry(
+        &stack.database,
+        &stack.crypto_endpoint,
+        Stack::default_registry(),
+    )
+    .await;
+    let token = tests::auth::token("alice", "acme", &["admin"]);
+    let channel = tests::auth::authed(other.channel().await, tests::auth::Bearer::new(&token));
+    let clients = Clients {
+        agents: AgentServiceClient::new(channel.clone()),
+        providers: ProviderServiceClient::new(channel.clone()),
+        runtime: RuntimeServiceClient::new(channel),
+    };
+    (other, clients)
+}
+
+async fn update(
+    c: &mut Clients,
+    agent: pb::Agent,
+    paths: &[&str],
+) -> Result<pb::Agent, tonic::Status> {
+    c.agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(agent),
+            update_mask: mask(paths),
+            change_description: String::new(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn rollback(c: &mut Clients, id: &str, number: i64) -> Result<pb::Agent, tonic::Status> {
+    c.agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: id.to_owned(),
+            version_number: number,
+            ..Default::default()
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// The value of `registry_agent_write_guesses_total{outcome=…}` in a
+/// Prometheus text exposition.
+fn guesses(metrics: &str, outcome: &str) -> u64 {
+    let series = format!("registry_agent_write_guesses_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map_or(0, |value| value.trim().parse().expect("a counter value"))
+}
+
+/// A registry starts an update from the agent as it last wrote it, without
+/// reading the row. Another registry process on the same database makes
+/// that guess stale; every answer must still be the one the row gives: no
+/// lost write, no false no-op, no false ABORTED, masks merged into the row,
+/// diffs against the row.
+#[tokio::test]
+async fn updates_from_a_stale_agent_answer_as_the_row_does() {
+    let stack = Stack::start_with(
+        Stack::default_registry()
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0"),
+    )
+    .await;
+    let metrics = stack
+        .registry
+        .log_field("metrics serving", "listen")
+        .expect("metrics address in the log");
+    let mut a = clients(&stack).await;
+    let (other, mut b) = second_registry_clients(&stack).await;
+    let created = create_agent(&mut a, data_analyst("Shared", None)).await;
+    let id = created.id.clone();
+    let agent = |change: pb::Agent| pb::Agent {
+        id: id.clone(),
+        ..change
+    };
+
+    let v2 = update(
+        &mut a,
+        agent(pb::Agent {
+            temperature: Some(0.8),
+            ..Default::default()
+        }),
+        &["temperature"],
+    )
+    .await
+    .expect("a: v2 from its guess");
+    assert_eq!(v2.version, 2);
+    let v3 = update(
+        &mut b,
+        agent(pb::Agent {
+            temperature: Some(0.9),
+            ..Default::default()
+        }),
+        &["temperature"],
+    )
+    .await
+    .expect("b: v3");
+    assert_eq!(v3.version, 3);
+
+    // a's guess (v2) already says 0.8: not a no-op, since the row says 0.9.
+    let v4 = update(
+        &mut a,
+        agent(pb::Agent {
+            temperature: Some(0.8),
+            ..Default::default()
+        }),
+        &["temperature"],
+    )
+    .await
+    .expect("a: v4");
+    assert_eq!((v4.version, v4.temperature), (4, Some(0.8)));
+    let diff = a
+        .agents
+        .get_agent_version(pb::GetAgentVersionRequest {
+            agent_id: id.clone(),
+            version_number: 4,
+        })
+        .await
+        .expect("v4")
+        .into_inner()
+        .diff;
+    let modified = pb::ChangeKind::Modified as i32;
+    assert_eq!(
+        changes(&diff),
+        BTreeMap::from([(
+            "temperature".to_owned(),
+            (modified, number(0.9), number(0.8))
+        )]),
+        "diffed against the row, not the guess"
+    );
+
+    // b's etag is current though a's guess (v4) is older: not ABORTED.
+    let v5 = update(
+        &mut b,
+        agent(pb::Agent {
+            max_iter: Some(20),
+            ..Default::default()
+        }),
+        &["max_iter"],
+    )
+    .await
+    .expect("b: v5");
+    let v6 = update(
+        &mut a,
+        agent(pb::Agent {
+            max_iter: Some(25),
+            etag: v5.etag.clone(),
+            ..Default::default()
+        }),
+        &["max_iter"],
+    )
+    .await
+    .expect("a: v6 with b's current etag");
+    assert_eq!((v6.version, v6.max_iter), (6, Some(25)));
+    let stale = update(
+        &mut a,
+        agent(pb::Agent {
+            max_iter: Some(30),
+            etag: v4.etag.clone(),
+            ..Default::default()
+        }),
+        &["max_iter"],
+    )
+    .await
+    .expect_err("v4's etag is stale");
+    assert_eq!(stale.code(), Code::Aborted);
+
+    // A mask merges into the row: b's role stays.
+    let v7 = update(
+        &mut b,
+        agent(pb::Agent {
+            role: "Lead Analyst".to_owned(),
+            ..Default::default()
+        }),
+        &["role"],
+    )
+    .await
+    .expect("b: v7");
+    assert_eq!(v7.version, 7);
+    let v8 = update(
+        &mut a,
+        agent(pb::Agent {
+            goal: "Find the trend".to_owned(),
+            ..Default::default()
+        }),
+        &["goal"],
+    )
+    .await
+    .expect("a: v8");
+    assert_eq!(
+        (v8.version, v8.role.as_str(), v8.goal.as_str(), v8.max_iter),
+        (8, "Lead Analyst", "Find the trend", Some(25))
+    );
+
+    // A rollback from a stale guess appends after the row's version.
+    assert_eq!(rollback(&mut b, &id, 1).await.expect("b: v9").version, 9);
+    let v10 = rollback(&mut a, &id, 2).await.expect("a: v10");
+    assert_eq!(
+        (v10.version, v10.temperature, v10.max_iter),
+        (10, Some(0.8), Some(15))
+    );
+    let history = a
+        .agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: id.clone(),
+            page_size: 20,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    assert_eq!(
+        history
+            .versions
+            .iter()
+            .map(|v| v.version_number)
+            .collect::<Vec<_>>(),
+        (1..=10).rev().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        changes(&history.versions[0].diff),
+        BTreeMap::from([(
+            "temperature".to_owned(),
+            (modified, number(0.7), number(0.8))
+        )]),
+        "v10 (v2's configuration) diffed against v9 (v1's)"
+    );
+
+    // Only v2 was written from a guess; the guesses of v4, v6, the stale
+    // etag, v8 and v10 were out of date.
+    let text = http_get(&metrics, "/metrics").await;
+    assert_eq!(
+        (guesses(&text, "written"), guesses(&text, "stale")),
+        (1, 5),
+        "{text}"
+    );
+
+    // Deleted by b: a's guess does not bring it back.
+    b.agents
+        .delete_agent(pb::DeleteAgentRequest {
+            id: id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("b: delete");
+    let gone = update(
+        &mut a,
+        agent(pb::Agent {
+            temperature: Some(0.5),
+            ..Default::default()
+        }),
+        &["temperature"],
+    )
+    .await
+    .expect_err("deleted");
+    assert_eq!(gone.code(), Code::NotFound);
+    assert_eq!(
+        rollback(&mut a, &id, 1).await.expect_err("deleted").code(),
+        Code::NotFound
+    );
+    other.terminate().await;
     stack.finish().await;
 }
 

@@ -4,11 +4,12 @@ use chrono::{DateTime, Utc};
 use migrations::entity::{agent, agent_version, provider};
 use sea_orm::sea_query::{Expr, Query, SimpleExpr, UpdateStatement};
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    EntityTrait, FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
+    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::providers::ProviderRecord;
+use super::recent::Guess;
 use super::{
     MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, foreign_key_violation,
     insert_row, json_val, paginate, stale_etag, unique_violation, val, write_with_version,
@@ -73,7 +74,11 @@ pub async fn create(
     let row = agent_row(&write, &record, config.clone());
     let diff = json_val(backend, &version::changes_to_json(&[]));
     let version = version_row(&write, &record, config, diff);
-    create_with_version(store, &write, record, row, version).await
+    let record = create_with_version(store, &write, record, row, version).await?;
+    store
+        .recent_agents()
+        .remember(&write.caller.tenant, &record);
+    Ok(record)
 }
 
 /// `INSERT INTO agents … SELECT … WHERE <the assigned provider is in the
@@ -201,10 +206,11 @@ pub async fn list(
 
 /// Changes an agent with `change`, appending a version unless nothing
 /// changed (rollbacks always append); a stale etag (`expected_version`)
-/// answers ABORTED. The first attempt reads the row, then writes the
-/// change and its version together ([`write_with_version`]; the common
-/// case: nobody else is writing this agent). After losing that race, or
-/// when the assignment changes, the current row is read inside the write
+/// answers ABORTED. The first attempt starts from the agent as this
+/// process last wrote it ([`super::recent`]), or else reads the row, then
+/// writes the change and its version together ([`write_with_version`]; the
+/// common case: nobody else is writing this agent). After losing that race,
+/// or when the assignment changes, the current row is read inside the write
 /// transaction, locked (`FOR UPDATE` on PostgreSQL; SQLite's write
 /// transaction is IMMEDIATE), so concurrent writers queue instead of
 /// failing.
@@ -215,13 +221,51 @@ pub async fn update(
     expected_version: Option<i64>,
     change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
 ) -> Result<AgentRecord, Error> {
+    let tenant = &write.caller.tenant;
+    let recent = store.recent_agents();
+    let guess = recent.get(tenant, id);
+    if let Some(guess) = &guess
+        && usable(guess, expected_version)
+        && let Ok(spec) = change(guess)
+        && (spec != guess.spec || write.action != Action::Update)
+        && let Some(record) = write_optimistically(store, &write, guess, spec).await?
+    {
+        recent.count(Guess::Written);
+        recent.remember(tenant, &record);
+        return Ok(record);
+    }
+    recent.count(if guess.is_some() {
+        Guess::Stale
+    } else {
+        Guess::Absent
+    });
+    let record = update_from_the_row(store, &write, id, expected_version, change).await?;
+    recent.remember(tenant, &record);
+    Ok(record)
+}
+
+/// Whether a guess can start a write for a caller who expects
+/// `expected_version`: one that names another version is checked against
+/// the row instead.
+fn usable(guess: &AgentRecord, expected_version: Option<i64>) -> bool {
+    expected_version.is_none_or(|expected| expected == guess.version)
+}
+
+/// [`update`] from the row as read now.
+async fn update_from_the_row(
+    store: &Store,
+    write: &Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    change: impl Fn(&AgentRecord) -> Result<AgentSpec, Error>,
+) -> Result<AgentRecord, Error> {
     let current = get(store, &write.caller.tenant, id).await?;
     check_etag(expected_version, &current)?;
     let spec = change(&current)?;
     if spec == current.spec && write.action == Action::Update {
         return Ok(current);
     }
-    if let Some(record) = write_optimistically(store, &write, &current, spec).await? {
+    if let Some(record) = write_optimistically(store, write, &current, spec).await? {
         return Ok(record);
     }
     // Another writer got there first, or the assignment changes: the
@@ -234,18 +278,21 @@ pub async fn update(
         if spec == current.spec && write.action == Action::Update {
             return Ok(current);
         }
-        if let Some(record) = write_next_version(&txn, &write, &current, spec).await? {
+        if let Some(record) = write_next_version(&txn, write, &current, spec).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
         }
     }
-    Err(Error::Aborted(
-        "too many concurrent writers on this agent; try again".to_owned(),
-    ))
+    Err(too_many_writers())
+}
+
+fn too_many_writers() -> Error {
+    Error::Aborted("too many concurrent writers on this agent; try again".to_owned())
 }
 
 /// Rolls agent `id` back to its version `number`: a new version whose
-/// configuration is that snapshot. Written like [`update`]: first after one
+/// configuration is that snapshot. Written like [`update`]: first from the
+/// agent as this process last wrote it and the snapshot, or else after one
 /// read of the agent and the snapshot together; after losing the race, the
 /// snapshot is read again inside the locking write transaction.
 pub async fn rollback(
@@ -255,10 +302,42 @@ pub async fn rollback(
     number: i64,
     expected_version: Option<i64>,
 ) -> Result<AgentRecord, Error> {
+    let tenant = &write.caller.tenant;
+    let recent = store.recent_agents();
+    let guess = recent.get(tenant, id);
+    if let Some(guess) = &guess
+        && usable(guess, expected_version)
+    {
+        let target = get_version(store, tenant, id, number).await?;
+        let spec = AgentSpec::from_json(&target.configuration)?;
+        if let Some(record) = write_optimistically(store, &write, guess, spec).await? {
+            recent.count(Guess::Written);
+            recent.remember(tenant, &record);
+            return Ok(record);
+        }
+    }
+    recent.count(if guess.is_some() {
+        Guess::Stale
+    } else {
+        Guess::Absent
+    });
+    let record = rollback_from_the_row(store, &write, id, number, expected_version).await?;
+    recent.remember(tenant, &record);
+    Ok(record)
+}
+
+/// [`rollback`] from the row as read now.
+async fn rollback_from_the_row(
+    store: &Store,
+    write: &Write<'_>,
+    id: &str,
+    number: i64,
+    expected_version: Option<i64>,
+) -> Result<AgentRecord, Error> {
     let (current, target) = get_with_version(store, &write.caller.tenant, id, number).await?;
     check_etag(expected_version, &current)?;
     let spec = AgentSpec::from_json(&target.configuration)?;
-    if let Some(record) = write_optimistically(store, &write, &current, spec).await? {
+    if let Some(record) = write_optimistically(store, write, &current, spec).await? {
         return Ok(record);
     }
     for _ in 0..MAX_WRITE_ATTEMPTS {
@@ -267,14 +346,12 @@ pub async fn rollback(
         let target = get_version(&txn, &write.caller.tenant, id, number).await?;
         check_etag(expected_version, &current)?;
         let spec = AgentSpec::from_json(&target.configuration)?;
-        if let Some(record) = write_next_version(&txn, &write, &current, spec).await? {
+        if let Some(record) = write_next_version(&txn, write, &current, spec).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
         }
     }
-    Err(Error::Aborted(
-        "too many concurrent writers on this agent; try again".to_owned(),
-    ))
+    Err(too_many_writers())
 }
 
 /// The agent `id` of `tenant` and its version `number`, in one query.
@@ -330,7 +407,7 @@ async fn get_locked(
 
 /// Deletes an agent (its versions go with it).
 pub async fn delete(
-    db: &DatabaseConnection,
+    store: &Store,
     tenant: &str,
     id: &str,
     expected_version: Option<i64>,
@@ -341,7 +418,7 @@ pub async fn delete(
     if let Some(expected) = expected_version {
         query = query.filter(agent::Column::Version.eq(expected));
     }
-    let txn = begin_write(db).await?;
+    let txn = begin_write(store.pool()).await?;
     let deleted = query.exec(&txn).await.map_err(db_error)?.rows_affected;
     if deleted == 0 {
         let current = agent::Entity::find_by_id(id.to_owned())
@@ -355,7 +432,9 @@ pub async fn delete(
             None => not_found(id),
         });
     }
-    txn.commit().await.map_err(db_error)
+    txn.commit().await.map_err(db_error)?;
+    store.recent_agents().forget(id);
+    Ok(())
 }
 
 /// One page of an agent's versions, newest first, in one query: the

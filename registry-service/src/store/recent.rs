@@ -1,0 +1,115 @@
+//! The agents this process wrote most recently, kept as an update's first
+//! guess of where the agent stands, so that the guess can replace the read.
+//!
+//! An update needs the agent as it is now: its spec (to merge a field mask
+//! into, and to diff against) and its version (to take the next number).
+//! The write that follows is conditional on that version (`… WHERE version
+//! = n`), and every change of an agent row takes a new number, so a guess
+//! whose version is still current is the row. A guess that is out of date
+//! (another registry process wrote the agent, or another call here did
+//! first) writes nothing: the update then reads the row and goes on as if
+//! there had been no guess. Neither can a guess decide a call's answer on
+//! its own: a stale etag, a no-op or an invalid merge found against it is
+//! checked again against the row read from the database.
+//!
+//! Calls that read an agent for the caller (GetAgent, lists, ResolveAgent)
+//! never look here. Entries are kept per agent id with their tenant, at
+//! most a configured number of them, the least recently used leaving first.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use hashlink::LruCache;
+use prometheus_client::metrics::counter::Counter;
+
+use super::agents::AgentRecord;
+use crate::telemetry::RegistryMetrics;
+
+/// What became of an update's guess, for the metrics.
+#[derive(Debug, Clone, Copy)]
+pub enum Guess {
+    /// Nothing was kept for the agent.
+    Absent,
+    /// It was out of date or could not decide the call: the row was read.
+    Stale,
+    /// The update was written from it, without reading the row.
+    Written,
+}
+
+/// The most recently written agents, by id.
+#[derive(Debug)]
+pub struct RecentAgents {
+    /// `None` when configured with no room (the cache is off).
+    entries: Option<Mutex<LruCache<String, Recent>>>,
+    absent: Counter,
+    stale: Counter,
+    written: Counter,
+}
+
+/// One agent as this process last wrote it.
+#[derive(Debug)]
+struct Recent {
+    tenant: String,
+    record: Arc<AgentRecord>,
+}
+
+impl RecentAgents {
+    /// Keeps at most `capacity` agents (none when 0) and counts guesses in
+    /// `metrics`.
+    pub fn new(capacity: usize, metrics: &RegistryMetrics) -> Self {
+        let outcome = |name: &str| metrics.agent_write_guess(name);
+        Self {
+            entries: (capacity > 0).then(|| Mutex::new(LruCache::new(capacity))),
+            absent: outcome("absent"),
+            stale: outcome("stale"),
+            written: outcome("written"),
+        }
+    }
+
+    /// The agent `id` of `tenant` as last kept, if it is.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<AgentRecord>> {
+        let mut entries = self.lock()?;
+        let recent = entries.get(id).filter(|recent| recent.tenant == tenant)?;
+        Some(Arc::clone(&recent.record))
+    }
+
+    /// Keeps `record` of `tenant`, unless a newer version of it is kept.
+    pub fn remember(&self, tenant: &str, record: &AgentRecord) {
+        let Some(mut entries) = self.lock() else {
+            return;
+        };
+        let newer_kept = entries
+            .get(&record.id)
+            .is_some_and(|kept| kept.tenant == tenant && kept.record.version >= record.version);
+        if !newer_kept {
+            let recent = Recent {
+                tenant: tenant.to_owned(),
+                record: Arc::new(record.clone()),
+            };
+            entries.insert(record.id.clone(), recent);
+        }
+    }
+
+    /// Drops the agent `id` (it was deleted).
+    pub fn forget(&self, id: &str) {
+        if let Some(mut entries) = self.lock() {
+            entries.remove(id);
+        }
+    }
+
+    /// Counts what became of one update's guess.
+    pub fn count(&self, guess: Guess) {
+        match guess {
+            Guess::Absent => self.absent.inc(),
+            Guess::Stale => self.stale.inc(),
+            Guess::Written => self.written.inc(),
+        };
+    }
+
+    /// The entries, locked; a panic elsewhere while they were locked left
+    /// them whole (every change is one call on the map), so a poisoned lock
+    /// is taken as it is.
+    fn lock(&self) -> Option<MutexGuard<'_, LruCache<String, Recent>>> {
+        let entries = self.entries.as_ref()?;
+        Some(entries.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
