@@ -6,7 +6,6 @@ use std::future::Future;
 
 use proto::crypto::crypto_service_server::CryptoServiceServer;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
@@ -74,15 +73,12 @@ pub async fn serve(
         match listener {
             Listener::Tcp(listener) => {
                 router
-                    .serve_with_incoming_shutdown(
-                        ops::shutdown::incoming_nodelay(listener),
-                        stopped,
-                    )
+                    .serve_with_incoming_shutdown(ops::connection::tcp_incoming(listener), stopped)
                     .await
             }
             Listener::Unix(listener) => {
                 router
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stopped)
+                    .serve_with_incoming_shutdown(ops::connection::unix_incoming(listener), stopped)
                     .await
             }
         }

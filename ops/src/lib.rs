@@ -1,10 +1,13 @@
 //! Operational plumbing both agentregistry services share, so each server
 //! assembles the same behaviour from one place: structured logs and
 //! OpenTelemetry traces ([`telemetry`]), per-RPC spans and Prometheus
-//! metrics as tower layers ([`rpc`], [`metrics`]), and SIGTERM/SIGINT
-//! handling with health flipped before draining ([`shutdown`]).
+//! metrics as tower layers ([`rpc`], [`metrics`]), accepted connections
+//! (`TCP_NODELAY`, writes gathered per HTTP/2 flush: [`connection`]), and
+//! SIGTERM/SIGINT handling with health flipped before draining
+//! ([`shutdown`]).
 
 pub mod cli;
+pub mod connection;
 pub mod metrics;
 pub mod rpc;
 pub mod shutdown;

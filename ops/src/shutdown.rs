@@ -65,21 +65,3 @@ pub async fn serve_and_drain<E: std::fmt::Display>(
     }
     Ok(())
 }
-
-/// Accepted TCP connections with Nagle's algorithm off. tonic sets
-/// `TCP_NODELAY` only on listeners it binds itself; on a listener handed in
-/// (as ours are) small responses would otherwise wait for the peer's
-/// delayed ACK — about 40 ms per call.
-pub fn incoming_nodelay(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted
-            && let Err(error) = stream.set_nodelay(true)
-        {
-            tracing::warn!(%error, "cannot set TCP_NODELAY");
-        }
-        accepted
-    })
-}

@@ -81,7 +81,7 @@ pub async fn serve(
 
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
     let server =
-        router.serve_with_incoming_shutdown(ops::shutdown::incoming_nodelay(listener), async {
+        router.serve_with_incoming_shutdown(ops::connection::tcp_incoming(listener), async {
             let _ = accepting_stopped.await;
         });
     // The dependency check stops before readiness flips for the drain, so

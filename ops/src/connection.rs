@@ -1,0 +1,232 @@
+//! Accepted connections as both servers hand them to tonic: TCP with
+//! Nagle's algorithm off, and every connection's writes gathered until
+//! HTTP/2 flushes them.
+//!
+//! h2 writes the frames of a flush in pieces. On a connection that offers
+//! vectored writes (a plain socket does), it keeps a DATA payload of 256
+//! bytes or more out of its frame buffer and writes it before the next
+//! frame: a unary response of a few hundred bytes left in two system calls,
+//! its headers and message, then its trailers (a 10-byte frame), and the
+//! client was woken twice. [`Gathered`] offers no vectored writes (h2 then
+//! copies payloads under 1 KiB into its frame buffer) and holds what h2
+//! writes until h2 flushes, so each flush leaves in one `write`: a response
+//! and its trailers together, and often the responses of several streams.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_stream::{Stream, StreamExt};
+use tonic::transport::server::Connected;
+
+/// Most bytes held before they are written without waiting for a flush.
+const MOST_HELD: usize = 64 * 1024;
+
+/// Accepted TCP connections with `TCP_NODELAY` and gathered writes. tonic
+/// sets `TCP_NODELAY` only on listeners it binds itself; on a listener
+/// handed in (as ours are) small responses would otherwise wait for the
+/// peer's delayed ACK — about 40 ms per call.
+pub fn tcp_incoming(
+    listener: tokio::net::TcpListener,
+) -> impl Stream<Item = io::Result<Gathered<tokio::net::TcpStream>>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY");
+        }
+        Ok(Gathered::new(stream))
+    })
+}
+
+/// Accepted unix socket connections with gathered writes.
+pub fn unix_incoming(
+    listener: tokio::net::UnixListener,
+) -> impl Stream<Item = io::Result<Gathered<tokio::net::UnixStream>>> {
+    tokio_stream::wrappers::UnixListenerStream::new(listener)
+        .map(|accepted| accepted.map(Gathered::new))
+}
+
+/// A connection whose writes wait in memory until it is flushed (or until
+/// [`MOST_HELD`] bytes wait), then leave in one system call.
+#[derive(Debug)]
+pub struct Gathered<T> {
+    inner: T,
+    held: Vec<u8>,
+}
+
+impl<T> Gathered<T> {
+    /// Wraps an accepted connection.
+    pub fn new(inner: T) -> Self {
+        Self {
+            inner,
+            held: Vec::new(),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> Gathered<T> {
+    /// Writes out everything held.
+    fn poll_write_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.held.is_empty() {
+            let written = ready!(Pin::new(&mut self.inner).poll_write(cx, &self.held))?;
+            if written == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.held.drain(..written);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Gathered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.held.len() + buf.len() > MOST_HELD {
+            ready!(this.poll_write_held(cx))?;
+            if buf.len() >= MOST_HELD {
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
+            }
+        }
+        this.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_held(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_write_held(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Gathered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: Connected> Connected for Gathered<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Records every write it is given, taking at most `most_per_write`
+    /// bytes of each.
+    struct Recorder {
+        writes: Vec<Vec<u8>>,
+        most_per_write: usize,
+        shut_down: bool,
+    }
+
+    impl Recorder {
+        fn new(most_per_write: usize) -> Self {
+            Self {
+                writes: Vec::new(),
+                most_per_write,
+                shut_down: false,
+            }
+        }
+
+        fn bytes(&self) -> Vec<u8> {
+            self.writes.concat()
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let taken = buf.len().min(self.most_per_write);
+            self.get_mut().writes.push(buf[..taken].to_vec());
+            Poll::Ready(Ok(taken))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.get_mut().shut_down = true;
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_wait_for_the_flush_and_leave_in_one_write() -> io::Result<()> {
+        let mut gathered = Gathered::new(Recorder::new(usize::MAX));
+        assert!(!gathered.is_write_vectored(), "h2 must copy small payloads");
+        gathered.write_all(b"headers+data").await?;
+        gathered.write_all(b"trailers").await?;
+        assert!(gathered.inner.writes.is_empty(), "nothing before the flush");
+        gathered.flush().await?;
+        assert_eq!(gathered.inner.writes, [b"headers+datatrailers".to_vec()]);
+        gathered.flush().await?;
+        assert_eq!(
+            gathered.inner.writes.len(),
+            1,
+            "an empty flush writes nothing"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_is_written_before_more_and_order_is_kept() -> io::Result<()> {
+        let mut gathered = Gathered::new(Recorder::new(usize::MAX));
+        let small = vec![1u8; 1000];
+        let large = vec![2u8; MOST_HELD];
+        gathered.write_all(&small).await?;
+        gathered.write_all(&large).await?;
+        assert_eq!(
+            gathered.inner.writes,
+            [small.clone(), large.clone()],
+            "the held bytes first, then the large write without a copy"
+        );
+        gathered.write_all(&small).await?;
+        gathered.shutdown().await?;
+        assert!(gathered.inner.shut_down);
+        assert_eq!(
+            gathered.inner.bytes(),
+            [small.clone(), large, small].concat()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn short_writes_of_the_connection_lose_nothing() -> io::Result<()> {
+        let mut gathered = Gathered::new(Recorder::new(7));
+        let message: Vec<u8> = (0..=255).collect();
+        gathered.write_all(&message).await?;
+        gathered.flush().await?;
+        assert_eq!(gathered.inner.bytes(), message);
+        assert!(gathered.held.is_empty());
+        Ok(())
+    }
+}
