@@ -1308,6 +1308,12 @@ async fn updates_from_a_stale_agent_answer_as_the_row_does() {
         rollback(&mut a, &id, 1).await.expect_err("deleted").code(),
         Code::NotFound
     );
+    let text = http_get(&metrics, "/metrics").await;
+    assert_eq!(
+        (guesses(&text, "stale"), guesses(&text, "absent")),
+        (6, 1),
+        "the NOT_FOUND update forgot the agent: the rollback had no guess\n{text}"
+    );
     other.terminate().await;
     stack.finish().await;
 }

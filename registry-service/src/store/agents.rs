@@ -239,9 +239,19 @@ pub async fn update(
     } else {
         Guess::Absent
     });
-    let record = update_from_the_row(store, &write, id, expected_version, change).await?;
+    let record = update_from_the_row(store, &write, id, expected_version, change)
+        .await
+        .inspect_err(|error| forget_if_gone(store, id, error))?;
     recent.remember(tenant, &record);
     Ok(record)
+}
+
+/// Drops what this process kept of agent `id` once the row is known to be
+/// gone (deleted by another process): its guess could never be written.
+fn forget_if_gone(store: &Store, id: &str, error: &Error) {
+    if matches!(error, Error::NotFound { kind: "agent", .. }) {
+        store.recent_agents().forget(id);
+    }
 }
 
 /// Whether a guess can start a write for a caller who expects
@@ -308,7 +318,9 @@ pub async fn rollback(
     if let Some(guess) = &guess
         && usable(guess, expected_version)
     {
-        let target = get_version(store, tenant, id, number).await?;
+        let target = get_version(store, tenant, id, number)
+            .await
+            .inspect_err(|error| forget_if_gone(store, id, error))?;
         let spec = AgentSpec::from_json(&target.configuration)?;
         if let Some(record) = write_optimistically(store, &write, guess, spec).await? {
             recent.count(Guess::Written);
@@ -321,7 +333,9 @@ pub async fn rollback(
     } else {
         Guess::Absent
     });
-    let record = rollback_from_the_row(store, &write, id, number, expected_version).await?;
+    let record = rollback_from_the_row(store, &write, id, number, expected_version)
+        .await
+        .inspect_err(|error| forget_if_gone(store, id, error))?;
     recent.remember(tenant, &record);
     Ok(record)
 }

@@ -14,7 +14,8 @@
 //!
 //! Calls that read an agent for the caller (GetAgent, lists, ResolveAgent)
 //! never look here. Entries are kept per agent id with their tenant, at
-//! most a configured number of them, the least recently used leaving first.
+//! most a configured number of them, the least recently used leaving first;
+//! an agent deleted here, or found gone, is dropped.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
