@@ -23,6 +23,10 @@ use tonic::transport::server::Connected;
 /// Most bytes held before they are written without waiting for a flush.
 const MOST_HELD: usize = 64 * 1024;
 
+/// Room kept for the next flush once everything held is written; a larger
+/// buffer (after a burst) is given back, so idle connections stay small.
+const ROOM_KEPT: usize = 16 * 1024;
+
 /// Accepted TCP connections with `TCP_NODELAY` and gathered writes. tonic
 /// sets `TCP_NODELAY` only on listeners it binds itself; on a listener
 /// handed in (as ours are) small responses would otherwise wait for the
@@ -74,6 +78,9 @@ impl<T: AsyncWrite + Unpin> Gathered<T> {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.held.drain(..written);
+        }
+        if self.held.capacity() > ROOM_KEPT {
+            self.held = Vec::new();
         }
         Poll::Ready(Ok(()))
     }
@@ -227,6 +234,16 @@ mod tests {
         gathered.flush().await?;
         assert_eq!(gathered.inner.bytes(), message);
         assert!(gathered.held.is_empty());
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_burst_does_not_keep_its_buffer() -> io::Result<()> {
+        let mut gathered = Gathered::new(Recorder::new(usize::MAX));
+        gathered.write_all(&vec![3u8; MOST_HELD - 1]).await?;
+        gathered.flush().await?;
+        assert_eq!(gathered.inner.bytes().len(), MOST_HELD - 1);
+        assert!(gathered.held.capacity() <= ROOM_KEPT);
         Ok(())
     }
 }
