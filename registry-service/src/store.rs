@@ -125,8 +125,8 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 /// The database pool; on SQLite, the committer that groups agent writes
 /// (`group_commit`) and the connection reads go through (`sqlite_reads`);
 /// and the agents this process wrote last (`recent`). As a
-/// [`ConnectionTrait`] it sends queries to the read connection and
-/// everything else to the pool; it also dereferences to the pool.
+/// [`ConnectionTrait`] it sends queries to the read connection (on SQLite)
+/// and everything else to the pool; it also dereferences to the pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: DatabaseConnection,

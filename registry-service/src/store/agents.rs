@@ -9,7 +9,6 @@ use sea_orm::{
 };
 
 use super::providers::ProviderRecord;
-use super::recent::Guess;
 use super::{
     MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, foreign_key_violation,
     insert_row, json_val, paginate, stale_etag, unique_violation, val, write_with_version,
@@ -230,28 +229,12 @@ pub async fn update(
         && (spec != guess.spec || write.action != Action::Update)
         && let Some(record) = write_optimistically(store, &write, guess, spec).await?
     {
-        recent.count(Guess::Written);
-        recent.remember(tenant, &record);
+        recent.written_from_guess(tenant, &record);
         return Ok(record);
     }
-    recent.count(if guess.is_some() {
-        Guess::Stale
-    } else {
-        Guess::Absent
-    });
-    let record = update_from_the_row(store, &write, id, expected_version, change)
-        .await
-        .inspect_err(|error| forget_if_gone(store, id, error))?;
-    recent.remember(tenant, &record);
-    Ok(record)
-}
-
-/// Drops what this process kept of agent `id` once the row is known to be
-/// gone (deleted by another process): its guess could never be written.
-fn forget_if_gone(store: &Store, id: &str, error: &Error) {
-    if matches!(error, Error::NotFound { kind: "agent", .. }) {
-        store.recent_agents().forget(id);
-    }
+    recent.reading_the_row(guess.is_some());
+    let outcome = update_from_the_row(store, &write, id, expected_version, change).await;
+    recent.settle(tenant, id, outcome)
 }
 
 /// Whether a guess can start a write for a caller who expects
@@ -320,24 +303,16 @@ pub async fn rollback(
     {
         let target = get_version(store, tenant, id, number)
             .await
-            .inspect_err(|error| forget_if_gone(store, id, error))?;
+            .inspect_err(|error| recent.forget_if_gone(id, error))?;
         let spec = AgentSpec::from_json(&target.configuration)?;
         if let Some(record) = write_optimistically(store, &write, guess, spec).await? {
-            recent.count(Guess::Written);
-            recent.remember(tenant, &record);
+            recent.written_from_guess(tenant, &record);
             return Ok(record);
         }
     }
-    recent.count(if guess.is_some() {
-        Guess::Stale
-    } else {
-        Guess::Absent
-    });
-    let record = rollback_from_the_row(store, &write, id, number, expected_version)
-        .await
-        .inspect_err(|error| forget_if_gone(store, id, error))?;
-    recent.remember(tenant, &record);
-    Ok(record)
+    recent.reading_the_row(guess.is_some());
+    let outcome = rollback_from_the_row(store, &write, id, number, expected_version).await;
+    recent.settle(tenant, id, outcome)
 }
 
 /// [`rollback`] from the row as read now.

@@ -23,18 +23,8 @@ use hashlink::LruCache;
 use prometheus_client::metrics::counter::Counter;
 
 use super::agents::AgentRecord;
+use crate::error::Error;
 use crate::telemetry::RegistryMetrics;
-
-/// What became of an update's guess, for the metrics.
-#[derive(Debug, Clone, Copy)]
-pub enum Guess {
-    /// Nothing was kept for the agent.
-    Absent,
-    /// It was out of date or could not decide the call: the row was read.
-    Stale,
-    /// The update was written from it, without reading the row.
-    Written,
-}
 
 /// The most recently written agents, by id.
 #[derive(Debug)]
@@ -97,13 +87,43 @@ impl RecentAgents {
         }
     }
 
-    /// Counts what became of one update's guess.
-    pub fn count(&self, guess: Guess) {
-        match guess {
-            Guess::Absent => self.absent.inc(),
-            Guess::Stale => self.stale.inc(),
-            Guess::Written => self.written.inc(),
-        };
+    /// Counts an update written from its guess, and keeps what it wrote.
+    pub fn written_from_guess(&self, tenant: &str, record: &AgentRecord) {
+        self.written.inc();
+        self.remember(tenant, record);
+    }
+
+    /// Counts an update that reads the row instead: its guess (if it had
+    /// one) was stale or could not decide the call.
+    pub fn reading_the_row(&self, had_guess: bool) {
+        if had_guess {
+            self.stale.inc();
+        } else {
+            self.absent.inc();
+        }
+    }
+
+    /// Keeps what an update from the row left, or drops agent `id` when
+    /// the row is gone (deleted by another process: a guess of it could
+    /// never be written); passes `outcome` on.
+    pub fn settle(
+        &self,
+        tenant: &str,
+        id: &str,
+        outcome: Result<AgentRecord, Error>,
+    ) -> Result<AgentRecord, Error> {
+        match &outcome {
+            Ok(record) => self.remember(tenant, record),
+            Err(error) => self.forget_if_gone(id, error),
+        }
+        outcome
+    }
+
+    /// Drops agent `id` when `error` says it is gone.
+    pub fn forget_if_gone(&self, id: &str, error: &Error) {
+        if matches!(error, Error::NotFound { kind: "agent", .. }) {
+            self.forget(id);
+        }
     }
 
     /// The entries, locked; a panic elsewhere while they were locked left
