@@ -126,11 +126,14 @@ fn router(
     let crypto = InterceptedService::new(crypto, allow_list);
 
     // Outermost: a span, metrics and an access log line for every call,
-    // refused ones included.
+    // refused ones included; a path this server does not serve is answered
+    // UNIMPLEMENTED here and recorded as `unknown`.
+    let methods = ops::rpc::Methods::served(proto::FILE_DESCRIPTOR_SET, &[SERVICE_NAME])
+        .map_err(|e| Error::Serve(format!("descriptor set: {e}")))?;
     let mut builder = settings
         .grpc
         .server()
-        .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone()));
+        .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone(), methods));
     if let Some(tls) = &settings.tls {
         let config = ServerTlsConfig::new()
             .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()))

@@ -16,17 +16,17 @@ use prometheus_client::registry::Registry;
 /// Labels of per-method series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    /// `/package.Service/Method`.
-    pub method: String,
+    /// `/package.Service/Method`, or `unknown` ([`crate::rpc::UNKNOWN_METHOD`]).
+    pub method: &'static str,
 }
 
 /// Labels of per-method, per-outcome series.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
-    /// `/package.Service/Method`.
-    pub method: String,
+    /// `/package.Service/Method`, or `unknown` ([`crate::rpc::UNKNOWN_METHOD`]).
+    pub method: &'static str,
     /// The gRPC status code name (`OK`, `NotFound` …).
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// A histogram family with latency buckets from 0.1 ms to about 3 s.

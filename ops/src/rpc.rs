@@ -2,31 +2,113 @@
 //! (a child of the caller's W3C trace context), the per-method metrics, and
 //! one log line per finished call with its status code and latency.
 //!
+//! Everything this layer records is bounded before any other layer runs:
+//! metric labels and span names come only from [`Methods`], the paths the
+//! server really serves. A call to any other path is answered UNIMPLEMENTED
+//! here, recorded under the one method name [`UNKNOWN_METHOD`], and never
+//! reaches authentication or a handler. Refused calls (UNIMPLEMENTED,
+//! UNAUTHENTICATED, PERMISSION_DENIED) are counted like every call but
+//! logged at INFO at most once a second ([`RefusalLog`]), so a flood of
+//! them costs neither memory nor log volume.
+//!
 //! All agentregistry RPCs are unary, and tonic sends a failed unary call as
 //! a trailers-only response, so the status code is read from the response
 //! headers; a response without `grpc-status` there is OK.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use prost::Message;
 use tonic::codegen::http;
 use tracing::Instrument;
 
 use crate::metrics::{MethodLabels, OutcomeLabels, RpcMetrics};
 use crate::telemetry::adopt_remote_parent;
 
-/// Adds spans, metrics and access logs to every call.
+/// The method label and span name of every call to a path the server does
+/// not serve.
+pub const UNKNOWN_METHOD: &str = "unknown";
+
+/// The paths both servers serve besides their own services: gRPC health
+/// and server reflection (v1 and v1alpha).
+const STANDARD_METHODS: [&str; 4] = [
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The method paths (`/package.Service/Method`) one server serves: the only
+/// values its metric labels and span names take.
+#[derive(Debug, Clone)]
+pub struct Methods {
+    paths: Arc<HashSet<&'static str>>,
+}
+
+impl Methods {
+    /// Health, reflection, and every method of `services` found in the
+    /// encoded `FileDescriptorSet` `descriptors`. Built once at start-up,
+    /// so the few strings are kept for the life of the process.
+    pub fn served(descriptors: &[u8], services: &[&str]) -> Result<Self, prost::DecodeError> {
+        let set = prost_types::FileDescriptorSet::decode(descriptors)?;
+        let mut paths: HashSet<&'static str> = STANDARD_METHODS.into_iter().collect();
+        for file in &set.file {
+            for service in &file.service {
+                let full_name = match &file.package {
+                    Some(package) if !package.is_empty() => {
+                        format!("{package}.{}", service.name())
+                    }
+                    _ => service.name().to_owned(),
+                };
+                if !services.contains(&full_name.as_str()) {
+                    continue;
+                }
+                for method in &service.method {
+                    let path = format!("/{full_name}/{}", method.name());
+                    paths.insert(Box::leak(path.into_boxed_str()));
+                }
+            }
+        }
+        Ok(Self {
+            paths: Arc::new(paths),
+        })
+    }
+
+    /// The label for `path`: the served path itself, or [`UNKNOWN_METHOD`].
+    pub fn label(&self, path: &str) -> Option<&'static str> {
+        self.paths.get(path).copied()
+    }
+
+    /// Every served path, sorted.
+    pub fn paths(&self) -> Vec<&'static str> {
+        let mut paths: Vec<&'static str> = self.paths.iter().copied().collect();
+        paths.sort_unstable();
+        paths
+    }
+}
+
+/// Adds spans, metrics and access logs to every call, and answers calls to
+/// unknown paths.
 #[derive(Debug, Clone)]
 pub struct RpcLayer {
     metrics: RpcMetrics,
+    methods: Methods,
+    refusals: Arc<RefusalLog>,
 }
 
 impl RpcLayer {
-    /// A layer recording into `metrics`.
-    pub fn new(metrics: RpcMetrics) -> Self {
-        Self { metrics }
+    /// A layer for a server serving `methods`, recording into `metrics`.
+    pub fn new(metrics: RpcMetrics, methods: Methods) -> Self {
+        Self {
+            metrics,
+            methods,
+            refusals: Arc::new(RefusalLog::default()),
+        }
     }
 }
 
@@ -37,6 +119,8 @@ impl<S> tower::Layer<S> for RpcLayer {
         Rpc {
             inner,
             metrics: self.metrics.clone(),
+            methods: self.methods.clone(),
+            refusals: Arc::clone(&self.refusals),
         }
     }
 }
@@ -46,6 +130,8 @@ impl<S> tower::Layer<S> for RpcLayer {
 pub struct Rpc<S> {
     inner: S,
     metrics: RpcMetrics,
+    methods: Methods,
+    refusals: Arc<RefusalLog>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -56,7 +142,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     B: Send + 'static,
-    R: Send + 'static,
+    R: Default + Send + 'static,
 {
     type Response = http::Response<R>;
     type Error = S::Error;
@@ -69,30 +155,36 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let method = request.uri().path().to_owned();
-        let quiet = is_probe(&method);
+        let known = self.methods.label(request.uri().path());
+        let method = known.unwrap_or(UNKNOWN_METHOD);
         let span = tracing::info_span!(
             "rpc",
-            otel.name = %method,
+            otel.name = method,
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.method = %method,
+            rpc.method = method,
             tenant = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
         );
         adopt_remote_parent(&span, request.headers());
-        let labels = MethodLabels {
-            method: method.clone(),
-        };
+        let labels = MethodLabels { method };
         self.metrics.started.get_or_create(&labels).inc();
         let in_flight = InFlight::enter(&self.metrics, &labels);
         let metrics = self.metrics.clone();
+        let refusals = Arc::clone(&self.refusals);
         let started = Instant::now();
         // Entered while the inner layers take the request, so they can
-        // record fields (the tenant) on this span.
+        // record fields (the tenant) on this span. An unknown path goes no
+        // further than this layer.
         let response = {
             let _entered = span.enter();
-            inner.call(request)
+            match known {
+                Some(_) => Box::pin(inner.call(request)) as BoxFuture<_, _>,
+                None => Box::pin(std::future::ready(Ok(tonic::Status::unimplemented(
+                    "unknown method: this server does not serve that path",
+                )
+                .into_http()))),
+            }
         };
         Box::pin(
             async move {
@@ -110,14 +202,16 @@ where
                 metrics
                     .handled
                     .get_or_create(&OutcomeLabels {
-                        method: labels.method.clone(),
+                        method,
                         code: code_name(code),
                     })
                     .inc();
                 let span = tracing::Span::current();
                 span.record("rpc.grpc.status_code", code as i32);
                 let latency_ms = elapsed.as_secs_f64() * 1e3;
-                if quiet {
+                if is_refusal(code) {
+                    refusals.record(method, code, latency_ms);
+                } else if is_probe(method) {
                     tracing::debug!(code = ?code, latency_ms, "rpc finished");
                 } else {
                     tracing::info!(code = ?code, latency_ms, "rpc finished");
@@ -127,6 +221,59 @@ where
             .instrument(span),
         )
     }
+}
+
+/// Logs refused calls at INFO at most once a second, each line with the
+/// number of refusals since the previous one; the rest at DEBUG.
+#[derive(Debug, Default)]
+pub struct RefusalLog {
+    /// Milliseconds since `epoch` after which the next INFO line may go.
+    next_line_at_ms: AtomicU64,
+    /// Refusals not logged at INFO since the last line.
+    unlogged: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl RefusalLog {
+    /// The shortest time between two INFO lines.
+    const INTERVAL_MS: u64 = 1_000;
+
+    fn record(&self, method: &str, code: tonic::Code, latency_ms: f64) {
+        let epoch = *self.epoch.get_or_init(Instant::now);
+        let now_ms = u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let due = self.next_line_at_ms.load(Ordering::Relaxed);
+        let mine = now_ms >= due
+            && self
+                .next_line_at_ms
+                .compare_exchange(
+                    due,
+                    now_ms.saturating_add(Self::INTERVAL_MS),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if mine {
+            let also_refused = self.unlogged.swap(0, Ordering::Relaxed);
+            tracing::info!(
+                code = ?code,
+                method,
+                latency_ms,
+                also_refused,
+                "rpc refused (one line a second at most; also_refused counts the calls refused since the last line, grpc_server_handled counts them all)"
+            );
+        } else {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(code = ?code, method, latency_ms, "rpc refused");
+        }
+    }
+}
+
+/// Codes that refuse a caller before any work: logged by [`RefusalLog`].
+fn is_refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::Unimplemented | tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+    )
 }
 
 /// Health checks and reflection are logged at debug only.
@@ -143,10 +290,25 @@ fn status_code(headers: &http::HeaderMap) -> tonic::Code {
 }
 
 /// Status code names as gRPC's own metrics spell them.
-pub fn code_name(code: tonic::Code) -> String {
+pub fn code_name(code: tonic::Code) -> &'static str {
     match code {
-        tonic::Code::Ok => "OK".to_owned(),
-        other => format!("{other:?}"),
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "Cancelled",
+        tonic::Code::Unknown => "Unknown",
+        tonic::Code::InvalidArgument => "InvalidArgument",
+        tonic::Code::DeadlineExceeded => "DeadlineExceeded",
+        tonic::Code::NotFound => "NotFound",
+        tonic::Code::AlreadyExists => "AlreadyExists",
+        tonic::Code::PermissionDenied => "PermissionDenied",
+        tonic::Code::ResourceExhausted => "ResourceExhausted",
+        tonic::Code::FailedPrecondition => "FailedPrecondition",
+        tonic::Code::Aborted => "Aborted",
+        tonic::Code::OutOfRange => "OutOfRange",
+        tonic::Code::Unimplemented => "Unimplemented",
+        tonic::Code::Internal => "Internal",
+        tonic::Code::Unavailable => "Unavailable",
+        tonic::Code::DataLoss => "DataLoss",
+        tonic::Code::Unauthenticated => "Unauthenticated",
     }
 }
 

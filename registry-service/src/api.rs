@@ -20,9 +20,17 @@ pub struct Registry {
     pub crypto: Crypto,
 }
 
+/// The most paths an update mask may hold: every field of the largest kind
+/// (with each model parameter named on its own) fits several times over.
+pub const MAX_MASK_PATHS: usize = 64;
+
+/// The longest mask path quoted back in an error message.
+const QUOTED_PATH_CHARS: usize = 64;
+
 /// The update-mask paths to apply: `None` for a full replace (`*`), else
-/// the listed paths, or `fields_set` when no mask was sent. Unknown paths
-/// are INVALID_ARGUMENT.
+/// the listed paths once each in the order given, or `fields_set` when no
+/// mask was sent. More than [`MAX_MASK_PATHS`] paths, or unknown paths, are
+/// INVALID_ARGUMENT; the count is checked before any path is looked at.
 pub fn mask_paths(
     mask: Option<&FieldMask>,
     fields_set: impl FnOnce() -> Vec<String>,
@@ -31,21 +39,50 @@ pub fn mask_paths(
     let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
         return Ok(Some(fields_set()));
     };
+    if mask.paths.len() > MAX_MASK_PATHS {
+        return Err(Error::bad_field(
+            "update_mask",
+            format!(
+                "must hold at most {MAX_MASK_PATHS} paths (got {})",
+                mask.paths.len()
+            ),
+        ));
+    }
     if mask.paths.iter().any(|p| p == "*") {
         if mask.paths.len() > 1 {
             return Err(Error::bad_field("update_mask", "`*` must be the only path"));
         }
         return Ok(None);
     }
-    let unknown: Vec<&String> = mask.paths.iter().filter(|p| !is_known(p)).collect();
+    let unknown: Vec<String> = mask
+        .paths
+        .iter()
+        .filter(|p| !is_known(p))
+        .map(|p| quoted(p))
+        .collect();
     if !unknown.is_empty() {
-        let listed: Vec<&str> = unknown.iter().map(|p| p.as_str()).collect();
         return Err(Error::bad_field(
             "update_mask",
-            format!("unknown or output-only paths: {}", listed.join(", ")),
+            format!("unknown or output-only paths: {}", unknown.join(", ")),
         ));
     }
-    Ok(Some(mask.paths.clone()))
+    let mut seen = std::collections::HashSet::with_capacity(mask.paths.len());
+    Ok(Some(
+        mask.paths
+            .iter()
+            .filter(|p| seen.insert(p.as_str()))
+            .cloned()
+            .collect(),
+    ))
+}
+
+/// A path as an error message shows it: at most [`QUOTED_PATH_CHARS`]
+/// characters.
+fn quoted(path: &str) -> String {
+    match path.char_indices().nth(QUOTED_PATH_CHARS) {
+        Some((end, _)) => format!("{}…", &path[..end]),
+        None => path.to_owned(),
+    }
 }
 
 /// Checks that a required id field is present. An id no resource can

@@ -455,7 +455,9 @@ where
                 Box::pin(inner.call(request))
             }
             Err(status) => {
-                tracing::info!(%method, code = ?status.code(), reason = status.message(), "call refused");
+                // At DEBUG: a flood of refused calls must not flood the log
+                // (ops::rpc logs refusals at INFO at most once a second).
+                tracing::debug!(%method, code = ?status.code(), reason = status.message(), "call refused");
                 Box::pin(std::future::ready(Ok(status.into_http())))
             }
         }

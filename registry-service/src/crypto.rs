@@ -269,7 +269,12 @@ impl Crypto {
         response.map(|r| r.into_inner().plaintext)
     }
 
-    fn observe<T>(&self, method: &str, started: Instant, result: &Result<T, tonic::Status>) {
+    fn observe<T>(
+        &self,
+        method: &'static str,
+        started: Instant,
+        result: &Result<T, tonic::Status>,
+    ) {
         let code = result
             .as_ref()
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);

@@ -96,6 +96,20 @@ impl Error {
         }
     }
 
+    /// The outcome of two independent checks of one request: both checks'
+    /// field violations in one BadRequest when both find some; otherwise the
+    /// first failure, else the second result.
+    pub fn both<T>(first: Result<(), Self>, second: Result<T, Self>) -> Result<T, Self> {
+        match (first, second) {
+            (Ok(()), second) => second,
+            (Err(Self::BadRequest(mut first)), Err(Self::BadRequest(second))) => {
+                first.extend(second);
+                Err(Self::BadRequest(first))
+            }
+            (Err(error), _) => Err(error),
+        }
+    }
+
     /// A failed precondition with a machine-readable reason.
     pub fn precondition(reason: &'static str, message: impl Into<String>) -> Self {
         Self::FailedPrecondition {

@@ -44,12 +44,16 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let limit = settings.max_message_bytes;
+    let methods = ops::rpc::Methods::served(proto::FILE_DESCRIPTOR_SET, &SERVICE_NAMES)
+        .map_err(|e| Error::Internal(format!("descriptor set: {e}")))?;
     let router = settings
         .grpc
         .server()
         // Outermost: a span (child of the caller's trace), metrics and an
-        // access log line for every call, refused ones included.
-        .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone()))
+        // access log line for every call, refused ones included; a path
+        // this server does not serve is answered UNIMPLEMENTED here, before
+        // authentication, and recorded as `unknown`.
+        .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone(), methods))
         // Then: no call reaches a handler without a verified caller whose
         // roles allow the method (health and reflection excepted).
         .layer(AuthLayer::new(authenticator))

@@ -111,11 +111,10 @@ impl RegistryMetrics {
     }
 
     /// Records one crypto-service call.
-    pub fn crypto_call(&self, method: &str, code: tonic::Code, seconds: f64) {
-        let method = method.to_owned();
+    pub fn crypto_call(&self, method: &'static str, code: tonic::Code, seconds: f64) {
         self.crypto_calls
             .get_or_create(&OutcomeLabels {
-                method: method.clone(),
+                method,
                 code: ops::rpc::code_name(code),
             })
             .inc();

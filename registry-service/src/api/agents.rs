@@ -25,6 +25,7 @@ impl AgentService for Registry {
         let input = request
             .agent
             .ok_or_else(|| Error::bad_field("agent", "is required"))?;
+        agent::check_counts(&input)?;
         let spec = AgentSpec::from_proto(&input)?;
         let description = describe(&request.change_description, || "Agent created".to_owned())?;
         let write = Write {
@@ -83,10 +84,13 @@ impl AgentService for Registry {
         require_id("agent.id", &input.id)?;
         tracing::Span::current().record("agent_id", &input.id);
         let expected = parse_etag(&input.etag, "agent.etag")?;
-        let paths = mask_paths(
-            request.update_mask.as_ref(),
-            || AgentSpec::fields_set(&input),
-            agent::is_mask_path,
+        let paths = Error::both(
+            agent::check_counts(&input),
+            mask_paths(
+                request.update_mask.as_ref(),
+                || AgentSpec::fields_set(&input),
+                agent::is_mask_path,
+            ),
         )?;
         let description = describe(&request.change_description, || "Agent updated".to_owned())?;
         let write = Write {
@@ -103,9 +107,7 @@ impl AgentService for Registry {
                 None => AgentSpec::from_proto(&input),
                 Some(paths) => {
                     let mut spec = current.spec.clone();
-                    for path in paths {
-                        spec.apply(&input, path);
-                    }
+                    spec.apply_all(&input, paths);
                     spec.validated()
                 }
             },

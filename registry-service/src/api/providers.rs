@@ -54,6 +54,7 @@ impl ProviderService for Registry {
             .provider
             .as_ref()
             .ok_or_else(|| Error::bad_field("provider", "is required"))?;
+        provider::check_counts(input)?;
         let input = ProviderSpec::from_proto(input)?;
         let description = describe(&request.change_description, || {
             "Provider created".to_owned()
@@ -116,10 +117,13 @@ impl ProviderService for Registry {
         require_id("provider.id", &input.id)?;
         tracing::Span::current().record("provider_id", &input.id);
         let expected = parse_etag(&input.etag, "provider.etag")?;
-        let paths = mask_paths(
-            request.update_mask.as_ref(),
-            || ProviderSpec::fields_set(&input),
-            provider::is_mask_path,
+        let paths = Error::both(
+            provider::check_counts(&input),
+            mask_paths(
+                request.update_mask.as_ref(),
+                || ProviderSpec::fields_set(&input),
+                provider::is_mask_path,
+            ),
         )?;
         let description = describe(&request.change_description, || {
             "Provider updated".to_owned()
@@ -295,15 +299,31 @@ impl ProviderService for Registry {
 }
 
 /// Applies an update (full replace when `paths` is `None`) to `current`.
+/// A stored key is bound to where it is sent: an update that changes the
+/// destination (`base_url` or `provider_type`) and keeps the key is
+/// FAILED_PRECONDITION (`API_KEY_REQUIRED`), so no admin can redirect a key
+/// they never held to a host of their choosing.
 fn apply(
     current: &ProviderSpec,
     input: &pb::Provider,
     paths: Option<&[String]>,
 ) -> Result<ProviderInput, Error> {
-    match paths {
+    let updated = match paths {
         None => ProviderSpec::from_proto(input),
         Some(paths) => current.updated(input, paths),
+    }?;
+    let keeps_the_key = current.api_key.is_some() && updated.new_api_key.is_none();
+    let moves = updated.spec.base_url != current.base_url
+        || updated.spec.provider_type != current.provider_type;
+    if keeps_the_key && moves {
+        return Err(Error::precondition(
+            "API_KEY_REQUIRED",
+            "changing base_url or provider_type sends the stored key somewhere else: \
+             send the key for the new destination as api_key in the same request \
+             (and name api_key in the update mask)",
+        ));
     }
+    Ok(updated)
 }
 
 /// The response form of a stored provider; never carries the key.

@@ -52,6 +52,27 @@ pub struct AgentSpec {
     pub max_retry_limit: i32,
 }
 
+/// The most tools an agent may list.
+pub const MAX_TOOLS: usize = 64;
+
+/// Refuses an agent message whose repeated fields hold more items than any
+/// valid agent can, before anything iterates over them or copies them: the
+/// item checks, duplicate checks and mask merges after this are bounded.
+pub fn check_counts(input: &pb::Agent) -> Result<(), Error> {
+    let mut v = Violations::default();
+    if input.tools.len() > MAX_TOOLS {
+        v.add(
+            "agent.tools",
+            format!(
+                "must hold at most {MAX_TOOLS} tools (got {})",
+                input.tools.len()
+            ),
+        );
+    }
+    params::check_counts(input.llm_overrides.as_ref(), "agent.llm_overrides", &mut v);
+    v.finish(())
+}
+
 /// Update-mask paths of an agent's configuration (besides
 /// `llm_overrides.<field>`).
 pub const FIELDS: &[&str] = &[
@@ -142,9 +163,22 @@ impl AgentSpec {
     /// Copies one update-mask path from `input`; an unset value resets the
     /// field to its default. `false` for an unknown path.
     pub fn apply(&mut self, input: &pb::Agent, path: &str) -> bool {
+        let overrides = ModelParams::from_proto(input.llm_overrides.clone());
+        self.apply_from(input, &overrides, path)
+    }
+
+    /// Copies every update-mask path in `paths` from `input` (the message's
+    /// overrides converted once, not once per path).
+    pub fn apply_all(&mut self, input: &pb::Agent, paths: &[String]) {
+        let overrides = ModelParams::from_proto(input.llm_overrides.clone());
+        for path in paths {
+            self.apply_from(input, &overrides, path);
+        }
+    }
+
+    fn apply_from(&mut self, input: &pb::Agent, overrides: &ModelParams, path: &str) -> bool {
         if let Some(param) = path.strip_prefix("llm_overrides.") {
-            let source = ModelParams::from_proto(input.llm_overrides.clone());
-            return self.llm_overrides.copy_field(&source, param);
+            return self.llm_overrides.copy_field(overrides, param);
         }
         match path {
             "name" => self.name = input.name.clone(),
@@ -155,9 +189,7 @@ impl AgentSpec {
             "llm_provider_id" => {
                 self.llm_provider_id = input.llm_provider_id.clone().filter(|id| !id.is_empty());
             }
-            "llm_overrides" => {
-                self.llm_overrides = ModelParams::from_proto(input.llm_overrides.clone())
-            }
+            "llm_overrides" => self.llm_overrides = overrides.clone(),
             "temperature" => self.temperature = input.temperature,
             "allow_delegation" => {
                 self.allow_delegation = input.allow_delegation.unwrap_or(DEFAULT_ALLOW_DELEGATION);
@@ -221,13 +253,22 @@ impl AgentSpec {
     }
 
     fn check_tools(&self, v: &mut Violations) {
-        if self.tools.len() > 64 {
-            v.add("agent.tools", "must hold at most 64 tools");
+        if self.tools.len() > MAX_TOOLS {
+            // Reported alone: the items of a list this long are not looked at.
+            v.add(
+                "agent.tools",
+                format!(
+                    "must hold at most {MAX_TOOLS} tools (got {})",
+                    self.tools.len()
+                ),
+            );
+            return;
         }
+        let mut seen = std::collections::HashSet::with_capacity(self.tools.len());
         for (index, tool) in self.tools.iter().enumerate() {
             let field = format!("agent.tools[{index}]");
             check_required_text(v, &field, tool, 200);
-            if !tool.trim().is_empty() && self.tools[..index].contains(tool) {
+            if !seen.insert(tool.as_str()) && !tool.trim().is_empty() {
                 v.add(field, "is listed twice");
             }
         }

@@ -29,6 +29,26 @@ pub struct ModelParams {
     pub stop: Vec<String>,
 }
 
+/// The most stop sequences a set of parameters may hold.
+pub const MAX_STOP: usize = 16;
+
+/// Records a violation under `prefix` when `message` holds more stop
+/// sequences than any valid parameters can, before anything iterates over
+/// them or copies them.
+pub fn check_counts(message: Option<&pb::ModelParameters>, prefix: &str, v: &mut Violations) {
+    if let Some(message) = message
+        && message.stop.len() > MAX_STOP
+    {
+        v.add(
+            path(prefix, "stop"),
+            format!(
+                "must hold at most {MAX_STOP} sequences (got {})",
+                message.stop.len()
+            ),
+        );
+    }
+}
+
 /// The names of [`ModelParams`] fields, as update masks spell them.
 pub const FIELDS: &[&str] = &[
     "model_name",
@@ -87,8 +107,16 @@ impl ModelParams {
         if let Some(s) = self.timeout_seconds {
             check_i32(v, &path(prefix, "timeout_seconds"), s, 1, 3600);
         }
-        if self.stop.len() > 16 {
-            v.add(path(prefix, "stop"), "must hold at most 16 sequences");
+        if self.stop.len() > MAX_STOP {
+            // Reported alone: the items of a list this long are not looked at.
+            v.add(
+                path(prefix, "stop"),
+                format!(
+                    "must hold at most {MAX_STOP} sequences (got {})",
+                    self.stop.len()
+                ),
+            );
+            return;
         }
         for (index, stop) in self.stop.iter().enumerate() {
             let field = format!("{}[{index}]", path(prefix, "stop"));

@@ -130,6 +130,19 @@ impl std::fmt::Debug for ProviderInput {
     }
 }
 
+/// Refuses a provider message whose repeated fields hold more items than
+/// any valid provider can, before anything iterates over them or copies
+/// them.
+pub fn check_counts(input: &pb::Provider) -> Result<(), Error> {
+    let mut v = Violations::default();
+    super::params::check_counts(
+        input.default_parameters.as_ref(),
+        "provider.default_parameters",
+        &mut v,
+    );
+    v.finish(())
+}
+
 impl ProviderSpec {
     fn blank() -> Self {
         Self {
@@ -148,8 +161,9 @@ impl ProviderSpec {
     pub fn from_proto(input: &pb::Provider) -> Result<ProviderInput, Error> {
         let mut spec = Self::blank();
         let mut v = Violations::default();
+        let defaults = ModelParams::from_proto(input.default_parameters.clone());
         for field in FIELDS {
-            spec.apply(input, field, &mut v);
+            spec.apply(input, &defaults, field, &mut v);
         }
         let new_api_key =
             (!input.api_key.is_empty()).then(|| zeroize::Zeroizing::new(input.api_key.clone()));
@@ -164,11 +178,12 @@ impl ProviderSpec {
         let mut spec = self.clone();
         let mut v = Violations::default();
         let mut new_api_key = None;
+        let defaults = ModelParams::from_proto(input.default_parameters.clone());
         for path in paths {
             if path == "api_key" {
                 new_api_key = Some(zeroize::Zeroizing::new(input.api_key.clone()));
             } else {
-                spec.apply(input, path, &mut v);
+                spec.apply(input, &defaults, path, &mut v);
             }
         }
         spec.validated(v, input)
@@ -193,10 +208,15 @@ impl ProviderSpec {
             .collect()
     }
 
-    fn apply(&mut self, input: &pb::Provider, path: &str, v: &mut Violations) {
+    fn apply(
+        &mut self,
+        input: &pb::Provider,
+        defaults: &ModelParams,
+        path: &str,
+        v: &mut Violations,
+    ) {
         if let Some(param) = path.strip_prefix("default_parameters.") {
-            let source = ModelParams::from_proto(input.default_parameters.clone());
-            self.default_parameters.copy_field(&source, param);
+            self.default_parameters.copy_field(defaults, param);
             return;
         }
         match path {
@@ -213,9 +233,7 @@ impl ProviderSpec {
                 self.base_url = Some(input.base_url.clone()).filter(|url| !url.is_empty())
             }
             "api_version" => self.api_version = input.api_version.clone().filter(|s| !s.is_empty()),
-            "default_parameters" => {
-                self.default_parameters = ModelParams::from_proto(input.default_parameters.clone());
-            }
+            "default_parameters" => self.default_parameters = defaults.clone(),
             "is_default" => self.is_default = input.is_default,
             _ => {}
         }

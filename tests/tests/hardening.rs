@@ -1,0 +1,485 @@
+//! Issue 15, end to end against the real binaries: what an outsider or a
+//! tenant admin could do to the service or to the keys before, each shown
+//! not to work now. Unknown paths flooded without a token, repeated fields
+//! and update masks sized to the message limit, and a stored key redirected
+//! to another host.
+
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use proto::v1 as pb;
+use tests::stack::Stack;
+use tests::{Launch, http_get};
+use tonic::Code;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Calls each path in `paths` with an empty message and no token, 32 at a
+/// time, and returns every status code received.
+async fn call_paths(channel: &Channel, paths: Vec<String>) -> Vec<Code> {
+    futures_util::stream::iter(paths)
+        .map(|path| {
+            let channel = channel.clone();
+            async move {
+                match tests::raw::unary(channel, &path, tonic::Request::new(Vec::new())).await {
+                    Ok(_) => Code::Ok,
+                    Err(status) => status.code(),
+                }
+            }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await
+}
+
+fn random_paths(count: usize, length: usize, tag: &str) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            let head = format!("/flood.{tag}{i}.Svc/M");
+            format!("{head}{}", "x".repeat(length.saturating_sub(head.len())))
+        })
+        .collect()
+}
+
+fn metrics_flag(launch: Launch) -> Launch {
+    launch.arg("--metrics-listen").arg("127.0.0.1:0")
+}
+
+/// 20,000 calls to paths nobody serves, without a token, then 200 with
+/// 4 KiB paths: each is UNIMPLEMENTED, neither server's memory or
+/// `/metrics` grows with them, and the log gets at most a line a second.
+/// Before: UNAUTHENTICATED, two log lines and a metric series per path
+/// (RSS +67 MB per 50,000 paths).
+#[tokio::test]
+async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_metrics() {
+    let stack = Stack::launch(
+        metrics_flag(Launch::default()),
+        metrics_flag(Stack::default_registry()),
+    )
+    .await;
+    tests::health::wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
+    let crypto = stack.crypto.as_ref().expect("crypto running");
+    let servers = [
+        (
+            &stack.registry,
+            stack.channel().await,
+            stack
+                .registry
+                .log_field("metrics serving", "listen")
+                .expect("registry metrics"),
+        ),
+        (
+            crypto,
+            crypto.channel().await,
+            crypto
+                .log_field("metrics serving", "listen")
+                .expect("crypto metrics"),
+        ),
+    ];
+    for (process, channel, metrics) in &servers {
+        // A first round lets the allocator and the connection settle.
+        let warm_up = call_paths(channel, random_paths(2_000, 0, "warm")).await;
+        assert!(warm_up.iter().all(|code| *code == Code::Unimplemented));
+        let metrics_before = http_get(metrics, "/metrics").await;
+        let rss_before = rss_kib(process.pid());
+        let started = Instant::now();
+
+        let mut codes = call_paths(channel, random_paths(20_000, 0, "a")).await;
+        codes.extend(call_paths(channel, random_paths(200, 4096, "long")).await);
+        let seconds = started.elapsed().as_secs();
+
+        assert_eq!(codes.len(), 20_200);
+        assert!(
+            codes.iter().all(|code| *code == Code::Unimplemented),
+            "every unknown path is UNIMPLEMENTED: {:?}",
+            codes.iter().find(|code| **code != Code::Unimplemented)
+        );
+        let rss_after = rss_kib(process.pid());
+        assert!(
+            rss_after <= rss_before + 5 * 1024,
+            "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        );
+        let metrics_after = http_get(metrics, "/metrics").await;
+        assert!(
+            !metrics_after.contains("flood."),
+            "a flooded path is a label"
+        );
+        assert!(
+            metrics_after.contains(r#"method="unknown",code="Unimplemented"} 22200"#),
+            "all unknown calls counted under one label:\n{metrics_after}"
+        );
+        assert!(
+            metrics_after.len() <= metrics_before.len() + 256,
+            "/metrics grew from {} to {} bytes",
+            metrics_before.len(),
+            metrics_after.len()
+        );
+        let refused_lines = process.output().matches("rpc refused").count() as u64;
+        // The warm-up and the flood: at most one INFO line a second, plus
+        // the first of each.
+        let allowed = seconds + started.elapsed().as_secs() + 4;
+        assert!(
+            refused_lines <= allowed,
+            "{refused_lines} refusal lines in {seconds} s"
+        );
+        assert!(
+            !process.output().contains("flood."),
+            "a flooded path was logged"
+        );
+    }
+    // Known methods still work and still need a token.
+    let unauthenticated = pb::agent_service_client::AgentServiceClient::new(stack.channel().await)
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+        .expect_err("no token");
+    assert_eq!(unauthenticated.code(), Code::Unauthenticated);
+    stack.finish().await;
+}
+
+fn agent(name: &str) -> pb::Agent {
+    pb::Agent {
+        name: name.into(),
+        role: "Analyst".into(),
+        goal: "Analyze".into(),
+        backstory: "Expert".into(),
+        ..Default::default()
+    }
+}
+
+fn violations(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    let mut fields: Vec<String> = status
+        .get_details_bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .into_iter()
+                .map(|violation| violation.field)
+                .collect()
+        })
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}
+
+/// Checks `Health/Check` on a channel of its own, one call after another,
+/// until `stop` fires; returns the slowest answer.
+async fn slowest_health_check(
+    channel: Channel,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> Duration {
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut slowest = Duration::ZERO;
+    loop {
+        let started = Instant::now();
+        let check = health.check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        tokio::select! {
+            answer = check => {
+                answer.expect("health answers during the attack");
+                slowest = slowest.max(started.elapsed());
+            }
+            _ = &mut stop => return slowest,
+        }
+    }
+}
+
+/// Repeated fields and update masks as large as the 4 MiB message limit
+/// allows: each request is INVALID_ARGUMENT naming the one oversized field,
+/// answered in well under a second, while Health/Check on another
+/// connection keeps answering at once. Before: 200,000 tools took 42 s of
+/// CPU and a 40,000-path mask over 80,000 stop sequences 44 s, with health
+/// stalled meanwhile.
+#[tokio::test]
+async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
+    let stack = Stack::start().await;
+    let editor = stack.channel_as("eve", "acme", &["editor", "admin"]).await;
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(editor.clone());
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(editor.clone());
+    let target = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent("target")),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create")
+        .into_inner();
+
+    let tools: Vec<String> = (0..200_000).map(|i| format!("tool-{i}")).collect();
+    let stops: Vec<String> = (0..80_000).map(|i| format!("s{i}")).collect();
+    let tool_bomb = pb::CreateAgentRequest {
+        agent: Some(pb::Agent {
+            tools,
+            ..agent("bomb")
+        }),
+        change_description: String::new(),
+    };
+    let overrides = Some(pb::ModelParameters {
+        stop: stops.clone(),
+        ..Default::default()
+    });
+    let mask_bomb = |paths: usize| pb::UpdateAgentRequest {
+        agent: Some(pb::Agent {
+            id: target.id.clone(),
+            llm_overrides: overrides.clone(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["llm_overrides".to_owned(); paths],
+        }),
+        change_description: String::new(),
+    };
+    let provider_bomb = pb::CreateProviderRequest {
+        provider: Some(pb::Provider {
+            name: "bomb".into(),
+            provider_type: pb::ProviderType::Openai.into(),
+            model_name: "gpt-4".into(),
+            default_parameters: Some(pb::ModelParameters {
+                stop: stops,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        change_description: String::new(),
+    };
+
+    let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
+    let health = tokio::spawn(slowest_health_check(stack.channel().await, health_stopped));
+    let mut slowest_bomb = Duration::ZERO;
+    for _ in 0..2 {
+        let (mut a, mut b, mut c) = (agents.clone(), agents.clone(), agents.clone());
+        let started = Instant::now();
+        let (tools, masks, capped_masks, provider) = tokio::join!(
+            a.create_agent(tool_bomb.clone()),
+            b.update_agent(mask_bomb(40_000)),
+            c.update_agent(mask_bomb(64)),
+            providers.create_provider(provider_bomb.clone()),
+        );
+        slowest_bomb = slowest_bomb.max(started.elapsed());
+        let tools = tools.expect_err("200,000 tools");
+        assert_eq!(tools.code(), Code::InvalidArgument);
+        assert_eq!(violations(&tools), ["agent.tools"]);
+        let masks = masks.expect_err("40,000 mask paths");
+        assert_eq!(masks.code(), Code::InvalidArgument);
+        assert_eq!(
+            violations(&masks),
+            ["agent.llm_overrides.stop", "update_mask"]
+        );
+        assert!(masks.message().contains("at most 64 paths"), "{masks:?}");
+        let capped = capped_masks.expect_err("80,000 stop sequences");
+        assert_eq!(capped.code(), Code::InvalidArgument);
+        assert_eq!(violations(&capped), ["agent.llm_overrides.stop"]);
+        let provider = provider.expect_err("80,000 provider stop sequences");
+        assert_eq!(provider.code(), Code::InvalidArgument);
+        assert_eq!(violations(&provider), ["provider.default_parameters.stop"]);
+    }
+    let _ = stop_health.send(());
+    let slowest_health = health.await.expect("health task");
+    // Generous for a debug build on two shared cores; the attacks took
+    // tens of seconds each before.
+    assert!(
+        slowest_bomb < Duration::from_secs(3),
+        "slowest round of bombs: {slowest_bomb:?}"
+    );
+    assert!(
+        slowest_health < Duration::from_millis(500),
+        "slowest health check during the bombs: {slowest_health:?}"
+    );
+
+    // Nothing was written, and a mask naming a path many times applies it
+    // once.
+    let unchanged = agents
+        .get_agent(pb::GetAgentRequest {
+            id: target.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(unchanged.version, 1);
+    let repeated = agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: target.id.clone(),
+                max_iter: Some(7),
+                llm_overrides: Some(pb::ModelParameters {
+                    stop: vec!["END".into()],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: [["max_iter", "llm_overrides.stop"]; 32]
+                    .concat()
+                    .into_iter()
+                    .map(String::from)
+                    .collect(),
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("64 paths, two distinct")
+        .into_inner();
+    assert_eq!(repeated.version, 2);
+    assert_eq!(repeated.max_iter, Some(7));
+    assert_eq!(
+        repeated.llm_overrides.map(|o| o.stop),
+        Some(vec!["END".to_owned()])
+    );
+    let versions = agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: target.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    assert_eq!(versions.versions.len(), 2);
+    let changed: Vec<String> = versions.versions[0]
+        .diff
+        .iter()
+        .map(|change| change.path.clone())
+        .collect();
+    assert_eq!(changed, ["llm_overrides.stop", "max_iter"]);
+    stack.finish().await;
+}
+
+/// An admin who never held a provider's key cannot send it elsewhere:
+/// changing `base_url` (or `provider_type`) without a new key is
+/// FAILED_PRECONDITION `API_KEY_REQUIRED`, and ResolveAgent still hands
+/// the key out with the URL it was stored for. With a new key in the same
+/// request the change goes through. Before: the update kept the stored key
+/// and ResolveAgent returned it with the attacker's URL.
+#[tokio::test]
+async fn a_stored_key_cannot_be_redirected_to_another_host() {
+    use tonic_types::StatusExt;
+    let stack = Stack::start().await;
+    let admin = stack.channel_as("mallory", "acme", &["admin"]).await;
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(admin.clone());
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(admin);
+    let mut runtime = pb::runtime_service_client::RuntimeServiceClient::new(
+        stack.channel_as("runner", "acme", &["runtime"]).await,
+    );
+    let provider = providers
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(pb::Provider {
+                name: "compatible".into(),
+                provider_type: pb::ProviderType::OpenaiCompatible.into(),
+                model_name: "llama".into(),
+                base_url: "https://llm.internal.example/v1".into(),
+                api_key: "sk-bound-to-llm-internal".into(),
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create provider")
+        .into_inner();
+    let agent_id = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                llm_provider_id: Some(provider.id.clone()),
+                ..agent("runner")
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create agent")
+        .into_inner()
+        .id;
+
+    let redirect = |paths: &[&str], provider_type: pb::ProviderType, base_url: &str, key: &str| {
+        pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: provider.id.clone(),
+                provider_type: provider_type.into(),
+                base_url: base_url.into(),
+                api_key: key.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+            }),
+            change_description: String::new(),
+        }
+    };
+    for attempt in [
+        redirect(
+            &["base_url"],
+            pb::ProviderType::OpenaiCompatible,
+            "https://attacker.example/v1",
+            "",
+        ),
+        // Sending a key without naming it in the mask does not count.
+        redirect(
+            &["base_url"],
+            pb::ProviderType::OpenaiCompatible,
+            "https://attacker.example/v1",
+            "sk-ignored",
+        ),
+        redirect(
+            &["provider_type", "base_url"],
+            pb::ProviderType::Openai,
+            "",
+            "",
+        ),
+    ] {
+        let refused = providers
+            .update_provider(attempt)
+            .await
+            .expect_err("redirect without a key");
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+        let info = refused.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.reason, "API_KEY_REQUIRED");
+    }
+    let resolved = runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id: agent_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(
+        resolved.provider.expect("provider").base_url,
+        "https://llm.internal.example/v1"
+    );
+    assert_eq!(resolved.api_key, "sk-bound-to-llm-internal");
+
+    // With the new destination's key in the same request, it moves.
+    let moved = providers
+        .update_provider(redirect(
+            &["base_url", "api_key"],
+            pb::ProviderType::OpenaiCompatible,
+            "https://llm2.internal.example/v1",
+            "sk-for-llm2",
+        ))
+        .await
+        .expect("move with a new key")
+        .into_inner();
+    assert_eq!(moved.version, 2);
+    let resolved = runtime
+        .resolve_agent(pb::ResolveAgentRequest {
+            agent_id,
+            ..Default::default()
+        })
+        .await
+        .expect("resolve")
+        .into_inner();
+    assert_eq!(
+        resolved.provider.expect("provider").base_url,
+        "https://llm2.internal.example/v1"
+    );
+    assert_eq!(resolved.api_key, "sk-for-llm2");
+    stack.finish().await;
+}
