@@ -350,16 +350,20 @@ pub fn assert_acceptable(token: &str, identity: &registry_service::auth::Identit
 pub fn assert_admission(authenticator: &Authenticator, method: &str, token: &str) {
     let authorization = format!("Bearer {token}");
     match authenticator.admit(method, Some(&authorization)) {
-        Ok(caller) => {
+        Ok(admitted) => {
             let identity = authenticator
                 .verify(token.trim())
                 .expect("admitted token verifies");
-            assert_eq!(identity.caller.subject, caller.subject);
+            assert_eq!(identity.caller.subject, admitted.caller.subject);
             let allowed = registry_service::auth::allowed_roles(method)
                 .expect("admitted to a method the role table lacks");
             assert!(
-                identity.roles.iter().any(|r| allowed.contains(r)),
+                admitted.roles.iter().any(|r| allowed.contains(r)),
                 "admitted without a role for {method}"
+            );
+            assert!(
+                admitted.roles.iter().all(|r| identity.roles.contains(r)),
+                "admitted with a role the token does not claim"
             );
         }
         Err(status) => assert!(

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use tonic::Status;
 use tonic::codegen::http;
 
-use crate::caller::Caller;
+use crate::caller::{Caller, PlatformOperator};
 use crate::error::Error;
 
 /// A role a token can grant.
@@ -34,6 +34,10 @@ pub enum Role {
     Admin,
     /// Only ResolveAgent.
     Runtime,
+    /// Key operations over every tenant (rewrap, retire, global key
+    /// status). Not a tenant role: held only by the token subjects the
+    /// deployment lists (`PLATFORM_OPERATOR_SUBJECTS`).
+    PlatformOperator,
 }
 
 impl Role {
@@ -44,11 +48,18 @@ impl Role {
             Self::Editor => "editor",
             Self::Admin => "admin",
             Self::Runtime => "runtime",
+            Self::PlatformOperator => "platform-operator",
         }
     }
 
     /// Every role.
-    pub const ALL: [Role; 4] = [Role::Viewer, Role::Editor, Role::Admin, Role::Runtime];
+    pub const ALL: [Role; 5] = [
+        Role::Viewer,
+        Role::Editor,
+        Role::Admin,
+        Role::Runtime,
+        Role::PlatformOperator,
+    ];
 
     fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|role| role.as_str() == name)
@@ -59,6 +70,9 @@ const READERS: &[Role] = &[Role::Viewer, Role::Editor, Role::Admin];
 const EDITORS: &[Role] = &[Role::Editor, Role::Admin];
 const ADMINS: &[Role] = &[Role::Admin];
 const RUNTIME: &[Role] = &[Role::Runtime];
+const OPERATORS: &[Role] = &[Role::PlatformOperator];
+/// Tenant admins see their own tenant's key counts; operators see all.
+const KEY_READERS: &[Role] = &[Role::Admin, Role::PlatformOperator];
 
 /// The roles allowed to call `method` (a full gRPC path such as
 /// `/agentregistry.v1.AgentService/CreateAgent`); `None` for a method the
@@ -88,10 +102,8 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
             "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider",
         ) => ADMINS,
         ("agentregistry.v1.RuntimeService", "ResolveAgent") => RUNTIME,
-        (
-            "agentregistry.v1.KeyService",
-            "GetKeyStatus" | "RewrapCredentials" | "RetireKeyVersion",
-        ) => ADMINS,
+        ("agentregistry.v1.KeyService", "GetKeyStatus") => KEY_READERS,
+        ("agentregistry.v1.KeyService", "RewrapCredentials" | "RetireKeyVersion") => OPERATORS,
         _ => return None,
     };
     Some(roles)
@@ -131,6 +143,8 @@ pub struct Authenticator {
     /// Keys by `kid`; the `None` entry is used for tokens without one.
     keys: HashMap<Option<String>, (Algorithm, DecodingKey)>,
     expectations: Expectations,
+    /// The subjects whose claim of `platform-operator` counts.
+    platform_operators: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -138,6 +152,7 @@ impl std::fmt::Debug for Authenticator {
         f.debug_struct("Authenticator")
             .field("keys", &self.keys.len())
             .field("expectations", &self.expectations)
+            .field("platform_operators", &self.platform_operators)
             .finish()
     }
 }
@@ -210,7 +225,18 @@ impl Authenticator {
                 }
             }
         }
-        Ok(Self { keys, expectations })
+        Ok(Self {
+            keys,
+            expectations,
+            platform_operators: std::collections::HashSet::new(),
+        })
+    }
+
+    /// Lets the tokens of `subjects` hold the `platform-operator` role they
+    /// claim; any other token's claim of it is ignored.
+    pub fn with_platform_operators(mut self, subjects: Vec<String>) -> Self {
+        self.platform_operators = subjects.into_iter().collect();
+        self
     }
 
     /// Verifies a bearer token.
@@ -285,7 +311,7 @@ impl Authenticator {
     }
 
     /// Authenticates and authorizes one call to `method`.
-    pub fn admit(&self, method: &str, authorization: Option<&str>) -> Result<Caller, Status> {
+    pub fn admit(&self, method: &str, authorization: Option<&str>) -> Result<Identity, Status> {
         let header = authorization
             .ok_or_else(|| unauthenticated("missing authorization: Bearer <token>"))?;
         let token = header
@@ -294,10 +320,15 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
-        let identity = self.verify(token)?;
+        let mut identity = self.verify(token)?;
+        if !self.platform_operators.contains(&identity.caller.subject) {
+            identity
+                .roles
+                .retain(|role| *role != Role::PlatformOperator);
+        }
         let allowed = allowed_roles(method).unwrap_or(&[]);
         if identity.roles.iter().any(|role| allowed.contains(role)) {
-            Ok(identity.caller)
+            Ok(identity)
         } else {
             let needed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
             Err(Status::permission_denied(if needed.is_empty() {
@@ -323,7 +354,9 @@ pub fn mint_hs256(
     if !unknown.is_empty() {
         return Err(Error::bad_field(
             "roles",
-            format!("unknown roles {unknown:?}; use viewer, editor, admin, runtime"),
+            format!(
+                "unknown roles {unknown:?}; use viewer, editor, admin, runtime, platform-operator"
+            ),
         ));
     }
     let now = jsonwebtoken::get_current_timestamp();
@@ -448,10 +481,13 @@ where
             .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
         match self.authenticator.admit(&method, authorization) {
-            Ok(caller) => {
+            Ok(identity) => {
                 // The per-RPC span (ops::rpc) is current here.
-                tracing::Span::current().record("tenant", caller.tenant.as_str());
-                request.extensions_mut().insert(caller);
+                tracing::Span::current().record("tenant", identity.caller.tenant.as_str());
+                if identity.roles.contains(&Role::PlatformOperator) {
+                    request.extensions_mut().insert(PlatformOperator);
+                }
+                request.extensions_mut().insert(identity.caller);
                 Box::pin(inner.call(request))
             }
             Err(status) => {

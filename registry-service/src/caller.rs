@@ -1,6 +1,7 @@
 //! Who is calling: the tenant whose data a call may touch and the subject
 //! recorded as `changed_by`. The authentication layer ([`crate::auth`])
-//! puts a verified `Caller` into each request's extensions.
+//! puts a verified `Caller` into each request's extensions, and a
+//! [`PlatformOperator`] mark when the caller is one.
 
 use crate::error::Error;
 
@@ -22,5 +23,17 @@ impl Caller {
             .get::<Self>()
             .cloned()
             .ok_or_else(|| Error::Unauthenticated("no authenticated caller".to_owned()))
+    }
+}
+
+/// In a request's extensions when its caller holds the `platform-operator`
+/// role: not scoped to a tenant, for key operations over every tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlatformOperator;
+
+impl PlatformOperator {
+    /// Whether the caller of `request` is a platform operator.
+    pub fn is_caller_of<T>(request: &tonic::Request<T>) -> bool {
+        request.extensions().get::<Self>().is_some()
     }
 }

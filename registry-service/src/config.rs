@@ -190,6 +190,12 @@ pub struct ServeArgs {
     /// saves a read while it is current; 0 turns it off.
     #[arg(long, env = "REGISTRY_RECENT_AGENTS", default_value_t = 10_000)]
     pub recent_agents: usize,
+    /// Token subjects (`sub`) that may act as platform operators: only a
+    /// token of one of them holds the `platform-operator` role it claims.
+    /// Key operations (rewrap, retire, every tenant's key status) need it.
+    /// Empty (the default): nobody.
+    #[arg(long, env = "PLATFORM_OPERATOR_SUBJECTS", value_delimiter = ',')]
+    pub platform_operator_subjects: Vec<String>,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -302,6 +308,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub health_interval: Duration,
     pub recent_agents: usize,
+    pub platform_operator_subjects: Vec<String>,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -368,6 +375,12 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             health_interval: Duration::from_millis(self.health_interval_seconds.max(1) * 1000),
             recent_agents: self.recent_agents,
+            platform_operator_subjects: self
+                .platform_operator_subjects
+                .iter()
+                .map(|subject| subject.trim().to_owned())
+                .filter(|subject| !subject.is_empty())
+                .collect(),
             grpc: self.grpc.clone(),
         })
     }

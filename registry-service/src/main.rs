@@ -58,11 +58,10 @@ async fn main() -> ExitCode {
 async fn serve(args: &Args) -> Result<(), Error> {
     let settings = args.serve.settings(&args.common)?;
     let (source, setting) = args.jwt.key_source(|name| std::env::var(name).ok())?;
-    let authenticator = Arc::new(Authenticator::new(
-        &source,
-        args.jwt.expectations(),
-        setting,
-    )?);
+    let authenticator = Arc::new(
+        Authenticator::new(&source, args.jwt.expectations(), setting)?
+            .with_platform_operators(settings.platform_operator_subjects.clone()),
+    );
     let db = store::connect(&settings.database).await?;
     if settings.migrate {
         store::migrate_up(&db).await?;
@@ -165,7 +164,7 @@ async fn verify(common: &Common) -> Result<(), Error> {
 /// `key-status`: one line per key version.
 async fn key_status(args: &Args) -> Result<(), Error> {
     let (db, crypto) = key_tools(args).await?;
-    let status = api::keys::key_status(&db, &crypto).await?;
+    let status = api::keys::key_status(&db, &crypto, store::keys::Scope::Everything).await?;
     println!(
         "active version {}; {} stored values",
         status.active_version, status.total_values

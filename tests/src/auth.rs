@@ -11,6 +11,9 @@ use tonic::transport::Channel;
 pub const STACK_JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef-0123456789";
 /// The audience the test stack's registry requires.
 pub const STACK_AUDIENCE: &str = "agentregistry-test";
+/// The one token subject the test stack's registry lets hold the
+/// `platform-operator` role.
+pub const STACK_OPERATOR: &str = "platform-ops";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {

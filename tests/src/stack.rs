@@ -180,6 +180,7 @@ impl Stack {
         Launch::default()
             .env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET)
             .env("JWT_AUDIENCE", crate::auth::STACK_AUDIENCE)
+            .env("PLATFORM_OPERATOR_SUBJECTS", crate::auth::STACK_OPERATOR)
     }
 
     /// Starts both services with extra settings for each.

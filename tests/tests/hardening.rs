@@ -285,14 +285,15 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
     }
     let _ = stop_health.send(());
     let slowest_health = health.await.expect("health task");
-    // Generous for a debug build on two shared cores; the attacks took
-    // tens of seconds each before.
+    // Generous for a debug build on two cores shared with other tests (the
+    // release figures are in BENCHMARKS.md, `bench abuse`); the attacks
+    // took tens of seconds each before, with health stalled as long.
     assert!(
-        slowest_bomb < Duration::from_secs(3),
+        slowest_bomb < Duration::from_secs(5),
         "slowest round of bombs: {slowest_bomb:?}"
     );
     assert!(
-        slowest_health < Duration::from_millis(500),
+        slowest_health < Duration::from_secs(2),
         "slowest health check during the bombs: {slowest_health:?}"
     );
 
@@ -481,5 +482,97 @@ async fn a_stored_key_cannot_be_redirected_to_another_host() {
         "https://llm2.internal.example/v1"
     );
     assert_eq!(resolved.api_key, "sk-for-llm2");
+    stack.finish().await;
+}
+
+fn provider_with_key(name: &str, key: &str) -> pb::CreateProviderRequest {
+    pb::CreateProviderRequest {
+        provider: Some(pb::Provider {
+            name: name.into(),
+            provider_type: pb::ProviderType::Openai.into(),
+            model_name: "gpt-4".into(),
+            api_key: key.into(),
+            ..Default::default()
+        }),
+        change_description: String::new(),
+    }
+}
+
+/// Key operations act on every tenant's values, so they belong to the
+/// platform operator the deployment names, not to any tenant's admin: a
+/// tenant admin sees only its own tenant's counts and no check values, and
+/// cannot rewrap or retire; a token claiming `platform-operator` for a
+/// subject the deployment does not list is refused like any other. Before:
+/// a `globex` admin saw `acme`'s counts and check values, rewrapped
+/// `acme`'s rows and retired versions for everyone.
+#[tokio::test]
+async fn key_operations_need_the_platform_operator_not_a_tenant_admin() {
+    let stack = Stack::start().await;
+    let acme = stack.channel_as("ada", "acme", &["admin"]).await;
+    let globex = stack.channel_as("gil", "globex", &["admin"]).await;
+    let pretender = stack
+        .channel_as("gil", "globex", &["admin", "platform-operator"])
+        .await;
+    let operator = stack
+        .channel_as(tests::auth::STACK_OPERATOR, "ops", &["platform-operator"])
+        .await;
+    let mut acme_providers = pb::provider_service_client::ProviderServiceClient::new(acme);
+    for name in ["one", "two"] {
+        acme_providers
+            .create_provider(provider_with_key(name, "sk-acme"))
+            .await
+            .expect("acme provider");
+    }
+    pb::provider_service_client::ProviderServiceClient::new(globex.clone())
+        .create_provider(provider_with_key("three", "sk-globex"))
+        .await
+        .expect("globex provider");
+
+    // A provider created with a key stores it twice: in its row and in its
+    // version 1 snapshot. The registry's key canary is the platform's.
+    for tenant_admin in [globex, pretender] {
+        let mut keys = pb::key_service_client::KeyServiceClient::new(tenant_admin);
+        let status = keys
+            .get_key_status(pb::GetKeyStatusRequest {})
+            .await
+            .expect("a tenant admin reads its own tenant's counts")
+            .into_inner();
+        assert_eq!(status.total_values, 2, "{status:?}");
+        assert!(
+            status.versions.iter().all(|v| v.check_value.is_empty()),
+            "{status:?}"
+        );
+        let rewrap = keys
+            .rewrap_credentials(pb::RewrapCredentialsRequest::default())
+            .await
+            .expect_err("a tenant admin rewraps every tenant's values");
+        assert_eq!(rewrap.code(), Code::PermissionDenied);
+        let retire = keys
+            .retire_key_version(pb::RetireKeyVersionRequest { version: 1 })
+            .await
+            .expect_err("a tenant admin retires a version for everyone");
+        assert_eq!(retire.code(), Code::PermissionDenied);
+    }
+
+    let mut keys = pb::key_service_client::KeyServiceClient::new(operator);
+    let status = keys
+        .get_key_status(pb::GetKeyStatusRequest {})
+        .await
+        .expect("operator status")
+        .into_inner();
+    assert_eq!(status.total_values, 7, "{status:?}");
+    let active = status
+        .versions
+        .iter()
+        .find(|v| v.active)
+        .expect("an active version");
+    assert_eq!(active.check_value.len(), 16, "{status:?}");
+    let rewrapped = keys
+        .rewrap_credentials(pb::RewrapCredentialsRequest::default())
+        .await
+        .expect("the operator rewraps")
+        .into_inner();
+    assert_eq!(rewrapped.scanned, 7);
+    assert_eq!(rewrapped.remaining, 0);
     stack.finish().await;
 }

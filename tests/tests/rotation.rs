@@ -41,7 +41,11 @@ struct Clients {
 
 async fn clients(stack: &Stack) -> Clients {
     let channel = stack
-        .channel_as("rotator", "acme", &["admin", "editor", "runtime"])
+        .channel_as(
+            tests::auth::STACK_OPERATOR,
+            "acme",
+            &["admin", "editor", "runtime", "platform-operator"],
+        )
         .await;
     Clients {
         agents: pb::agent_service_client::AgentServiceClient::new(channel.clone()),

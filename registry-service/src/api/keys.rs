@@ -1,14 +1,18 @@
 //! `KeyService`: key status, rewrapping stored credentials to the newest
-//! key version, and retiring versions nothing uses. Admin only.
+//! key version, and retiring versions nothing uses. Rewrap and retire act
+//! on every tenant's values and belong to platform operators; a tenant
+//! admin sees only how many of its own tenant's values each version
+//! protects, without check values.
 
 use proto::v1 as pb;
 use proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use super::Registry;
+use crate::caller::{Caller, PlatformOperator};
 use crate::crypto::Crypto;
 use crate::error::Error;
-use crate::store::keys::{self, RewrapReport};
+use crate::store::keys::{self, RewrapReport, Scope};
 use sea_orm::DatabaseConnection;
 
 /// Values read per database page when counting.
@@ -21,9 +25,17 @@ impl KeyService for Registry {
     #[tracing::instrument(skip_all)]
     async fn get_key_status(
         &self,
-        _request: Request<pb::GetKeyStatusRequest>,
+        request: Request<pb::GetKeyStatusRequest>,
     ) -> Result<Response<pb::KeyStatus>, Status> {
-        Ok(Response::new(key_status(&self.db, &self.crypto).await?))
+        let caller = Caller::of(&request)?;
+        let scope = if PlatformOperator::is_caller_of(&request) {
+            Scope::Everything
+        } else {
+            Scope::Tenant(&caller.tenant)
+        };
+        Ok(Response::new(
+            key_status(&self.db, &self.crypto, scope).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(rewrapped))]
@@ -48,7 +60,7 @@ impl KeyService for Registry {
         request: Request<pb::RetireKeyVersionRequest>,
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let version = request.get_ref().version;
-        let counts = keys::count_by_version(&self.db, COUNT_BATCH).await?;
+        let counts = keys::count_by_version(&self.db, COUNT_BATCH, Scope::Everything).await?;
         let in_use = counts.get(&Some(version)).copied().unwrap_or(0);
         if in_use > 0 {
             return Err(Error::precondition(
@@ -59,14 +71,23 @@ impl KeyService for Registry {
         }
         self.crypto.retire(version).await?;
         tracing::warn!(version, "key version retired");
-        Ok(Response::new(key_status(&self.db, &self.crypto).await?))
+        Ok(Response::new(
+            key_status(&self.db, &self.crypto, Scope::Everything).await?,
+        ))
     }
 }
 
-/// The keyring next to the stored values each version protects.
-pub async fn key_status(db: &DatabaseConnection, crypto: &Crypto) -> Result<pb::KeyStatus, Error> {
+/// The keyring next to the stored values in `scope` each version protects.
+/// Key check values identify the platform's keys, so only the whole
+/// platform's view ([`Scope::Everything`]) shows them.
+pub async fn key_status(
+    db: &DatabaseConnection,
+    crypto: &Crypto,
+    scope: Scope<'_>,
+) -> Result<pb::KeyStatus, Error> {
     let info = crypto.key_info().await?;
-    let mut counts = keys::count_by_version(db, COUNT_BATCH).await?;
+    let mut counts = keys::count_by_version(db, COUNT_BATCH, scope).await?;
+    let show_check_values = scope == Scope::Everything;
     let total_values = counts.values().sum();
     let mut versions: Vec<pb::KeyVersionStatus> = info
         .versions
@@ -75,7 +96,11 @@ pub async fn key_status(db: &DatabaseConnection, crypto: &Crypto) -> Result<pb::
             version: v.version,
             in_keyring: true,
             active: v.active,
-            check_value: v.check_value.clone(),
+            check_value: if show_check_values {
+                v.check_value.clone()
+            } else {
+                String::new()
+            },
             stored_values: counts.remove(&Some(v.version)).unwrap_or(0),
         })
         .collect();
@@ -107,7 +132,7 @@ pub async fn rewrap(
     let active = crypto.key_info().await?.active_version;
     let report =
         keys::rewrap_all(db, crypto, active, u64::from(batch), max_values, progress).await?;
-    let counts = keys::count_by_version(db, COUNT_BATCH).await?;
+    let counts = keys::count_by_version(db, COUNT_BATCH, Scope::Everything).await?;
     let remaining = counts
         .iter()
         .filter(|(version, _)| **version != Some(active))

@@ -49,10 +49,32 @@ enum Place {
     Canary,
 }
 
-/// Counts every stored value by the key version it names.
-pub async fn count_by_version(db: &DatabaseConnection, batch: u64) -> Result<Counts, Error> {
+/// Whose stored values to count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every tenant's, and the canary: the platform operator's view.
+    Everything,
+    /// One tenant's provider keys (current rows and version snapshots).
+    Tenant(&'a str),
+}
+
+/// Counts the stored values in `scope` by the key version each names.
+pub async fn count_by_version(
+    db: &DatabaseConnection,
+    batch: u64,
+    scope: Scope<'_>,
+) -> Result<Counts, Error> {
     let mut counts = Counts::new();
-    for_each_batch(db, batch, |values| {
+    let mut cursor = Cursor {
+        tenant: match scope {
+            Scope::Everything => None,
+            Scope::Tenant(tenant) => Some(tenant.to_owned()),
+        },
+        // The canary belongs to no tenant.
+        canary_done: scope != Scope::Everything,
+        ..Cursor::default()
+    };
+    for_each_batch_from(db, batch, &mut cursor, |values| {
         for value in values {
             *counts.entry(key_version_of(&value.ciphertext)).or_default() += 1;
         }
@@ -168,6 +190,8 @@ async fn store_rewrapped(
 /// Where a scan stands: the last key read in each place.
 #[derive(Debug, Default)]
 struct Cursor {
+    /// Only this tenant's values, when set.
+    tenant: Option<String>,
     provider: Option<String>,
     providers_done: bool,
     version: Option<i64>,
@@ -189,6 +213,9 @@ async fn next_batch(
             .limit(batch);
         if let Some(after) = &cursor.provider {
             query = query.filter(provider::Column::Id.gt(after.clone()));
+        }
+        if let Some(tenant) = &cursor.tenant {
+            query = query.filter(provider::Column::TenantId.eq(tenant.clone()));
         }
         let rows = query.all(db).await.map_err(db_error)?;
         cursor.providers_done = (rows.len() as u64) < batch;
@@ -217,6 +244,9 @@ async fn next_batch(
             .limit(batch);
         if let Some(after) = cursor.version {
             query = query.filter(provider_version::Column::Id.gt(after));
+        }
+        if let Some(tenant) = &cursor.tenant {
+            query = query.filter(provider_version::Column::TenantId.eq(tenant.clone()));
         }
         let rows = query.all(db).await.map_err(db_error)?;
         cursor.versions_done = (rows.len() as u64) < batch;
@@ -257,18 +287,18 @@ async fn next_batch(
     Ok(Vec::new())
 }
 
-async fn for_each_batch<F, Fut>(
+async fn for_each_batch_from<F, Fut>(
     db: &DatabaseConnection,
     batch: u64,
+    cursor: &mut Cursor,
     mut each: F,
 ) -> Result<(), Error>
 where
     F: FnMut(Vec<Stored>) -> Fut,
     Fut: std::future::Future<Output = Result<(), Error>>,
 {
-    let mut cursor = Cursor::default();
     loop {
-        let values = next_batch(db, &mut cursor, batch).await?;
+        let values = next_batch(db, cursor, batch).await?;
         if values.is_empty() {
             return Ok(());
         }
