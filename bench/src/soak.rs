@@ -730,6 +730,7 @@ impl Worker {
                 paths: vec!["api_key".into()],
             }),
             change_description: String::new(),
+            revoke_replaced_key: false,
         };
         self.call(
             Op::UpdateProvider,

@@ -99,7 +99,8 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
         ) => READERS,
         (
             "agentregistry.v1.ProviderService",
-            "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider",
+            "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider"
+            | "RevokeProviderKey",
         ) => ADMINS,
         ("agentregistry.v1.RuntimeService", "ResolveAgent") => RUNTIME,
         ("agentregistry.v1.KeyService", "GetKeyStatus") => KEY_READERS,

@@ -431,17 +431,20 @@ pub fn paginate<T>(
 
 /// A default change description, as the platform wrote them.
 pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String, Error> {
+    describe_as("change_description", given, default)
+}
+
+/// [`describe`] for a request whose description field is named `field`.
+pub fn describe_as(
+    field: &str,
+    given: &str,
+    default: impl FnOnce() -> String,
+) -> Result<String, Error> {
     if given.chars().count() > 2000 {
-        return Err(Error::bad_field(
-            "change_description",
-            "must be at most 2000 characters",
-        ));
+        return Err(Error::bad_field(field, "must be at most 2000 characters"));
     }
     if given.contains('\0') {
-        return Err(Error::bad_field(
-            "change_description",
-            "must not contain NUL characters",
-        ));
+        return Err(Error::bad_field(field, "must not contain NUL characters"));
     }
     Ok(if given.trim().is_empty() {
         default()

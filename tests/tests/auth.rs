@@ -194,6 +194,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
             }),
             update_mask: mask("model_name"),
             change_description: String::new(),
+            revoke_replaced_key: false,
         }
         .encode_to_vec(),
         "DeleteProvider" => pb::DeleteProviderRequest {
@@ -403,6 +404,7 @@ async fn provider_rollback_is_admin_only_and_resolve_is_runtime_only() {
                 paths: vec!["model_name".into()],
             }),
             change_description: String::new(),
+            revoke_replaced_key: false,
         })
         .await
         .expect("admin updates");

@@ -754,6 +754,7 @@ async fn crypto_writer(
             }),
             update_mask: mask(&["api_key"]),
             change_description: String::new(),
+            revoke_replaced_key: false,
         });
         if fault
             .call(writer, "UpdateProvider", true, update)

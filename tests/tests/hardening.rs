@@ -25,16 +25,15 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// Calls each path in `paths` with an empty message and no token, 32 at a
-/// time, and returns every status code received.
-async fn call_paths(channel: &Channel, paths: Vec<String>) -> Vec<Code> {
+/// time, and returns every status received (`None` for OK).
+async fn call_paths(channel: &Channel, paths: Vec<String>) -> Vec<Option<tonic::Status>> {
     futures_util::stream::iter(paths)
         .map(|path| {
             let channel = channel.clone();
             async move {
-                match tests::raw::unary(channel, &path, tonic::Request::new(Vec::new())).await {
-                    Ok(_) => Code::Ok,
-                    Err(status) => status.code(),
-                }
+                tests::raw::unary(channel, &path, tonic::Request::new(Vec::new()))
+                    .await
+                    .err()
             }
         })
         .buffer_unordered(32)
@@ -88,8 +87,13 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
     ];
     for (process, channel, metrics) in &servers {
         // A first round lets the allocator and the connection settle.
+        let unimplemented = |status: &Option<tonic::Status>| {
+            status
+                .as_ref()
+                .is_some_and(|s| s.code() == Code::Unimplemented)
+        };
         let warm_up = call_paths(channel, random_paths(2_000, 0, "warm")).await;
-        assert!(warm_up.iter().all(|code| *code == Code::Unimplemented));
+        assert!(warm_up.iter().all(unimplemented));
         let metrics_before = http_get(metrics, "/metrics").await;
         let rss_before = rss_kib(process.pid());
         let started = Instant::now();
@@ -100,9 +104,9 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
 
         assert_eq!(codes.len(), 20_200);
         assert!(
-            codes.iter().all(|code| *code == Code::Unimplemented),
+            codes.iter().all(unimplemented),
             "every unknown path is UNIMPLEMENTED: {:?}",
-            codes.iter().find(|code| **code != Code::Unimplemented)
+            codes.iter().find(|status| !unimplemented(status))
         );
         let rss_after = rss_kib(process.pid());
         assert!(
@@ -412,6 +416,7 @@ async fn a_stored_key_cannot_be_redirected_to_another_host() {
                 paths: paths.iter().map(|p| (*p).to_owned()).collect(),
             }),
             change_description: String::new(),
+            revoke_replaced_key: false,
         }
     };
     for attempt in [
@@ -574,5 +579,208 @@ async fn key_operations_need_the_platform_operator_not_a_tenant_admin() {
         .into_inner();
     assert_eq!(rewrapped.scanned, 7);
     assert_eq!(rewrapped.remaining, 0);
+    stack.finish().await;
+}
+
+/// Every stored key gets a credential revision, shown on the provider and
+/// in diffs; a revoked revision never comes back. Key A (revision 1) is
+/// replaced by B (2): a rollback to version 1 restores A, as the platform
+/// this replaces did. Then C (3) replaces A with `revoke_replaced_key`: a
+/// rollback to version 1 keeps C and its version says why. Revoking the
+/// current revision removes the key. Before: a rollback silently restored
+/// any rotated-away key, and the diff read `***encrypted***` →
+/// `***encrypted***`.
+#[tokio::test]
+async fn a_revoked_key_revision_never_comes_back_through_rollback() {
+    let stack = Stack::start().await;
+    let admin = stack.channel_as("ada", "acme", &["admin"]).await;
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(admin.clone());
+    let mut agents = pb::agent_service_client::AgentServiceClient::new(admin);
+    let mut runtime = pb::runtime_service_client::RuntimeServiceClient::new(
+        stack.channel_as("rt", "acme", &["runtime"]).await,
+    );
+    let provider = providers
+        .create_provider(provider_with_key("rotating", "sk-key-a"))
+        .await
+        .expect("create")
+        .into_inner();
+    assert_eq!(provider.api_key_revision, 1);
+    let agent_id = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                llm_provider_id: Some(provider.id.clone()),
+                ..agent("uses-rotating")
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("agent")
+        .into_inner()
+        .id;
+    let mut resolve = async || {
+        runtime
+            .resolve_agent(pb::ResolveAgentRequest {
+                agent_id: agent_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("resolve")
+            .into_inner()
+    };
+    let replace_key = |key: &str, revoke_replaced_key: bool| pb::UpdateProviderRequest {
+        provider: Some(pb::Provider {
+            id: provider.id.clone(),
+            api_key: key.into(),
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["api_key".into()],
+        }),
+        change_description: String::new(),
+        revoke_replaced_key,
+    };
+    let rollback_to = |version_number: i64| pb::RollbackProviderRequest {
+        provider_id: provider.id.clone(),
+        version_number,
+        ..Default::default()
+    };
+
+    // v2: B replaces A; the diff names both revisions.
+    let v2 = providers
+        .update_provider(replace_key("sk-key-b", false))
+        .await
+        .expect("key b")
+        .into_inner();
+    assert_eq!((v2.version, v2.api_key_revision), (2, 2));
+    let diff = providers
+        .diff_provider_versions(pb::DiffProviderVersionsRequest {
+            provider_id: provider.id.clone(),
+            from_version: 1,
+            to_version: 2,
+        })
+        .await
+        .expect("diff")
+        .into_inner()
+        .changes;
+    assert_eq!(diff.len(), 1, "{diff:?}");
+    assert_eq!(diff[0].path, "api_key");
+    let text =
+        |value: &Option<prost_types::Value>| match value.as_ref().and_then(|v| v.kind.clone()) {
+            Some(prost_types::value::Kind::StringValue(text)) => text,
+            other => panic!("not a string: {other:?}"),
+        };
+    assert_eq!(text(&diff[0].old_value), "***encrypted, revision 1***");
+    assert_eq!(text(&diff[0].new_value), "***encrypted, revision 2***");
+    assert_eq!(resolve().await.api_key, "sk-key-b");
+
+    // v3: rollback to v1 restores A, which nobody revoked.
+    let v3 = providers
+        .rollback_provider(rollback_to(1))
+        .await
+        .expect("rollback to a")
+        .into_inner();
+    assert_eq!((v3.version, v3.api_key_revision), (3, 1));
+    assert_eq!(resolve().await.api_key, "sk-key-a");
+
+    // v4: C replaces A and revokes it.
+    let v4 = providers
+        .update_provider(replace_key("sk-key-c", true))
+        .await
+        .expect("key c")
+        .into_inner();
+    assert_eq!((v4.version, v4.api_key_revision), (4, 3));
+
+    // v5: rollback to v1 (revision 1, revoked) keeps C.
+    let v5 = providers
+        .rollback_provider(rollback_to(1))
+        .await
+        .expect("rollback to a revoked key")
+        .into_inner();
+    assert_eq!((v5.version, v5.api_key_revision), (5, 3));
+    assert_eq!(resolve().await.api_key, "sk-key-c");
+    let v5_row = providers
+        .get_provider_version(pb::GetProviderVersionRequest {
+            provider_id: provider.id.clone(),
+            version_number: 5,
+        })
+        .await
+        .expect("v5")
+        .into_inner();
+    assert!(
+        v5_row
+            .change_description
+            .contains("key revision 1 is revoked: kept key revision 3"),
+        "{}",
+        v5_row.change_description
+    );
+    assert!(
+        v5_row.diff.iter().all(|change| change.path != "api_key"),
+        "{:?}",
+        v5_row.diff
+    );
+
+    // Revoking B (not current) writes no version; a rollback to v2 then
+    // keeps C as well.
+    let unchanged = providers
+        .revoke_provider_key(pb::RevokeProviderKeyRequest {
+            provider_id: provider.id.clone(),
+            revision: 2,
+            reason: String::new(),
+        })
+        .await
+        .expect("revoke b")
+        .into_inner();
+    assert_eq!(unchanged.version, 5);
+    let v6 = providers
+        .rollback_provider(rollback_to(2))
+        .await
+        .expect("rollback to b")
+        .into_inner();
+    assert_eq!((v6.version, v6.api_key_revision), (6, 3));
+    assert_eq!(resolve().await.api_key, "sk-key-c");
+
+    // Revoking C, the current key, removes it in a new version.
+    let v7 = providers
+        .revoke_provider_key(pb::RevokeProviderKeyRequest {
+            provider_id: provider.id.clone(),
+            revision: 3,
+            reason: "leaked in a CI log".into(),
+        })
+        .await
+        .expect("revoke c")
+        .into_inner();
+    assert_eq!(v7.version, 7);
+    assert!(!v7.api_key_set);
+    assert_eq!(v7.api_key_revision, 0);
+    assert_eq!(resolve().await.api_key, "");
+    for version_number in [1, 2, 4] {
+        let kept = providers
+            .rollback_provider(rollback_to(version_number))
+            .await
+            .expect("rollback")
+            .into_inner();
+        assert!(
+            !kept.api_key_set,
+            "v{version_number} brought a revoked key back"
+        );
+        assert_eq!(resolve().await.api_key, "");
+    }
+    let missing = providers
+        .revoke_provider_key(pb::RevokeProviderKeyRequest {
+            provider_id: provider.id.clone(),
+            revision: 9,
+            reason: String::new(),
+        })
+        .await
+        .expect_err("no revision 9");
+    assert_eq!(missing.code(), Code::NotFound);
+    // A fourth key is revision 4, usable at once.
+    let v11 = providers
+        .update_provider(replace_key("sk-key-d", false))
+        .await
+        .expect("key d")
+        .into_inner();
+    assert_eq!(v11.api_key_revision, 4);
+    assert_eq!(resolve().await.api_key, "sk-key-d");
     stack.finish().await;
 }

@@ -643,6 +643,7 @@ async fn provider_types_outside_the_enum_are_a_provider_type_violation() {
                     paths: vec!["provider_type".to_owned()],
                 }),
                 change_description: String::new(),
+                revoke_replaced_key: false,
             })
         );
     }
@@ -1426,6 +1427,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
                     paths: paths.iter().map(|p| (*p).to_owned()).collect(),
                 }),
                 change_description: String::new(),
+                revoke_replaced_key: false,
             })
         );
     }
@@ -1490,6 +1492,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
                     paths: vec!["name".to_owned()],
                 }),
                 change_description: String::new(),
+                revoke_replaced_key: false,
             })
         );
         refused!(

@@ -294,6 +294,7 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
             }),
             update_mask: mask(&["api_key"]),
             change_description: "rotate the key".to_owned(),
+            revoke_replaced_key: false,
         })
         .await
         .expect("update key")

@@ -85,6 +85,7 @@ async fn provider_with_history(c: &mut Clients, name: &str) -> (String, String) 
                 paths: vec!["api_key".into()],
             }),
             change_description: String::new(),
+            revoke_replaced_key: false,
         })
         .await
         .expect("rotate provider key");

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod agent_version;
 pub mod key_canary;
 pub mod provider;
+pub mod provider_key_revision;
 pub mod provider_version;
 
 use sea_orm::entity::prelude::*;

@@ -15,7 +15,7 @@ use crate::model::version::{self, Action};
 use crate::page;
 use crate::store::agents::Write;
 use crate::store::providers::{self as store, ProviderRecord};
-use crate::store::{VersionRecord, describe, etag, parse_etag, timestamp};
+use crate::store::{VersionRecord, describe, describe_as, etag, parse_etag, timestamp};
 
 impl Registry {
     /// The spec to store: `input.spec` with the new key encrypted (bound to
@@ -148,14 +148,23 @@ impl ProviderService for Registry {
             action: Action::Update,
             description,
         };
-        let record = store::update(&self.db, write, &input.id, expected, |current| {
-            let mut spec = apply(&current.spec, &input, paths.as_deref())?.spec;
-            spec.api_key = match &sealed_key {
-                Some(key) => key.clone(),
-                None => current.spec.api_key.clone(),
-            };
-            Ok(spec)
-        })
+        let revoke_replaced = request.revoke_replaced_key;
+        let record = store::update(
+            &self.db,
+            write,
+            &input.id,
+            expected,
+            revoke_replaced,
+            |current| {
+                let mut spec = apply(&current.spec, &input, paths.as_deref())?.spec;
+                // A new key is numbered by the store as it is written.
+                (spec.api_key, spec.api_key_revision) = match &sealed_key {
+                    Some(key) => (key.clone(), None),
+                    None => (current.spec.api_key.clone(), current.spec.api_key_revision),
+                };
+                Ok(spec)
+            },
+        )
         .await?;
         Ok(Response::new(provider_proto(&record)))
     }
@@ -253,7 +262,7 @@ impl ProviderService for Registry {
             request.to_version,
         )
         .await?;
-        let changes = store::provider_diff(
+        let changes = ProviderSpec::diff(
             &ProviderSpec::from_json(&from.configuration)?,
             &ProviderSpec::from_json(&to.configuration)?,
         );
@@ -290,10 +299,40 @@ impl ProviderService for Registry {
             action: Action::Rollback,
             description,
         };
-        let record = store::update(&self.db, write, &request.provider_id, expected, |_| {
-            Ok(snapshot.clone())
-        })
+        let record = store::update(
+            &self.db,
+            write,
+            &request.provider_id,
+            expected,
+            false,
+            |_| Ok(snapshot.clone()),
+        )
         .await?;
+        Ok(Response::new(provider_proto(&record)))
+    }
+
+    #[tracing::instrument(skip_all, fields(provider_id, revision))]
+    async fn revoke_provider_key(
+        &self,
+        request: Request<pb::RevokeProviderKeyRequest>,
+    ) -> Result<Response<pb::Provider>, Status> {
+        let caller = Caller::of(&request)?;
+        let request = request.into_inner();
+        require_id("provider_id", &request.provider_id)?;
+        require_version("revision", request.revision)?;
+        let span = tracing::Span::current();
+        span.record("provider_id", &request.provider_id);
+        span.record("revision", request.revision);
+        let revision = request.revision;
+        let description = describe_as("reason", &request.reason, || {
+            format!("Key revision {revision} revoked")
+        })?;
+        let write = Write {
+            caller: &caller,
+            action: Action::Update,
+            description,
+        };
+        let record = store::revoke_key(&self.db, write, &request.provider_id, revision).await?;
         Ok(Response::new(provider_proto(&record)))
     }
 }

@@ -4,12 +4,22 @@
 use serde::{Deserialize, Serialize};
 
 use super::params::{self, ModelParams};
+use super::version::{self, Change};
 use super::{check_length, check_required_text};
 use crate::error::{Error, Violations};
 use proto::v1 as pb;
 
-/// What diffs and every response show instead of a key.
+/// What diffs show instead of a key whose revision is unknown (stored
+/// before revisions were kept).
 pub const ENCRYPTED_MARKER: &str = "***encrypted***";
+
+/// What diffs show instead of a key: its revision, never its ciphertext.
+pub fn encrypted_marker(revision: Option<i64>) -> String {
+    match revision {
+        Some(revision) => format!("***encrypted, revision {revision}***"),
+        None => ENCRYPTED_MARKER.to_owned(),
+    }
+}
 
 /// The provider kinds, stored by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +105,11 @@ pub struct ProviderSpec {
     /// crypto-service ciphertext of the key; never plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// The key's credential revision (1, 2 … per provider). `None` with a
+    /// key: a new key the store numbers as it writes it (or one stored
+    /// before revisions were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_revision: Option<i64>,
 }
 
 /// Update-mask paths of a provider (besides `default_parameters.<field>`).
@@ -154,6 +169,7 @@ impl ProviderSpec {
             default_parameters: ModelParams::default(),
             is_default: false,
             api_key: None,
+            api_key_revision: None,
         }
     }
 
@@ -288,6 +304,30 @@ impl ProviderSpec {
             .map_err(|e| Error::Internal(format!("unreadable provider snapshot: {e}")))
     }
 
+    /// The changes from `old` to `new`, never with a ciphertext in them: a
+    /// key appears as its revision ([`encrypted_marker`]), and keys of the
+    /// same revision count as unchanged (a rewrap re-encrypts each copy of
+    /// a key on its own, so their ciphertexts differ).
+    pub fn diff(old: &Self, new: &Self) -> Vec<Change> {
+        let mut changes = version::diff(&old.to_json(), &new.to_json());
+        let same_key = old.api_key.is_some()
+            && new.api_key.is_some()
+            && old.api_key_revision.is_some()
+            && old.api_key_revision == new.api_key_revision;
+        changes.retain(|change| {
+            change.path != "api_key_revision" && !(same_key && change.path == "api_key")
+        });
+        for change in changes.iter_mut().filter(|c| c.path == "api_key") {
+            if change.old.is_some() {
+                change.old = Some(encrypted_marker(old.api_key_revision).into());
+            }
+            if change.new.is_some() {
+                change.new = Some(encrypted_marker(new.api_key_revision).into());
+            }
+        }
+        changes
+    }
+
     /// The message form, without resource metadata; never carries the key.
     pub fn to_proto(&self) -> pb::Provider {
         pb::Provider {
@@ -301,6 +341,11 @@ impl ProviderSpec {
             is_default: self.is_default,
             api_key: String::new(),
             api_key_set: self.api_key.is_some(),
+            api_key_revision: self
+                .api_key
+                .as_ref()
+                .and(self.api_key_revision)
+                .unwrap_or(0),
             ..Default::default()
         }
     }
@@ -312,4 +357,41 @@ pub fn is_mask_path(path: &str) -> bool {
         || path
             .strip_prefix("default_parameters.")
             .is_some_and(|param| params::FIELDS.contains(&param) && param != "model_name")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_key(ciphertext: &str, revision: Option<i64>) -> ProviderSpec {
+        ProviderSpec {
+            name: "p".into(),
+            model_name: "m".into(),
+            api_key: Some(ciphertext.into()),
+            api_key_revision: revision,
+            ..ProviderSpec::blank()
+        }
+    }
+
+    #[test]
+    fn a_key_appears_in_diffs_as_its_revision_never_its_ciphertext() {
+        let changes = ProviderSpec::diff(
+            &with_key("arc1.1.aaa", Some(2)),
+            &with_key("arc1.1.bbb", Some(1)),
+        );
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(changes[0].path, "api_key");
+        assert_eq!(changes[0].old, Some("***encrypted, revision 2***".into()));
+        assert_eq!(changes[0].new, Some("***encrypted, revision 1***".into()));
+        // Rewrapped copies of one revision are the same key.
+        let rewrapped = ProviderSpec::diff(
+            &with_key("arc1.1.aaa", Some(3)),
+            &with_key("arc1.2.ccc", Some(3)),
+        );
+        assert!(rewrapped.is_empty(), "{rewrapped:?}");
+        // Keys stored before revisions were kept.
+        let legacy = ProviderSpec::diff(&with_key("arc1.1.a", None), &with_key("arc1.1.b", None));
+        assert_eq!(legacy[0].old, Some(ENCRYPTED_MARKER.into()));
+        assert_eq!(legacy[0].new, Some(ENCRYPTED_MARKER.into()));
+    }
 }

@@ -1,8 +1,10 @@
 //! Providers and their versions in the database. The API key is stored only
-//! as crypto-service ciphertext, in the row and in every snapshot.
+//! as crypto-service ciphertext, in the row and in every snapshot; each key
+//! gets a credential revision (`provider_key_revisions`) as it is written,
+//! and no write makes a revoked revision current again.
 
 use chrono::{DateTime, Utc};
-use migrations::entity::{agent, provider, provider_version};
+use migrations::entity::{agent, provider, provider_key_revision, provider_version};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
@@ -15,7 +17,7 @@ use super::{
     paginate, stale_etag, unique_violation,
 };
 use crate::error::Error;
-use crate::model::provider::{ENCRYPTED_MARKER, ProviderSpec};
+use crate::model::provider::ProviderSpec;
 use crate::model::version::{self, Action};
 
 /// A provider as stored now.
@@ -56,8 +58,10 @@ pub async fn create(
     db: &DatabaseConnection,
     write: Write<'_>,
     id: String,
-    spec: ProviderSpec,
+    mut spec: ProviderSpec,
 ) -> Result<ProviderRecord, Error> {
+    // A new provider's first key is its revision 1.
+    spec.api_key_revision = spec.api_key.as_ref().map(|_| 1);
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let now = super::now();
         let txn = begin_write(db).await?;
@@ -89,6 +93,9 @@ pub async fn create(
                 WriteFailure::DefaultTaken => continue,
                 WriteFailure::Error(error) => return Err(error),
             }
+        }
+        if let Some(revision) = spec.api_key_revision {
+            insert_key_revision(&txn, &write, &id, revision, now).await?;
         }
         insert_version(&txn, &write, &id, 1, &spec, Vec::new(), now).await?;
         txn.commit().await.map_err(db_error)?;
@@ -165,11 +172,17 @@ pub async fn list(
 /// Changes a provider with `change` (whose key, if new, is already
 /// ciphertext), appending a version unless nothing changed; see
 /// [`super::agents::update`] for the locking and etag rules.
+///
+/// A key `change` brings without a revision is numbered as it is written;
+/// with `revoke_replaced`, the revision it replaces is revoked in the same
+/// transaction. A key whose revision is revoked is never made current: the
+/// current key stays, and the version's description says so.
 pub async fn update(
     db: &DatabaseConnection,
     write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
+    revoke_replaced: bool,
     change: impl Fn(&ProviderRecord) -> Result<ProviderSpec, Error>,
 ) -> Result<ProviderRecord, Error> {
     for _ in 0..MAX_WRITE_ATTEMPTS {
@@ -184,12 +197,137 @@ pub async fn update(
         if spec == current.spec && write.action == Action::Update {
             return Ok(current);
         }
+        let replaced = current.spec.api_key_revision;
+        if let Some(record) = write_next_version(&txn, &write, &current, &spec).await? {
+            if revoke_replaced
+                && let Some(replaced) = replaced
+                && record.spec.api_key_revision != Some(replaced)
+            {
+                revoke_key_revision(&txn, &write, id, replaced).await?;
+            }
+            txn.commit().await.map_err(db_error)?;
+            return Ok(record);
+        }
+    }
+    Err(contended())
+}
+
+/// Revokes credential revision `revision` of provider `id`. When it is the
+/// current key, the key is removed in a new UPDATE version; otherwise
+/// nothing but the revision changes. Revoking a revoked revision changes
+/// nothing.
+pub async fn revoke_key(
+    db: &DatabaseConnection,
+    write: Write<'_>,
+    id: &str,
+    revision: i64,
+) -> Result<ProviderRecord, Error> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let txn = begin_write(db).await?;
+        // The provider's row lock orders this against every other write
+        // of its key (rollbacks included).
+        let current = get_locked(&txn, &write.caller.tenant, id).await?;
+        let known = provider_key_revision::Entity::find_by_id((id.to_owned(), revision))
+            .one(&txn)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Error::NotFound {
+                kind: "provider key revision",
+                id: format!("{id}#{revision}"),
+            })?;
+        if known.revoke_time.is_some() {
+            return Ok(current);
+        }
+        revoke_key_revision(&txn, &write, id, revision).await?;
+        if current.spec.api_key_revision != Some(revision) {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(current);
+        }
+        let mut spec = current.spec.clone();
+        spec.api_key = None;
+        spec.api_key_revision = None;
         if let Some(record) = write_next_version(&txn, &write, &current, &spec).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
         }
     }
     Err(contended())
+}
+
+/// Records that `revision` of `provider_id` was stored now.
+async fn insert_key_revision(
+    txn: &DatabaseTransaction,
+    write: &Write<'_>,
+    provider_id: &str,
+    revision: i64,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let row = provider_key_revision::ActiveModel {
+        provider_id: Set(provider_id.to_owned()),
+        revision: Set(revision),
+        tenant_id: Set(write.caller.tenant.clone()),
+        create_time: Set(now),
+        created_by: Set(write.caller.subject.clone()),
+        revoke_time: Set(None),
+        revoked_by: Set(None),
+    };
+    provider_key_revision::Entity::insert(row)
+        .exec_without_returning(txn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The revision a new key of `provider_id` gets: one more than any before.
+async fn next_key_revision(txn: &DatabaseTransaction, provider_id: &str) -> Result<i64, Error> {
+    let newest = provider_key_revision::Entity::find()
+        .filter(provider_key_revision::Column::ProviderId.eq(provider_id))
+        .order_by_desc(provider_key_revision::Column::Revision)
+        .one(txn)
+        .await
+        .map_err(db_error)?;
+    Ok(newest.map_or(1, |row| row.revision + 1))
+}
+
+/// Whether `revision` of `provider_id` is revoked.
+async fn is_revoked(
+    txn: &DatabaseTransaction,
+    provider_id: &str,
+    revision: i64,
+) -> Result<bool, Error> {
+    Ok(
+        provider_key_revision::Entity::find_by_id((provider_id.to_owned(), revision))
+            .one(txn)
+            .await
+            .map_err(db_error)?
+            .is_some_and(|row| row.revoke_time.is_some()),
+    )
+}
+
+/// Marks `revision` of `provider_id` revoked (when it is not already).
+async fn revoke_key_revision(
+    txn: &DatabaseTransaction,
+    write: &Write<'_>,
+    provider_id: &str,
+    revision: i64,
+) -> Result<(), Error> {
+    provider_key_revision::Entity::update_many()
+        .col_expr(
+            provider_key_revision::Column::RevokeTime,
+            Expr::value(super::now()),
+        )
+        .col_expr(
+            provider_key_revision::Column::RevokedBy,
+            Expr::value(write.caller.subject.clone()),
+        )
+        .filter(provider_key_revision::Column::ProviderId.eq(provider_id))
+        .filter(provider_key_revision::Column::Revision.eq(revision))
+        .filter(provider_key_revision::Column::RevokeTime.is_null())
+        .exec(txn)
+        .await
+        .map_err(db_error)?;
+    tracing::warn!(provider_id, revision, "provider key revision revoked");
+    Ok(())
 }
 
 async fn get_locked(
@@ -317,6 +455,32 @@ async fn write_next_version(
 ) -> Result<Option<ProviderRecord>, Error> {
     let next = current.version + 1;
     let now = super::now();
+    let mut spec = spec.clone();
+    let mut description = write.description.clone();
+    if let Some(revision) = spec.api_key_revision
+        && spec.api_key_revision != current.spec.api_key_revision
+        && is_revoked(txn, &current.id, revision).await?
+    {
+        spec.api_key = current.spec.api_key.clone();
+        spec.api_key_revision = current.spec.api_key_revision;
+        description.push_str(&match current.spec.api_key_revision {
+            Some(kept) => {
+                format!(" (key revision {revision} is revoked: kept key revision {kept})")
+            }
+            None => format!(" (key revision {revision} is revoked: kept the current key)"),
+        });
+    }
+    if spec.api_key.is_some() && spec.api_key_revision.is_none() {
+        let revision = next_key_revision(txn, &current.id).await?;
+        insert_key_revision(txn, write, &current.id, revision, now).await?;
+        spec.api_key_revision = Some(revision);
+    }
+    let spec = &spec;
+    let write = &Write {
+        caller: write.caller,
+        action: write.action,
+        description,
+    };
     if spec.is_default
         && !current.spec.is_default
         && !take_default(txn, write, &current.id, &spec.name).await?
@@ -356,7 +520,7 @@ async fn write_next_version(
     if updated == 0 {
         return Ok(None);
     }
-    let changes = provider_diff(&current.spec, spec);
+    let changes = ProviderSpec::diff(&current.spec, spec);
     insert_version(txn, write, &current.id, next, spec, changes, now).await?;
     Ok(Some(ProviderRecord {
         id: current.id.clone(),
@@ -413,16 +577,9 @@ async fn take_default(
     if updated.rows_affected == 0 {
         return Ok(false);
     }
-    let changes = provider_diff(&previous.spec, &spec);
+    let changes = ProviderSpec::diff(&previous.spec, &spec);
     insert_version(txn, &handover, &previous.id, next, &spec, changes, now).await?;
     Ok(true)
-}
-
-/// The diff between two provider snapshots, with the key masked.
-pub fn provider_diff(old: &ProviderSpec, new: &ProviderSpec) -> Vec<version::Change> {
-    let mut changes = version::diff(&old.to_json(), &new.to_json());
-    version::mask_secret(&mut changes, "api_key", ENCRYPTED_MARKER);
-    changes
 }
 
 async fn insert_version(
