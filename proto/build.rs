@@ -11,6 +11,16 @@ use prost::Message;
 /// Served through reflection only; see the file's header.
 const ERROR_DETAILS: &str = "google/rpc/error_details.proto";
 
+/// Messages that hold a credential, a plaintext or a legacy token: their
+/// `Debug` is written by hand in `src/lib.rs`, with the secret redacted.
+const SECRET_HOLDERS: [&str; 5] = [
+    ".agentregistry.v1.Provider",
+    ".agentregistry.v1.ResolvedAgent",
+    ".agentregistry.crypto.v1.EncryptRequest",
+    ".agentregistry.crypto.v1.DecryptResponse",
+    ".agentregistry.crypto.v1.ImportFernetItem",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
@@ -37,6 +47,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        .skip_debug(SECRET_HOLDERS)
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -209,10 +209,11 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 5] = [
+const TABLES: [&str; 6] = [
     "agent_versions",
     "agents",
     "key_canary",
+    "provider_key_revisions",
     "provider_versions",
     "providers",
 ];
@@ -971,7 +972,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
         names(&before),
         [
             "m20261126_000001_create_registry",
-            "m20261126_000002_key_canary"
+            "m20261126_000002_key_canary",
+            "m20261206_000001_provider_key_revisions"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -125,14 +125,14 @@ diff=$(call "$VIEWER_TOKEN" AgentService/DiffAgentVersions \
   '{"agent_id": "'"$AGENT_ID"'", "from_version": 1, "to_version": 4}')
 expect "v1 and v4 equal" "$(json 'd.get("changes", [])' <<<"$diff")" "[]"
 
-# --- a new key: the provider diff shows ***encrypted***, never the key
+# --- a new key: the provider diff shows its revision, never the key
 NEW_KEY="sk-shell-rotated-$SUFFIX"
 call "$ADMIN_TOKEN" ProviderService/UpdateProvider \
   '{"provider": {"id": "'"$PROVIDER_ID"'", "api_key": "'"$NEW_KEY"'"}, "update_mask": {"paths": ["api_key"]}}' >/dev/null
 provider_diff=$(call "$VIEWER_TOKEN" ProviderService/DiffProviderVersions \
   '{"provider_id": "'"$PROVIDER_ID"'", "from_version": 1, "to_version": 2}')
 expect "api_key diff" "$(json '[(c["path"], c["oldValue"], c["newValue"]) for c in d["changes"]]' <<<"$provider_diff")" \
-  "[('api_key', '***encrypted***', '***encrypted***')]"
+  "[('api_key', '***encrypted, revision 1***', '***encrypted, revision 2***')]"
 lacks "provider diff" "$provider_diff" "$NEW_KEY"
 resolved=$(call "$RUNTIME_TOKEN" RuntimeService/ResolveAgent '{"agent_id": "'"$AGENT_ID"'"}')
 expect "rotated key resolved" "$(json 'd["apiKey"]' <<<"$resolved")" "$NEW_KEY"

@@ -39,7 +39,7 @@ fn public_methods() -> Vec<String> {
 #[test]
 fn every_proto_method_is_in_the_role_table() {
     let methods = public_methods();
-    assert_eq!(methods.len(), 22, "{methods:?}");
+    assert_eq!(methods.len(), 23, "{methods:?}");
     for method in &methods {
         assert!(
             allowed_roles(method).is_some(),
@@ -229,6 +229,12 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
             version_number: None,
         }
         .encode_to_vec(),
+        "RevokeProviderKey" => pb::RevokeProviderKeyRequest {
+            provider_id: f.provider_id.clone(),
+            revision: 1,
+            reason: String::new(),
+        }
+        .encode_to_vec(),
         "GetKeyStatus" => pb::GetKeyStatusRequest {}.encode_to_vec(),
         "RewrapCredentials" => pb::RewrapCredentialsRequest {
             batch_size: 10,
@@ -380,7 +386,7 @@ async fn every_method_for_every_identity_answers_as_the_role_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11 * 22);
+    assert_eq!(checked, 11 * 23);
     stack.finish().await;
 }
 

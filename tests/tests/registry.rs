@@ -313,17 +313,19 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
         .expect("versions")
         .into_inner();
     responses.push(history.encode_to_vec());
-    let marker = format!(
-        "{:?}",
-        Some(prost_types::value::Kind::StringValue(
-            "***encrypted***".to_owned()
-        ))
-    );
+    let marker = |revision: i64| {
+        format!(
+            "{:?}",
+            Some(prost_types::value::Kind::StringValue(format!(
+                "***encrypted, revision {revision}***"
+            )))
+        )
+    };
     assert_eq!(
         changes(&history.versions[0].diff),
         BTreeMap::from([(
             "api_key".to_owned(),
-            (pb::ChangeKind::Modified as i32, marker.clone(), marker)
+            (pb::ChangeKind::Modified as i32, marker(1), marker(2))
         )])
     );
 
@@ -1346,7 +1348,11 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         "{output}"
     );
     assert!(
-        output.contains("pending m20261126_000002_key_canary"),
+        output.contains("applied m20261126_000002_key_canary"),
+        "{output}"
+    );
+    assert!(
+        output.contains("pending m20261206_000001_provider_key_revisions"),
         "down reverts the newest: {output}"
     );
     database.drop_database().await;
