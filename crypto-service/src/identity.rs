@@ -22,7 +22,9 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use tonic::codegen::http;
@@ -362,6 +364,7 @@ impl Caller {
 #[derive(Debug, Clone)]
 pub struct GateLayer {
     callers: Arc<Callers>,
+    refusals: Arc<RefusalLog>,
 }
 
 impl GateLayer {
@@ -369,6 +372,7 @@ impl GateLayer {
     pub fn new(callers: Callers) -> Self {
         Self {
             callers: Arc::new(callers),
+            refusals: Arc::new(RefusalLog::default()),
         }
     }
 }
@@ -380,6 +384,7 @@ impl<S> tower::Layer<S> for GateLayer {
         Gate {
             inner,
             callers: Arc::clone(&self.callers),
+            refusals: Arc::clone(&self.refusals),
         }
     }
 }
@@ -389,6 +394,42 @@ impl<S> tower::Layer<S> for GateLayer {
 pub struct Gate<S> {
     inner: S,
     callers: Arc<Callers>,
+    refusals: Arc<RefusalLog>,
+}
+
+/// At most one refusal line per second: a caller hammering the service
+/// must not flood the log (every refusal is still counted in the gRPC
+/// metrics, code PERMISSION_DENIED).
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// The second (since the epoch) of the last line written, plus one; 0
+    /// before the first.
+    last_second: AtomicU64,
+    /// Refusals not logged since that line.
+    suppressed: AtomicU64,
+}
+
+impl RefusalLog {
+    /// `Some(refusals not logged since the last line)` when this refusal
+    /// may be logged.
+    fn admit(&self) -> Option<u64> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs())
+            + 1;
+        let last = self.last_second.load(Ordering::Relaxed);
+        if last != now
+            && self
+                .last_second
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            Some(self.suppressed.swap(0, Ordering::Relaxed))
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 impl<S: NamedService> NamedService for Gate<S> {
@@ -426,11 +467,14 @@ where
                 futures_util::future::Either::Left(self.inner.call(request))
             }
             Err(allowed) => {
-                tracing::warn!(
-                    caller = %caller.identity,
-                    method = %bounded_method(&method),
-                    "refused a caller without the role for this method"
-                );
+                if let Some(suppressed) = self.refusals.admit() {
+                    tracing::warn!(
+                        caller = %caller.identity,
+                        method = %bounded_method(&method),
+                        refusals_not_logged = suppressed,
+                        "refused a caller without the role for this method"
+                    );
+                }
                 let error = Error::PermissionDenied {
                     caller: caller.identity,
                     method: bounded_method(&method),
@@ -647,6 +691,15 @@ mod tests {
             assert!(operator.may_call(method).is_err(), "{method}");
         }
         assert!(Caller::unknown().may_call("GetKeyInfo").is_err());
+    }
+
+    #[test]
+    fn refusals_are_logged_once_per_second_with_the_count_in_between() {
+        let log = RefusalLog::default();
+        assert_eq!(log.admit(), Some(0));
+        // The rest of this second (the test runs far inside one).
+        let logged = (0..1000).filter_map(|_| log.admit()).count();
+        assert!(logged <= 1, "{logged} lines for 1000 refusals");
     }
 
     #[test]
