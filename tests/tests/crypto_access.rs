@@ -272,6 +272,12 @@ async fn on_a_unix_socket_callers_are_named_by_uid() {
     let others = start_crypto_as_given(launch).await;
     let channel = unix_channel(&socket).await;
     assert_eq!(denied(&channel, &METHODS, &ciphertext).await, METHODS);
+    let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health stays open to anyone who can connect")
+        .into_inner();
+    assert_eq!(health.status, 1, "SERVING");
     let status = CryptoServiceClient::new(channel)
         .get_key_info(GetKeyInfoRequest {})
         .await
@@ -317,6 +323,48 @@ async fn on_a_unix_socket_callers_are_named_by_uid() {
             "RetireKeyVersion"
         ]
     );
+}
+
+#[tokio::test]
+async fn behind_a_mesh_callers_are_named_by_the_proxys_forwarded_certificate() {
+    const REGISTRY: &str = "spiffe://cluster.test/ns/ar/sa/registry-service";
+    let service = start_crypto_as_given(
+        keys(&[(1, KEY_ONE)])
+            .arg("--mesh-mtls")
+            .env("CRYPTO_REGISTRY_CLIENTS", format!("uri:{REGISTRY}")),
+    )
+    .await;
+    let mut client = CryptoServiceClient::new(service.channel().await);
+    let encrypt = |forwarded: Option<&str>| {
+        let mut request = tonic::Request::new(EncryptRequest {
+            plaintext: b"x".to_vec(),
+            associated_data: AAD.to_vec(),
+        });
+        if let Some(value) = forwarded {
+            request.metadata_mut().insert(
+                "x-forwarded-client-cert",
+                value.parse().expect("ascii header"),
+            );
+        }
+        request
+    };
+    let code = |result: Result<tonic::Response<_>, tonic::Status>| {
+        result.map_or_else(|status| status.code(), |_| Code::Ok)
+    };
+    // The element the nearest proxy appended (the last) names the caller.
+    let proxy = format!("By=spiffe://cluster.test/ns/ar/sa/crypto;Hash=00;URI={REGISTRY}");
+    assert_eq!(code(client.encrypt(encrypt(Some(&proxy))).await), Code::Ok);
+    // No forwarded identity, another workload's, or the registry's only in
+    // an element a client wrote before the proxy's own: refused.
+    let other = "By=spiffe://cluster.test/ns/ar/sa/crypto;URI=spiffe://cluster.test/ns/ar/sa/job";
+    let smuggled = format!("URI={REGISTRY},{other}");
+    for forwarded in [None, Some(other), Some(smuggled.as_str())] {
+        assert_eq!(
+            code(client.encrypt(encrypt(forwarded)).await),
+            Code::PermissionDenied,
+            "{forwarded:?}"
+        );
+    }
 }
 
 #[tokio::test]
