@@ -68,8 +68,9 @@ pub struct Args {
     #[arg(long, env = "CRYPTO_MESH_MTLS")]
     pub mesh_mtls: bool,
     /// Development only: every caller on plaintext loopback TCP or on the
-    /// unix socket gets every role (logged as a warning at start). Without
-    /// it, plaintext TCP without a mesh is refused at start.
+    /// unix socket gets every role (logged as a warning at start); refused
+    /// with mutual TLS or `--mesh-mtls`. Without it, plaintext TCP without a
+    /// mesh is refused at start.
     #[arg(long, env = "CRYPTO_INSECURE_DEV_CALLERS")]
     pub insecure_dev_callers: bool,
     /// Development mode: without key settings, use a random key that lives
@@ -160,7 +161,7 @@ pub struct Settings {
     pub callers: Callers,
 }
 
-/// Mutual TLS material and the client allow-list.
+/// Mutual TLS material (who may call is in [`Callers`]).
 #[derive(Clone)]
 pub struct TlsSettings {
     /// Server certificate chain, PEM.

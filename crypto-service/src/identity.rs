@@ -191,6 +191,15 @@ impl Callers {
                 ),
             ));
         }
+        if insecure_dev && matches!(transport, Transport::MutualTls | Transport::Mesh) {
+            // Behind a mesh every call arrives from the local proxy, so
+            // "anyone local" would be anyone at all.
+            return Err(Error::config(
+                "CRYPTO_INSECURE_DEV_CALLERS",
+                "is for plaintext loopback or a unix socket only, not with mutual TLS or \
+                 --mesh-mtls, which name their callers",
+            ));
+        }
         if !insecure_dev {
             if transport == Transport::Loopback {
                 return Err(Error::config(
@@ -319,11 +328,11 @@ impl Callers {
     fn is_local(&self, extensions: &http::Extensions) -> bool {
         match self.transport {
             Transport::UnixSocket => true,
-            Transport::Loopback | Transport::Mesh => extensions
+            Transport::Loopback => extensions
                 .get::<TcpConnectInfo>()
                 .and_then(TcpConnectInfo::remote_addr)
                 .is_some_and(|addr| is_loopback(addr.ip())),
-            Transport::MutualTls => false,
+            Transport::MutualTls | Transport::Mesh => false,
         }
     }
 }
@@ -655,6 +664,10 @@ mod tests {
         );
         assert_eq!(refused(Transport::UnixSocket, &["uid:7"], false), "");
         assert!(refused(Transport::MutualTls, &["uid:7"], false).contains("dns: entries"));
+        assert!(
+            refused(Transport::Mesh, &["uri:spiffe://c/r"], true)
+                .starts_with("CRYPTO_INSECURE_DEV_CALLERS: is for plaintext loopback")
+        );
     }
 
     #[test]
