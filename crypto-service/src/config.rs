@@ -21,6 +21,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::Error;
 use crate::fernet::FernetKey;
+use crate::identity::{Callers, Principal, Transport};
 use crate::keyring::{KEY_LEN, KeyMaterial, Keyring};
 
 /// Flags of the `crypto-service` binary. Each flag also reads the
@@ -45,20 +46,41 @@ pub struct Args {
     /// PEM CA certificate(s) that sign client certificates.
     #[arg(long, env = "CRYPTO_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
-    /// DNS names (subject alternative names) of the client certificates
-    /// allowed to call, comma-separated.
+    /// Callers with the registry role (Encrypt, Decrypt, batches, Rewrap,
+    /// GetKeyInfo, RetireKeyVersion), comma-separated: `dns:NAME` (a client
+    /// certificate name under mutual TLS, or a forwarded `DNS=` name behind
+    /// a mesh), `uid:N` (a unix socket peer), `uri:URI` (a forwarded `URI=`
+    /// name behind a mesh, such as a SPIFFE id).
+    #[arg(long, env = "CRYPTO_REGISTRY_CLIENTS", value_delimiter = ',')]
+    pub registry_clients: Vec<String>,
+    /// Callers with the operator role (ImportFernet, GetKeyInfo), in the
+    /// same form as `--registry-clients`.
+    #[arg(long, env = "CRYPTO_OPERATOR_CLIENTS", value_delimiter = ',')]
+    pub operator_clients: Vec<String>,
+    /// Older form of `--registry-clients` for mutual TLS: bare DNS names,
+    /// each the same as a `dns:NAME` registry entry.
     #[arg(long, env = "CRYPTO_ALLOWED_CLIENTS", value_delimiter = ',')]
     pub allowed_clients: Vec<String>,
     /// Allow plaintext on a non-loopback address because a service mesh
-    /// provides mutual TLS in front of this process.
+    /// provides mutual TLS in front of this process; callers are then named
+    /// by the `x-forwarded-client-cert` header the mesh's proxy sets (it
+    /// must overwrite any the client sent).
     #[arg(long, env = "CRYPTO_MESH_MTLS")]
     pub mesh_mtls: bool,
+    /// Development only: every caller on plaintext loopback TCP or on the
+    /// unix socket gets every role (logged as a warning at start); refused
+    /// with mutual TLS or `--mesh-mtls`. Without it, plaintext TCP without a
+    /// mesh is refused at start.
+    #[arg(long, env = "CRYPTO_INSECURE_DEV_CALLERS")]
+    pub insecure_dev_callers: bool,
     /// Development mode: without key settings, use a random key that lives
     /// only as long as the process (everything it encrypted is lost on exit).
     #[arg(long, env = "CRYPTO_DEV")]
     pub dev: bool,
-    /// A JSON keyring file: {"keys":[{"version":1,"key":"<base64>"},
-    /// {"version":2,"master_secret":"…","salt":"…"}]}. Secret.
+    /// A JSON keyring file: {"keys":[{"version":1,"master_secret":"…",
+    /// "salt":"…","derivation":"legacy-pbkdf2"},{"version":2,"key":"<base64>"},
+    /// {"version":3,"master_secret":"…","salt":"…","derivation":"pbkdf2-v2"}]}.
+    /// Secret.
     #[arg(long, env = "ENCRYPTION_KEYRING_FILE")]
     pub keyring_file: Option<PathBuf>,
     /// Largest plaintext accepted, in bytes.
@@ -135,9 +157,11 @@ pub struct Settings {
     /// The Python platform's Fernet key, which `ImportFernet` decrypts with;
     /// `None` (the default) refuses imports. Set from [`Args::legacy_key`].
     pub legacy_key: Option<Arc<FernetKey>>,
+    /// Who may call what.
+    pub callers: Callers,
 }
 
-/// Mutual TLS material and the client allow-list.
+/// Mutual TLS material (who may call is in [`Callers`]).
 #[derive(Clone)]
 pub struct TlsSettings {
     /// Server certificate chain, PEM.
@@ -146,15 +170,12 @@ pub struct TlsSettings {
     pub key_pem: Zeroizing<Vec<u8>>,
     /// Client CA certificates, PEM.
     pub client_ca_pem: Vec<u8>,
-    /// DNS names of allowed client certificates.
-    pub allowed_clients: Vec<String>,
 }
 
 impl fmt::Debug for TlsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TlsSettings")
             .field("key_pem", &"<redacted>")
-            .field("allowed_clients", &self.allowed_clients)
             .finish_non_exhaustive()
     }
 }
@@ -188,6 +209,7 @@ impl Args {
     pub fn settings(&self) -> Result<Settings, Error> {
         let tls = self.tls_settings()?;
         check_transport(&self.listen, tls.is_some(), self.mesh_mtls)?;
+        let callers = self.callers(tls.is_some())?;
         for (setting, value) in [
             ("CRYPTO_MAX_PLAINTEXT_BYTES", self.max_plaintext_bytes),
             ("CRYPTO_MAX_BATCH_ITEMS", self.max_batch_items),
@@ -209,7 +231,37 @@ impl Args {
             drain: Duration::from_secs(self.drain_seconds),
             grpc: self.grpc.clone(),
             legacy_key: None,
+            callers,
         })
+    }
+
+    /// The caller settings, checked against the listener.
+    fn callers(&self, tls: bool) -> Result<Callers, Error> {
+        let transport = match (&self.listen, tls, self.mesh_mtls) {
+            (ListenAddress::Unix(_), _, _) => Transport::UnixSocket,
+            (ListenAddress::Tcp(_), true, _) => Transport::MutualTls,
+            (ListenAddress::Tcp(_), false, true) => Transport::Mesh,
+            (ListenAddress::Tcp(_), false, false) => Transport::Loopback,
+        };
+        let entries = |setting: &str, values: &[String]| {
+            values
+                .iter()
+                .map(|value| value.trim())
+                .filter(|value| !value.is_empty())
+                .map(|value| Principal::parse(setting, value))
+                .collect::<Result<Vec<_>, Error>>()
+        };
+        let mut registry = entries("CRYPTO_REGISTRY_CLIENTS", &self.registry_clients)?;
+        for name in self.allowed_clients.iter().map(|n| n.trim()) {
+            if !name.is_empty() {
+                registry.push(Principal::parse(
+                    "CRYPTO_ALLOWED_CLIENTS",
+                    &format!("dns:{name}"),
+                )?);
+            }
+        }
+        let operator = entries("CRYPTO_OPERATOR_CLIENTS", &self.operator_clients)?;
+        Callers::new(transport, registry, operator, self.insecure_dev_callers)
     }
 
     /// The Python platform's Fernet key for `ImportFernet`, when configured:
@@ -253,6 +305,20 @@ impl Args {
         }
     }
 
+    /// The keyring and the legacy key together, refused when a version of
+    /// the keyring is the legacy key or follows from it alone (see
+    /// [`check_no_legacy_overlap`]). Start-up and every reload go through
+    /// here.
+    pub fn keys(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(Keyring, Option<FernetKey>), Error> {
+        let keyring = self.keyring(&env)?;
+        let legacy = self.legacy_key(&env)?;
+        check_no_legacy_overlap(&keyring, legacy.as_ref())?;
+        Ok((keyring, legacy))
+    }
+
     /// Builds the keyring from the key settings. `env` looks up an
     /// environment variable (the real environment in `main`, a map in tests).
     pub fn keyring(&self, env: impl Fn(&str) -> Option<String>) -> Result<Keyring, Error> {
@@ -289,23 +355,10 @@ impl Args {
                 ));
             }
         };
-        let allowed_clients: Vec<String> = self
-            .allowed_clients
-            .iter()
-            .map(|name| name.trim().to_owned())
-            .filter(|name| !name.is_empty())
-            .collect();
-        if allowed_clients.is_empty() {
-            return Err(Error::config(
-                "CRYPTO_ALLOWED_CLIENTS",
-                "mutual TLS needs at least one allowed client DNS name",
-            ));
-        }
         Ok(Some(TlsSettings {
             cert_pem: read_file("CRYPTO_TLS_CERT_FILE", cert)?,
             key_pem: Zeroizing::new(read_file("CRYPTO_TLS_KEY_FILE", key)?),
             client_ca_pem: read_file("CRYPTO_TLS_CLIENT_CA_FILE", ca)?,
-            allowed_clients,
         }))
     }
 }
@@ -468,6 +521,38 @@ fn pbkdf2_material(setting: &str, secret: &str, salt: &str) -> Result<KeyMateria
     })
 }
 
+/// The old derivation keeps the values it was given: no minimum length
+/// applies to a version that only decrypts what already exists.
+fn legacy_pbkdf2_material(secret: &str, salt: &str) -> KeyMaterial {
+    KeyMaterial::LegacyPbkdf2 {
+        secret: Zeroizing::new(secret.as_bytes().to_vec()),
+        salt: Zeroizing::new(salt.as_bytes().to_vec()),
+    }
+}
+
+/// Refuses a keyring with a version whose key is the legacy Fernet key
+/// (the one `ImportFernet` opens tokens with) or follows from it alone:
+/// whoever holds the old platform's `ENCRYPTION_KEY` could open what that
+/// version sealed.
+pub fn check_no_legacy_overlap(keyring: &Keyring, legacy: Option<&FernetKey>) -> Result<(), Error> {
+    let Some(legacy) = legacy else {
+        return Ok(());
+    };
+    let overlapping = keyring.overlapping_legacy(&legacy.to_bytes());
+    match overlapping.first() {
+        None => Ok(()),
+        Some(version) => Err(Error::config(
+            "keyring",
+            format!(
+                "key version {version} is the legacy Fernet key (LEGACY_*) or derived from it \
+                 alone, so the old platform's ENCRYPTION_KEY would open its values: rewrap them \
+                 to a new version and retire it before configuring the legacy key, or give the \
+                 keyring a key that does not come from the legacy key"
+            ),
+        )),
+    }
+}
+
 /// `ENCRYPTION_KEYS`: `1=<base64>,2=<base64>`.
 fn parse_key_list(text: &str) -> Result<Vec<(u32, KeyMaterial)>, Error> {
     const SETTING: &str = "ENCRYPTION_KEYS";
@@ -501,6 +586,9 @@ struct KeyringEntry {
     key: Option<String>,
     master_secret: Option<String>,
     salt: Option<String>,
+    /// `pbkdf2-v2` or `legacy-pbkdf2`, required with `master_secret`;
+    /// `direct` (or nothing) with `key`.
+    derivation: Option<String>,
 }
 
 fn parse_keyring_json(bytes: &[u8]) -> Result<Vec<(u32, KeyMaterial)>, Error> {
@@ -520,9 +608,29 @@ fn parse_keyring_json(bytes: &[u8]) -> Result<Vec<(u32, KeyMaterial)>, Error> {
         .iter()
         .map(|entry| {
             let setting = format!("{SETTING} (version {})", entry.version);
+            let derivation = entry.derivation.as_deref();
             let material = match (&entry.key, &entry.master_secret, &entry.salt) {
-                (Some(key), None, None) => KeyMaterial::Direct(decode_key(&setting, key)?),
-                (None, Some(secret), Some(salt)) => pbkdf2_material(&setting, secret, salt)?,
+                (Some(key), None, None) => match derivation {
+                    None | Some("direct") => KeyMaterial::Direct(decode_key(&setting, key)?),
+                    Some(_) => {
+                        return Err(Error::config(
+                            setting,
+                            "a \"key\" entry takes no \"derivation\" other than \"direct\"",
+                        ));
+                    }
+                },
+                (None, Some(secret), Some(salt)) => match derivation {
+                    Some("pbkdf2-v2") => pbkdf2_material(&setting, secret, salt)?,
+                    Some("legacy-pbkdf2") => legacy_pbkdf2_material(secret, salt),
+                    _ => {
+                        return Err(Error::config(
+                            setting,
+                            "a \"master_secret\" entry needs \"derivation\": \"pbkdf2-v2\" \
+                             for a new version, or \"legacy-pbkdf2\" for one whose values were \
+                             sealed before key derivation v2 (decrypt-only; rewrap, then retire it)",
+                        ));
+                    }
+                },
                 _ => {
                     return Err(Error::config(
                         setting,
@@ -593,21 +701,64 @@ mod tests {
 
     #[test]
     fn plaintext_on_a_public_address_is_refused_without_mesh_mtls() {
-        let error = args(&["--listen", "0.0.0.0:50061"]).settings().err();
+        let error = args(&["--listen", "0.0.0.0:50061", "--insecure-dev-callers"])
+            .settings()
+            .err();
         assert!(error.is_some_and(|e| {
             e.to_string()
                 .starts_with("CRYPTO_LISTEN: refusing plaintext")
         }));
+        let mesh = [
+            "--mesh-mtls",
+            "--registry-clients",
+            "uri:spiffe://c/sa/registry",
+        ];
         assert!(
-            args(&["--listen", "0.0.0.0:50061", "--mesh-mtls"])
+            args(&[&["--listen", "0.0.0.0:50061"][..], &mesh].concat())
                 .settings()
                 .is_ok()
         );
-        assert!(args(&["--listen", "[::1]:50061"]).settings().is_ok());
         assert!(
-            args(&["--listen", "unix:/tmp/crypto.sock"])
+            args(&["--listen", "[::1]:50061", "--insecure-dev-callers"])
                 .settings()
                 .is_ok()
+        );
+        assert!(
+            args(&[
+                "--listen",
+                "unix:/tmp/crypto.sock",
+                "--registry-clients",
+                "uid:0"
+            ])
+            .settings()
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn plaintext_loopback_without_development_mode_is_refused() {
+        let error = args(&["--listen", "127.0.0.1:50061"])
+            .settings()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            error.starts_with("CRYPTO_LISTEN: plaintext TCP gives no way to tell callers apart"),
+            "{error}"
+        );
+        let error = args(&[
+            "--listen",
+            "unix:/tmp/c.sock",
+            "--operator-clients",
+            "uid:x",
+        ])
+        .settings()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            error.starts_with("CRYPTO_OPERATOR_CLIENTS: \"uid:x\""),
+            "{error}"
         );
     }
 

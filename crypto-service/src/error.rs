@@ -22,8 +22,13 @@ pub enum Error {
         /// The request field holding the ciphertext.
         field: String,
     },
-    /// A ciphertext names a key version the keyring does not hold.
-    #[error("{field}: key version {version} is not in this keyring")]
+    /// A ciphertext names a key version the keyring does not hold (never
+    /// configured, or retired).
+    #[error(
+        "{field}: sealed under key version {version}, which is not in this keyring (never \
+         configured, or retired): add version {version} back to the keyring (ENCRYPTION_KEYS or \
+         ENCRYPTION_KEYRING_FILE, then SIGHUP or restart) to open it, or replace the value"
+    )]
     UnknownKeyVersion {
         /// The request field holding the ciphertext.
         field: String,
@@ -41,9 +46,16 @@ pub enum Error {
         "no legacy key is configured: set LEGACY_MASTER_SECRET and LEGACY_ENCRYPTION_SALT, or LEGACY_FERNET_KEY"
     )]
     LegacyKeyNotConfigured,
-    /// The caller's TLS identity is not on the allow-list.
-    #[error("client identity is not allowed")]
-    ClientNotAllowed,
+    /// The caller holds no role that may call the method.
+    #[error("caller {caller} may not call {method}: it needs {needs}")]
+    PermissionDenied {
+        /// How the caller was named (`uid:1000`, `dns:…`, `anonymous:…`).
+        caller: String,
+        /// The method asked for.
+        method: String,
+        /// The roles (and their settings) that may call it.
+        needs: String,
+    },
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Random,
@@ -170,7 +182,14 @@ impl From<Error> for Status {
                     ErrorDetails::with_error_info("LEGACY_KEY_NOT_CONFIGURED", ERROR_DOMAIN, []);
                 Status::with_error_details(Code::FailedPrecondition, message, details)
             }
-            Error::ClientNotAllowed => Status::permission_denied(message),
+            Error::PermissionDenied { caller, method, .. } => {
+                let details = ErrorDetails::with_error_info(
+                    "CALLER_NOT_ALLOWED",
+                    ERROR_DOMAIN,
+                    [("caller".to_owned(), caller), ("method".to_owned(), method)],
+                );
+                Status::with_error_details(Code::PermissionDenied, message, details)
+            }
             Error::Random | Error::Config { .. } | Error::Serve(_) => {
                 tracing::error!(error = %message, "internal error");
                 Status::internal("internal error")

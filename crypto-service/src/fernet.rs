@@ -132,6 +132,15 @@ impl FernetKey {
         Self::from_bytes(&pbkdf2_root(secret, salt))
     }
 
+    /// The whole 32-byte key (signing half first), for the start-up check
+    /// that no keyring version is this key or follows from it alone.
+    pub fn to_bytes(&self) -> Zeroizing<[u8; KEY_LEN]> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        key[..HALF].copy_from_slice(self.signing.as_ref());
+        key[HALF..].copy_from_slice(self.encryption.as_ref());
+        key
+    }
+
     /// Verifies and decrypts `token`: a Fernet token (`gAAAAA…`) or, as the
     /// platform's `api_key` column holds it, that token base64-encoded once
     /// more.

@@ -1,11 +1,29 @@
 //! The keyring: numbered AES-256-GCM keys, the newest of which encrypts.
 //!
 //! Key bytes are derived once, when the keyring is built: a 32-byte root
-//! (given directly, or PBKDF2-HMAC-SHA256 of a master secret and salt with
-//! 100,000 iterations) goes through a labelled HKDF-SHA256 step, so the same
-//! secret never yields the bytes of the Python platform's Fernet key. Only
-//! the cipher state is kept; it and every intermediate buffer are zeroized
-//! on drop, and nothing here prints key material, even through `Debug`.
+//! goes through a labelled HKDF-SHA256 step into the AES key. The root is
+//! given directly, or comes from a master secret and salt through
+//! PBKDF2-HMAC-SHA256 (100,000 iterations) in one of two ways:
+//!
+//! - [`Derivation::Pbkdf2`] (`pbkdf2-v2`), the only one that encrypts:
+//!   the PBKDF2 salt is [`PBKDF2_SALT_LABEL`] followed by the configured
+//!   salt. The Python platform ran PBKDF2 over the bare salt and used the
+//!   output as its Fernet key; with the label inside PBKDF2's own input, a
+//!   holder of that Fernet key learns nothing about this root (computing it
+//!   needs the master secret itself).
+//! - [`Derivation::LegacyPbkdf2`] (`legacy-pbkdf2`): PBKDF2 over the bare
+//!   salt, as this service did before. Its root *is* the platform's Fernet
+//!   key, and the HKDF step after it is public, so anyone holding that key
+//!   can open what it sealed. It exists only so old ciphertexts keep
+//!   decrypting until `Rewrap` moves them to the active version: a keyring
+//!   whose active (highest) version uses it is refused.
+//!
+//! [`Keyring::overlapping_legacy`] finds versions whose AES key is the
+//! legacy Fernet key or follows from it alone, so start-up can refuse them.
+//!
+//! Only the cipher state is kept; it and every intermediate buffer are
+//! zeroized on drop, and nothing here prints key material, even through
+//! `Debug`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -27,6 +45,11 @@ pub const PBKDF2_ITERATIONS: u32 = 100_000;
 /// Bytes of every key.
 pub const KEY_LEN: usize = 32;
 
+/// What precedes the configured salt in PBKDF2's salt input for
+/// [`Derivation::Pbkdf2`]: fixed and versioned, so this root never equals
+/// a PBKDF2 output the Python platform computed from the same values.
+pub const PBKDF2_SALT_LABEL: &[u8] = b"agentregistry/root-key/pbkdf2-v2:";
+
 const HKDF_SALT: &[u8] = b"agentregistry/crypto/v1";
 const HKDF_INFO: &[u8] = b"agentregistry aes-256-gcm data key";
 const CHECK_VALUE_LABEL: &[u8] = b"agentregistry key check value";
@@ -35,8 +58,17 @@ const CHECK_VALUE_LABEL: &[u8] = b"agentregistry key check value";
 pub enum KeyMaterial {
     /// A 32-byte root key.
     Direct(Zeroizing<[u8; KEY_LEN]>),
-    /// A master secret and salt for PBKDF2.
+    /// A master secret and salt for PBKDF2 with the labelled salt
+    /// ([`Derivation::Pbkdf2`]).
     Pbkdf2 {
+        /// The master secret.
+        secret: Zeroizing<Vec<u8>>,
+        /// The salt.
+        salt: Zeroizing<Vec<u8>>,
+    },
+    /// A master secret and salt for the old, unlabelled PBKDF2
+    /// ([`Derivation::LegacyPbkdf2`]): decrypt-only.
+    LegacyPbkdf2 {
         /// The master secret.
         secret: Zeroizing<Vec<u8>>,
         /// The salt.
@@ -49,6 +81,7 @@ impl fmt::Debug for KeyMaterial {
         match self {
             Self::Direct(_) => f.write_str("KeyMaterial::Direct(<redacted>)"),
             Self::Pbkdf2 { .. } => f.write_str("KeyMaterial::Pbkdf2(<redacted>)"),
+            Self::LegacyPbkdf2 { .. } => f.write_str("KeyMaterial::LegacyPbkdf2(<redacted>)"),
         }
     }
 }
@@ -58,8 +91,23 @@ impl fmt::Debug for KeyMaterial {
 pub enum Derivation {
     /// From a 32-byte root key.
     Direct,
-    /// From a master secret and salt through PBKDF2.
+    /// From a master secret and salt through PBKDF2 over the labelled salt
+    /// (`pbkdf2-v2`).
     Pbkdf2,
+    /// From a master secret and salt through PBKDF2 over the bare salt
+    /// (`legacy-pbkdf2`): the Python platform's Fernet key. Decrypt-only.
+    LegacyPbkdf2,
+}
+
+impl Derivation {
+    /// The name used in keyring files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Pbkdf2 => "pbkdf2-v2",
+            Self::LegacyPbkdf2 => "legacy-pbkdf2",
+        }
+    }
 }
 
 /// A ciphertext and the key version that made it.
@@ -182,11 +230,37 @@ impl Keyring {
                 ));
             }
         }
-        let active = *keys
-            .keys()
+        let (&active, active_key) = keys
+            .iter()
             .next_back()
             .ok_or_else(|| Error::config(setting, "no key versions given"))?;
+        if active_key.derivation == Derivation::LegacyPbkdf2 {
+            return Err(Error::config(
+                setting,
+                format!(
+                    "key version {active} uses derivation legacy-pbkdf2, which only decrypts: \
+                     add a higher version (a direct key, or a master secret with pbkdf2-v2) \
+                     to encrypt, then rewrap"
+                ),
+            ));
+        }
         Ok(Self { keys, active })
+    }
+
+    /// The versions whose AES key is the legacy Fernet key `legacy`, or
+    /// follows from it by public steps alone: the key itself, or the key
+    /// through this keyring's HKDF step once or twice (a Fernet key, or an
+    /// old derived key, pasted in as a direct key; a `legacy-pbkdf2` version
+    /// of the same master secret and salt). Compared by key check value.
+    pub fn overlapping_legacy(&self, legacy: &[u8; KEY_LEN]) -> Vec<u32> {
+        let once = separate(legacy);
+        let twice = separate(&once);
+        let forbidden = [check_value(legacy), check_value(&once), check_value(&twice)];
+        self.keys
+            .iter()
+            .filter(|(_, key)| forbidden.contains(&key.check_value))
+            .map(|(&version, _)| version)
+            .collect()
     }
 
     /// The version that encrypts new values.
@@ -319,7 +393,12 @@ impl VersionedKey {
     fn derive(material: &KeyMaterial) -> Self {
         let (root, derivation) = match material {
             KeyMaterial::Direct(key) => (key.clone(), Derivation::Direct),
-            KeyMaterial::Pbkdf2 { secret, salt } => (pbkdf2_root(secret, salt), Derivation::Pbkdf2),
+            KeyMaterial::Pbkdf2 { secret, salt } => {
+                (labelled_root(secret, salt), Derivation::Pbkdf2)
+            }
+            KeyMaterial::LegacyPbkdf2 { secret, salt } => {
+                (pbkdf2_root(secret, salt), Derivation::LegacyPbkdf2)
+            }
         };
         let data_key = separate(&root);
         let check_value = check_value(&data_key);
@@ -333,8 +412,16 @@ impl VersionedKey {
     }
 }
 
-/// PBKDF2-HMAC-SHA256 with [`PBKDF2_ITERATIONS`], the Python platform's
-/// derivation (whose output it base64-encodes into a Fernet key).
+/// The `pbkdf2-v2` root: PBKDF2-HMAC-SHA256 of the master secret over
+/// [`PBKDF2_SALT_LABEL`] ‖ salt, with [`PBKDF2_ITERATIONS`].
+pub fn labelled_root(secret: &[u8], salt: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
+    let labelled = Zeroizing::new([PBKDF2_SALT_LABEL, salt].concat());
+    pbkdf2_sha256(secret, &labelled, PBKDF2_ITERATIONS)
+}
+
+/// PBKDF2-HMAC-SHA256 with [`PBKDF2_ITERATIONS`] over the bare salt: the
+/// Python platform's derivation (whose output it base64-encodes into a
+/// Fernet key), and the `legacy-pbkdf2` root.
 pub fn pbkdf2_root(secret: &[u8], salt: &[u8]) -> Zeroizing<[u8; KEY_LEN]> {
     pbkdf2_sha256(secret, salt, PBKDF2_ITERATIONS)
 }
@@ -387,6 +474,107 @@ mod tests {
             hex::encode(*long),
             "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56"
         );
+    }
+
+    fn secret_and_salt(labelled: bool) -> KeyMaterial {
+        let secret = Zeroizing::new(b"dev-master-secret".to_vec());
+        let salt = Zeroizing::new(b"dev-salt".to_vec());
+        if labelled {
+            KeyMaterial::Pbkdf2 { secret, salt }
+        } else {
+            KeyMaterial::LegacyPbkdf2 { secret, salt }
+        }
+    }
+
+    /// PBKDF2-HMAC-SHA256 of "dev-master-secret" over "dev-salt" (legacy)
+    /// and over "agentregistry/root-key/pbkdf2-v2:dev-salt" (v2), 100,000
+    /// iterations, computed independently with Python's `hashlib`.
+    const LEGACY_VECTOR: &str = "23318e03161f0ac545575ad87bafa305edeb61a13b2134ca2a553a1bce002968";
+    const LABELLED_VECTOR: &str =
+        "dc09b028e00aa9a5bf55bbb1647d2c1c636cc83614fd952eea2a4442f49ba698";
+
+    #[test]
+    fn the_labelled_root_is_not_the_platforms_fernet_key() {
+        let legacy = pbkdf2_root(b"dev-master-secret", b"dev-salt");
+        let labelled = labelled_root(b"dev-master-secret", b"dev-salt");
+        assert_eq!(hex::encode(*legacy), LEGACY_VECTOR);
+        assert_eq!(hex::encode(*labelled), LABELLED_VECTOR);
+        assert_ne!(*legacy, *labelled);
+        // Nor is the AES key anything the public HKDF step makes of it.
+        assert_ne!(*separate(&labelled), *separate(&legacy));
+        assert_ne!(*separate(&labelled), *legacy);
+    }
+
+    #[test]
+    fn each_derivation_is_reported_and_legacy_only_decrypts() {
+        let ring = Keyring::new(
+            vec![(1, secret_and_salt(false)), (2, secret_and_salt(true))],
+            "test",
+        )
+        .expect("keyring");
+        let derivations: Vec<_> = ring.versions().iter().map(|v| v.derivation).collect();
+        assert_eq!(derivations, [Derivation::LegacyPbkdf2, Derivation::Pbkdf2]);
+        assert_eq!(ring.active_version(), 2);
+
+        let refused = Keyring::new(
+            vec![(1, direct(1)), (2, secret_and_salt(false))],
+            "ENCRYPTION_KEYRING_FILE",
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            refused.starts_with(
+                "ENCRYPTION_KEYRING_FILE: key version 2 uses derivation legacy-pbkdf2"
+            ),
+            "{refused}"
+        );
+    }
+
+    #[test]
+    fn legacy_versions_still_open_what_they_sealed_and_rewrap_moves_it() {
+        let legacy_root = pbkdf2_root(b"dev-master-secret", b"dev-salt");
+        // A keyring of the old code: the PBKDF2 output was used as a root.
+        let old =
+            Keyring::new(vec![(1, KeyMaterial::Direct(legacy_root))], "test").expect("old keyring");
+        let sealed = old.encrypt(b"old value", b"aad").expect("encrypt");
+        let ring = Keyring::new(
+            vec![(1, secret_and_salt(false)), (2, secret_and_salt(true))],
+            "test",
+        )
+        .expect("keyring");
+        let opened = ring.decrypt(&sealed.ciphertext, b"aad", "c").expect("open");
+        assert_eq!(opened.plaintext.as_slice(), b"old value");
+        let moved = ring
+            .rewrap(&sealed.ciphertext, b"aad", "c")
+            .expect("rewrap");
+        assert_eq!(moved.previous_key_version, 1);
+        assert_eq!(moved.sealed.key_version, 2);
+        let v2_only = ring.without(1).expect("retire v1");
+        let reopened = v2_only
+            .decrypt(&moved.sealed.ciphertext, b"aad", "c")
+            .expect("open after rewrap");
+        assert_eq!(reopened.plaintext.as_slice(), b"old value");
+    }
+
+    #[test]
+    fn versions_derived_from_the_legacy_key_alone_are_found() {
+        let fernet = pbkdf2_root(b"dev-master-secret", b"dev-salt");
+        let old_data_key = separate(&fernet);
+        let ring = Keyring::new(
+            vec![
+                (1, secret_and_salt(false)),
+                (2, KeyMaterial::Direct(fernet.clone())),
+                (3, KeyMaterial::Direct(old_data_key)),
+                (4, direct(4)),
+                (5, secret_and_salt(true)),
+            ],
+            "test",
+        )
+        .expect("keyring");
+        assert_eq!(ring.overlapping_legacy(&fernet), [1, 2, 3]);
+        let other = pbkdf2_root(b"another-master-secret", b"dev-salt");
+        assert!(ring.overlapping_legacy(&other).is_empty());
     }
 
     #[test]

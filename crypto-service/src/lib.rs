@@ -4,6 +4,7 @@
 //! under a keyring of numbered key versions, and has no other state. See
 //! `ARCHITECTURE.md` at the workspace root for how it fits with the registry.
 
+pub mod audit;
 pub mod ciphertext;
 pub mod config;
 pub mod error;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use crypto_service::Error;
-use crypto_service::config::{Args, ListenAddress};
+use crypto_service::config::{Args, ListenAddress, check_no_legacy_overlap};
 use crypto_service::keyring::SharedKeyring;
 use crypto_service::server::{self, Listener};
 
@@ -38,10 +38,8 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), Error> {
     let mut settings = args.settings()?;
-    let keyring = args.keyring(|name| std::env::var(name).ok())?;
-    settings.legacy_key = args
-        .legacy_key(|name| std::env::var(name).ok())?
-        .map(std::sync::Arc::new);
+    let (keyring, legacy_key) = args.keys(|name| std::env::var(name).ok())?;
+    settings.legacy_key = legacy_key.map(std::sync::Arc::new);
     if settings.legacy_key.is_some() {
         tracing::info!("legacy Fernet key loaded: ImportFernet is enabled");
     }
@@ -51,7 +49,7 @@ async fn run(args: Args) -> Result<(), Error> {
         "keyring loaded"
     );
     let keyring = SharedKeyring::new(keyring);
-    reload_on_sighup(args.clone(), keyring.clone())?;
+    reload_on_sighup(args.clone(), keyring.clone(), settings.legacy_key.clone())?;
     let metrics = ops::metrics::Metrics::new(|_| {});
     if let Some(address) = args.metrics_listen {
         serve_metrics(address, metrics.clone()).await?;
@@ -69,14 +67,24 @@ async fn run(args: Args) -> Result<(), Error> {
 
 /// Re-reads the key settings (files are read again; environment values are
 /// fixed for the life of the process) on every SIGHUP. Calls in flight keep
-/// the keyring they started with; a bad new keyring is logged and ignored.
-fn reload_on_sighup(args: Args, keyring: SharedKeyring) -> Result<(), Error> {
+/// the keyring they started with; a bad new keyring, or one that overlaps
+/// the legacy key in force, is logged and ignored.
+fn reload_on_sighup(
+    args: Args,
+    keyring: SharedKeyring,
+    legacy_key: Option<std::sync::Arc<crypto_service::fernet::FernetKey>>,
+) -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangups = signal(SignalKind::hangup())
         .map_err(|e| Error::Serve(format!("cannot listen for SIGHUP: {e}")))?;
     tokio::spawn(async move {
         while hangups.recv().await.is_some() {
-            match args.keyring(|name| std::env::var(name).ok()) {
+            let reloaded = args
+                .keyring(|name| std::env::var(name).ok())
+                .and_then(|reloaded| {
+                    check_no_legacy_overlap(&reloaded, legacy_key.as_deref()).map(|()| reloaded)
+                });
+            match reloaded {
                 Ok(reloaded) => {
                     tracing::info!(
                         active_version = reloaded.active_version(),

@@ -1,19 +1,18 @@
 //! Serving: binds nothing itself. The caller hands in a bound listener and a
-//! shutdown future; this assembles health, reflection, the allow-list and
+//! shutdown future; this assembles health, reflection, the caller gate and
 //! the crypto handlers, serves until shutdown, then drains within a deadline.
 
 use std::future::Future;
 
 use proto::crypto::crypto_service_server::CryptoServiceServer;
 use tokio::net::{TcpListener, UnixListener};
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 
 use crate::config::Settings;
 use crate::error::Error;
-use crate::identity::AllowList;
+use crate::identity::GateLayer;
 use crate::keyring::SharedKeyring;
 use crate::service::Crypto;
 
@@ -55,6 +54,12 @@ pub async fn serve(
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let router = router(&settings, keyring, metrics, health_service)?;
+    if settings.callers.insecure_dev() {
+        tracing::warn!(
+            "INSECURE DEVELOPMENT MODE (--insecure-dev-callers): every local caller may \
+             encrypt, decrypt, import and retire keys; never run like this in production"
+        );
+    }
     health
         .set_service_status(ops::LIVENESS, ServingStatus::Serving)
         .await;
@@ -112,18 +117,15 @@ fn router(
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
 
-    let allow_list = match &settings.tls {
-        Some(tls) => AllowList::new(&tls.allowed_clients)?,
-        None => AllowList::disabled(),
-    };
     // Size limits sit on the crypto service itself: its messages carry the
-    // only large payloads. The allow-list wraps only this service so probes
-    // and reflection stay open to any CA-signed client.
+    // only large payloads. The gate (who may call which method) wraps only
+    // this service, outside it, so a refused call costs no decoding, and
+    // probes and reflection stay open to anyone who can connect.
     let handlers =
         Crypto::new(keyring, settings.limits).with_legacy_key(settings.legacy_key.clone());
     let crypto = CryptoServiceServer::new(handlers)
         .max_decoding_message_size(settings.limits.max_message_bytes);
-    let crypto = InterceptedService::new(crypto, allow_list);
+    let crypto = tower::Layer::layer(&GateLayer::new(settings.callers.clone()), crypto);
 
     // Outermost: a span, metrics and an access log line for every call,
     // refused ones included; a path this server does not serve is answered

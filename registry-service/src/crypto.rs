@@ -310,6 +310,28 @@ pub fn api_key_aad(tenant: &str, provider_id: &str) -> Vec<u8> {
 
 fn from_status(status: tonic::Status) -> Error {
     use tonic::Code;
+    use tonic_types::StatusExt;
+    if status.code() == Code::FailedPrecondition {
+        // crypto-service's ErrorInfo names the missing version.
+        if let Some(info) = status
+            .get_details_error_info()
+            .filter(|info| info.reason == "KEY_VERSION_UNKNOWN")
+        {
+            let version = info
+                .metadata
+                .get("key_version")
+                .map_or("(unknown)", String::as_str);
+            return Error::precondition(
+                "KEY_VERSION_UNKNOWN",
+                format!(
+                    "a stored credential is sealed under key version {version}, which \
+                     crypto-service's keyring does not hold (retired, or never configured): add \
+                     key version {version} back to crypto-service's keyring, or store a new \
+                     api_key for the provider"
+                ),
+            );
+        }
+    }
     match status.code() {
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
             Error::Unavailable {

@@ -340,9 +340,51 @@ pub async fn http_get(address: &str, path: &str) -> String {
     body.to_owned()
 }
 
+/// Settings by which a launch names crypto-service's callers itself.
+const CALLER_SETTINGS: &[&str] = &[
+    "--registry-clients",
+    "--operator-clients",
+    "--allowed-clients",
+    "--mesh-mtls",
+    "--insecure-dev-callers",
+    "CRYPTO_REGISTRY_CLIENTS",
+    "CRYPTO_OPERATOR_CLIENTS",
+    "CRYPTO_ALLOWED_CLIENTS",
+    "CRYPTO_MESH_MTLS",
+    "CRYPTO_INSECURE_DEV_CALLERS",
+];
+
 /// Starts crypto-service on an ephemeral loopback port with `launch` plus
-/// JSON logs.
+/// JSON logs. Unless `launch` names the callers itself (a caller list, mesh
+/// or development mode), it runs with `--insecure-dev-callers`: every test
+/// process on loopback or the socket may call every method, as tests of
+/// everything but caller identities need. Use [`start_crypto_as_given`] to
+/// start it with exactly `launch`.
 pub async fn start_crypto(launch: Launch) -> Process {
+    let names_callers = launch
+        .args
+        .iter()
+        .chain(launch.env.iter().map(|(name, _)| name))
+        .any(|setting| CALLER_SETTINGS.contains(&setting.as_str()));
+    if names_callers {
+        start_crypto_as_given(launch).await
+    } else {
+        start_crypto_as_given(launch.arg("--insecure-dev-callers")).await
+    }
+}
+
+/// The uid this test process runs as (the owner of `/proc/self`), for
+/// crypto-service's `uid:` caller entries.
+pub fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .expect("/proc/self exists on Linux")
+        .uid()
+}
+
+/// Starts crypto-service on an ephemeral loopback port (unless `launch`
+/// says `--listen`) with exactly `launch` plus JSON logs.
+pub async fn start_crypto_as_given(launch: Launch) -> Process {
     let mut launch = launch.arg("--log-format").arg("json");
     if !launch.args.iter().any(|arg| arg == "--listen") {
         launch = launch.arg("--listen").arg("127.0.0.1:0");

@@ -183,7 +183,9 @@ impl Stack {
             .env("PLATFORM_OPERATOR_SUBJECTS", crate::auth::STACK_OPERATOR)
     }
 
-    /// Starts both services with extra settings for each.
+    /// Starts both services with extra settings for each; crypto-service
+    /// admits every loopback caller (see [`start_crypto`]) unless `crypto`
+    /// names its callers.
     pub async fn launch(crypto: Launch, registry: Launch) -> Self {
         let crypto = start_crypto(crypto.env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))).await;
         let crypto_endpoint = crypto.url();
@@ -241,9 +243,14 @@ impl Stack {
 
 /// crypto-service with the stack's key on a unix socket: a replacement started
 /// after a kill takes the same address, so the registry needs no restart.
+/// Callers are named by uid: this test process's (which also runs the
+/// registry) holds both roles.
 pub fn crypto_on_socket(socket: &std::path::Path) -> Launch {
+    let me = format!("uid:{}", crate::current_uid());
     Launch::default()
         .env("ENCRYPTION_KEY", STANDARD.encode(STACK_KEY))
+        .env("CRYPTO_REGISTRY_CLIENTS", &me)
+        .env("CRYPTO_OPERATOR_CLIENTS", &me)
         .arg("--listen")
         .arg(format!("unix:{}", socket.display()))
 }

@@ -319,9 +319,11 @@ async fn a_different_key_under_the_same_version_shows_in_the_check_value_and_fai
     );
 }
 
-/// PBKDF2-HMAC-SHA256("dev-master-secret", "dev-salt", 100,000 iterations,
-/// 32 bytes), computed independently with Python's `hashlib.pbkdf2_hmac`.
-const PBKDF2_VECTOR_HEX: &str = "23318e03161f0ac545575ad87bafa305edeb61a13b2134ca2a553a1bce002968";
+/// PBKDF2-HMAC-SHA256("dev-master-secret",
+/// "agentregistry/root-key/pbkdf2-v2:" + "dev-salt", 100,000 iterations, 32
+/// bytes): the documented `pbkdf2-v2` root, computed independently with
+/// Python's `hashlib.pbkdf2_hmac`.
+const PBKDF2_VECTOR_HEX: &str = "dc09b028e00aa9a5bf55bbb1647d2c1c636cc83614fd952eea2a4442f49ba698";
 
 #[tokio::test]
 async fn the_pbkdf2_path_and_the_direct_key_path_give_the_same_working_keyring() {
@@ -349,7 +351,10 @@ async fn the_pbkdf2_path_and_the_direct_key_path_give_the_same_working_keyring()
         .await
         .expect("info")
         .into_inner();
-    assert_eq!(derived_info.versions[0].derivation(), KeyDerivation::Pbkdf2);
+    assert_eq!(
+        derived_info.versions[0].derivation(),
+        KeyDerivation::Pbkdf2V2
+    );
     assert_eq!(direct_info.versions[0].derivation(), KeyDerivation::Direct);
     assert_eq!(
         derived_info.versions[0].check_value, direct_info.versions[0].check_value,

@@ -129,21 +129,27 @@ async fn sigterm_flips_health_drains_and_exits_zero() {
     assert!(output.contains("crypto-service stopped"), "{output}");
 }
 
+/// Development mode, so start-up reaches the key settings (plaintext
+/// loopback without it stops earlier).
+fn dev_callers() -> Launch {
+    Launch::default().arg("--insecure-dev-callers")
+}
+
 #[tokio::test]
 async fn bad_configuration_stops_start_up_with_one_line_naming_the_setting() {
     let crypto = binary("crypto-service");
     let cases: Vec<(Launch, &str)> = vec![
-        (Launch::default(), "ENCRYPTION_KEY: no key material"),
+        (dev_callers(), "ENCRYPTION_KEY: no key material"),
         (
-            Launch::default().env("ENCRYPTION_KEY", STANDARD.encode([1u8; 16])),
+            dev_callers().env("ENCRYPTION_KEY", STANDARD.encode([1u8; 16])),
             "ENCRYPTION_KEY: must be base64 of exactly 32 bytes, got 16 bytes",
         ),
         (
-            Launch::default().env("MASTER_SECRET", "a-master-secret-long-enough"),
+            dev_callers().env("MASTER_SECRET", "a-master-secret-long-enough"),
             "ENCRYPTION_SALT: is required with MASTER_SECRET",
         ),
         (
-            Launch::default().env("ENCRYPTION_KEY_FILE", "/nonexistent/key"),
+            dev_callers().env("ENCRYPTION_KEY_FILE", "/nonexistent/key"),
             "ENCRYPTION_KEY_FILE: cannot read /nonexistent/key",
         ),
         (

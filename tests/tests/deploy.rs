@@ -913,7 +913,9 @@ fn compose_wires_registry_crypto_postgres_and_the_collector_together() {
         }
     }
 
-    // The registry reaches crypto by its compose service name and port.
+    // Compose has no mesh: the registry reaches crypto over a unix socket
+    // in a named volume both mount at the same place, and crypto names the
+    // registry by its uid.
     let registry_env = compose_env(services[REGISTRY]);
     let crypto_env = compose_env(services[CRYPTO]);
     let endpoint = registry_env
@@ -921,24 +923,55 @@ fn compose_wires_registry_crypto_postgres_and_the_collector_together() {
         .cloned()
         .flatten()
         .expect("compose registry-service sets CRYPTO_ENDPOINT");
-    let (_, host, port) = split_endpoint(&endpoint);
-    assert_eq!(
-        host, CRYPTO,
-        "compose CRYPTO_ENDPOINT {endpoint} must name the crypto-service service"
-    );
     let crypto_listen = crypto_env
         .get("CRYPTO_LISTEN")
         .cloned()
         .flatten()
         .expect("compose crypto-service sets CRYPTO_LISTEN");
-    assert_eq!(
-        port,
-        listen_port(&crypto_listen),
-        "compose CRYPTO_ENDPOINT {endpoint} must use crypto-service's CRYPTO_LISTEN port ({crypto_listen})"
+    assert!(
+        endpoint.starts_with("unix:/") && endpoint == crypto_listen,
+        "compose CRYPTO_ENDPOINT {endpoint} must be crypto-service's unix socket CRYPTO_LISTEN \
+         ({crypto_listen})"
+    );
+    let socket_dir = endpoint
+        .trim_start_matches("unix:")
+        .rsplit_once('/')
+        .map(|(dir, _)| dir.to_owned())
+        .unwrap_or_default();
+    let volume_at = |service: &Yaml| {
+        list(&service["volumes"])
+            .into_iter()
+            .filter_map(|v| v.as_str())
+            .find_map(|v| {
+                let (source, target) = v.split_once(':')?;
+                (target.trim_end_matches(":ro") == socket_dir).then(|| source.to_owned())
+            })
+    };
+    let crypto_volume = volume_at(services[CRYPTO]);
+    assert!(
+        crypto_volume.is_some() && crypto_volume == volume_at(services[REGISTRY]),
+        "compose crypto-service and registry-service must mount one named volume at {socket_dir}"
     );
     assert!(
-        !crypto_listen.starts_with("127.") && !crypto_listen.starts_with("localhost"),
-        "compose crypto-service must listen beyond its own loopback to be reachable: {crypto_listen}"
+        crypto_volume
+            .as_deref()
+            .is_some_and(|v| declared_volumes.contains(v)),
+        "compose: the socket volume {crypto_volume:?} must be declared under top-level `volumes:`"
+    );
+    let registry_uid = scalar(&services[REGISTRY]["user"])
+        .and_then(|user| user.split(':').next().map(str::to_owned))
+        .unwrap_or_default();
+    let registry_clients = crypto_env
+        .get("CRYPTO_REGISTRY_CLIENTS")
+        .cloned()
+        .flatten()
+        .unwrap_or_default();
+    assert!(
+        registry_clients
+            .split(',')
+            .any(|entry| entry.trim() == format!("uid:{registry_uid}")),
+        "compose crypto-service must name the registry's uid {registry_uid} in \
+         CRYPTO_REGISTRY_CLIENTS, has {registry_clients:?}"
     );
 
     // PostgreSQL: the database the registry names, healthy before use, on a
@@ -1199,11 +1232,13 @@ fn dockerfile_targets_run_as_non_root_and_expose_the_manifest_ports() {
         let compose_ports: BTreeSet<i64> = compose_env(compose_service(&compose, target))
             .into_iter()
             .filter(|(k, _)| k.ends_with("_LISTEN"))
-            .filter_map(|(_, v)| v.map(|v| listen_port(&v)))
+            .filter_map(|(_, v)| v.filter(|v| !v.starts_with("unix:")))
+            .map(|v| listen_port(&v))
             .collect();
-        assert_eq!(
-            exposed, compose_ports,
-            "Dockerfile target {target} must EXPOSE the ports compose's {target} listens on"
+        assert!(
+            compose_ports.is_subset(&exposed),
+            "Dockerfile target {target} must EXPOSE the ports compose's {target} listens on \
+             ({compose_ports:?}; it exposes {exposed:?})"
         );
     }
     // Every workload runs an image that one of the targets builds.

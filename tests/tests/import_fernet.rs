@@ -838,6 +838,7 @@ async fn bad_legacy_settings_stop_crypto_service_with_one_line_naming_them() {
         let mut launch = Launch::default()
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--insecure-dev-callers")
             .env("ENCRYPTION_KEY", key.clone());
         for (name, value) in &vars {
             launch = launch.env(*name, *value);
