@@ -338,7 +338,10 @@ pub fn assert_acceptable(token: &str, identity: &registry_service::auth::Identit
         .get("iat")
         .and_then(Value::as_f64)
         .expect("accepted without a numeric iat");
-    assert!(iat <= now + leeway + 1.0, "accepted an iat in the future ({iat})");
+    assert!(
+        iat <= now + leeway + 1.0,
+        "accepted an iat in the future ({iat})"
+    );
     let most = registry_service::auth::DEFAULT_MAX_LIFETIME_SECONDS as f64;
     assert!(
         exp - iat <= most,
