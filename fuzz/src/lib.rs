@@ -69,6 +69,7 @@ pub static HS256: LazyLock<Authenticator> = LazyLock::new(|| {
             issuer: Some(ISSUER.to_owned()),
             audience: Some(AUDIENCE.to_owned()),
             leeway_seconds: LEEWAY_SECONDS,
+            ..Expectations::default()
         },
         "fuzz",
     )
@@ -333,6 +334,19 @@ pub fn assert_acceptable(token: &str, identity: &registry_service::auth::Identit
     if let Some(nbf) = claims.get("nbf").and_then(Value::as_f64) {
         assert!(nbf <= now + leeway + 1.0, "accepted before nbf {nbf}");
     }
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_f64)
+        .expect("accepted without a numeric iat");
+    assert!(
+        iat <= now + leeway + 1.0,
+        "accepted an iat in the future ({iat})"
+    );
+    let most = registry_service::auth::DEFAULT_MAX_LIFETIME_SECONDS as f64;
+    assert!(
+        exp - iat <= most,
+        "accepted a lifetime over the maximum (exp {exp}, iat {iat})"
+    );
     let roles: Vec<&str> = claims
         .get("roles")
         .and_then(Value::as_array)

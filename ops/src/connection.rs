@@ -1,6 +1,6 @@
 //! Accepted connections as both servers hand them to tonic: TCP with
-//! Nagle's algorithm off, and every connection's writes gathered until
-//! HTTP/2 flushes them.
+//! Nagle's algorithm off, optionally TLS ([`tls_incoming`]), and every
+//! connection's writes gathered until HTTP/2 flushes them.
 //!
 //! h2 writes the frames of a flush in pieces. On a connection that offers
 //! vectored writes (a plain socket does), it keeps a DATA payload of 256
@@ -14,9 +14,15 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::server::TlsStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::server::Connected;
 
@@ -41,6 +47,61 @@ pub fn tcp_incoming(
         }
         Ok(Gathered::new(stream))
     })
+}
+
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Handshaken connections waiting for the server to take them.
+const HANDSHAKEN_QUEUE: usize = 64;
+
+/// Accepted TCP connections (`TCP_NODELAY`, as [`tcp_incoming`]) with TLS
+/// on top and writes gathered above TLS, so a flush becomes one TLS record
+/// and one system call. Each connection takes the configuration `config`
+/// gives at the moment it is accepted (a reloaded certificate reaches new
+/// connections only). Handshakes run in tasks of their own, each within
+/// [`HANDSHAKE_DEADLINE`], so a slow or silent client holds up nobody; a
+/// failed handshake is logged at debug and the connection dropped. The
+/// accepting task ends when the returned stream is dropped.
+pub fn tls_incoming(
+    listener: tokio::net::TcpListener,
+    config: impl Fn() -> Arc<ServerConfig> + Send + 'static,
+) -> impl Stream<Item = io::Result<Gathered<TlsStream<tokio::net::TcpStream>>>> {
+    let (handshaken, incoming) = mpsc::channel(HANDSHAKEN_QUEUE);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = handshaken.closed() => return,
+            };
+            let stream = match accepted {
+                Ok((stream, _)) => stream,
+                // The server decides (as with plaintext) whether to go on.
+                Err(error) => match handshaken.send(Err(error)).await {
+                    Ok(()) => continue,
+                    Err(_) => return,
+                },
+            };
+            if let Err(error) = stream.set_nodelay(true) {
+                tracing::warn!(%error, "cannot set TCP_NODELAY");
+            }
+            let acceptor = TlsAcceptor::from(config());
+            let handshaken = handshaken.clone();
+            tokio::spawn(async move {
+                let peer = stream.peer_addr().ok();
+                match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => {
+                        // Closed: the server stopped accepting; the
+                        // connection is dropped.
+                        let _ = handshaken.send(Ok(Gathered::new(tls))).await;
+                    }
+                    Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(?peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(incoming)
 }
 
 /// Accepted unix socket connections with gathered writes.

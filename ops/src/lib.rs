@@ -2,7 +2,8 @@
 //! assembles the same behaviour from one place: structured logs and
 //! OpenTelemetry traces ([`telemetry`]), per-RPC spans and Prometheus
 //! metrics as tower layers ([`rpc`], [`metrics`]), accepted connections
-//! (`TCP_NODELAY`, writes gathered per HTTP/2 flush: [`connection`]), and
+//! (`TCP_NODELAY`, TLS, writes gathered per HTTP/2 flush: [`connection`];
+//! a TLS certificate reloaded while serving: [`tls`]), and
 //! SIGTERM/SIGINT handling with health flipped before draining
 //! ([`shutdown`]).
 
@@ -12,6 +13,7 @@ pub mod metrics;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 /// The health service name that stays SERVING while the process runs:
 /// Kubernetes liveness probes ask for it, readiness probes ask for `""`.

@@ -128,20 +128,42 @@ pub enum KeySource {
     Jwks(Vec<u8>),
 }
 
+/// The longest token lifetime (`exp - iat`) accepted unless configured
+/// otherwise: 24 hours.
+pub const DEFAULT_MAX_LIFETIME_SECONDS: u64 = 24 * 60 * 60;
+
 /// What a token must satisfy besides its signature.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Expectations {
     /// Required `iss`, when configured.
     pub issuer: Option<String>,
     /// Required `aud`, when configured.
     pub audience: Option<String>,
-    /// Seconds of clock skew allowed on `exp` and `nbf`.
+    /// Seconds of clock skew allowed on `exp`, `nbf` and `iat`.
     pub leeway_seconds: u64,
+    /// Longest lifetime, `exp - iat`, in seconds; `iat` is required.
+    pub max_lifetime_seconds: u64,
+    /// The `kid` of a single HS256 secret or PEM key (a JWKS names its
+    /// own keys).
+    pub key_id: Option<String>,
+}
+
+impl Default for Expectations {
+    fn default() -> Self {
+        Self {
+            issuer: None,
+            audience: None,
+            leeway_seconds: 0,
+            max_lifetime_seconds: DEFAULT_MAX_LIFETIME_SECONDS,
+            key_id: None,
+        }
+    }
 }
 
 /// Verifies tokens into callers.
 pub struct Authenticator {
-    /// Keys by `kid`; the `None` entry is used for tokens without one.
+    /// Keys by `kid`: a token is verified by the key of exactly the kid it
+    /// names, or, naming none, by the `None` entry or the only key.
     keys: HashMap<Option<String>, (Algorithm, DecodingKey)>,
     expectations: Expectations,
     /// The subjects whose claim of `platform-operator` counts.
@@ -182,19 +204,26 @@ impl Authenticator {
     ) -> Result<Self, Error> {
         let bad = |problem: String| Error::config(setting, problem);
         let mut keys = HashMap::new();
+        let kid = expectations.key_id.clone();
         match source {
             KeySource::Hs256(secret) => {
                 if secret.len() < 32 {
                     return Err(bad("an HS256 secret must be at least 32 bytes".to_owned()));
                 }
-                keys.insert(None, (Algorithm::HS256, DecodingKey::from_secret(secret)));
+                keys.insert(kid, (Algorithm::HS256, DecodingKey::from_secret(secret)));
             }
             KeySource::PublicKeyPem(pem) => {
                 let key = DecodingKey::from_rsa_pem(pem)
                     .map(|k| (Algorithm::RS256, k))
                     .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (Algorithm::ES256, k)))
                     .map_err(|_| bad("not an RSA or P-256 public key in PEM".to_owned()))?;
-                keys.insert(None, key);
+                keys.insert(kid, key);
+            }
+            KeySource::Jwks(_) if kid.is_some() => {
+                return Err(Error::config(
+                    "JWT_KEY_ID",
+                    "is for a single HS256 secret or PEM key; a JWKS names its keys itself",
+                ));
             }
             KeySource::Jwks(json) => {
                 let set: JwkSet = serde_json::from_slice(json)
@@ -247,11 +276,11 @@ impl Authenticator {
         if !header_is_json(token) {
             return Err(unauthenticated("malformed token"));
         }
+        // A kid names one key: an unknown one is refused even when a
+        // single key is configured (it was meant for another key). Only a
+        // token that names none may use the only key.
         let (algorithm, key) = match &header.kid {
-            Some(kid) => self
-                .keys
-                .get(&Some(kid.clone()))
-                .or_else(|| self.only_key()),
+            Some(kid) => self.keys.get(&Some(kid.clone())),
             None => self.keys.get(&None).or_else(|| self.only_key()),
         }
         .ok_or_else(|| unauthenticated("unknown signing key (kid)"))?;
@@ -284,6 +313,7 @@ impl Authenticator {
         let claims = jsonwebtoken::decode::<serde_json::Value>(token, key, &validation)
             .map_err(|error| unauthenticated(reason(error.kind())))?
             .claims;
+        self.check_lifetime(&claims)?;
         let claims = Claims::deserialize(&claims).map_err(|_| {
             unauthenticated("token lacks the sub, tenant or roles claims in the right form")
         })?;
@@ -302,7 +332,34 @@ impl Authenticator {
         })
     }
 
-    /// A single configured key also verifies tokens that name a kid.
+    /// A token's lifetime is bounded: it carries `iat`, not in the future
+    /// (beyond the leeway), and `exp - iat` is at most the configured
+    /// maximum. So a token lives at most that long plus the leeway, however
+    /// far its `exp` lies. `exp` is already checked to be a number.
+    fn check_lifetime(&self, claims: &serde_json::Value) -> Result<(), Status> {
+        let max = self.expectations.max_lifetime_seconds;
+        let Some(iat) = claims.get("iat").and_then(serde_json::Value::as_f64) else {
+            return Err(unauthenticated(
+                "token lacks the iat claim (a number): the registry bounds token lifetime",
+            ));
+        };
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| unauthenticated("token lacks the exp claim"))?;
+        let now = jsonwebtoken::get_current_timestamp() as f64;
+        if !iat.is_finite() || iat > now + self.expectations.leeway_seconds as f64 {
+            return Err(unauthenticated("token issued in the future (iat)"));
+        }
+        if exp - iat > max as f64 {
+            return Err(Status::unauthenticated(format!(
+                "token lifetime (exp - iat) exceeds the {max} s this registry accepts"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A token without a kid may use the only configured key.
     fn only_key(&self) -> Option<&(Algorithm, DecodingKey)> {
         if self.keys.len() == 1 {
             self.keys.values().next()
@@ -360,6 +417,15 @@ pub fn mint_hs256(
             ),
         ));
     }
+    if args.ttl_seconds > expectations.max_lifetime_seconds {
+        return Err(Error::bad_field(
+            "ttl_seconds",
+            format!(
+                "{} s is longer than JWT_MAX_TOKEN_LIFETIME_SECONDS ({} s): the registry would refuse the token",
+                args.ttl_seconds, expectations.max_lifetime_seconds
+            ),
+        ));
+    }
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = serde_json::json!({
         "sub": args.subject,
@@ -374,8 +440,10 @@ pub fn mint_hs256(
     if let Some(audience) = &expectations.audience {
         claims["aud"] = serde_json::json!(audience);
     }
+    let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+    header.kid = expectations.key_id.clone();
     jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &header,
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
@@ -513,7 +581,7 @@ mod tests {
             Expectations {
                 issuer: issuer.map(str::to_owned),
                 audience: audience.map(str::to_owned),
-                leeway_seconds: 0,
+                ..Expectations::default()
             },
             "test",
         )
@@ -533,10 +601,11 @@ mod tests {
     /// `aud`) passed although an issuer (audience) was configured.
     #[test]
     fn a_configured_issuer_and_audience_are_required_not_only_checked() {
-        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let now = jsonwebtoken::get_current_timestamp();
+        let exp = now + 600;
         let checked = authenticator(Some("https://issuer.test"), Some("registry"));
         let full = serde_json::json!({"sub": "a", "tenant": "t", "roles": ["viewer"], "exp": exp,
-            "iss": "https://issuer.test", "aud": "registry"});
+            "iat": now, "iss": "https://issuer.test", "aud": "registry"});
         assert!(checked.verify(&token(full.clone())).is_ok());
         for missing in ["iss", "aud"] {
             let mut claims = full.clone();
@@ -546,7 +615,72 @@ mod tests {
         }
         // Without expectations, neither claim is needed.
         let open = authenticator(None, None);
-        let bare = serde_json::json!({"sub": "a", "tenant": "t", "exp": exp});
+        let bare = serde_json::json!({"sub": "a", "tenant": "t", "exp": exp, "iat": now});
         assert!(open.verify(&token(bare)).is_ok());
+    }
+
+    #[test]
+    fn a_token_must_carry_iat_and_live_at_most_the_maximum() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let checked = authenticator(None, None);
+        let day = DEFAULT_MAX_LIFETIME_SECONDS;
+        let claims = |iat: Option<u64>, exp: u64| {
+            let mut claims = serde_json::json!({"sub": "a", "tenant": "t", "exp": exp});
+            if let Some(iat) = iat {
+                claims["iat"] = serde_json::json!(iat);
+            }
+            token(claims)
+        };
+        assert!(checked.verify(&claims(Some(now), now + day)).is_ok());
+        for (what, token, reason) in [
+            ("no iat", claims(None, now + 60), "lacks the iat claim"),
+            (
+                "a day and a second",
+                claims(Some(now), now + day + 1),
+                "exceeds",
+            ),
+            (
+                "iat in the future",
+                claims(Some(now + 3600), now + 7200),
+                "in the future",
+            ),
+        ] {
+            let refused = checked.verify(&token).expect_err(what);
+            assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{what}");
+            assert!(refused.message().contains(reason), "{what}: {refused:?}");
+        }
+    }
+
+    #[test]
+    fn a_kid_must_name_a_configured_key_even_when_there_is_one() {
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({"sub": "a", "tenant": "t", "exp": now + 60, "iat": now});
+        let with_kid = |kid: Option<&str>| {
+            let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            jsonwebtoken::encode(
+                &header,
+                &claims,
+                &jsonwebtoken::EncodingKey::from_secret(SECRET),
+            )
+            .expect("sign")
+        };
+        let unnamed = authenticator(None, None);
+        assert!(unnamed.verify(&with_kid(None)).is_ok());
+        let refused = unnamed.verify(&with_kid(Some("other"))).expect_err("kid");
+        assert_eq!(refused.message(), "unknown signing key (kid)");
+
+        let named = Authenticator::new(
+            &KeySource::Hs256(zeroize::Zeroizing::new(SECRET.to_vec())),
+            Expectations {
+                key_id: Some("k1".to_owned()),
+                ..Expectations::default()
+            },
+            "test",
+        )
+        .expect("authenticator");
+        assert!(named.verify(&with_kid(Some("k1"))).is_ok());
+        assert!(named.verify(&with_kid(None)).is_ok());
+        assert!(named.verify(&with_kid(Some("k2"))).is_err());
     }
 }

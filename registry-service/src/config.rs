@@ -3,9 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use ops::tls::{ReloadingTls, TlsFile, TlsFiles};
 use zeroize::Zeroizing;
 
 use crate::auth::{Expectations, KeySource};
@@ -62,7 +64,7 @@ pub enum Command {
     /// their Fernet-encrypted API keys inside crypto-service.
     ImportFernet(ImportArgs),
     /// Mint an HS256 token with the configured JWT_HS256_SECRET (and
-    /// JWT_ISSUER / JWT_AUDIENCE when set), printed to stdout.
+    /// JWT_ISSUER / JWT_AUDIENCE / JWT_KEY_ID when set), printed to stdout.
     Token(TokenArgs),
 }
 
@@ -96,7 +98,7 @@ pub struct TokenArgs {
     /// Roles, comma-separated: viewer, editor, admin, runtime.
     #[arg(long, value_delimiter = ',', required = true)]
     pub roles: Vec<String>,
-    /// Lifetime in seconds.
+    /// Lifetime in seconds (at most JWT_MAX_TOKEN_LIFETIME_SECONDS).
     #[arg(long, default_value_t = 3600)]
     pub ttl_seconds: u64,
 }
@@ -142,9 +144,38 @@ pub struct Common {
 /// Settings of `serve`.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct ServeArgs {
-    /// Where to serve gRPC.
+    /// Where to serve gRPC: TLS with REGISTRY_TLS_CERT_FILE and
+    /// REGISTRY_TLS_KEY_FILE; plaintext otherwise, which only a loopback
+    /// address allows (or REGISTRY_MESH_MTLS).
     #[arg(long, env = "REGISTRY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// PEM certificate chain of this server (enables TLS on REGISTRY_LISTEN).
+    #[arg(long, env = "REGISTRY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate. Secret.
+    #[arg(long, env = "REGISTRY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, every client must present a
+    /// certificate they signed.
+    #[arg(long, env = "REGISTRY_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// Seconds between checks of the TLS files; changed files are loaded
+    /// for new connections (0: only on SIGHUP, which always reloads).
+    #[arg(long, env = "REGISTRY_TLS_RELOAD_SECONDS", default_value_t = 30)]
+    pub tls_reload_seconds: u64,
+    /// Allow plaintext on a non-loopback address because a service mesh
+    /// provides mutual TLS in front of this process.
+    #[arg(long, env = "REGISTRY_MESH_MTLS")]
+    pub mesh_mtls: bool,
+    /// Where to serve grpc.health.v1 alone, in plaintext, with the same
+    /// statuses as REGISTRY_LISTEN (for Kubernetes gRPC probes, which cannot
+    /// speak TLS); off when unset.
+    #[arg(long, env = "REGISTRY_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// Development mode: tokens need no audience or issuer. Never in
+    /// production; `scripts/dev` turns it on.
+    #[arg(long, env = "REGISTRY_DEV")]
+    pub dev: bool,
     /// Do not apply pending migrations at start-up.
     #[arg(long, env = "REGISTRY_NO_MIGRATE")]
     pub no_migrate: bool,
@@ -219,9 +250,23 @@ pub struct JwtArgs {
     /// Required `aud` claim.
     #[arg(long, env = "JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
-    /// Clock skew allowed on exp and nbf, in seconds.
+    /// Clock skew allowed on exp, nbf and iat, in seconds.
     #[arg(long, env = "JWT_LEEWAY_SECONDS", default_value_t = 30, global = true)]
     pub jwt_leeway_seconds: u64,
+    /// Longest token lifetime accepted, exp - iat in seconds; tokens must
+    /// carry iat.
+    #[arg(
+        long,
+        env = "JWT_MAX_TOKEN_LIFETIME_SECONDS",
+        default_value_t = crate::auth::DEFAULT_MAX_LIFETIME_SECONDS,
+        global = true
+    )]
+    pub jwt_max_token_lifetime_seconds: u64,
+    /// The `kid` of the one HS256 secret or PEM public key (a JWKS names
+    /// its own): tokens that name a kid must name this one. Without it, a
+    /// token that names any kid is refused.
+    #[arg(long, env = "JWT_KEY_ID", global = true)]
+    pub jwt_key_id: Option<String>,
 }
 
 impl JwtArgs {
@@ -284,13 +329,45 @@ impl JwtArgs {
         }
     }
 
-    /// What tokens must carry besides a valid signature.
+    /// What tokens must carry besides a valid signature, as configured
+    /// (the `token` subcommand mints to these).
     pub fn expectations(&self) -> Expectations {
         Expectations {
             issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
             leeway_seconds: self.jwt_leeway_seconds,
+            max_lifetime_seconds: self.jwt_max_token_lifetime_seconds,
+            key_id: self.jwt_key_id.clone().filter(|s| !s.is_empty()),
         }
+    }
+
+    /// The expectations `serve` verifies with. Outside development mode
+    /// (`dev`) an audience and an issuer are required: without them any
+    /// token the key signed, for any service, would pass.
+    pub fn serving_expectations(&self, dev: bool) -> Result<Expectations, Error> {
+        let expectations = self.expectations();
+        if expectations.max_lifetime_seconds == 0 {
+            return Err(Error::config(
+                "JWT_MAX_TOKEN_LIFETIME_SECONDS",
+                "must be at least 1",
+            ));
+        }
+        if !dev {
+            for (setting, value) in [
+                ("JWT_AUDIENCE", &expectations.audience),
+                ("JWT_ISSUER", &expectations.issuer),
+            ] {
+                if value.is_none() {
+                    return Err(Error::config(
+                        setting,
+                        "is required: tokens are checked for the audience and issuer this \
+                         registry trusts (set JWT_AUDIENCE and JWT_ISSUER; only development \
+                         mode, REGISTRY_DEV=true, runs without them)",
+                    ));
+                }
+            }
+        }
+        Ok(expectations)
     }
 }
 
@@ -298,6 +375,7 @@ impl JwtArgs {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
+    pub dev: bool,
     pub database: DatabaseSettings,
     pub migrate: bool,
     pub crypto_endpoint: String,
@@ -310,6 +388,18 @@ pub struct Settings {
     pub recent_agents: usize,
     pub platform_operator_subjects: Vec<String>,
     pub grpc: ops::cli::GrpcArgs,
+}
+
+/// How `serve` listens (see [`ServeArgs::transport`]).
+#[derive(Debug, Clone)]
+pub struct Transport {
+    /// TLS on the gRPC listener; `None`: plaintext.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// How often the TLS files are checked for changes (`None`: only on
+    /// SIGHUP).
+    pub tls_reload: Option<Duration>,
+    /// The plaintext health-only listener, when configured.
+    pub health_listen: Option<SocketAddr>,
 }
 
 /// Pool size on SQLite unless `DATABASE_MAX_CONNECTIONS` says otherwise.
@@ -365,6 +455,7 @@ impl ServeArgs {
         let crypto_endpoint = self.crypto_endpoint.trim().to_owned();
         Ok(Settings {
             listen: self.listen,
+            dev: self.dev,
             database: common.database()?,
             migrate: !self.no_migrate,
             crypto_tls: self.crypto_tls(&crypto_endpoint)?,
@@ -382,6 +473,69 @@ impl ServeArgs {
                 .filter(|subject| !subject.is_empty())
                 .collect(),
             grpc: self.grpc.clone(),
+        })
+    }
+
+    /// How `serve` listens: TLS loaded from its files (or plaintext where
+    /// that is allowed), and the plaintext health port. Only `serve` asks,
+    /// so the other subcommands never need the TLS files.
+    pub fn transport(&self) -> Result<Transport, Error> {
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca_file.clone(),
+            }),
+            (None, None) if self.tls_client_ca_file.is_some() => {
+                return Err(Error::config(
+                    "REGISTRY_TLS_CLIENT_CA_FILE",
+                    "client certificates need TLS: set REGISTRY_TLS_CERT_FILE and REGISTRY_TLS_KEY_FILE too",
+                ));
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "REGISTRY_TLS_KEY_FILE",
+                    "is required with REGISTRY_TLS_CERT_FILE",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "REGISTRY_TLS_CERT_FILE",
+                    "is required with REGISTRY_TLS_KEY_FILE",
+                ));
+            }
+        };
+        if tls.is_none() && !self.mesh_mtls && !self.listen.ip().is_loopback() {
+            return Err(Error::config(
+                "REGISTRY_LISTEN",
+                format!(
+                    "refusing plaintext on non-loopback address {}: calls carry bearer tokens \
+                     and ResolveAgent returns API keys; set REGISTRY_TLS_CERT_FILE and \
+                     REGISTRY_TLS_KEY_FILE, or REGISTRY_MESH_MTLS=true when a service mesh \
+                     provides mutual TLS",
+                    self.listen
+                ),
+            ));
+        }
+        let tls = tls
+            .map(|files| {
+                ReloadingTls::load(files).map_err(|error| {
+                    let setting = match error.file {
+                        TlsFile::Cert => "REGISTRY_TLS_CERT_FILE",
+                        TlsFile::Key => "REGISTRY_TLS_KEY_FILE",
+                        TlsFile::ClientCa => "REGISTRY_TLS_CLIENT_CA_FILE",
+                    };
+                    Error::config(setting, error.problem)
+                })
+            })
+            .transpose()?
+            .map(Arc::new);
+        Ok(Transport {
+            tls,
+            tls_reload: (self.tls_reload_seconds > 0)
+                .then(|| Duration::from_secs(self.tls_reload_seconds)),
+            health_listen: self.health_listen,
         })
     }
 

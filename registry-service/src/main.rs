@@ -57,11 +57,31 @@ async fn main() -> ExitCode {
 
 async fn serve(args: &Args) -> Result<(), Error> {
     let settings = args.serve.settings(&args.common)?;
+    if settings.dev {
+        tracing::warn!(
+            "DEVELOPMENT MODE (REGISTRY_DEV): tokens need no audience or issuer; never run this in production"
+        );
+    }
+    let transport = args.serve.transport()?;
     let (source, setting) = args.jwt.key_source(|name| std::env::var(name).ok())?;
     let authenticator = Arc::new(
-        Authenticator::new(&source, args.jwt.expectations(), setting)?
-            .with_platform_operators(settings.platform_operator_subjects.clone()),
+        Authenticator::new(
+            &source,
+            args.jwt.serving_expectations(settings.dev)?,
+            setting,
+        )?
+        .with_platform_operators(settings.platform_operator_subjects.clone()),
     );
+    if let Some(tls) = &transport.tls {
+        // From here on SIGHUP reloads the certificate instead of ending
+        // the process.
+        ops::tls::watch(Arc::clone(tls), transport.tls_reload).map_err(|e| {
+            Error::config(
+                "REGISTRY_TLS_CERT_FILE",
+                format!("cannot listen for SIGHUP: {}", e.kind()),
+            )
+        })?;
+    }
     let db = store::connect(&settings.database).await?;
     if settings.migrate {
         store::migrate_up(&db).await?;
@@ -86,12 +106,25 @@ async fn serve(args: &Args) -> Result<(), Error> {
                 format!("cannot bind {}: {}", settings.listen, e.kind()),
             )
         })?;
+    let health = match transport.health_listen {
+        Some(address) => Some(tokio::net::TcpListener::bind(address).await.map_err(|e| {
+            Error::config(
+                "REGISTRY_HEALTH_LISTEN",
+                format!("cannot bind {address}: {}", e.kind()),
+            )
+        })?),
+        None => None,
+    };
     let registry = Registry {
         db: store::Store::new(db, &registry_metrics, settings.recent_agents),
         crypto,
     };
     server::serve(
-        listener,
+        server::Listeners {
+            grpc: listener,
+            tls: transport.tls,
+            health,
+        },
         &settings,
         registry,
         authenticator,

@@ -1,9 +1,14 @@
-//! Serving: the caller binds the listener and owns shutdown; this assembles
-//! health, reflection and the three registry services, serves until
-//! shutdown, then flips health to NOT_SERVING and drains within a deadline.
+//! Serving: the caller binds the listeners and owns shutdown; this
+//! assembles health, reflection and the registry services, serves them (in
+//! TLS when configured) until shutdown, then flips health to NOT_SERVING
+//! and drains within a deadline. A second, plaintext listener may serve
+//! grpc.health.v1 alone with the same statuses, for probes that cannot
+//! speak TLS; it answers until the drain is over.
 
 use std::future::Future;
 use std::sync::Arc;
+
+use ops::tls::ReloadingTls;
 
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::key_service_server::KeyServiceServer;
@@ -28,11 +33,22 @@ pub const SERVICE_NAMES: [&str; 4] = [
     "agentregistry.v1.KeyService",
 ];
 
+/// Where the registry serves.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Every service; TLS when `tls` is set.
+    pub grpc: TcpListener,
+    /// The TLS configuration each new connection to `grpc` takes.
+    pub tls: Option<Arc<ReloadingTls>>,
+    /// grpc.health.v1 only, plaintext.
+    pub health: Option<TcpListener>,
+}
+
 /// Serves until `shutdown` completes, then drains within `settings.drain`.
 /// Readiness follows the background dependency check; liveness is SERVING
 /// for as long as the process runs.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     settings: &Settings,
     registry: Registry,
     authenticator: Arc<Authenticator>,
@@ -57,7 +73,7 @@ pub async fn serve(
         // Then: no call reaches a handler without a verified caller whose
         // roles allow the method (health and reflection excepted).
         .layer(AuthLayer::new(authenticator))
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(AgentServiceServer::new(registry.clone()).max_decoding_message_size(limit))
@@ -77,17 +93,46 @@ pub async fn serve(
         registry_metrics,
         settings.health_interval,
     ));
-    let listen = listener
-        .local_addr()
-        .map(|addr| addr.to_string())
-        .unwrap_or_else(|e| format!("(unknown: {})", e.kind()));
-    tracing::info!(%listen, "registry-service serving");
+    // Health alone, no auth (it has no token to check), the same statuses.
+    let health_only = listeners
+        .health
+        .map(|listener| {
+            let listen = address(&listener);
+            let server = settings
+                .grpc
+                .server()
+                .add_service(health_service)
+                .serve_with_incoming(ops::connection::tcp_incoming(listener));
+            tracing::info!(%listen, "registry-service health serving");
+            tokio::spawn(server)
+        })
+        .map(AbortOnDrop);
 
+    let listen = address(&listeners.grpc);
     let (stop_accepting, accepting_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server =
-        router.serve_with_incoming_shutdown(ops::connection::tcp_incoming(listener), async {
-            let _ = accepting_stopped.await;
-        });
+    let stopped = async {
+        let _ = accepting_stopped.await;
+    };
+    let server: ServerFuture = match listeners.tls {
+        Some(tls) => {
+            tracing::info!(
+                %listen,
+                client_certificates = tls.requires_client_certificates(),
+                "registry-service serving"
+            );
+            Box::pin(router.serve_with_incoming_shutdown(
+                ops::connection::tls_incoming(listeners.grpc, move || tls.config()),
+                stopped,
+            ))
+        }
+        None => {
+            tracing::info!(%listen, "registry-service serving");
+            Box::pin(router.serve_with_incoming_shutdown(
+                ops::connection::tcp_incoming(listeners.grpc),
+                stopped,
+            ))
+        }
+    };
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back.
     let shutdown = async {
@@ -104,8 +149,30 @@ pub async fn serve(
     )
     .await
     .map_err(|e| Error::Internal(format!("server: {e}")))?;
+    // Probes see NOT_SERVING until here; then the health port closes too.
+    drop(health_only);
     tracing::info!("registry-service stopped");
     Ok(())
+}
+
+/// The gRPC server, over plaintext or TLS connections.
+type ServerFuture = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>>>>;
+
+/// Aborts the task when dropped, so the health server ends with `serve`
+/// whichever way it returns.
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tonic::transport::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn address(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map(|addr| addr.to_string())
+        .unwrap_or_else(|e| format!("(unknown: {})", e.kind()))
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

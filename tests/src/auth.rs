@@ -14,6 +14,8 @@ pub const STACK_AUDIENCE: &str = "agentregistry-test";
 /// The one token subject the test stack's registry lets hold the
 /// `platform-operator` role.
 pub const STACK_OPERATOR: &str = "platform-ops";
+/// The issuer the test stack's registry requires.
+pub const STACK_ISSUER: &str = "https://issuer.agentregistry.test";
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
@@ -22,13 +24,22 @@ pub fn now() -> u64 {
 
 /// A valid token for `subject` in `tenant` with `roles`.
 pub fn token(subject: &str, tenant: &str, roles: &[&str]) -> String {
-    sign(&serde_json::json!({
+    sign(&claims(subject, tenant, roles))
+}
+
+/// The claims of [`token`]: the stack's audience and issuer, issued now,
+/// valid an hour.
+pub fn claims(subject: &str, tenant: &str, roles: &[&str]) -> serde_json::Value {
+    let now = now();
+    serde_json::json!({
         "sub": subject,
         "tenant": tenant,
         "roles": roles,
         "aud": STACK_AUDIENCE,
-        "exp": now() + 3600,
-    }))
+        "iss": STACK_ISSUER,
+        "iat": now,
+        "exp": now + 3600,
+    })
 }
 
 /// `claims` signed with the stack's secret.

@@ -52,6 +52,8 @@ pub fn binary(name: &str) -> PathBuf {
 pub struct Process {
     child: Child,
     output: Arc<Mutex<String>>,
+    /// Lines printed so far, changed with every line.
+    printed: watch::Receiver<usize>,
     /// The tasks copying stdout and stderr into `output`.
     readers: Vec<tokio::task::JoinHandle<()>>,
     /// The address it reported in its "serving" log line.
@@ -74,6 +76,12 @@ impl Launch {
         self
     }
 
+    /// Adds arguments.
+    pub fn args(mut self, args: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
     /// Adds an environment variable.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.env.push((name.into(), value.into()));
@@ -93,7 +101,8 @@ impl Process {
         let mut child = spawn(binary, &launch);
         let output = Arc::new(Mutex::new(String::new()));
         let (address_tx, mut address_rx) = watch::channel(None::<String>);
-        let readers = collect_output(&mut child, &output, text, listen, address_tx);
+        let (printed_tx, printed) = watch::channel(0);
+        let readers = collect_output(&mut child, &output, text, listen, address_tx, printed_tx);
 
         let found = tokio::time::timeout(START_DEADLINE, async {
             loop {
@@ -110,6 +119,7 @@ impl Process {
             Ok(Some(address)) => Self {
                 child,
                 output,
+                printed,
                 readers,
                 address,
             },
@@ -161,6 +171,42 @@ impl Process {
     /// Everything the process printed so far (stdout and stderr).
     pub fn output(&self) -> String {
         self.output.lock().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// Waits until `count` JSON log lines carry the message `message`;
+    /// panics with the output after [`START_DEADLINE`].
+    pub async fn wait_for_log(&self, message: &str, count: usize) {
+        let mut printed = self.printed.clone();
+        let found = tokio::time::timeout(START_DEADLINE, async {
+            loop {
+                printed.borrow_and_update();
+                if self.log_lines(message) >= count {
+                    return true;
+                }
+                if printed.changed().await.is_err() {
+                    return self.log_lines(message) >= count;
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "no {count} log lines {message:?}; the process printed:\n{}",
+            self.output()
+        );
+    }
+
+    /// How many JSON log lines carry the message `message`.
+    pub fn log_lines(&self, message: &str) -> usize {
+        self.output()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| {
+                    value.pointer("/fields/message").and_then(|m| m.as_str()) == Some(message)
+                })
+            })
+            .count()
     }
 
     /// The process id.
@@ -247,8 +293,10 @@ fn collect_output(
     serving_message: &str,
     listen: bool,
     address_tx: watch::Sender<Option<String>>,
+    printed_tx: watch::Sender<usize>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let address_tx = Arc::new(address_tx);
+    let printed_tx = Arc::new(printed_tx);
     let stdout = child
         .stdout
         .take()
@@ -261,6 +309,7 @@ fn collect_output(
     for stream in [stdout, stderr].into_iter().flatten() {
         let output = Arc::clone(output);
         let address_tx = Arc::clone(&address_tx);
+        let printed_tx = Arc::clone(&printed_tx);
         let serving_message = serving_message.to_owned();
         readers.push(tokio::spawn(async move {
             let mut lines = BufReader::new(stream).lines();
@@ -279,6 +328,7 @@ fn collect_output(
                     all.push_str(&line);
                     all.push('\n');
                 }
+                printed_tx.send_modify(|lines| *lines += 1);
             }
         }));
     }

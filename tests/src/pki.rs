@@ -50,14 +50,32 @@ impl Authority {
         self.issue(dns_name, ExtendedKeyUsagePurpose::ServerAuth)
     }
 
+    /// A server certificate for `localhost` and `127.0.0.1` (an IP
+    /// address SAN), for clients that dial the loopback address itself.
+    pub fn loopback_server(&self) -> Issued {
+        self.issue_for(
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
     /// A client certificate for `dns_name`.
     pub fn client(&self, dns_name: &str) -> Issued {
         self.issue(dns_name, ExtendedKeyUsagePurpose::ClientAuth)
     }
 
     fn issue(&self, dns_name: &str, usage: ExtendedKeyUsagePurpose) -> Issued {
-        let mut params = CertificateParams::new(vec![dns_name.to_owned()]).expect("params");
-        params.distinguished_name.push(DnType::CommonName, dns_name);
+        self.issue_for(&[dns_name], usage)
+    }
+
+    /// A certificate for `names` (rcgen makes an IP address SAN of a name
+    /// that parses as one), the first also its common name.
+    fn issue_for(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Issued {
+        let sans: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(sans).expect("params");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, names.first().copied().unwrap_or("test"));
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("key");
         let cert = params.signed_by(&key, &self.issuer).expect("signed");

@@ -177,10 +177,10 @@ impl Stack {
 
     /// The registry settings [`Stack::start`] uses, to extend.
     pub fn default_registry() -> Launch {
-        Launch::default()
-            .env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET)
-            .env("JWT_AUDIENCE", crate::auth::STACK_AUDIENCE)
-            .env("PLATFORM_OPERATOR_SUBJECTS", crate::auth::STACK_OPERATOR)
+        expect_stack_tokens(
+            Launch::default().env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET),
+        )
+        .env("PLATFORM_OPERATOR_SUBJECTS", crate::auth::STACK_OPERATOR)
     }
 
     /// Starts both services with extra settings for each; crypto-service
@@ -239,6 +239,15 @@ impl Stack {
         self.database.drop_database().await;
         registry_logs
     }
+}
+
+/// `launch` with the audience and issuer of [`crate::auth::token`]'s
+/// tokens, which a registry outside development mode needs to start: for
+/// tests that bring a key source of their own.
+pub fn expect_stack_tokens(launch: Launch) -> Launch {
+    launch
+        .env("JWT_AUDIENCE", crate::auth::STACK_AUDIENCE)
+        .env("JWT_ISSUER", crate::auth::STACK_ISSUER)
 }
 
 /// crypto-service with the stack's key on a unix socket: a replacement started

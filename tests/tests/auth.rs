@@ -6,7 +6,7 @@ use prost::Message;
 use prost_types::FieldMask;
 use proto::v1 as pb;
 use registry_service::auth::{Role, allowed_roles};
-use tests::auth::{self, STACK_AUDIENCE};
+use tests::auth::{self, STACK_AUDIENCE, STACK_ISSUER};
 use tests::stack::Stack;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -262,7 +262,7 @@ enum Identity {
 }
 
 fn bearer_for(identity: Identity) -> Option<String> {
-    let claims = |tenant: &str, roles: &[&str], aud: &str, exp: u64| serde_json::json!({"sub": "matrix", "tenant": tenant, "roles": roles, "aud": aud, "exp": exp});
+    let claims = |tenant: &str, roles: &[&str], aud: &str, exp: u64| serde_json::json!({"sub": "matrix", "tenant": tenant, "roles": roles, "aud": aud, "iss": STACK_ISSUER, "iat": exp - 600, "exp": exp});
     let fresh = auth::now() + 600;
     match identity {
         Identity::NoToken => None,
@@ -294,9 +294,11 @@ fn bearer_for(identity: Identity) -> Option<String> {
             STACK_AUDIENCE,
             fresh,
         ))),
-        Identity::Operator => Some(auth::sign(&serde_json::json!({
-            "sub": auth::STACK_OPERATOR, "tenant": "ops", "roles": ["platform-operator"],
-            "aud": STACK_AUDIENCE, "exp": fresh}))),
+        Identity::Operator => Some(auth::token(
+            auth::STACK_OPERATOR,
+            "ops",
+            &["platform-operator"],
+        )),
         Identity::UnlistedOperator => Some(auth::sign(&claims(
             "acme",
             &["platform-operator"],
@@ -703,7 +705,7 @@ async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
     let channel = stack.channel().await;
     let method = "/agentregistry.v1.AgentService/ListAgents";
     let payload = pb::ListAgentsRequest::default().encode_to_vec();
-    let claims = serde_json::json!({"sub": "x", "tenant": "acme", "roles": ["viewer"], "aud": STACK_AUDIENCE, "exp": auth::now() + 600});
+    let claims = auth::claims("x", "acme", &["viewer"]);
     let b64 = |v: &serde_json::Value| {
         use base64::Engine;
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -745,7 +747,7 @@ async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
         Code::Unauthenticated
     );
     let no_tenant = auth::sign(
-        &serde_json::json!({"sub": "x", "roles": ["viewer"], "aud": STACK_AUDIENCE, "exp": auth::now() + 600}),
+        &serde_json::json!({"sub": "x", "roles": ["viewer"], "aud": STACK_AUDIENCE, "iss": STACK_ISSUER, "iat": auth::now(), "exp": auth::now() + 600}),
     );
     assert_eq!(
         call(&channel, method, payload.clone(), Some(&no_tenant)).await,
@@ -757,7 +759,8 @@ async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
     // in the claims. The same JSON with a valid string there passes.
     let header = |x: &[u8]| [br#"{"alg":"HS256","typ":"JWT","x":""#, x, br#""}"#].concat();
     let claims_start = format!(
-        r#"{{"sub":"x","tenant":"acme","roles":["viewer"],"aud":"{STACK_AUDIENCE}","exp":{},"x":""#,
+        r#"{{"sub":"x","tenant":"acme","roles":["viewer"],"aud":"{STACK_AUDIENCE}","iss":"{STACK_ISSUER}","iat":{},"exp":{},"x":""#,
+        auth::now(),
         auth::now() + 600
     );
     let claims = |x: &[u8]| [claims_start.as_bytes(), x, br#""}"#].concat();
@@ -804,5 +807,230 @@ async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
     }
     .encode_to_vec();
     assert_eq!(call(&channel, health, check, None).await, Code::Ok);
+    stack.finish().await;
+}
+
+/// A token signed with the stack's secret, with `kid` in its header.
+fn with_kid(claims: &serde_json::Value, kid: Option<&str>) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(auth::STACK_JWT_SECRET.as_bytes()),
+    )
+    .expect("sign")
+}
+
+/// ListAgents with `token`: the code, and the status message.
+async fn list_agents_with(channel: &Channel, token: &str) -> (Code, String) {
+    let client = auth::authed(channel.clone(), auth::Bearer::new(token));
+    match pb::agent_service_client::AgentServiceClient::new(client)
+        .list_agents(pb::ListAgentsRequest::default())
+        .await
+    {
+        Ok(_) => (Code::Ok, String::new()),
+        Err(status) => (status.code(), status.message().to_owned()),
+    }
+}
+
+#[tokio::test]
+async fn outside_development_mode_the_registry_needs_an_audience_and_an_issuer() {
+    let database = tests::stack::TestDatabase::fresh().await;
+    let registry = tests::binary("registry-service");
+    let base = || {
+        tests::Launch::default()
+            .env("JWT_HS256_SECRET", auth::STACK_JWT_SECRET)
+            .env("DATABASE_URL", database.url())
+            .arg("--log-format")
+            .arg("json")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+    };
+    for (launch, expected) in [
+        (base(), "JWT_AUDIENCE: is required"),
+        (
+            base().env("JWT_AUDIENCE", STACK_AUDIENCE),
+            "JWT_ISSUER: is required",
+        ),
+        (
+            base().env("JWT_ISSUER", STACK_ISSUER),
+            "JWT_AUDIENCE: is required",
+        ),
+        (
+            base()
+                .env("JWT_AUDIENCE", STACK_AUDIENCE)
+                .env("JWT_ISSUER", STACK_ISSUER)
+                .env("JWT_MAX_TOKEN_LIFETIME_SECONDS", "0"),
+            "JWT_MAX_TOKEN_LIFETIME_SECONDS: must be at least 1",
+        ),
+    ] {
+        let (status, output) = tests::Process::run_to_exit(&registry, launch).await;
+        assert!(!status.success(), "{expected}: the registry started");
+        let line = output
+            .lines()
+            .find(|l| l.starts_with("registry-service: "))
+            .unwrap_or_default();
+        assert!(line.contains(expected), "expected {expected:?} in {output}");
+    }
+
+    // Development mode starts without them, says so loudly, and takes a
+    // token with neither claim.
+    let dev = tests::Process::start(
+        &registry,
+        base().env("REGISTRY_DEV", "true"),
+        "registry-service serving",
+    )
+    .await;
+    let warning = dev
+        .output()
+        .lines()
+        .find(|l| l.contains("DEVELOPMENT MODE"))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(warning.contains(r#""level":"WARN""#), "{}", dev.output());
+    let now = auth::now();
+    let bare = auth::sign(
+        &serde_json::json!({"sub": "dev", "tenant": "dev", "roles": ["viewer"],
+        "iat": now, "exp": now + 600}),
+    );
+    let channel = dev.channel().await;
+    assert_eq!(list_agents_with(&channel, &bare).await.0, Code::Ok);
+    dev.terminate().await;
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn a_token_living_longer_than_the_maximum_or_without_iat_is_unauthenticated() {
+    let stack =
+        Stack::start_with(Stack::default_registry().env("JWT_MAX_TOKEN_LIFETIME_SECONDS", "3600"))
+            .await;
+    let channel = stack.channel().await;
+    let now = auth::now();
+    let lifetime = |iat: u64, exp: u64| {
+        let mut claims = auth::claims("life", "acme", &["viewer"]);
+        claims["iat"] = serde_json::json!(iat);
+        claims["exp"] = serde_json::json!(exp);
+        auth::sign(&claims)
+    };
+    // Exactly the maximum passes (tests::auth::token lives an hour).
+    assert_eq!(
+        list_agents_with(&channel, &auth::token("life", "acme", &["viewer"]))
+            .await
+            .0,
+        Code::Ok
+    );
+    assert_eq!(
+        list_agents_with(&channel, &lifetime(now - 60, now + 3540))
+            .await
+            .0,
+        Code::Ok
+    );
+    let mut no_iat = auth::claims("life", "acme", &["viewer"]);
+    no_iat.as_object_mut().expect("object").remove("iat");
+    for (what, token, reason) in [
+        (
+            "a second over the maximum",
+            lifetime(now, now + 3601),
+            "token lifetime (exp - iat) exceeds the 3600 s this registry accepts",
+        ),
+        (
+            "a year, issued a minute ago",
+            lifetime(now - 60, now + 365 * 86_400),
+            "token lifetime (exp - iat) exceeds",
+        ),
+        ("no iat", auth::sign(&no_iat), "token lacks the iat claim"),
+        (
+            "issued an hour from now",
+            lifetime(now + 3600, now + 3700),
+            "token issued in the future (iat)",
+        ),
+    ] {
+        let (code, message) = list_agents_with(&channel, &token).await;
+        assert_eq!(code, Code::Unauthenticated, "{what}: {message}");
+        assert!(message.contains(reason), "{what}: {message}");
+    }
+
+    // The token subcommand will not mint what the registry would refuse.
+    let mint = |ttl: &str| {
+        Stack::default_registry()
+            .env("JWT_MAX_TOKEN_LIFETIME_SECONDS", "3600")
+            .args([
+                "token",
+                "--subject",
+                "ops",
+                "--tenant",
+                "acme",
+                "--roles",
+                "viewer",
+            ])
+            .arg("--ttl-seconds")
+            .arg(ttl)
+    };
+    let registry = tests::binary("registry-service");
+    let (status, output) = tests::Process::run_to_exit(&registry, mint("3601")).await;
+    assert!(!status.success(), "{output}");
+    assert!(
+        output.contains("JWT_MAX_TOKEN_LIFETIME_SECONDS"),
+        "{output}"
+    );
+    let (status, output) = tests::Process::run_to_exit(&registry, mint("3600")).await;
+    assert!(status.success(), "{output}");
+    let minted = output.lines().next().unwrap_or_default().trim();
+    assert_eq!(list_agents_with(&channel, minted).await.0, Code::Ok);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_token_naming_an_unknown_kid_is_refused_with_one_key_configured() {
+    let claims = auth::claims("kid", "acme", &["viewer"]);
+    let stack = Stack::start().await;
+    let channel = stack.channel().await;
+    assert_eq!(
+        list_agents_with(&channel, &with_kid(&claims, None)).await.0,
+        Code::Ok
+    );
+    for kid in ["other", "", "../../etc/passwd"] {
+        let (code, message) = list_agents_with(&channel, &with_kid(&claims, Some(kid))).await;
+        assert_eq!(code, Code::Unauthenticated, "kid {kid:?}: {message}");
+        assert_eq!(message, "unknown signing key (kid)", "kid {kid:?}");
+    }
+    stack.finish().await;
+
+    // With JWT_KEY_ID the single key has a name: that kid passes, another
+    // does not, and the token subcommand puts it in the header.
+    let named = Stack::default_registry().env("JWT_KEY_ID", "registry-2026");
+    let stack = Stack::start_with(named.clone()).await;
+    let channel = stack.channel().await;
+    assert_eq!(
+        list_agents_with(&channel, &with_kid(&claims, Some("registry-2026")))
+            .await
+            .0,
+        Code::Ok
+    );
+    assert_eq!(
+        list_agents_with(&channel, &with_kid(&claims, Some("registry-2025")))
+            .await
+            .0,
+        Code::Unauthenticated
+    );
+    let (status, output) = tests::Process::run_to_exit(
+        &tests::binary("registry-service"),
+        named.args([
+            "token",
+            "--subject",
+            "ops",
+            "--tenant",
+            "acme",
+            "--roles",
+            "viewer",
+        ]),
+    )
+    .await;
+    assert!(status.success(), "{output}");
+    let minted = output.lines().next().unwrap_or_default().trim().to_owned();
+    let header = jsonwebtoken::decode_header(&minted).expect("a JWT");
+    assert_eq!(header.kid.as_deref(), Some("registry-2026"));
+    assert_eq!(list_agents_with(&channel, &minted).await.0, Code::Ok);
     stack.finish().await;
 }

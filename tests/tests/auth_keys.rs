@@ -6,13 +6,14 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use proto::v1 as pb;
-use tests::auth::{Bearer, authed, now};
-use tests::stack::{Stack, TestDatabase};
+use tests::auth::{Bearer, STACK_AUDIENCE, authed, now};
+use tests::stack::{Stack, TestDatabase, expect_stack_tokens};
 use tests::{Launch, Process, binary, pki};
 use tonic::Code;
 
 fn claims(issuer: &str) -> serde_json::Value {
-    serde_json::json!({"sub": "svc", "tenant": "acme", "roles": ["viewer"], "iss": issuer, "exp": now() + 600})
+    serde_json::json!({"sub": "svc", "tenant": "acme", "roles": ["viewer"], "iss": issuer,
+        "aud": STACK_AUDIENCE, "iat": now(), "exp": now() + 600})
 }
 
 async fn list_with(stack: &Stack, token: &str) -> Result<pb::ListAgentsResponse, tonic::Status> {
@@ -34,6 +35,7 @@ async fn an_rs256_public_key_in_pem_verifies_tokens_with_the_configured_issuer()
     let stack = Stack::start_with(
         Launch::default()
             .env("JWT_PUBLIC_KEY_FILE", public.display().to_string())
+            .env("JWT_AUDIENCE", STACK_AUDIENCE)
             .env("JWT_ISSUER", "https://idp.test"),
     )
     .await;
@@ -96,8 +98,13 @@ async fn a_jwks_of_es256_keys_picks_the_key_by_kid() {
     let dir = tempfile::tempdir().expect("tempdir");
     let jwks = serde_json::json!({"keys": [es256_jwk(&first, "k1"), es256_jwk(&second, "k2")]});
     let path = pki::write(dir.path(), "jwks.json", &jwks.to_string());
-    let stack =
-        Stack::start_with(Launch::default().env("JWT_JWKS_FILE", path.display().to_string())).await;
+    let stack = Stack::start_with(
+        Launch::default()
+            .env("JWT_JWKS_FILE", path.display().to_string())
+            .env("JWT_AUDIENCE", STACK_AUDIENCE)
+            .env("JWT_ISSUER", "idp"),
+    )
+    .await;
 
     assert!(list_with(&stack, &es256_token(&first, "k1")).await.is_ok());
     assert!(list_with(&stack, &es256_token(&second, "k2")).await.is_ok());
@@ -120,7 +127,7 @@ async fn the_registry_will_not_start_without_exactly_one_token_key_source() {
     let database = TestDatabase::fresh().await;
     let registry = binary("registry-service");
     let base = || {
-        Launch::default()
+        expect_stack_tokens(Launch::default())
             .env("DATABASE_URL", database.url())
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -160,8 +167,10 @@ async fn the_registry_will_not_start_without_exactly_one_token_key_source() {
 #[tokio::test]
 async fn the_token_subcommand_mints_a_token_the_registry_accepts() {
     let secret = "token-subcommand-secret-0123456789abcdef";
-    let stack = Stack::start_with(Launch::default().env("JWT_HS256_SECRET", secret)).await;
-    let launch = Launch::default()
+    let stack =
+        Stack::start_with(expect_stack_tokens(Launch::default()).env("JWT_HS256_SECRET", secret))
+            .await;
+    let launch = expect_stack_tokens(Launch::default())
         .env("JWT_HS256_SECRET", secret)
         .arg("token")
         .arg("--subject")

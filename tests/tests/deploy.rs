@@ -210,6 +210,19 @@ fn deployments_probe_their_grpc_listen_port_with_native_grpc_probes() {
                 "{cid}: {setting} listens on {listen_port}, which is not a declared containerPort \
                  ({ports:?})"
             );
+            // Kubelet's gRPC probes are plaintext: with a health-only port
+            // they go there (the gRPC port may be TLS).
+            let (setting, listen_port) = match health_listen(container, &cid) {
+                Some((health, port)) => {
+                    assert!(
+                        ports.values().any(|p| *p == port),
+                        "{cid}: {health} listens on {port}, which is not a declared \
+                         containerPort ({ports:?})"
+                    );
+                    (health, port)
+                }
+                None => (setting, listen_port),
+            };
             if let Some((setting, port)) = metrics_listen(container, &cid) {
                 assert!(
                     ports.values().any(|p| *p == port),
@@ -235,7 +248,7 @@ fn deployments_probe_their_grpc_listen_port_with_native_grpc_probes() {
                 });
                 assert_eq!(
                     port, listen_port,
-                    "{cid}: {probe_name}.grpc.port must be the gRPC port from {setting}"
+                    "{cid}: {probe_name}.grpc.port must be the plaintext port from {setting}"
                 );
                 assert!(
                     ports.values().any(|p| *p == port),
@@ -298,6 +311,112 @@ fn deployments_probe_their_grpc_listen_port_with_native_grpc_probes() {
             budgets[0].id()
         );
     }
+}
+
+#[test]
+fn the_registry_serves_tls_or_states_a_mesh_and_names_its_token_audience_and_issuer() {
+    let objects = k8s_objects();
+    let deployment = object(&objects, "Deployment", REGISTRY);
+    let pod = &deployment.pod_template().expect("a Deployment")["spec"];
+    let secret_volumes: BTreeSet<&str> = list(&pod["volumes"])
+        .iter()
+        .filter(|v| v["secret"]["secretName"].as_str().is_some())
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    let container = deployment.containers()[0];
+    let in_secret_volume = |path: &str| {
+        list(&container["volumeMounts"]).into_iter().any(|m| {
+            let dir = str_or(&m["mountPath"], "\0");
+            secret_volumes.contains(str_or(&m["name"], ""))
+                && path.starts_with(&format!("{}/", dir.trim_end_matches('/')))
+        })
+    };
+    let env: BTreeMap<String, Option<String>> = env_literal(container)
+        .into_iter()
+        .map(|(k, v)| (k, Some(v)))
+        .collect();
+    let mut failures = check_registry_transport(&deployment.id(), &env, &in_secret_volume);
+    let (_, grpc_port) = grpc_listen(container, &deployment.id());
+    if env.contains_key("REGISTRY_TLS_CERT_FILE") {
+        for probe in ["readinessProbe", "livenessProbe"] {
+            if container[probe]["grpc"]["port"].as_i64() == Some(grpc_port) {
+                failures.push(format!(
+                    "{}: {probe} asks the TLS port; kubelet's gRPC probes are plaintext",
+                    deployment.id()
+                ));
+            }
+        }
+    }
+
+    let compose = compose();
+    let service = compose_service(&compose, REGISTRY);
+    let mounts = compose_secret_mounts(service);
+    failures.extend(check_registry_transport(
+        "compose registry-service",
+        &compose_env(service),
+        &|path: &str| mounts.contains_key(path),
+    ));
+    assert!(
+        failures.is_empty(),
+        "the registry's transport or token settings:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The registry's settings in one deployment file: off loopback, TLS from
+/// mounted secret files (with a plaintext health port for probes) or the
+/// mesh flag; never development mode; a token audience and issuer.
+fn check_registry_transport(
+    owner: &str,
+    env: &BTreeMap<String, Option<String>>,
+    mounted: &dyn Fn(&str) -> bool,
+) -> Vec<String> {
+    let value = |name: &str| env.get(name).cloned().flatten().unwrap_or_default();
+    let mut failures = Vec::new();
+    let listen = value("REGISTRY_LISTEN");
+    let loopback = listen.starts_with("127.") || listen.starts_with("[::1]");
+    let tls = ["REGISTRY_TLS_CERT_FILE", "REGISTRY_TLS_KEY_FILE"].map(value);
+    let mesh = value("REGISTRY_MESH_MTLS") == "true";
+    match (&tls, mesh) {
+        ([cert, key], _) if !cert.is_empty() && !key.is_empty() => {
+            for (setting, path) in [
+                ("REGISTRY_TLS_CERT_FILE", cert),
+                ("REGISTRY_TLS_KEY_FILE", key),
+            ] {
+                if !mounted(path) {
+                    failures.push(format!(
+                        "{owner}: {setting}={path} is not a mounted secret file"
+                    ));
+                }
+            }
+            if value("REGISTRY_HEALTH_LISTEN").is_empty() {
+                failures.push(format!(
+                    "{owner}: TLS on the gRPC port needs REGISTRY_HEALTH_LISTEN for plaintext probes"
+                ));
+            }
+        }
+        ([cert, key], _) if !cert.is_empty() || !key.is_empty() => failures.push(format!(
+            "{owner}: REGISTRY_TLS_CERT_FILE and REGISTRY_TLS_KEY_FILE go together"
+        )),
+        (_, true) => {}
+        _ if loopback => {}
+        _ => failures.push(format!(
+            "{owner}: REGISTRY_LISTEN={listen} in plaintext: set REGISTRY_TLS_CERT_FILE and \
+             REGISTRY_TLS_KEY_FILE, or REGISTRY_MESH_MTLS=true behind a mesh (the registry \
+             refuses to start otherwise)"
+        )),
+    }
+    if !matches!(value("REGISTRY_DEV").as_str(), "" | "false") {
+        failures.push(format!("{owner}: REGISTRY_DEV is for development only"));
+    }
+    for setting in ["JWT_AUDIENCE", "JWT_ISSUER"] {
+        if value(setting).is_empty() {
+            failures.push(format!(
+                "{owner}: {setting} is required (the registry refuses to start without it)"
+            ));
+        }
+    }
+    failures
 }
 
 #[test]
@@ -1427,15 +1546,33 @@ fn env_literal(container: &Yaml) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// The one `*_LISTEN` setting (not `*_METRICS_LISTEN`) and its port.
+/// The one `*_LISTEN` setting (not `*_METRICS_LISTEN` nor
+/// `*_HEALTH_LISTEN`) and its port.
 fn grpc_listen(container: &Yaml, id: &str) -> (String, i64) {
     let found: Vec<(String, String)> = env_literal(container)
         .into_iter()
-        .filter(|(k, _)| k.ends_with("_LISTEN") && !k.ends_with("_METRICS_LISTEN"))
+        .filter(|(k, _)| {
+            k.ends_with("_LISTEN")
+                && !k.ends_with("_METRICS_LISTEN")
+                && !k.ends_with("_HEALTH_LISTEN")
+        })
         .collect();
     match found.as_slice() {
         [(setting, value)] => (setting.clone(), listen_port(value)),
         other => panic!("{id}: want exactly one gRPC *_LISTEN setting, found {other:?}"),
+    }
+}
+
+/// The plaintext health-only listener (`*_HEALTH_LISTEN`) and its port.
+fn health_listen(container: &Yaml, id: &str) -> Option<(String, i64)> {
+    let found: Vec<(String, String)> = env_literal(container)
+        .into_iter()
+        .filter(|(k, _)| k.ends_with("_HEALTH_LISTEN"))
+        .collect();
+    match found.as_slice() {
+        [] => None,
+        [(setting, value)] => Some((setting.clone(), listen_port(value))),
+        other => panic!("{id}: more than one *_HEALTH_LISTEN setting: {other:?}"),
     }
 }
 

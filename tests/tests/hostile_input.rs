@@ -1548,7 +1548,7 @@ fn b64(value: &serde_json::Value) -> String {
 }
 
 fn claims() -> serde_json::Value {
-    serde_json::json!({"sub": "mallory", "tenant": "acme", "roles": ["editor"], "exp": now() + 600})
+    tests::auth::claims("mallory", "acme", &["editor"])
 }
 
 fn rs256(claims: &serde_json::Value, header: Header) -> String {
@@ -1571,9 +1571,9 @@ async fn hostile_tokens_are_unauthenticated_and_the_registry_keeps_answering() {
     let public_pem = include_str!("../fixtures/jwt-rs256-test-public.pem");
     let dir = tempfile::tempdir().expect("tempdir");
     let public = pki::write(dir.path(), "jwt.pub.pem", public_pem);
-    let stack = Stack::start_with(
+    let stack = Stack::start_with(tests::stack::expect_stack_tokens(
         Launch::default().env("JWT_PUBLIC_KEY_FILE", public.display().to_string()),
-    )
+    ))
     .await;
     let create = |token: String| {
         let stack = &stack;

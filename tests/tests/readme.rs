@@ -6,7 +6,7 @@ use std::process::Command;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use tests::stack::Stack;
-use tests::{Launch, auth, start_crypto};
+use tests::{Launch, auth, pki, start_crypto};
 
 /// The ```sh block that follows `<!-- readme-test: NAME -->` in README.md.
 fn readme_block(name: &str) -> String {
@@ -77,6 +77,33 @@ async fn readme_walkthrough_runs_as_written() {
         1,
         "only ResolveAgent shows the key:\n{out}"
     );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn readme_tls_examples_run_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki::Authority::new("readme-ca");
+    let server = ca.loopback_server();
+    let client = pki::Authority::new("readme-client-ca").client("readme.agentregistry.test");
+    let file = |name: &str, text: &str| pki::write(dir.path(), name, text).display().to_string();
+    let stack = Stack::start_with(
+        Stack::default_registry()
+            .env("REGISTRY_TLS_CERT_FILE", file("tls.crt", &server.cert_pem))
+            .env("REGISTRY_TLS_KEY_FILE", file("tls.key", &server.key_pem)),
+    )
+    .await;
+    let env = [
+        ("REGISTRY", stack.registry.address.clone()),
+        ("CA", file("ca.crt", &ca.cert_pem())),
+        ("VIEWER_TOKEN", auth::token("readme", "dev", &["viewer"])),
+        ("CLIENT_CERT", file("client.crt", &client.cert_pem)),
+        ("CLIENT_KEY", file("client.key", &client.key_pem)),
+    ];
+    let out = run(&readme_block("tls"), &env);
+    for expected in ["agentregistry.v1.AgentService", r#""status": "SERVING""#] {
+        assert!(out.contains(expected), "{expected} missing:\n{out}");
+    }
     stack.finish().await;
 }
 
