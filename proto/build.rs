@@ -22,7 +22,11 @@ const SECRET_HOLDERS: [&str; 5] = [
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Read when the script runs, not baked in when it is compiled: a build
+    // directory copied from another checkout must not compile that
+    // checkout's protos.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let proto_root = proto_root.as_path();
     let mut files = Vec::new();
     collect_protos(&proto_root.join("agentregistry"), &mut files)?;
     files.sort();

@@ -92,8 +92,18 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
                 .as_ref()
                 .is_some_and(|s| s.code() == Code::Unimplemented)
         };
+        // The server answers before it reads the request body; under load
+        // the client's hyper now and then reports its own send of that body
+        // ("broken pipe") instead of the answer. A client-side race, never
+        // a status the server sent: allowed, rarely, and nothing else.
+        let client_race = |status: &Option<tonic::Status>| {
+            status
+                .as_ref()
+                .is_some_and(|s| s.code() == Code::Unknown && s.message() == "transport error")
+        };
         let warm_up = call_paths(channel, random_paths(2_000, 0, "warm")).await;
-        assert!(warm_up.iter().all(unimplemented));
+        assert!(warm_up.iter().all(|s| unimplemented(s) || client_race(s)));
+        let warm_up_races = warm_up.iter().filter(|s| client_race(s)).count();
         let metrics_before = http_get(metrics, "/metrics").await;
         let rss_before = rss_kib(process.pid());
         let started = Instant::now();
@@ -104,10 +114,12 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
 
         assert_eq!(codes.len(), 20_200);
         assert!(
-            codes.iter().all(unimplemented),
+            codes.iter().all(|s| unimplemented(s) || client_race(s)),
             "every unknown path is UNIMPLEMENTED: {:?}",
-            codes.iter().find(|status| !unimplemented(status))
+            codes.iter().find(|s| !unimplemented(s) && !client_race(s))
         );
+        let races = codes.iter().filter(|s| client_race(s)).count();
+        assert!(races <= 100, "{races} calls lost to the client-side race");
         let rss_after = rss_kib(process.pid());
         assert!(
             rss_after <= rss_before + 5 * 1024,
@@ -118,9 +130,20 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
             !metrics_after.contains("flood."),
             "a flooded path is a label"
         );
+        // Every call the server saw, under one label (a call lost to the
+        // client-side race above may or may not have reached it).
+        let counted: usize = metrics_after
+            .lines()
+            .find_map(|line| {
+                line.strip_prefix(
+                    r#"grpc_server_handled_total{method="unknown",code="Unimplemented"} "#,
+                )
+            })
+            .and_then(|count| count.parse().ok())
+            .expect("the unknown calls' series");
         assert!(
-            metrics_after.contains(r#"method="unknown",code="Unimplemented"} 22200"#),
-            "all unknown calls counted under one label:\n{metrics_after}"
+            (22_200 - races - warm_up_races..=22_200).contains(&counted),
+            "{counted} unknown calls counted:\n{metrics_after}"
         );
         assert!(
             metrics_after.len() <= metrics_before.len() + 256,
