@@ -141,7 +141,8 @@ where
     S: tower::Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
     R: Default + Send + 'static,
 {
     type Response = http::Response<R>;
@@ -180,10 +181,13 @@ where
             let _entered = span.enter();
             match known {
                 Some(_) => Box::pin(inner.call(request)) as BoxFuture<_, _>,
-                None => Box::pin(std::future::ready(Ok(tonic::Status::unimplemented(
-                    "unknown method: this server does not serve that path",
-                )
-                .into_http()))),
+                None => Box::pin(async move {
+                    read_off(request.into_body()).await;
+                    Ok(tonic::Status::unimplemented(
+                        "unknown method: this server does not serve that path",
+                    )
+                    .into_http())
+                }),
             }
         };
         Box::pin(
@@ -221,6 +225,40 @@ where
             .instrument(span),
         )
     }
+}
+
+/// The most of an unknown call's body read before it is answered, and how
+/// long that may take.
+const READ_OFF_BYTES: usize = 64 * 1024;
+const READ_OFF_TIME: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Reads a request body that no handler will read, up to [`READ_OFF_BYTES`]
+/// or [`READ_OFF_TIME`], and drops it. Answering before the client's DATA
+/// frames are read leaves them counted against the connection by HTTP/2's
+/// flood guard (h2 answers a flood of such calls with GOAWAY
+/// ENHANCE_YOUR_CALM, ending the honest calls on the same connection too),
+/// and races the client's own send of the body.
+async fn read_off<B>(mut body: B)
+where
+    B: http_body::Body + Unpin,
+{
+    use http_body_util::BodyExt;
+    let reading = async {
+        let mut read = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                read = read.saturating_add(bytes_in(data));
+            }
+            if read > READ_OFF_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(READ_OFF_TIME, reading).await;
+}
+
+fn bytes_in(data: &impl prost::bytes::Buf) -> usize {
+    data.remaining()
 }
 
 /// Logs refused calls at INFO at most once a second, each line with the

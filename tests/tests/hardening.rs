@@ -145,8 +145,11 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
             (22_200 - races - warm_up_races..=22_200).contains(&counted),
             "{counted} unknown calls counted:\n{metrics_after}"
         );
+        // Series that appear on their own meanwhile (the readiness check's
+        // first crypto calls) fit in a few KiB; one series per path would
+        // be megabytes.
         assert!(
-            metrics_after.len() <= metrics_before.len() + 256,
+            metrics_after.len() <= metrics_before.len() + 16 * 1024,
             "/metrics grew from {} to {} bytes",
             metrics_before.len(),
             metrics_after.len()
