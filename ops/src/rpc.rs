@@ -232,13 +232,14 @@ where
 const READ_OFF_BYTES: usize = 64 * 1024;
 const READ_OFF_TIME: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// Reads a request body that no handler will read, up to [`READ_OFF_BYTES`]
+/// Reads a request body that no handler will read (an unknown method, a
+/// refused caller), up to [`READ_OFF_BYTES`]
 /// or [`READ_OFF_TIME`], and drops it. Answering before the client's DATA
 /// frames are read leaves them counted against the connection by HTTP/2's
 /// flood guard (h2 answers a flood of such calls with GOAWAY
 /// ENHANCE_YOUR_CALM, ending the honest calls on the same connection too),
 /// and races the client's own send of the body.
-async fn read_off<B>(mut body: B)
+pub async fn read_off<B>(mut body: B)
 where
     B: http_body::Body + Unpin,
 {

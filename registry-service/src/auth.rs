@@ -527,7 +527,8 @@ where
         + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
-    B: Send + 'static,
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
@@ -563,7 +564,10 @@ where
                 // At DEBUG: a flood of refused calls must not flood the log
                 // (ops::rpc logs refusals at INFO at most once a second).
                 tracing::debug!(%method, code = ?status.code(), reason = status.message(), "call refused");
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                Box::pin(async move {
+                    ops::rpc::read_off(request.into_body()).await;
+                    Ok(status.into_http())
+                })
             }
         }
     }
