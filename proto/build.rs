@@ -1,15 +1,22 @@
 //! Compiles every `.proto` under `agentregistry/` with protox (pure Rust, no
 //! system `protoc`), generates tonic clients and servers, and writes the file
 //! descriptor set that the services serve through reflection. That set also
-//! holds `google/rpc/error_details.proto` (no code is generated for it) so
-//! reflection clients can decode the rich error details we send.
+//! holds the googleapis files under `google/` (`google/rpc/status.proto`,
+//! `code.proto`, `error_details.proto`, `google/api/field_behavior.proto`):
+//! no code is generated for them (Rust takes them from tonic-types, other
+//! languages from their googleapis packages), but reflection clients see
+//! them, so grpcurl can decode the rich error details we send.
 
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 
-/// Served through reflection only; see the file's header.
-const ERROR_DETAILS: &str = "google/rpc/error_details.proto";
+/// The folders whose `.proto` files are compiled: ours, and the googleapis
+/// files (served through reflection only; see the file's header).
+const FOLDERS: [&str; 2] = ["agentregistry", "google"];
+
+/// Files under these folders get no generated code.
+const NOT_GENERATED: [&str; 2] = ["google/rpc/", "google/api/"];
 
 /// Messages that hold a credential, a plaintext or a legacy token: their
 /// `Debug` is written by hand in `src/lib.rs`, with the secret redacted.
@@ -28,25 +35,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let proto_root = proto_root.as_path();
     let mut files = Vec::new();
-    collect_protos(&proto_root.join("agentregistry"), &mut files)?;
+    for folder in FOLDERS {
+        collect_protos(&proto_root.join(folder), &mut files)?;
+        // tonic-prost-build prints no rerun-if-changed lines of its own.
+        println!("cargo:rerun-if-changed={folder}");
+    }
     files.sort();
-    let error_details = proto_root.join(ERROR_DETAILS);
-
-    // tonic-prost-build prints no rerun-if-changed lines of its own.
-    println!("cargo:rerun-if-changed=agentregistry");
-    for file in files.iter().chain([&error_details]) {
+    for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
-    let mut descriptors = protox::compile(files.iter().chain([&error_details]), [proto_root])?;
+    let mut descriptors = protox::compile(&files, [proto_root])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     // `compile_fds` ignores `file_descriptor_set_path`, so write it ourselves.
     std::fs::write(
         out_dir.join("descriptor_set.bin"),
         descriptors.encode_to_vec(),
     )?;
-    // Generated clients take these messages from tonic-types / googleapis.
-    descriptors.file.retain(|file| file.name() != ERROR_DETAILS);
+    // Rust takes the googleapis messages from tonic-types and needs no code
+    // for the field_behavior option.
+    descriptors.file.retain(|file| {
+        !NOT_GENERATED
+            .iter()
+            .any(|folder| file.name().starts_with(folder))
+    });
 
     tonic_prost_build::configure()
         .build_client(true)

@@ -7,7 +7,7 @@ pub mod providers;
 pub mod runtime;
 
 use crate::crypto::Crypto;
-use crate::error::Error;
+use crate::error::{Error, Violations};
 use crate::store::Store;
 use prost_types::FieldMask;
 
@@ -27,21 +27,38 @@ pub const MAX_MASK_PATHS: usize = 64;
 /// The longest mask path quoted back in an error message.
 const QUOTED_PATH_CHARS: usize = 64;
 
+/// Fields every resource kind sets itself: mask paths naming them (or a
+/// field inside them) are ignored, as common.proto promises for OUTPUT_ONLY
+/// and IDENTIFIER fields.
+pub const OUTPUT_ONLY_PATHS: [&str; 7] = [
+    "id",
+    "version",
+    "etag",
+    "create_time",
+    "update_time",
+    "created_by",
+    "updated_by",
+];
+
 /// The update-mask paths to apply: `None` for a full replace (`*`), else
 /// the listed paths once each in the order given, or `fields_set` when no
-/// mask was sent. More than [`MAX_MASK_PATHS`] paths, or unknown paths, are
-/// INVALID_ARGUMENT; the count is checked before any path is looked at.
+/// mask was sent. Paths naming a field in [`OUTPUT_ONLY_PATHS`] or
+/// `output_only` are dropped. More than [`MAX_MASK_PATHS`] paths, or unknown
+/// paths, are INVALID_ARGUMENT with one violation per bad path, named
+/// `update_mask.paths[i]`; the count is checked before any path is looked
+/// at.
 pub fn mask_paths(
     mask: Option<&FieldMask>,
     fields_set: impl FnOnce() -> Vec<String>,
     is_known: impl Fn(&str) -> bool,
+    output_only: &[&str],
 ) -> Result<Option<Vec<String>>, Error> {
     let Some(mask) = mask.filter(|m| !m.paths.is_empty()) else {
         return Ok(Some(fields_set()));
     };
     if mask.paths.len() > MAX_MASK_PATHS {
         return Err(Error::bad_field(
-            "update_mask",
+            "update_mask.paths",
             format!(
                 "must hold at most {MAX_MASK_PATHS} paths (got {})",
                 mask.paths.len()
@@ -50,27 +67,37 @@ pub fn mask_paths(
     }
     if mask.paths.iter().any(|p| p == "*") {
         if mask.paths.len() > 1 {
-            return Err(Error::bad_field("update_mask", "`*` must be the only path"));
+            let mut violations = Violations::default();
+            for (i, path) in mask.paths.iter().enumerate() {
+                if path == "*" {
+                    violations.add(
+                        format!("update_mask.paths[{i}]"),
+                        "`*` must be the only path",
+                    );
+                }
+            }
+            return violations.finish(None);
         }
         return Ok(None);
     }
-    let unknown: Vec<String> = mask
-        .paths
-        .iter()
-        .filter(|p| !is_known(p))
-        .map(|p| quoted(p))
-        .collect();
-    if !unknown.is_empty() {
-        return Err(Error::bad_field(
-            "update_mask",
-            format!("unknown or output-only paths: {}", unknown.join(", ")),
-        ));
+    let is_output_only = |path: &str| {
+        let field = path.split('.').next().unwrap_or(path);
+        OUTPUT_ONLY_PATHS.contains(&field) || output_only.contains(&field)
+    };
+    let mut violations = Violations::default();
+    for (i, path) in mask.paths.iter().enumerate() {
+        if !is_output_only(path) && !is_known(path) {
+            violations.add(
+                format!("update_mask.paths[{i}]"),
+                format!("unknown path {}", quoted(path)),
+            );
+        }
     }
     let mut seen = std::collections::HashSet::with_capacity(mask.paths.len());
-    Ok(Some(
+    violations.finish(Some(
         mask.paths
             .iter()
-            .filter(|p| seen.insert(p.as_str()))
+            .filter(|p| !is_output_only(p) && seen.insert(p.as_str()))
             .cloned()
             .collect(),
     ))

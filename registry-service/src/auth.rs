@@ -388,12 +388,11 @@ impl Authenticator {
         if identity.roles.iter().any(|role| allowed.contains(role)) {
             Ok(identity)
         } else {
-            let needed: Vec<&str> = allowed.iter().map(|r| r.as_str()).collect();
-            Err(Status::permission_denied(if needed.is_empty() {
-                "this method is not open to any role".to_owned()
-            } else {
-                format!("this method needs one of the roles: {}", needed.join(", "))
-            }))
+            Err(Error::PermissionDenied {
+                method: method.to_owned(),
+                required: allowed.iter().map(|r| r.as_str()).collect(),
+            }
+            .into())
         }
     }
 }

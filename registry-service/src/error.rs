@@ -43,9 +43,14 @@ pub enum Error {
         /// What is wrong, for a human.
         message: String,
     },
-    /// The caller may not make this call.
-    #[error("{0}")]
-    PermissionDenied(String),
+    /// The caller's roles do not grant the method.
+    #[error("{}", denial(.required))]
+    PermissionDenied {
+        /// The full gRPC method path asked for.
+        method: String,
+        /// The roles that would grant it (none for an unknown method).
+        required: Vec<&'static str>,
+    },
     /// The caller is not authenticated.
     #[error("{0}")]
     Unauthenticated(String),
@@ -147,6 +152,11 @@ impl Violations {
     }
 }
 
+/// How long a client should wait before retrying an UNAVAILABLE call
+/// (`RetryInfo.retry_delay`): long enough for a restarted dependency or a
+/// database failover to take a breath, short enough not to stall callers.
+pub const RETRY_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Violations listed in a status's message; the rest are in its details.
 const VIOLATIONS_IN_MESSAGE: usize = 3;
 /// Violations carried in a status's details; more would overflow the
@@ -167,6 +177,17 @@ fn describe(violations: &[FieldViolation]) -> String {
         ));
     }
     text
+}
+
+fn denial(required: &[&str]) -> String {
+    if required.is_empty() {
+        "this method is not open to any role".to_owned()
+    } else {
+        format!(
+            "this method needs one of the roles: {}",
+            required.join(", ")
+        )
+    }
 }
 
 fn info(reason: &str, metadata: Vec<(&str, String)>) -> ErrorDetails {
@@ -197,36 +218,55 @@ impl From<Error> for Status {
                 details.set_error_info("INVALID_FIELD", ERROR_DOMAIN, metadata);
                 Status::with_error_details(Code::InvalidArgument, message, details)
             }
-            Error::NotFound { kind, id } => Status::with_error_details(
-                Code::NotFound,
-                message,
-                info("NOT_FOUND", vec![("kind", kind.to_owned()), ("id", id)]),
-            ),
-            Error::AlreadyExists { kind, name } => Status::with_error_details(
-                Code::AlreadyExists,
-                message,
-                info(
+            Error::NotFound { kind, id } => {
+                let mut details = info(
+                    "NOT_FOUND",
+                    vec![("kind", kind.to_owned()), ("id", id.clone())],
+                );
+                details.set_resource_info(kind, id, "", "not found in the caller's tenant");
+                Status::with_error_details(Code::NotFound, message, details)
+            }
+            Error::AlreadyExists { kind, name } => {
+                let mut details = info(
                     "NAME_TAKEN",
-                    vec![("kind", kind.to_owned()), ("name", name)],
-                ),
-            ),
+                    vec![("kind", kind.to_owned()), ("name", name.clone())],
+                );
+                details.set_resource_info(
+                    kind,
+                    name,
+                    "",
+                    "the name is taken in the caller's tenant",
+                );
+                Status::with_error_details(Code::AlreadyExists, message, details)
+            }
             Error::Aborted(_) => {
                 Status::with_error_details(Code::Aborted, message, info("ETAG_MISMATCH", vec![]))
             }
-            Error::FailedPrecondition { reason, .. } => {
-                Status::with_error_details(Code::FailedPrecondition, message, info(reason, vec![]))
+            Error::FailedPrecondition { reason, message } => {
+                let mut details = info(reason, vec![]);
+                details.add_precondition_failure_violation(reason, ERROR_DOMAIN, message.clone());
+                Status::with_error_details(Code::FailedPrecondition, message, details)
             }
-            Error::PermissionDenied(_) => Status::permission_denied(message),
+            Error::PermissionDenied { method, required } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                info(
+                    "MISSING_ROLE",
+                    vec![("method", method), ("required_roles", required.join(","))],
+                ),
+            ),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Unavailable { dependency, detail } => {
                 tracing::warn!(dependency, %detail, "dependency unavailable");
+                let mut details = info(
+                    "DEPENDENCY_UNAVAILABLE",
+                    vec![("dependency", dependency.to_owned())],
+                );
+                details.set_retry_info(Some(RETRY_DELAY));
                 Status::with_error_details(
                     Code::Unavailable,
                     format!("{dependency} unavailable; retry later"),
-                    info(
-                        "DEPENDENCY_UNAVAILABLE",
-                        vec![("dependency", dependency.to_owned())],
-                    ),
+                    details,
                 )
             }
             Error::Internal(detail) => {

@@ -303,7 +303,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
         assert_eq!(masks.code(), Code::InvalidArgument);
         assert_eq!(
             violations(&masks),
-            ["agent.llm_overrides.stop", "update_mask"]
+            ["agent.llm_overrides.stop", "update_mask.paths"]
         );
         assert!(masks.message().contains("at most 64 paths"), "{masks:?}");
         let capped = capped_masks.expect_err("80,000 stop sequences");

@@ -1392,31 +1392,39 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
         ..Default::default()
     };
 
-    for paths in [
-        &["*", "name"][..],
-        &["name", "*"],
-        &["*", "*"],
-        &["nonexistent"],
-        &["name", "version"],
-        &["etag"],
-        &["id"],
-        &["llm_overrides.nonexistent"],
-        &["llm_overrides.temperature.deeper"],
-        &[""],
-        &["Name"],
+    // One violation per bad path, named `update_mask.paths[i]`.
+    for (paths, fields) in [
+        (&["*", "name"][..], &["update_mask.paths[0]"][..]),
+        (&["name", "*"], &["update_mask.paths[1]"]),
+        (
+            &["*", "*"],
+            &["update_mask.paths[0]", "update_mask.paths[1]"],
+        ),
+        (&["nonexistent"], &["update_mask.paths[0]"]),
+        (
+            &["name", "bogus", "Name"],
+            &["update_mask.paths[1]", "update_mask.paths[2]"],
+        ),
+        (&["llm_overrides.nonexistent"], &["update_mask.paths[0]"]),
+        (
+            &["llm_overrides.temperature.deeper"],
+            &["update_mask.paths[0]"],
+        ),
+        (&[""], &["update_mask.paths[0]"]),
+        (&["Name"], &["update_mask.paths[0]"]),
     ] {
         refused!(
             stack,
             format!("UpdateAgent mask {paths:?}"),
             Code::InvalidArgument,
-            ["update_mask"],
+            fields,
             c.agents.update_agent(update_request(renamed(""), paths))
         );
         refused!(
             stack,
             format!("UpdateProvider mask {paths:?}"),
             Code::InvalidArgument,
-            ["update_mask"],
+            fields,
             c.providers.update_provider(pb::UpdateProviderRequest {
                 provider: Some(pb::Provider {
                     id: provider.id.clone(),
@@ -1431,6 +1439,54 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
             })
         );
     }
+
+    // Paths naming OUTPUT_ONLY fields are ignored (common.proto): a mask of
+    // nothing else changes nothing and writes nothing.
+    for paths in [
+        &["etag"][..],
+        &["id", "version"],
+        &[
+            "create_time",
+            "update_time.seconds",
+            "created_by",
+            "updated_by",
+        ],
+    ] {
+        let before = rows(&stack).await;
+        let agent = c
+            .agents
+            .update_agent(update_request(renamed(""), paths))
+            .await
+            .unwrap_or_else(|status| panic!("UpdateAgent mask {paths:?}: {status:?}"))
+            .into_inner();
+        assert_eq!(agent.name, existing.name, "mask {paths:?}");
+        assert_eq!(agent.version, existing.version, "mask {paths:?}");
+        assert_eq!(rows(&stack).await, before, "mask {paths:?} wrote");
+    }
+    let before = rows(&stack).await;
+    let updated = c
+        .providers
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: provider.id.clone(),
+                name: "Renamed".to_owned(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["api_key_set".to_owned(), "api_key_revision".to_owned()],
+            }),
+            change_description: String::new(),
+            revoke_replaced_key: false,
+        })
+        .await
+        .expect("UpdateProvider with output-only paths")
+        .into_inner();
+    assert_eq!(updated.name, provider.name);
+    assert_eq!(
+        rows(&stack).await,
+        before,
+        "output-only provider paths wrote"
+    );
 
     // Not etags this service issued: INVALID_ARGUMENT, naming the field.
     let not_etags = [

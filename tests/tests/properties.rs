@@ -18,7 +18,7 @@ use tonic_types::StatusExt;
 
 use crypto_service::ciphertext::{self, Envelope, NONCE_LEN, ParseError, TAG_LEN};
 use crypto_service::keyring::{KeyMaterial, Keyring};
-use registry_service::api::mask_paths;
+use registry_service::api::{OUTPUT_ONLY_PATHS, mask_paths};
 use registry_service::error::Error;
 use registry_service::model::agent::{self, AgentSpec};
 use registry_service::model::params;
@@ -732,13 +732,33 @@ fn mask_path(known: Vec<String>) -> impl Strategy<Value = String> {
     ]
 }
 
-/// What `mask_paths` must answer for `paths`.
-fn check_mask(paths: &[String], is_known: fn(&str) -> bool) -> Result<(), TestCaseError> {
+/// What `mask_paths` must answer for `paths`: paths naming an output-only
+/// field (or a field inside one) dropped, one `update_mask.paths[i]`
+/// violation per unknown path.
+fn check_mask(
+    paths: &[String],
+    is_known: fn(&str) -> bool,
+    output_only: &[&str],
+) -> Result<(), TestCaseError> {
     let mask = FieldMask {
         paths: paths.to_vec(),
     };
-    let result = mask_paths(Some(&mask), || vec!["<fields set>".to_owned()], is_known);
-    let unknown: Vec<&String> = paths.iter().filter(|p| *p != "*" && !is_known(p)).collect();
+    let result = mask_paths(
+        Some(&mask),
+        || vec!["<fields set>".to_owned()],
+        is_known,
+        output_only,
+    );
+    let ignored = |path: &str| {
+        let field = path.split('.').next().unwrap_or(path);
+        OUTPUT_ONLY_PATHS.contains(&field) || output_only.contains(&field)
+    };
+    let unknown: Vec<(usize, &String)> = paths
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| *p != "*" && !ignored(p) && !is_known(p))
+        .collect();
+    let star = paths.iter().any(|p| p == "*");
     let too_many = paths.len() > 64;
     match result {
         Ok(None) => prop_assert_eq!(paths, &["*".to_owned()][..]),
@@ -746,37 +766,52 @@ fn check_mask(paths: &[String], is_known: fn(&str) -> bool) -> Result<(), TestCa
             prop_assert_eq!(applied, vec!["<fields set>".to_owned()]);
         }
         Ok(Some(applied)) => {
-            prop_assert!(unknown.is_empty() && !paths.iter().any(|p| p == "*") && !too_many);
-            // Each path once, in the order first given.
+            prop_assert!(unknown.is_empty() && !star && !too_many);
+            // Each path once, in the order first given; output-only ones
+            // dropped.
             let mut once: Vec<&String> = Vec::new();
             for path in paths {
-                if !once.contains(&path) {
+                if !ignored(path) && !once.contains(&path) {
                     once.push(path);
                 }
             }
             prop_assert_eq!(applied.iter().collect::<Vec<_>>(), once);
         }
         Err(error) => {
-            let star = paths.iter().any(|p| p == "*");
             prop_assert!(
                 !unknown.is_empty() || (star && paths.len() > 1) || too_many,
                 "refused {:?}",
                 paths
             );
-            let message = error.to_string();
-            prop_assert_eq!(
-                as_status(error),
-                (Code::InvalidArgument, vec!["update_mask".to_owned()])
-            );
-            if !star && !too_many {
-                // Long paths are quoted to 64 characters.
-                for path in unknown {
+            let status = tonic::Status::from(error);
+            let violations = status
+                .get_details_bad_request()
+                .map(|b| b.field_violations)
+                .unwrap_or_default();
+            prop_assert_eq!(status.code(), Code::InvalidArgument);
+            if too_many {
+                prop_assert_eq!(violations.len(), 1);
+                prop_assert_eq!(violations[0].field.as_str(), "update_mask.paths");
+            } else if star && paths.len() > 1 {
+                let stars: Vec<String> = paths
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| *p == "*")
+                    .map(|(i, _)| format!("update_mask.paths[{i}]"))
+                    .collect();
+                let named: Vec<String> = violations.into_iter().map(|v| v.field).collect();
+                prop_assert_eq!(named, stars);
+            } else {
+                prop_assert_eq!(violations.len(), unknown.len());
+                for (violation, (i, path)) in violations.iter().zip(&unknown) {
+                    prop_assert_eq!(&violation.field, &format!("update_mask.paths[{i}]"));
+                    // Long paths are quoted to 64 characters.
                     let quoted: String = path.chars().take(64).collect();
                     prop_assert!(
-                        message.contains(quoted.as_str()),
+                        violation.description.contains(quoted.as_str()),
                         "{} not named in {}",
                         path,
-                        message
+                        violation.description
                     );
                 }
             }
@@ -1043,12 +1078,16 @@ proptest! {
     #![proptest_config(config(12_000))]
 
     #[test]
-    fn mask_paths_never_panics_and_names_update_mask_for_unknown_paths(
+    fn mask_paths_never_panics_ignores_output_only_paths_and_names_each_unknown_path(
         agent_paths in prop::collection::vec(mask_path(agent_mask_paths()), 0..6),
         provider_paths in prop::collection::vec(mask_path(provider_mask_paths()), 0..6),
     ) {
-        check_mask(&agent_paths, agent::is_mask_path)?;
-        check_mask(&provider_paths, provider::is_mask_path)?;
+        check_mask(&agent_paths, agent::is_mask_path, &[])?;
+        check_mask(
+            &provider_paths,
+            provider::is_mask_path,
+            &["api_key_set", "api_key_revision"],
+        )?;
     }
 }
 

@@ -605,12 +605,13 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
                 max_iter: Some(5000),
                 ..Default::default()
             }),
-            update_mask: mask(&["max_iter", "version"]),
+            update_mask: mask(&["version", "max_iter", "bogus"]),
             change_description: String::new(),
         })
         .await
-        .expect_err("output-only path");
-    assert_eq!(violations(&status), ["update_mask"]);
+        .expect_err("unknown path");
+    // The output-only `version` is ignored; the unknown path is named.
+    assert_eq!(violations(&status), ["update_mask.paths[2]"]);
 
     let status = c
         .agents

@@ -90,6 +90,7 @@ impl AgentService for Registry {
                 request.update_mask.as_ref(),
                 || AgentSpec::fields_set(&input),
                 agent::is_mask_path,
+                &[],
             ),
         )?;
         let description = describe(&request.change_description, || "Agent updated".to_owned())?;

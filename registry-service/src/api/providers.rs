@@ -123,6 +123,7 @@ impl ProviderService for Registry {
                 request.update_mask.as_ref(),
                 || ProviderSpec::fields_set(&input),
                 provider::is_mask_path,
+                &["api_key_set", "api_key_revision"],
             ),
         )?;
         let description = describe(&request.change_description, || {
