@@ -125,3 +125,27 @@ async fn readme_crypto_examples_run_as_written() {
         assert!(out.contains(expected), "{expected} missing:\n{out}");
     }
 }
+
+#[tokio::test]
+async fn readme_error_details_run_as_written() {
+    let stack = Stack::start().await;
+    let env = [
+        ("REGISTRY", stack.registry.address.clone()),
+        (
+            "VIEWER_TOKEN",
+            auth::token("readme-viewer", "dev", &["viewer"]),
+        ),
+    ];
+    let out = run(&readme_block("errors"), &env);
+    for expected in [
+        "PermissionDenied",
+        "type.googleapis.com/google.rpc.ErrorInfo",
+        r#""reason":"MISSING_ROLE""#,
+        "NotFound",
+        "type.googleapis.com/google.rpc.ResourceInfo",
+        r#""resourceName":"01890a5d-ac96-774b-bcce-b302099a8057""#,
+    ] {
+        assert!(out.contains(expected), "{expected} missing:\n{out}");
+    }
+    stack.finish().await;
+}
