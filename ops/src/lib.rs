@@ -9,7 +9,10 @@
 
 pub mod cli;
 pub mod connection;
+pub mod health;
 pub mod metrics;
+pub mod process;
+pub mod reflection;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;

@@ -136,7 +136,7 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
             .lines()
             .find_map(|line| {
                 line.strip_prefix(
-                    r#"grpc_server_handled_total{method="unknown",code="Unimplemented"} "#,
+                    r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="unknown",grpc_method="unknown",grpc_code="Unimplemented"} "#,
                 )
             })
             .and_then(|count| count.parse().ok())
