@@ -10,23 +10,31 @@ use tokio::sync::oneshot;
 
 use crate::health::{Reporter, ServingStatus};
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn signal() {
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this
+/// is called, not when the future is first polled: a server that has said
+/// it is serving (tests and supervisors act on that line) must not die of
+/// a SIGTERM that arrives before its drain starts listening.
+pub fn signal() -> impl Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let terminate = async {
-        match signal(SignalKind::terminate()) {
-            Ok(mut stream) => {
-                stream.recv().await;
+    let mut terminate = signal(SignalKind::terminate());
+    let mut interrupt = signal(SignalKind::interrupt());
+    async move {
+        let received = async |stream: &mut std::io::Result<tokio::signal::unix::Signal>,
+                              name: &str| {
+            match stream {
+                Ok(stream) => {
+                    stream.recv().await;
+                }
+                Err(error) => {
+                    tracing::error!(%error, signal = name, "cannot listen for the signal");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = received(&mut interrupt, "SIGINT") => tracing::info!("SIGINT received"),
+            () = received(&mut terminate, "SIGTERM") => tracing::info!("SIGTERM received"),
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-        () = terminate => tracing::info!("SIGTERM received"),
     }
 }
 
