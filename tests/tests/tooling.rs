@@ -231,6 +231,28 @@ async fn a_real_prometheus_scrapes_the_pair_and_answers_the_dashboard_query() {
         .query(r#"grpc_server_handled_total{job="crypto",grpc_method="Encrypt",grpc_code="OK"}"#)
         .await;
     assert_eq!(encrypts.len(), 1, "{encrypts:?}");
+
+    // Every query of the Grafana dashboard parses and finds data, with
+    // Grafana's variables as it would fill them.
+    let dashboard: serde_json::Value = serde_json::from_str(include_str!(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/agentregistry.json"
+    )))
+    .expect("the dashboard is JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    let queries: Vec<String> = panels
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|target| target["expr"].as_str().map(str::to_owned))
+        .collect();
+    assert!(queries.len() >= panels.len(), "{queries:?}");
+    for query in queries {
+        let filled = query
+            .replace("$__rate_interval", "1m")
+            .replace("$job", ".+");
+        let result = prometheus.query(&filled).await;
+        assert!(!result.is_empty(), "no data for the dashboard's {filled}");
+    }
     prometheus.stop().await;
     stack.finish().await;
 }
