@@ -164,6 +164,7 @@ pub fn current_provider() -> ProviderSpec {
         },
         is_default: true,
         api_key: Some("arc1.1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()),
+        api_key_revision: Some(2),
     }
 }
 

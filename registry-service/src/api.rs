@@ -7,6 +7,7 @@ pub mod providers;
 pub mod runtime;
 
 use crate::crypto::Crypto;
+use crate::destinations::Destinations;
 use crate::error::Error;
 use crate::store::Store;
 use prost_types::FieldMask;
@@ -18,6 +19,8 @@ pub struct Registry {
     pub db: Store,
     /// The crypto-service client.
     pub crypto: Crypto,
+    /// Where provider keys may be sent.
+    pub destinations: std::sync::Arc<Destinations>,
 }
 
 /// The most paths an update mask may hold: every field of the largest kind

@@ -227,6 +227,10 @@ pub struct ServeArgs {
     /// Empty (the default): nobody.
     #[arg(long, env = "PLATFORM_OPERATOR_SUBJECTS", value_delimiter = ',')]
     pub platform_operator_subjects: Vec<String>,
+    /// Hosts a provider's `base_url` may name, comma-separated: `host` or
+    /// `*.domain`. Empty (the default): any host.
+    #[arg(long, env = "PROVIDER_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub provider_allowed_hosts: Vec<String>,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -387,6 +391,7 @@ pub struct Settings {
     pub health_interval: Duration,
     pub recent_agents: usize,
     pub platform_operator_subjects: Vec<String>,
+    pub destinations: crate::destinations::Destinations,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -472,6 +477,10 @@ impl ServeArgs {
                 .map(|subject| subject.trim().to_owned())
                 .filter(|subject| !subject.is_empty())
                 .collect(),
+            destinations: crate::destinations::Destinations::parse(
+                &self.provider_allowed_hosts,
+                "PROVIDER_ALLOWED_HOSTS",
+            )?,
             grpc: self.grpc.clone(),
         })
     }

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod caller;
 pub mod config;
 pub mod crypto;
+pub mod destinations;
 pub mod error;
 pub mod import;
 pub mod model;

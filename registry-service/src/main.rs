@@ -120,6 +120,7 @@ async fn serve(args: &Args) -> Result<(), Error> {
     let registry = Registry {
         db: store::Store::new(db, &registry_metrics, settings.recent_agents),
         crypto,
+        destinations: Arc::new(settings.destinations.clone()),
     };
     server::serve(
         server::Listeners {

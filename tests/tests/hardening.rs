@@ -810,3 +810,144 @@ async fn a_revoked_key_revision_never_comes_back_through_rollback() {
     assert_eq!(resolve().await.api_key, "sk-key-d");
     stack.finish().await;
 }
+
+/// With `PROVIDER_ALLOWED_HOSTS`, a provider's `base_url` must name an
+/// allowed host (user information in the URL, the classic way to make a
+/// URL look like another host, is refused too), a rollback cannot restore
+/// another, and ResolveAgent hands no key to a provider whose host the
+/// list does not allow (one stored before the list was set).
+#[tokio::test]
+async fn keys_go_only_to_the_hosts_the_deployment_allows() {
+    use tests::stack::start_registry;
+    let open = Stack::start().await;
+    let admin_token = tests::auth::token("ada", "acme", &["admin"]);
+    let runtime_token = tests::auth::token("rt", "acme", &["runtime"]);
+    let on = |channel: Channel, token: &str| {
+        tests::auth::authed(channel, tests::auth::Bearer::new(token))
+    };
+    // Stored while any host was allowed.
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(on(
+        open.channel().await,
+        &admin_token,
+    ));
+    let compatible = |name: &str, url: &str| pb::CreateProviderRequest {
+        provider: Some(pb::Provider {
+            name: name.into(),
+            provider_type: pb::ProviderType::OpenaiCompatible.into(),
+            model_name: "llama".into(),
+            base_url: url.into(),
+            api_key: format!("sk-{name}"),
+            ..Default::default()
+        }),
+        change_description: String::new(),
+    };
+    let elsewhere = providers
+        .create_provider(compatible("elsewhere", "https://attacker.example/v1"))
+        .await
+        .expect("stored without a list")
+        .into_inner();
+    let agent_id =
+        pb::agent_service_client::AgentServiceClient::new(on(open.channel().await, &admin_token))
+            .create_agent(pb::CreateAgentRequest {
+                agent: Some(pb::Agent {
+                    llm_provider_id: Some(elsewhere.id.clone()),
+                    ..agent("sends-elsewhere")
+                }),
+                change_description: String::new(),
+            })
+            .await
+            .expect("agent")
+            .into_inner()
+            .id;
+
+    // The same database, served by a registry with a list.
+    let listed = start_registry(
+        &open.database,
+        &open.crypto_endpoint,
+        Stack::default_registry().env(
+            "PROVIDER_ALLOWED_HOSTS",
+            "llm.internal.example,*.openai.azure.com",
+        ),
+    )
+    .await;
+    let mut providers = pb::provider_service_client::ProviderServiceClient::new(on(
+        listed.channel().await,
+        &admin_token,
+    ));
+    for (name, url) in [
+        ("attacker", "https://attacker.example/v1"),
+        (
+            "userinfo",
+            "https://llm.internal.example@attacker.example/v1",
+        ),
+        (
+            "lookalike",
+            "https://llm.internal.example.attacker.example/v1",
+        ),
+    ] {
+        let refused = providers
+            .create_provider(compatible(name, url))
+            .await
+            .expect_err(url);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{url}");
+        assert_eq!(violations(&refused), ["provider.base_url"], "{url}");
+    }
+    for (name, url) in [
+        ("internal", "https://llm.internal.example/v1"),
+        ("azure", "https://acme.openai.azure.com/openai"),
+    ] {
+        providers
+            .create_provider(compatible(name, url))
+            .await
+            .expect(url);
+    }
+    let resolved = pb::runtime_service_client::RuntimeServiceClient::new(on(
+        listed.channel().await,
+        &runtime_token,
+    ))
+    .resolve_agent(pb::ResolveAgentRequest {
+        agent_id,
+        ..Default::default()
+    })
+    .await
+    .expect_err("a key for a host off the list");
+    assert_eq!(resolved.code(), Code::FailedPrecondition);
+    assert!(!resolved.message().contains("sk-elsewhere"));
+    {
+        use tonic_types::StatusExt;
+        assert_eq!(
+            resolved.get_details_error_info().expect("ErrorInfo").reason,
+            "DESTINATION_NOT_ALLOWED"
+        );
+    }
+    // Moving it to an allowed host with a new key is the way out.
+    let moved = providers
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: elsewhere.id.clone(),
+                base_url: "https://llm.internal.example/v2".into(),
+                api_key: "sk-internal-2".into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["base_url".into(), "api_key".into()],
+            }),
+            change_description: String::new(),
+            revoke_replaced_key: true,
+        })
+        .await
+        .expect("moved")
+        .into_inner();
+    assert_eq!(moved.version, 2);
+    let rollback = providers
+        .rollback_provider(pb::RollbackProviderRequest {
+            provider_id: elsewhere.id.clone(),
+            version_number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a rollback to a host off the list");
+    assert_eq!(rollback.code(), Code::FailedPrecondition);
+    listed.terminate().await;
+    open.finish().await;
+}

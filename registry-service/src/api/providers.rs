@@ -18,6 +18,19 @@ use crate::store::providers::{self as store, ProviderRecord};
 use crate::store::{VersionRecord, describe, describe_as, etag, parse_etag, timestamp};
 
 impl Registry {
+    /// Refuses a provider whose `base_url` names a host outside the
+    /// deployment's allowed destinations (`PROVIDER_ALLOWED_HOSTS`).
+    fn check_destination(&self, spec: &ProviderSpec) -> Result<(), Error> {
+        match &spec.base_url {
+            Some(url) if !self.destinations.allows(url) => Err(Error::bad_field(
+                "provider.base_url",
+                "names a host this deployment does not send keys to (PROVIDER_ALLOWED_HOSTS), \
+                 or carries user information",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The spec to store: `input.spec` with the new key encrypted (bound to
     /// tenant and provider id), or the current key kept.
     async fn seal_key(
@@ -56,6 +69,7 @@ impl ProviderService for Registry {
             .ok_or_else(|| Error::bad_field("provider", "is required"))?;
         provider::check_counts(input)?;
         let input = ProviderSpec::from_proto(input)?;
+        self.check_destination(&input.spec)?;
         let description = describe(&request.change_description, || {
             "Provider created".to_owned()
         })?;
@@ -134,6 +148,7 @@ impl ProviderService for Registry {
         // transaction; then write (re-applying the mask if a writer raced).
         let current = store::get(&self.db, &caller.tenant, &input.id).await?;
         let validated = apply(&current.spec, &input, paths.as_deref())?;
+        self.check_destination(&validated.spec)?;
         let sealed_key = match &validated.new_api_key {
             Some(key) if !key.is_empty() => Some(Some(
                 self.crypto
@@ -290,6 +305,11 @@ impl ProviderService for Registry {
         )
         .await?;
         let snapshot = ProviderSpec::from_json(&target.configuration)?;
+        if let Some(url) = &snapshot.base_url
+            && !self.destinations.allows(url)
+        {
+            return Err(destination_not_allowed(url).into());
+        }
         let number = request.version_number;
         let description = describe(&request.change_description, || {
             format!("Rolled back to version {number}")
@@ -335,6 +355,20 @@ impl ProviderService for Registry {
         let record = store::revoke_key(&self.db, write, &request.provider_id, revision).await?;
         Ok(Response::new(provider_proto(&record)))
     }
+}
+
+/// FAILED_PRECONDITION for a stored `base_url` outside the allowed
+/// destinations (restored by a rollback, or stored before the list).
+pub fn destination_not_allowed(url: &str) -> Error {
+    let host = crate::destinations::host_of(url).unwrap_or_else(|| "(unreadable)".to_owned());
+    Error::precondition(
+        "DESTINATION_NOT_ALLOWED",
+        format!(
+            "the provider's base_url host {host:?} is not among this deployment's allowed \
+             destinations (PROVIDER_ALLOWED_HOSTS): an admin must point it at an allowed host \
+             with a new api_key"
+        ),
+    )
 }
 
 /// Applies an update (full replace when `paths` is `None`) to `current`.

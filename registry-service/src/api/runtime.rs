@@ -54,6 +54,12 @@ impl RuntimeService for Registry {
             Some(provider) => provider,
             None => self.provider_for(&caller.tenant, &spec).await?,
         };
+        if let Some(url) = &provider.spec.base_url
+            && provider.spec.api_key.is_some()
+            && !self.destinations.allows(url)
+        {
+            return Err(super::providers::destination_not_allowed(url).into());
+        }
         let api_key = match &provider.spec.api_key {
             Some(ciphertext) => {
                 self.crypto
