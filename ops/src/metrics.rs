@@ -96,12 +96,20 @@ struct BuildLabels {
     commit: &'static str,
 }
 
+/// Labels of scrapes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ScrapeLabels {
+    /// `classic` or `openmetrics`.
+    format: &'static str,
+}
+
 /// A service's metrics registry.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     /// The per-RPC series, for [`crate::rpc::RpcLayer`].
     pub rpc: RpcMetrics,
+    scrapes: Family<ScrapeLabels, Counter>,
 }
 
 impl Metrics {
@@ -146,12 +154,33 @@ impl Metrics {
                     .unwrap_or("unknown"),
             }),
         );
+        let scrapes = Family::default();
+        registry.register(
+            "agentregistry_metrics_scrapes",
+            "Scrapes of /metrics, by format (scrapes are not logged above DEBUG)",
+            scrapes.clone(),
+        );
         registry.register_collector(Box::new(crate::process::Collector::new()));
         extra(&mut registry);
         Self {
             registry: Arc::new(registry),
             rpc,
+            scrapes,
         }
+    }
+
+    /// Every series in `format`, counting the scrape first (so it counts
+    /// itself) and logging it at DEBUG.
+    pub fn scrape(&self, format: Format) -> String {
+        let name = match format {
+            Format::Classic => "classic",
+            Format::OpenMetrics => "openmetrics",
+        };
+        self.scrapes
+            .get_or_create(&ScrapeLabels { format: name })
+            .inc();
+        tracing::debug!(format = name, "metrics scraped");
+        self.render(format)
     }
 
     /// Every series in `format`.
@@ -216,7 +245,8 @@ impl Format {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown` completes. Scrapes
-/// are not logged: they come every few seconds and say nothing new.
+/// are counted but logged at DEBUG only: they come every few seconds and
+/// say nothing new.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
@@ -230,7 +260,7 @@ pub async fn serve(
                 .get(header::ACCEPT)
                 .and_then(|value| value.to_str().ok());
             let format = Format::negotiate(accept);
-            let body = metrics.render(format);
+            let body = metrics.scrape(format);
             async move { ([(header::CONTENT_TYPE, format.content_type())], body) }
         }),
     );

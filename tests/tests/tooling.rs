@@ -126,6 +126,7 @@ async fn promtool_accepts_both_scrapes_named_and_labelled_as_go_grpc_prometheus_
             ),
             r#"grpc_type="unary",grpc_service="grpc.health.v1.Health",grpc_method="Check""#,
             r#"le="60"}"#,
+            r#"agentregistry_metrics_scrapes_total{format="classic"} 1"#,
         ] {
             assert!(
                 classic.contains(series),
