@@ -171,6 +171,26 @@ mod tests {
     }
 
     #[test]
+    fn only_the_key_canary_opened_by_decrypt_is_quiet() {
+        let caller = Caller::unknown();
+        let key_use = |method, associated_data, outcome| KeyUse {
+            caller: &caller,
+            method,
+            key_version: Some(1),
+            new_key_version: None,
+            associated_data,
+            outcome,
+        };
+        assert!(key_use("Decrypt", KEY_CANARY_AAD, Outcome::Ok).is_key_canary());
+        assert!(!key_use("Decrypt", KEY_CANARY_AAD, Outcome::Refused).is_key_canary());
+        assert!(!key_use("DecryptBatch", KEY_CANARY_AAD, Outcome::Ok).is_key_canary());
+        assert!(!key_use("Rewrap", KEY_CANARY_AAD, Outcome::Ok).is_key_canary());
+        let tenant = b"agentregistry.v1|tenant=acme|provider=p-1|field=api_key";
+        assert!(!key_use("Decrypt", tenant, Outcome::Ok).is_key_canary());
+        assert!(!key_use("Decrypt", b"agentregistry.v1|key_canary|", Outcome::Ok).is_key_canary());
+    }
+
+    #[test]
     fn other_associated_data_gives_nothing_it_should_not() {
         assert_eq!(Binding::parse(b"canary").tenant, "-");
         assert_eq!(Binding::parse(&[0xff, 0xfe]).provider, "-");
