@@ -8,8 +8,20 @@
 //! writes `agentregistry.v1|tenant=…|provider=…|field=…`). It never holds
 //! the plaintext, the ciphertext or the associated data's raw bytes: the
 //! three names are taken only when they are short and plainly printable.
+//!
+//! One use is written at DEBUG instead: a Decrypt that opened the
+//! registry's key canary ([`KEY_CANARY_AAD`]), which every registry replica
+//! asks for every few seconds to check readiness. The canary is a constant,
+//! not a secret, and only a value sealed under exactly that associated data
+//! opens with it (a provider key bound to a tenant does not), so no secret
+//! leaves quietly this way; a canary that fails to open is still an INFO
+//! line, and every call is still counted in `grpc_server_handled_total`.
 
 use crate::identity::Caller;
+
+/// The associated data of the registry's key canary (see
+/// `registry-service/src/store/keys.rs`).
+pub const KEY_CANARY_AAD: &[u8] = b"agentregistry.v1|key_canary";
 
 /// Longest tenant, provider or field name copied into a line.
 const MOST_NAME_CHARS: usize = 128;
@@ -86,25 +98,45 @@ pub struct KeyUse<'a> {
 }
 
 impl KeyUse<'_> {
-    /// Writes the line.
+    /// Whether this is a Decrypt that opened the registry's key canary: a
+    /// readiness check, written at DEBUG.
+    pub fn is_key_canary(&self) -> bool {
+        self.method == "Decrypt"
+            && self.outcome == Outcome::Ok
+            && self.associated_data == KEY_CANARY_AAD
+    }
+
+    /// Writes the line (at DEBUG for the key canary, INFO otherwise).
     pub fn log(&self) {
         let binding = Binding::parse(self.associated_data);
         let version = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
-        tracing::info!(
-            target: "audit",
-            caller = %self.caller.identity,
-            method = self.method,
-            key_version = %version(self.key_version),
-            new_key_version = %version(self.new_key_version),
-            tenant = %binding.tenant,
-            provider = %binding.provider,
-            field = %binding.field,
-            outcome = match self.outcome {
-                Outcome::Ok => "ok",
-                Outcome::Refused => "refused",
-            },
-            "key use"
-        );
+        let outcome = match self.outcome {
+            Outcome::Ok => "ok",
+            Outcome::Refused => "refused",
+        };
+        // The same line at either level (tracing's levels are constants).
+        macro_rules! line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "audit",
+                    $level,
+                    caller = %self.caller.identity,
+                    method = self.method,
+                    key_version = %version(self.key_version),
+                    new_key_version = %version(self.new_key_version),
+                    tenant = %binding.tenant,
+                    provider = %binding.provider,
+                    field = %binding.field,
+                    outcome,
+                    "key use"
+                )
+            };
+        }
+        if self.is_key_canary() {
+            line!(tracing::Level::DEBUG);
+        } else {
+            line!(tracing::Level::INFO);
+        }
     }
 }
 
@@ -136,6 +168,26 @@ mod tests {
                 field: "api_key".to_owned(),
             }
         );
+    }
+
+    #[test]
+    fn only_the_key_canary_opened_by_decrypt_is_quiet() {
+        let caller = Caller::unknown();
+        let key_use = |method, associated_data, outcome| KeyUse {
+            caller: &caller,
+            method,
+            key_version: Some(1),
+            new_key_version: None,
+            associated_data,
+            outcome,
+        };
+        assert!(key_use("Decrypt", KEY_CANARY_AAD, Outcome::Ok).is_key_canary());
+        assert!(!key_use("Decrypt", KEY_CANARY_AAD, Outcome::Refused).is_key_canary());
+        assert!(!key_use("DecryptBatch", KEY_CANARY_AAD, Outcome::Ok).is_key_canary());
+        assert!(!key_use("Rewrap", KEY_CANARY_AAD, Outcome::Ok).is_key_canary());
+        let tenant = b"agentregistry.v1|tenant=acme|provider=p-1|field=api_key";
+        assert!(!key_use("Decrypt", tenant, Outcome::Ok).is_key_canary());
+        assert!(!key_use("Decrypt", b"agentregistry.v1|key_canary|", Outcome::Ok).is_key_canary());
     }
 
     #[test]

@@ -50,7 +50,7 @@ async fn run(args: Args) -> Result<(), Error> {
     );
     let keyring = SharedKeyring::new(keyring);
     reload_on_sighup(args.clone(), keyring.clone(), settings.legacy_key.clone())?;
-    let metrics = ops::metrics::Metrics::new(|_| {});
+    let metrics = ops::metrics::Metrics::new("crypto-service", |_| {});
     if let Some(address) = args.metrics_listen {
         serve_metrics(address, metrics.clone()).await?;
     }

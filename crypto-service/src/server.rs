@@ -4,11 +4,11 @@
 
 use std::future::Future;
 
+use ops::health::ServingStatus;
 use proto::crypto::crypto_service_server::CryptoServiceServer;
 use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
-use tonic_health::ServingStatus;
 
 use crate::config::Settings;
 use crate::error::Error;
@@ -52,7 +52,7 @@ pub async fn serve(
     metrics: &ops::metrics::Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let (health, health_service) = tonic_health::server::health_reporter();
+    let (health, health_service) = ops::health::Reporter::new();
     let router = router(&settings, keyring, metrics, health_service)?;
     if settings.callers.insecure_dev() {
         tracing::warn!(
@@ -60,10 +60,8 @@ pub async fn serve(
              encrypt, decrypt, import and retire keys; never run like this in production"
         );
     }
-    health
-        .set_service_status(ops::LIVENESS, ServingStatus::Serving)
-        .await;
-    ops::shutdown::set_readiness(&health, &[SERVICE_NAME], ServingStatus::Serving).await;
+    health.set(ops::LIVENESS, ServingStatus::Serving);
+    ops::shutdown::set_readiness(&health, &[SERVICE_NAME], ServingStatus::Serving);
     tracing::info!(
         listen = %listener.local_description(),
         tls = settings.tls.is_some(),
@@ -110,12 +108,11 @@ fn router(
     settings: &Settings,
     keyring: SharedKeyring,
     metrics: &ops::metrics::Metrics,
-    health_service: tonic_health::pb::health_server::HealthServer<
-        impl tonic_health::pb::health_server::Health,
-    >,
+    health_service: tonic_health::pb::health_server::HealthServer<ops::health::Service>,
 ) -> Result<Router<Layers>, Error> {
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let reflection =
+        ops::reflection::Reflection::new(&[proto::FILE_DESCRIPTOR_SET], &[SERVICE_NAME])
+            .map_err(|e| Error::Serve(format!("reflection: {e}")))?;
 
     // Size limits sit on the crypto service itself: its messages carry the
     // only large payloads. The gate (who may call which method) wraps only
@@ -146,17 +143,7 @@ fn router(
     }
     Ok(builder
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection.v1())
+        .add_service(reflection.v1alpha())
         .add_service(crypto))
-}
-
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-fn reflection_error(error: tonic_reflection::server::Error) -> Error {
-    Error::Serve(format!("reflection: {error}"))
 }

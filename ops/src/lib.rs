@@ -1,7 +1,9 @@
 //! Operational plumbing both agentregistry services share, so each server
 //! assembles the same behaviour from one place: structured logs and
 //! OpenTelemetry traces ([`telemetry`]), per-RPC spans and Prometheus
-//! metrics as tower layers ([`rpc`], [`metrics`]), accepted connections
+//! metrics as tower layers ([`rpc`], [`metrics`], with the process's own
+//! series from [`process`]), grpc.health.v1 and server reflection as their
+//! specifications describe them ([`health`], [`reflection`]), accepted connections
 //! (`TCP_NODELAY`, TLS, writes gathered per HTTP/2 flush: [`connection`];
 //! a TLS certificate reloaded while serving: [`tls`]), and
 //! SIGTERM/SIGINT handling with health flipped before draining
@@ -9,7 +11,10 @@
 
 pub mod cli;
 pub mod connection;
+pub mod health;
 pub mod metrics;
+pub mod process;
+pub mod reflection;
 pub mod rpc;
 pub mod shutdown;
 pub mod telemetry;

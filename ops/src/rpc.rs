@@ -1,21 +1,26 @@
 //! The outermost tower layer of both servers: one `tracing` span per RPC
-//! (a child of the caller's W3C trace context), the per-method metrics, and
-//! one log line per finished call with its status code and latency.
+//! (a child of the caller's W3C trace context), the per-method metrics
+//! (go-grpc-prometheus's names and labels: [`crate::metrics`]), and one
+//! log line per finished call with its status code and latency.
 //!
 //! Everything this layer records is bounded before any other layer runs:
-//! metric labels and span names come only from [`Methods`], the paths the
+//! metric labels and span names come only from [`Methods`], the methods the
 //! server really serves. A call to any other path is answered UNIMPLEMENTED
-//! here, recorded under the one method name [`UNKNOWN_METHOD`], and never
-//! reaches authentication or a handler. Refused calls (UNIMPLEMENTED,
-//! UNAUTHENTICATED, PERMISSION_DENIED) are counted like every call but
-//! logged at INFO at most once a second ([`RefusalLog`]), so a flood of
-//! them costs neither memory nor log volume.
+//! here, recorded under the one method [`UNKNOWN`] (service, method and
+//! type all `unknown`), and never reaches authentication or a handler.
+//! Refused calls (UNIMPLEMENTED, UNAUTHENTICATED, PERMISSION_DENIED) are
+//! counted like every call but logged at INFO at most once a second
+//! ([`RefusalLog`]), so a flood of them costs neither memory nor log
+//! volume. Probes (health, reflection) and calls a handler marks [`Quiet`]
+//! (the registry's key canary) are counted and logged at DEBUG only.
 //!
-//! All agentregistry RPCs are unary, and tonic sends a failed unary call as
-//! a trailers-only response, so the status code is read from the response
-//! headers; a response without `grpc-status` there is OK.
+//! A call is finished when its status is known: from the response headers
+//! for a trailers-only response (how tonic sends a failed unary call), else
+//! from the trailers at the end of the response body, so a stream (health
+//! Watch, reflection) is counted, timed and logged when it ends, with the
+//! code it ended with. A body dropped before its trailers is `Canceled`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -27,27 +32,61 @@ use prost::Message;
 use tonic::codegen::http;
 use tracing::Instrument;
 
-use crate::metrics::{MethodLabels, OutcomeLabels, RpcMetrics};
+use crate::metrics::{MethodLabels, RpcMetrics};
 use crate::telemetry::adopt_remote_parent;
 
-/// The method label and span name of every call to a path the server does
-/// not serve.
-pub const UNKNOWN_METHOD: &str = "unknown";
+/// One method a server serves, as its metrics and spans name it.
+#[derive(Debug)]
+pub struct Method {
+    /// `/package.Service/Method`: the span name and the log field.
+    pub path: &'static str,
+    /// Its metric labels.
+    pub labels: MethodLabels,
+}
 
-/// The paths both servers serve besides their own services: gRPC health
-/// and server reflection (v1 and v1alpha).
-const STANDARD_METHODS: [&str; 4] = [
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+/// Every call to a path the server does not serve.
+pub static UNKNOWN: Method = Method {
+    path: "unknown",
+    labels: MethodLabels {
+        grpc_type: "unknown",
+        grpc_service: "unknown",
+        grpc_method: "unknown",
+    },
+};
+
+/// A response extension by which a handler asks for its call to be logged
+/// at DEBUG (it is still counted): for calls that repeat every few seconds
+/// and say nothing new, such as the registry's key canary.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet;
+
+/// The methods both servers serve besides their own services: gRPC health
+/// and server reflection (v1 and v1alpha), with their types.
+const STANDARD_METHODS: [(&str, &str, &str); 4] = [
+    ("grpc.health.v1.Health", "Check", UNARY),
+    ("grpc.health.v1.Health", "Watch", SERVER_STREAM),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+        BIDI_STREAM,
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+        BIDI_STREAM,
+    ),
 ];
 
-/// The method paths (`/package.Service/Method`) one server serves: the only
+const UNARY: &str = "unary";
+const CLIENT_STREAM: &str = "client_stream";
+const SERVER_STREAM: &str = "server_stream";
+const BIDI_STREAM: &str = "bidi_stream";
+
+/// The methods (`/package.Service/Method`) one server serves: the only
 /// values its metric labels and span names take.
 #[derive(Debug, Clone)]
 pub struct Methods {
-    paths: Arc<HashSet<&'static str>>,
+    by_path: Arc<HashMap<&'static str, &'static Method>>,
 }
 
 impl Methods {
@@ -56,7 +95,10 @@ impl Methods {
     /// so the few strings are kept for the life of the process.
     pub fn served(descriptors: &[u8], services: &[&str]) -> Result<Self, prost::DecodeError> {
         let set = prost_types::FileDescriptorSet::decode(descriptors)?;
-        let mut paths: HashSet<&'static str> = STANDARD_METHODS.into_iter().collect();
+        let mut methods: Vec<(String, String, &'static str)> = STANDARD_METHODS
+            .iter()
+            .map(|(service, method, kind)| ((*service).to_owned(), (*method).to_owned(), *kind))
+            .collect();
         for file in &set.file {
             for service in &file.service {
                 let full_name = match &file.package {
@@ -69,27 +111,52 @@ impl Methods {
                     continue;
                 }
                 for method in &service.method {
-                    let path = format!("/{full_name}/{}", method.name());
-                    paths.insert(Box::leak(path.into_boxed_str()));
+                    let kind = match (method.client_streaming(), method.server_streaming()) {
+                        (false, false) => UNARY,
+                        (true, false) => CLIENT_STREAM,
+                        (false, true) => SERVER_STREAM,
+                        (true, true) => BIDI_STREAM,
+                    };
+                    methods.push((full_name.clone(), method.name().to_owned(), kind));
                 }
             }
         }
+        let by_path = methods
+            .into_iter()
+            .map(|(service, method, kind)| {
+                let path = leak(format!("/{service}/{method}"));
+                let method: &'static Method = Box::leak(Box::new(Method {
+                    path,
+                    labels: MethodLabels {
+                        grpc_type: kind,
+                        grpc_service: leak(service),
+                        grpc_method: leak(method),
+                    },
+                }));
+                (path, method)
+            })
+            .collect();
         Ok(Self {
-            paths: Arc::new(paths),
+            by_path: Arc::new(by_path),
         })
     }
 
-    /// The label for `path`: the served path itself, or [`UNKNOWN_METHOD`].
-    pub fn label(&self, path: &str) -> Option<&'static str> {
-        self.paths.get(path).copied()
+    /// The served method at `path`, if any.
+    pub fn get(&self, path: &str) -> Option<&'static Method> {
+        self.by_path.get(path).copied()
     }
 
     /// Every served path, sorted.
     pub fn paths(&self) -> Vec<&'static str> {
-        let mut paths: Vec<&'static str> = self.paths.iter().copied().collect();
+        let mut paths: Vec<&'static str> = self.by_path.keys().copied().collect();
         paths.sort_unstable();
         paths
     }
+}
+
+/// Keeps a start-up string for the life of the process.
+fn leak(text: String) -> &'static str {
+    Box::leak(text.into_boxed_str())
 }
 
 /// Adds spans, metrics and access logs to every call, and answers calls to
@@ -143,9 +210,9 @@ where
     S::Error: Send + 'static,
     B: http_body::Body + Unpin + Send + 'static,
     B::Data: Send,
-    R: Default + Send + 'static,
+    R: http_body::Body + Default + Unpin + Send + 'static,
 {
-    type Response = http::Response<R>;
+    type Response = http::Response<Recorded<R>>;
     type Error = S::Error;
     type Future = BoxFuture<Self::Response, Self::Error>;
 
@@ -156,24 +223,28 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let known = self.methods.label(request.uri().path());
-        let method = known.unwrap_or(UNKNOWN_METHOD);
+        let known = self.methods.get(request.uri().path());
+        let method = known.unwrap_or(&UNKNOWN);
         let span = tracing::info_span!(
             "rpc",
-            otel.name = method,
+            otel.name = method.path,
             otel.kind = "server",
             rpc.system = "grpc",
-            rpc.method = method,
+            rpc.method = method.path,
             tenant = tracing::field::Empty,
             rpc.grpc.status_code = tracing::field::Empty,
         );
         adopt_remote_parent(&span, request.headers());
-        let labels = MethodLabels { method };
-        self.metrics.started.get_or_create(&labels).inc();
-        let in_flight = InFlight::enter(&self.metrics, &labels);
-        let metrics = self.metrics.clone();
-        let refusals = Arc::clone(&self.refusals);
-        let started = Instant::now();
+        self.metrics.started.get_or_create(&method.labels).inc();
+        let call = Call {
+            in_flight: InFlight::enter(&self.metrics, &method.labels),
+            method,
+            metrics: self.metrics.clone(),
+            refusals: Arc::clone(&self.refusals),
+            started: Instant::now(),
+            span: span.clone(),
+            quiet: false,
+        };
         // Entered while the inner layers take the request, so they can
         // record fields (the tenant) on this span. An unknown path goes no
         // further than this layer.
@@ -192,38 +263,136 @@ where
         };
         Box::pin(
             async move {
-                let result = response.await;
-                let elapsed = started.elapsed();
-                let code = match &result {
-                    Ok(response) => status_code(response.headers()),
-                    Err(_) => tonic::Code::Unavailable,
-                };
-                drop(in_flight);
-                metrics
-                    .latency
-                    .get_or_create(&labels)
-                    .observe(elapsed.as_secs_f64());
-                metrics
-                    .handled
-                    .get_or_create(&OutcomeLabels {
-                        method,
-                        code: code_name(code),
-                    })
-                    .inc();
-                let span = tracing::Span::current();
-                span.record("rpc.grpc.status_code", code as i32);
-                let latency_ms = elapsed.as_secs_f64() * 1e3;
-                if is_refusal(code) {
-                    refusals.record(method, code, latency_ms);
-                } else if is_probe(method) {
-                    tracing::debug!(code = ?code, latency_ms, "rpc finished");
-                } else {
-                    tracing::info!(code = ?code, latency_ms, "rpc finished");
+                let mut call = call;
+                match response.await {
+                    Ok(response) => {
+                        call.quiet = response.extensions().get::<Quiet>().is_some();
+                        let (parts, body) = response.into_parts();
+                        let pending = match header_status(&parts.headers) {
+                            // Trailers-only: the call is over.
+                            Some(code) => {
+                                call.finish(code);
+                                None
+                            }
+                            None => Some(call),
+                        };
+                        Ok(http::Response::from_parts(
+                            parts,
+                            Recorded {
+                                inner: body,
+                                call: pending,
+                            },
+                        ))
+                    }
+                    Err(error) => {
+                        call.finish(tonic::Code::Unavailable);
+                        Err(error)
+                    }
                 }
-                result
             }
             .instrument(span),
         )
+    }
+}
+
+/// A response body that finishes its call's record when the trailers pass
+/// (or, dropped before them, as `Canceled`).
+#[derive(Debug)]
+pub struct Recorded<R> {
+    inner: R,
+    call: Option<Call>,
+}
+
+impl<R: Default> Default for Recorded<R> {
+    fn default() -> Self {
+        Self {
+            inner: R::default(),
+            call: None,
+        }
+    }
+}
+
+impl<R> http_body::Body for Recorded<R>
+where
+    R: http_body::Body + Unpin,
+{
+    type Data = R::Data;
+    type Error = R::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|trailers| header_status(trailers).unwrap_or(tonic::Code::Unknown)),
+            // A failed body, or one that ended without trailers: the client
+            // sees an error with no status of ours.
+            Poll::Ready(Some(Err(_)) | None) => Some(tonic::Code::Unknown),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(call) = self.call.take()
+        {
+            call.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<R> Drop for Recorded<R> {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.finish(tonic::Code::Cancelled);
+        }
+    }
+}
+
+/// A call not finished yet: what its record needs.
+#[derive(Debug)]
+struct Call {
+    method: &'static Method,
+    metrics: RpcMetrics,
+    refusals: Arc<RefusalLog>,
+    started: Instant,
+    span: tracing::Span,
+    in_flight: InFlight,
+    quiet: bool,
+}
+
+impl Call {
+    fn finish(self, code: tonic::Code) {
+        let elapsed = self.started.elapsed();
+        drop(self.in_flight);
+        let labels = &self.method.labels;
+        self.metrics
+            .latency
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
+        self.metrics
+            .handled
+            .get_or_create(&labels.with_code(code))
+            .inc();
+        let _entered = self.span.enter();
+        self.span.record("rpc.grpc.status_code", code as i32);
+        let latency_ms = elapsed.as_secs_f64() * 1e3;
+        if is_refusal(code) {
+            self.refusals.record(self.method.path, code, latency_ms);
+        } else if self.quiet || is_probe(self.method.path) {
+            tracing::debug!(code = ?code, latency_ms, "rpc finished");
+        } else {
+            tracing::info!(code = ?code, latency_ms, "rpc finished");
+        }
     }
 }
 
@@ -320,19 +489,21 @@ fn is_probe(method: &str) -> bool {
     method.starts_with("/grpc.health.") || method.starts_with("/grpc.reflection.")
 }
 
-fn status_code(headers: &http::HeaderMap) -> tonic::Code {
+/// The `grpc-status` in `headers`, if any.
+fn header_status(headers: &http::HeaderMap) -> Option<tonic::Code> {
     headers
         .get("grpc-status")
         .and_then(|value| value.to_str().ok())
         .and_then(|text| text.parse::<i32>().ok())
-        .map_or(tonic::Code::Ok, tonic::Code::from_i32)
+        .map(tonic::Code::from_i32)
 }
 
-/// Status code names as gRPC's own metrics spell them.
+/// Status code names as grpc-go spells them (`codes.Code.String()`), so
+/// `grpc_code` matches what go-grpc-prometheus dashboards expect.
 pub fn code_name(code: tonic::Code) -> &'static str {
     match code {
         tonic::Code::Ok => "OK",
-        tonic::Code::Cancelled => "Cancelled",
+        tonic::Code::Cancelled => "Canceled",
         tonic::Code::Unknown => "Unknown",
         tonic::Code::InvalidArgument => "InvalidArgument",
         tonic::Code::DeadlineExceeded => "DeadlineExceeded",
@@ -352,6 +523,7 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 }
 
 /// Counts a call as in flight until dropped (also when cancelled).
+#[derive(Debug)]
 struct InFlight {
     gauge: prometheus_client::metrics::gauge::Gauge,
 }

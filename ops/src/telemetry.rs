@@ -19,7 +19,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 pub enum LogFormat {
     /// One JSON object per line.
     Json,
-    /// Human-readable lines.
+    /// Human-readable lines, in colour when stderr is a terminal.
     Pretty,
 }
 
@@ -64,8 +64,10 @@ pub fn init(settings: &Settings) -> Result<Guard, String> {
             .json()
             .with_writer(std::io::stderr)
             .boxed(),
+        // Colour only on a terminal: escape codes in a file or a pipe are noise.
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .boxed(),
     };
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());

@@ -88,7 +88,9 @@ async fn serve(args: &Args) -> Result<(), Error> {
         tracing::info!("database migrations applied");
     }
     let registry_metrics = RegistryMetrics::default();
-    let metrics = Metrics::new(|registry| registry_metrics.register(registry));
+    let metrics = Metrics::new("registry-service", |registry| {
+        registry_metrics.register(registry)
+    });
     let crypto = Crypto::connect_lazy(
         &settings.crypto_endpoint,
         settings.crypto_tls.clone(),

@@ -7,9 +7,8 @@
 
 use std::time::Duration;
 
+use ops::health::{Reporter, ServingStatus};
 use sea_orm::{DatabaseBackend, DatabaseConnection};
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::crypto::Crypto;
 use crate::server::SERVICE_NAMES;
@@ -21,7 +20,7 @@ use crate::telemetry::RegistryMetrics;
 pub async fn watch(
     db: DatabaseConnection,
     crypto: Crypto,
-    health: HealthReporter,
+    health: Reporter,
     metrics: RegistryMetrics,
     interval: Duration,
 ) {
@@ -50,7 +49,7 @@ pub async fn watch(
             } else {
                 ServingStatus::NotServing
             };
-            ops::shutdown::set_readiness(&health, &SERVICE_NAMES, status).await;
+            ops::shutdown::set_readiness(&health, &SERVICE_NAMES, status);
             serving = Some(ready);
         }
     }

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use ops::tls::ReloadingTls;
 
+use ops::health::ServingStatus;
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::key_service_server::KeyServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
 use proto::v1::runtime_service_server::RuntimeServiceServer;
 use tokio::net::TcpListener;
-use tonic_health::ServingStatus;
 
 use crate::api::Registry;
 use crate::auth::{AuthLayer, Authenticator};
@@ -56,9 +56,10 @@ pub async fn serve(
     registry_metrics: RegistryMetrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
-    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let (health, health_service) = ops::health::Reporter::new();
+    let reflection =
+        ops::reflection::Reflection::new(&[proto::FILE_DESCRIPTOR_SET], &SERVICE_NAMES)
+            .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
     let limit = settings.max_message_bytes;
     let methods = ops::rpc::Methods::served(proto::FILE_DESCRIPTOR_SET, &SERVICE_NAMES)
         .map_err(|e| Error::Internal(format!("descriptor set: {e}")))?;
@@ -74,18 +75,16 @@ pub async fn serve(
         // roles allow the method (health and reflection excepted).
         .layer(AuthLayer::new(authenticator))
         .add_service(health_service.clone())
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_service(reflection.v1())
+        .add_service(reflection.v1alpha())
         .add_service(AgentServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(ProviderServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(RuntimeServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(KeyServiceServer::new(registry.clone()).max_decoding_message_size(limit));
 
-    health
-        .set_service_status(ops::LIVENESS, ServingStatus::Serving)
-        .await;
+    health.set(ops::LIVENESS, ServingStatus::Serving);
     // Not ready until the first dependency check has passed.
-    ops::shutdown::set_readiness(&health, &SERVICE_NAMES, ServingStatus::NotServing).await;
+    ops::shutdown::set_readiness(&health, &SERVICE_NAMES, ServingStatus::NotServing);
     let watcher = tokio::spawn(readiness::watch(
         registry.db.pool().clone(),
         registry.crypto.clone(),
@@ -173,14 +172,4 @@ fn address(listener: &TcpListener) -> String {
         .local_addr()
         .map(|addr| addr.to_string())
         .unwrap_or_else(|e| format!("(unknown: {})", e.kind()))
-}
-
-fn reflection() -> tonic_reflection::server::Builder<'static> {
-    tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-}
-
-fn reflection_error(error: tonic_reflection::server::Error) -> Error {
-    Error::Internal(format!("reflection: {error}"))
 }

@@ -1,5 +1,7 @@
 //! The registry's own metrics (beyond the per-RPC series every server has):
-//! calls to crypto-service and their latency, dependency status, the
+//! calls to crypto-service and their latency (go-grpc-prometheus's client
+//! series, `grpc_client_handled_total` and `grpc_client_handling_seconds`,
+//! labelled as the server series are), dependency status, the
 //! database pool, how many writes SQLite's group commits carry, and what
 //! became of the updates' guesses (`store::recent`).
 
@@ -11,6 +13,9 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use ops::metrics::{LatencyFamily, MethodLabels, OutcomeLabels, latency_histogram};
+
+/// The service the registry calls, as `grpc_service` names it.
+const CRYPTO_SERVICE: &str = "agentregistry.crypto.v1.CryptoService";
 
 /// Labels naming a dependency.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,7 +41,7 @@ pub struct GuessLabels {
 /// The registry-specific series.
 #[derive(Debug, Clone)]
 pub struct RegistryMetrics {
-    /// Calls to crypto-service by method and outcome.
+    /// Calls to crypto-service by method and status code.
     pub crypto_calls: Family<OutcomeLabels, Counter>,
     /// Their latency by method.
     pub crypto_latency: LatencyFamily<MethodLabels>,
@@ -68,13 +73,13 @@ impl RegistryMetrics {
     /// Registers every series in `registry`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "registry_crypto_calls",
-            "Calls from the registry to crypto-service, by method and status code",
+            "grpc_client_handled",
+            "Total number of RPCs completed by the client, regardless of success or failure (the registry's calls to crypto-service)",
             self.crypto_calls.clone(),
         );
         registry.register(
-            "registry_crypto_call_seconds",
-            "Latency of calls to crypto-service, by method",
+            "grpc_client_handling_seconds",
+            "Histogram of response latency (seconds) of the gRPC until it is finished by the application (the registry's calls to crypto-service)",
             self.crypto_latency.clone(),
         );
         registry.register(
@@ -110,17 +115,17 @@ impl RegistryMetrics {
             .clone()
     }
 
-    /// Records one crypto-service call.
+    /// Records one call to crypto-service's unary method `method`.
     pub fn crypto_call(&self, method: &'static str, code: tonic::Code, seconds: f64) {
+        let labels = MethodLabels {
+            grpc_type: "unary",
+            grpc_service: CRYPTO_SERVICE,
+            grpc_method: method,
+        };
         self.crypto_calls
-            .get_or_create(&OutcomeLabels {
-                method,
-                code: ops::rpc::code_name(code),
-            })
+            .get_or_create(&labels.with_code(code))
             .inc();
-        self.crypto_latency
-            .get_or_create(&MethodLabels { method })
-            .observe(seconds);
+        self.crypto_latency.get_or_create(&labels).observe(seconds);
     }
 
     /// Records whether `dependency` answered.

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod health;
 pub mod pgcluster;
 pub mod pki;
+pub mod prometheus;
 pub mod raw;
 pub mod stack;
 
@@ -374,11 +375,24 @@ pub async fn unix_channel(path: &Path) -> Channel {
 /// GETs `http://address/path` and returns the body (plain HTTP/1.1, for
 /// the metrics endpoints).
 pub async fn http_get(address: &str, path: &str) -> String {
+    http_get_accepting(address, path, None).await.1
+}
+
+/// GETs `http://address/path` with `Accept: accept` when given; returns
+/// the response's head (status line and headers) and body. Panics unless
+/// the status is 200.
+pub async fn http_get_accepting(
+    address: &str,
+    path: &str,
+    accept: Option<&str>,
+) -> (String, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(address)
         .await
         .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    let accept = accept.map_or_else(String::new, |accept| format!("Accept: {accept}\r\n"));
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n{accept}Connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = String::new();
     tokio::time::timeout(START_DEADLINE, stream.read_to_string(&mut response))
@@ -387,7 +401,7 @@ pub async fn http_get(address: &str, path: &str) -> String {
         .expect("read");
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
+    (head.to_owned(), body.to_owned())
 }
 
 /// Settings by which a launch names crypto-service's callers itself.

@@ -136,7 +136,7 @@ async fn a_flood_of_unknown_paths_is_unimplemented_and_grows_neither_memory_nor_
             .lines()
             .find_map(|line| {
                 line.strip_prefix(
-                    r#"grpc_server_handled_total{method="unknown",code="Unimplemented"} "#,
+                    r#"grpc_server_handled_total{grpc_type="unknown",grpc_service="unknown",grpc_method="unknown",grpc_code="Unimplemented"} "#,
                 )
             })
             .and_then(|count| count.parse().ok())
@@ -539,6 +539,9 @@ fn provider_with_key(name: &str, key: &str) -> pb::CreateProviderRequest {
 #[tokio::test]
 async fn key_operations_need_the_platform_operator_not_a_tenant_admin() {
     let stack = Stack::start().await;
+    // Ready means the registry has written its key canary: the platform's
+    // counts below include it.
+    tests::health::wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     let acme = stack.channel_as("ada", "acme", &["admin"]).await;
     let globex = stack.channel_as("gil", "globex", &["admin"]).await;
     let pretender = stack

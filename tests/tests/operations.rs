@@ -142,7 +142,7 @@ async fn sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_zero() {
                 .await
         }));
     }
-    let gauge = r#"grpc_server_in_flight{method="/agentregistry.v1.AgentService/UpdateAgent"} 4"#;
+    let gauge = r#"grpc_server_in_flight{grpc_type="unary",grpc_service="agentregistry.v1.AgentService",grpc_method="UpdateAgent"} 4"#;
     let seen = tokio::time::timeout(DEADLINE, async {
         while !http_get(&metrics, "/metrics").await.contains(gauge) {
             tokio::task::yield_now().await;
@@ -246,16 +246,17 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         .expect("registry metrics");
     let text = http_get(&registry_metrics, "/metrics").await;
     for series in [
-        r#"grpc_server_handled_total{method="/agentregistry.v1.ProviderService/CreateProvider",code="OK"} 3"#,
-        r#"grpc_server_handled_total{method="/agentregistry.v1.ProviderService/GetProvider",code="NotFound"} 1"#,
-        r#"grpc_server_started_total{method="/agentregistry.v1.ProviderService/CreateProvider"} 3"#,
-        r#"grpc_server_handling_seconds_count{method="/agentregistry.v1.ProviderService/CreateProvider"} 3"#,
-        r#"registry_crypto_calls_total{method="Encrypt",code="OK"} 4"#,
-        r#"registry_crypto_call_seconds_bucket{le="#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="agentregistry.v1.ProviderService",grpc_method="CreateProvider",grpc_code="OK"} 3"#,
+        r#"grpc_server_handled_total{grpc_type="unary",grpc_service="agentregistry.v1.ProviderService",grpc_method="GetProvider",grpc_code="NotFound"} 1"#,
+        r#"grpc_server_started_total{grpc_type="unary",grpc_service="agentregistry.v1.ProviderService",grpc_method="CreateProvider"} 3"#,
+        r#"grpc_server_handling_seconds_count{grpc_type="unary",grpc_service="agentregistry.v1.ProviderService",grpc_method="CreateProvider"} 3"#,
+        r#"grpc_server_handling_seconds_bucket{grpc_type="unary",grpc_service="agentregistry.v1.ProviderService",grpc_method="CreateProvider",le="60"} 3"#,
+        r#"grpc_client_handled_total{grpc_type="unary",grpc_service="agentregistry.crypto.v1.CryptoService",grpc_method="Encrypt",grpc_code="OK"} 4"#,
+        r#"grpc_client_handling_seconds_bucket{grpc_type="unary",grpc_service="agentregistry.crypto.v1.CryptoService",grpc_method="Encrypt",le="#,
         r#"registry_dependency_up{dependency="database"} 1"#,
         r#"registry_db_pool_connections{state="idle"}"#,
         &format!("registry_sqlite_group_commit_writes_count {groups}\n"),
-        &format!(r#"registry_sqlite_group_commit_writes_bucket{{le="1.0"}} {groups}"#),
+        &format!(r#"registry_sqlite_group_commit_writes_bucket{{le="1"}} {groups}"#),
     ] {
         assert!(text.contains(series), "{series} missing from:\n{text}");
     }
@@ -266,7 +267,7 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
         .expect("crypto metrics");
     let text = http_get(&crypto_metrics, "/metrics").await;
     assert!(
-        text.contains(r#"grpc_server_handled_total{method="/agentregistry.crypto.v1.CryptoService/Encrypt",code="OK"} 4"#),
+        text.contains(r#"grpc_server_handled_total{grpc_type="unary",grpc_service="agentregistry.crypto.v1.CryptoService",grpc_method="Encrypt",grpc_code="OK"} 4"#),
         "{text}"
     );
     stack.finish().await;

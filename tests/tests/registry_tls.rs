@@ -450,8 +450,8 @@ async fn plaintext_on_a_non_loopback_address_needs_tls_or_the_mesh_flag() {
     )
     .await;
     assert!(meshed.address.starts_with("0.0.0.0:"), "{}", meshed.address);
-    let (status, _) = meshed.terminate().await;
-    assert!(status.success());
+    let (status, output) = meshed.terminate().await;
+    assert!(status.success(), "{output}");
 
     // TLS needs no flag.
     let files = ServerFiles::new("any-ca");
@@ -463,8 +463,8 @@ async fn plaintext_on_a_non_loopback_address_needs_tls_or_the_mesh_flag() {
         "registry-service serving",
     )
     .await;
-    let (status, _) = tls.terminate().await;
-    assert!(status.success());
+    let (status, output) = tls.terminate().await;
+    assert!(status.success(), "{status:?} {output}");
     database.drop_database().await;
 }
 
