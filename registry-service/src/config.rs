@@ -202,8 +202,12 @@ pub struct ServeArgs {
     /// Seconds a call to crypto-service may take.
     #[arg(long, env = "CRYPTO_TIMEOUT_SECONDS", default_value_t = 5)]
     pub crypto_timeout_seconds: u64,
-    /// Largest gRPC request message, in bytes.
-    #[arg(long, env = "REGISTRY_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    /// Largest gRPC request message, in bytes. The largest valid request
+    /// (an agent with every text field and list at its limit, in 4-byte
+    /// characters) is about 120 KiB; a message is decoded on a runtime
+    /// worker before any check, so a larger limit only lets a caller make
+    /// a worker decode more (4 MiB of short strings: ~30 ms).
+    #[arg(long, env = "REGISTRY_MAX_MESSAGE_BYTES", default_value_t = 256 * 1024)]
     pub max_message_bytes: usize,
     /// Seconds in-flight calls get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "REGISTRY_DRAIN_SECONDS", default_value_t = 10)]

@@ -224,12 +224,13 @@ async fn slowest_health_check(
     }
 }
 
-/// Repeated fields and update masks as large as the 4 MiB message limit
+/// Repeated fields and update masks as large as the 256 KiB message limit
 /// allows: each request is INVALID_ARGUMENT naming the one oversized field,
 /// answered in well under a second, while Health/Check on another
-/// connection keeps answering at once. Before: 200,000 tools took 42 s of
-/// CPU and a 40,000-path mask over 80,000 stop sequences 44 s, with health
-/// stalled meanwhile.
+/// connection keeps answering at once; the same bombs at the old 4 MiB are
+/// OUT_OF_RANGE before anything decodes them. Before: 200,000 tools took
+/// 42 s of CPU and a 40,000-path mask over 80,000 stop sequences 44 s, with
+/// health stalled meanwhile.
 #[tokio::test]
 async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
     let stack = Stack::start().await;
@@ -245,8 +246,9 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
         .expect("create")
         .into_inner();
 
-    let tools: Vec<String> = (0..200_000).map(|i| format!("tool-{i}")).collect();
-    let stops: Vec<String> = (0..80_000).map(|i| format!("s{i}")).collect();
+    // Each body just under 256 KiB.
+    let tools: Vec<String> = (0..20_000).map(|i| format!("tool-{i}")).collect();
+    let stops: Vec<String> = (0..8_000).map(|i| format!("s{i}")).collect();
     let tool_bomb = pb::CreateAgentRequest {
         agent: Some(pb::Agent {
             tools,
@@ -291,30 +293,42 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
         let started = Instant::now();
         let (tools, masks, capped_masks, provider) = tokio::join!(
             a.create_agent(tool_bomb.clone()),
-            b.update_agent(mask_bomb(40_000)),
+            b.update_agent(mask_bomb(8_000)),
             c.update_agent(mask_bomb(64)),
             providers.create_provider(provider_bomb.clone()),
         );
         slowest_bomb = slowest_bomb.max(started.elapsed());
-        let tools = tools.expect_err("200,000 tools");
+        let tools = tools.expect_err("20,000 tools");
         assert_eq!(tools.code(), Code::InvalidArgument);
         assert_eq!(violations(&tools), ["agent.tools"]);
-        let masks = masks.expect_err("40,000 mask paths");
+        let masks = masks.expect_err("8,000 mask paths");
         assert_eq!(masks.code(), Code::InvalidArgument);
         assert_eq!(
             violations(&masks),
             ["agent.llm_overrides.stop", "update_mask.paths"]
         );
         assert!(masks.message().contains("at most 64 paths"), "{masks:?}");
-        let capped = capped_masks.expect_err("80,000 stop sequences");
+        let capped = capped_masks.expect_err("8,000 stop sequences");
         assert_eq!(capped.code(), Code::InvalidArgument);
         assert_eq!(violations(&capped), ["agent.llm_overrides.stop"]);
-        let provider = provider.expect_err("80,000 provider stop sequences");
+        let provider = provider.expect_err("8,000 provider stop sequences");
         assert_eq!(provider.code(), Code::InvalidArgument);
         assert_eq!(violations(&provider), ["provider.default_parameters.stop"]);
     }
     let _ = stop_health.send(());
     let slowest_health = health.await.expect("health task");
+    // At the old 4 MiB limit: refused by its length prefix, never decoded.
+    let huge = agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                tools: (0..300_000).map(|i| format!("tool-{i}")).collect(),
+                ..agent("huge")
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("a 4 MiB tool bomb");
+    assert_eq!(huge.code(), Code::OutOfRange, "{huge:?}");
     // Generous for a debug build on two cores shared with other tests (the
     // release figures are in BENCHMARKS.md, `bench abuse`); the attacks
     // took tens of seconds each before, with health stalled as long.

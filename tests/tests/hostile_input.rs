@@ -213,27 +213,29 @@ async fn oversized_and_non_finite_fields_are_refused_per_field_and_write_nothing
     let stack = Stack::start().await;
     let mut c = clients(&stack).await;
     let existing = create_agent(&mut c, agent("Existing Agent")).await;
-    let megabyte = "x".repeat(1 << 20);
+    // Ten times the backstory limit, under the 256 KiB message limit (a
+    // larger message is OUT_OF_RANGE before it is decoded).
+    let oversized = "x".repeat(100 * 1024);
 
     refused!(
         stack,
-        "create with a 1 MB backstory",
+        "create with a 100 KB backstory",
         Code::InvalidArgument,
         ["agent.backstory"],
         c.agents.create_agent(create_request(pb::Agent {
-            backstory: megabyte.clone(),
+            backstory: oversized.clone(),
             ..agent("Huge Backstory")
         }))
     );
     refused!(
         stack,
-        "update with a 1 MB backstory",
+        "update with a 100 KB backstory",
         Code::InvalidArgument,
         ["agent.backstory"],
         c.agents.update_agent(update_request(
             pb::Agent {
                 id: existing.id.clone(),
-                backstory: megabyte,
+                backstory: oversized,
                 ..Default::default()
             },
             &["backstory"],
