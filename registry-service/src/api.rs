@@ -6,10 +6,17 @@ pub mod keys;
 pub mod providers;
 pub mod runtime;
 
+use prost_types::{FieldMask, Timestamp};
+use proto::v1 as pb;
+use tonic::Request;
+
+use crate::caller::Caller;
 use crate::crypto::Crypto;
 use crate::error::Error;
-use crate::store::Store;
-use prost_types::FieldMask;
+use crate::model::version::{self, Action};
+use crate::page;
+use crate::store::versioned::{self, Kind, Record, Write};
+use crate::store::{Store, VersionRecord, describe, etag, parse_etag, timestamp};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -127,4 +134,265 @@ pub fn version_cursor(after: Option<String>) -> Result<Option<i64>, Error> {
                 .map_err(|_| Error::bad_field("page_token", "is not a page token of this request"))
         })
         .transpose()
+}
+
+/// A versioned kind as the API serves it: its messages.
+pub trait Resource: Kind {
+    /// The resource message (`pb::Agent`).
+    type Message;
+    /// The version message (`pb::AgentVersion`).
+    type Version;
+    /// The message of `spec` with the resource metadata `meta`.
+    fn message(spec: &Self::Spec, meta: Meta) -> Self::Message;
+    /// The version message of `version`.
+    fn version(version: VersionParts<Self::Message>) -> Self::Version;
+}
+
+/// The metadata every resource message carries.
+#[derive(Debug)]
+pub struct Meta {
+    pub id: String,
+    pub version: i64,
+    pub etag: String,
+    pub create_time: Option<Timestamp>,
+    pub update_time: Option<Timestamp>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+impl Meta {
+    /// The metadata of a stored record.
+    pub fn of<S>(record: &Record<S>) -> Self {
+        Self {
+            id: record.id.clone(),
+            version: record.version,
+            etag: etag(record.version),
+            create_time: Some(timestamp(record.create_time)),
+            update_time: Some(timestamp(record.update_time)),
+            created_by: record.created_by.clone(),
+            updated_by: record.updated_by.clone(),
+        }
+    }
+}
+
+/// The fields every version message has.
+#[derive(Debug)]
+pub struct VersionParts<M> {
+    pub version_number: i64,
+    pub action: i32,
+    pub configuration: M,
+    pub diff: Vec<pb::FieldChange>,
+    pub change_description: String,
+    pub changed_by: String,
+    pub create_time: Option<Timestamp>,
+}
+
+/// [`Resource::version`] for version messages of the common shape.
+macro_rules! version_message {
+    ($version:path) => {
+        fn version(parts: $crate::api::VersionParts<Self::Message>) -> $version {
+            let $crate::api::VersionParts {
+                version_number,
+                action,
+                configuration,
+                diff,
+                change_description,
+                changed_by,
+                create_time,
+            } = parts;
+            $version {
+                version_number,
+                action,
+                configuration: Some(configuration),
+                diff,
+                change_description,
+                changed_by,
+                create_time,
+            }
+        }
+    };
+}
+pub(crate) use version_message;
+
+/// The message of a stored record.
+pub fn message<K: Resource>(record: &Record<K::Spec>) -> K::Message {
+    K::message(&record.spec, Meta::of(record))
+}
+
+/// The version message of version `version` of resource `id` (created as
+/// `resource` says): its configuration carries the metadata the resource
+/// had at that version.
+fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Version, Error> {
+    let spec = K::from_json(&version.configuration)?;
+    let meta = Meta {
+        id: id.to_owned(),
+        version: version.version_number,
+        etag: etag(version.version_number),
+        create_time: Some(timestamp(version.resource_create_time)),
+        update_time: Some(timestamp(version.create_time)),
+        created_by: version.resource_created_by.clone(),
+        updated_by: version.changed_by.clone(),
+    };
+    Ok(K::version(VersionParts {
+        version_number: version.version_number,
+        action: version::action_to_proto(version.action).into(),
+        configuration: K::message(&spec, meta),
+        diff: version.diff_proto(),
+        change_description: version.change_description.clone(),
+        changed_by: version.changed_by.clone(),
+        create_time: Some(timestamp(version.create_time)),
+    }))
+}
+
+/// One page of a listing, as the response messages hold it.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+    pub total_size: i32,
+}
+
+/// The caller and the request's message.
+pub fn parts<T>(request: Request<T>) -> Result<(Caller, T), Error> {
+    Ok((Caller::of(&request)?, request.into_inner()))
+}
+
+/// The handlers every versioned kind shares; each service's handlers only
+/// name their request's fields.
+impl Registry {
+    /// Get: the resource `id` (in field `field`).
+    pub async fn get<K: Resource>(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: &str,
+    ) -> Result<K::Message, Error> {
+        require_id(field, id)?;
+        let record = versioned::get::<K>(&self.db, &caller.tenant, id).await?;
+        Ok(message::<K>(&record))
+    }
+
+    /// List: one page of the caller's resources; `method` scopes the token.
+    pub async fn list<K: Resource>(
+        &self,
+        caller: &Caller,
+        method: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Listed<K::Message>, Error> {
+        let limit = page::size(page_size)?;
+        let scope = page::Scope::new(&[&caller.tenant, method]);
+        let after = scope.resume_after(page_token)?;
+        let page = versioned::list::<K>(&self.db, &caller.tenant, after, limit).await?;
+        Ok(Listed {
+            items: page.items.iter().map(message::<K>).collect(),
+            next_page_token: page
+                .next_after
+                .map(|k| scope.token_after(&k))
+                .unwrap_or_default(),
+            total_size: clamp_total(page.total),
+        })
+    }
+
+    /// ListVersions: one page of resource `id`'s versions, newest first.
+    pub async fn list_versions<K: Resource>(
+        &self,
+        caller: &Caller,
+        (method, field, id): (&str, &str, &str),
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Listed<K::Version>, Error> {
+        require_id(field, id)?;
+        let limit = page::size(page_size)?;
+        let scope = page::Scope::new(&[&caller.tenant, method, id]);
+        let before = version_cursor(scope.resume_after(page_token)?)?;
+        let page =
+            versioned::list_versions::<K>(&self.db, &caller.tenant, id, before, limit).await?;
+        Ok(Listed {
+            items: page
+                .items
+                .iter()
+                .map(|v| version_of::<K>(id, v))
+                .collect::<Result<_, _>>()?,
+            next_page_token: page
+                .next_after
+                .map(|k| scope.token_after(&k))
+                .unwrap_or_default(),
+            total_size: clamp_total(page.total),
+        })
+    }
+
+    /// GetVersion: version `number` of resource `id` (in field `field`).
+    pub async fn get_version<K: Resource>(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: &str,
+        number: i64,
+    ) -> Result<K::Version, Error> {
+        require_id(field, id)?;
+        require_version("version_number", number)?;
+        let version = versioned::get_version::<K>(&self.db, &caller.tenant, id, number).await?;
+        version_of::<K>(id, &version)
+    }
+
+    /// DiffVersions: the changes from version `from` to version `to`.
+    pub async fn diff_versions<K: Resource>(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: &str,
+        (from, to): (i64, i64),
+    ) -> Result<Vec<pb::FieldChange>, Error> {
+        require_id(field, id)?;
+        require_versions(from, to)?;
+        let tenant = &caller.tenant;
+        let from = versioned::get_version::<K>(&self.db, tenant, id, from).await?;
+        let to = versioned::get_version::<K>(&self.db, tenant, id, to).await?;
+        let new = K::from_json(&to.configuration)?;
+        let changes = K::diff(&K::from_json(&from.configuration)?, &new, &to.configuration);
+        Ok(changes.iter().map(version::change_to_proto).collect())
+    }
+
+    /// Delete: resource `id` (in field `field`), when `etag` (if sent) is
+    /// current.
+    pub async fn delete<K: Resource>(
+        &self,
+        kind: &K,
+        caller: &Caller,
+        field: &str,
+        id: &str,
+        etag: &str,
+    ) -> Result<(), Error> {
+        require_id(field, id)?;
+        let expected = parse_etag(etag, "etag")?;
+        versioned::delete(&self.db, kind, &caller.tenant, id, expected).await
+    }
+
+    /// Rollback: resource `id` (in field `field`) back to version `number`.
+    pub async fn rollback<K: Resource>(
+        &self,
+        kind: &K,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        number: i64,
+        (etag, description): (&str, &str),
+    ) -> Result<K::Message, Error> {
+        require_id(field, id)?;
+        require_version("version_number", number)?;
+        let expected = parse_etag(etag, "etag")?;
+        let description = describe(description, || format!("Rolled back to version {number}"))?;
+        let write = Write {
+            caller,
+            action: Action::Rollback,
+            description,
+        };
+        let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+        Ok(message::<K>(&record))
+    }
+}
+
+/// `total_size` is an int32 in the contract.
+pub fn clamp_total(total: i64) -> i32 {
+    i32::try_from(total).unwrap_or(i32::MAX)
 }

@@ -32,6 +32,7 @@ pub mod keys;
 pub mod providers;
 pub mod recent;
 mod sqlite_reads;
+pub mod versioned;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -39,23 +40,24 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    CommonTableExpression, Expr, Query, QueryStatementWriter, SimpleExpr, SqliteQueryBuilder,
-    SubQueryStatement, WithClause,
+    CommonTableExpression, Expr, IntoIden, Query, QueryStatementWriter, SimpleExpr,
+    SqliteQueryBuilder, SubQueryStatement, WithClause,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, ExecResult, IdenStatic, QueryResult, SqlErr, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait,
+    DbErr, EntityTrait, ExecResult, QueryResult, SqlErr, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::model::agent::AgentSpec;
 use crate::model::version::{self, Change};
 use crate::telemetry::RegistryMetrics;
 use group_commit::GroupCommit;
 use proto::v1 as pb;
-use recent::RecentAgents;
+use recent::Recent;
 use sqlite_reads::SqliteReads;
 
 /// How often a write without an etag retries after losing a race.
@@ -132,7 +134,7 @@ pub struct Store {
     pool: DatabaseConnection,
     sqlite_writes: Option<GroupCommit>,
     sqlite_reads: Option<SqliteReads>,
-    recent_agents: Arc<RecentAgents>,
+    recent_agents: Arc<Recent<AgentSpec>>,
 }
 
 impl Store {
@@ -147,7 +149,7 @@ impl Store {
         Self {
             sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone(), group_sizes)),
             sqlite_reads: sqlite.then(|| SqliteReads::new(sqlite_pool())),
-            recent_agents: Arc::new(RecentAgents::new(recent_agents, metrics)),
+            recent_agents: Arc::new(Recent::new("agent", recent_agents, metrics)),
             pool,
         }
     }
@@ -158,7 +160,7 @@ impl Store {
     }
 
     /// The agents this process wrote last.
-    pub fn recent_agents(&self) -> &RecentAgents {
+    pub fn recent_agents(&self) -> &Recent<AgentSpec> {
         &self.recent_agents
     }
 }
@@ -217,7 +219,7 @@ pub async fn write_with_version<V, C, S>(
 ) -> Result<bool, DbErr>
 where
     V: EntityTrait,
-    C: IdenStatic,
+    C: IntoIden,
     S: Into<SubQueryStatement> + QueryStatementWriter,
 {
     let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
@@ -259,7 +261,7 @@ pub async fn insert_row<E, C>(
 ) -> Result<(), DbErr>
 where
     E: EntityTrait,
-    C: IdenStatic,
+    C: IntoIden,
 {
     let (columns, values): (Vec<C>, Vec<SimpleExpr>) = row.into_iter().unzip();
     let mut insert = Query::insert();
@@ -389,6 +391,9 @@ pub struct VersionRecord {
     pub change_description: String,
     pub changed_by: String,
     pub create_time: DateTime<Utc>,
+    /// When the resource was created, and by whom.
+    pub resource_create_time: DateTime<Utc>,
+    pub resource_created_by: String,
 }
 
 impl VersionRecord {

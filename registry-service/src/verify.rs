@@ -10,8 +10,8 @@ use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOr
 
 use crate::error::Error;
 use crate::model::agent::AgentSpec;
+use crate::model::provider::ProviderSpec;
 use crate::store::db_error;
-use crate::store::providers::ProviderRecord;
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,7 @@ pub async fn verify(db: &DatabaseConnection, page: u64) -> Result<(u64, Vec<Find
             .map(|(n, _)| n.as_slice())
             .unwrap_or(&[]);
         check_numbers(&resource, numbers, version, &mut findings);
-        let current = ProviderRecord::from_row(row).map(|r| r.spec);
+        let current = provider_spec(&row);
         if let Some((_, Some(snapshot))) = provider_versions.get(&id) {
             match (
                 current,
@@ -199,4 +199,14 @@ fn sorted(mut history: History) -> History {
         numbers.sort_unstable();
     }
     history
+}
+
+/// The spec a provider row holds (its columns are authoritative; `config`
+/// holds the rest).
+fn provider_spec(row: &provider::Model) -> Result<ProviderSpec, Error> {
+    let mut spec = ProviderSpec::from_json(&row.config)?;
+    spec.name = row.name.clone();
+    spec.is_default = row.is_default;
+    spec.api_key = row.api_key_ciphertext.clone();
+    Ok(spec)
 }

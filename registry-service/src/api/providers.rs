@@ -6,16 +6,46 @@ use proto::v1 as pb;
 use proto::v1::provider_service_server::ProviderService;
 use tonic::{Request, Response, Status};
 
-use super::agents::clamp_total;
-use super::{Registry, mask_paths, require_id, require_version, version_cursor};
+use super::{
+    Listed, Meta, Registry, Resource, mask_paths, message, parts, require_id, require_version,
+};
 use crate::caller::Caller;
 use crate::error::Error;
 use crate::model::provider::{self, ProviderInput, ProviderSpec};
-use crate::model::version::{self, Action};
-use crate::page;
-use crate::store::agents::Write;
-use crate::store::providers::{self as store, ProviderRecord};
-use crate::store::{VersionRecord, describe, describe_as, etag, parse_etag, timestamp};
+use crate::model::version::Action;
+use crate::store::providers::{self as store, Providers};
+use crate::store::versioned::{self, Record, Write};
+use crate::store::{describe, describe_as, parse_etag};
+
+impl Resource for Providers {
+    type Message = pb::Provider;
+    type Version = pb::ProviderVersion;
+
+    /// Never carries the key.
+    fn message(spec: &ProviderSpec, meta: Meta) -> pb::Provider {
+        let Meta {
+            id,
+            version,
+            etag,
+            create_time,
+            update_time,
+            created_by,
+            updated_by,
+        } = meta;
+        pb::Provider {
+            id,
+            version,
+            etag,
+            create_time,
+            update_time,
+            created_by,
+            updated_by,
+            ..spec.to_proto()
+        }
+    }
+
+    super::version_message!(pb::ProviderVersion);
+}
 
 impl Registry {
     /// The spec to store: `input.spec` with the new key encrypted (bound to
@@ -48,8 +78,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::CreateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let (caller, request) = parts(request)?;
         let input = request
             .provider
             .as_ref()
@@ -67,8 +96,9 @@ impl ProviderService for Registry {
             action: Action::Create,
             description,
         };
-        let record = store::create(&self.db, write, id, spec).await?;
-        Ok(Response::new(provider_proto(&record)))
+        let kind = Providers::default();
+        let record = versioned::create(&self.db, &kind, write, id, spec).await?;
+        Ok(Response::new(message::<Providers>(&record)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -76,11 +106,9 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::GetProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request)?;
-        let id = &request.get_ref().id;
-        require_id("id", id)?;
-        let record = store::get(&self.db, &caller.tenant, id).await?;
-        Ok(Response::new(provider_proto(&record)))
+        let (caller, request) = parts(request)?;
+        let provider = self.get::<Providers>(&caller, "id", &request.id).await?;
+        Ok(Response::new(provider))
     }
 
     #[tracing::instrument(skip_all)]
@@ -88,19 +116,23 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::ListProvidersRequest>,
     ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        let limit = page::size(request.page_size)?;
-        let scope = page::Scope::new(&[&caller.tenant, "ListProviders"]);
-        let after = scope.resume_after(&request.page_token)?;
-        let page = store::list(&self.db, &caller.tenant, after, limit).await?;
+        let (caller, request) = parts(request)?;
+        let Listed {
+            items: providers,
+            next_page_token,
+            total_size,
+        } = self
+            .list::<Providers>(
+                &caller,
+                "ListProviders",
+                request.page_size,
+                &request.page_token,
+            )
+            .await?;
         Ok(Response::new(pb::ListProvidersResponse {
-            providers: page.items.iter().map(provider_proto).collect(),
-            next_page_token: page
-                .next_after
-                .map(|k| scope.token_after(&k))
-                .unwrap_or_default(),
-            total_size: clamp_total(page.total),
+            providers,
+            next_page_token,
+            total_size,
         }))
     }
 
@@ -109,8 +141,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let (caller, request) = parts(request)?;
         let input = request
             .provider
             .ok_or_else(|| Error::bad_field("provider", "is required"))?;
@@ -148,25 +179,20 @@ impl ProviderService for Registry {
             action: Action::Update,
             description,
         };
-        let revoke_replaced = request.revoke_replaced_key;
-        let record = store::update(
-            &self.db,
-            write,
-            &input.id,
-            expected,
-            revoke_replaced,
-            |current| {
-                let mut spec = apply(&current.spec, &input, paths.as_deref())?.spec;
-                // A new key is numbered by the store as it is written.
-                (spec.api_key, spec.api_key_revision) = match &sealed_key {
-                    Some(key) => (key.clone(), None),
-                    None => (current.spec.api_key.clone(), current.spec.api_key_revision),
-                };
-                Ok(spec)
-            },
-        )
-        .await?;
-        Ok(Response::new(provider_proto(&record)))
+        let kind = Providers {
+            revoke_replaced: request.revoke_replaced_key,
+        };
+        let change = |current: &Record<ProviderSpec>| {
+            let mut spec = apply(&current.spec, &input, paths.as_deref())?.spec;
+            // A new key is numbered by the store as it is written.
+            (spec.api_key, spec.api_key_revision) = match &sealed_key {
+                Some(key) => (key.clone(), None),
+                None => (current.spec.api_key.clone(), current.spec.api_key_revision),
+            };
+            Ok(spec)
+        };
+        let record = versioned::update(&self.db, &kind, write, &input.id, expected, change).await?;
+        Ok(Response::new(message::<Providers>(&record)))
     }
 
     #[tracing::instrument(skip_all)]
@@ -174,11 +200,10 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::DeleteProviderRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        require_id("provider_id", &request.provider_id)?;
-        let expected = parse_etag(&request.etag, "etag")?;
-        store::delete(&self.db, &caller.tenant, &request.provider_id, expected).await?;
+        let (caller, request) = parts(request)?;
+        let (id, etag) = (&request.provider_id, &request.etag);
+        let kind = Providers::default();
+        self.delete(&kind, &caller, "provider_id", id, etag).await?;
         Ok(Response::new(()))
     }
 
@@ -187,33 +212,23 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::ListProviderVersionsRequest>,
     ) -> Result<Response<pb::ListProviderVersionsResponse>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        require_id("provider_id", &request.provider_id)?;
-        let limit = page::size(request.page_size)?;
-        let scope =
-            page::Scope::new(&[&caller.tenant, "ListProviderVersions", &request.provider_id]);
-        let before = version_cursor(scope.resume_after(&request.page_token)?)?;
-        let page = store::list_versions(
-            &self.db,
-            &caller.tenant,
-            &request.provider_id,
-            before,
-            limit,
-        )
-        .await?;
-        let versions = page
-            .items
-            .iter()
-            .map(|v| version_proto(&request.provider_id, v))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (caller, request) = parts(request)?;
+        let of = (
+            "ListProviderVersions",
+            "provider_id",
+            request.provider_id.as_str(),
+        );
+        let Listed {
+            items: versions,
+            next_page_token,
+            total_size,
+        } = self
+            .list_versions::<Providers>(&caller, of, request.page_size, &request.page_token)
+            .await?;
         Ok(Response::new(pb::ListProviderVersionsResponse {
             versions,
-            next_page_token: page
-                .next_after
-                .map(|k| scope.token_after(&k))
-                .unwrap_or_default(),
-            total_size: clamp_total(page.total),
+            next_page_token,
+            total_size,
         }))
     }
 
@@ -222,21 +237,12 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::GetProviderVersionRequest>,
     ) -> Result<Response<pb::ProviderVersion>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        require_id("provider_id", &request.provider_id)?;
-        require_version("version_number", request.version_number)?;
-        let version = store::get_version(
-            &self.db,
-            &caller.tenant,
-            &request.provider_id,
-            request.version_number,
-        )
-        .await?;
-        Ok(Response::new(version_proto(
-            &request.provider_id,
-            &version,
-        )?))
+        let (caller, request) = parts(request)?;
+        let id = &request.provider_id;
+        Ok(Response::new(
+            self.get_version::<Providers>(&caller, "provider_id", id, request.version_number)
+                .await?,
+        ))
     }
 
     #[tracing::instrument(skip_all)]
@@ -244,71 +250,34 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::DiffProviderVersionsRequest>,
     ) -> Result<Response<pb::DiffProviderVersionsResponse>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        require_id("provider_id", &request.provider_id)?;
-        super::require_versions(request.from_version, request.to_version)?;
-        let from = store::get_version(
-            &self.db,
-            &caller.tenant,
-            &request.provider_id,
-            request.from_version,
-        )
-        .await?;
-        let to = store::get_version(
-            &self.db,
-            &caller.tenant,
-            &request.provider_id,
-            request.to_version,
-        )
-        .await?;
-        let changes = ProviderSpec::diff(
-            &ProviderSpec::from_json(&from.configuration)?,
-            &ProviderSpec::from_json(&to.configuration)?,
-        );
+        let (caller, request) = parts(request)?;
+        let id = &request.provider_id;
+        let range = (request.from_version, request.to_version);
         Ok(Response::new(pb::DiffProviderVersionsResponse {
-            changes: changes.iter().map(version::change_to_proto).collect(),
+            changes: self
+                .diff_versions::<Providers>(&caller, "provider_id", id, range)
+                .await?,
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(provider_id))]
+    #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider_id))]
     async fn rollback_provider(
         &self,
         request: Request<pb::RollbackProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
-        require_id("provider_id", &request.provider_id)?;
-        require_version("version_number", request.version_number)?;
-        tracing::Span::current().record("provider_id", &request.provider_id);
-        let expected = parse_etag(&request.etag, "etag")?;
-        let target = store::get_version(
-            &self.db,
-            &caller.tenant,
-            &request.provider_id,
-            request.version_number,
-        )
-        .await?;
-        let snapshot = ProviderSpec::from_json(&target.configuration)?;
+        let (caller, request) = parts(request)?;
+        let kind = Providers::default();
         let number = request.version_number;
-        let description = describe(&request.change_description, || {
-            format!("Rolled back to version {number}")
-        })?;
-        let write = Write {
-            caller: &caller,
-            action: Action::Rollback,
-            description,
-        };
-        let record = store::update(
-            &self.db,
-            write,
-            &request.provider_id,
-            expected,
-            false,
-            |_| Ok(snapshot.clone()),
-        )
-        .await?;
-        Ok(Response::new(provider_proto(&record)))
+        let provider = self
+            .rollback(
+                &kind,
+                &caller,
+                ("provider_id", &request.provider_id),
+                number,
+                (&request.etag, &request.change_description),
+            )
+            .await?;
+        Ok(Response::new(provider))
     }
 
     #[tracing::instrument(skip_all, fields(provider_id, revision))]
@@ -316,8 +285,7 @@ impl ProviderService for Registry {
         &self,
         request: Request<pb::RevokeProviderKeyRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
-        let caller = Caller::of(&request)?;
-        let request = request.into_inner();
+        let (caller, request) = parts(request)?;
         require_id("provider_id", &request.provider_id)?;
         require_version("revision", request.revision)?;
         let span = tracing::Span::current();
@@ -333,7 +301,7 @@ impl ProviderService for Registry {
             description,
         };
         let record = store::revoke_key(&self.db, write, &request.provider_id, revision).await?;
-        Ok(Response::new(provider_proto(&record)))
+        Ok(Response::new(message::<Providers>(&record)))
     }
 }
 
@@ -363,39 +331,4 @@ fn apply(
         ));
     }
     Ok(updated)
-}
-
-/// The response form of a stored provider; never carries the key.
-pub fn provider_proto(record: &ProviderRecord) -> pb::Provider {
-    pb::Provider {
-        id: record.id.clone(),
-        version: record.version,
-        etag: etag(record.version),
-        create_time: Some(timestamp(record.create_time)),
-        update_time: Some(timestamp(record.update_time)),
-        created_by: record.created_by.clone(),
-        updated_by: record.updated_by.clone(),
-        ..record.spec.to_proto()
-    }
-}
-
-fn version_proto(provider_id: &str, version: &VersionRecord) -> Result<pb::ProviderVersion, Error> {
-    let spec = ProviderSpec::from_json(&version.configuration)?;
-    let configuration = pb::Provider {
-        id: provider_id.to_owned(),
-        version: version.version_number,
-        etag: etag(version.version_number),
-        update_time: Some(timestamp(version.create_time)),
-        updated_by: version.changed_by.clone(),
-        ..spec.to_proto()
-    };
-    Ok(pb::ProviderVersion {
-        version_number: version.version_number,
-        action: version::action_to_proto(version.action).into(),
-        configuration: Some(configuration),
-        diff: version.diff_proto(),
-        change_description: version.change_description.clone(),
-        changed_by: version.changed_by.clone(),
-        create_time: Some(timestamp(version.create_time)),
-    })
 }
