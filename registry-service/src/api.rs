@@ -187,10 +187,37 @@ pub struct VersionParts<M> {
     pub create_time: Option<Timestamp>,
 }
 
-/// [`Resource::version`] for version messages of the common shape.
-macro_rules! version_message {
-    ($version:path) => {
-        fn version(parts: $crate::api::VersionParts<Self::Message>) -> $version {
+/// The [`Resource`] messages of a kind whose messages have the common
+/// shape: the resource message is the spec's message with [`Meta`]'s
+/// fields, the version message holds [`VersionParts`].
+macro_rules! resource_messages {
+    ($message:path, $version:path) => {
+        type Message = $message;
+        type Version = $version;
+
+        fn message(spec: &Self::Spec, meta: $crate::api::Meta) -> $message {
+            let $crate::api::Meta {
+                id,
+                version,
+                etag,
+                create_time,
+                update_time,
+                created_by,
+                updated_by,
+            } = meta;
+            $message {
+                id,
+                version,
+                etag,
+                create_time,
+                update_time,
+                created_by,
+                updated_by,
+                ..spec.to_proto()
+            }
+        }
+
+        fn version(parts: $crate::api::VersionParts<$message>) -> $version {
             let $crate::api::VersionParts {
                 version_number,
                 action,
@@ -212,7 +239,7 @@ macro_rules! version_message {
         }
     };
 }
-pub(crate) use version_message;
+pub(crate) use resource_messages;
 
 /// The message of a stored record.
 pub fn message<K: Resource>(record: &Record<K::Spec>) -> K::Message {
@@ -250,6 +277,170 @@ pub struct Listed<T> {
     pub items: Vec<T>,
     pub next_page_token: String,
     pub total_size: i32,
+}
+
+/// A versioned kind's gRPC service: the handlers every kind has (get,
+/// list, delete, list versions, get a version, diff two, roll back) come
+/// from the generic methods of [`Registry`] below; the kind lists its
+/// request types, the field that names the resource in its version
+/// requests (`$of`) and in its delete request (`$del`), and writes its
+/// own handlers (create, update, …) in `$own`.
+macro_rules! versioned_service {
+    (
+        $service:ident for $K:ty = $kind:expr; versions of $of:ident; delete by $del:ident;
+        $get:ident($get_req:ident);
+        $list:ident($list_req:ident, $list_scope:literal) -> $list_res:ident { $items:ident };
+        $delete:ident($delete_req:ident);
+        $lv:ident($lv_req:ident, $lv_scope:literal) -> $lv_res:ident;
+        $gv:ident($gv_req:ident);
+        $diff:ident($diff_req:ident) -> $diff_res:ident;
+        $rollback:ident($rollback_req:ident);
+        $($own:tt)*
+    ) => {
+        #[tonic::async_trait]
+        impl $service for Registry {
+            #[tracing::instrument(skip_all)]
+            async fn $get(
+                &self,
+                request: Request<pb::$get_req>,
+            ) -> Result<Response<<$K as Resource>::Message>, Status> {
+                let (caller, request) = parts(request)?;
+                Ok(Response::new(self.get::<$K>(&caller, "id", &request.id).await?))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $list(
+                &self,
+                request: Request<pb::$list_req>,
+            ) -> Result<Response<pb::$list_res>, Status> {
+                let (caller, request) = parts(request)?;
+                let (size, token) = (request.page_size, &request.page_token);
+                let page = self.list::<$K>(&caller, $list_scope, size, token).await?;
+                Ok(Response::new(pb::$list_res {
+                    $items: page.items,
+                    next_page_token: page.next_page_token,
+                    total_size: page.total_size,
+                }))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $delete(
+                &self,
+                request: Request<pb::$delete_req>,
+            ) -> Result<Response<()>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($del), request.$del.as_str());
+                self.delete(&$kind, &caller, id, &request.etag).await?;
+                Ok(Response::new(()))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $lv(
+                &self,
+                request: Request<pb::$lv_req>,
+            ) -> Result<Response<pb::$lv_res>, Status> {
+                let (caller, request) = parts(request)?;
+                let of = ($lv_scope, stringify!($of), request.$of.as_str());
+                let (size, token) = (request.page_size, &request.page_token);
+                let page = self.list_versions::<$K>(&caller, of, size, token).await?;
+                Ok(Response::new(pb::$lv_res {
+                    versions: page.items,
+                    next_page_token: page.next_page_token,
+                    total_size: page.total_size,
+                }))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $gv(
+                &self,
+                request: Request<pb::$gv_req>,
+            ) -> Result<Response<<$K as Resource>::Version>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                let version = self.get_version::<$K>(&caller, id, request.version_number);
+                Ok(Response::new(version.await?))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $diff(
+                &self,
+                request: Request<pb::$diff_req>,
+            ) -> Result<Response<pb::$diff_res>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                let range = (request.from_version, request.to_version);
+                let changes = self.diff_versions::<$K>(&caller, id, range).await?;
+                Ok(Response::new(pb::$diff_res { changes }))
+            }
+
+            #[tracing::instrument(skip_all, fields(id = %request.get_ref().$of))]
+            async fn $rollback(
+                &self,
+                request: Request<pb::$rollback_req>,
+            ) -> Result<Response<<$K as Resource>::Message>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                let how = (request.etag.as_str(), request.change_description.as_str());
+                let (kind, number) = ($kind, request.version_number);
+                let rolled_back = self.rollback(&kind, &caller, id, number, how);
+                Ok(Response::new(rolled_back.await?))
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(crate) use versioned_service;
+
+/// The resource message a create or update request must carry.
+pub fn required<T>(field: &str, message: Option<T>) -> Result<T, Error> {
+    message.ok_or_else(|| Error::bad_field(field, "is required"))
+}
+
+/// Who writes and why: the given description, or `default`.
+pub fn writer<'a>(
+    caller: &'a Caller,
+    action: Action,
+    (given, default): (&str, &str),
+) -> Result<Write<'a>, Error> {
+    let description = describe(given, || default.to_owned())?;
+    Ok(Write {
+        caller,
+        action,
+        description,
+    })
+}
+
+/// What every update request carries besides the new values, checked in
+/// this order: the id and etag of `<field>`, its item counts (`counts`)
+/// and update mask (`mask`, both reported together), the description.
+#[derive(Debug)]
+pub struct UpdateParts<'a> {
+    pub write: Write<'a>,
+    pub expected: Option<i64>,
+    /// `None`: a full replace.
+    pub paths: Option<Vec<String>>,
+}
+
+impl<'a> UpdateParts<'a> {
+    pub fn check(
+        caller: &'a Caller,
+        field: &str,
+        (id, etag): (&str, &str),
+        counts: Result<(), Error>,
+        mask: Result<Option<Vec<String>>, Error>,
+        description: (&str, &str),
+    ) -> Result<Self, Error> {
+        require_id(&format!("{field}.id"), id)?;
+        let expected = parse_etag(etag, &format!("{field}.etag"))?;
+        let paths = Error::both(counts, mask)?;
+        let write = writer(caller, Action::Update, description)?;
+        Ok(Self {
+            write,
+            expected,
+            paths,
+        })
+    }
 }
 
 /// The caller and the request's message.
@@ -326,8 +517,7 @@ impl Registry {
     pub async fn get_version<K: Resource>(
         &self,
         caller: &Caller,
-        field: &str,
-        id: &str,
+        (field, id): (&str, &str),
         number: i64,
     ) -> Result<K::Version, Error> {
         require_id(field, id)?;
@@ -340,8 +530,7 @@ impl Registry {
     pub async fn diff_versions<K: Resource>(
         &self,
         caller: &Caller,
-        field: &str,
-        id: &str,
+        (field, id): (&str, &str),
         (from, to): (i64, i64),
     ) -> Result<Vec<pb::FieldChange>, Error> {
         require_id(field, id)?;
@@ -360,8 +549,7 @@ impl Registry {
         &self,
         kind: &K,
         caller: &Caller,
-        field: &str,
-        id: &str,
+        (field, id): (&str, &str),
         etag: &str,
     ) -> Result<(), Error> {
         require_id(field, id)?;

@@ -7,44 +7,19 @@ use proto::v1::provider_service_server::ProviderService;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Listed, Meta, Registry, Resource, mask_paths, message, parts, require_id, require_version,
+    Registry, Resource, UpdateParts, mask_paths, message, parts, require_id, require_version,
+    required, writer,
 };
 use crate::caller::Caller;
 use crate::error::Error;
 use crate::model::provider::{self, ProviderInput, ProviderSpec};
 use crate::model::version::Action;
+use crate::store::describe_as;
 use crate::store::providers::{self as store, Providers};
 use crate::store::versioned::{self, Record, Write};
-use crate::store::{describe, describe_as, parse_etag};
 
 impl Resource for Providers {
-    type Message = pb::Provider;
-    type Version = pb::ProviderVersion;
-
-    /// Never carries the key.
-    fn message(spec: &ProviderSpec, meta: Meta) -> pb::Provider {
-        let Meta {
-            id,
-            version,
-            etag,
-            create_time,
-            update_time,
-            created_by,
-            updated_by,
-        } = meta;
-        pb::Provider {
-            id,
-            version,
-            etag,
-            create_time,
-            update_time,
-            created_by,
-            updated_by,
-            ..spec.to_proto()
-        }
-    }
-
-    super::version_message!(pb::ProviderVersion);
+    super::resource_messages!(pb::Provider, pb::ProviderVersion);
 }
 
 impl Registry {
@@ -71,94 +46,58 @@ impl Registry {
     }
 }
 
-#[tonic::async_trait]
-impl ProviderService for Registry {
+super::versioned_service! {
+    ProviderService for Providers = Providers::default();
+    versions of provider_id; delete by provider_id;
+    get_provider(GetProviderRequest);
+    list_providers(ListProvidersRequest, "ListProviders") -> ListProvidersResponse { providers };
+    delete_provider(DeleteProviderRequest);
+    list_provider_versions(ListProviderVersionsRequest, "ListProviderVersions")
+        -> ListProviderVersionsResponse;
+    get_provider_version(GetProviderVersionRequest);
+    diff_provider_versions(DiffProviderVersionsRequest) -> DiffProviderVersionsResponse;
+    rollback_provider(RollbackProviderRequest);
+
     #[tracing::instrument(skip_all, fields(provider_id))]
     async fn create_provider(
         &self,
         request: Request<pb::CreateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
-        let input = request
-            .provider
-            .as_ref()
-            .ok_or_else(|| Error::bad_field("provider", "is required"))?;
+        let input = required("provider", request.provider.as_ref())?;
         provider::check_counts(input)?;
         let input = ProviderSpec::from_proto(input)?;
-        let description = describe(&request.change_description, || {
-            "Provider created".to_owned()
-        })?;
+        let description = (request.change_description.as_str(), "Provider created");
+        let write = writer(&caller, Action::Create, description)?;
         let id = uuid::Uuid::now_v7().to_string();
         tracing::Span::current().record("provider_id", &id);
         let spec = self.seal_key(&caller, &id, input, None).await?;
-        let write = Write {
-            caller: &caller,
-            action: Action::Create,
-            description,
-        };
         let kind = Providers::default();
         let record = versioned::create(&self.db, &kind, write, id, spec).await?;
         Ok(Response::new(message::<Providers>(&record)))
     }
 
-    #[tracing::instrument(skip_all)]
-    async fn get_provider(
-        &self,
-        request: Request<pb::GetProviderRequest>,
-    ) -> Result<Response<pb::Provider>, Status> {
-        let (caller, request) = parts(request)?;
-        let provider = self.get::<Providers>(&caller, "id", &request.id).await?;
-        Ok(Response::new(provider))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn list_providers(
-        &self,
-        request: Request<pb::ListProvidersRequest>,
-    ) -> Result<Response<pb::ListProvidersResponse>, Status> {
-        let (caller, request) = parts(request)?;
-        let Listed {
-            items: providers,
-            next_page_token,
-            total_size,
-        } = self
-            .list::<Providers>(
-                &caller,
-                "ListProviders",
-                request.page_size,
-                &request.page_token,
-            )
-            .await?;
-        Ok(Response::new(pb::ListProvidersResponse {
-            providers,
-            next_page_token,
-            total_size,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(provider_id))]
+    #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider.as_ref().map_or("", |p| &p.id)))]
     async fn update_provider(
         &self,
         request: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
-        let input = request
-            .provider
-            .ok_or_else(|| Error::bad_field("provider", "is required"))?;
-        require_id("provider.id", &input.id)?;
-        tracing::Span::current().record("provider_id", &input.id);
-        let expected = parse_etag(&input.etag, "provider.etag")?;
-        let paths = Error::both(
+        let input = required("provider", request.provider)?;
+        let fields_set = || ProviderSpec::fields_set(&input);
+        let mask = mask_paths(request.update_mask.as_ref(), fields_set, provider::is_mask_path);
+        let UpdateParts {
+            write,
+            expected,
+            paths,
+        } = UpdateParts::check(
+            &caller,
+            "provider",
+            (&input.id, &input.etag),
             provider::check_counts(&input),
-            mask_paths(
-                request.update_mask.as_ref(),
-                || ProviderSpec::fields_set(&input),
-                provider::is_mask_path,
-            ),
+            mask,
+            (&request.change_description, "Provider updated"),
         )?;
-        let description = describe(&request.change_description, || {
-            "Provider updated".to_owned()
-        })?;
 
         // Validate against the current row first, so a bad request never
         // reaches crypto-service; encrypt a new key once, outside the
@@ -174,11 +113,6 @@ impl ProviderService for Registry {
             Some(_) => Some(None),
             None => None,
         };
-        let write = Write {
-            caller: &caller,
-            action: Action::Update,
-            description,
-        };
         let kind = Providers {
             revoke_replaced: request.revoke_replaced_key,
         };
@@ -193,91 +127,6 @@ impl ProviderService for Registry {
         };
         let record = versioned::update(&self.db, &kind, write, &input.id, expected, change).await?;
         Ok(Response::new(message::<Providers>(&record)))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn delete_provider(
-        &self,
-        request: Request<pb::DeleteProviderRequest>,
-    ) -> Result<Response<()>, Status> {
-        let (caller, request) = parts(request)?;
-        let (id, etag) = (&request.provider_id, &request.etag);
-        let kind = Providers::default();
-        self.delete(&kind, &caller, "provider_id", id, etag).await?;
-        Ok(Response::new(()))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn list_provider_versions(
-        &self,
-        request: Request<pb::ListProviderVersionsRequest>,
-    ) -> Result<Response<pb::ListProviderVersionsResponse>, Status> {
-        let (caller, request) = parts(request)?;
-        let of = (
-            "ListProviderVersions",
-            "provider_id",
-            request.provider_id.as_str(),
-        );
-        let Listed {
-            items: versions,
-            next_page_token,
-            total_size,
-        } = self
-            .list_versions::<Providers>(&caller, of, request.page_size, &request.page_token)
-            .await?;
-        Ok(Response::new(pb::ListProviderVersionsResponse {
-            versions,
-            next_page_token,
-            total_size,
-        }))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn get_provider_version(
-        &self,
-        request: Request<pb::GetProviderVersionRequest>,
-    ) -> Result<Response<pb::ProviderVersion>, Status> {
-        let (caller, request) = parts(request)?;
-        let id = &request.provider_id;
-        Ok(Response::new(
-            self.get_version::<Providers>(&caller, "provider_id", id, request.version_number)
-                .await?,
-        ))
-    }
-
-    #[tracing::instrument(skip_all)]
-    async fn diff_provider_versions(
-        &self,
-        request: Request<pb::DiffProviderVersionsRequest>,
-    ) -> Result<Response<pb::DiffProviderVersionsResponse>, Status> {
-        let (caller, request) = parts(request)?;
-        let id = &request.provider_id;
-        let range = (request.from_version, request.to_version);
-        Ok(Response::new(pb::DiffProviderVersionsResponse {
-            changes: self
-                .diff_versions::<Providers>(&caller, "provider_id", id, range)
-                .await?,
-        }))
-    }
-
-    #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider_id))]
-    async fn rollback_provider(
-        &self,
-        request: Request<pb::RollbackProviderRequest>,
-    ) -> Result<Response<pb::Provider>, Status> {
-        let (caller, request) = parts(request)?;
-        let kind = Providers::default();
-        let number = request.version_number;
-        let provider = self
-            .rollback(
-                &kind,
-                &caller,
-                ("provider_id", &request.provider_id),
-                number,
-                (&request.etag, &request.change_description),
-            )
-            .await?;
-        Ok(Response::new(provider))
     }
 
     #[tracing::instrument(skip_all, fields(provider_id, revision))]
