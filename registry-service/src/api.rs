@@ -13,6 +13,7 @@ use tonic::Request;
 use crate::caller::Caller;
 use crate::crypto::Crypto;
 use crate::error::Error;
+use crate::model::Snapshot;
 use crate::model::version::{self, Action};
 use crate::page;
 use crate::store::versioned::{self, Kind, Record, Write};
@@ -250,7 +251,7 @@ pub fn message<K: Resource>(record: &Record<K::Spec>) -> K::Message {
 /// `resource` says): its configuration carries the metadata the resource
 /// had at that version.
 fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Version, Error> {
-    let spec = K::from_json(&version.configuration)?;
+    let spec = K::Spec::from_json(&version.configuration)?;
     let meta = Meta {
         id: id.to_owned(),
         version: version.version_number,
@@ -538,8 +539,12 @@ impl Registry {
         let tenant = &caller.tenant;
         let from = versioned::get_version::<K>(&self.db, tenant, id, from).await?;
         let to = versioned::get_version::<K>(&self.db, tenant, id, to).await?;
-        let new = K::from_json(&to.configuration)?;
-        let changes = K::diff(&K::from_json(&from.configuration)?, &new, &to.configuration);
+        let new = K::Spec::from_json(&to.configuration)?;
+        let changes = K::diff(
+            &K::Spec::from_json(&from.configuration)?,
+            &new,
+            &to.configuration,
+        );
         Ok(changes.iter().map(version::change_to_proto).collect())
     }
 

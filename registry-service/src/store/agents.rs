@@ -8,15 +8,14 @@ use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     PaginatorTrait, QueryFilter, QueryResult,
 };
-use serde_json::Value;
 
 use super::providers::{ProviderRecord, Providers};
 use super::recent::Recent;
-use super::versioned::{self, Clash, Kind, Read, Record, Write};
+use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
 use super::{Store, db_error, foreign_key_violation, unique_violation, val};
 use crate::error::Error;
+use crate::model::Snapshot;
 use crate::model::agent::AgentSpec;
-use crate::model::version::{self, Change};
 
 /// An agent as stored now.
 pub type AgentRecord = Record<AgentSpec>;
@@ -30,26 +29,7 @@ impl Kind for Agents {
     type Entity = agent::Entity;
     type Versions = agent_version::Entity;
 
-    const NAME: &'static str = "agent";
-    const VERSION_NAME: &'static str = "agent version";
-    const OWNER: &'static str = "agent_id";
-
-    fn read_spec(row: &QueryResult, prefix: &str) -> Result<AgentSpec, DbErr> {
-        let config: Value = row.try_get(prefix, "config")?;
-        AgentSpec::from_json(&config).map_err(|e| DbErr::Type(e.to_string()))
-    }
-
-    fn to_json(spec: &AgentSpec) -> Value {
-        spec.to_json()
-    }
-
-    fn from_json(snapshot: &Value) -> Result<AgentSpec, Error> {
-        AgentSpec::from_json(snapshot)
-    }
-
-    fn diff(old: &AgentSpec, _new: &AgentSpec, new_json: &Value) -> Vec<Change> {
-        version::diff(&old.to_json(), new_json)
-    }
+    const NAMES: Names = Names::new("agent", "agent version", "agent_id");
 
     /// `config` holds the whole snapshot (bound once for both rows).
     fn columns(

@@ -15,12 +15,13 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use super::versioned::{self, Clash, Kind, Read, Record, Write};
+use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
 use super::{
     MAX_WRITE_ATTEMPTS, Store, begin_write, db_error, foreign_key_violation, insert_row, json_val,
     unique_violation, val,
 };
 use crate::error::Error;
+use crate::model::Snapshot;
 use crate::model::provider::ProviderSpec;
 use crate::model::version::{Action, Change};
 
@@ -39,26 +40,18 @@ impl Kind for Providers {
     type Entity = provider::Entity;
     type Versions = provider_version::Entity;
 
-    const NAME: &'static str = "provider";
-    const VERSION_NAME: &'static str = "provider version";
-    const OWNER: &'static str = "provider_id";
+    const NAMES: Names = Names::new("provider", "provider version", "provider_id");
 
     /// The row's columns are authoritative; `config` holds the rest.
-    fn read_spec(row: &QueryResult, prefix: &str) -> Result<ProviderSpec, DbErr> {
-        let config: Value = row.try_get(prefix, "config")?;
-        let mut spec = ProviderSpec::from_json(&config).map_err(|e| DbErr::Type(e.to_string()))?;
+    fn read_spec(
+        mut spec: ProviderSpec,
+        row: &QueryResult,
+        prefix: &str,
+    ) -> Result<ProviderSpec, DbErr> {
         spec.name = row.try_get(prefix, "name")?;
         spec.is_default = row.try_get(prefix, "is_default")?;
         spec.api_key = row.try_get(prefix, "api_key_ciphertext")?;
         Ok(spec)
-    }
-
-    fn to_json(spec: &ProviderSpec) -> Value {
-        spec.to_json()
-    }
-
-    fn from_json(snapshot: &Value) -> Result<ProviderSpec, Error> {
-        ProviderSpec::from_json(snapshot)
     }
 
     fn diff(old: &ProviderSpec, new: &ProviderSpec, _new_json: &Value) -> Vec<Change> {
@@ -401,7 +394,7 @@ async fn take_default(
     let backend = txn.get_database_backend();
     let changes = ProviderSpec::diff(&previous.spec, &spec);
     let row = versioned::version_row(
-        Providers::OWNER,
+        Providers::NAMES.owner,
         &handover,
         &previous.id,
         next,

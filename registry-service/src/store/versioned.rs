@@ -38,6 +38,7 @@ use super::{
 };
 use crate::caller::Caller;
 use crate::error::Error;
+use crate::model::Snapshot;
 use crate::model::version::{self, Action, Change};
 
 /// A resource as stored now.
@@ -60,6 +61,28 @@ pub struct Write<'a> {
     pub description: String,
 }
 
+/// How a kind is named.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    /// In errors (`"agent"`).
+    pub kind: &'static str,
+    /// One of its versions in errors (`"agent version"`).
+    pub version: &'static str,
+    /// The version table's column naming the resource (`"agent_id"`).
+    pub owner: &'static str,
+}
+
+impl Names {
+    /// The names `kind`, `version` and `owner`.
+    pub const fn new(kind: &'static str, version: &'static str, owner: &'static str) -> Self {
+        Self {
+            kind,
+            version,
+            owner,
+        }
+    }
+}
+
 /// What a failed write statement means.
 #[derive(Debug)]
 pub enum Clash {
@@ -73,28 +96,29 @@ pub enum Clash {
 /// need beyond the row and the version row.
 pub trait Kind: Sync {
     /// The validated configuration a version snapshot holds.
-    type Spec: Clone + PartialEq + Send + Sync + 'static;
+    type Spec: Snapshot + Clone + PartialEq + Send + Sync + 'static;
     /// The table of current rows.
     type Entity: EntityTrait<Model: Send + Sync> + Related<Self::Versions>;
     /// The table of version rows.
     type Versions: EntityTrait + Related<Self::Entity>;
 
-    /// The kind's name in errors (`"agent"`).
-    const NAME: &'static str;
-    /// The name of one of its versions in errors (`"agent version"`).
-    const VERSION_NAME: &'static str;
-    /// The version table's column naming the resource (`"agent_id"`).
-    const OWNER: &'static str;
+    /// How errors and the version table name the kind.
+    const NAMES: Names;
 
-    /// The spec stored in a row: its own columns, read by name (with
+    /// The spec stored in a row: `config` as read from its `config`
+    /// column, completed from the kind's other columns (read by name, with
     /// `prefix`, as a joined select names them).
-    fn read_spec(row: &QueryResult, prefix: &str) -> Result<Self::Spec, DbErr>;
-    /// The snapshot a version row keeps.
-    fn to_json(spec: &Self::Spec) -> Value;
-    /// Reads a snapshot.
-    fn from_json(snapshot: &Value) -> Result<Self::Spec, Error>;
+    fn read_spec(
+        config: Self::Spec,
+        _row: &QueryResult,
+        _prefix: &str,
+    ) -> Result<Self::Spec, DbErr> {
+        Ok(config)
+    }
     /// The changes from `old` to `new` (`new_json` is `new` as a snapshot).
-    fn diff(old: &Self::Spec, new: &Self::Spec, new_json: &Value) -> Vec<Change>;
+    fn diff(old: &Self::Spec, _new: &Self::Spec, new_json: &Value) -> Vec<Change> {
+        version::diff(&old.to_json(), new_json)
+    }
     /// The kind's own columns for `spec`; `snapshot` is the bound snapshot.
     fn columns(
         spec: &Self::Spec,
@@ -168,8 +192,10 @@ where
 
 impl<K: Kind> FromQueryResult for Read<K> {
     fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let config: Value = row.try_get(pre, "config")?;
+        let config = K::Spec::from_json(&config).map_err(|e| DbErr::Type(e.to_string()))?;
         Ok(Self(Record {
-            spec: K::read_spec(row, pre)?,
+            spec: K::read_spec(config, row, pre)?,
             id: row.try_get(pre, "id")?,
             version: row.try_get(pre, "version")?,
             create_time: row.try_get(pre, "create_time")?,
@@ -186,7 +212,7 @@ pub fn col<K: Kind>(name: &'static str) -> Expr {
 }
 
 /// A column of the kind's version table, named with its table.
-fn vcol<K: Kind>(name: &'static str) -> Expr {
+pub fn vcol<K: Kind>(name: &'static str) -> Expr {
     Expr::col((K::Versions::default(), Alias::new(name)))
 }
 
@@ -281,7 +307,7 @@ fn versions_of<K: Kind>(tenant: &str, id: &str) -> sea_orm::Select<K::Versions> 
         .column_as(col::<K>("create_time"), "resource_create_time")
         .column_as(col::<K>("created_by"), "resource_created_by")
         .inner_join(K::Entity::default())
-        .filter(vcol::<K>(K::OWNER).eq(id))
+        .filter(vcol::<K>(K::NAMES.owner).eq(id))
         .filter(col::<K>("tenant_id").eq(tenant))
 }
 
@@ -340,7 +366,7 @@ pub async fn get_version<K: Kind>(
             // Tell a missing resource from a missing version.
             get::<K>(db, tenant, id).await?;
             Err(Error::NotFound {
-                kind: K::VERSION_NAME,
+                kind: K::NAMES.version,
                 id: format!("{id}@{number}"),
             })
         }
@@ -450,7 +476,7 @@ async fn create_fast<K: Kind>(
         .into_table(K::Entity::default())
         .columns(columns)
         .select_from(select)
-        .map_err(|e| Error::Internal(format!("{} insert: {e}", K::NAME)))?
+        .map_err(|e| Error::Internal(format!("{} insert: {e}", K::NAMES.kind)))?
         .returning_col(Alias::new("id"));
     let written = write_with_version(
         store,
@@ -461,12 +487,15 @@ async fn create_fast<K: Kind>(
     .await
     .map_err(|e| match kind.clash(e, &next.record.spec) {
         Clash::Fail(error) => error,
-        Clash::Retry => Error::Aborted(format!("the {} changed; try again", K::NAME)),
+        Clash::Retry => Error::Aborted(format!("the {} changed; try again", K::NAMES.kind)),
     })?;
     match (written, guard) {
         (true, _) => Ok(next.record),
         (false, Some((_, refused))) => Err(refused),
-        (false, None) => Err(Error::Internal(format!("{} insert wrote no row", K::NAME))),
+        (false, None) => Err(Error::Internal(format!(
+            "{} insert wrote no row",
+            K::NAMES.kind
+        ))),
     }
 }
 
@@ -577,7 +606,7 @@ async fn write_version<K: Kind>(
                 let snapshot = get_version::<K>(store, tenant, id, *number)
                     .await
                     .inspect_err(|error| recent.forget_if_gone(tenant, id, error))?;
-                Some(K::from_json(&snapshot.configuration)?)
+                Some(K::Spec::from_json(&snapshot.configuration)?)
             }
         };
         if let Some(spec) = spec
@@ -612,7 +641,7 @@ async fn from_the_row<K: Kind>(
         Target::Version(number) => {
             let (current, snapshot) = get_with_version::<K>(store, tenant, id, *number).await?;
             check_etag::<K>(expected_version, &current)?;
-            (current, K::from_json(&snapshot.configuration)?)
+            (current, K::Spec::from_json(&snapshot.configuration)?)
         }
     };
     if spec == current.spec && write.action == Action::Update {
@@ -629,7 +658,7 @@ async fn from_the_row<K: Kind>(
             Target::Change(change) => change(&current)?,
             Target::Version(number) => {
                 let snapshot = get_version::<K>(&txn, tenant, id, *number).await?;
-                K::from_json(&snapshot.configuration)?
+                K::Spec::from_json(&snapshot.configuration)?
             }
         };
         if spec == current.spec && write.action == Action::Update {
@@ -646,7 +675,9 @@ async fn from_the_row<K: Kind>(
 /// ABORTED when the caller's etag names another version than the current.
 fn check_etag<K: Kind>(expected: Option<i64>, current: &Record<K::Spec>) -> Result<(), Error> {
     match expected {
-        Some(expected) if expected != current.version => Err(stale_etag(K::NAME, current.version)),
+        Some(expected) if expected != current.version => {
+            Err(stale_etag(K::NAMES.kind, current.version))
+        }
         _ => Ok(()),
     }
 }
@@ -743,7 +774,7 @@ pub async fn delete<K: Kind>(
     if deleted == 0 {
         let current = get::<K>(&txn, tenant, id).await;
         txn.rollback().await.map_err(db_error)?;
-        return Err(stale_etag(K::NAME, current?.version));
+        return Err(stale_etag(K::NAMES.kind, current?.version));
     }
     txn.commit().await.map_err(db_error)?;
     if let Some(recent) = kind.recent(store) {
@@ -756,14 +787,14 @@ pub async fn delete<K: Kind>(
 fn contended<K: Kind>() -> Error {
     Error::Aborted(format!(
         "too many concurrent writers on this {}; try again",
-        K::NAME
+        K::NAMES.kind
     ))
 }
 
 /// NOT_FOUND for resource `id`.
 pub fn not_found<K: Kind>(id: &str) -> Error {
     Error::NotFound {
-        kind: K::NAME,
+        kind: K::NAMES.kind,
         id: id.to_owned(),
     }
 }
@@ -780,7 +811,7 @@ struct Next<K: Kind> {
 impl<K: Kind> Next<K> {
     /// Version 1, `record`.
     fn first(record: Record<K::Spec>, backend: DbBackend) -> Result<Self, Error> {
-        let json = K::to_json(&record.spec);
+        let json = record.spec.to_json();
         Self::with_json(record, &json, &[], backend)
     }
 
@@ -806,7 +837,7 @@ impl<K: Kind> Next<K> {
         spec: K::Spec,
         backend: DbBackend,
     ) -> Result<Self, Error> {
-        let json = K::to_json(&spec);
+        let json = spec.to_json();
         let changes = K::diff(&current.spec, &spec, &json);
         let record = Record {
             id: current.id.clone(),
@@ -863,7 +894,7 @@ impl<K: Kind> Next<K> {
     /// The version row that records this version as written by `write`.
     fn version_row(&self, write: &Write<'_>) -> Vec<(Alias, SimpleExpr)> {
         version_row(
-            K::OWNER,
+            K::NAMES.owner,
             write,
             &self.record.id,
             self.record.version,
