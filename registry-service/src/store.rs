@@ -159,6 +159,12 @@ impl Store {
         &self.pool
     }
 
+    /// Whether writes can be made: on SQLite, whether the committer task
+    /// still runs.
+    pub fn writes_running(&self) -> bool {
+        self.sqlite_writes.as_ref().is_none_or(GroupCommit::running)
+    }
+
     /// The agents this process wrote last.
     pub fn recent_agents(&self) -> &Recent<AgentSpec> {
         &self.recent_agents
