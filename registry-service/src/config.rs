@@ -221,6 +221,10 @@ pub struct ServeArgs {
     /// saves a read while it is current; 0 turns it off.
     #[arg(long, env = "REGISTRY_RECENT_AGENTS", default_value_t = 10_000)]
     pub recent_agents: usize,
+    /// The most those kept agents may weigh together, in bytes (an
+    /// estimate of what each holds); 0 turns the cache off.
+    #[arg(long, env = "REGISTRY_RECENT_AGENTS_BYTES", default_value_t = 32 << 20)]
+    pub recent_agents_bytes: usize,
     /// Token subjects (`sub`) that may act as platform operators: only a
     /// token of one of them holds the `platform-operator` role it claims.
     /// Key operations (rewrap, retire, every tenant's key status) need it.
@@ -386,6 +390,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub health_interval: Duration,
     pub recent_agents: usize,
+    pub recent_agents_bytes: usize,
     pub platform_operator_subjects: Vec<String>,
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -466,6 +471,7 @@ impl ServeArgs {
             metrics_listen: self.metrics_listen,
             health_interval: Duration::from_millis(self.health_interval_seconds.max(1) * 1000),
             recent_agents: self.recent_agents,
+            recent_agents_bytes: self.recent_agents_bytes,
             platform_operator_subjects: self
                 .platform_operator_subjects
                 .iter()

@@ -86,7 +86,7 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
     let store = db
         .clone()
         .filter(|_| !import.dry_run)
-        .map(|db| store::Store::new(db, &RegistryMetrics::default(), 0));
+        .map(|db| store::Store::new(db, &RegistryMetrics::default(), (0, 0)));
     let mut importer = Importer {
         db: db.as_ref(),
         store: store.as_ref(),

@@ -116,7 +116,11 @@ async fn serve(args: &Args) -> Result<(), Error> {
         None => None,
     };
     let registry = Registry {
-        db: store::Store::new(db, &registry_metrics, settings.recent_agents),
+        db: store::Store::new(
+            db,
+            &registry_metrics,
+            (settings.recent_agents, settings.recent_agents_bytes),
+        ),
         crypto,
     };
     server::serve(

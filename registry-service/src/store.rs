@@ -140,9 +140,13 @@ pub struct Store {
 impl Store {
     /// Wraps `pool`; on SQLite starts its committer task (so it must be
     /// called inside the runtime), which records group sizes in `metrics`.
-    /// Keeps up to `recent_agents` written agents as the first guess of
-    /// the next update (`recent`).
-    pub fn new(pool: DatabaseConnection, metrics: &RegistryMetrics, recent_agents: usize) -> Self {
+    /// Keeps up to `recent_agents` (a count and a weight in bytes) written
+    /// agents as the first guess of the next update (`recent`).
+    pub fn new(
+        pool: DatabaseConnection,
+        metrics: &RegistryMetrics,
+        recent_agents: (usize, usize),
+    ) -> Self {
         let sqlite = pool.get_database_backend() == DbBackend::Sqlite;
         let sqlite_pool = || pool.get_sqlite_connection_pool();
         let group_sizes = metrics.sqlite_group_writes.clone();

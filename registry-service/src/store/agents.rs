@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::providers::{ProviderRecord, Providers};
-use super::recent::Recent;
+use super::recent::{Recent, Weigh};
 use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
 use super::{Store, db_error, foreign_key_violation, unique_violation, val};
 use crate::error::Error;
@@ -112,6 +112,18 @@ impl Kind for Agents {
             }
         }
         Ok(true)
+    }
+}
+
+impl Weigh for AgentSpec {
+    fn heap_bytes(&self) -> usize {
+        let strings = [&self.name, &self.role, &self.goal, &self.backstory];
+        let params = &self.llm_overrides;
+        strings.iter().map(|s| s.len()).sum::<usize>()
+            + self.tools.iter().map(|t| t.len() + 24).sum::<usize>()
+            + self.llm_provider_id.as_ref().map_or(0, String::len)
+            + params.model_name.as_ref().map_or(0, String::len)
+            + params.stop.iter().map(|s| s.len() + 24).sum::<usize>()
     }
 }
 

@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use super::recent::Weigh;
 use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
 use super::{
     MAX_WRITE_ATTEMPTS, Store, begin_write, db_error, foreign_key_violation, insert_row, json_val,
@@ -200,6 +201,13 @@ impl Kind for Providers {
             return Err(in_use(assigned));
         }
         Ok(())
+    }
+}
+
+/// Providers are not kept (see [`Kind::recent`]): a rough weight will do.
+impl Weigh for ProviderSpec {
+    fn heap_bytes(&self) -> usize {
+        self.name.len() + self.model_name.len() + self.api_key.as_ref().map_or(0, String::len)
     }
 }
 

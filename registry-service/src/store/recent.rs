@@ -14,11 +14,11 @@
 //! checked again against the row read from the database.
 //!
 //! Calls that read an agent for the caller (GetAgent, lists, ResolveAgent)
-//! never look here. Entries are kept per id with their tenant, at most a
-//! configured number of them, the least recently used leaving first; a
-//! record deleted here, or found gone, is dropped (only from its own
-//! tenant's entry: another tenant's NOT_FOUND leaves it). Records are
-//! copied before the lock is taken, never under it.
+//! never look here. Entries are kept by tenant and id, at most a
+//! configured number of them weighing at most a configured number of bytes
+//! (an estimate of what each record holds), the least recently used
+//! leaving first; a record deleted here, or found gone, is dropped.
+//! Records are copied and weighed before the lock is taken, never under it.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -29,33 +29,66 @@ use super::versioned::Record;
 use crate::error::Error;
 use crate::telemetry::RegistryMetrics;
 
-/// The most recently written records of one kind, by id.
+/// What a record holds on the heap, for the cache's byte bound.
+pub trait Weigh {
+    /// Bytes held on the heap (an estimate: string and list contents).
+    fn heap_bytes(&self) -> usize;
+}
+
+/// The most recently written records of one kind, by tenant and id.
 #[derive(Debug)]
 pub struct Recent<S> {
     /// The kind's name in its NOT_FOUND errors.
     kind: &'static str,
     /// `None` when configured with no room (the cache is off).
-    entries: Option<Mutex<LruCache<String, Entry<S>>>>,
+    entries: Option<Mutex<Entries<S>>>,
     absent: Counter,
     stale: Counter,
     written: Counter,
 }
 
-/// One record as this process last wrote it.
+/// The kept records, least recently used first, and their weight.
 #[derive(Debug)]
-struct Entry<S> {
-    tenant: String,
-    record: Arc<Record<S>>,
+struct Entries<S> {
+    map: LruCache<String, Entry<S>>,
+    /// The weight of everything in `map`.
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
 }
 
-impl<S: Clone> Recent<S> {
-    /// Keeps at most `capacity` records of `kind` (none when 0) and counts
-    /// guesses in `metrics`.
-    pub fn new(kind: &'static str, capacity: usize, metrics: &RegistryMetrics) -> Self {
+/// One record as this process last wrote it, and its weight.
+#[derive(Debug)]
+struct Entry<S> {
+    record: Arc<Record<S>>,
+    bytes: usize,
+}
+
+/// The key of record `id` of `tenant` (length-prefixed: no two pairs share
+/// one).
+fn key(tenant: &str, id: &str) -> String {
+    format!("{}:{tenant}{id}", tenant.len())
+}
+
+impl<S: Clone + Weigh> Recent<S> {
+    /// Keeps at most `max_entries` records of `kind` weighing at most
+    /// `max_bytes` together (none when either is 0), and counts guesses in
+    /// `metrics`.
+    pub fn new(
+        kind: &'static str,
+        (max_entries, max_bytes): (usize, usize),
+        metrics: &RegistryMetrics,
+    ) -> Self {
         let outcome = |name: &str| metrics.agent_write_guess(name);
+        let entries = Entries {
+            map: LruCache::new_unbounded(),
+            bytes: 0,
+            max_entries,
+            max_bytes,
+        };
         Self {
             kind,
-            entries: (capacity > 0).then(|| Mutex::new(LruCache::new(capacity))),
+            entries: (max_entries > 0 && max_bytes > 0).then(|| Mutex::new(entries)),
             absent: outcome("absent"),
             stale: outcome("stale"),
             written: outcome("written"),
@@ -64,9 +97,9 @@ impl<S: Clone> Recent<S> {
 
     /// The record `id` of `tenant` as last kept, if it is.
     pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Record<S>>> {
+        let key = key(tenant, id);
         let mut entries = self.lock()?;
-        let recent = entries.get(id).filter(|recent| recent.tenant == tenant)?;
-        Some(Arc::clone(&recent.record))
+        Some(Arc::clone(&entries.map.get(&key)?.record))
     }
 
     /// Keeps `record` of `tenant`, unless a newer version of it is kept.
@@ -74,29 +107,36 @@ impl<S: Clone> Recent<S> {
         if self.entries.is_none() {
             return;
         }
-        // Copied before the lock: other callers never wait on a copy.
+        // Copied and weighed before the lock: no caller waits on a copy.
+        let key = key(tenant, &record.id);
+        let bytes = key.len()
+            + std::mem::size_of::<Record<S>>()
+            + record.id.len()
+            + record.created_by.len()
+            + record.updated_by.len()
+            + record.spec.heap_bytes();
         let entry = Entry {
-            tenant: tenant.to_owned(),
             record: Arc::new(record.clone()),
+            bytes,
         };
-        let id = record.id.clone();
         let Some(mut entries) = self.lock() else {
             return;
         };
-        let newer_kept = entries
-            .get(&id)
-            .is_some_and(|kept| kept.tenant == tenant && kept.record.version >= record.version);
-        if !newer_kept {
-            entries.insert(id, entry);
+        if entries
+            .map
+            .get(&key)
+            .is_some_and(|kept| kept.record.version >= record.version)
+        {
+            return;
         }
+        entries.insert(key, entry);
     }
 
     /// Drops the record `id` of `tenant` (it was deleted).
     pub fn forget(&self, tenant: &str, id: &str) {
-        if let Some(mut entries) = self.lock()
-            && entries.get(id).is_some_and(|kept| kept.tenant == tenant)
-        {
-            entries.remove(id);
+        let key = key(tenant, id);
+        if let Some(mut entries) = self.lock() {
+            entries.remove(&key);
         }
     }
 
@@ -142,8 +182,93 @@ impl<S: Clone> Recent<S> {
     /// The entries, locked; a panic elsewhere while they were locked left
     /// them whole (every change is one call on the map), so a poisoned lock
     /// is taken as it is.
-    fn lock(&self) -> Option<MutexGuard<'_, LruCache<String, Entry<S>>>> {
+    fn lock(&self) -> Option<MutexGuard<'_, Entries<S>>> {
         let entries = self.entries.as_ref()?;
         Some(entries.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
+
+impl<S> Entries<S> {
+    /// Keeps `entry`, then drops the least recently used entries while
+    /// there are too many or they weigh too much (a record heavier than
+    /// the whole budget is not kept).
+    fn insert(&mut self, key: String, entry: Entry<S>) {
+        if entry.bytes > self.max_bytes {
+            // Kept, it would push out everything else: its older version
+            // goes, and nothing else.
+            self.remove(&key);
+            return;
+        }
+        self.bytes += entry.bytes;
+        if let Some(old) = self.map.insert(key, entry) {
+            self.bytes -= old.bytes;
+        }
+        while self.map.len() > self.max_entries || self.bytes > self.max_bytes {
+            let Some((_, dropped)) = self.map.remove_lru() else {
+                break;
+            };
+            self.bytes -= dropped.bytes;
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(old) = self.map.remove(key) {
+            self.bytes -= old.bytes;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Blob(usize);
+
+    impl Weigh for Blob {
+        fn heap_bytes(&self) -> usize {
+            self.0
+        }
+    }
+
+    fn record(id: &str, version: i64, bytes: usize) -> Record<Blob> {
+        let now = chrono::Utc::now();
+        Record {
+            id: id.to_owned(),
+            spec: Blob(bytes),
+            version,
+            create_time: now,
+            update_time: now,
+            created_by: String::new(),
+            updated_by: String::new(),
+        }
+    }
+
+    #[test]
+    fn entries_are_kept_by_tenant_and_id_and_bounded_by_bytes() {
+        let recent = Recent::new("agent", (100, 10_000), &RegistryMetrics::default());
+        recent.remember("t1", &record("a", 1, 1_000));
+        recent.remember("t2", &record("a", 1, 1_000));
+        assert!(recent.get("t1", "a").is_some() && recent.get("t2", "a").is_some());
+        // Another tenant's NOT_FOUND leaves this tenant's entry.
+        let gone = Error::NotFound {
+            kind: "agent",
+            id: "a".to_owned(),
+        };
+        recent.forget_if_gone("t2", "a", &gone);
+        assert!(recent.get("t1", "a").is_some() && recent.get("t2", "a").is_none());
+        // An older version never replaces a newer one.
+        recent.remember("t1", &record("a", 3, 1_000));
+        recent.remember("t1", &record("a", 2, 1_000));
+        assert_eq!(recent.get("t1", "a").map(|r| r.version), Some(3));
+        // Heavy records push the least recently used out; one heavier than
+        // the whole budget is not kept.
+        for id in ["b", "c", "d", "e"] {
+            recent.remember("t1", &record(id, 1, 3_000));
+        }
+        assert!(recent.get("t1", "a").is_none() && recent.get("t1", "b").is_none());
+        assert!(recent.get("t1", "e").is_some());
+        recent.remember("t1", &record("huge", 1, 20_000));
+        assert!(recent.get("t1", "huge").is_none() && recent.get("t1", "e").is_some());
     }
 }

@@ -31,7 +31,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
-use super::recent::Recent;
+use super::recent::{Recent, Weigh};
 use super::{
     MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, insert_row, json_val,
     paginate, stale_etag, val, write_with_version,
@@ -96,7 +96,7 @@ pub enum Clash {
 /// need beyond the row and the version row.
 pub trait Kind: Sync {
     /// The validated configuration a version snapshot holds.
-    type Spec: Snapshot + Clone + PartialEq + Send + Sync + 'static;
+    type Spec: Snapshot + Weigh + Clone + PartialEq + Send + Sync + 'static;
     /// The table of current rows.
     type Entity: EntityTrait<Model: Send + Sync> + Related<Self::Versions>;
     /// The table of version rows.
