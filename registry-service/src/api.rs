@@ -93,17 +93,15 @@ fn quoted(path: &str) -> String {
     }
 }
 
-/// Checks that a required id field is present. An id no resource can
-/// have (it holds a NUL) is simply not found.
+/// Checks that a required id field holds an id: every resource id is a
+/// UUID, so anything else is malformed (INVALID_ARGUMENT, as common.proto
+/// says) and a well-formed unknown id is NOT_FOUND.
 pub fn require_id(field: &str, id: &str) -> Result<(), Error> {
     if id.trim().is_empty() {
         return Err(Error::bad_field(field, "is required"));
     }
-    if id.contains('\0') {
-        return Err(Error::NotFound {
-            kind: "resource",
-            id: id.replace('\0', "\\0"),
-        });
+    if uuid::Uuid::try_parse(id).is_err() {
+        return Err(Error::bad_field(field, "is not a valid id (a UUID)"));
     }
     Ok(())
 }
