@@ -17,7 +17,7 @@ use crate::model::Snapshot;
 use crate::model::version::{self, Action};
 use crate::page;
 use crate::store::versioned::{self, Kind, Record, Write};
-use crate::store::{Store, VersionRecord, describe, etag, parse_etag, timestamp};
+use crate::store::{Store, VersionRecord};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -263,7 +263,7 @@ fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Versi
         version_number: version.version_number,
         action: version::action_to_proto(version.action).into(),
         configuration: K::message(&spec, meta),
-        diff: version.diff_proto(),
+        diff: version.diff.iter().map(version::change_to_proto).collect(),
         change_description: version.change_description.clone(),
         changed_by: version.changed_by.clone(),
         create_time: Some(timestamp(version.create_time)),
@@ -586,4 +586,52 @@ impl Registry {
 /// `total_size` is an int32 in the contract.
 pub fn clamp_total(total: i64) -> i32 {
     i32::try_from(total).unwrap_or(i32::MAX)
+}
+
+/// A `google.protobuf.Timestamp`.
+pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The etag of a version: opaque to clients, the version number to us.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version an etag names; `None` when no etag was sent.
+pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, Error> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::bad_field(field, "is not an etag this service issued"))
+}
+
+/// A default change description, as the platform wrote them.
+pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String, Error> {
+    describe_as("change_description", given, default)
+}
+
+/// [`describe`] for a request whose description field is named `field`.
+pub fn describe_as(
+    field: &str,
+    given: &str,
+    default: impl FnOnce() -> String,
+) -> Result<String, Error> {
+    if given.chars().count() > 2000 {
+        return Err(Error::bad_field(field, "must be at most 2000 characters"));
+    }
+    if given.contains('\0') {
+        return Err(Error::bad_field(field, "must not contain NUL characters"));
+    }
+    Ok(if given.trim().is_empty() {
+        default()
+    } else {
+        given.to_owned()
+    })
 }

@@ -56,7 +56,6 @@ use crate::model::agent::AgentSpec;
 use crate::model::version::{self, Change};
 use crate::telemetry::RegistryMetrics;
 use group_commit::GroupCommit;
-use proto::v1 as pb;
 use recent::Recent;
 use sqlite_reads::SqliteReads;
 
@@ -360,30 +359,6 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// A `google.protobuf.Timestamp`.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// The etag of a version: opaque to clients, the version number to us.
-pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-/// The version an etag names; `None` when no etag was sent.
-pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, Error> {
-    if etag.is_empty() {
-        return Ok(None);
-    }
-    etag.trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::bad_field(field, "is not an etag this service issued"))
-}
-
 /// The ABORTED answer for a stale etag.
 pub fn stale_etag(kind: &str, current: i64) -> Error {
     Error::Aborted(format!(
@@ -404,13 +379,6 @@ pub struct VersionRecord {
     /// When the resource was created, and by whom.
     pub resource_create_time: DateTime<Utc>,
     pub resource_created_by: String,
-}
-
-impl VersionRecord {
-    /// The diff as messages.
-    pub fn diff_proto(&self) -> Vec<pb::FieldChange> {
-        self.diff.iter().map(version::change_to_proto).collect()
-    }
 }
 
 /// One page of a listing.
@@ -442,30 +410,6 @@ pub fn paginate<T>(
         next_after,
         total,
     }
-}
-
-/// A default change description, as the platform wrote them.
-pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String, Error> {
-    describe_as("change_description", given, default)
-}
-
-/// [`describe`] for a request whose description field is named `field`.
-pub fn describe_as(
-    field: &str,
-    given: &str,
-    default: impl FnOnce() -> String,
-) -> Result<String, Error> {
-    if given.chars().count() > 2000 {
-        return Err(Error::bad_field(field, "must be at most 2000 characters"));
-    }
-    if given.contains('\0') {
-        return Err(Error::bad_field(field, "must not contain NUL characters"));
-    }
-    Ok(if given.trim().is_empty() {
-        default()
-    } else {
-        given.to_owned()
-    })
 }
 
 /// Checks that a database answers (for readiness).

@@ -7,14 +7,13 @@ use proto::v1::provider_service_server::ProviderService;
 use tonic::{Request, Response, Status};
 
 use super::{
-    Registry, Resource, UpdateParts, mask_paths, message, parts, require_id, require_version,
-    required, writer,
+    Registry, Resource, UpdateParts, describe_as, mask_paths, message, parts, require_id,
+    require_version, required, writer,
 };
 use crate::caller::Caller;
 use crate::error::Error;
 use crate::model::provider::{self, ProviderInput, ProviderSpec};
 use crate::model::version::Action;
-use crate::store::describe_as;
 use crate::store::providers::{self as store, Providers};
 use crate::store::versioned::{self, Record, Write};
 

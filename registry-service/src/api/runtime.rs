@@ -8,13 +8,13 @@ use tonic::{Request, Response, Status};
 
 use super::{Meta, Resource, message};
 use super::{Registry, require_id, require_version};
+use super::{etag, timestamp};
 use crate::caller::Caller;
 use crate::error::Error;
 use crate::model::agent::AgentSpec;
 use crate::model::params::ModelParams;
 use crate::store::agents::{self as agent_store, Agents};
 use crate::store::providers::{self as provider_store, ProviderRecord, Providers};
-use crate::store::{etag, timestamp};
 
 /// Temperature when neither the agent nor its provider sets one.
 pub const FALLBACK_TEMPERATURE: f64 = 0.7;
