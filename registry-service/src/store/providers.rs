@@ -16,7 +16,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::recent::Weigh;
-use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
+use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
 use super::{
     MAX_WRITE_ATTEMPTS, Store, begin_write, db_error, foreign_key_violation, insert_row, json_val,
     unique_violation, val,
@@ -270,7 +270,8 @@ pub async fn revoke_key(
         spec.api_key = None;
         spec.api_key_revision = None;
         let kind = Providers::default();
-        if let Some(record) = versioned::write_locked(&txn, &kind, &write, &current, spec).await? {
+        let base = Base::Current(&current);
+        if let Some(record) = versioned::write_locked(&txn, &kind, &write, base, spec).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
         }

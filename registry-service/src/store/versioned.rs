@@ -24,7 +24,9 @@
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, SimpleExpr, UpdateStatement};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, InsertStatement, Query, SimpleExpr, UpdateStatement,
+};
 use sea_orm::{
     ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
     FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Related,
@@ -427,117 +429,61 @@ pub async fn create<K: Kind>(
     id: String,
     spec: K::Spec,
 ) -> Result<Record<K::Spec>, Error> {
-    let tenant = &write.caller.tenant;
+    let base = Base::New(&id);
     let record = if kind.fast(None, &spec) {
-        create_fast(store, kind, &write, id, spec).await?
+        write_fast(store, kind, &write, base, spec)
+            .await?
+            .ok_or_else(contended::<K>)?
     } else {
-        create_locked(store, kind, &write, id, spec).await?
+        create_locked(store, kind, &write, base, spec).await?
     };
     if let Some(recent) = kind.recent(store) {
-        recent.remember(tenant, &record);
+        recent.remember(&write.caller.tenant, &record);
     }
     Ok(record)
 }
 
-/// The first record of a resource created now.
-fn first_record<S>(write: &Write<'_>, id: String, spec: S) -> Record<S> {
-    let now = super::now();
-    Record {
-        id,
-        spec,
-        version: 1,
-        create_time: now,
-        update_time: now,
-        created_by: write.caller.subject.clone(),
-        updated_by: write.caller.subject.clone(),
-    }
-}
-
-/// `INSERT INTO <table> … SELECT … [WHERE <guard>]` and version 1, written
-/// together ([`write_with_version`]).
-async fn create_fast<K: Kind>(
-    store: &Store,
-    kind: &K,
-    write: &Write<'_>,
-    id: String,
-    spec: K::Spec,
-) -> Result<Record<K::Spec>, Error> {
-    let record = first_record(write, id, spec);
-    let next = Next::<K>::first(record, store.get_database_backend())?;
-    let (columns, values): (Vec<_>, Vec<_>) = next.row(write).into_iter().unzip();
-    let mut select = Query::select();
-    select.exprs(values);
-    let guard = kind.insert_guard(&write.caller.tenant, &next.record.spec);
-    if let Some((condition, _)) = &guard {
-        select.and_where(condition.clone());
-    }
-    let mut insert = Query::insert();
-    insert
-        .into_table(K::Entity::default())
-        .columns(columns)
-        .select_from(select)
-        .map_err(|e| Error::Internal(format!("{} insert: {e}", K::NAMES.kind)))?
-        .returning_col(Alias::new("id"));
-    let written = write_with_version(
-        store,
-        insert,
-        K::Versions::default(),
-        next.version_row(write),
-    )
-    .await
-    .map_err(|e| match kind.clash(e, &next.record.spec) {
-        Clash::Fail(error) => error,
-        Clash::Retry => Error::Aborted(format!("the {} changed; try again", K::NAMES.kind)),
-    })?;
-    match (written, guard) {
-        (true, _) => Ok(next.record),
-        (false, Some((_, refused))) => Err(refused),
-        (false, None) => Err(Error::Internal(format!(
-            "{} insert wrote no row",
-            K::NAMES.kind
-        ))),
-    }
-}
-
-/// A create in the locking write transaction, for kinds whose create
-/// touches other rows.
 async fn create_locked<K: Kind>(
     store: &Store,
     kind: &K,
     write: &Write<'_>,
-    id: String,
+    base: Base<'_, K::Spec>,
     spec: K::Spec,
 ) -> Result<Record<K::Spec>, Error> {
-    let backend = store.get_database_backend();
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = begin_write(store.pool()).await?;
-        let mut spec = spec.clone();
-        let mut description = write.description.clone();
-        if !kind
-            .prepare(&txn, write, &id, None, &mut spec, &mut description)
-            .await?
-        {
-            continue;
+        if let Some(record) = write_locked(&txn, kind, write, base, spec.clone()).await? {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(record);
         }
-        let write = &Write {
-            description,
-            ..*write
-        };
-        let next = Next::<K>::first(first_record(write, id.clone(), spec), backend)?;
-        if let Err(error) = insert_row(&txn, K::Entity::default(), next.row(write)).await {
-            match kind.clash(error, &next.record.spec) {
-                Clash::Retry => continue,
-                Clash::Fail(error) => return Err(error),
-            }
-        }
-        insert_row(&txn, K::Versions::default(), next.version_row(write))
-            .await
-            .map_err(db_error)?;
-        kind.finish(&txn, write, None, &next.record).await?;
-        txn.commit().await.map_err(db_error)?;
-        return Ok(next.record);
     }
     Err(contended::<K>())
+}
+
+/// What a write starts from.
+#[derive(Debug)]
+pub enum Base<'a, S> {
+    /// Nothing: it creates resource `id`.
+    New(&'a str),
+    /// The current record.
+    Current(&'a Record<S>),
+}
+
+impl<S> Clone for Base<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Base<'_, S> {}
+
+impl<'a, S> Base<'a, S> {
+    fn current(self) -> Option<&'a Record<S>> {
+        match self {
+            Self::New(_) => None,
+            Self::Current(current) => Some(current),
+        }
+    }
 }
 
 /// What an update or rollback writes.
@@ -546,6 +492,24 @@ enum Target<'f, S> {
     Change(&'f (dyn Fn(&Record<S>) -> Result<S, Error> + Sync)),
     /// The snapshot of this version.
     Version(i64),
+}
+
+impl<S: Snapshot> Target<'_, S> {
+    /// The spec to write over `current` (a snapshot is read through `db`).
+    async fn spec<K: Kind<Spec = S>>(
+        &self,
+        db: &impl ConnectionTrait,
+        tenant: &str,
+        current: &Record<S>,
+    ) -> Result<S, Error> {
+        match self {
+            Self::Change(change) => change(current),
+            Self::Version(number) => {
+                let snapshot = get_version::<K>(db, tenant, &current.id, *number).await?;
+                S::from_json(&snapshot.configuration)
+            }
+        }
+    }
 }
 
 /// Changes resource `id` with `change`, appending a version unless nothing
@@ -598,19 +562,19 @@ async fn write_version<K: Kind>(
     if let Some(guess) = &guess
         && expected_version.is_none_or(|expected| expected == guess.version)
     {
-        let spec = match &target {
-            Target::Change(change) => change(guess)
-                .ok()
-                .filter(|spec| *spec != guess.spec || write.action != Action::Update),
-            Target::Version(number) => {
-                let snapshot = get_version::<K>(store, tenant, id, *number)
-                    .await
-                    .inspect_err(|error| recent.forget_if_gone(tenant, id, error))?;
-                Some(K::Spec::from_json(&snapshot.configuration)?)
+        // A change the guess cannot decide (invalid, or no change) is
+        // decided against the row; a missing snapshot is the answer.
+        let spec = match target.spec::<K>(store, tenant, guess).await {
+            Ok(spec) => Some(spec).filter(|s| *s != guess.spec || write.action != Action::Update),
+            Err(_) if matches!(target, Target::Change(_)) => None,
+            Err(error) => {
+                recent.forget_if_gone(tenant, id, &error);
+                return Err(error);
             }
         };
+        let base = Base::Current(&**guess);
         if let Some(spec) = spec
-            && let Some(record) = write_fast(store, kind, write, guess, spec).await?
+            && let Some(record) = write_fast(store, kind, write, base, spec).await?
         {
             recent.written_from_guess(tenant, &record);
             return Ok(record);
@@ -647,24 +611,19 @@ async fn from_the_row<K: Kind>(
     if spec == current.spec && write.action == Action::Update {
         return Ok(current);
     }
-    if let Some(record) = write_fast(store, kind, write, &current, spec).await? {
+    if let Some(record) = write_fast(store, kind, write, Base::Current(&current), spec).await? {
         return Ok(record);
     }
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = begin_write(store.pool()).await?;
         let current = get_locked::<K>(&txn, tenant, id).await?;
         check_etag::<K>(expected_version, &current)?;
-        let spec = match target {
-            Target::Change(change) => change(&current)?,
-            Target::Version(number) => {
-                let snapshot = get_version::<K>(&txn, tenant, id, *number).await?;
-                K::Spec::from_json(&snapshot.configuration)?
-            }
-        };
+        let spec = target.spec::<K>(&txn, tenant, &current).await?;
         if spec == current.spec && write.action == Action::Update {
             return Ok(current);
         }
-        if let Some(record) = write_locked(&txn, kind, write, &current, spec).await? {
+        let base = Base::Current(&current);
+        if let Some(record) = write_locked(&txn, kind, write, base, spec).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
         }
@@ -682,60 +641,81 @@ fn check_etag<K: Kind>(expected: Option<i64>, current: &Record<K::Spec>) -> Resu
     }
 }
 
-/// The conditional version bump and the version row, written together
-/// without a read in the transaction ([`write_with_version`]). `None` when
-/// another writer took the version first, or the kind's write needs the
-/// locking path.
+/// The row (a conditional bump, or an insert meeting the kind's guard) and
+/// its version row, written together without a read in the transaction
+/// ([`write_with_version`]). `None` when another writer took the version
+/// first, or the kind's write needs the locking path.
 async fn write_fast<K: Kind>(
     store: &Store,
     kind: &K,
     write: &Write<'_>,
-    current: &Record<K::Spec>,
+    base: Base<'_, K::Spec>,
     spec: K::Spec,
 ) -> Result<Option<Record<K::Spec>>, Error> {
-    if !kind.fast(Some(&current.spec), &spec) {
+    if !kind.fast(base.current().map(|c| &c.spec), &spec) {
         return Ok(None);
     }
-    let next = Next::<K>::after(current, write, spec, store.get_database_backend())?;
-    let mut bump = next.bump(write, current);
-    bump.returning_col(Alias::new("id"));
-    let written =
-        write_with_version(store, bump, K::Versions::default(), next.version_row(write)).await;
-    match written {
-        Ok(written) => Ok(written.then_some(next.record)),
-        Err(error) => match kind.clash(error, &next.record.spec) {
+    let next = Next::<K>::new(base, write, spec, store.get_database_backend())?;
+    let versions = K::Versions::default();
+    let (written, refused) = match base {
+        Base::New(_) => {
+            let (insert, refused) = next.insert(kind, write)?;
+            let written = write_with_version(store, insert, versions, next.version_row(write));
+            (written.await, refused)
+        }
+        Base::Current(current) => {
+            let mut bump = next.bump(write, current);
+            bump.returning_col(Alias::new("id"));
+            let written = write_with_version(store, bump, versions, next.version_row(write));
+            (written.await, None)
+        }
+    };
+    match (written, refused) {
+        (Ok(true), _) => Ok(Some(next.record)),
+        (Ok(false), Some(refused)) => Err(refused),
+        (Ok(false), None) => Ok(None),
+        (Err(error), _) => match kind.clash(error, &next.record.spec) {
             Clash::Retry => Ok(None),
             Clash::Fail(error) => Err(error),
         },
     }
 }
 
-/// Writes `spec` as version `current.version + 1` inside `txn`, with the
-/// kind's [`Kind::prepare`] before and [`Kind::finish`] after; `None` when
-/// another writer took that number first or the kind lost a race.
+/// Writes `spec` over `base` (as version 1 or the next) inside `txn`, with
+/// the kind's [`Kind::prepare`] before and [`Kind::finish`] after; `None`
+/// when another writer took that number first or the kind lost a race.
 pub async fn write_locked<K: Kind>(
     txn: &DatabaseTransaction,
     kind: &K,
     write: &Write<'_>,
-    current: &Record<K::Spec>,
+    base: Base<'_, K::Spec>,
     mut spec: K::Spec,
 ) -> Result<Option<Record<K::Spec>>, Error> {
     let mut description = write.description.clone();
-    let id = &current.id;
-    let current_spec = Some(&current.spec);
-    if !kind
-        .prepare(txn, write, id, current_spec, &mut spec, &mut description)
-        .await?
-    {
+    let (id, current) = match base {
+        Base::New(id) => (id, None),
+        Base::Current(current) => (current.id.as_str(), Some(&current.spec)),
+    };
+    let prepared = kind.prepare(txn, write, id, current, &mut spec, &mut description);
+    if !prepared.await? {
         return Ok(None);
     }
     let write = &Write {
         description,
         ..*write
     };
-    let next = Next::<K>::after(current, write, spec, txn.get_database_backend())?;
-    match txn.execute(&next.bump(write, current)).await {
-        Ok(updated) if updated.rows_affected() == 0 => return Ok(None),
+    let next = Next::<K>::new(base, write, spec, txn.get_database_backend())?;
+    let written = match base {
+        Base::New(_) => insert_row(txn, K::Entity::default(), next.row(write))
+            .await
+            .map(|()| 1),
+        Base::Current(current) => txn
+            .execute(&next.bump(write, current))
+            .await
+            .map(|done| done.rows_affected()),
+    };
+    match written {
+        Ok(0) => return Ok(None),
         Ok(_) => {}
         Err(error) => {
             return match kind.clash(error, &next.record.spec) {
@@ -747,7 +727,8 @@ pub async fn write_locked<K: Kind>(
     insert_row(txn, K::Versions::default(), next.version_row(write))
         .await
         .map_err(db_error)?;
-    kind.finish(txn, write, Some(current), &next.record).await?;
+    kind.finish(txn, write, base.current(), &next.record)
+        .await?;
     Ok(Some(next.record))
 }
 
@@ -809,46 +790,75 @@ struct Next<K: Kind> {
 }
 
 impl<K: Kind> Next<K> {
-    /// Version 1, `record`.
-    fn first(record: Record<K::Spec>, backend: DbBackend) -> Result<Self, Error> {
-        let json = record.spec.to_json();
-        Self::with_json(record, &json, &[], backend)
-    }
-
-    fn with_json(
-        record: Record<K::Spec>,
-        json: &Value,
-        changes: &[Change],
-        backend: DbBackend,
-    ) -> Result<Self, Error> {
-        let snapshot = json_val(backend, json);
-        Ok(Self {
-            columns: K::columns(&record.spec, &snapshot, backend)?,
-            diff: json_val(backend, &version::changes_to_json(changes)),
-            snapshot,
-            record,
-        })
-    }
-
-    /// The version after `current`, holding `spec`.
-    fn after(
-        current: &Record<K::Spec>,
+    /// `spec` as version 1 of a new resource, or as the version after the
+    /// current one.
+    fn new(
+        base: Base<'_, K::Spec>,
         write: &Write<'_>,
         spec: K::Spec,
         backend: DbBackend,
     ) -> Result<Self, Error> {
         let json = spec.to_json();
-        let changes = K::diff(&current.spec, &spec, &json);
-        let record = Record {
-            id: current.id.clone(),
-            spec,
-            version: current.version + 1,
-            create_time: current.create_time,
-            update_time: super::now(),
-            created_by: current.created_by.clone(),
-            updated_by: write.caller.subject.clone(),
+        let (now, subject) = (super::now(), &write.caller.subject);
+        let (record, changes) = match base {
+            Base::New(id) => {
+                let record = Record {
+                    id: id.to_owned(),
+                    spec,
+                    version: 1,
+                    create_time: now,
+                    update_time: now,
+                    created_by: subject.clone(),
+                    updated_by: subject.clone(),
+                };
+                (record, Vec::new())
+            }
+            Base::Current(current) => {
+                let changes = K::diff(&current.spec, &spec, &json);
+                let record = Record {
+                    id: current.id.clone(),
+                    spec,
+                    version: current.version + 1,
+                    create_time: current.create_time,
+                    update_time: now,
+                    created_by: current.created_by.clone(),
+                    updated_by: subject.clone(),
+                };
+                (record, changes)
+            }
         };
-        Self::with_json(record, &json, &changes, backend)
+        let snapshot = json_val(backend, &json);
+        Ok(Self {
+            columns: K::columns(&record.spec, &snapshot, backend)?,
+            diff: json_val(backend, &version::changes_to_json(&changes)),
+            snapshot,
+            record,
+        })
+    }
+
+    /// `INSERT INTO <table> … SELECT … [WHERE <the kind's guard>]`, and the
+    /// answer when the guard refuses.
+    fn insert(
+        &self,
+        kind: &K,
+        write: &Write<'_>,
+    ) -> Result<(InsertStatement, Option<Error>), Error> {
+        let (columns, values): (Vec<_>, Vec<_>) = self.row(write).into_iter().unzip();
+        let mut select = Query::select();
+        select.exprs(values);
+        let guard = kind.insert_guard(&write.caller.tenant, &self.record.spec);
+        let refused = guard.map(|(condition, refused)| {
+            select.and_where(condition);
+            refused
+        });
+        let mut insert = Query::insert();
+        insert
+            .into_table(K::Entity::default())
+            .columns(columns)
+            .select_from(select)
+            .map_err(|e| Error::Internal(format!("{} insert: {e}", K::NAMES.kind)))?
+            .returning_col(Alias::new("id"));
+        Ok((insert, refused))
     }
 
     /// The whole row of a new resource.
