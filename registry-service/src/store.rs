@@ -419,3 +419,39 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), Error> {
         .map(|_| ())
         .map_err(db_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+        let statement = Statement::from_string(DbBackend::Sqlite, format!("PRAGMA {name}"));
+        let row = db
+            .query_one_raw(statement)
+            .await
+            .expect("the PRAGMA runs")
+            .expect("the PRAGMA answers a row");
+        row.try_get_by_index::<String>(0)
+            .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            .expect("a text or integer value")
+    }
+
+    /// The connection the registry itself opens (not a test helper's):
+    /// WAL, every commit durable (FULL), foreign keys, the busy timeout.
+    #[tokio::test]
+    async fn the_registry_opens_sqlite_in_wal_with_full_sync_foreign_keys_and_busy_timeout() {
+        let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
+        let settings = DatabaseSettings {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(2500),
+        };
+        let db = connect(&settings).await.expect("the registry connects");
+        assert_eq!(pragma(&db, "journal_mode").await, "wal");
+        assert_eq!(pragma(&db, "synchronous").await, "2", "FULL");
+        assert_eq!(pragma(&db, "foreign_keys").await, "1");
+        assert_eq!(pragma(&db, "busy_timeout").await, "2500");
+        db.close().await.expect("close");
+        let _ = std::fs::remove_file(path);
+    }
+}
