@@ -29,7 +29,8 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Related,
+    FromQueryResult, IdenStatic, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect, Related,
 };
 use serde_json::Value;
 
@@ -375,18 +376,48 @@ pub async fn get_version<K: Kind>(
     }
 }
 
-/// The resource `id` of `tenant` and its version `number`, in one query.
+/// The resource `id` of `tenant` and its version `number`, in one query
+/// (the resource's columns ride along, prefixed, with the version's).
 async fn get_with_version<K: Kind>(
     db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     number: i64,
 ) -> Result<(Record<K::Spec>, VersionRecord), Error> {
-    let (current, version) = tokio::try_join!(
-        get::<K>(db, tenant, id),
-        get_version::<K>(db, tenant, id, number)
-    )?;
-    Ok((current, version))
+    let mut query = versions_of::<K>(tenant, id).filter(vcol::<K>("version_number").eq(number));
+    for column in <K::Entity as EntityTrait>::Column::iter() {
+        let name = column.as_str();
+        query = query.column_as(col::<K>(name), format!("{RESOURCE}{name}"));
+    }
+    let found = query
+        .into_model::<WithVersion<K>>()
+        .all(db)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .next();
+    match found {
+        Some(WithVersion(current, version)) => Ok((current, version)),
+        // No such resource or no such version: the lookups tell which.
+        None => {
+            let version = get_version::<K>(db, tenant, id, number).await?;
+            Ok((get::<K>(db, tenant, id).await?, version))
+        }
+    }
+}
+
+/// The prefix of the resource's columns in [`get_with_version`].
+const RESOURCE: &str = "resource_row_";
+
+/// A resource and one of its versions, read together.
+struct WithVersion<K: Kind>(Record<K::Spec>, VersionRecord);
+
+impl<K: Kind> FromQueryResult for WithVersion<K> {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let Read(current) = Read::<K>::from_query_result(row, RESOURCE)?;
+        let version = VersionRow::from_query_result(row, pre)?.into_record();
+        Ok(Self(current, version))
+    }
 }
 
 /// A version row with its resource's current version.
