@@ -133,7 +133,10 @@ async fn key_tools(args: &Args) -> Result<(sea_orm::DatabaseConnection, Crypto),
 /// `rewrap-credentials`: prints progress after every batch.
 async fn rewrap_credentials(args: &Args, batch_size: u32) -> Result<(), Error> {
     let (db, crypto) = key_tools(args).await?;
-    let batch = batch_size.clamp(1, 1000);
+    if !(1..=1000).contains(&batch_size) {
+        return Err(Error::config("--batch-size", "must be from 1 to 1000"));
+    }
+    let batch = batch_size;
     let done = api::keys::rewrap(&db, &crypto, batch, 0, |report| {
         println!(
             "progress: scanned {} rewrapped {} already-current {} changed-concurrently {}",

@@ -449,7 +449,11 @@ impl Common {
         Ok(DatabaseSettings {
             url: url.to_owned(),
             max_connections,
-            acquire_timeout: Duration::from_secs(self.database_timeout_seconds.max(1)),
+            acquire_timeout: Duration::from_secs(at_least(
+                "DATABASE_TIMEOUT_SECONDS",
+                self.database_timeout_seconds,
+                1,
+            )?),
         })
     }
 }
@@ -465,11 +469,23 @@ impl ServeArgs {
             migrate: !self.no_migrate,
             crypto_tls: self.crypto_tls(&crypto_endpoint)?,
             crypto_endpoint,
-            crypto_timeout: Duration::from_secs(self.crypto_timeout_seconds.max(1)),
-            max_message_bytes: self.max_message_bytes.max(1024),
+            crypto_timeout: Duration::from_secs(at_least(
+                "CRYPTO_TIMEOUT_SECONDS",
+                self.crypto_timeout_seconds,
+                1,
+            )?),
+            max_message_bytes: at_least(
+                "REGISTRY_MAX_MESSAGE_BYTES",
+                self.max_message_bytes,
+                1024,
+            )?,
             drain: Duration::from_secs(self.drain_seconds),
             metrics_listen: self.metrics_listen,
-            health_interval: Duration::from_millis(self.health_interval_seconds.max(1) * 1000),
+            health_interval: Duration::from_secs(at_least(
+                "REGISTRY_HEALTH_INTERVAL_SECONDS",
+                self.health_interval_seconds,
+                1,
+            )?),
             recent_agents: self.recent_agents,
             recent_agents_bytes: self.recent_agents_bytes,
             platform_operator_subjects: self
@@ -596,4 +612,17 @@ impl ServeArgs {
             server_name,
         }))
     }
+}
+
+/// `value` when it is at least `min`; a smaller one is refused, not
+/// raised: a setting the operator wrote is never silently changed.
+fn at_least<T: PartialOrd + std::fmt::Display>(
+    setting: &str,
+    value: T,
+    min: T,
+) -> Result<T, Error> {
+    if value < min {
+        return Err(Error::config(setting, format!("must be at least {min}")));
+    }
+    Ok(value)
 }
