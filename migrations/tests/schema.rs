@@ -58,7 +58,9 @@ enum Cleanup {
 }
 
 /// Connects to a SQLite file the way the registry does: WAL, synchronous
-/// NORMAL, foreign keys on, the given busy timeout.
+/// NORMAL, foreign keys on, the given busy timeout. (The schema tests' own
+/// helper: the connection the registry opens, FULL, is checked by
+/// registry-service's `store::tests`.)
 async fn connect_sqlite(url: &str, busy_timeout: Duration) -> DatabaseConnection {
     let mut options = ConnectOptions::new(url);
     options.sqlx_logging(false).map_sqlx_sqlite_opts(move |o| {

@@ -6,11 +6,19 @@ pub mod keys;
 pub mod providers;
 pub mod runtime;
 
+use prost_types::{FieldMask, Timestamp};
+use proto::v1 as pb;
+use tonic::Request;
+
+use crate::caller::Caller;
 use crate::crypto::Crypto;
 use crate::destinations::Destinations;
 use crate::error::{Error, Violations};
-use crate::store::Store;
-use prost_types::FieldMask;
+use crate::model::Snapshot;
+use crate::model::version::{self, Action};
+use crate::page;
+use crate::store::versioned::{self, Kind, Record, Write};
+use crate::store::{Store, VersionRecord};
 
 /// What every handler shares.
 #[derive(Debug, Clone)]
@@ -115,17 +123,15 @@ fn quoted(path: &str) -> String {
     }
 }
 
-/// Checks that a required id field is present. An id no resource can
-/// have (it holds a NUL) is simply not found.
+/// Checks that a required id field holds an id: every resource id is a
+/// UUID, so anything else is malformed (INVALID_ARGUMENT, as common.proto
+/// says) and a well-formed unknown id is NOT_FOUND.
 pub fn require_id(field: &str, id: &str) -> Result<(), Error> {
     if id.trim().is_empty() {
         return Err(Error::bad_field(field, "is required"));
     }
-    if id.contains('\0') {
-        return Err(Error::NotFound {
-            kind: "resource",
-            id: id.replace('\0', "\\0"),
-        });
+    if uuid::Uuid::try_parse(id).is_err() {
+        return Err(Error::bad_field(field, "is not a valid id (a UUID)"));
     }
     Ok(())
 }
@@ -157,4 +163,516 @@ pub fn version_cursor(after: Option<String>) -> Result<Option<i64>, Error> {
                 .map_err(|_| Error::bad_field("page_token", "is not a page token of this request"))
         })
         .transpose()
+}
+
+/// A versioned kind as the API serves it: its messages.
+pub trait Resource: Kind {
+    /// The resource message (`pb::Agent`).
+    type Message;
+    /// The version message (`pb::AgentVersion`).
+    type Version;
+    /// The message of `spec` with the resource metadata `meta`.
+    fn message(spec: &Self::Spec, meta: Meta) -> Self::Message;
+    /// The version message of `version`.
+    fn version(version: VersionParts<Self::Message>) -> Self::Version;
+    /// Whether version `number` of `id` may be restored by a rollback (a
+    /// deployment rule the store does not know); yes unless a kind says.
+    fn restorable(
+        _registry: &Registry,
+        _tenant: &str,
+        _id: &str,
+        _number: i64,
+    ) -> impl std::future::Future<Output = Result<(), Error>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+/// The metadata every resource message carries.
+#[derive(Debug)]
+pub struct Meta {
+    pub id: String,
+    pub version: i64,
+    pub etag: String,
+    pub create_time: Option<Timestamp>,
+    pub update_time: Option<Timestamp>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+impl Meta {
+    /// The metadata of a stored record.
+    pub fn of<S>(record: &Record<S>) -> Self {
+        Self {
+            id: record.id.clone(),
+            version: record.version,
+            etag: etag(record.version),
+            create_time: Some(timestamp(record.create_time)),
+            update_time: Some(timestamp(record.update_time)),
+            created_by: record.created_by.clone(),
+            updated_by: record.updated_by.clone(),
+        }
+    }
+}
+
+/// The fields every version message has.
+#[derive(Debug)]
+pub struct VersionParts<M> {
+    pub version_number: i64,
+    pub action: i32,
+    pub configuration: M,
+    pub diff: Vec<pb::FieldChange>,
+    pub change_description: String,
+    pub changed_by: String,
+    pub create_time: Option<Timestamp>,
+}
+
+/// The [`Resource`] messages of a kind whose messages have the common
+/// shape: the resource message is the spec's message with [`Meta`]'s
+/// fields, the version message holds [`VersionParts`].
+macro_rules! resource_messages {
+    ($message:path, $version:path) => {
+        type Message = $message;
+        type Version = $version;
+
+        fn message(spec: &Self::Spec, meta: $crate::api::Meta) -> $message {
+            let $crate::api::Meta {
+                id,
+                version,
+                etag,
+                create_time,
+                update_time,
+                created_by,
+                updated_by,
+            } = meta;
+            $message {
+                id,
+                version,
+                etag,
+                create_time,
+                update_time,
+                created_by,
+                updated_by,
+                ..spec.to_proto()
+            }
+        }
+
+        fn version(parts: $crate::api::VersionParts<$message>) -> $version {
+            let $crate::api::VersionParts {
+                version_number,
+                action,
+                configuration,
+                diff,
+                change_description,
+                changed_by,
+                create_time,
+            } = parts;
+            $version {
+                version_number,
+                action,
+                configuration: Some(configuration),
+                diff,
+                change_description,
+                changed_by,
+                create_time,
+            }
+        }
+    };
+}
+pub(crate) use resource_messages;
+
+/// The message of a stored record.
+pub fn message<K: Resource>(record: &Record<K::Spec>) -> K::Message {
+    K::message(&record.spec, Meta::of(record))
+}
+
+/// The version message of version `version` of resource `id` (created as
+/// `resource` says): its configuration carries the metadata the resource
+/// had at that version.
+fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Version, Error> {
+    let spec = K::Spec::from_json(&version.configuration)?;
+    let meta = Meta {
+        id: id.to_owned(),
+        version: version.version_number,
+        etag: etag(version.version_number),
+        create_time: Some(timestamp(version.resource_create_time)),
+        update_time: Some(timestamp(version.create_time)),
+        created_by: version.resource_created_by.clone(),
+        updated_by: version.changed_by.clone(),
+    };
+    Ok(K::version(VersionParts {
+        version_number: version.version_number,
+        action: version::action_to_proto(version.action).into(),
+        configuration: K::message(&spec, meta),
+        diff: version.diff.iter().map(version::change_to_proto).collect(),
+        change_description: version.change_description.clone(),
+        changed_by: version.changed_by.clone(),
+        create_time: Some(timestamp(version.create_time)),
+    }))
+}
+
+/// One page of a listing, as the response messages hold it.
+#[derive(Debug)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub next_page_token: String,
+    pub total_size: i32,
+}
+
+/// A versioned kind's gRPC service: the handlers every kind has (get,
+/// list, delete, list versions, get a version, diff two, roll back) come
+/// from the generic methods of [`Registry`] below; the kind lists its
+/// request types, the field that names the resource in its version
+/// requests (`$of`) and in its delete request (`$del`), and writes its
+/// own handlers (create, update, …) in `$own`.
+macro_rules! versioned_service {
+    (
+        $service:ident for $K:ty = $kind:expr; versions of $of:ident; delete by $del:ident;
+        $get:ident($get_req:ident);
+        $list:ident($list_req:ident, $list_scope:literal) -> $list_res:ident { $items:ident };
+        $delete:ident($delete_req:ident);
+        $lv:ident($lv_req:ident, $lv_scope:literal) -> $lv_res:ident;
+        $gv:ident($gv_req:ident);
+        $diff:ident($diff_req:ident) -> $diff_res:ident;
+        $rollback:ident($rollback_req:ident);
+        $($own:tt)*
+    ) => {
+        #[tonic::async_trait]
+        impl $service for Registry {
+            #[tracing::instrument(skip_all)]
+            async fn $get(
+                &self,
+                request: Request<pb::$get_req>,
+            ) -> Result<Response<<$K as Resource>::Message>, Status> {
+                let (caller, request) = parts(request)?;
+                Ok(Response::new(self.get::<$K>(&caller, "id", &request.id).await?))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $list(
+                &self,
+                request: Request<pb::$list_req>,
+            ) -> Result<Response<pb::$list_res>, Status> {
+                let (caller, request) = parts(request)?;
+                let (size, token) = (request.page_size, &request.page_token);
+                let page = self.list::<$K>(&caller, $list_scope, size, token).await?;
+                Ok(Response::new(pb::$list_res {
+                    $items: page.items,
+                    next_page_token: page.next_page_token,
+                    total_size: page.total_size,
+                }))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $delete(
+                &self,
+                request: Request<pb::$delete_req>,
+            ) -> Result<Response<()>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($del), request.$del.as_str());
+                self.delete(&$kind, &caller, id, &request.etag).await?;
+                Ok(Response::new(()))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $lv(
+                &self,
+                request: Request<pb::$lv_req>,
+            ) -> Result<Response<pb::$lv_res>, Status> {
+                let (caller, request) = parts(request)?;
+                let of = ($lv_scope, stringify!($of), request.$of.as_str());
+                let (size, token) = (request.page_size, &request.page_token);
+                let page = self.list_versions::<$K>(&caller, of, size, token).await?;
+                Ok(Response::new(pb::$lv_res {
+                    versions: page.items,
+                    next_page_token: page.next_page_token,
+                    total_size: page.total_size,
+                }))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $gv(
+                &self,
+                request: Request<pb::$gv_req>,
+            ) -> Result<Response<<$K as Resource>::Version>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                let version = self.get_version::<$K>(&caller, id, request.version_number);
+                Ok(Response::new(version.await?))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $diff(
+                &self,
+                request: Request<pb::$diff_req>,
+            ) -> Result<Response<pb::$diff_res>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                let range = (request.from_version, request.to_version);
+                let changes = self.diff_versions::<$K>(&caller, id, range).await?;
+                Ok(Response::new(pb::$diff_res { changes }))
+            }
+
+            #[tracing::instrument(skip_all, fields(id = %request.get_ref().$of))]
+            async fn $rollback(
+                &self,
+                request: Request<pb::$rollback_req>,
+            ) -> Result<Response<<$K as Resource>::Message>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                let how = (request.etag.as_str(), request.change_description.as_str());
+                let (kind, number) = ($kind, request.version_number);
+                let rolled_back = self.rollback(&kind, &caller, id, number, how);
+                Ok(Response::new(rolled_back.await?))
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(crate) use versioned_service;
+
+/// The resource message a create or update request must carry.
+pub fn required<T>(field: &str, message: Option<T>) -> Result<T, Error> {
+    message.ok_or_else(|| Error::bad_field(field, "is required"))
+}
+
+/// Who writes and why: the given description, or `default`.
+pub fn writer<'a>(
+    caller: &'a Caller,
+    action: Action,
+    (given, default): (&str, &str),
+) -> Result<Write<'a>, Error> {
+    let description = describe(given, || default.to_owned())?;
+    Ok(Write {
+        caller,
+        action,
+        description,
+    })
+}
+
+/// What every update request carries besides the new values, checked in
+/// this order: the id and etag of `<field>`, its item counts (`counts`)
+/// and update mask (`mask`, both reported together), the description.
+#[derive(Debug)]
+pub struct UpdateParts<'a> {
+    pub write: Write<'a>,
+    pub expected: Option<i64>,
+    /// `None`: a full replace.
+    pub paths: Option<Vec<String>>,
+}
+
+impl<'a> UpdateParts<'a> {
+    pub fn check(
+        caller: &'a Caller,
+        field: &str,
+        (id, etag): (&str, &str),
+        counts: Result<(), Error>,
+        mask: Result<Option<Vec<String>>, Error>,
+        description: (&str, &str),
+    ) -> Result<Self, Error> {
+        require_id(&format!("{field}.id"), id)?;
+        let expected = parse_etag(etag, &format!("{field}.etag"))?;
+        let paths = Error::both(counts, mask)?;
+        let write = writer(caller, Action::Update, description)?;
+        Ok(Self {
+            write,
+            expected,
+            paths,
+        })
+    }
+}
+
+/// The caller and the request's message.
+pub fn parts<T>(request: Request<T>) -> Result<(Caller, T), Error> {
+    Ok((Caller::of(&request)?, request.into_inner()))
+}
+
+/// The handlers every versioned kind shares; each service's handlers only
+/// name their request's fields.
+impl Registry {
+    /// Get: the resource `id` (in field `field`).
+    pub async fn get<K: Resource>(
+        &self,
+        caller: &Caller,
+        field: &str,
+        id: &str,
+    ) -> Result<K::Message, Error> {
+        require_id(field, id)?;
+        let record = versioned::get::<K>(&self.db, &caller.tenant, id).await?;
+        Ok(message::<K>(&record))
+    }
+
+    /// List: one page of the caller's resources; `method` scopes the token.
+    pub async fn list<K: Resource>(
+        &self,
+        caller: &Caller,
+        method: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Listed<K::Message>, Error> {
+        let limit = page::size(page_size)?;
+        let scope = page::Scope::new(&[&caller.tenant, method]);
+        let after = scope.resume_after(page_token)?;
+        let page = versioned::list::<K>(&self.db, &caller.tenant, after, limit).await?;
+        Ok(Listed {
+            items: page.items.iter().map(message::<K>).collect(),
+            next_page_token: page
+                .next_after
+                .map(|k| scope.token_after(&k))
+                .unwrap_or_default(),
+            total_size: clamp_total(page.total),
+        })
+    }
+
+    /// ListVersions: one page of resource `id`'s versions, newest first.
+    pub async fn list_versions<K: Resource>(
+        &self,
+        caller: &Caller,
+        (method, field, id): (&str, &str, &str),
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Listed<K::Version>, Error> {
+        require_id(field, id)?;
+        let limit = page::size(page_size)?;
+        let scope = page::Scope::new(&[&caller.tenant, method, id]);
+        let before = version_cursor(scope.resume_after(page_token)?)?;
+        let page =
+            versioned::list_versions::<K>(&self.db, &caller.tenant, id, before, limit).await?;
+        Ok(Listed {
+            items: page
+                .items
+                .iter()
+                .map(|v| version_of::<K>(id, v))
+                .collect::<Result<_, _>>()?,
+            next_page_token: page
+                .next_after
+                .map(|k| scope.token_after(&k))
+                .unwrap_or_default(),
+            total_size: clamp_total(page.total),
+        })
+    }
+
+    /// GetVersion: version `number` of resource `id` (in field `field`).
+    pub async fn get_version<K: Resource>(
+        &self,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        number: i64,
+    ) -> Result<K::Version, Error> {
+        require_id(field, id)?;
+        require_version("version_number", number)?;
+        let version = versioned::get_version::<K>(&self.db, &caller.tenant, id, number).await?;
+        version_of::<K>(id, &version)
+    }
+
+    /// DiffVersions: the changes from version `from` to version `to`.
+    pub async fn diff_versions<K: Resource>(
+        &self,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        (from, to): (i64, i64),
+    ) -> Result<Vec<pb::FieldChange>, Error> {
+        require_id(field, id)?;
+        require_versions(from, to)?;
+        let tenant = &caller.tenant;
+        let from = versioned::get_version::<K>(&self.db, tenant, id, from).await?;
+        let to = versioned::get_version::<K>(&self.db, tenant, id, to).await?;
+        let new = K::Spec::from_json(&to.configuration)?;
+        let changes = K::diff(
+            &K::Spec::from_json(&from.configuration)?,
+            &new,
+            &to.configuration,
+        );
+        Ok(changes.iter().map(version::change_to_proto).collect())
+    }
+
+    /// Delete: resource `id` (in field `field`), when `etag` (if sent) is
+    /// current.
+    pub async fn delete<K: Resource>(
+        &self,
+        kind: &K,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        etag: &str,
+    ) -> Result<(), Error> {
+        require_id(field, id)?;
+        let expected = parse_etag(etag, "etag")?;
+        versioned::delete(&self.db, kind, &caller.tenant, id, expected).await
+    }
+
+    /// Rollback: resource `id` (in field `field`) back to version `number`.
+    pub async fn rollback<K: Resource>(
+        &self,
+        kind: &K,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        number: i64,
+        (etag, description): (&str, &str),
+    ) -> Result<K::Message, Error> {
+        require_id(field, id)?;
+        require_version("version_number", number)?;
+        let expected = parse_etag(etag, "etag")?;
+        let description = describe(description, || format!("Rolled back to version {number}"))?;
+        K::restorable(self, &caller.tenant, id, number).await?;
+        let write = Write {
+            caller,
+            action: Action::Rollback,
+            description,
+        };
+        let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+        Ok(message::<K>(&record))
+    }
+}
+
+/// `total_size` is an int32 in the contract.
+pub fn clamp_total(total: i64) -> i32 {
+    i32::try_from(total).unwrap_or(i32::MAX)
+}
+
+/// A `google.protobuf.Timestamp`.
+pub fn timestamp(time: chrono::DateTime<chrono::Utc>) -> Timestamp {
+    Timestamp {
+        seconds: time.timestamp(),
+        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// The etag of a version: opaque to clients, the version number to us.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version an etag names; `None` when no etag was sent.
+pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, Error> {
+    if etag.is_empty() {
+        return Ok(None);
+    }
+    etag.trim_matches('"')
+        .parse()
+        .map(Some)
+        .map_err(|_| Error::bad_field(field, "is not an etag this service issued"))
+}
+
+/// A default change description, as the platform wrote them.
+pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String, Error> {
+    describe_as("change_description", given, default)
+}
+
+/// [`describe`] for a request whose description field is named `field`.
+pub fn describe_as(
+    field: &str,
+    given: &str,
+    default: impl FnOnce() -> String,
+) -> Result<String, Error> {
+    if given.chars().count() > 2000 {
+        return Err(Error::bad_field(field, "must be at most 2000 characters"));
+    }
+    if given.contains('\0') {
+        return Err(Error::bad_field(field, "must not contain NUL characters"));
+    }
+    Ok(if given.trim().is_empty() {
+        default()
+    } else {
+        given.to_owned()
+    })
 }

@@ -225,6 +225,10 @@ pub struct ServeArgs {
     /// saves a read while it is current; 0 turns it off.
     #[arg(long, env = "REGISTRY_RECENT_AGENTS", default_value_t = 10_000)]
     pub recent_agents: usize,
+    /// The most those kept agents may weigh together, in bytes (an
+    /// estimate of what each holds); 0 turns the cache off.
+    #[arg(long, env = "REGISTRY_RECENT_AGENTS_BYTES", default_value_t = 32 << 20)]
+    pub recent_agents_bytes: usize,
     /// Token subjects (`sub`) that may act as platform operators: only a
     /// token of one of them holds the `platform-operator` role it claims.
     /// Key operations (rewrap, retire, every tenant's key status) need it.
@@ -394,6 +398,7 @@ pub struct Settings {
     pub metrics_listen: Option<SocketAddr>,
     pub health_interval: Duration,
     pub recent_agents: usize,
+    pub recent_agents_bytes: usize,
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
     pub grpc: ops::cli::GrpcArgs,
@@ -453,7 +458,11 @@ impl Common {
         Ok(DatabaseSettings {
             url: url.to_owned(),
             max_connections,
-            acquire_timeout: Duration::from_secs(self.database_timeout_seconds.max(1)),
+            acquire_timeout: Duration::from_secs(at_least(
+                "DATABASE_TIMEOUT_SECONDS",
+                self.database_timeout_seconds,
+                1,
+            )?),
         })
     }
 }
@@ -469,12 +478,25 @@ impl ServeArgs {
             migrate: !self.no_migrate,
             crypto_tls: self.crypto_tls(&crypto_endpoint)?,
             crypto_endpoint,
-            crypto_timeout: Duration::from_secs(self.crypto_timeout_seconds.max(1)),
-            max_message_bytes: self.max_message_bytes.max(1024),
+            crypto_timeout: Duration::from_secs(at_least(
+                "CRYPTO_TIMEOUT_SECONDS",
+                self.crypto_timeout_seconds,
+                1,
+            )?),
+            max_message_bytes: at_least(
+                "REGISTRY_MAX_MESSAGE_BYTES",
+                self.max_message_bytes,
+                1024,
+            )?,
             drain: Duration::from_secs(self.drain_seconds),
             metrics_listen: self.metrics_listen,
-            health_interval: Duration::from_millis(self.health_interval_seconds.max(1) * 1000),
+            health_interval: Duration::from_secs(at_least(
+                "REGISTRY_HEALTH_INTERVAL_SECONDS",
+                self.health_interval_seconds,
+                1,
+            )?),
             recent_agents: self.recent_agents,
+            recent_agents_bytes: self.recent_agents_bytes,
             platform_operator_subjects: self
                 .platform_operator_subjects
                 .iter()
@@ -603,4 +625,17 @@ impl ServeArgs {
             server_name,
         }))
     }
+}
+
+/// `value` when it is at least `min`; a smaller one is refused, not
+/// raised: a setting the operator wrote is never silently changed.
+fn at_least<T: PartialOrd + std::fmt::Display>(
+    setting: &str,
+    value: T,
+    min: T,
+) -> Result<T, Error> {
+    if value < min {
+        return Err(Error::config(setting, format!("must be at least {min}")));
+    }
+    Ok(value)
 }

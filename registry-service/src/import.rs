@@ -29,7 +29,8 @@ use crate::crypto::Crypto;
 use crate::error::Error;
 use crate::model::provider::ProviderSpec;
 use crate::model::version::Action;
-use crate::store::agents::Write;
+use crate::store::providers::Providers;
+use crate::store::versioned::Write;
 use crate::store::{self, db_error, providers};
 use crate::telemetry::RegistryMetrics;
 use proto::v1 as pb;
@@ -80,8 +81,15 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
         RegistryMetrics::default(),
     )?;
 
+    // The store writes as the server does (no recent-records cache: the
+    // import only creates).
+    let store = db
+        .clone()
+        .filter(|_| !import.dry_run)
+        .map(|db| store::Store::new(db, &RegistryMetrics::default(), (0, 0)));
     let mut importer = Importer {
         db: db.as_ref(),
+        store: store.as_ref(),
         crypto: &crypto,
         caller: Caller { tenant, subject },
         dry_run: import.dry_run,
@@ -149,6 +157,8 @@ impl Report {
 struct Importer<'a> {
     /// The registry database; `None` in a dry run without one.
     db: Option<&'a DatabaseConnection>,
+    /// The store imported providers are written through (not in a dry run).
+    store: Option<&'a store::Store>,
     crypto: &'a Crypto,
     caller: Caller,
     dry_run: bool,
@@ -263,8 +273,8 @@ impl Importer<'_> {
         }
         let name = planned.row.name.clone();
         let suffix = notes(&planned.notes);
-        let db = match self.db {
-            Some(db) if !self.dry_run => db,
+        let store = match self.store {
+            Some(store) if !self.dry_run => store,
             _ => {
                 println!("would import {} as {}{suffix}", shown(&name), planned.id);
                 self.report.imported += 1;
@@ -276,7 +286,9 @@ impl Importer<'_> {
             action: Action::Create,
             description: CHANGE_DESCRIPTION.to_owned(),
         };
-        match providers::create(db, write, planned.id.clone(), planned.spec).await {
+        let kind = Providers::default();
+        match store::versioned::create(store, &kind, write, planned.id.clone(), planned.spec).await
+        {
             Ok(record) => {
                 println!("imported {} as {}{suffix}", shown(&name), record.id);
                 self.report.imported += 1;

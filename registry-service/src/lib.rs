@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod caller;
+pub mod commands;
 pub mod config;
 pub mod crypto;
 pub mod destinations;

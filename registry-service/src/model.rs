@@ -7,7 +7,30 @@ pub mod params;
 pub mod provider;
 pub mod version;
 
-use crate::error::Violations;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::error::{Error, Violations};
+
+/// A configuration kept as a JSON snapshot (in version rows, and in a
+/// row's `config` column).
+pub trait Snapshot: Serialize + DeserializeOwned {
+    /// The kind's name in errors.
+    const KIND: &'static str;
+
+    /// The snapshot stored in a version row.
+    fn to_json(&self) -> Value {
+        // A struct of strings, numbers, bools and lists always serializes.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Reads a stored snapshot, straight from the borrowed tree.
+    fn from_json(value: &Value) -> Result<Self, Error> {
+        Self::deserialize(value)
+            .map_err(|e| Error::Internal(format!("unreadable {} snapshot: {e}", Self::KIND)))
+    }
+}
 
 /// Checks a required text field: not blank, at most `max` characters.
 pub(crate) fn check_required_text(v: &mut Violations, field: &str, value: &str, max: usize) {

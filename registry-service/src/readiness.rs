@@ -12,13 +12,13 @@ use sea_orm::{DatabaseBackend, DatabaseConnection};
 
 use crate::crypto::Crypto;
 use crate::server::SERVICE_NAMES;
-use crate::store;
 use crate::store::keys::{self, Canary};
+use crate::store::{self, Store};
 use crate::telemetry::RegistryMetrics;
 
 /// Checks the dependencies every `interval`, forever; abort the task to stop.
 pub async fn watch(
-    db: DatabaseConnection,
+    store: Store,
     crypto: Crypto,
     health: Reporter,
     metrics: RegistryMetrics,
@@ -30,9 +30,11 @@ pub async fn watch(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let database = check_database(&db, &metrics).await;
+        let db = store.pool();
+        // A stopped SQLite committer fails every agent write: not ready.
+        let database = check_database(db, &metrics).await && store.writes_running();
         let crypto_ok =
-            database && check_crypto(&db, &crypto, &metrics, &mut wrong_key_logged).await;
+            database && check_crypto(db, &crypto, &metrics, &mut wrong_key_logged).await;
         let ready = database && crypto_ok;
         if serving != Some(ready) {
             if ready {

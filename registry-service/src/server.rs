@@ -86,7 +86,7 @@ pub async fn serve(
     // Not ready until the first dependency check has passed.
     ops::shutdown::set_readiness(&health, &SERVICE_NAMES, ServingStatus::NotServing);
     let watcher = tokio::spawn(readiness::watch(
-        registry.db.pool().clone(),
+        registry.db.clone(),
         registry.crypto.clone(),
         health.clone(),
         registry_metrics,

@@ -32,6 +32,7 @@ pub mod keys;
 pub mod providers;
 pub mod recent;
 mod sqlite_reads;
+pub mod versioned;
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -39,23 +40,23 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    CommonTableExpression, Expr, Query, QueryStatementWriter, SimpleExpr, SqliteQueryBuilder,
-    SubQueryStatement, WithClause,
+    CommonTableExpression, Expr, IntoIden, Query, QueryStatementWriter, SimpleExpr,
+    SqliteQueryBuilder, SubQueryStatement, WithClause,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
-    DbErr, EntityTrait, ExecResult, IdenStatic, QueryResult, SqlErr, SqliteTransactionMode,
-    Statement, TransactionOptions, TransactionTrait,
+    DbErr, EntityTrait, ExecResult, QueryResult, SqlErr, SqliteTransactionMode, Statement,
+    TransactionOptions, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 use serde_json::Value;
 
 use crate::error::Error;
+use crate::model::agent::AgentSpec;
 use crate::model::version::{self, Change};
 use crate::telemetry::RegistryMetrics;
 use group_commit::GroupCommit;
-use proto::v1 as pb;
-use recent::RecentAgents;
+use recent::Recent;
 use sqlite_reads::SqliteReads;
 
 /// How often a write without an etag retries after losing a race.
@@ -132,22 +133,26 @@ pub struct Store {
     pool: DatabaseConnection,
     sqlite_writes: Option<GroupCommit>,
     sqlite_reads: Option<SqliteReads>,
-    recent_agents: Arc<RecentAgents>,
+    recent_agents: Arc<Recent<AgentSpec>>,
 }
 
 impl Store {
     /// Wraps `pool`; on SQLite starts its committer task (so it must be
     /// called inside the runtime), which records group sizes in `metrics`.
-    /// Keeps up to `recent_agents` written agents as the first guess of
-    /// the next update (`recent`).
-    pub fn new(pool: DatabaseConnection, metrics: &RegistryMetrics, recent_agents: usize) -> Self {
+    /// Keeps up to `recent_agents` (a count and a weight in bytes) written
+    /// agents as the first guess of the next update (`recent`).
+    pub fn new(
+        pool: DatabaseConnection,
+        metrics: &RegistryMetrics,
+        recent_agents: (usize, usize),
+    ) -> Self {
         let sqlite = pool.get_database_backend() == DbBackend::Sqlite;
         let sqlite_pool = || pool.get_sqlite_connection_pool();
         let group_sizes = metrics.sqlite_group_writes.clone();
         Self {
             sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone(), group_sizes)),
             sqlite_reads: sqlite.then(|| SqliteReads::new(sqlite_pool())),
-            recent_agents: Arc::new(RecentAgents::new(recent_agents, metrics)),
+            recent_agents: Arc::new(Recent::new("agent", recent_agents, metrics)),
             pool,
         }
     }
@@ -157,8 +162,14 @@ impl Store {
         &self.pool
     }
 
+    /// Whether writes can be made: on SQLite, whether the committer task
+    /// still runs.
+    pub fn writes_running(&self) -> bool {
+        self.sqlite_writes.as_ref().is_none_or(GroupCommit::running)
+    }
+
     /// The agents this process wrote last.
-    pub fn recent_agents(&self) -> &RecentAgents {
+    pub fn recent_agents(&self) -> &Recent<AgentSpec> {
         &self.recent_agents
     }
 }
@@ -217,7 +228,7 @@ pub async fn write_with_version<V, C, S>(
 ) -> Result<bool, DbErr>
 where
     V: EntityTrait,
-    C: IdenStatic,
+    C: IntoIden,
     S: Into<SubQueryStatement> + QueryStatementWriter,
 {
     let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
@@ -259,7 +270,7 @@ pub async fn insert_row<E, C>(
 ) -> Result<(), DbErr>
 where
     E: EntityTrait,
-    C: IdenStatic,
+    C: IntoIden,
 {
     let (columns, values): (Vec<C>, Vec<SimpleExpr>) = row.into_iter().unzip();
     let mut insert = Query::insert();
@@ -348,30 +359,6 @@ pub fn now() -> DateTime<Utc> {
     DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
-/// A `google.protobuf.Timestamp`.
-pub fn timestamp(time: DateTime<Utc>) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: time.timestamp(),
-        nanos: i32::try_from(time.timestamp_subsec_nanos()).unwrap_or(0),
-    }
-}
-
-/// The etag of a version: opaque to clients, the version number to us.
-pub fn etag(version: i64) -> String {
-    format!("\"{version}\"")
-}
-
-/// The version an etag names; `None` when no etag was sent.
-pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, Error> {
-    if etag.is_empty() {
-        return Ok(None);
-    }
-    etag.trim_matches('"')
-        .parse()
-        .map(Some)
-        .map_err(|_| Error::bad_field(field, "is not an etag this service issued"))
-}
-
 /// The ABORTED answer for a stale etag.
 pub fn stale_etag(kind: &str, current: i64) -> Error {
     Error::Aborted(format!(
@@ -389,13 +376,9 @@ pub struct VersionRecord {
     pub change_description: String,
     pub changed_by: String,
     pub create_time: DateTime<Utc>,
-}
-
-impl VersionRecord {
-    /// The diff as messages.
-    pub fn diff_proto(&self) -> Vec<pb::FieldChange> {
-        self.diff.iter().map(version::change_to_proto).collect()
-    }
+    /// When the resource was created, and by whom.
+    pub resource_create_time: DateTime<Utc>,
+    pub resource_created_by: String,
 }
 
 /// One page of a listing.
@@ -429,34 +412,46 @@ pub fn paginate<T>(
     }
 }
 
-/// A default change description, as the platform wrote them.
-pub fn describe(given: &str, default: impl FnOnce() -> String) -> Result<String, Error> {
-    describe_as("change_description", given, default)
-}
-
-/// [`describe`] for a request whose description field is named `field`.
-pub fn describe_as(
-    field: &str,
-    given: &str,
-    default: impl FnOnce() -> String,
-) -> Result<String, Error> {
-    if given.chars().count() > 2000 {
-        return Err(Error::bad_field(field, "must be at most 2000 characters"));
-    }
-    if given.contains('\0') {
-        return Err(Error::bad_field(field, "must not contain NUL characters"));
-    }
-    Ok(if given.trim().is_empty() {
-        default()
-    } else {
-        given.to_owned()
-    })
-}
-
 /// Checks that a database answers (for readiness).
 pub async fn ping(db: &DatabaseConnection) -> Result<(), Error> {
     db.execute_unprepared("SELECT 1")
         .await
         .map(|_| ())
         .map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+        let statement = Statement::from_string(DbBackend::Sqlite, format!("PRAGMA {name}"));
+        let row = db
+            .query_one_raw(statement)
+            .await
+            .expect("the PRAGMA runs")
+            .expect("the PRAGMA answers a row");
+        row.try_get_by_index::<String>(0)
+            .or_else(|_| row.try_get_by_index::<i64>(0).map(|n| n.to_string()))
+            .expect("a text or integer value")
+    }
+
+    /// The connection the registry itself opens (not a test helper's):
+    /// WAL, every commit durable (FULL), foreign keys, the busy timeout.
+    #[tokio::test]
+    async fn the_registry_opens_sqlite_in_wal_with_full_sync_foreign_keys_and_busy_timeout() {
+        let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
+        let settings = DatabaseSettings {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(2500),
+        };
+        let db = connect(&settings).await.expect("the registry connects");
+        assert_eq!(pragma(&db, "journal_mode").await, "wal");
+        assert_eq!(pragma(&db, "synchronous").await, "2", "FULL");
+        assert_eq!(pragma(&db, "foreign_keys").await, "1");
+        assert_eq!(pragma(&db, "busy_timeout").await, "2500");
+        db.close().await.expect("close");
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -5,13 +5,19 @@
 
 use std::collections::BTreeMap;
 
-use migrations::entity::{agent, agent_version, provider, provider_version};
-use sea_orm::{ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
+use sea_orm::sea_query::ExprTrait;
+use sea_orm::{
+    DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect,
+};
+use serde_json::Value;
 
 use crate::error::Error;
-use crate::model::agent::AgentSpec;
+use crate::model::Snapshot;
+use crate::store::agents::Agents;
 use crate::store::db_error;
-use crate::store::providers::ProviderRecord;
+use crate::store::providers::Providers;
+use crate::store::versioned::{Kind, Read, vcol};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,68 +31,64 @@ pub struct Finding {
 /// Reads everything in pages of `page` rows and lists what is broken.
 pub async fn verify(db: &DatabaseConnection, page: u64) -> Result<(u64, Vec<Finding>), Error> {
     let mut findings = Vec::new();
-    let agent_versions = version_numbers_of_agents(db, page).await?;
-    let provider_versions = version_numbers_of_providers(db, page).await?;
-    let mut checked = 0;
+    let agents = check::<Agents>(db, page, &mut findings).await?;
+    let providers = check::<Providers>(db, page, &mut findings).await?;
+    Ok((agents + providers, findings))
+}
 
-    let agents = agent::Entity::find().all(db).await.map_err(db_error)?;
-    for row in agents {
-        checked += 1;
-        let resource = format!("agent {}", row.id);
-        let numbers = agent_versions
+/// Checks every resource of kind `K`; answers how many there are.
+async fn check<K: Kind>(
+    db: &DatabaseConnection,
+    page: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<u64, Error> {
+    let history = history::<K>(db, page).await?;
+    let rows = K::Entity::find()
+        .into_model::<Current<K>>()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    for row in &rows {
+        let resource = format!("{} {}", K::NAMES.kind, row.id);
+        let (numbers, newest) = history
             .get(&row.id)
-            .map(|(n, _)| n.as_slice())
-            .unwrap_or(&[]);
-        check_numbers(&resource, numbers, row.version, &mut findings);
-        if let Some((_, newest)) = agent_versions.get(&row.id)
-            && let Some(snapshot) = newest
-        {
-            match (
-                AgentSpec::from_json(&row.config),
-                AgentSpec::from_json(snapshot),
-            ) {
-                (Ok(current), Ok(latest)) if current == latest => {}
-                (Ok(_), Ok(_)) => findings.push(finding(
-                    &resource,
-                    "current configuration differs from the newest snapshot",
-                )),
-                _ => findings.push(finding(
-                    &resource,
-                    "configuration or snapshot is unreadable",
-                )),
-            }
+            .map_or((&[][..], None), |(n, s)| (n.as_slice(), s.as_ref()));
+        check_numbers(&resource, numbers, row.version, findings);
+        let Some(snapshot) = newest else {
+            continue;
+        };
+        match (&row.spec, K::Spec::from_json(snapshot)) {
+            (Some(current), Ok(latest)) if *current == latest => {}
+            (Some(_), Ok(_)) => findings.push(finding(
+                &resource,
+                "current configuration differs from the newest snapshot",
+            )),
+            _ => findings.push(finding(
+                &resource,
+                "configuration or snapshot is unreadable",
+            )),
         }
     }
-    let providers = provider::Entity::find().all(db).await.map_err(db_error)?;
-    for row in providers {
-        checked += 1;
-        let resource = format!("provider {}", row.id);
-        let version = row.version;
-        let id = row.id.clone();
-        let numbers = provider_versions
-            .get(&id)
-            .map(|(n, _)| n.as_slice())
-            .unwrap_or(&[]);
-        check_numbers(&resource, numbers, version, &mut findings);
-        let current = ProviderRecord::from_row(row).map(|r| r.spec);
-        if let Some((_, Some(snapshot))) = provider_versions.get(&id) {
-            match (
-                current,
-                crate::model::provider::ProviderSpec::from_json(snapshot),
-            ) {
-                (Ok(current), Ok(latest)) if current == latest => {}
-                (Ok(_), Ok(_)) => findings.push(finding(
-                    &resource,
-                    "current configuration differs from the newest snapshot",
-                )),
-                _ => findings.push(finding(
-                    &resource,
-                    "configuration or snapshot is unreadable",
-                )),
-            }
-        }
+    Ok(u64::try_from(rows.len()).unwrap_or(u64::MAX))
+}
+
+/// A resource row: its version, and its spec when readable.
+struct Current<K: Kind> {
+    id: String,
+    version: i64,
+    spec: Option<K::Spec>,
+}
+
+impl<K: Kind> FromQueryResult for Current<K> {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        Ok(Self {
+            id: row.try_get(pre, "id")?,
+            version: row.try_get(pre, "version")?,
+            spec: Read::<K>::from_query_result(row, pre)
+                .ok()
+                .map(|read| read.0.spec),
+        })
     }
-    Ok((checked, findings))
 }
 
 fn finding(resource: &str, problem: impl Into<String>) -> Finding {
@@ -126,57 +128,43 @@ fn check_numbers(resource: &str, numbers: &[i64], current: i64, findings: &mut V
 }
 
 /// Per resource: its version numbers ascending, and the newest snapshot.
-type History = BTreeMap<String, (Vec<i64>, Option<serde_json::Value>)>;
+type History = BTreeMap<String, (Vec<i64>, Option<Value>)>;
 
-async fn version_numbers_of_agents(db: &DatabaseConnection, page: u64) -> Result<History, Error> {
-    let mut history = History::new();
-    let mut after = 0;
-    loop {
-        let rows = agent_version::Entity::find()
-            .filter(agent_version::Column::Id.gt(after))
-            .order_by_asc(agent_version::Column::Id)
-            .limit(page)
-            .all(db)
-            .await
-            .map_err(db_error)?;
-        let Some(last) = rows.last() else {
-            break;
-        };
-        after = last.id;
-        for row in rows {
-            record(
-                &mut history,
-                row.agent_id,
-                row.version_number,
-                row.configuration,
-            );
-        }
-    }
-    Ok(sorted(history))
+/// One version row, as the history reads it.
+#[derive(Debug, FromQueryResult)]
+struct Entry {
+    row_id: i64,
+    owner: String,
+    version_number: i64,
+    configuration: Value,
 }
 
-async fn version_numbers_of_providers(
-    db: &DatabaseConnection,
-    page: u64,
-) -> Result<History, Error> {
+/// The history of every resource of kind `K`, read in pages by row id.
+async fn history<K: Kind>(db: &DatabaseConnection, page: u64) -> Result<History, Error> {
     let mut history = History::new();
     let mut after = 0;
     loop {
-        let rows = provider_version::Entity::find()
-            .filter(provider_version::Column::Id.gt(after))
-            .order_by_asc(provider_version::Column::Id)
+        let rows = K::Versions::find()
+            .select_only()
+            .column_as(vcol::<K>("id"), "row_id")
+            .column_as(vcol::<K>(K::NAMES.owner), "owner")
+            .column_as(vcol::<K>("version_number"), "version_number")
+            .column_as(vcol::<K>("configuration"), "configuration")
+            .filter(vcol::<K>("id").gt(after))
+            .order_by_asc(vcol::<K>("id"))
             .limit(page)
+            .into_model::<Entry>()
             .all(db)
             .await
             .map_err(db_error)?;
         let Some(last) = rows.last() else {
             break;
         };
-        after = last.id;
+        after = last.row_id;
         for row in rows {
             record(
                 &mut history,
-                row.provider_id,
+                row.owner,
                 row.version_number,
                 row.configuration,
             );
@@ -186,7 +174,7 @@ async fn version_numbers_of_providers(
 }
 
 /// Keeps the snapshot of the highest version number seen.
-fn record(history: &mut History, id: String, number: i64, snapshot: serde_json::Value) {
+fn record(history: &mut History, id: String, number: i64, snapshot: Value) {
     let entry = history.entry(id).or_insert_with(|| (Vec::new(), None));
     if entry.0.iter().all(|n| *n < number) {
         entry.1 = Some(snapshot);

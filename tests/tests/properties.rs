@@ -20,6 +20,7 @@ use crypto_service::ciphertext::{self, Envelope, NONCE_LEN, ParseError, TAG_LEN}
 use crypto_service::keyring::{KeyMaterial, Keyring};
 use registry_service::api::{OUTPUT_ONLY_PATHS, mask_paths};
 use registry_service::error::Error;
+use registry_service::model::Snapshot;
 use registry_service::model::agent::{self, AgentSpec};
 use registry_service::model::params;
 use registry_service::model::provider::{self, ProviderSpec};

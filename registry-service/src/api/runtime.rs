@@ -6,16 +6,15 @@ use proto::v1 as pb;
 use proto::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
-use super::agents::agent_proto;
-use super::providers::provider_proto;
+use super::{Meta, Resource, message};
 use super::{Registry, require_id, require_version};
+use super::{etag, timestamp};
 use crate::caller::Caller;
 use crate::error::Error;
 use crate::model::agent::AgentSpec;
 use crate::model::params::ModelParams;
-use crate::store::agents as agent_store;
-use crate::store::providers::{self as provider_store, ProviderRecord};
-use crate::store::{etag, timestamp};
+use crate::store::agents::{self as agent_store, Agents};
+use crate::store::providers::{self as provider_store, ProviderRecord, Providers};
 
 /// Temperature when neither the agent nor its provider sets one.
 pub const FALLBACK_TEMPERATURE: f64 = 0.7;
@@ -44,10 +43,10 @@ impl RuntimeService for Registry {
                 (current, spec, version, provider)
             }
             Some(number) => {
-                let (current, spec, version) =
-                    agent_store::spec_at(&self.db, &caller.tenant, &request.agent_id, Some(number))
+                let (current, spec) =
+                    agent_store::spec_at(&self.db, &caller.tenant, &request.agent_id, number)
                         .await?;
-                (current, spec, version, None)
+                (current, spec, number, None)
             }
         };
         let provider = match provider {
@@ -69,20 +68,24 @@ impl RuntimeService for Registry {
             None => zeroize::Zeroizing::new(String::new()),
         };
         let agent = match request.version_number {
-            None => agent_proto(&current),
-            Some(_) => pb::Agent {
-                id: current.id.clone(),
-                version: agent_version,
-                etag: etag(agent_version),
-                create_time: Some(timestamp(current.create_time)),
-                created_by: current.created_by.clone(),
-                ..spec.to_proto()
-            },
+            None => message::<Agents>(&current),
+            Some(_) => {
+                let meta = Meta {
+                    id: current.id.clone(),
+                    version: agent_version,
+                    etag: etag(agent_version),
+                    create_time: Some(timestamp(current.create_time)),
+                    update_time: None,
+                    created_by: current.created_by.clone(),
+                    updated_by: String::new(),
+                };
+                Agents::message(&spec, meta)
+            }
         };
         Ok(Response::new(pb::ResolvedAgent {
             agent: Some(agent),
             effective: Some(effective_parameters(&spec, &provider).to_proto()),
-            provider: Some(provider_proto(&provider)),
+            provider: Some(message::<Providers>(&provider)),
             api_key: api_key.to_string(),
             agent_version,
             provider_version: provider.version,

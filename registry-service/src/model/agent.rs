@@ -95,6 +95,10 @@ pub const FIELDS: &[&str] = &[
     "max_retry_limit",
 ];
 
+impl super::Snapshot for AgentSpec {
+    const KIND: &'static str = "agent";
+}
+
 impl Default for AgentSpec {
     fn default() -> Self {
         Self {
@@ -272,19 +276,6 @@ impl AgentSpec {
                 v.add(field, "is listed twice");
             }
         }
-    }
-
-    /// The snapshot stored in a version row.
-    pub fn to_json(&self) -> serde_json::Value {
-        // A struct of strings, numbers, bools and lists always serializes.
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Reads a stored snapshot.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, Error> {
-        // Straight from the borrowed tree: no copy of it first.
-        Self::deserialize(value)
-            .map_err(|e| Error::Internal(format!("unreadable agent snapshot: {e}")))
     }
 
     /// The message form, without resource metadata.

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Snapshot;
 use super::params::{self, ModelParams};
 use super::version::{self, Change};
 use super::{check_length, check_required_text};
@@ -158,6 +159,11 @@ pub fn check_counts(input: &pb::Provider) -> Result<(), Error> {
     v.finish(())
 }
 
+/// The snapshot keeps the key as ciphertext.
+impl super::Snapshot for ProviderSpec {
+    const KIND: &'static str = "provider";
+}
+
 impl ProviderSpec {
     fn blank() -> Self {
         Self {
@@ -291,17 +297,6 @@ impl ProviderSpec {
         self.default_parameters
             .validate("provider.default_parameters", &mut v);
         v.finish(self)
-    }
-
-    /// The snapshot stored in a version row (the key as ciphertext).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-
-    /// Reads a stored snapshot.
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, Error> {
-        Self::deserialize(value)
-            .map_err(|e| Error::Internal(format!("unreadable provider snapshot: {e}")))
     }
 
     /// The changes from `old` to `new`, never with a ciphertext in them: a

@@ -15,21 +15,29 @@
 //! before it in the group left, exactly as if they had committed one by
 //! one in that order.
 //!
-//! When a statement fails (a duplicate name, say), the whole group is
-//! rolled back and its writes are run again one transaction each, so only
-//! the write at fault gets the error. A failure that is not about one
+//! When a statement fails (a duplicate name, say), the group is rolled
+//! back, the write at fault (the one whose `SELECT changes()` row did not
+//! come) gets the error, and the others run again as one group: one more
+//! transaction, not one per write. A failure that is not about one
 //! statement (the database is locked or unreachable) is every write's
 //! answer, without retries. An idle queue adds no latency: a lone write is
 //! a group of one.
 //!
-//! The task runs the writes whatever happens to their callers, so a call
-//! cancelled while it waits never leaves a transaction half-done.
+//! A write whose caller has gone (cancelled, timed out) before its group
+//! starts is dropped unrun; once a group starts, the task runs it to its
+//! end whatever happens to the callers, so no transaction is left
+//! half-done. The task is watched: when it stops (it panicked), [`GroupCommit::running`]
+//! says so (readiness reports it) and writes fail at once as UNAVAILABLE.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::metrics::histogram::Histogram;
-use sea_orm::DbErr;
 use sea_orm::sea_query::Values;
 use sea_orm::sqlx::{self, Row};
+use sea_orm::{DbErr, RuntimeErr};
 use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
 use tracing::Instrument;
 
 /// Most writes in one transaction.
@@ -51,6 +59,8 @@ const WRITTEN: &str = "agentregistry_written";
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     writes: mpsc::Sender<PendingWrite>,
+    /// Cleared when the committer task ends, however it ends.
+    running: Arc<AtomicBool>,
 }
 
 /// One write: its statements (each ending in `;`), their values in order,
@@ -68,8 +78,19 @@ impl GroupCommit {
     /// dropped and the queue is empty.
     pub fn start(pool: sqlx::SqlitePool, group_sizes: Histogram) -> Self {
         let (writes, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(commit_groups(pool, queue, group_sizes));
-        Self { writes }
+        let running = Arc::new(AtomicBool::new(true));
+        let stopped = Stopped(Arc::clone(&running));
+        tokio::spawn(async move {
+            // Dropped when the task ends, also by a panic (unwinding).
+            let _stopped = stopped;
+            commit_groups(pool, queue, group_sizes).await;
+        });
+        Self { writes, running }
+    }
+
+    /// Whether the committer task still runs.
+    pub fn running(&self) -> bool {
+        self.running.load(Ordering::Relaxed)
     }
 
     /// Queues `statements` as one write and waits for its group to commit;
@@ -82,13 +103,30 @@ impl GroupCommit {
             values,
             outcome,
         };
-        if self.writes.send(pending).await.is_err() {
-            return Err(DbErr::Custom("the SQLite committer has stopped".to_owned()));
+        if !self.running() || self.writes.send(pending).await.is_err() {
+            return Err(stopped());
         }
-        answer
-            .await
-            .map_err(|_| DbErr::Custom("the SQLite committer dropped a write".to_owned()))?
+        answer.await.map_err(|_| stopped())?
     }
+}
+
+/// Clears the flag it holds when dropped.
+#[derive(Debug)]
+struct Stopped(Arc<AtomicBool>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+        tracing::error!("the SQLite committer stopped: agent writes fail until a restart");
+    }
+}
+
+/// The answer while the committer is gone: a connection-level error, so
+/// UNAVAILABLE (see [`super::db_error`]).
+fn stopped() -> DbErr {
+    DbErr::Conn(RuntimeErr::Internal(
+        "the SQLite committer has stopped".to_owned(),
+    ))
 }
 
 /// The statements as one SQL text ending in `SELECT changes()`, and their
@@ -115,6 +153,11 @@ async fn commit_groups(
 ) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while queue.recv_many(&mut group, MAX_GROUP).await > 0 {
+        // Callers that went away before their group started: not run.
+        group.retain(|pending| !pending.outcome.is_closed());
+        if group.is_empty() {
+            continue;
+        }
         group_sizes.observe(group.len() as f64);
         let span = tracing::debug_span!("sqlite group commit", writes = group.len());
         commit(&pool, std::mem::take(&mut group))
@@ -123,29 +166,45 @@ async fn commit_groups(
     }
 }
 
-/// Commits `group` as one transaction, or, when a statement fails, each
-/// write alone.
-async fn commit(pool: &sqlx::SqlitePool, group: Vec<PendingWrite>) {
-    let outcomes = run_transaction(pool, &group).await;
-    match outcomes {
-        Ok(written) => {
-            for (pending, written) in group.into_iter().zip(written) {
-                let _ = pending.outcome.send(Ok(written));
+/// Commits `group` as one transaction; when a statement fails, the write
+/// at fault gets the error and the rest run again as one group.
+async fn commit(pool: &sqlx::SqlitePool, mut group: Vec<PendingWrite>) {
+    while !group.is_empty() {
+        match run_transaction(pool, &group).await {
+            Ok(written) => {
+                for (pending, written) in group.into_iter().zip(written) {
+                    let _ = pending.outcome.send(Ok(written));
+                }
+                return;
+            }
+            Err(Failed {
+                error,
+                at: Some(at),
+            }) if at < group.len() && is_statement_error(&error) => {
+                let at_fault = group.remove(at);
+                let _ = at_fault.outcome.send(Err(error));
+            }
+            Err(Failed { error, .. }) => {
+                for pending in group {
+                    let _ = pending.outcome.send(Err(error.clone()));
+                }
+                return;
             }
         }
-        Err(error) if group.len() > 1 && is_statement_error(&error) => {
-            for pending in group {
-                let outcome = run_transaction(pool, std::slice::from_ref(&pending))
-                    .await
-                    .map(|written| written.first().copied().unwrap_or(false));
-                let _ = pending.outcome.send(outcome);
-            }
-        }
-        Err(error) => {
-            for pending in group {
-                let _ = pending.outcome.send(Err(error.clone()));
-            }
-        }
+    }
+}
+
+/// A group that failed: the error, and the index of the write that was
+/// running when it came (`None` when the group did not start).
+#[derive(Debug)]
+struct Failed {
+    error: DbErr,
+    at: Option<usize>,
+}
+
+impl From<DbErr> for Failed {
+    fn from(error: DbErr) -> Self {
+        Self { error, at: None }
     }
 }
 
@@ -156,7 +215,7 @@ async fn commit(pool: &sqlx::SqlitePool, group: Vec<PendingWrite>) {
 async fn run_transaction(
     pool: &sqlx::SqlitePool,
     group: &[PendingWrite],
-) -> Result<Vec<bool>, DbErr> {
+) -> Result<Vec<bool>, Failed> {
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
     let mut values = Vec::new();
     for pending in group {
@@ -174,40 +233,51 @@ async fn run_transaction(
         sea_query_sqlx::SqlxValues(Values(values)),
     )
     .persistent(group.len() <= MAX_CACHED_GROUP);
-    match batch.fetch_all(&mut *connection).await {
-        Ok(rows) => written_per_write(&rows, group.len()),
-        Err(error) => {
-            let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
-            if rolled_back.is_err() {
-                // No transaction was open (BEGIN itself failed), or the
-                // connection is broken: either way, not one to reuse.
-                let _ = connection.close().await;
+    // Each write's `SELECT changes()` row, as it comes: when a statement
+    // fails, the writes before it have theirs, so the one at fault is the
+    // next. Rows a statement returned (`RETURNING`) are skipped.
+    let mut written = Vec::with_capacity(group.len());
+    let failure = {
+        let mut rows = batch.fetch(&mut *connection);
+        loop {
+            match rows.next().await {
+                None => break None,
+                Some(Ok(row)) => {
+                    let closes_a_write = row
+                        .try_column(0)
+                        .is_ok_and(|column| sqlx::Column::name(column) == WRITTEN);
+                    if closes_a_write {
+                        match row.try_get::<i64, _>(0) {
+                            Ok(changed) => written.push(changed == 1),
+                            Err(error) => break Some(error),
+                        }
+                    }
+                }
+                Some(Err(error)) => break Some(error),
             }
-            Err(exec_error(error))
         }
-    }
-}
-
-/// Reads each write's `SELECT changes()` row; rows a statement returned
-/// (`RETURNING`) are skipped.
-fn written_per_write(rows: &[sqlx::sqlite::SqliteRow], writes: usize) -> Result<Vec<bool>, DbErr> {
-    let mut written = Vec::with_capacity(writes);
-    for row in rows {
-        let closes_a_write = row
-            .try_column(0)
-            .is_ok_and(|column| sqlx::Column::name(column) == WRITTEN);
-        if closes_a_write {
-            let changed: i64 = row.try_get(0).map_err(exec_error)?;
-            written.push(changed == 1);
+    };
+    let Some(error) = failure else {
+        if written.len() != group.len() {
+            return Err(DbErr::Custom(format!(
+                "group commit: {} outcomes for {} writes",
+                written.len(),
+                group.len()
+            ))
+            .into());
         }
+        return Ok(written);
+    };
+    let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
+    if rolled_back.is_err() {
+        // No transaction was open (BEGIN itself failed), or the
+        // connection is broken: either way, not one to reuse.
+        let _ = connection.close().await;
     }
-    if written.len() != writes {
-        return Err(DbErr::Custom(format!(
-            "group commit: {} outcomes for {writes} writes",
-            written.len()
-        )));
-    }
-    Ok(written)
+    Err(Failed {
+        error: exec_error(error),
+        at: Some(written.len()),
+    })
 }
 
 /// Whether `error` came from one statement of the batch (a constraint, a
@@ -229,4 +299,142 @@ fn is_statement_error(error: &DbErr) -> bool {
 
 fn exec_error(error: sqlx::Error) -> DbErr {
     DbErr::Exec(sea_orm::RuntimeErr::SqlxError(std::sync::Arc::new(error)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    /// A fresh database file with one table whose names are unique.
+    async fn database() -> sqlx::SqlitePool {
+        let path = std::env::temp_dir().join(format!("group-commit-{}.db", uuid::Uuid::now_v7()));
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .expect("open the database");
+        sqlx::query("CREATE TABLE t (name TEXT NOT NULL UNIQUE, n INTEGER NOT NULL DEFAULT 0)")
+            .execute(&pool)
+            .await
+            .expect("create the table");
+        pool
+    }
+
+    type Answer = oneshot::Receiver<Result<bool, DbErr>>;
+
+    /// One write of one statement with one bound name.
+    fn write(sql: &str, name: &str) -> (PendingWrite, Answer) {
+        let (sql, values) = joined(vec![(sql.to_owned(), Values(vec![name.into()]))]);
+        let (outcome, answer) = oneshot::channel();
+        let pending = PendingWrite {
+            sql,
+            values,
+            outcome,
+        };
+        (pending, answer)
+    }
+
+    fn insert(name: &str) -> (PendingWrite, Answer) {
+        write("INSERT INTO t (name) VALUES (?)", name)
+    }
+
+    fn bump(name: &str) -> (PendingWrite, Answer) {
+        write("UPDATE t SET n = n + 1 WHERE name = ?", name)
+    }
+
+    async fn names(pool: &sqlx::SqlitePool) -> Vec<(String, i64)> {
+        sqlx::query_as("SELECT name, n FROM t ORDER BY name")
+            .fetch_all(pool)
+            .await
+            .expect("read the table")
+    }
+
+    async fn run(pool: &sqlx::SqlitePool, writes: Vec<(PendingWrite, Answer)>) -> Vec<Answer> {
+        let (group, answers): (Vec<_>, Vec<_>) = writes.into_iter().unzip();
+        commit(pool, group).await;
+        answers
+    }
+
+    #[tokio::test]
+    async fn a_mixed_group_answers_each_write_as_if_alone() {
+        let pool = database().await;
+        let answers = run(
+            &pool,
+            vec![insert("a"), insert("b"), bump("a"), bump("nobody")],
+        )
+        .await;
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.await.expect("answered").expect("no error"));
+        }
+        assert_eq!(outcomes, [true, true, true, false]);
+        assert_eq!(names(&pool).await, [("a".into(), 1), ("b".into(), 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_unique_clash_fails_only_its_own_write() {
+        let pool = database().await;
+        let first = run(&pool, vec![insert("x")]).await;
+        for answer in first {
+            assert!(answer.await.expect("answered").expect("no error"));
+        }
+        let answers = run(
+            &pool,
+            vec![insert("a"), insert("x"), insert("b"), bump("x")],
+        )
+        .await;
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            outcomes.push(answer.await.expect("answered"));
+        }
+        assert!(matches!(outcomes[0], Ok(true)), "{outcomes:?}");
+        let clash = outcomes[1].as_ref().expect_err("the duplicate fails");
+        assert!(super::super::unique_violation(clash).is_some(), "{clash:?}");
+        assert!(matches!(outcomes[2], Ok(true)), "{outcomes:?}");
+        assert!(matches!(outcomes[3], Ok(true)), "{outcomes:?}");
+        let expected = [("a".into(), 0), ("b".into(), 0), ("x".into(), 1)];
+        assert_eq!(names(&pool).await, expected);
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_caller_left_before_its_group_is_not_run() {
+        let pool = database().await;
+        let (queue_in, queue) = mpsc::channel(8);
+        let (gone, gone_answer) = insert("gone");
+        drop(gone_answer);
+        let (kept, kept_answer) = insert("kept");
+        for pending in [gone, kept] {
+            queue_in.send(pending).await.expect("queued");
+        }
+        drop(queue_in);
+        commit_groups(pool.clone(), queue, Histogram::new([1.0].into_iter())).await;
+        assert!(kept_answer.await.expect("answered").expect("no error"));
+        assert_eq!(names(&pool).await, [("kept".into(), 0)]);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_committer_is_reported_and_writes_fail_as_unavailable() {
+        let running = Arc::new(AtomicBool::new(true));
+        let stopped_guard = Stopped(Arc::clone(&running));
+        let task = tokio::spawn(async move {
+            let _stopped = stopped_guard;
+            panic!("the committer fails");
+        });
+        assert!(task.await.is_err());
+        let (writes, _queue) = mpsc::channel(1);
+        let committer = GroupCommit { writes, running };
+        assert!(!committer.running());
+        let error = committer
+            .write(vec![("SELECT 1".to_owned(), Values(Vec::new()))])
+            .await
+            .expect_err("refused");
+        assert!(matches!(
+            super::super::db_error(error),
+            crate::error::Error::Unavailable { .. }
+        ));
+    }
 }

@@ -1,132 +1,223 @@
-//! Providers and their versions in the database. The API key is stored only
+//! Providers: the versioned kind [`Providers`]. The API key is stored only
 //! as crypto-service ciphertext, in the row and in every snapshot; each key
 //! gets a credential revision (`provider_key_revisions`) as it is written,
-//! and no write makes a revoked revision current again.
+//! and no write makes a revoked revision current again. A provider write
+//! takes the fast path of [`versioned`] when neither its key nor the
+//! tenant's default moves; otherwise the locking path, where
+//! [`Kind::prepare`] numbers keys, refuses revoked ones and takes the
+//! default over.
 
-use chrono::{DateTime, Utc};
 use migrations::entity::{agent, provider, provider_key_revision, provider_version};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
-    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, Set,
 };
+use serde_json::Value;
 
-use super::agents::Write;
+use super::recent::Weigh;
+use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
 use super::{
-    MAX_WRITE_ATTEMPTS, Page, VersionRecord, begin_write, db_error, foreign_key_violation,
-    paginate, stale_etag, unique_violation,
+    MAX_WRITE_ATTEMPTS, Store, begin_write, db_error, foreign_key_violation, insert_row, json_val,
+    unique_violation, val,
 };
 use crate::error::Error;
+use crate::model::Snapshot;
 use crate::model::provider::ProviderSpec;
-use crate::model::version::{self, Action};
+use crate::model::version::{Action, Change};
 
 /// A provider as stored now.
-#[derive(Debug, Clone)]
-pub struct ProviderRecord {
-    pub id: String,
-    pub spec: ProviderSpec,
-    pub version: i64,
-    pub create_time: DateTime<Utc>,
-    pub update_time: DateTime<Utc>,
-    pub created_by: String,
-    pub updated_by: String,
+pub type ProviderRecord = Record<ProviderSpec>;
+
+/// The provider kind. With `revoke_replaced`, an update that replaces the
+/// key revokes the revision it replaces, in the same transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Providers {
+    pub revoke_replaced: bool,
 }
 
-impl ProviderRecord {
-    /// Reads a row.
-    pub fn from_row(row: provider::Model) -> Result<Self, Error> {
-        // The row's columns are authoritative; `config` holds the rest.
-        let mut spec = ProviderSpec::from_json(&row.config)?;
-        spec.name = row.name;
-        spec.is_default = row.is_default;
-        spec.api_key = row.api_key_ciphertext;
-        Ok(Self {
-            spec,
-            id: row.id,
-            version: row.version,
-            create_time: row.create_time,
-            update_time: row.update_time,
-            created_by: row.created_by,
-            updated_by: row.updated_by,
-        })
+impl Kind for Providers {
+    type Spec = ProviderSpec;
+    type Entity = provider::Entity;
+    type Versions = provider_version::Entity;
+
+    const NAMES: Names = Names::new("provider", "provider version", "provider_id");
+
+    /// The row's columns are authoritative; `config` holds the rest.
+    fn read_spec(
+        mut spec: ProviderSpec,
+        row: &QueryResult,
+        prefix: &str,
+    ) -> Result<ProviderSpec, DbErr> {
+        spec.name = row.try_get(prefix, "name")?;
+        spec.is_default = row.try_get(prefix, "is_default")?;
+        spec.api_key = row.try_get(prefix, "api_key_ciphertext")?;
+        Ok(spec)
     }
-}
 
-/// Creates a provider (whose key is already ciphertext, bound to `id`) and
-/// its version 1; takes over the tenant default when `spec.is_default`.
-pub async fn create(
-    db: &DatabaseConnection,
-    write: Write<'_>,
-    id: String,
-    mut spec: ProviderSpec,
-) -> Result<ProviderRecord, Error> {
-    // A new provider's first key is its revision 1.
-    spec.api_key_revision = spec.api_key.as_ref().map(|_| 1);
-    for _ in 0..MAX_WRITE_ATTEMPTS {
-        let now = super::now();
-        let txn = begin_write(db).await?;
-        if spec.is_default && !take_default(&txn, &write, &id, &spec.name).await? {
-            txn.rollback().await.map_err(db_error)?;
-            continue;
+    fn diff(old: &ProviderSpec, new: &ProviderSpec, _new_json: &Value) -> Vec<Change> {
+        ProviderSpec::diff(old, new)
+    }
+
+    /// `config` is the snapshot without the key (which has its column).
+    fn columns(
+        spec: &ProviderSpec,
+        _snapshot: &SimpleExpr,
+        backend: DbBackend,
+    ) -> Result<Vec<(&'static str, SimpleExpr)>, Error> {
+        let provider_type =
+            provider::ProviderType::try_from_value(&spec.provider_type.as_str().to_owned())
+                .map_err(|e| Error::Internal(format!("provider type: {e}")))?;
+        let mut config = spec.clone();
+        config.api_key = None;
+        Ok(vec![
+            ("name", val(spec.name.clone())),
+            ("provider_type", val(provider_type.to_value())),
+            ("config", json_val(backend, &config.to_json())),
+            ("api_key_ciphertext", val(spec.api_key.clone())),
+            ("is_default", val(spec.is_default)),
+        ])
+    }
+
+    /// A clash on the one-default index (or any but the name's) means
+    /// another provider became the default meanwhile: try again.
+    fn clash(&self, error: DbErr, spec: &ProviderSpec) -> Clash {
+        match unique_violation(&error) {
+            Some(message) if message.contains("default") || !message.contains("name") => {
+                Clash::Retry
+            }
+            Some(_) => Clash::Fail(Error::AlreadyExists {
+                kind: "provider",
+                name: spec.name.clone(),
+            }),
+            None => Clash::Fail(db_error(error)),
         }
-        let row = provider::ActiveModel {
-            id: Set(id.clone()),
-            tenant_id: Set(write.caller.tenant.clone()),
-            name: Set(spec.name.clone()),
-            provider_type: Set(provider_type(&spec)?),
-            config: Set(config_json(&spec)),
-            api_key_ciphertext: Set(spec.api_key.clone()),
-            is_default: Set(spec.is_default),
-            version: Set(1),
-            create_time: Set(now),
-            update_time: Set(now),
-            created_by: Set(write.caller.subject.clone()),
-            updated_by: Set(write.caller.subject.clone()),
-        };
-        // Without RETURNING: the row is what we just built (on SQLite,
-        // sea-orm's `insert` would read it back with a second statement).
-        if let Err(error) = provider::Entity::insert(row)
-            .exec_without_returning(&txn)
-            .await
-        {
-            match classify(error, &spec) {
-                WriteFailure::DefaultTaken => continue,
-                WriteFailure::Error(error) => return Err(error),
+    }
+
+    /// Fast unless the write touches the key or moves the default.
+    fn fast(&self, current: Option<&ProviderSpec>, new: &ProviderSpec) -> bool {
+        match current {
+            None => !new.is_default && new.api_key.is_none(),
+            Some(current) => {
+                current.is_default == new.is_default
+                    && current.api_key == new.api_key
+                    && current.api_key_revision == new.api_key_revision
             }
         }
-        if let Some(revision) = spec.api_key_revision {
-            insert_key_revision(&txn, &write, &id, revision, now).await?;
-        }
-        insert_version(&txn, &write, &id, 1, &spec, Vec::new(), now).await?;
-        txn.commit().await.map_err(db_error)?;
-        return Ok(ProviderRecord {
-            id,
-            spec,
-            version: 1,
-            create_time: now,
-            update_time: now,
-            created_by: write.caller.subject.clone(),
-            updated_by: write.caller.subject.clone(),
-        });
     }
-    Err(contended())
+
+    /// A key whose revision is revoked is never made current: the current
+    /// key stays, and the description says so. A new key is numbered (a
+    /// new provider's first key is revision 1, recorded in [`finish`]
+    /// once its row exists). A new default takes the tenant's default over.
+    async fn prepare(
+        &self,
+        txn: &DatabaseTransaction,
+        write: &Write<'_>,
+        id: &str,
+        current: Option<&ProviderSpec>,
+        next: &mut ProviderSpec,
+        description: &mut String,
+    ) -> Result<bool, Error> {
+        if let Some(current) = current
+            && let Some(revision) = next.api_key_revision
+            && next.api_key_revision != current.api_key_revision
+            && is_revoked(txn, id, revision).await?
+        {
+            next.api_key = current.api_key.clone();
+            next.api_key_revision = current.api_key_revision;
+            description.push_str(&match current.api_key_revision {
+                Some(kept) => {
+                    format!(" (key revision {revision} is revoked: kept key revision {kept})")
+                }
+                None => format!(" (key revision {revision} is revoked: kept the current key)"),
+            });
+        }
+        if next.api_key.is_some() && next.api_key_revision.is_none() {
+            next.api_key_revision = Some(match current {
+                None => 1,
+                Some(_) => {
+                    let revision = next_key_revision(txn, id).await?;
+                    insert_key_revision(txn, write, id, revision).await?;
+                    revision
+                }
+            });
+        }
+        let becomes_default = next.is_default && !current.is_some_and(|c| c.is_default);
+        if becomes_default {
+            return take_default(txn, write, id, &next.name).await;
+        }
+        Ok(true)
+    }
+
+    /// A new provider's key revision; with `revoke_replaced`, the revision
+    /// an update replaced is revoked.
+    async fn finish(
+        &self,
+        txn: &DatabaseTransaction,
+        write: &Write<'_>,
+        current: Option<&ProviderRecord>,
+        written: &ProviderRecord,
+    ) -> Result<(), Error> {
+        let Some(current) = current else {
+            if let Some(revision) = written.spec.api_key_revision {
+                insert_key_revision(txn, write, &written.id, revision).await?;
+            }
+            return Ok(());
+        };
+        if self.revoke_replaced
+            && let Some(replaced) = current.spec.api_key_revision
+            && written.spec.api_key_revision != Some(replaced)
+        {
+            revoke_key_revision(txn, write, &written.id, replaced).await?;
+        }
+        Ok(())
+    }
+
+    fn delete_error(&self, error: DbErr) -> Error {
+        if foreign_key_violation(&error) {
+            in_use(1)
+        } else {
+            db_error(error)
+        }
+    }
+
+    /// Refused while agents are assigned to the provider.
+    async fn guard_delete(
+        &self,
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        id: &str,
+    ) -> Result<(), Error> {
+        let assigned = agent::Entity::find()
+            .filter(agent::Column::TenantId.eq(tenant))
+            .filter(agent::Column::LlmProviderId.eq(id))
+            .count(txn)
+            .await
+            .map_err(db_error)?;
+        if assigned > 0 {
+            // Another tenant's provider answers NOT_FOUND, never "in use".
+            versioned::get::<Self>(txn, tenant, id).await?;
+            return Err(in_use(assigned));
+        }
+        Ok(())
+    }
+}
+
+/// Providers are not kept (see [`Kind::recent`]): a rough weight will do.
+impl Weigh for ProviderSpec {
+    fn heap_bytes(&self) -> usize {
+        self.name.len() + self.model_name.len() + self.api_key.as_ref().map_or(0, String::len)
+    }
 }
 
 /// The provider `id` of `tenant`.
 pub async fn get(
-    db: &impl sea_orm::ConnectionTrait,
+    db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
 ) -> Result<ProviderRecord, Error> {
-    let row = provider::Entity::find_by_id(id.to_owned())
-        .filter(provider::Column::TenantId.eq(tenant))
-        .all(db)
-        .await
-        .map_err(db_error)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| not_found(id))?;
-    ProviderRecord::from_row(row)
+    versioned::get::<Providers>(db, tenant, id).await
 }
 
 /// The tenant's default provider, if it has one.
@@ -134,82 +225,14 @@ pub async fn default_of(
     db: &impl ConnectionTrait,
     tenant: &str,
 ) -> Result<Option<ProviderRecord>, Error> {
-    let row = provider::Entity::find()
+    let rows = provider::Entity::find()
         .filter(provider::Column::TenantId.eq(tenant))
         .filter(provider::Column::IsDefault.eq(true))
-        .one(db)
+        .into_model::<Read<Providers>>()
+        .all(db)
         .await
         .map_err(db_error)?;
-    row.map(ProviderRecord::from_row).transpose()
-}
-
-/// One page of the tenant's providers, oldest first.
-pub async fn list(
-    db: &impl ConnectionTrait,
-    tenant: &str,
-    after: Option<String>,
-    limit: u64,
-) -> Result<Page<ProviderRecord>, Error> {
-    let scoped = provider::Entity::find().filter(provider::Column::TenantId.eq(tenant));
-    let total = scoped.clone().count(db).await.map_err(db_error)?;
-    let mut query = scoped.order_by_asc(provider::Column::Id).limit(limit + 1);
-    if let Some(after) = after {
-        query = query.filter(provider::Column::Id.gt(after));
-    }
-    let rows = query.all(db).await.map_err(db_error)?;
-    let records = rows
-        .into_iter()
-        .map(ProviderRecord::from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(paginate(
-        records,
-        limit,
-        |r| r.id.clone(),
-        i64::try_from(total).unwrap_or(i64::MAX),
-    ))
-}
-
-/// Changes a provider with `change` (whose key, if new, is already
-/// ciphertext), appending a version unless nothing changed; see
-/// [`super::agents::update`] for the locking and etag rules.
-///
-/// A key `change` brings without a revision is numbered as it is written;
-/// with `revoke_replaced`, the revision it replaces is revoked in the same
-/// transaction. A key whose revision is revoked is never made current: the
-/// current key stays, and the version's description says so.
-pub async fn update(
-    db: &DatabaseConnection,
-    write: Write<'_>,
-    id: &str,
-    expected_version: Option<i64>,
-    revoke_replaced: bool,
-    change: impl Fn(&ProviderRecord) -> Result<ProviderSpec, Error>,
-) -> Result<ProviderRecord, Error> {
-    for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(db).await?;
-        let current = get_locked(&txn, &write.caller.tenant, id).await?;
-        if let Some(expected) = expected_version
-            && expected != current.version
-        {
-            return Err(stale_etag("provider", current.version));
-        }
-        let spec = change(&current)?;
-        if spec == current.spec && write.action == Action::Update {
-            return Ok(current);
-        }
-        let replaced = current.spec.api_key_revision;
-        if let Some(record) = write_next_version(&txn, &write, &current, &spec).await? {
-            if revoke_replaced
-                && let Some(replaced) = replaced
-                && record.spec.api_key_revision != Some(replaced)
-            {
-                revoke_key_revision(&txn, &write, id, replaced).await?;
-            }
-            txn.commit().await.map_err(db_error)?;
-            return Ok(record);
-        }
-    }
-    Err(contended())
+    Ok(rows.into_iter().next().map(|read| read.0))
 }
 
 /// Revokes credential revision `revision` of provider `id`. When it is the
@@ -217,16 +240,16 @@ pub async fn update(
 /// nothing but the revision changes. Revoking a revoked revision changes
 /// nothing.
 pub async fn revoke_key(
-    db: &DatabaseConnection,
+    store: &Store,
     write: Write<'_>,
     id: &str,
     revision: i64,
 ) -> Result<ProviderRecord, Error> {
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(db).await?;
+        let txn = begin_write(store.pool()).await?;
         // The provider's row lock orders this against every other write
         // of its key (rollbacks included).
-        let current = get_locked(&txn, &write.caller.tenant, id).await?;
+        let current = versioned::get_locked::<Providers>(&txn, &write.caller.tenant, id).await?;
         let known = provider_key_revision::Entity::find_by_id((id.to_owned(), revision))
             .one(&txn)
             .await
@@ -246,12 +269,16 @@ pub async fn revoke_key(
         let mut spec = current.spec.clone();
         spec.api_key = None;
         spec.api_key_revision = None;
-        if let Some(record) = write_next_version(&txn, &write, &current, &spec).await? {
+        let kind = Providers::default();
+        let base = Base::Current(&current);
+        if let Some(record) = versioned::write_locked(&txn, &kind, &write, base, spec).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
         }
     }
-    Err(contended())
+    Err(Error::Aborted(
+        "too many concurrent writers on this provider; try again".to_owned(),
+    ))
 }
 
 /// Records that `revision` of `provider_id` was stored now.
@@ -260,13 +287,12 @@ async fn insert_key_revision(
     write: &Write<'_>,
     provider_id: &str,
     revision: i64,
-    now: DateTime<Utc>,
 ) -> Result<(), Error> {
     let row = provider_key_revision::ActiveModel {
         provider_id: Set(provider_id.to_owned()),
         revision: Set(revision),
         tenant_id: Set(write.caller.tenant.clone()),
-        create_time: Set(now),
+        create_time: Set(super::now()),
         created_by: Set(write.caller.subject.clone()),
         revoke_time: Set(None),
         revoked_by: Set(None),
@@ -330,209 +356,6 @@ async fn revoke_key_revision(
     Ok(())
 }
 
-async fn get_locked(
-    txn: &DatabaseTransaction,
-    tenant: &str,
-    id: &str,
-) -> Result<ProviderRecord, Error> {
-    let row = provider::Entity::find_by_id(id.to_owned())
-        .filter(provider::Column::TenantId.eq(tenant))
-        .lock_exclusive()
-        .all(txn)
-        .await
-        .map_err(db_error)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| not_found(id))?;
-    ProviderRecord::from_row(row)
-}
-
-/// Deletes a provider (its versions go with it); refused while agents are
-/// assigned to it.
-pub async fn delete(
-    db: &DatabaseConnection,
-    tenant: &str,
-    id: &str,
-    expected_version: Option<i64>,
-) -> Result<(), Error> {
-    let txn = begin_write(db).await?;
-    let mut query = provider::Entity::delete_many()
-        .filter(provider::Column::Id.eq(id))
-        .filter(provider::Column::TenantId.eq(tenant));
-    if let Some(expected) = expected_version {
-        query = query.filter(provider::Column::Version.eq(expected));
-    }
-    let assigned = agent::Entity::find()
-        .filter(agent::Column::TenantId.eq(tenant))
-        .filter(agent::Column::LlmProviderId.eq(id))
-        .count(&txn)
-        .await
-        .map_err(db_error)?;
-    if assigned > 0 {
-        txn.rollback().await.map_err(db_error)?;
-        // Another tenant's provider answers NOT_FOUND, never "in use".
-        get(db, tenant, id).await?;
-        return Err(in_use(assigned));
-    }
-    let deleted = match query.exec(&txn).await {
-        Ok(result) => result.rows_affected,
-        Err(error) if foreign_key_violation(&error) => {
-            txn.rollback().await.map_err(db_error)?;
-            return Err(in_use(1));
-        }
-        Err(error) => return Err(db_error(error)),
-    };
-    if deleted == 0 {
-        txn.rollback().await.map_err(db_error)?;
-        let current = get(db, tenant, id).await?;
-        return Err(stale_etag("provider", current.version));
-    }
-    txn.commit().await.map_err(db_error)
-}
-
-/// One page of a provider's versions, newest first.
-pub async fn list_versions(
-    db: &impl ConnectionTrait,
-    tenant: &str,
-    id: &str,
-    before: Option<i64>,
-    limit: u64,
-) -> Result<Page<VersionRecord>, Error> {
-    let total = get(db, tenant, id).await?.version;
-    let mut query = provider_version::Entity::find()
-        .filter(provider_version::Column::ProviderId.eq(id))
-        .filter(provider_version::Column::TenantId.eq(tenant))
-        .order_by_desc(provider_version::Column::VersionNumber)
-        .limit(limit + 1);
-    if let Some(before) = before {
-        query = query.filter(provider_version::Column::VersionNumber.lt(before));
-    }
-    let rows = query.all(db).await.map_err(db_error)?;
-    let records = rows.into_iter().map(version_record).collect();
-    Ok(paginate(
-        records,
-        limit,
-        |r| r.version_number.to_string(),
-        total,
-    ))
-}
-
-/// Version `number` of provider `id`.
-pub async fn get_version(
-    db: &impl ConnectionTrait,
-    tenant: &str,
-    id: &str,
-    number: i64,
-) -> Result<VersionRecord, Error> {
-    let row = provider_version::Entity::find()
-        .filter(provider_version::Column::ProviderId.eq(id))
-        .filter(provider_version::Column::TenantId.eq(tenant))
-        .filter(provider_version::Column::VersionNumber.eq(number))
-        .all(db)
-        .await
-        .map_err(db_error)?
-        .into_iter()
-        .next();
-    match row {
-        Some(row) => Ok(version_record(row)),
-        None => {
-            get(db, tenant, id).await?;
-            Err(Error::NotFound {
-                kind: "provider version",
-                id: format!("{id}@{number}"),
-            })
-        }
-    }
-}
-
-/// Writes `spec` as the next version inside `txn`; `None` when another
-/// writer took the number or the default moved under us.
-async fn write_next_version(
-    txn: &DatabaseTransaction,
-    write: &Write<'_>,
-    current: &ProviderRecord,
-    spec: &ProviderSpec,
-) -> Result<Option<ProviderRecord>, Error> {
-    let next = current.version + 1;
-    let now = super::now();
-    let mut spec = spec.clone();
-    let mut description = write.description.clone();
-    if let Some(revision) = spec.api_key_revision
-        && spec.api_key_revision != current.spec.api_key_revision
-        && is_revoked(txn, &current.id, revision).await?
-    {
-        spec.api_key = current.spec.api_key.clone();
-        spec.api_key_revision = current.spec.api_key_revision;
-        description.push_str(&match current.spec.api_key_revision {
-            Some(kept) => {
-                format!(" (key revision {revision} is revoked: kept key revision {kept})")
-            }
-            None => format!(" (key revision {revision} is revoked: kept the current key)"),
-        });
-    }
-    if spec.api_key.is_some() && spec.api_key_revision.is_none() {
-        let revision = next_key_revision(txn, &current.id).await?;
-        insert_key_revision(txn, write, &current.id, revision, now).await?;
-        spec.api_key_revision = Some(revision);
-    }
-    let spec = &spec;
-    let write = &Write {
-        caller: write.caller,
-        action: write.action,
-        description,
-    };
-    if spec.is_default
-        && !current.spec.is_default
-        && !take_default(txn, write, &current.id, &spec.name).await?
-    {
-        return Ok(None);
-    }
-    let updated = provider::Entity::update_many()
-        .col_expr(provider::Column::Name, Expr::value(spec.name.clone()))
-        .col_expr(
-            provider::Column::ProviderType,
-            Expr::value(provider_type(spec)?.to_value()),
-        )
-        .col_expr(provider::Column::Config, Expr::value(config_json(spec)))
-        .col_expr(
-            provider::Column::ApiKeyCiphertext,
-            Expr::value(spec.api_key.clone()),
-        )
-        .col_expr(provider::Column::IsDefault, Expr::value(spec.is_default))
-        .col_expr(provider::Column::Version, Expr::value(next))
-        .col_expr(provider::Column::UpdateTime, Expr::value(now))
-        .col_expr(
-            provider::Column::UpdatedBy,
-            Expr::value(write.caller.subject.clone()),
-        )
-        .filter(provider::Column::Id.eq(current.id.clone()))
-        .filter(provider::Column::TenantId.eq(write.caller.tenant.clone()))
-        .filter(provider::Column::Version.eq(current.version))
-        .exec(txn)
-        .await;
-    let updated = match updated {
-        Ok(result) => result.rows_affected,
-        Err(error) => match classify(error, spec) {
-            WriteFailure::DefaultTaken => return Ok(None),
-            WriteFailure::Error(error) => return Err(error),
-        },
-    };
-    if updated == 0 {
-        return Ok(None);
-    }
-    let changes = ProviderSpec::diff(&current.spec, spec);
-    insert_version(txn, write, &current.id, next, spec, changes, now).await?;
-    Ok(Some(ProviderRecord {
-        id: current.id.clone(),
-        spec: spec.clone(),
-        version: next,
-        create_time: current.create_time,
-        update_time: now,
-        created_by: current.created_by.clone(),
-        updated_by: write.caller.subject.clone(),
-    }))
-}
-
 /// Clears the tenant's current default (another provider), appending an
 /// UPDATE version to it. `false` when it changed under us.
 async fn take_default(
@@ -545,13 +368,13 @@ async fn take_default(
         .filter(provider::Column::TenantId.eq(write.caller.tenant.clone()))
         .filter(provider::Column::IsDefault.eq(true))
         .filter(provider::Column::Id.ne(new_default_id))
-        .one(txn)
+        .into_model::<Read<Providers>>()
+        .all(txn)
         .await
         .map_err(db_error)?;
-    let Some(previous) = previous else {
+    let Some(Read(previous)) = previous.into_iter().next() else {
         return Ok(true);
     };
-    let previous = ProviderRecord::from_row(previous)?;
     let mut spec = previous.spec.clone();
     spec.is_default = false;
     let handover = Write {
@@ -577,88 +400,21 @@ async fn take_default(
     if updated.rows_affected == 0 {
         return Ok(false);
     }
+    let backend = txn.get_database_backend();
     let changes = ProviderSpec::diff(&previous.spec, &spec);
-    insert_version(txn, &handover, &previous.id, next, &spec, changes, now).await?;
-    Ok(true)
-}
-
-async fn insert_version(
-    txn: &DatabaseTransaction,
-    write: &Write<'_>,
-    provider_id: &str,
-    number: i64,
-    spec: &ProviderSpec,
-    changes: Vec<version::Change>,
-    now: DateTime<Utc>,
-) -> Result<(), Error> {
-    let row = provider_version::ActiveModel {
-        provider_id: Set(provider_id.to_owned()),
-        tenant_id: Set(write.caller.tenant.clone()),
-        version_number: Set(number),
-        action: Set(write.action),
-        configuration: Set(spec.to_json()),
-        diff: Set(version::changes_to_json(&changes)),
-        change_description: Set(write.description.clone()),
-        changed_by: Set(write.caller.subject.clone()),
-        create_time: Set(now),
-        ..Default::default()
-    };
-    // Without RETURNING: nothing of the row is needed back.
-    provider_version::Entity::insert(row)
-        .exec_without_returning(txn)
+    let row = versioned::version_row(
+        Providers::NAMES.owner,
+        &handover,
+        &previous.id,
+        next,
+        json_val(backend, &spec.to_json()),
+        json_val(backend, &crate::model::version::changes_to_json(&changes)),
+        now,
+    );
+    insert_row(txn, provider_version::Entity, row)
         .await
         .map_err(db_error)?;
-    Ok(())
-}
-
-/// The `config` column: the snapshot without the columns stored apart.
-fn config_json(spec: &ProviderSpec) -> serde_json::Value {
-    let mut config = spec.clone();
-    config.api_key = None;
-    config.to_json()
-}
-
-fn provider_type(spec: &ProviderSpec) -> Result<provider::ProviderType, Error> {
-    provider::ProviderType::try_from_value(&spec.provider_type.as_str().to_owned())
-        .map_err(|e| Error::Internal(format!("provider type: {e}")))
-}
-
-enum WriteFailure {
-    /// Another provider became the default concurrently.
-    DefaultTaken,
-    Error(Error),
-}
-
-fn classify(error: sea_orm::DbErr, spec: &ProviderSpec) -> WriteFailure {
-    match unique_violation(&error) {
-        Some(message) if message.contains("default") || !message.contains("name") => {
-            WriteFailure::DefaultTaken
-        }
-        Some(_) => WriteFailure::Error(Error::AlreadyExists {
-            kind: "provider",
-            name: spec.name.clone(),
-        }),
-        None => WriteFailure::Error(db_error(error)),
-    }
-}
-
-fn version_record(row: provider_version::Model) -> VersionRecord {
-    VersionRecord {
-        version_number: row.version_number,
-        action: row.action,
-        diff: version::changes_from_json(&row.diff),
-        configuration: row.configuration,
-        change_description: row.change_description,
-        changed_by: row.changed_by,
-        create_time: row.create_time,
-    }
-}
-
-fn not_found(id: &str) -> Error {
-    Error::NotFound {
-        kind: "provider",
-        id: id.to_owned(),
-    }
+    Ok(true)
 }
 
 fn in_use(agents: u64) -> Error {
@@ -666,8 +422,4 @@ fn in_use(agents: u64) -> Error {
         "PROVIDER_IN_USE",
         format!("{agents} agent(s) are assigned to this provider; reassign them first"),
     )
-}
-
-fn contended() -> Error {
-    Error::Aborted("too many concurrent writers on this provider; try again".to_owned())
 }

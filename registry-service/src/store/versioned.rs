@@ -1,0 +1,973 @@
+//! The one store of versioned resources. Agents and providers (and any kind
+//! that follows) are rows of a table with `id`, `tenant_id`, `version`,
+//! `create_time`, `update_time`, `created_by` and `updated_by`, plus their
+//! own columns, and a history table of snapshots keyed by
+//! `(<owner>_id, version_number)`. Reading, listing, the version history,
+//! creating, updating, rolling back and deleting live here, once; a kind is
+//! a [`Kind`]: a strategy (as in the Kubernetes apiserver's generic store)
+//! that says how its spec maps to its columns, how it diffs, what it guards
+//! and what a write of it must do inside the write transaction.
+//!
+//! A write takes one of two paths:
+//!
+//! - **fast** (the kind says a write may: [`Kind::fast`]): the conditional
+//!   update (or insert) and the version row go out together
+//!   ([`write_with_version`]): one statement on PostgreSQL, one share of a
+//!   group commit on SQLite. An update starts from the record as this
+//!   process last wrote it ([`Kind::recent`]) when the kind keeps one, or
+//!   else from the row read once.
+//! - **locked**: after losing the race, or when the kind needs reads and
+//!   writes of other rows ([`Kind::prepare`], [`Kind::finish`]): a write
+//!   transaction (IMMEDIATE on SQLite) that reads the row `FOR UPDATE` on
+//!   PostgreSQL, up to [`MAX_WRITE_ATTEMPTS`] times.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, InsertStatement, Query, SimpleExpr, UpdateStatement,
+};
+use sea_orm::{
+    ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, IdenStatic, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
+    QuerySelect, Related,
+};
+use serde_json::Value;
+
+use super::recent::{Recent, Weigh};
+use super::{
+    MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, insert_row, json_val,
+    paginate, stale_etag, val, write_with_version,
+};
+use crate::caller::Caller;
+use crate::error::Error;
+use crate::model::Snapshot;
+use crate::model::version::{self, Action, Change};
+
+/// A resource as stored now.
+#[derive(Debug, Clone)]
+pub struct Record<S> {
+    pub id: String,
+    pub spec: S,
+    pub version: i64,
+    pub create_time: DateTime<Utc>,
+    pub update_time: DateTime<Utc>,
+    pub created_by: String,
+    pub updated_by: String,
+}
+
+/// Who writes a version, and why.
+#[derive(Debug)]
+pub struct Write<'a> {
+    pub caller: &'a Caller,
+    pub action: Action,
+    pub description: String,
+}
+
+/// How a kind is named.
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    /// In errors (`"agent"`).
+    pub kind: &'static str,
+    /// One of its versions in errors (`"agent version"`).
+    pub version: &'static str,
+    /// The version table's column naming the resource (`"agent_id"`).
+    pub owner: &'static str,
+}
+
+impl Names {
+    /// The names `kind`, `version` and `owner`.
+    pub const fn new(kind: &'static str, version: &'static str, owner: &'static str) -> Self {
+        Self {
+            kind,
+            version,
+            owner,
+        }
+    }
+}
+
+/// What a failed write statement means.
+#[derive(Debug)]
+pub enum Clash {
+    /// Something the kind guards moved under the write: try again.
+    Retry,
+    /// The caller's answer.
+    Fail(Error),
+}
+
+/// A kind of versioned resource: its spec, its tables, and what its writes
+/// need beyond the row and the version row.
+pub trait Kind: Sync {
+    /// The validated configuration a version snapshot holds.
+    type Spec: Snapshot + Weigh + Clone + PartialEq + Send + Sync + 'static;
+    /// The table of current rows.
+    type Entity: EntityTrait<Model: Send + Sync> + Related<Self::Versions>;
+    /// The table of version rows.
+    type Versions: EntityTrait + Related<Self::Entity>;
+
+    /// How errors and the version table name the kind.
+    const NAMES: Names;
+
+    /// The spec stored in a row: `config` as read from its `config`
+    /// column, completed from the kind's other columns (read by name, with
+    /// `prefix`, as a joined select names them).
+    fn read_spec(
+        config: Self::Spec,
+        _row: &QueryResult,
+        _prefix: &str,
+    ) -> Result<Self::Spec, DbErr> {
+        Ok(config)
+    }
+    /// The changes from `old` to `new` (`new_json` is `new` as a snapshot).
+    fn diff(old: &Self::Spec, _new: &Self::Spec, new_json: &Value) -> Vec<Change> {
+        version::diff(&old.to_json(), new_json)
+    }
+    /// The kind's own columns for `spec`; `snapshot` is the bound snapshot.
+    fn columns(
+        spec: &Self::Spec,
+        snapshot: &SimpleExpr,
+        backend: DbBackend,
+    ) -> Result<Vec<(&'static str, SimpleExpr)>, Error>;
+    /// What a failed write of `spec` means.
+    fn clash(&self, error: DbErr, spec: &Self::Spec) -> Clash;
+
+    /// The records this process wrote last, when the kind keeps them.
+    fn recent<'s>(&self, _store: &'s Store) -> Option<&'s Recent<Self::Spec>> {
+        None
+    }
+    /// Whether writing `new` over `current` (`None`: creating it) needs
+    /// nothing but the row and the version row.
+    fn fast(&self, current: Option<&Self::Spec>, new: &Self::Spec) -> bool;
+    /// A condition a fast create's insert must meet (its guard), and the
+    /// answer when it does not.
+    fn insert_guard(&self, _tenant: &str, _spec: &Self::Spec) -> Option<(SimpleExpr, Error)> {
+        None
+    }
+    /// Inside a locked write, before the row is written: may change the
+    /// spec and the description; `false` when a race was lost (try again).
+    fn prepare(
+        &self,
+        txn: &DatabaseTransaction,
+        write: &Write<'_>,
+        id: &str,
+        current: Option<&Self::Spec>,
+        next: &mut Self::Spec,
+        description: &mut String,
+    ) -> impl Future<Output = Result<bool, Error>> + Send;
+    /// Inside a locked write, after the row and its version are written
+    /// (`current` is `None` for a create).
+    fn finish(
+        &self,
+        _txn: &DatabaseTransaction,
+        _write: &Write<'_>,
+        _current: Option<&Record<Self::Spec>>,
+        _written: &Record<Self::Spec>,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+    /// What a failed delete means.
+    fn delete_error(&self, error: DbErr) -> Error {
+        db_error(error)
+    }
+    /// Inside the delete transaction, before the row goes: refuses a
+    /// delete the kind does not allow.
+    fn guard_delete(
+        &self,
+        _txn: &DatabaseTransaction,
+        _tenant: &str,
+        _id: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+}
+
+/// A row read into a record of kind `K`.
+pub struct Read<K: Kind>(pub Record<K::Spec>);
+
+impl<K: Kind> std::fmt::Debug for Read<K>
+where
+    K::Spec: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Read").field(&self.0).finish()
+    }
+}
+
+impl<K: Kind> FromQueryResult for Read<K> {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let config: Value = row.try_get(pre, "config")?;
+        let config = K::Spec::from_json(&config).map_err(|e| DbErr::Type(e.to_string()))?;
+        Ok(Self(Record {
+            spec: K::read_spec(config, row, pre)?,
+            id: row.try_get(pre, "id")?,
+            version: row.try_get(pre, "version")?,
+            create_time: row.try_get(pre, "create_time")?,
+            update_time: row.try_get(pre, "update_time")?,
+            created_by: row.try_get(pre, "created_by")?,
+            updated_by: row.try_get(pre, "updated_by")?,
+        }))
+    }
+}
+
+/// A column of the kind's row table, named with its table.
+pub fn col<K: Kind>(name: &'static str) -> Expr {
+    Expr::col((K::Entity::default(), Alias::new(name)))
+}
+
+/// A column of the kind's version table, named with its table.
+pub fn vcol<K: Kind>(name: &'static str) -> Expr {
+    Expr::col((K::Versions::default(), Alias::new(name)))
+}
+
+/// `id = … AND tenant_id = …` of the kind's table.
+fn scoped<K: Kind>(tenant: &str, id: &str) -> SimpleExpr {
+    col::<K>("id").eq(id).and(col::<K>("tenant_id").eq(tenant))
+}
+
+/// The resource `id` of `tenant`.
+pub async fn get<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+) -> Result<Record<K::Spec>, Error> {
+    first::<K>(K::Entity::find().filter(scoped::<K>(tenant, id)), db, id).await
+}
+
+/// The resource `id` of `tenant`, locked until `txn` ends (`FOR UPDATE`
+/// on PostgreSQL; SQLite's write transaction holds the whole database).
+pub async fn get_locked<K: Kind>(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    id: &str,
+) -> Result<Record<K::Spec>, Error> {
+    let query = K::Entity::find()
+        .filter(scoped::<K>(tenant, id))
+        .lock_exclusive();
+    first::<K>(query, txn, id).await
+}
+
+/// The first record `query` finds, or NOT_FOUND. `all`, not `one`: see
+/// the module documentation of [`super`] (a bound `LIMIT` re-prepares).
+async fn first<K: Kind>(
+    query: sea_orm::Select<K::Entity>,
+    db: &impl ConnectionTrait,
+    id: &str,
+) -> Result<Record<K::Spec>, Error> {
+    let rows = query
+        .into_model::<Read<K>>()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    rows.into_iter()
+        .next()
+        .map(|read| read.0)
+        .ok_or_else(|| not_found::<K>(id))
+}
+
+/// One page of the tenant's resources, oldest first.
+pub async fn list<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    after: Option<String>,
+    limit: u64,
+) -> Result<Page<Record<K::Spec>>, Error> {
+    let scope = K::Entity::find().filter(col::<K>("tenant_id").eq(tenant));
+    let total = scope.clone().count(db).await.map_err(db_error)?;
+    let mut query = scope.order_by_asc(col::<K>("id")).limit(limit + 1);
+    if let Some(after) = after {
+        query = query.filter(col::<K>("id").gt(after));
+    }
+    let rows = query
+        .into_model::<Read<K>>()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    let records = rows.into_iter().map(|read| read.0).collect();
+    let total = i64::try_from(total).unwrap_or(i64::MAX);
+    Ok(paginate(records, limit, |r| r.id.clone(), total))
+}
+
+/// The version columns every version table has, as a select reads them.
+const VERSION_COLUMNS: [&str; 7] = [
+    "version_number",
+    "action",
+    "configuration",
+    "diff",
+    "change_description",
+    "changed_by",
+    "create_time",
+];
+
+/// A select of version rows of `id` in `tenant`, with the resource's
+/// current version: the join scopes the versions to the caller's tenant.
+fn versions_of<K: Kind>(tenant: &str, id: &str) -> sea_orm::Select<K::Versions> {
+    let mut query = K::Versions::find().select_only();
+    for name in VERSION_COLUMNS {
+        query = query.column_as(vcol::<K>(name), name);
+    }
+    query
+        .column_as(col::<K>("version"), "current_version")
+        .column_as(col::<K>("create_time"), "resource_create_time")
+        .column_as(col::<K>("created_by"), "resource_created_by")
+        .inner_join(K::Entity::default())
+        .filter(vcol::<K>(K::NAMES.owner).eq(id))
+        .filter(col::<K>("tenant_id").eq(tenant))
+}
+
+/// One page of a resource's versions, newest first, in one query.
+pub async fn list_versions<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+    before: Option<i64>,
+    limit: u64,
+) -> Result<Page<VersionRecord>, Error> {
+    let mut query = versions_of::<K>(tenant, id)
+        .order_by_desc(vcol::<K>("version_number"))
+        .limit(limit + 1);
+    if let Some(before) = before {
+        query = query.filter(vcol::<K>("version_number").lt(before));
+    }
+    let rows = query
+        .into_model::<VersionRow>()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    // Versions are contiguous from 1, so the current version is the count.
+    let total = match rows.first() {
+        Some(row) => row.current_version,
+        // No rows: an unknown resource, or a page past the oldest version.
+        None => get::<K>(db, tenant, id).await?.version,
+    };
+    let records = rows.into_iter().map(VersionRow::into_record).collect();
+    Ok(paginate(
+        records,
+        limit,
+        |r| r.version_number.to_string(),
+        total,
+    ))
+}
+
+/// Version `number` of resource `id`.
+pub async fn get_version<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+    number: i64,
+) -> Result<VersionRecord, Error> {
+    let row = versions_of::<K>(tenant, id)
+        .filter(vcol::<K>("version_number").eq(number))
+        .into_model::<VersionRow>()
+        .all(db)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .next();
+    match row {
+        Some(row) => Ok(row.into_record()),
+        None => {
+            // Tell a missing resource from a missing version.
+            get::<K>(db, tenant, id).await?;
+            Err(Error::NotFound {
+                kind: K::NAMES.version,
+                id: format!("{id}@{number}"),
+            })
+        }
+    }
+}
+
+/// The resource `id` of `tenant` and its version `number`, in one query
+/// (the resource's columns ride along, prefixed, with the version's).
+async fn get_with_version<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+    number: i64,
+) -> Result<(Record<K::Spec>, VersionRecord), Error> {
+    let mut query = versions_of::<K>(tenant, id).filter(vcol::<K>("version_number").eq(number));
+    for column in <K::Entity as EntityTrait>::Column::iter() {
+        let name = column.as_str();
+        query = query.column_as(col::<K>(name), format!("{RESOURCE}{name}"));
+    }
+    let found = query
+        .into_model::<WithVersion<K>>()
+        .all(db)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .next();
+    match found {
+        Some(WithVersion(current, version)) => Ok((current, version)),
+        // No such resource or no such version: the lookups tell which.
+        None => {
+            let version = get_version::<K>(db, tenant, id, number).await?;
+            Ok((get::<K>(db, tenant, id).await?, version))
+        }
+    }
+}
+
+/// The prefix of the resource's columns in [`get_with_version`].
+const RESOURCE: &str = "resource_row_";
+
+/// A resource and one of its versions, read together.
+struct WithVersion<K: Kind>(Record<K::Spec>, VersionRecord);
+
+impl<K: Kind> FromQueryResult for WithVersion<K> {
+    fn from_query_result(row: &QueryResult, pre: &str) -> Result<Self, DbErr> {
+        let Read(current) = Read::<K>::from_query_result(row, RESOURCE)?;
+        let version = VersionRow::from_query_result(row, pre)?.into_record();
+        Ok(Self(current, version))
+    }
+}
+
+/// A version row with its resource's current version.
+#[derive(Debug, FromQueryResult)]
+struct VersionRow {
+    version_number: i64,
+    action: Action,
+    configuration: Value,
+    diff: Value,
+    change_description: String,
+    changed_by: String,
+    create_time: DateTime<Utc>,
+    current_version: i64,
+    resource_create_time: DateTime<Utc>,
+    resource_created_by: String,
+}
+
+impl VersionRow {
+    fn into_record(self) -> VersionRecord {
+        VersionRecord {
+            version_number: self.version_number,
+            action: self.action,
+            diff: version::changes_from_json(&self.diff),
+            configuration: self.configuration,
+            change_description: self.change_description,
+            changed_by: self.changed_by,
+            create_time: self.create_time,
+            resource_create_time: self.resource_create_time,
+            resource_created_by: self.resource_created_by,
+        }
+    }
+}
+
+/// Creates resource `id` (the caller names it: a provider's key is bound
+/// to its id before it is stored) and its version 1.
+pub async fn create<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: Write<'_>,
+    id: String,
+    spec: K::Spec,
+) -> Result<Record<K::Spec>, Error> {
+    let base = Base::New(&id);
+    let record = if kind.fast(None, &spec) {
+        write_fast(store, kind, &write, base, spec)
+            .await?
+            .ok_or_else(contended::<K>)?
+    } else {
+        create_locked(store, kind, &write, base, spec).await?
+    };
+    if let Some(recent) = kind.recent(store) {
+        recent.remember(&write.caller.tenant, &record);
+    }
+    Ok(record)
+}
+
+async fn create_locked<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    base: Base<'_, K::Spec>,
+    spec: K::Spec,
+) -> Result<Record<K::Spec>, Error> {
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let txn = begin_write(store.pool()).await?;
+        if let Some(record) = write_locked(&txn, kind, write, base, spec.clone()).await? {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(record);
+        }
+    }
+    Err(contended::<K>())
+}
+
+/// What a write starts from.
+#[derive(Debug)]
+pub enum Base<'a, S> {
+    /// Nothing: it creates resource `id`.
+    New(&'a str),
+    /// The current record.
+    Current(&'a Record<S>),
+}
+
+impl<S> Clone for Base<'_, S> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<S> Copy for Base<'_, S> {}
+
+impl<'a, S> Base<'a, S> {
+    fn current(self) -> Option<&'a Record<S>> {
+        match self {
+            Self::New(_) => None,
+            Self::Current(current) => Some(current),
+        }
+    }
+}
+
+/// What an update or rollback writes.
+enum Target<'f, S> {
+    /// The spec `change` makes of the current record.
+    Change(&'f (dyn Fn(&Record<S>) -> Result<S, Error> + Sync)),
+    /// The snapshot of this version.
+    Version(i64),
+}
+
+impl<S: Snapshot> Target<'_, S> {
+    /// The spec to write over `current` (a snapshot is read through `db`).
+    async fn spec<K: Kind<Spec = S>>(
+        &self,
+        db: &impl ConnectionTrait,
+        tenant: &str,
+        current: &Record<S>,
+    ) -> Result<S, Error> {
+        match self {
+            Self::Change(change) => change(current),
+            Self::Version(number) => {
+                let snapshot = get_version::<K>(db, tenant, &current.id, *number).await?;
+                S::from_json(&snapshot.configuration)
+            }
+        }
+    }
+}
+
+/// Changes resource `id` with `change`, appending a version unless nothing
+/// changed; a stale etag (`expected_version`) answers ABORTED. The first
+/// attempt starts from the record as this process last wrote it (when the
+/// kind keeps them), or else reads the row; the fast path writes the change
+/// and its version together. After losing that race, or when the kind's
+/// write needs more ([`Kind::fast`]), the locking path reads the row
+/// inside the write transaction, so concurrent writers queue instead of
+/// failing.
+pub async fn update<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    change: impl Fn(&Record<K::Spec>) -> Result<K::Spec, Error> + Sync,
+) -> Result<Record<K::Spec>, Error> {
+    let target = Target::Change(&change);
+    write_version(store, kind, &write, id, expected_version, target).await
+}
+
+/// Rolls resource `id` back to its version `number`: a new version whose
+/// configuration is that snapshot, written like [`update`].
+pub async fn rollback<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: Write<'_>,
+    id: &str,
+    number: i64,
+    expected_version: Option<i64>,
+) -> Result<Record<K::Spec>, Error> {
+    let target = Target::Version(number);
+    write_version(store, kind, &write, id, expected_version, target).await
+}
+
+async fn write_version<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    target: Target<'_, K::Spec>,
+) -> Result<Record<K::Spec>, Error> {
+    let tenant = &write.caller.tenant;
+    let Some(recent) = kind.recent(store) else {
+        return from_the_row(store, kind, write, id, expected_version, &target).await;
+    };
+    let guess = recent.get(tenant, id);
+    if let Some(guess) = &guess
+        && expected_version.is_none_or(|expected| expected == guess.version)
+    {
+        // A change the guess cannot decide (invalid, or no change) is
+        // decided against the row; a missing snapshot is the answer.
+        let spec = match target.spec::<K>(store, tenant, guess).await {
+            Ok(spec) => Some(spec).filter(|s| *s != guess.spec || write.action != Action::Update),
+            Err(_) if matches!(target, Target::Change(_)) => None,
+            Err(error) => {
+                recent.forget_if_gone(tenant, id, &error);
+                return Err(error);
+            }
+        };
+        let base = Base::Current(&**guess);
+        if let Some(spec) = spec
+            && let Some(record) = write_fast(store, kind, write, base, spec).await?
+        {
+            recent.written_from_guess(tenant, &record);
+            return Ok(record);
+        }
+    }
+    recent.reading_the_row(guess.is_some());
+    let outcome = from_the_row(store, kind, write, id, expected_version, &target).await;
+    recent.settle(tenant, id, outcome)
+}
+
+/// [`update`] or [`rollback`] from the row as read now.
+async fn from_the_row<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    target: &Target<'_, K::Spec>,
+) -> Result<Record<K::Spec>, Error> {
+    let tenant = &write.caller.tenant;
+    let (current, spec) = match target {
+        Target::Change(change) => {
+            let current = get::<K>(store, tenant, id).await?;
+            check_etag::<K>(expected_version, &current)?;
+            let spec = change(&current)?;
+            (current, spec)
+        }
+        Target::Version(number) => {
+            let (current, snapshot) = get_with_version::<K>(store, tenant, id, *number).await?;
+            check_etag::<K>(expected_version, &current)?;
+            (current, K::Spec::from_json(&snapshot.configuration)?)
+        }
+    };
+    if spec == current.spec && write.action == Action::Update {
+        return Ok(current);
+    }
+    if let Some(record) = write_fast(store, kind, write, Base::Current(&current), spec).await? {
+        return Ok(record);
+    }
+    for _ in 0..MAX_WRITE_ATTEMPTS {
+        let txn = begin_write(store.pool()).await?;
+        let current = get_locked::<K>(&txn, tenant, id).await?;
+        check_etag::<K>(expected_version, &current)?;
+        let spec = target.spec::<K>(&txn, tenant, &current).await?;
+        if spec == current.spec && write.action == Action::Update {
+            return Ok(current);
+        }
+        let base = Base::Current(&current);
+        if let Some(record) = write_locked(&txn, kind, write, base, spec).await? {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(record);
+        }
+    }
+    Err(contended::<K>())
+}
+
+/// ABORTED when the caller's etag names another version than the current.
+fn check_etag<K: Kind>(expected: Option<i64>, current: &Record<K::Spec>) -> Result<(), Error> {
+    match expected {
+        Some(expected) if expected != current.version => {
+            Err(stale_etag(K::NAMES.kind, current.version))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The row (a conditional bump, or an insert meeting the kind's guard) and
+/// its version row, written together without a read in the transaction
+/// ([`write_with_version`]). `None` when another writer took the version
+/// first, or the kind's write needs the locking path.
+async fn write_fast<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    base: Base<'_, K::Spec>,
+    spec: K::Spec,
+) -> Result<Option<Record<K::Spec>>, Error> {
+    if !kind.fast(base.current().map(|c| &c.spec), &spec) {
+        return Ok(None);
+    }
+    let next = Next::<K>::new(base, write, spec, store.get_database_backend())?;
+    let versions = K::Versions::default();
+    let (written, refused) = match base {
+        Base::New(_) => {
+            let (insert, refused) = next.insert(kind, write)?;
+            let written = write_with_version(store, insert, versions, next.version_row(write));
+            (written.await, refused)
+        }
+        Base::Current(current) => {
+            let mut bump = next.bump(write, current);
+            bump.returning_col(Alias::new("id"));
+            let written = write_with_version(store, bump, versions, next.version_row(write));
+            (written.await, None)
+        }
+    };
+    match (written, refused) {
+        (Ok(true), _) => Ok(Some(next.record)),
+        (Ok(false), Some(refused)) => Err(refused),
+        (Ok(false), None) => Ok(None),
+        (Err(error), _) => match kind.clash(error, &next.record.spec) {
+            Clash::Retry => Ok(None),
+            Clash::Fail(error) => Err(error),
+        },
+    }
+}
+
+/// Writes `spec` over `base` (as version 1 or the next) inside `txn`, with
+/// the kind's [`Kind::prepare`] before and [`Kind::finish`] after; `None`
+/// when another writer took that number first or the kind lost a race.
+pub async fn write_locked<K: Kind>(
+    txn: &DatabaseTransaction,
+    kind: &K,
+    write: &Write<'_>,
+    base: Base<'_, K::Spec>,
+    mut spec: K::Spec,
+) -> Result<Option<Record<K::Spec>>, Error> {
+    let mut description = write.description.clone();
+    let (id, current) = match base {
+        Base::New(id) => (id, None),
+        Base::Current(current) => (current.id.as_str(), Some(&current.spec)),
+    };
+    let prepared = kind.prepare(txn, write, id, current, &mut spec, &mut description);
+    if !prepared.await? {
+        return Ok(None);
+    }
+    let write = &Write {
+        description,
+        ..*write
+    };
+    let next = Next::<K>::new(base, write, spec, txn.get_database_backend())?;
+    let written = match base {
+        Base::New(_) => insert_row(txn, K::Entity::default(), next.row(write))
+            .await
+            .map(|()| 1),
+        Base::Current(current) => txn
+            .execute(&next.bump(write, current))
+            .await
+            .map(|done| done.rows_affected()),
+    };
+    match written {
+        Ok(0) => return Ok(None),
+        Ok(_) => {}
+        Err(error) => {
+            return match kind.clash(error, &next.record.spec) {
+                Clash::Retry => Ok(None),
+                Clash::Fail(error) => Err(error),
+            };
+        }
+    }
+    insert_row(txn, K::Versions::default(), next.version_row(write))
+        .await
+        .map_err(db_error)?;
+    kind.finish(txn, write, base.current(), &next.record)
+        .await?;
+    Ok(Some(next.record))
+}
+
+/// Deletes resource `id` (its versions go with it), when the kind allows.
+pub async fn delete<K: Kind>(
+    store: &Store,
+    kind: &K,
+    tenant: &str,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<(), Error> {
+    let mut condition = scoped::<K>(tenant, id);
+    if let Some(expected) = expected_version {
+        condition = condition.and(col::<K>("version").eq(expected));
+    }
+    let txn = begin_write(store.pool()).await?;
+    kind.guard_delete(&txn, tenant, id).await?;
+    let deleted = K::Entity::delete_many()
+        .filter(condition)
+        .exec(&txn)
+        .await
+        .map_err(|error| kind.delete_error(error))?
+        .rows_affected;
+    if deleted == 0 {
+        let current = get::<K>(&txn, tenant, id).await;
+        txn.rollback().await.map_err(db_error)?;
+        return Err(stale_etag(K::NAMES.kind, current?.version));
+    }
+    txn.commit().await.map_err(db_error)?;
+    if let Some(recent) = kind.recent(store) {
+        recent.forget(tenant, id);
+    }
+    Ok(())
+}
+
+/// The ABORTED answer when the locking path keeps losing.
+fn contended<K: Kind>() -> Error {
+    Error::Aborted(format!(
+        "too many concurrent writers on this {}; try again",
+        K::NAMES.kind
+    ))
+}
+
+/// NOT_FOUND for resource `id`.
+pub fn not_found<K: Kind>(id: &str) -> Error {
+    Error::NotFound {
+        kind: K::NAMES.kind,
+        id: id.to_owned(),
+    }
+}
+
+/// A resource as the next version will store it, with the bound values of
+/// its snapshot (made once for the row and the version row) and its diff.
+struct Next<K: Kind> {
+    record: Record<K::Spec>,
+    columns: Vec<(&'static str, SimpleExpr)>,
+    snapshot: SimpleExpr,
+    diff: SimpleExpr,
+}
+
+impl<K: Kind> Next<K> {
+    /// `spec` as version 1 of a new resource, or as the version after the
+    /// current one.
+    fn new(
+        base: Base<'_, K::Spec>,
+        write: &Write<'_>,
+        spec: K::Spec,
+        backend: DbBackend,
+    ) -> Result<Self, Error> {
+        let json = spec.to_json();
+        let (now, subject) = (super::now(), &write.caller.subject);
+        let (record, changes) = match base {
+            Base::New(id) => {
+                let record = Record {
+                    id: id.to_owned(),
+                    spec,
+                    version: 1,
+                    create_time: now,
+                    update_time: now,
+                    created_by: subject.clone(),
+                    updated_by: subject.clone(),
+                };
+                (record, Vec::new())
+            }
+            Base::Current(current) => {
+                let changes = K::diff(&current.spec, &spec, &json);
+                let record = Record {
+                    id: current.id.clone(),
+                    spec,
+                    version: current.version + 1,
+                    create_time: current.create_time,
+                    update_time: now,
+                    created_by: current.created_by.clone(),
+                    updated_by: subject.clone(),
+                };
+                (record, changes)
+            }
+        };
+        let snapshot = json_val(backend, &json);
+        Ok(Self {
+            columns: K::columns(&record.spec, &snapshot, backend)?,
+            diff: json_val(backend, &version::changes_to_json(&changes)),
+            snapshot,
+            record,
+        })
+    }
+
+    /// `INSERT INTO <table> … SELECT … [WHERE <the kind's guard>]`, and the
+    /// answer when the guard refuses.
+    fn insert(
+        &self,
+        kind: &K,
+        write: &Write<'_>,
+    ) -> Result<(InsertStatement, Option<Error>), Error> {
+        let (columns, values): (Vec<_>, Vec<_>) = self.row(write).into_iter().unzip();
+        let mut select = Query::select();
+        select.exprs(values);
+        let guard = kind.insert_guard(&write.caller.tenant, &self.record.spec);
+        let refused = guard.map(|(condition, refused)| {
+            select.and_where(condition);
+            refused
+        });
+        let mut insert = Query::insert();
+        insert
+            .into_table(K::Entity::default())
+            .columns(columns)
+            .select_from(select)
+            .map_err(|e| Error::Internal(format!("{} insert: {e}", K::NAMES.kind)))?
+            .returning_col(Alias::new("id"));
+        Ok((insert, refused))
+    }
+
+    /// The whole row of a new resource.
+    fn row(&self, write: &Write<'_>) -> Vec<(Alias, SimpleExpr)> {
+        let record = &self.record;
+        let mut row = vec![
+            (Alias::new("id"), val(record.id.clone())),
+            (Alias::new("tenant_id"), val(write.caller.tenant.clone())),
+            (Alias::new("version"), val(record.version)),
+            (Alias::new("create_time"), val(record.create_time)),
+            (Alias::new("update_time"), val(record.update_time)),
+            (Alias::new("created_by"), val(record.created_by.clone())),
+            (Alias::new("updated_by"), val(record.updated_by.clone())),
+        ];
+        row.extend(self.own_columns());
+        row
+    }
+
+    fn own_columns(&self) -> impl Iterator<Item = (Alias, SimpleExpr)> + '_ {
+        self.columns
+            .iter()
+            .map(|(name, value)| (Alias::new(*name), value.clone()))
+    }
+
+    /// `UPDATE <table> SET … WHERE id = … AND tenant_id = … AND version =
+    /// <current>`: takes the version number only if nobody else did.
+    fn bump(&self, write: &Write<'_>, current: &Record<K::Spec>) -> UpdateStatement {
+        let record = &self.record;
+        let mut values: Vec<(Alias, SimpleExpr)> = self.own_columns().collect();
+        values.extend([
+            (Alias::new("version"), val(record.version)),
+            (Alias::new("update_time"), val(record.update_time)),
+            (Alias::new("updated_by"), val(record.updated_by.clone())),
+        ]);
+        Query::update()
+            .table(K::Entity::default())
+            .values(values)
+            .and_where(scoped::<K>(&write.caller.tenant, &current.id))
+            .and_where(col::<K>("version").eq(current.version))
+            .to_owned()
+    }
+
+    /// The version row that records this version as written by `write`.
+    fn version_row(&self, write: &Write<'_>) -> Vec<(Alias, SimpleExpr)> {
+        version_row(
+            K::NAMES.owner,
+            write,
+            &self.record.id,
+            self.record.version,
+            self.snapshot.clone(),
+            self.diff.clone(),
+            self.record.update_time,
+        )
+    }
+}
+
+/// A version row: `owner` names the resource column.
+pub fn version_row(
+    owner: &'static str,
+    write: &Write<'_>,
+    id: &str,
+    number: i64,
+    snapshot: SimpleExpr,
+    diff: SimpleExpr,
+    time: DateTime<Utc>,
+) -> Vec<(Alias, SimpleExpr)> {
+    vec![
+        (Alias::new(owner), val(id.to_owned())),
+        (Alias::new("tenant_id"), val(write.caller.tenant.clone())),
+        (Alias::new("version_number"), val(number)),
+        (Alias::new("action"), val(write.action.to_value())),
+        (Alias::new("configuration"), snapshot),
+        (Alias::new("diff"), diff),
+        (
+            Alias::new("change_description"),
+            val(write.description.clone()),
+        ),
+        (Alias::new("changed_by"), val(write.caller.subject.clone())),
+        (Alias::new("create_time"), val(time)),
+    ]
+}
