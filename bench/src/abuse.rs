@@ -77,10 +77,14 @@ pub struct AbuseArgs {
     /// Requests per phase of each bomb.
     #[arg(long, default_value_t = 64)]
     pub bombs: usize,
-    /// Requests per phase of the garbage-token attack with empty bodies
-    /// (the 4 MiB variant sends `--bombs`).
+    /// Requests per phase of the garbage-token attack with empty bodies.
     #[arg(long, default_value_t = 20_000)]
     pub bad_tokens: usize,
+    /// Requests per phase of the garbage-token attack with 4 MiB bodies
+    /// (refused after 64 KiB are read, so many more than `--bombs` are
+    /// needed for a phase long enough to sample Health/Check).
+    #[arg(long, default_value_t = 1_000)]
+    pub big_bad_tokens: usize,
     /// The servers' message-size limit (their default).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub limit: usize,
@@ -161,7 +165,7 @@ pub async fn run(args: AbuseArgs) {
         ("garbage tokens", args.bad_tokens, Arc::new(Vec::new())),
         (
             "garbage tokens, 4 MiB body",
-            args.bombs,
+            args.big_bad_tokens,
             Arc::clone(&bodies.tools),
         ),
     ] {
