@@ -23,8 +23,8 @@
 //!    checks. Kept out of phase 1 so the checks' own CPU is not counted as
 //!    the attack's.
 //!
-//! Every request body is encoded once, before any phase, so the client's
-//! share of the two cores stays small. The flood's RSS and `/metrics`
+//! Every request body is encoded once, before any phase, and shared by the
+//! calls, so the client's share of the two cores stays small. The flood's RSS and `/metrics`
 //! figures start after a warm-up of 2,000 unknown paths that lets the
 //! allocator and the connections settle.
 
@@ -34,7 +34,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message;
+use prost::bytes::{Buf, BufMut, Bytes};
 use proto::v1 as pb;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::http::uri::PathAndQuery;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
@@ -145,7 +148,7 @@ pub async fn run(args: AbuseArgs) {
         ),
     ];
     for (name, method, body, expected) in bombs {
-        let body = Arc::clone(body);
+        let body = body.clone();
         let token = token.clone();
         let attack = Attack {
             name: name.to_owned(),
@@ -153,7 +156,7 @@ pub async fn run(args: AbuseArgs) {
             calls: args.bombs,
             make: Arc::new(move |_| Call {
                 path: method.to_owned(),
-                body: body.to_vec(),
+                body: body.clone(),
                 token: Some(token.clone()),
             }),
         };
@@ -162,11 +165,11 @@ pub async fn run(args: AbuseArgs) {
     }
     let garbage = Arc::new(garbage_tokens());
     for (name, calls, body) in [
-        ("garbage tokens", args.bad_tokens, Arc::new(Vec::new())),
+        ("garbage tokens", args.bad_tokens, Bytes::new()),
         (
             "garbage tokens, 4 MiB body",
             args.big_bad_tokens,
-            Arc::clone(&bodies.tools),
+            bodies.tools.clone(),
         ),
     ] {
         let garbage = Arc::clone(&garbage);
@@ -181,7 +184,7 @@ pub async fn run(args: AbuseArgs) {
                 } else {
                     REAL_METHODS[i % REAL_METHODS.len()].to_owned()
                 },
-                body: body.to_vec(),
+                body: body.clone(),
                 token: Some(garbage[i % garbage.len()].clone()),
             }),
         };
@@ -237,7 +240,8 @@ struct Server {
 #[derive(Debug)]
 struct Call {
     path: String,
-    body: Vec<u8>,
+    /// Shared, never copied per call (a clone is a reference count).
+    body: Bytes,
     token: Option<AsciiMetadataValue>,
 }
 
@@ -399,7 +403,7 @@ async fn flood(server: &Server, args: &AbuseArgs) -> Vec<Row> {
                 let padding = "x".repeat(length.saturating_sub(head.len()));
                 Call {
                     path: format!("{head}{padding}"),
-                    body: Vec::new(),
+                    body: Bytes::new(),
                     token: None,
                 }
             }),
@@ -498,7 +502,7 @@ async fn attack(channels: &[Channel], attack: &Attack, first: usize) -> Answers 
                     request.metadata_mut().insert("authorization", token);
                 }
                 let started = Instant::now();
-                let result = tests::raw::unary(channel.clone(), &call.path, request).await;
+                let result = send(channel.clone(), &call.path, request).await;
                 mine.latencies.push(started.elapsed());
                 *mine.answers.entry(answer_name(&result)).or_default() += 1;
             }
@@ -518,7 +522,7 @@ async fn attack(channels: &[Channel], attack: &Attack, first: usize) -> Answers 
 /// The code of an answer by its `tonic::Code` name; a client-side
 /// transport error (hyper reporting its own failed send of a body the
 /// server stopped reading, not a status the server sent) is named apart.
-fn answer_name(result: &Result<tonic::Response<Vec<u8>>, tonic::Status>) -> String {
+fn answer_name(result: &Result<tonic::Response<()>, tonic::Status>) -> String {
     match result {
         Ok(_) => "Ok".to_owned(),
         Err(status)
@@ -527,6 +531,63 @@ fn answer_name(result: &Result<tonic::Response<Vec<u8>>, tonic::Status>) -> Stri
             "client transport error".to_owned()
         }
         Err(status) => format!("{:?}", status.code()),
+    }
+}
+
+/// Calls the unary `path` with `request`'s bytes as the message (the
+/// answer's message is read and dropped).
+async fn send(
+    channel: Channel,
+    path: &str,
+    request: tonic::Request<Bytes>,
+) -> Result<tonic::Response<()>, tonic::Status> {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let path = PathAndQuery::try_from(path)
+        .map_err(|e| tonic::Status::invalid_argument(format!("path: {e}")))?;
+    grpc.unary(request, path, SharedBytes).await
+}
+
+/// A codec that sends messages already encoded, as shared [`Bytes`] (the
+/// encoder's one copy into the frame buffer is the only one per call), and
+/// ignores the bytes of answers.
+#[derive(Debug, Clone, Copy, Default)]
+struct SharedBytes;
+
+impl Codec for SharedBytes {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = Self;
+    type Decoder = Self;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        Self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        Self
+    }
+}
+
+impl Encoder for SharedBytes {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for SharedBytes {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<()>, tonic::Status> {
+        src.advance(src.remaining());
+        Ok(Some(()))
     }
 }
 
@@ -547,56 +608,82 @@ async fn connect(url: &str, count: usize) -> Vec<Channel> {
 }
 
 /// `grpc.health.v1.Health/Check`, one after another on a connection of its
-/// own, until stopped.
+/// own, until stopped. It runs on a thread and runtime of its own: on the
+/// attackers' runtime a check's answer would wait behind the attackers'
+/// tasks in this process, and that wait would be counted as the server's.
 struct Probe {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<(Vec<Duration>, usize)>,
+    thread: std::thread::JoinHandle<(Vec<Duration>, usize)>,
 }
 
 impl Probe {
+    /// Connects, then returns while the first check is sent.
     async fn start(url: &str) -> Self {
-        let channel = connect(url, 1).await.remove(0);
+        let url = url.to_owned();
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let mut health = HealthClient::new(channel);
-            let (mut latencies, mut failures) = (Vec::new(), 0);
-            loop {
-                let started = Instant::now();
-                let check = health.check(HealthCheckRequest {
-                    service: String::new(),
-                });
-                tokio::select! {
-                    answer = check => {
-                        if answer.is_ok() {
-                            latencies.push(started.elapsed());
-                        } else {
-                            failures += 1;
-                        }
-                    }
-                    _ = &mut stopped => return (latencies, failures),
-                }
-            }
+        let (connected, is_connected) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("the health probe's runtime");
+            runtime.block_on(async move {
+                let channel = connect(&url, 1).await.remove(0);
+                let _ = connected.send(());
+                probe(channel, &mut stopped).await
+            })
         });
-        Self { stop, task }
+        is_connected.await.expect("the health probe connects");
+        Self { stop, thread }
     }
 
     /// The checks' latencies, sorted, and how many failed.
     async fn stop(self) -> (Vec<Duration>, usize) {
         let _ = self.stop.send(());
-        let (mut latencies, failures) = self.task.await.expect("health probe task");
+        let thread = self.thread;
+        let (mut latencies, failures) = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("joining the health probe")
+            .expect("the health probe thread");
         latencies.sort();
         (latencies, failures)
     }
 }
 
+/// Checks until `stopped`; the latencies of the answered checks and the
+/// number of failed ones.
+async fn probe(
+    channel: Channel,
+    stopped: &mut tokio::sync::oneshot::Receiver<()>,
+) -> (Vec<Duration>, usize) {
+    let mut health = HealthClient::new(channel);
+    let (mut latencies, mut failures) = (Vec::new(), 0);
+    loop {
+        let started = Instant::now();
+        let check = health.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        tokio::select! {
+            answer = check => {
+                if answer.is_ok() {
+                    latencies.push(started.elapsed());
+                } else {
+                    failures += 1;
+                }
+            }
+            _ = &mut *stopped => return (latencies, failures),
+        }
+    }
+}
+
 /// The bombs' request bodies, each encoded once at the limit.
 struct Bodies {
-    tools: Arc<Vec<u8>>,
+    tools: Bytes,
     tool_count: usize,
-    mask: Arc<Vec<u8>>,
+    mask: Bytes,
     mask_paths: usize,
     mask_stops: usize,
-    provider_stop: Arc<Vec<u8>>,
+    provider_stop: Bytes,
     provider_stops: usize,
 }
 
@@ -652,12 +739,12 @@ impl Bodies {
             largest_fitting(limit, names.len(), |n| provider_bomb(n).encoded_len());
 
         Self {
-            tools: Arc::new(tool_bomb(tool_count).encode_to_vec()),
+            tools: tool_bomb(tool_count).encode_to_vec().into(),
             tool_count,
-            mask: Arc::new(mask_bomb(mask_paths, mask_stops).encode_to_vec()),
+            mask: mask_bomb(mask_paths, mask_stops).encode_to_vec().into(),
             mask_paths,
             mask_stops,
-            provider_stop: Arc::new(provider_bomb(provider_stops).encode_to_vec()),
+            provider_stop: provider_bomb(provider_stops).encode_to_vec().into(),
             provider_stops,
         }
     }
