@@ -4,8 +4,8 @@
 //!
 //! Run: `cargo build --release --workspace --bins`, then from the target
 //! directory `release/bench crypto`, `release/bench registry`,
-//! `release/bench versions`, `release/bench compare` or `release/bench soak`
-//! (see BENCHMARKS.md).
+//! `release/bench versions`, `release/bench compare`, `release/bench soak`
+//! or `release/bench abuse` (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use proto::crypto::{DecryptRequest, EncryptRequest};
 use tests::{Launch, start_crypto};
 use tonic::transport::Channel;
 
+mod abuse;
 mod compare;
 mod pair;
 mod registry;
@@ -68,6 +69,9 @@ enum Command {
     /// error but a stale etag's ABORTED fails the run; reports latency per
     /// call and the services' memory at start and end.
     Soak(soak::SoakArgs),
+    /// Issue 15's attacks at the message-size limit: server CPU per
+    /// request, Health/Check latency meanwhile, RSS and `/metrics` size.
+    Abuse(abuse::AbuseArgs),
     /// Side-by-side table of `bench registry` runs and the peer's
     /// measure.py runs (median run of each side).
     Compare(compare::CompareArgs),
@@ -86,6 +90,7 @@ async fn main() {
         Command::Versions(args) => versions::run(args).await,
         Command::Compare(args) => compare::run(&args),
         Command::Soak(args) => soak::run(args).await,
+        Command::Abuse(args) => abuse::run(args).await,
     }
 }
 

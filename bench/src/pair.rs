@@ -27,6 +27,12 @@ const BENCH_KEY: &str = "ERERERERERERERERERERERERERERERERERERERERERE=";
 /// enable the per-request `#[instrument]` spans.
 const CRYPTO_LOG_LEVEL: &str = "warn,crypto_service::server=info";
 const REGISTRY_LOG_LEVEL: &str = "warn,registry_service::server=info";
+/// Added to both filters when the services serve `/metrics`: the line
+/// ("metrics serving", target `ops::metrics`) that names its address.
+const METRICS_LOG_LEVEL: &str = ",ops::metrics=info";
+
+/// The start of crypto-service's warning that `--insecure-dev-callers` is on.
+const DEV_MODE_WARNING: &str = "INSECURE DEVELOPMENT MODE (--insecure-dev-callers)";
 
 /// Which database the registry runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -72,6 +78,14 @@ pub struct Target {
     pub token: Option<String>,
 }
 
+/// Settings beyond the ones every subcommand uses.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Both services also serve Prometheus `/metrics` on an ephemeral
+    /// loopback port ([`Pair::metrics_addresses`]).
+    pub metrics: bool,
+}
+
 /// The two running services, their database and a client.
 #[derive(Debug)]
 pub struct Pair {
@@ -87,12 +101,26 @@ pub struct Pair {
 impl Pair {
     /// Starts crypto-service, then registry-service over a fresh database.
     pub async fn start(target: &Target) -> Self {
-        let crypto = start_crypto(
-            Launch::default()
-                .env("ENCRYPTION_KEY", BENCH_KEY)
-                .arg("--log-level")
-                .arg(CRYPTO_LOG_LEVEL),
-        )
+        Self::start_with(target, Options::default()).await
+    }
+
+    /// [`Pair::start`] with `options`.
+    pub async fn start_with(target: &Target, options: Options) -> Self {
+        let with_metrics = |launch: Launch, level: &str| {
+            if options.metrics {
+                launch
+                    .arg("--log-level")
+                    .arg(format!("{level}{METRICS_LOG_LEVEL}"))
+                    .arg("--metrics-listen")
+                    .arg("127.0.0.1:0")
+            } else {
+                launch.arg("--log-level").arg(level)
+            }
+        };
+        let crypto = start_crypto(with_metrics(
+            Launch::default().env("ENCRYPTION_KEY", BENCH_KEY),
+            CRYPTO_LOG_LEVEL,
+        ))
         .await;
         let (database, postgres_pid) = match target.db {
             Db::Sqlite => {
@@ -124,9 +152,7 @@ impl Pair {
         let registry = start_registry(
             &database,
             &crypto.url(),
-            tests::stack::Stack::default_registry()
-                .arg("--log-level")
-                .arg(REGISTRY_LOG_LEVEL),
+            with_metrics(tests::stack::Stack::default_registry(), REGISTRY_LOG_LEVEL),
         )
         .await;
         // Without --token: a token of the test secret the registry above
@@ -154,18 +180,38 @@ impl Pair {
         self.crypto.pid()
     }
 
+    /// registry-service's gRPC URL (`http://127.0.0.1:PORT`).
+    pub fn registry_url(&self) -> String {
+        self.registry.url()
+    }
+
+    /// crypto-service's gRPC URL.
+    pub fn crypto_url(&self) -> String {
+        self.crypto.url()
+    }
+
+    /// The `/metrics` addresses (`HOST:PORT`) of registry-service and
+    /// crypto-service, when started with [`Options::metrics`].
+    pub fn metrics_addresses(&self) -> (Option<String>, Option<String>) {
+        let listen = |process: &Process| process.log_field("metrics serving", "listen");
+        (listen(&self.registry), listen(&self.crypto))
+    }
+
     /// The registry's database (for direct SQL in `bench versions`).
     pub fn database(&self) -> &TestDatabase {
         &self.database
     }
 
     /// Warnings and errors the services logged (their "serving" lines
-    /// excepted).
+    /// excepted), but crypto-service's start-up warning that it runs in
+    /// development mode: the bench starts it so on purpose (every loopback
+    /// caller allowed, see [`start_crypto`]).
     pub fn complaints(&self) -> Vec<String> {
         let mut all = self.registry.output();
         all.push_str(&self.crypto.output());
         all.lines()
             .filter(|line| line.contains("\"WARN\"") || line.contains("\"ERROR\""))
+            .filter(|line| !line.contains(DEV_MODE_WARNING))
             .map(str::to_owned)
             .collect()
     }

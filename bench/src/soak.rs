@@ -33,7 +33,9 @@ use serde_json::{Value, json};
 use tonic::{Code, Response, Status};
 
 use crate::pair::{Api, Pair, Target, random_hex};
-use crate::stats::{TreeCpu, cell, cells, cpu_seconds, percentile, round1, round3, table_row};
+use crate::stats::{
+    TreeCpu, cell, cells, cpu_seconds, percentile, round1, round3, table_row, vm_rss_kib,
+};
 
 /// Flags of `bench soak`.
 #[derive(Debug, Clone, clap::Args)]
@@ -792,22 +794,6 @@ impl Rss {
             crypto: vm_rss_kib(pair.crypto_pid()),
         }
     }
-}
-
-/// VmRSS of `pid` in KiB, from /proc/<pid>/status (0 when unreadable).
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|status| {
-            status
-                .lines()
-                .find_map(|line| line.strip_prefix("VmRSS:"))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Reads both services' RSS every second in the background.

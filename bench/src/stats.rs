@@ -99,6 +99,22 @@ pub fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// VmRSS of `pid` in KiB, from /proc/<pid>/status (0 when unreadable).
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
 /// Clock ticks per second of the /proc CPU counters (`USER_HZ`, 100 on
 /// every Linux this runs on).
 const TICKS_PER_SECOND: f64 = 100.0;
