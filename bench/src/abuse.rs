@@ -1,6 +1,6 @@
-//! `bench abuse`: the attacks of issue 15, each at the 4 MiB message limit,
-//! against the release pair (SQLite), with the figures the issue's
-//! acceptance asks for.
+//! `bench abuse`: the attacks of issue 15, each at the registry's message
+//! limit (256 KiB by default, `--limit`), against the release pair
+//! (SQLite), with the figures the issue's acceptance asks for.
 //!
 //! | attack | server | calls | answer |
 //! |---|---|---|---|
@@ -9,8 +9,9 @@
 //! | tool bomb | registry | CreateAgent, as many distinct tools as fit | INVALID_ARGUMENT |
 //! | mask bomb | registry | UpdateAgent, `llm_overrides.stop` and the mask path `llm_overrides` repeated, half the limit each | INVALID_ARGUMENT |
 //! | provider stop bomb | registry | CreateProvider, `default_parameters.stop` as large as fits | INVALID_ARGUMENT |
+//! | tool bomb over the limit | registry | CreateAgent, as many tools as fit in 4 MiB (the old limit) | OUT_OF_RANGE |
 //! | garbage tokens | registry | real methods, empty body, a token that is not one the registry issued | UNAUTHENTICATED |
-//! | garbage tokens, 4 MiB body | registry | CreateAgent with the tool bomb's body and a garbage token | UNAUTHENTICATED |
+//! | garbage tokens, 4 MiB body | registry | CreateAgent with the 4 MiB tool bomb's body and a garbage token | UNAUTHENTICATED |
 //!
 //! Each attack runs twice with `--attackers` concurrent attackers, each on
 //! its own HTTP/2 connection, sending one call after another:
@@ -88,8 +89,8 @@ pub struct AbuseArgs {
     /// needed for a phase long enough to sample Health/Check).
     #[arg(long, default_value_t = 1_000)]
     pub big_bad_tokens: usize,
-    /// The servers' message-size limit (their default).
-    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    /// The registry's message-size limit (its default): the bombs fill it.
+    #[arg(long, default_value_t = 256 * 1024)]
     pub limit: usize,
 }
 
@@ -128,6 +129,8 @@ pub async fn run(args: AbuseArgs) {
     );
     let bodies = Bodies::encode(args.limit, &target_agent);
     println!("{}", bodies.describe());
+    // The tool bomb at the old 4 MiB limit: refused by its length prefix.
+    let oversize = Bodies::encode(OLD_LIMIT, &target_agent).tools;
     println!();
     println!("{}", Row::header());
 
@@ -145,6 +148,12 @@ pub async fn run(args: AbuseArgs) {
             CREATE_PROVIDER,
             &bodies.provider_stop,
             "InvalidArgument",
+        ),
+        (
+            "tool bomb over the limit (4 MiB)",
+            CREATE_AGENT,
+            &oversize,
+            "OutOfRange",
         ),
     ];
     for (name, method, body, expected) in bombs {
@@ -169,7 +178,7 @@ pub async fn run(args: AbuseArgs) {
         (
             "garbage tokens, 4 MiB body",
             args.big_bad_tokens,
-            bodies.tools.clone(),
+            oversize.clone(),
         ),
     ] {
         let garbage = Arc::clone(&garbage);
@@ -212,6 +221,9 @@ pub async fn run(args: AbuseArgs) {
         }
     }
 }
+
+/// The message limit before issue 15 (and tonic's default).
+const OLD_LIMIT: usize = 4 * 1024 * 1024;
 
 const CREATE_AGENT: &str = "/agentregistry.v1.AgentService/CreateAgent";
 const UPDATE_AGENT: &str = "/agentregistry.v1.AgentService/UpdateAgent";
