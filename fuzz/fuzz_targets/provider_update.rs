@@ -16,6 +16,7 @@ use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use proto::v1 as pb;
 use registry_service::api::{OUTPUT_ONLY_PATHS, mask_paths};
+use registry_service::model::Snapshot;
 use registry_service::model::provider::{self, ProviderSpec};
 use registry_service::model::version::diff;
 
