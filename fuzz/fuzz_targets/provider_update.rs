@@ -111,8 +111,11 @@ fuzz_target!(|data: &[u8]| {
             updated.spec
         }
     };
+    // The key and its revision are the server's: a message carries neither
+    // back in.
     let keyless = ProviderSpec {
         api_key: None,
+        api_key_revision: None,
         ..updated.clone()
     };
     let again = ProviderSpec::from_proto(&updated.to_proto()).map(|i| i.spec);

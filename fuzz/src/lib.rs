@@ -251,6 +251,10 @@ pub const AUTH_REASONS: &[&str] = &[
     "token claims are not valid JSON",
     "token has a registered claim in the wrong form",
     "token lacks the sub, tenant or roles claims in the right form",
+    "token lacks the iat claim (a number): the registry bounds token lifetime",
+    "token issued in the future (iat)",
+    // DEFAULT_MAX_LIFETIME_SECONDS, the lifetime both authenticators here use.
+    "token lifetime (exp - iat) exceeds the 86400 s this registry accepts",
     "invalid token",
 ];
 
