@@ -402,8 +402,8 @@ const READ_OFF_BYTES: usize = 64 * 1024;
 const READ_OFF_TIME: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Reads a request body that no handler will read (an unknown method, a
-/// refused caller), up to [`READ_OFF_BYTES`]
-/// or [`READ_OFF_TIME`], and drops it. Answering before the client's DATA
+/// refused caller), up to [`READ_OFF_BYTES`] or [`READ_OFF_TIME`], and
+/// drops it. Answering before the client's DATA
 /// frames are read leaves them counted against the connection by HTTP/2's
 /// flood guard (h2 answers a flood of such calls with GOAWAY
 /// ENHANCE_YOUR_CALM, ending the honest calls on the same connection too),
@@ -413,11 +413,12 @@ where
     B: http_body::Body + Unpin,
 {
     use http_body_util::BodyExt;
+    use prost::bytes::Buf;
     let reading = async {
         let mut read = 0usize;
         while let Some(Ok(frame)) = body.frame().await {
             if let Some(data) = frame.data_ref() {
-                read = read.saturating_add(bytes_in(data));
+                read = read.saturating_add(data.remaining());
             }
             if read > READ_OFF_BYTES {
                 break;
@@ -425,10 +426,6 @@ where
         }
     };
     let _ = tokio::time::timeout(READ_OFF_TIME, reading).await;
-}
-
-fn bytes_in(data: &impl prost::bytes::Buf) -> usize {
-    data.remaining()
 }
 
 /// Logs refused calls at INFO at most once a second, each line with the

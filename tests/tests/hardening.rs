@@ -186,6 +186,27 @@ fn agent(name: &str) -> pb::Agent {
     }
 }
 
+/// Creates an agent named `name` that runs on provider `provider_id`;
+/// returns its id.
+async fn agent_using(
+    agents: &mut pb::agent_service_client::AgentServiceClient<tests::auth::Authed>,
+    name: &str,
+    provider_id: &str,
+) -> String {
+    agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                llm_provider_id: Some(provider_id.to_owned()),
+                ..agent(name)
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("an agent on the provider")
+        .into_inner()
+        .id
+}
+
 fn violations(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;
     let mut fields: Vec<String> = status
@@ -430,18 +451,7 @@ async fn a_stored_key_cannot_be_redirected_to_another_host() {
         .await
         .expect("create provider")
         .into_inner();
-    let agent_id = agents
-        .create_agent(pb::CreateAgentRequest {
-            agent: Some(pb::Agent {
-                llm_provider_id: Some(provider.id.clone()),
-                ..agent("runner")
-            }),
-            change_description: String::new(),
-        })
-        .await
-        .expect("create agent")
-        .into_inner()
-        .id;
+    let agent_id = agent_using(&mut agents, "runner", &provider.id).await;
 
     let redirect = |paths: &[&str], provider_type: pb::ProviderType, base_url: &str, key: &str| {
         pb::UpdateProviderRequest {
@@ -648,18 +658,7 @@ async fn a_revoked_key_revision_never_comes_back_through_rollback() {
         .expect("create")
         .into_inner();
     assert_eq!(provider.api_key_revision, 1);
-    let agent_id = agents
-        .create_agent(pb::CreateAgentRequest {
-            agent: Some(pb::Agent {
-                llm_provider_id: Some(provider.id.clone()),
-                ..agent("uses-rotating")
-            }),
-            change_description: String::new(),
-        })
-        .await
-        .expect("agent")
-        .into_inner()
-        .id;
+    let agent_id = agent_using(&mut agents, "uses-rotating", &provider.id).await;
     let mut resolve = async || {
         runtime
             .resolve_agent(pb::ResolveAgentRequest {
@@ -863,19 +862,9 @@ async fn keys_go_only_to_the_hosts_the_deployment_allows() {
         .await
         .expect("stored without a list")
         .into_inner();
-    let agent_id =
-        pb::agent_service_client::AgentServiceClient::new(on(open.channel().await, &admin_token))
-            .create_agent(pb::CreateAgentRequest {
-                agent: Some(pb::Agent {
-                    llm_provider_id: Some(elsewhere.id.clone()),
-                    ..agent("sends-elsewhere")
-                }),
-                change_description: String::new(),
-            })
-            .await
-            .expect("agent")
-            .into_inner()
-            .id;
+    let mut agents =
+        pb::agent_service_client::AgentServiceClient::new(on(open.channel().await, &admin_token));
+    let agent_id = agent_using(&mut agents, "sends-elsewhere", &elsewhere.id).await;
 
     // The same database, served by a registry with a list.
     let listed = start_registry(
