@@ -82,7 +82,10 @@ const WELL_KNOWN: [(&str, &str); 4] = [
 const NEEDED: [(&str, &str); 6] = [
     ("go", "golang-go"),
     ("protoc", "protobuf-compiler"),
-    ("protoc-gen-go", "protoc-gen-go-1-3 (golang-goprotobuf-dev)"),
+    (
+        "protoc-gen-go",
+        "protoc-gen-go-1-3, from golang-goprotobuf-dev",
+    ),
     (
         "/usr/share/gocode/src/google.golang.org/grpc",
         "golang-google-grpc-dev",
@@ -173,7 +176,7 @@ fn require_go_toolchain() {
         missing.is_empty(),
         "the Go client test needs Debian's Go toolchain; missing: {}. \
          `apt-get install golang-go protobuf-compiler golang-goprotobuf-dev \
-         golang-google-grpc-dev` (scripts/test does)",
+         golang-google-grpc-dev golang-google-genproto-dev` (scripts/test does)",
         missing.join(", ")
     );
 }

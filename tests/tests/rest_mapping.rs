@@ -11,12 +11,18 @@
 //! - deploy/envoy/envoy.yaml transcodes exactly the public services (each
 //!   in the descriptor set), with grpc-web and CORS before the transcoder
 //!   and the router, and reaches the registry over TLS with HTTP/2.
+//! - A reflection client (the real grpcurl) sees the rules and the field
+//!   behaviours on the running registry: the served descriptors keep their
+//!   custom options.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use std::time::Duration;
+
 use prost::Message;
 use prost_types::{DescriptorProto, FileDescriptorSet};
+use tests::stack::Stack;
 use yaml_rust2::{Yaml, YamlLoader};
 
 /// The services a REST or grpc-web client may reach (CryptoService is
@@ -276,6 +282,44 @@ fn envoy_transcodes_the_public_services_over_tls_and_http2() {
         !context["validation_context"]["trusted_ca"].is_badvalue(),
         "the registry's certificate is verified"
     );
+}
+
+#[tokio::test]
+async fn reflection_serves_the_http_rules_and_field_behaviours() {
+    let stack = Stack::start().await;
+    let describe = |symbol: &'static str| {
+        let address = stack.registry.address.clone();
+        async move {
+            let run = tokio::process::Command::new("grpcurl")
+                .args(["-plaintext", &address, "describe", symbol])
+                .kill_on_drop(true)
+                .output();
+            let output = tokio::time::timeout(Duration::from_secs(30), run)
+                .await
+                .unwrap_or_else(|_| panic!("grpcurl describe {symbol} hung"))
+                .expect("grpcurl runs (scripts/test installs it)");
+            assert!(
+                output.status.success(),
+                "grpcurl describe {symbol}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            // grpcurl prints options as proto text; compare without spacing.
+            String::from_utf8_lossy(&output.stdout)
+                .split_whitespace()
+                .collect::<String>()
+        }
+    };
+    let rollback = describe("agentregistry.v1.AgentService.RollbackAgent").await;
+    assert!(
+        rollback.contains(r#"option(.google.api.http)={post:"/api/v1/agents/{agent_id}/rollback/{version_number}"body:"*"}"#),
+        "{rollback}"
+    );
+    let agent = describe("agentregistry.v1.Agent").await;
+    assert!(
+        agent.contains("stringname=2[(.google.api.field_behavior)=REQUIRED]"),
+        "{agent}"
+    );
+    stack.finish().await;
 }
 
 /// The public RPCs' HTTP bindings and their request messages' fields.
