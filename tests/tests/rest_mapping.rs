@@ -10,7 +10,10 @@
 //!   of its request message, and no two bindings can match the same call.
 //! - deploy/envoy/envoy.yaml transcodes exactly the public services (each
 //!   in the descriptor set), with grpc-web and CORS before the transcoder
-//!   and the router, and reaches the registry over TLS with HTTP/2.
+//!   and the router, and reaches the registry over TLS with HTTP/2; and it
+//!   parses as an Envoy v3 bootstrap with Envoy's own API types
+//!   (tests/python/envoy_config.py; no Envoy binary is packaged for Debian,
+//!   PyPI or npm, so `envoy --mode validate` cannot run here).
 //! - A reflection client (the real grpcurl) sees the rules and the field
 //!   behaviours on the running registry: the served descriptors keep their
 //!   custom options.
@@ -281,6 +284,36 @@ fn envoy_transcodes_the_public_services_over_tls_and_http2() {
     assert!(
         !context["validation_context"]["trusted_ca"].is_badvalue(),
         "the registry's certificate is verified"
+    );
+}
+
+/// How many checks envoy_config.py makes; update it with the program.
+const ENVOY_CHECKS: u32 = 19;
+
+#[test]
+fn envoy_config_parses_as_an_envoy_bootstrap() {
+    let manifest = env!("CARGO_MANIFEST_DIR");
+    let script = format!("{manifest}/python/envoy_config.py");
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(format!("{manifest}/../deploy/envoy/envoy.yaml"))
+        .output()
+        .expect("python3 runs");
+    let report = format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "{script} failed ({}); it needs `pip install xds-protos pyyaml` \
+         (scripts/test does):\n{report}",
+        output.status
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).lines().last(),
+        Some(format!("envoy config: all {ENVOY_CHECKS} checks passed").as_str()),
+        "{report}"
     );
 }
 
