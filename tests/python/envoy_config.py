@@ -81,7 +81,11 @@ def main(path: str) -> int:
 
     listeners = bootstrap.static_resources.listeners
     checks.equal(len(listeners), 1, "listeners")
-    network = listeners[0].filter_chains[0].filters[0]
+    chain = listeners[0].filter_chains[0]
+    checks.equal(chain.transport_socket.name, "envoy.transport_sockets.tls", "listener transport")
+    downstream = unpack(chain.transport_socket.typed_config, tls_pb2.DownstreamTlsContext)
+    checks.that(len(downstream.common_tls_context.tls_certificates) == 1, "listener has its certificate")
+    network = chain.filters[0]
     manager = unpack(network.typed_config, hcm_pb2.HttpConnectionManager)
     checks.equal(
         network.name,

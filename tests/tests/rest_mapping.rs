@@ -288,7 +288,7 @@ fn envoy_transcodes_the_public_services_over_tls_and_http2() {
 }
 
 /// How many checks envoy_config.py makes; update it with the program.
-const ENVOY_CHECKS: u32 = 19;
+const ENVOY_CHECKS: u32 = 21;
 
 #[test]
 fn envoy_config_parses_as_an_envoy_bootstrap() {
