@@ -1,0 +1,201 @@
+//! `registry-service healthcheck` and `crypto-service healthcheck`, run as
+//! processes the way a compose healthcheck runs them: with the same
+//! settings as the server they check and no arguments of their own. They
+//! exit 0 only while the server answers SERVING, and otherwise exit
+//! non-zero with one line that says why.
+
+use std::process::ExitStatus;
+
+use tests::health::wait_for_status;
+use tests::stack::{TestDatabase, crypto_on_socket, start_registry};
+use tests::{Launch, Process, binary, start_crypto};
+use tonic_health::pb::health_check_response::ServingStatus;
+
+/// Runs `binary healthcheck` with exactly `env` (and `args` after it).
+async fn healthcheck(
+    binary_name: &str,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> (ExitStatus, String) {
+    let launch = env
+        .iter()
+        .fold(
+            Launch::default().arg("healthcheck"),
+            |launch, (name, value)| launch.env(*name, *value),
+        )
+        .args(args.iter().copied());
+    Process::run_to_exit(&binary(binary_name), launch).await
+}
+
+/// The one line a failed check prints.
+fn one_line(printed: &str) -> &str {
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 1, "want one line, got: {printed:?}");
+    lines[0]
+}
+
+#[tokio::test]
+async fn the_registry_healthcheck_passes_only_while_its_health_port_answers_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("crypto.sock");
+    let crypto = start_crypto(crypto_on_socket(&socket)).await;
+    let database = TestDatabase::fresh().await;
+    let registry = start_registry(
+        &database,
+        &format!("unix:{}", socket.display()),
+        tests::stack::Stack::default_registry()
+            .env("REGISTRY_HEALTH_LISTEN", "127.0.0.1:0")
+            .env("REGISTRY_HEALTH_INTERVAL_SECONDS", "1"),
+    )
+    .await;
+    registry
+        .wait_for_log("registry-service health serving", 1)
+        .await;
+    let health = registry
+        .log_field("registry-service health serving", "listen")
+        .expect("the health port's address in its log line");
+    let health_channel = tonic::transport::Endpoint::from_shared(format!("http://{health}"))
+        .expect("a URL")
+        .connect()
+        .await
+        .expect("connects to the health port");
+    wait_for_status(health_channel.clone(), "", ServingStatus::Serving).await;
+
+    // Serving: exit 0, with the environment `serve` reads.
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[("REGISTRY_HEALTH_LISTEN", &health)],
+        &[],
+    )
+    .await;
+    assert!(
+        status.success(),
+        "healthcheck failed while serving: {printed}"
+    );
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[("REGISTRY_HEALTH_LISTEN", &health)],
+        &["--service", "liveness"],
+    )
+    .await;
+    assert!(
+        status.success(),
+        "liveness check failed while serving: {printed}"
+    );
+
+    // A service name the server does not know is not SERVING.
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[("REGISTRY_HEALTH_LISTEN", &health)],
+        &["--service", "no.such.Service"],
+    )
+    .await;
+    assert!(!status.success(), "an unknown service passed: {printed}");
+    assert!(one_line(&printed).contains("no.such.Service"), "{printed}");
+
+    // crypto-service gone: readiness turns NOT_SERVING, the check fails
+    // and says so (liveness still passes: the process runs).
+    crypto.terminate().await;
+    wait_for_status(health_channel, "", ServingStatus::NotServing).await;
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[("REGISTRY_HEALTH_LISTEN", &health)],
+        &[],
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "healthcheck passed while NOT_SERVING: {printed}"
+    );
+    let line = one_line(&printed);
+    assert!(
+        line.contains("NOT_SERVING") && line.contains(&health),
+        "the line names the endpoint and the status: {line}"
+    );
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[("REGISTRY_HEALTH_LISTEN", &health)],
+        &["--service", "liveness"],
+    )
+    .await;
+    assert!(
+        status.success(),
+        "liveness failed while the process runs: {printed}"
+    );
+
+    // Nothing listening any more: non-zero, and says it cannot connect.
+    registry.terminate().await;
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[("REGISTRY_HEALTH_LISTEN", &health)],
+        &[],
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "healthcheck passed with nothing listening: {printed}"
+    );
+    assert!(one_line(&printed).contains("cannot connect"), "{printed}");
+    database.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_registry_healthcheck_needs_a_plaintext_port_when_its_grpc_port_is_tls() {
+    let (status, printed) = healthcheck(
+        "registry-service",
+        &[
+            ("REGISTRY_LISTEN", "0.0.0.0:50051"),
+            ("REGISTRY_TLS_CERT_FILE", "/nonexistent/tls.crt"),
+        ],
+        &[],
+    )
+    .await;
+    assert!(!status.success(), "{printed}");
+    assert!(
+        one_line(&printed).contains("REGISTRY_HEALTH_LISTEN"),
+        "{printed}"
+    );
+}
+
+#[tokio::test]
+async fn the_crypto_healthcheck_checks_its_tcp_port_or_unix_socket() {
+    // TCP.
+    let crypto = start_crypto(Launch::default().env("CRYPTO_DEV", "true")).await;
+    let address = crypto.address.clone();
+    let (status, printed) =
+        healthcheck("crypto-service", &[("CRYPTO_LISTEN", &address)], &[]).await;
+    assert!(
+        status.success(),
+        "healthcheck failed while serving: {printed}"
+    );
+    crypto.terminate().await;
+    let (status, printed) =
+        healthcheck("crypto-service", &[("CRYPTO_LISTEN", &address)], &[]).await;
+    assert!(
+        !status.success(),
+        "healthcheck passed with nothing listening: {printed}"
+    );
+    let line = one_line(&printed);
+    assert!(
+        line.contains("cannot connect") && line.contains(&address),
+        "{line}"
+    );
+
+    // A unix socket, as in compose.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("crypto.sock");
+    let listen = format!("unix:{}", socket.display());
+    let crypto = start_crypto(crypto_on_socket(&socket)).await;
+    let (status, printed) = healthcheck("crypto-service", &[("CRYPTO_LISTEN", &listen)], &[]).await;
+    assert!(
+        status.success(),
+        "healthcheck over the socket failed: {printed}"
+    );
+    crypto.terminate().await;
+    let (status, printed) = healthcheck("crypto-service", &[("CRYPTO_LISTEN", &listen)], &[]).await;
+    assert!(
+        !status.success(),
+        "healthcheck passed with no server on the socket: {printed}"
+    );
+    assert!(one_line(&printed).contains("cannot connect"), "{printed}");
+}
