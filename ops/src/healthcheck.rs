@@ -105,7 +105,13 @@ pub async fn check(
             .await
             .map_err(|status| match status.code() {
                 tonic::Code::NotFound => format!("the health service does not know {service:?}"),
-                code => format!("Check failed: {code:?}: {}", status.message()),
+                // A connection that failed after the handshake (a client
+                // certificate the server refused) arrives as a status
+                // whose source says why.
+                code => match std::error::Error::source(&status) {
+                    Some(source) => format!("Check failed: {}", innermost(source)),
+                    None => format!("Check failed: {code:?}: {}", status.message()),
+                },
             })
     };
     let response = tokio::time::timeout(timeout, asked)
@@ -146,11 +152,7 @@ async fn connect(
         // The transport error's own text is "transport error"; the
         // innermost source says what happened (connection refused, a
         // handshake failure).
-        let mut cause: &dyn std::error::Error = &error;
-        while let Some(source) = cause.source() {
-            cause = source;
-        }
-        format!("cannot connect: {cause}")
+        format!("cannot connect: {}", innermost(&error))
     };
     match target {
         Target::Unix(path) => {
@@ -186,6 +188,15 @@ async fn connect(
             endpoint.connect().await.map_err(unreachable)
         }
     }
+}
+
+/// The text of the innermost cause of `error`.
+fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }
 
 #[cfg(test)]

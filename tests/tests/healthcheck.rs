@@ -8,7 +8,7 @@ use std::process::ExitStatus;
 
 use tests::health::wait_for_status;
 use tests::stack::{TestDatabase, crypto_on_socket, start_registry};
-use tests::{Launch, Process, binary, start_crypto};
+use tests::{Launch, Process, binary, pki, start_crypto};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 /// Runs `binary healthcheck` with exactly `env` (and `args` after it).
@@ -198,4 +198,92 @@ async fn the_crypto_healthcheck_checks_its_tcp_port_or_unix_socket() {
         "healthcheck passed with no server on the socket: {printed}"
     );
     assert!(one_line(&printed).contains("cannot connect"), "{printed}");
+}
+
+#[tokio::test]
+async fn the_crypto_healthcheck_speaks_mutual_tls_with_its_own_client_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca = pki::Authority::new("agentregistry healthcheck CA");
+    let server = ca.server("crypto.test");
+    let checker = ca.client("healthcheck.test");
+    let stranger = pki::Authority::new("another CA").client("healthcheck.test");
+    let file =
+        |name: &str, contents: &str| pki::write(dir.path(), name, contents).display().to_string();
+    let server_settings = [
+        ("CRYPTO_TLS_CERT_FILE", file("server.pem", &server.cert_pem)),
+        ("CRYPTO_TLS_KEY_FILE", file("server.key", &server.key_pem)),
+        ("CRYPTO_TLS_CLIENT_CA_FILE", file("ca.pem", &ca.cert_pem())),
+        // The registry's name: the checker is not among the callers, and
+        // needs not be (health is open to any client the CA vouches for).
+        ("CRYPTO_REGISTRY_CLIENTS", "dns:registry.test".to_owned()),
+    ];
+    let launch = server_settings.iter().fold(
+        Launch::default().env("CRYPTO_DEV", "true"),
+        |launch, (name, value)| launch.env(*name, value),
+    );
+    let crypto = start_crypto(launch).await;
+    let listen = crypto.address.clone();
+    let mut env: Vec<(&str, String)> = server_settings.to_vec();
+    env.push(("CRYPTO_LISTEN", listen.clone()));
+    let with = |extra: &[(&'static str, String)]| {
+        let mut all = env.clone();
+        all.extend_from_slice(extra);
+        all
+    };
+    let run = async |settings: Vec<(&str, String)>| {
+        let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        healthcheck("crypto-service", &pairs, &[]).await
+    };
+
+    // The check's own TLS settings are required, and named.
+    let (status, printed) = run(env.clone()).await;
+    assert!(!status.success(), "{printed}");
+    assert!(
+        one_line(&printed).contains("CRYPTO_HEALTHCHECK_CA_FILE"),
+        "{printed}"
+    );
+
+    let ca_file = (
+        "CRYPTO_HEALTHCHECK_CA_FILE",
+        file("check-ca.pem", &ca.cert_pem()),
+    );
+    let name = ("CRYPTO_HEALTHCHECK_SERVER_NAME", "crypto.test".to_owned());
+    let (status, printed) = run(with(&[
+        ca_file.clone(),
+        name.clone(),
+        (
+            "CRYPTO_HEALTHCHECK_CERT_FILE",
+            file("check.pem", &checker.cert_pem),
+        ),
+        (
+            "CRYPTO_HEALTHCHECK_KEY_FILE",
+            file("check.key", &checker.key_pem),
+        ),
+    ]))
+    .await;
+    assert!(
+        status.success(),
+        "healthcheck over mutual TLS failed: {printed}"
+    );
+
+    // A client certificate the server's client CA did not sign is refused.
+    let (status, printed) = run(with(&[
+        ca_file,
+        name,
+        (
+            "CRYPTO_HEALTHCHECK_CERT_FILE",
+            file("stranger.pem", &stranger.cert_pem),
+        ),
+        (
+            "CRYPTO_HEALTHCHECK_KEY_FILE",
+            file("stranger.key", &stranger.key_pem),
+        ),
+    ]))
+    .await;
+    assert!(
+        !status.success(),
+        "a foreign client certificate passed: {printed}"
+    );
+    assert!(one_line(&printed).contains(&listen), "{printed}");
+    crypto.terminate().await;
 }
