@@ -2,7 +2,12 @@
 //! cluster: every YAML file parses, and the Kubernetes manifests, the
 //! compose file, the collector config and the Dockerfile agree with each
 //! other and with the services' settings — ports, gRPC probes, labels, the
-//! NetworkPolicy, non-root containers, and no secret value written down.
+//! NetworkPolicies, non-root containers, healthchecks, and no secret value
+//! written down. The Kubernetes manifests are also rendered as a cluster
+//! would get them (`kubectl kustomize`: the base, the monitoring Component,
+//! the Istio overlay) and validated from outside: `kubernetes-validate
+//! --strict` for the built-in kinds, tests/crd/validate.mjs (the published
+//! CRD schemas) for Istio's and the Prometheus operator's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
