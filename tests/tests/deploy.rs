@@ -2004,6 +2004,15 @@ fn the_istio_overlay_admits_only_the_registry_identity_to_crypto_and_leaves_tls_
             "{setting} is still set"
         );
     }
+    let failures = check_registry_transport(
+        &registry.id(),
+        &registry_env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
+        &|_: &str| false,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     let volumes: BTreeSet<&str> = list(&registry_pod["volumes"])
         .iter()
         .filter_map(|v| v["name"].as_str())
