@@ -72,6 +72,9 @@ async fn the_registry_healthcheck_passes_only_while_its_health_port_answers_serv
         status.success(),
         "healthcheck failed while serving: {printed}"
     );
+    // Run every few seconds by compose, which keeps what it prints: no
+    // log lines, nothing at all when it passes.
+    assert_eq!(printed, "", "a passing check prints nothing");
     let (status, printed) = healthcheck(
         "registry-service",
         &[("REGISTRY_HEALTH_LISTEN", &health)],
