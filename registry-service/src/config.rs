@@ -66,6 +66,11 @@ pub enum Command {
     /// Mint an HS256 token with the configured JWT_HS256_SECRET (and
     /// JWT_ISSUER / JWT_AUDIENCE / JWT_KEY_ID when set), printed to stdout.
     Token(TokenArgs),
+    /// Ask the running server's plaintext health port
+    /// (REGISTRY_HEALTH_LISTEN; REGISTRY_LISTEN when that is unset and
+    /// plaintext) for its status once: exit 0 only on SERVING. Reads the
+    /// same settings as `serve`, for compose healthchecks.
+    Healthcheck(ops::healthcheck::HealthcheckArgs),
 }
 
 /// Settings of `import-fernet`.
