@@ -149,7 +149,8 @@ async function main() {
   equal(unknown.code, Code.Unimplemented, 'an unknown method over grpc-web: code');
   // Over HTTP/2: the server answers as soon as it reads the length prefix;
   // over HTTP/1.1 it then closes the connection, and a client still
-  // sending the body may see that (EPIPE) instead of the answer.
+  // sending the body may see that (EPIPE) instead of the answer (README,
+  // "Browsers (grpc-web)").
   const limit = Number(args.max_message_bytes);
   const oversized = await refusal(() => createClient(AgentService, http2).createAgent(
     { agent: { name: `${name}-big`, role: 'r', goal: 'g', backstory: 'x'.repeat(limit) } },
