@@ -1,9 +1,10 @@
 //! grpc-web on the registry's gRPC listener, from the outside: a real
 //! grpc-web client from npm (Connect, tests/node/grpc_web.js), headless
 //! Chromium loading a page from another origin that lists agents through
-//! grpc-web (CORS for real: granted to that origin, refused to any other),
-//! and raw HTTP/1.1 preflights and calls for what a browser cannot be made
-//! to send (a forged, huge or repeated `Origin`).
+//! grpc-web (CORS for real: granted to that origin, refused to any other;
+//! over plaintext HTTP/1.1 and over TLS with HTTP/2), and raw HTTP/1.1
+//! preflights and calls for what a browser cannot be made to send (a
+//! forged, huge or repeated `Origin`).
 //!
 //! Needs `node` with tests/node's packages (`bash scripts/node-tools`) and
 //! `/usr/bin/chromium` (Debian's `chromium`); scripts/test installs both.
@@ -18,7 +19,7 @@ use prost::Message;
 use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use tests::stack::Stack;
-use tests::{Launch, auth, http_get};
+use tests::{Launch, auth, http_get, pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -140,6 +141,40 @@ async fn a_browser_page_on_an_allowed_origin_lists_agents_through_grpc_web() {
         ),
         1,
         "the page's one ListAgents, counted as any call:\n{metrics}"
+    );
+    stack.finish().await;
+}
+
+/// The same page against a registry serving TLS, as in production: the
+/// browser negotiates HTTP/2 (the only protocol the registry's ALPN
+/// offers) and grpc-web and CORS work there as over HTTP/1.1.
+#[tokio::test]
+async fn a_browser_page_lists_agents_over_tls_and_http2() {
+    let page = PageServer::bind().await;
+    let ca = pki::Authority::new("grpc-web-ca");
+    let server = ca.loopback_server();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cert = pki::write(dir.path(), "tls.crt", &server.cert_pem);
+    let key = pki::write(dir.path(), "tls.key", &server.key_pem);
+    let stack = Stack::start_with(
+        Stack::default_registry()
+            .env("REGISTRY_GRPC_WEB_ALLOWED_ORIGINS", page.origin())
+            .env("REGISTRY_TLS_CERT_FILE", cert.display().to_string())
+            .env("REGISTRY_TLS_KEY_FILE", key.display().to_string()),
+    )
+    .await;
+    let token = auth::token("page", "acme", &["viewer"]);
+    let registry = format!("https://{}", stack.registry.address);
+    // The throw-away CA is not in Chromium's trust store; what is tested
+    // here is the protocol, not certificate validation (registry_tls.rs).
+    let (outcome, text) = page
+        .run_against(&stack, &registry, &token, &["--ignore-certificate-errors"])
+        .await;
+    assert_eq!(
+        (outcome.as_str(), text.as_str()),
+        ("ok", "[]"),
+        "the page's result (a tenant without agents)\n--- service logs\n{}",
+        stack.logs()
     );
     stack.finish().await;
 }
@@ -461,7 +496,20 @@ impl PageServer {
     /// Bundles the page's script, serves the page, has headless Chromium
     /// load it, and returns the page's `#result`: its `data-outcome` and
     /// its text.
-    async fn run(mut self, stack: &Stack, token: &str) -> (String, String) {
+    async fn run(self, stack: &Stack, token: &str) -> (String, String) {
+        let registry = stack.registry.url();
+        self.run_against(stack, &registry, token, &[]).await
+    }
+
+    /// [`PageServer::run`] with the page calling `registry` (a base URL),
+    /// Chromium started with `flags` as well.
+    async fn run_against(
+        mut self,
+        stack: &Stack,
+        registry: &str,
+        token: &str,
+        flags: &[&str],
+    ) -> (String, String) {
         let node_dir = node_dir();
         require_node_packages(&node_dir);
         assert!(
@@ -483,7 +531,7 @@ impl PageServer {
         )
         .await;
         let script = std::fs::read(bundle_dir.path().join("page.js")).expect("the bundle");
-        let config = serde_json::json!({ "registry": stack.registry.url(), "token": token });
+        let config = serde_json::json!({ "registry": registry, "token": token });
         let html = format!(
             "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>agents</title></head>\
              <body><pre id=\"result\" data-outcome=\"pending\">pending</pre>\
@@ -510,6 +558,7 @@ impl PageServer {
                 "--virtual-time-budget=30000",
                 "--dump-dom",
             ])
+            .args(flags)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg(&url)
             .kill_on_drop(true)
