@@ -18,8 +18,8 @@ use std::time::Duration;
 use prost::Message;
 use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
-use tests::stack::Stack;
-use tests::{Launch, auth, http_get, pki};
+use tests::stack::{Stack, TestDatabase};
+use tests::{Launch, Process, auth, binary, http_get, pki};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -399,6 +399,36 @@ async fn preflights_grant_only_the_allowed_origin_and_calls_keep_every_check() {
         assert!(!metrics.contains(needle), "{needle} in the metrics");
     }
     stack.finish().await;
+}
+
+/// An allowed-origins list a browser could never match, or one that would
+/// grant every origin, stops start-up naming the setting and the entry.
+#[tokio::test]
+async fn origins_no_browser_sends_stop_start_up_naming_the_setting() {
+    let database = TestDatabase::fresh().await;
+    for (origins, expected) in [
+        ("*", "never allowed"),
+        ("https://ui.example.com/", "no path"),
+        ("https://ui.example.com:443", "default port"),
+        ("ui.example.com", "http:// or https://"),
+    ] {
+        let launch = Stack::default_registry()
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("DATABASE_URL", database.url())
+            .env(
+                "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS",
+                format!("https://ok.example.com,{origins}"),
+            );
+        let (status, output) = Process::run_to_exit(&binary("registry-service"), launch).await;
+        assert!(!status.success(), "{origins}: started");
+        let line = format!("REGISTRY_GRPC_WEB_ALLOWED_ORIGINS: {origins:?}");
+        assert!(
+            output.contains(&line) && output.contains(expected),
+            "expected {line} … {expected} in {output}"
+        );
+    }
+    database.drop_database().await;
 }
 
 /// `launch` with the smaller message limit these tests check against.
