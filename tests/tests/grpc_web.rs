@@ -376,13 +376,6 @@ async fn preflights_grant_only_the_allowed_origin_and_calls_keep_every_check() {
     // Metrics: the calls above under their methods (or `unknown`), the
     // preflights and the plain GET nowhere, no label from what was sent.
     let metrics = registry_metrics(&stack).await;
-    let started: u64 = metrics
-        .lines()
-        .filter(|line| line.starts_with("grpc_server_started_total{"))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum();
-    // Health checks by the test harness are counted too: only the calls
-    // to AgentService and unknown paths are ours.
     let ours = |line: &&str| {
         line.starts_with("grpc_server_started_total{")
             && (line.contains(r#"grpc_service="agentregistry.v1.AgentService""#)
@@ -394,7 +387,6 @@ async fn preflights_grant_only_the_allowed_origin_and_calls_keep_every_check() {
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(counted, 5, "5 grpc-web calls, no preflight:\n{metrics}");
-    assert!(started >= counted);
     for needle in ["evil", "OPTIONS", "Nowhere", "aaaa"] {
         assert!(!metrics.contains(needle), "{needle} in the metrics");
     }
