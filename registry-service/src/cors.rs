@@ -18,6 +18,11 @@
 //! CORS protects browser users from other pages, not the server from
 //! anyone: a call without an `Origin` (a native client) or from the same
 //! origin passes as before, and calls still need a token.
+//!
+//! Written here rather than taken from tower-http (not otherwise in the
+//! build), whose CORS layer sends its allowed methods and headers in every
+//! preflight answer, to any origin, and reads only the first of repeated
+//! `Origin` headers.
 
 use std::future::Future;
 use std::pin::Pin;
