@@ -244,6 +244,12 @@ pub struct ServeArgs {
     /// `*.domain`. Empty (the default): any host.
     #[arg(long, env = "PROVIDER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub provider_allowed_hosts: Vec<String>,
+    /// Origins (`https://ui.example.com`, exact, comma-separated) whose
+    /// pages may call the registry from a browser over grpc-web (CORS).
+    /// Empty (the default): none; grpc-web from the same origin or from a
+    /// non-browser client works without it.
+    #[arg(long, env = "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub grpc_web_allowed_origins: Vec<String>,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -406,6 +412,7 @@ pub struct Settings {
     pub recent_agents_bytes: usize,
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
+    pub grpc_web_allowed_origins: crate::cors::AllowedOrigins,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -511,6 +518,10 @@ impl ServeArgs {
             destinations: crate::destinations::Destinations::parse(
                 &self.provider_allowed_hosts,
                 "PROVIDER_ALLOWED_HOSTS",
+            )?,
+            grpc_web_allowed_origins: crate::cors::AllowedOrigins::parse(
+                &self.grpc_web_allowed_origins,
+                "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS",
             )?,
             grpc: self.grpc.clone(),
         })
