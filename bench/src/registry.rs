@@ -799,6 +799,8 @@ impl Workload {
         let request = pb::ResolveAgentRequest {
             agent_id: agent_id.to_owned(),
             version_number: None,
+            // A full resolution each time: the peer has no cheap re-resolve.
+            if_none_match: String::new(),
         };
         self.call("get_provider_key", self.api.resolve_agent(request), |r| {
             let provider_ok = r

@@ -511,6 +511,8 @@ impl Worker {
         let request = pb::ResolveAgentRequest {
             agent_id: agent.id.clone(),
             version_number: None,
+            // A full resolution each time: the peer has no cheap re-resolve.
+            if_none_match: String::new(),
         };
         self.call(Op::ResolveAgent, fleet.api.resolve_agent(request), |r| {
             let provider_ok = r

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use crypto_service::keyring::{KeyMaterial, Keyring};
 use hmac::{Hmac, KeyInit, Mac};
 use registry_service::auth::{Authenticator, Expectations, KeySource};
-use registry_service::model::agent::AgentSpec;
+use registry_service::model::agent::{AgentSpec, CodeExecutionMode};
 use registry_service::model::params::ModelParams;
 use registry_service::model::provider::{ProviderKind, ProviderSpec};
 use serde_json::{Map, Value};
@@ -146,6 +146,20 @@ pub fn current_agent() -> AgentSpec {
         allow_code_execution: true,
         respect_context_window: false,
         max_retry_limit: 5,
+        tool_config: [("search".to_owned(), serde_json::json!({"max_results": 3.0}))].into(),
+        function_calling_llm: Some("gpt-4o-mini".into()),
+        system_template: Some("You are {role}.".into()),
+        prompt_template: Some("Task: {input}".into()),
+        response_template: Some("Answer: {output}".into()),
+        use_system_prompt: false,
+        memory: true,
+        reasoning: true,
+        max_reasoning_attempts: Some(4),
+        multimodal: true,
+        code_execution_mode: CodeExecutionMode::Unsafe,
+        inject_date: true,
+        date_format: "%d.%m.%Y".into(),
+        embedder: Some(serde_json::json!({"provider": "ollama"})),
     }
 }
 

@@ -64,7 +64,7 @@ debug_without_secrets!(
 );
 debug_without_secrets!(
     v1::ResolvedAgent,
-    shown: [agent, provider, effective, agent_version, provider_version],
+    shown: [agent, provider, effective, agent_version, provider_version, etag, not_modified],
     secret: [api_key]
 );
 debug_without_secrets!(

@@ -227,6 +227,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "ResolveAgent" => pb::ResolveAgentRequest {
             agent_id: f.agent_id.clone(),
             version_number: None,
+            if_none_match: String::new(),
         }
         .encode_to_vec(),
         "RevokeProviderKey" => pb::RevokeProviderKeyRequest {
@@ -503,6 +504,7 @@ async fn provider_rollback_is_admin_only_and_resolve_is_runtime_only() {
     let resolve = pb::ResolveAgentRequest {
         agent_id: fixture.agent_id.clone(),
         version_number: None,
+        if_none_match: String::new(),
     };
     let status = pb::runtime_service_client::RuntimeServiceClient::new(admin)
         .resolve_agent(resolve.clone())
@@ -594,6 +596,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
             .resolve_agent(pb::ResolveAgentRequest {
                 agent_id: agent_id.clone(),
                 version_number: None,
+                if_none_match: String::new(),
             })
             .await,
         "resolve agent",

@@ -1273,6 +1273,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
             c.runtime.resolve_agent(pb::ResolveAgentRequest {
                 agent_id: existing.id.clone(),
                 version_number: Some(number),
+                if_none_match: String::new(),
             })
         );
         refused!(
@@ -1341,6 +1342,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
             c.runtime.resolve_agent(pb::ResolveAgentRequest {
                 agent_id: existing.id.clone(),
                 version_number: Some(number),
+                if_none_match: String::new(),
             })
         );
         refused!(

@@ -194,6 +194,7 @@ async fn resolved_key(c: &mut Clients, provider_id: &str, agent_name: &str) -> S
         .resolve_agent(pb::ResolveAgentRequest {
             agent_id: agent.id,
             version_number: None,
+            if_none_match: String::new(),
         })
         .await
         .expect("resolve agent")

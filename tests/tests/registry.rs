@@ -334,6 +334,7 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
         .resolve_agent(pb::ResolveAgentRequest {
             agent_id: agent.id.clone(),
             version_number: None,
+            if_none_match: String::new(),
         })
         .await
         .expect("resolve")
@@ -365,6 +366,7 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
         .resolve_agent(pb::ResolveAgentRequest {
             agent_id: agent.id.clone(),
             version_number: None,
+            if_none_match: String::new(),
         })
         .await
         .expect("resolve after rollback")
@@ -823,6 +825,7 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
         .resolve_agent(pb::ResolveAgentRequest {
             agent_id: agent.id.clone(),
             version_number: None,
+            if_none_match: String::new(),
         })
         .await
         .expect("resolve")
@@ -902,6 +905,7 @@ async fn resolve_agent_as_of_an_earlier_version() {
         .resolve_agent(pb::ResolveAgentRequest {
             agent_id: agent.id.clone(),
             version_number: None,
+            if_none_match: String::new(),
         })
         .await
         .expect("resolve")
@@ -918,6 +922,7 @@ async fn resolve_agent_as_of_an_earlier_version() {
         .resolve_agent(pb::ResolveAgentRequest {
             agent_id: agent.id.clone(),
             version_number: Some(1),
+            if_none_match: String::new(),
         })
         .await
         .expect("resolve v1")

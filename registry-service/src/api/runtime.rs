@@ -32,6 +32,13 @@ impl RuntimeService for Registry {
         if let Some(number) = request.version_number {
             require_version("version_number", number)?;
         }
+        if request.if_none_match.chars().count() > MAX_ETAG_CHARS {
+            return Err(Error::bad_field(
+                "if_none_match",
+                format!("must be at most {MAX_ETAG_CHARS} characters"),
+            )
+            .into());
+        }
         // The current configuration: agent and provider in one query.
         let (current, spec, agent_version, provider) = match request.version_number {
             None => {
@@ -58,6 +65,22 @@ impl RuntimeService for Registry {
             && !self.destinations.allows(url)
         {
             return Err(super::providers::destination_not_allowed(url).into());
+        }
+        // Checked after every rule a full answer is checked against (the
+        // destination above), so a cached answer is never one the registry
+        // would refuse now.
+        let resolution = resolution_etag(agent_version, &provider);
+        if !request.if_none_match.is_empty() && request.if_none_match == resolution {
+            return Ok(Response::new(pb::ResolvedAgent {
+                agent: None,
+                provider: None,
+                api_key: String::new(),
+                effective: None,
+                agent_version,
+                provider_version: provider.version,
+                etag: resolution,
+                not_modified: true,
+            }));
         }
         let api_key = match &provider.spec.api_key {
             Some(ciphertext) => {
@@ -89,6 +112,8 @@ impl RuntimeService for Registry {
             api_key: api_key.to_string(),
             agent_version,
             provider_version: provider.version,
+            etag: resolution,
+            not_modified: false,
         }))
     }
 }
@@ -118,6 +143,28 @@ impl Registry {
                 }),
         }
     }
+}
+
+/// The longest `if_none_match` looked at.
+const MAX_ETAG_CHARS: usize = 256;
+
+/// The etag of a resolution: what the answer depends on that can change.
+/// The agent version pins the agent's configuration; the provider's id and
+/// version pin its configuration (a key change or revocation writes a new
+/// provider version); the credential revision names the key itself (a
+/// rewrap changes its ciphertext, not its plaintext, nor this).
+fn resolution_etag(agent_version: i64, provider: &ProviderRecord) -> String {
+    let revision = provider
+        .spec
+        .api_key
+        .as_ref()
+        .and(provider.spec.api_key_revision);
+    format!(
+        "\"{agent_version}.{}.{}.{}\"",
+        provider.id,
+        provider.version,
+        revision.map_or_else(|| "-".to_owned(), |r| r.to_string())
+    )
 }
 
 /// Provider defaults (with its model name), then the agent's temperature,
