@@ -830,6 +830,34 @@ mod tests {
         }
     }
 
+    /// A role map may name `platform-operator`, but only the configured
+    /// subjects hold it, as with the registry's own role names.
+    #[test]
+    fn a_mapped_platform_operator_role_still_needs_a_listed_subject() {
+        let map =
+            ClaimMapping::parse_role_map(&["ops=platform-operator".to_owned()]).expect("role map");
+        let mapped = authenticator(None, None)
+            .with_claims(ClaimMapping {
+                role_map: Some(map),
+                ..ClaimMapping::default()
+            })
+            .with_platform_operators(vec!["operator".to_owned()]);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token_of = |sub: &str| {
+            token(
+                serde_json::json!({"sub": sub, "tenant": "t", "roles": ["ops"],
+                "exp": now + 60, "iat": now}),
+            )
+        };
+        let method = "/agentregistry.v1.KeyService/RetireKeyVersion";
+        let bearer = |sub: &str| format!("Bearer {}", token_of(sub));
+        assert!(mapped.admit(method, Some(&bearer("operator"))).is_ok());
+        let refused = mapped
+            .admit(method, Some(&bearer("someone")))
+            .expect_err("not a listed subject");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    }
+
     #[test]
     fn a_kid_must_name_a_configured_key_even_when_there_is_one() {
         let now = jsonwebtoken::get_current_timestamp();

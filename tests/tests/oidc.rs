@@ -270,6 +270,54 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
 }
 
 #[tokio::test]
+async fn a_jwks_url_without_discovery_and_a_fixed_tenant_serve_the_same_tokens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let authority = Authority::new("oidc-test-ca");
+    let provider = Provider::start(dir.path(), &authority).await;
+    let stack = Stack::start_with(
+        Launch::default()
+            .env("REGISTRY_JWKS_URL", format!("{}/jwks", provider.issuer))
+            .env("REGISTRY_OIDC_CA_FILE", provider.ca.display().to_string())
+            .env("JWT_ISSUER", &provider.issuer)
+            .env("JWT_AUDIENCE", RESOURCE)
+            .env("REGISTRY_FIXED_TENANT", "shared")
+            .env("REGISTRY_ROLES_CLAIMS", "realm_access.roles")
+            .env(
+                "REGISTRY_ROLE_MAP",
+                "registry-admin=admin,registry-reader=viewer",
+            ),
+    )
+    .await;
+    let requests = provider.process.output();
+    assert!(
+        !requests.contains("openid-configuration"),
+        "no discovery with a JWKS URL"
+    );
+    assert_eq!(provider.jwks_fetches(), 1);
+
+    // Tokens naming different tenants land in the one fixed tenant.
+    let globex = provider.token("globex-admin").await;
+    let acme = provider.token("acme-reader").await;
+    let created = agents(&stack, &globex)
+        .await
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                name: "shared-agent".to_owned(),
+                role: "Researcher".to_owned(),
+                goal: "Find things".to_owned(),
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("admin creates")
+        .into_inner();
+    let listed = list(&stack, &acme).await.expect("viewer lists");
+    assert_eq!(ids(&listed), vec![created.id]);
+    stack.finish().await;
+}
+
+#[tokio::test]
 async fn the_registry_does_not_start_without_the_providers_keys() {
     let dir = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new("oidc-test-ca");
