@@ -401,26 +401,6 @@ impl Authenticator {
         (!remote.current().contains_key(&Some(kid))).then_some(remote)
     }
 
-    /// [`Authenticator::admit`], and when the token names a kid the
-    /// provider's current keys lack, again after fetching them (at most
-    /// once per minimum refresh interval for all callers together).
-    pub async fn admit_refreshing(
-        &self,
-        method: &str,
-        authorization: Option<&str>,
-    ) -> Result<Identity, Status> {
-        let refused = match self.admit(method, authorization) {
-            Ok(identity) => return Ok(identity),
-            Err(refused) => refused,
-        };
-        match self.may_refresh_for(authorization) {
-            Some(remote) if remote.refresh_for_unknown_kid().await => {
-                self.admit(method, authorization)
-            }
-            _ => Err(refused),
-        }
-    }
-
     /// A token's lifetime is bounded: it carries `iat`, not in the future
     /// (beyond the leeway), and `exp - iat` is at most the configured
     /// maximum. So a token lives at most that long plus the leeway, however
@@ -699,25 +679,31 @@ where
                 admitted(&span, &mut request, identity);
                 Box::pin(inner.call(request))
             }
-            // The provider may have rotated its keys: fetch them (rate
-            // limited) and try once more.
-            Err(_) if self.authenticator.may_refresh_for(authorization).is_some() => {
-                let authenticator = Arc::clone(&self.authenticator);
-                let authorization = authorization.map(str::to_owned);
-                Box::pin(async move {
-                    match authenticator
-                        .admit_refreshing(&method, authorization.as_deref())
-                        .await
-                    {
-                        Ok(identity) => {
-                            admitted(&span, &mut request, identity);
-                            inner.call(request).await
+            Err(status) => match self.authenticator.may_refresh_for(authorization) {
+                // The provider may have rotated its keys: fetch them (at
+                // most once per minimum interval for all callers together)
+                // and try once more.
+                Some(remote) => {
+                    let remote = Arc::clone(remote);
+                    let authenticator = Arc::clone(&self.authenticator);
+                    let authorization = authorization.map(str::to_owned);
+                    Box::pin(async move {
+                        let retried = if remote.refresh_for_unknown_kid().await {
+                            authenticator.admit(&method, authorization.as_deref())
+                        } else {
+                            Err(status)
+                        };
+                        match retried {
+                            Ok(identity) => {
+                                admitted(&span, &mut request, identity);
+                                inner.call(request).await
+                            }
+                            Err(status) => refused(&method, request, status).await,
                         }
-                        Err(status) => refused(&method, request, status).await,
-                    }
-                })
-            }
-            Err(status) => Box::pin(async move { refused(&method, request, status).await }),
+                    })
+                }
+                None => Box::pin(async move { refused(&method, request, status).await }),
+            },
         }
     }
 }
