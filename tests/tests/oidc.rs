@@ -270,7 +270,7 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
 }
 
 #[tokio::test]
-async fn a_jwks_url_without_discovery_and_a_fixed_tenant_serve_the_same_tokens() {
+async fn a_jwks_url_without_discovery_is_refetched_on_schedule_and_a_fixed_tenant_holds_all() {
     let dir = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new("oidc-test-ca");
     let provider = Provider::start(dir.path(), &authority).await;
@@ -285,7 +285,9 @@ async fn a_jwks_url_without_discovery_and_a_fixed_tenant_serve_the_same_tokens()
             .env(
                 "REGISTRY_ROLE_MAP",
                 "registry-admin=admin,registry-reader=viewer",
-            ),
+            )
+            .env("REGISTRY_JWKS_MIN_REFRESH_SECONDS", "1")
+            .env("REGISTRY_JWKS_REFRESH_SECONDS", "1"),
     )
     .await;
     let requests = provider.process.output();
@@ -293,7 +295,12 @@ async fn a_jwks_url_without_discovery_and_a_fixed_tenant_serve_the_same_tokens()
         !requests.contains("openid-configuration"),
         "no discovery with a JWKS URL"
     );
-    assert_eq!(provider.jwks_fetches(), 1);
+    // With no token at all, the keys are fetched again every second.
+    let deadline = Instant::now() + START_DEADLINE;
+    while provider.jwks_fetches() < 3 {
+        assert!(Instant::now() < deadline, "no scheduled JWKS fetches");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Tokens naming different tenants land in the one fixed tenant.
     let globex = provider.token("globex-admin").await;

@@ -257,3 +257,21 @@ fn detail(error: &Error) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_is_held_between_the_intervals() {
+        let refresh = Refresh {
+            min_interval: Duration::from_secs(30),
+            max_interval: Duration::from_secs(300),
+        };
+        let secs = |s| Some(Duration::from_secs(s));
+        assert_eq!(refresh.keep_for(None), Duration::from_secs(300));
+        assert_eq!(refresh.keep_for(secs(86_400)), Duration::from_secs(300));
+        assert_eq!(refresh.keep_for(secs(120)), Duration::from_secs(120));
+        assert_eq!(refresh.keep_for(secs(0)), Duration::from_secs(30));
+    }
+}
