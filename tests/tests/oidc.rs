@@ -58,6 +58,8 @@ struct Provider {
     process: Process,
     issuer: String,
     ca: PathBuf,
+    /// Token requests answered so far.
+    tokens: std::sync::atomic::AtomicUsize,
 }
 
 impl Provider {
@@ -92,6 +94,7 @@ impl Provider {
             process,
             issuer,
             ca,
+            tokens: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -107,6 +110,8 @@ impl Provider {
         );
         let basic = STANDARD.encode(format!("{client}:{secret}"));
         let body = https_post(&self.process.address, &self.ca, "/token", &basic, form).await;
+        self.tokens
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let answer: serde_json::Value = serde_json::from_slice(&body).expect("token JSON");
         answer["access_token"]
             .as_str()
@@ -114,15 +119,35 @@ impl Provider {
             .to_owned()
     }
 
-    /// How many times the JWKS was fetched so far.
+    /// How many times the JWKS was fetched so far, as far as this test
+    /// has read the provider's output.
     fn jwks_fetches(&self) -> usize {
+        self.requests("/jwks")
+    }
+
+    /// The JWKS fetches made until now, every one of them: the provider
+    /// logs requests in order, so once this test has read the log line of
+    /// a token request made now, it has read every fetch before it.
+    async fn jwks_fetches_settled(&self) -> usize {
+        self.token(CLIENTS[0].0).await;
+        let tokens = self.tokens.load(std::sync::atomic::Ordering::SeqCst);
+        let deadline = Instant::now() + START_DEADLINE;
+        while self.requests("/token") < tokens {
+            assert!(Instant::now() < deadline, "the provider's log stalls");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.jwks_fetches()
+    }
+
+    /// Requests for `path` in the provider's output read so far.
+    fn requests(&self, path: &str) -> usize {
         self.process
             .output()
             .lines()
             .filter(|line| {
                 serde_json::from_str::<serde_json::Value>(line).is_ok_and(|value| {
                     value.pointer("/fields/message").and_then(|m| m.as_str()) == Some("request")
-                        && value.pointer("/fields/path").and_then(|p| p.as_str()) == Some("/jwks")
+                        && value.pointer("/fields/path").and_then(|p| p.as_str()) == Some(path)
                 })
             })
             .count()
@@ -160,7 +185,11 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
     let authority = Authority::new("oidc-test-ca");
     let provider = Provider::start(dir.path(), &authority).await;
     let stack = Stack::start_with(registry_for(&provider)).await;
-    assert_eq!(provider.jwks_fetches(), 1, "one fetch at start-up");
+    assert_eq!(
+        provider.jwks_fetches_settled().await,
+        1,
+        "one fetch at start-up"
+    );
 
     // Roles from realm_access.roles through the role map; the tenant from
     // the namespaced claim.
@@ -235,7 +264,7 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
 
     // A flood of tokens naming random kids: every one refused, and the
     // provider asked at most once per minimum interval.
-    let before = provider.jwks_fetches();
+    let before = provider.jwks_fetches_settled().await;
     let started = Instant::now();
     let forged: Vec<String> = (0..64).map(|_| forged_token(&rotated)).collect();
     let channel = stack.channel().await;
@@ -247,7 +276,8 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
         }
     }
     let elapsed = started.elapsed();
-    let fetched = provider.jwks_fetches() - before;
+    // Each refused call waited for the fetch it caused: all are logged.
+    let fetched = provider.jwks_fetches_settled().await - before;
     let allowed = (elapsed.as_secs_f64() / MIN_REFRESH.as_secs_f64()).floor() as usize + 1;
     assert!(
         (1..=allowed).contains(&fetched),
