@@ -294,6 +294,84 @@ mod tests {
         assert!(Url::parse("/relative", false).is_err());
     }
 
+    /// Serves one connection on loopback: reads the request head, then
+    /// writes `answer` (and, if given, `chunks` of the body, chunked).
+    async fn serve_once(answer: &'static [u8], chunks: usize) -> Url {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let _ = stream.write_all(answer).await;
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+            for _ in 0..chunks {
+                if stream.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            // Held open: the client decides when it is done.
+            let _ = stream.read(&mut head).await;
+        });
+        Url::parse(&format!("http://{address}/jwks"), true).expect("url")
+    }
+
+    fn fetcher(timeout: Duration) -> Fetcher {
+        Fetcher::new(None, "TEST", timeout).expect("fetcher")
+    }
+
+    fn detail(result: Result<Fetched, Error>) -> String {
+        match result.expect_err("refused") {
+            Error::Unavailable { detail, .. } => detail,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_small_json_answer_is_read_with_its_max_age() {
+        let url = serve_once(
+            b"HTTP/1.1 200 OK\r\nCache-Control: public, max-age=120\r\nContent-Length: 11\r\n\r\n{\"keys\":[]}",
+            0,
+        )
+        .await;
+        let fetched = fetcher(Duration::from_secs(5))
+            .get_json(&url)
+            .await
+            .expect("fetched");
+        assert_eq!(fetched.json, serde_json::json!({"keys": []}));
+        assert_eq!(fetched.max_age, Some(Duration::from_secs(120)));
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_redirects_and_silence_are_refused() {
+        let declared = serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n", 0).await;
+        let refused = detail(fetcher(Duration::from_secs(5)).get_json(&declared).await);
+        assert!(refused.contains("larger than 1048576 bytes"), "{refused}");
+
+        // 17 chunks of 64 KiB: over 1 MiB without saying so up front.
+        let chunked =
+            serve_once(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", 17).await;
+        let refused = detail(fetcher(Duration::from_secs(5)).get_json(&chunked).await);
+        assert!(refused.contains("larger than 1048576 bytes"), "{refused}");
+
+        let redirect = serve_once(
+            b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+            0,
+        )
+        .await;
+        let refused = detail(fetcher(Duration::from_secs(5)).get_json(&redirect).await);
+        assert!(refused.contains("answered 302"), "{refused}");
+
+        let silent = serve_once(b"", 0).await;
+        let started = std::time::Instant::now();
+        let refused = detail(fetcher(Duration::from_millis(300)).get_json(&silent).await);
+        assert!(refused.contains("no answer within"), "{refused}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
     #[test]
     fn cache_control_max_age_is_read() {
         assert_eq!(
