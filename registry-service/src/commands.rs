@@ -44,8 +44,12 @@ async fn serve(args: &Args) -> Result<(), Error> {
     let (source, setting) = args.jwt.key_source(|name| std::env::var(name).ok())?;
     let expectations = args.jwt.serving_expectations(settings.dev)?;
     let claims = args.jwt.claim_mapping()?;
+    let registry_metrics = RegistryMetrics::default();
     let authenticator = match args.jwt.remote_keys(settings.dev)? {
-        Some(remote) => Authenticator::remote(fetch_keys(remote).await?, expectations),
+        Some(remote) => Authenticator::remote(
+            fetch_keys(remote, registry_metrics.clone()).await?,
+            expectations,
+        ),
         None => Authenticator::new(&source, expectations, setting)?,
     };
     let authenticator = Arc::new(
@@ -68,7 +72,6 @@ async fn serve(args: &Args) -> Result<(), Error> {
         store::migrate_up(&db).await?;
         tracing::info!("database migrations applied");
     }
-    let registry_metrics = RegistryMetrics::default();
     let metrics = Metrics::new("registry-service", |registry| {
         registry_metrics.register(registry)
     });
@@ -245,7 +248,10 @@ async fn migrate(common: &Common, action: MigrateAction) -> Result<(), Error> {
 /// Loads the identity provider's keys, or refuses to start (a wrong
 /// issuer, CA or URL shows at deploy time, and an orchestrator retries the
 /// start with back-off); then keeps them current in the background.
-async fn fetch_keys(remote: RemoteKeySettings) -> Result<Arc<RemoteKeys>, Error> {
+async fn fetch_keys(
+    remote: RemoteKeySettings,
+    metrics: RegistryMetrics,
+) -> Result<Arc<RemoteKeys>, Error> {
     let fetcher = Fetcher::new(
         remote.ca_file.as_deref(),
         "REGISTRY_OIDC_CA_FILE",
@@ -257,6 +263,7 @@ async fn fetch_keys(remote: RemoteKeySettings) -> Result<Arc<RemoteKeys>, Error>
         remote.refresh,
         remote.allow_loopback_http,
         remote.setting,
+        metrics,
     )
     .await?;
     // Lives as long as the process: nothing to stop at shutdown.

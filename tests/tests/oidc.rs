@@ -184,7 +184,12 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
     let dir = tempfile::tempdir().expect("tempdir");
     let authority = Authority::new("oidc-test-ca");
     let provider = Provider::start(dir.path(), &authority).await;
-    let stack = Stack::start_with(registry_for(&provider)).await;
+    let stack = Stack::start_with(
+        registry_for(&provider)
+            .arg("--metrics-listen")
+            .arg("127.0.0.1:0"),
+    )
+    .await;
     assert_eq!(
         provider.jwks_fetches_settled().await,
         1,
@@ -291,6 +296,34 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
     let status = list(&stack, &foreign).await.expect_err("another issuer");
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(status.message(), "token issuer is not trusted");
+
+    // The registry's own count of its fetches agrees with the provider's.
+    let metrics_address = stack
+        .registry
+        .log_field("metrics serving", "listen")
+        .expect("metrics address");
+    let scrape = tests::http_get(&metrics_address, "/metrics").await;
+    let fetches = |trigger: &str| -> usize {
+        scrape
+            .lines()
+            .filter(|line| {
+                line.starts_with("registry_jwks_fetches_total{")
+                    && line.contains(&format!("trigger=\"{trigger}\""))
+                    && line.contains("outcome=\"ok\"")
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as usize
+    };
+    assert_eq!(fetches("start-up"), 1, "{scrape}");
+    assert_eq!(
+        fetches("start-up") + fetches("unknown-kid"),
+        provider.jwks_fetches_settled().await,
+        "{scrape}"
+    );
+    assert!(
+        scrape.contains("registry_dependency_up{dependency=\"identity-provider\"} 1"),
+        "{scrape}"
+    );
 
     let logs = stack.finish().await;
     for token in [&admin, &reader, &rotated, &foreign] {

@@ -26,6 +26,7 @@ use jsonwebtoken::jwk::JwkSet;
 use super::Keys;
 use super::fetch::{Fetcher, Url};
 use crate::error::Error;
+use crate::telemetry::RegistryMetrics;
 
 /// Where the JWKS is found.
 #[derive(Debug, Clone)]
@@ -58,6 +59,7 @@ pub struct RemoteKeys {
     keep_for: Mutex<Duration>,
     /// Held while fetching: one fetch at a time.
     fetching: tokio::sync::Mutex<()>,
+    metrics: RegistryMetrics,
 }
 
 impl std::fmt::Debug for RemoteKeys {
@@ -78,6 +80,7 @@ impl RemoteKeys {
         refresh: Refresh,
         allow_loopback_http: bool,
         setting: &str,
+        metrics: RegistryMetrics,
     ) -> Result<Arc<Self>, Error> {
         let jwks_uri = match location {
             Location::JwksUrl(url) => url,
@@ -86,7 +89,9 @@ impl RemoteKeys {
             }
         };
         let started = Instant::now();
-        let (keys, max_age) = fetch_keys(&fetcher, &jwks_uri).await.map_err(|error| {
+        let fetched = fetch_keys(&fetcher, &jwks_uri).await;
+        metrics.jwks_fetch("start-up", fetched.is_ok());
+        let (keys, max_age) = fetched.map_err(|error| {
             Error::config(
                 setting,
                 format!("cannot load the signing keys: {}", detail(&error)),
@@ -101,6 +106,7 @@ impl RemoteKeys {
             last_fetch: Mutex::new(started),
             keep_for: Mutex::new(refresh.keep_for(max_age)),
             fetching: tokio::sync::Mutex::new(()),
+            metrics,
         };
         Ok(Arc::new(remote))
     }
@@ -134,7 +140,7 @@ impl RemoteKeys {
         if self.since_last_fetch() < self.refresh.min_interval {
             return true;
         }
-        self.fetch_now("unknown kid").await;
+        self.fetch_now("unknown-kid").await;
         true
     }
 
@@ -153,7 +159,9 @@ impl RemoteKeys {
     /// One fetch; the caller holds `fetching`.
     async fn fetch_now(&self, trigger: &'static str) {
         self.set(&self.last_fetch, Instant::now());
-        match fetch_keys(&self.fetcher, &self.jwks_uri).await {
+        let fetched = fetch_keys(&self.fetcher, &self.jwks_uri).await;
+        self.metrics.jwks_fetch(trigger, fetched.is_ok());
+        match fetched {
             Ok((keys, max_age)) => {
                 tracing::debug!(trigger, keys = keys.len(), "token signing keys fetched");
                 self.set(&self.keep_for, self.refresh.keep_for(max_age));
