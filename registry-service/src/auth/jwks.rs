@@ -121,11 +121,23 @@ impl RemoteKeys {
     }
 
     /// A token named a kid the set lacks: fetches the set again unless
-    /// one was fetched within the minimum interval; when a fetch is
-    /// already running, waits for it. Returns whether the set may have
+    /// one was fetched (or begun) within the minimum interval; when a
+    /// fetch is running, waits for it. Returns whether the set may have
     /// changed (worth verifying again).
-    pub async fn refresh_for_unknown_kid(&self) -> bool {
-        if self.since_last_fetch() < self.refresh.min_interval {
+    pub async fn refresh_for_unknown_kid(self: &Arc<Self>) -> bool {
+        // Reserved under the lock: of any number of callers, one fetches.
+        let reserved = {
+            let mut last = match self.last_fetch.lock() {
+                Ok(last) => last,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            let due = last.elapsed() >= self.refresh.min_interval;
+            if due {
+                *last = Instant::now();
+            }
+            due
+        };
+        if !reserved {
             // Within the interval: only a running fetch can bring news.
             return match self.fetching.try_lock() {
                 Ok(_) => false,
@@ -135,12 +147,15 @@ impl RemoteKeys {
                 }
             };
         }
-        let _fetching = self.fetching.lock().await;
-        // Another caller may have fetched while this one waited.
-        if self.since_last_fetch() < self.refresh.min_interval {
-            return true;
-        }
-        self.fetch_now("unknown-kid").await;
+        let remote = Arc::clone(self);
+        // A task of its own: a caller that goes away (a cancelled call)
+        // does not cancel the fetch it caused.
+        let fetch = tokio::spawn(async move {
+            let _fetching = remote.fetching.lock().await;
+            remote.fetch_now("unknown-kid").await;
+        });
+        // An error here is a panic in the fetch, already reported.
+        let _ = fetch.await;
         true
     }
 
