@@ -2,14 +2,14 @@
 //! system `protoc`), generates tonic clients and servers, and writes the file
 //! descriptor set that the services serve through reflection. That set also
 //! holds the googleapis files under `google/` (`google/rpc/status.proto`,
-//! `code.proto`, `error_details.proto`, `google/api/field_behavior.proto`):
-//! no code is generated for them (Rust takes them from tonic-types, other
-//! languages from their googleapis packages), but reflection clients see
-//! them, so grpcurl can decode the rich error details we send.
+//! `code.proto`, `error_details.proto`, `google/api/field_behavior.proto`,
+//! `annotations.proto`, `http.proto`): no code is generated for them (Rust
+//! takes them from tonic-types, other languages from their googleapis
+//! packages), but reflection clients see them, so grpcurl can decode the
+//! rich error details we send, and the `google.api.http` rules on our
+//! methods reach REST transcoders (Envoy's grpc_json_transcoder).
 
 use std::path::{Path, PathBuf};
-
-use prost::Message;
 
 /// The folders whose `.proto` files are compiled: ours, and the googleapis
 /// files (served through reflection only; see the file's header).
@@ -45,13 +45,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={}", file.display());
     }
 
-    let mut descriptors = protox::compile(&files, [proto_root])?;
+    let mut compiler = protox::Compiler::new([proto_root])?;
+    compiler
+        .include_source_info(true)
+        .include_imports(true)
+        .open_files(&files)?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    // `compile_fds` ignores `file_descriptor_set_path`, so write it ourselves.
+    // `compile_fds` ignores `file_descriptor_set_path`, so write it ourselves,
+    // encoded by protox itself: a `prost_types` set drops extension options
+    // (`google.api.http`, `google.api.field_behavior`), which reflection
+    // clients and Envoy's JSON transcoder read from these bytes.
     std::fs::write(
         out_dir.join("descriptor_set.bin"),
-        descriptors.encode_to_vec(),
+        compiler.encode_file_descriptor_set(),
     )?;
+    let mut descriptors = compiler.file_descriptor_set();
     // Rust takes the googleapis messages from tonic-types and needs no code
     // for the field_behavior option.
     descriptors.file.retain(|file| {

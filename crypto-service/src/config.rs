@@ -33,6 +33,9 @@ use crate::keyring::{KEY_LEN, KeyMaterial, Keyring};
     about = "agentregistry crypto-service: the only process that holds the master key."
 )]
 pub struct Args {
+    /// What to do (default: serve).
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Where to serve gRPC: HOST:PORT, or unix:/path/to/socket.
     #[arg(long, env = "CRYPTO_LISTEN", default_value = "127.0.0.1:50061")]
     pub listen: ListenAddress,
@@ -106,6 +109,82 @@ pub struct Args {
     pub telemetry: ops::cli::TelemetryArgs,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Serve gRPC (the default).
+    Serve,
+    /// Ask the running server (CRYPTO_LISTEN: its TCP port or unix socket)
+    /// for its status once: exit 0 only on SERVING. Reads the same settings
+    /// as `serve`, for compose healthchecks.
+    Healthcheck(HealthcheckCommand),
+}
+
+/// Settings of `healthcheck`. Only a server with mutual TLS
+/// (CRYPTO_TLS_CERT_FILE) needs the TLS ones: the CA that signed its
+/// certificate, the name it is valid for, and a client certificate its
+/// client CA signed (the health service admits any such client).
+#[derive(Debug, Clone, clap::Args)]
+pub struct HealthcheckCommand {
+    #[command(flatten)]
+    pub check: ops::healthcheck::HealthcheckArgs,
+    /// CA certificate that signed the server's certificate (PEM).
+    #[arg(long, env = "CRYPTO_HEALTHCHECK_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate for the check (PEM).
+    #[arg(long, env = "CRYPTO_HEALTHCHECK_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM). Secret.
+    #[arg(long, env = "CRYPTO_HEALTHCHECK_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
+    /// The DNS name the server's certificate is valid for.
+    #[arg(long, env = "CRYPTO_HEALTHCHECK_SERVER_NAME")]
+    pub server_name: Option<String>,
+}
+
+impl HealthcheckCommand {
+    /// Where and how `healthcheck` reaches the server `serve` settings in
+    /// `args` describe.
+    pub fn target(
+        &self,
+        args: &Args,
+    ) -> Result<(ops::healthcheck::Target, Option<ops::healthcheck::Tls>), Error> {
+        let target = match &args.listen {
+            ListenAddress::Tcp(address) => ops::healthcheck::Target::Tcp(*address),
+            ListenAddress::Unix(path) => ops::healthcheck::Target::Unix(path.clone()),
+        };
+        if args.tls_cert_file.is_none() {
+            return Ok((target, None));
+        }
+        let required = |setting: &str, value: &Option<PathBuf>| {
+            value.as_deref().map(Path::to_path_buf).ok_or_else(|| {
+                Error::config(
+                    setting,
+                    "is required to check a server with mutual TLS (CRYPTO_TLS_CERT_FILE)",
+                )
+            })
+        };
+        let ca = required("CRYPTO_HEALTHCHECK_CA_FILE", &self.ca_file)?;
+        let cert = required("CRYPTO_HEALTHCHECK_CERT_FILE", &self.cert_file)?;
+        let key = required("CRYPTO_HEALTHCHECK_KEY_FILE", &self.key_file)?;
+        let server_name = self.server_name.clone().ok_or_else(|| {
+            Error::config(
+                "CRYPTO_HEALTHCHECK_SERVER_NAME",
+                "is required to check a server with mutual TLS (CRYPTO_TLS_CERT_FILE)",
+            )
+        })?;
+        let tls = ops::healthcheck::Tls {
+            ca_pem: read_file("CRYPTO_HEALTHCHECK_CA_FILE", &ca)?,
+            server_name,
+            identity: Some((
+                read_file("CRYPTO_HEALTHCHECK_CERT_FILE", &cert)?,
+                read_file("CRYPTO_HEALTHCHECK_KEY_FILE", &key)?,
+            )),
+        };
+        Ok((target, Some(tls)))
+    }
 }
 
 /// A TCP socket address or a unix socket path.
@@ -673,6 +752,11 @@ mod tests {
             Ok(_) => String::from("no error"),
             Err(error) => error.to_string(),
         }
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        <Args as clap::CommandFactory>::command().debug_assert();
     }
 
     #[test]

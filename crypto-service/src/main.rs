@@ -3,10 +3,13 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use crypto_service::Error;
-use crypto_service::config::{Args, ListenAddress, check_no_legacy_overlap};
+use crypto_service::config::{
+    Args, Command, HealthcheckCommand, ListenAddress, check_no_legacy_overlap,
+};
 use crypto_service::keyring::SharedKeyring;
 use crypto_service::server::{self, Listener};
 
@@ -19,6 +22,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // A probe run every few seconds: no logs, no trace exporter, one line
+    // on failure.
+    if let Some(Command::Healthcheck(check)) = &args.command {
+        return match healthcheck(&args, check).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(problem) => {
+                eprintln!("crypto-service healthcheck: {problem}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let _telemetry = match args.telemetry.init("crypto-service") {
         Ok(guard) => guard,
         Err(error) => {
@@ -63,6 +77,19 @@ async fn run(args: Args) -> Result<(), Error> {
         ops::shutdown::signal(),
     )
     .await
+}
+
+/// `healthcheck`: one grpc.health.v1 Check of the server `args` describe.
+async fn healthcheck(args: &Args, check: &HealthcheckCommand) -> Result<(), String> {
+    let (target, tls) = check.target(args).map_err(|e| e.to_string())?;
+    ops::healthcheck::check(
+        &target,
+        tls,
+        &check.check.service,
+        Duration::from_secs(check.check.timeout_seconds.max(1)),
+    )
+    .await
+    .map_err(|unhealthy| unhealthy.to_string())
 }
 
 /// Re-reads the key settings (files are read again; environment values are

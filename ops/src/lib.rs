@@ -3,7 +3,8 @@
 //! OpenTelemetry traces ([`telemetry`]), per-RPC spans and Prometheus
 //! metrics as tower layers ([`rpc`], [`metrics`], with the process's own
 //! series from [`process`]), grpc.health.v1 and server reflection as their
-//! specifications describe them ([`health`], [`reflection`]), accepted connections
+//! specifications describe them ([`health`], [`reflection`]), the
+//! `healthcheck` subcommand's client ([`healthcheck`]), accepted connections
 //! (`TCP_NODELAY`, TLS, writes gathered per HTTP/2 flush: [`connection`];
 //! a TLS certificate reloaded while serving: [`tls`]), and
 //! SIGTERM/SIGINT handling with health flipped before draining
@@ -12,6 +13,7 @@
 pub mod cli;
 pub mod connection;
 pub mod health;
+pub mod healthcheck;
 pub mod metrics;
 pub mod process;
 pub mod reflection;

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod keys;
+pub mod messages;
 pub mod providers;
 pub mod runtime;
 
@@ -15,7 +16,7 @@ use crate::crypto::Crypto;
 use crate::destinations::Destinations;
 use crate::error::{Error, Violations};
 use crate::model::Snapshot;
-use crate::model::version::{self, Action};
+use crate::model::version::Action;
 use crate::page;
 use crate::store::versioned::{self, Kind, Record, Write};
 use crate::store::{Store, VersionRecord};
@@ -175,6 +176,19 @@ pub trait Resource: Kind {
     fn message(spec: &Self::Spec, meta: Meta) -> Self::Message;
     /// The version message of `version`.
     fn version(version: VersionParts<Self::Message>) -> Self::Version;
+    /// The request field that holds the resource (`"agent"`).
+    const FIELD: &'static str;
+    /// The kind's output-only fields besides [`OUTPUT_ONLY_PATHS`].
+    const OUTPUT_ONLY: &'static [&'static str] = &[];
+    /// The message's id and etag.
+    fn id_and_etag(input: &Self::Message) -> (&str, &str);
+    /// Refuses a message whose repeated fields hold more items than a valid
+    /// resource can, before anything iterates over them.
+    fn check_counts(input: &Self::Message) -> Result<(), Error>;
+    /// The fields a request without an update mask sets.
+    fn fields_set(input: &Self::Message) -> Vec<String>;
+    /// Whether `path` names a field an update mask may carry.
+    fn is_mask_path(path: &str) -> bool;
     /// Whether version `number` of `id` may be restored by a rollback (a
     /// deployment rule the store does not know); yes unless a kind says.
     fn restorable(
@@ -301,9 +315,9 @@ fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Versi
     };
     Ok(K::version(VersionParts {
         version_number: version.version_number,
-        action: version::action_to_proto(version.action).into(),
+        action: messages::action(version.action).into(),
         configuration: K::message(&spec, meta),
-        diff: version.diff.iter().map(version::change_to_proto).collect(),
+        diff: version.diff.iter().map(messages::change).collect(),
         change_description: version.change_description.clone(),
         changed_by: version.changed_by.clone(),
         create_time: Some(timestamp(version.create_time)),
@@ -451,8 +465,8 @@ pub fn writer<'a>(
 }
 
 /// What every update request carries besides the new values, checked in
-/// this order: the id and etag of `<field>`, its item counts (`counts`)
-/// and update mask (`mask`, both reported together), the description.
+/// this order: the resource's id and etag, its item counts and update mask
+/// (both reported together), the description.
 #[derive(Debug)]
 pub struct UpdateParts<'a> {
     pub write: Write<'a>,
@@ -462,24 +476,36 @@ pub struct UpdateParts<'a> {
 }
 
 impl<'a> UpdateParts<'a> {
-    pub fn check(
+    pub fn check<K: Resource>(
         caller: &'a Caller,
-        field: &str,
-        (id, etag): (&str, &str),
-        counts: Result<(), Error>,
-        mask: Result<Option<Vec<String>>, Error>,
-        description: (&str, &str),
+        input: &K::Message,
+        mask: Option<&FieldMask>,
+        description: &str,
     ) -> Result<Self, Error> {
-        require_id(&format!("{field}.id"), id)?;
-        let expected = parse_etag(etag, &format!("{field}.etag"))?;
+        let (id, etag) = K::id_and_etag(input);
+        require_id(&format!("{}.id", K::FIELD), id)?;
+        let expected = parse_etag(etag, &format!("{}.etag", K::FIELD))?;
+        let counts = K::check_counts(input);
+        let fields_set = || K::fields_set(input);
+        let mask = mask_paths(mask, fields_set, K::is_mask_path, K::OUTPUT_ONLY);
         let paths = Error::both(counts, mask)?;
-        let write = writer(caller, Action::Update, description)?;
+        let default = format!("{} updated", title(K::NAMES.kind));
+        let write = writer(caller, Action::Update, (description, &default))?;
         Ok(Self {
             write,
             expected,
             paths,
         })
     }
+}
+
+/// A kind's name as a description starts it (`"Agent"`).
+pub fn title(kind: &str) -> String {
+    let mut chars = kind.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// The caller and the request's message.
@@ -583,7 +609,7 @@ impl Registry {
             &new,
             &to.configuration,
         );
-        Ok(changes.iter().map(version::change_to_proto).collect())
+        Ok(changes.iter().map(messages::change).collect())
     }
 
     /// Delete: resource `id` (in field `field`), when `etag` (if sent) is

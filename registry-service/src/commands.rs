@@ -1,7 +1,8 @@
 //! The subcommands of the `registry-service` binary: `serve` (the default:
 //! connect to the database, migrating it unless told not to, bind, serve
 //! until SIGTERM or SIGINT), `migrate`, `token`, `rewrap-credentials`,
-//! `key-status`, `verify`, `import-fernet`.
+//! `key-status`, `verify`, `import-fernet`, and `healthcheck` (which
+//! `main` runs without telemetry: [`healthcheck`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,11 @@ pub async fn run(args: &Args) -> Result<(), Error> {
         Some(Command::KeyStatus) => key_status(args).await,
         Some(Command::Verify) => verify(&args.common).await,
         Some(Command::ImportFernet(ref import)) => crate::import::run(args, import).await,
+        Some(Command::Healthcheck(ref check)) => {
+            healthcheck(args, check).await.map_err(|unhealthy| {
+                Error::precondition("NOT_SERVING", format!("healthcheck: {unhealthy}"))
+            })
+        }
         Some(Command::Serve) | None => serve(args).await,
     }
 }
@@ -122,6 +128,32 @@ async fn serve(args: &Args) -> Result<(), Error> {
         &metrics,
         registry_metrics,
         ops::shutdown::signal(),
+    )
+    .await
+}
+
+/// `healthcheck`: one grpc.health.v1 Check of the server these settings
+/// describe, on its plaintext health port (the gRPC port may be TLS).
+pub async fn healthcheck(
+    args: &Args,
+    check: &ops::healthcheck::HealthcheckArgs,
+) -> Result<(), ops::healthcheck::Unhealthy> {
+    let address = match (args.serve.health_listen, &args.serve.tls_cert_file) {
+        (Some(health), _) => health,
+        (None, None) => args.serve.listen,
+        (None, Some(_)) => {
+            return Err(ops::healthcheck::Unhealthy {
+                target: "REGISTRY_HEALTH_LISTEN".to_owned(),
+                problem: "not set, and REGISTRY_LISTEN serves TLS: set a plaintext health port"
+                    .to_owned(),
+            });
+        }
+    };
+    ops::healthcheck::check(
+        &ops::healthcheck::Target::Tcp(address),
+        None,
+        &check.service,
+        std::time::Duration::from_secs(check.timeout_seconds.max(1)),
     )
     .await
 }

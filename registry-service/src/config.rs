@@ -69,6 +69,11 @@ pub enum Command {
     /// Mint an HS256 token with the configured JWT_HS256_SECRET (and
     /// JWT_ISSUER / JWT_AUDIENCE / JWT_KEY_ID when set), printed to stdout.
     Token(TokenArgs),
+    /// Ask the running server's plaintext health port
+    /// (REGISTRY_HEALTH_LISTEN; REGISTRY_LISTEN when that is unset and
+    /// plaintext) for its status once: exit 0 only on SERVING. Reads the
+    /// same settings as `serve`, for compose healthchecks.
+    Healthcheck(ops::healthcheck::HealthcheckArgs),
 }
 
 /// Settings of `import-fernet`.
@@ -242,6 +247,12 @@ pub struct ServeArgs {
     /// `*.domain`. Empty (the default): any host.
     #[arg(long, env = "PROVIDER_ALLOWED_HOSTS", value_delimiter = ',')]
     pub provider_allowed_hosts: Vec<String>,
+    /// Origins (`https://ui.example.com`, exact, comma-separated) whose
+    /// pages may call the registry from a browser over grpc-web (CORS).
+    /// Empty (the default): none; grpc-web from the same origin or from a
+    /// non-browser client works without it.
+    #[arg(long, env = "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub grpc_web_allowed_origins: Vec<String>,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -614,6 +625,7 @@ pub struct Settings {
     pub recent_agents_bytes: usize,
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
+    pub grpc_web_allowed_origins: crate::cors::AllowedOrigins,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -719,6 +731,10 @@ impl ServeArgs {
             destinations: crate::destinations::Destinations::parse(
                 &self.provider_allowed_hosts,
                 "PROVIDER_ALLOWED_HOSTS",
+            )?,
+            grpc_web_allowed_origins: crate::cors::AllowedOrigins::parse(
+                &self.grpc_web_allowed_origins,
+                "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS",
             )?,
             grpc: self.grpc.clone(),
         })

@@ -241,7 +241,7 @@ impl Crypto {
     }
 
     /// Encrypts a non-secret value (the key canary).
-    pub async fn encrypt_raw(&self, plaintext: &[u8], aad: &[u8]) -> Result<String, tonic::Status> {
+    pub async fn encrypt_raw(&self, plaintext: &[u8], aad: &[u8]) -> Result<String, RawFailure> {
         let request = EncryptRequest {
             plaintext: plaintext.to_vec(),
             associated_data: aad.to_vec(),
@@ -249,16 +249,14 @@ impl Crypto {
         let started = Instant::now();
         let response = self.client.clone().encrypt(request).await;
         self.observe("Encrypt", started, &response);
-        response.map(|r| r.into_inner().ciphertext)
+        response
+            .map(|r| r.into_inner().ciphertext)
+            .map_err(RawFailure::of)
     }
 
-    /// Decrypts a non-secret value (the key canary), keeping crypto-service's
-    /// status so a wrong key can be told from an outage.
-    pub async fn decrypt_raw(
-        &self,
-        ciphertext: &str,
-        aad: &[u8],
-    ) -> Result<Vec<u8>, tonic::Status> {
+    /// Decrypts a non-secret value (the key canary), telling a wrong key
+    /// from an outage.
+    pub async fn decrypt_raw(&self, ciphertext: &str, aad: &[u8]) -> Result<Vec<u8>, RawFailure> {
         let request = DecryptRequest {
             ciphertext: ciphertext.to_owned(),
             associated_data: aad.to_vec(),
@@ -266,7 +264,9 @@ impl Crypto {
         let started = Instant::now();
         let response = self.client.clone().decrypt(request).await;
         self.observe("Decrypt", started, &response);
-        response.map(|r| r.into_inner().plaintext)
+        response
+            .map(|r| r.into_inner().plaintext)
+            .map_err(RawFailure::of)
     }
 
     fn observe<T>(
@@ -280,6 +280,27 @@ impl Crypto {
             .map_or_else(tonic::Status::code, |_| tonic::Code::Ok);
         self.metrics
             .crypto_call(method, code, started.elapsed().as_secs_f64());
+    }
+}
+
+/// Why a call on a non-secret value failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawFailure {
+    /// crypto-service answered and refused the value: it holds another key.
+    Refused(String),
+    /// crypto-service did not answer, or failed.
+    Unreachable(String),
+}
+
+impl RawFailure {
+    fn of(status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument | Code::FailedPrecondition => {
+                Self::Refused(status.message().to_owned())
+            }
+            code => Self::Unreachable(format!("{code:?}: {}", status.message())),
+        }
     }
 }
 

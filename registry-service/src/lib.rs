@@ -8,6 +8,7 @@ pub mod auth;
 pub mod caller;
 pub mod commands;
 pub mod config;
+pub mod cors;
 pub mod crypto;
 pub mod destinations;
 pub mod error;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use registry_service::config::Args;
+use registry_service::config::{Args, Command};
 
 /// mimalloc: the services allocate small, short-lived buffers on every
 /// call from several threads, where it spends less CPU than the system
@@ -15,6 +15,17 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    // A probe run every few seconds: no logs, no trace exporter, one line
+    // on failure.
+    if let Some(Command::Healthcheck(check)) = &args.command {
+        return match registry_service::commands::healthcheck(&args, check).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(unhealthy) => {
+                eprintln!("registry-service healthcheck: {unhealthy}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let _telemetry = match args.common.telemetry.init("registry-service") {
         Ok(guard) => guard,
         Err(error) => {

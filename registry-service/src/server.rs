@@ -66,7 +66,17 @@ pub async fn serve(
     let router = settings
         .grpc
         .server()
-        // Outermost: a span (child of the caller's trace), metrics and an
+        // grpc-web also over HTTP/1.1: a browser speaks HTTP/2 only over TLS.
+        .accept_http1(true)
+        // Outermost: browsers' CORS preflights carry no token and are no
+        // calls, so they are answered here, before auth and uncounted.
+        .layer(crate::cors::CorsLayer::new(
+            settings.grpc_web_allowed_origins.clone(),
+        ))
+        // grpc-web becomes gRPC here, so every layer below (metrics, auth,
+        // message limits) sees one protocol, trailers included.
+        .layer(tonic_web::GrpcWebLayer::new())
+        // Then: a span (child of the caller's trace), metrics and an
         // access log line for every call, refused ones included; a path
         // this server does not serve is answered UNIMPLEMENTED here, before
         // authentication, and recorded as `unknown`.

@@ -8,7 +8,7 @@
 //! `(resource_id, version_number)` index is the backstop.
 //!
 //! An agent's create, update or rollback and its version row go out
-//! together ([`write_with_version`]): on PostgreSQL as one statement (a
+//! together ([`Store::write_with_version`]): on PostgreSQL as one statement (a
 //! data-modifying CTE, atomic without BEGIN/COMMIT), on SQLite as one batch
 //! with its BEGIN IMMEDIATE and COMMIT, sent to the connection's thread as
 //! one command together with every other agent write waiting at that moment
@@ -34,7 +34,6 @@ pub mod recent;
 mod sqlite_reads;
 pub mod versioned;
 
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -123,16 +122,33 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
     .map_err(db_error)
 }
 
-/// The database pool; on SQLite, the committer that groups agent writes
-/// (`group_commit`) and the connection reads go through (`sqlite_reads`);
-/// and the agents this process wrote last (`recent`). As a
-/// [`ConnectionTrait`] it sends queries to the read connection (on SQLite)
-/// and everything else to the pool; it also dereferences to the pool.
+/// How the store reaches its database, chosen once when it opens (by the
+/// URL's scheme), so no caller picks a connection by the type of a
+/// parameter: each backend owns its write path for a row and its version
+/// row ([`Store::write_with_version`]) and where queries go.
+#[derive(Debug, Clone)]
+enum Backend {
+    /// SQLite: a committer connection that sends the writes waiting at one
+    /// moment as one transaction (`group_commit`), and a read-only
+    /// connection held open for queries outside a transaction
+    /// (`sqlite_reads`; WAL: reads do not wait for a commit).
+    Sqlite {
+        writes: GroupCommit,
+        reads: SqliteReads,
+    },
+    /// PostgreSQL: the pool for everything; a row and its version row are
+    /// one statement (a data-modifying CTE).
+    Postgres,
+}
+
+/// The database: its pool, its [`Backend`], and the agents this process
+/// wrote last (`recent`). As a [`ConnectionTrait`] it runs a query where
+/// its backend reads and a statement on the pool; a locking transaction
+/// comes from [`Store::begin_write`]. It does not dereference to the pool.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: DatabaseConnection,
-    sqlite_writes: Option<GroupCommit>,
-    sqlite_reads: Option<SqliteReads>,
+    backend: Backend,
     recent_agents: Arc<Recent<AgentSpec>>,
 }
 
@@ -146,39 +162,47 @@ impl Store {
         metrics: &RegistryMetrics,
         recent_agents: (usize, usize),
     ) -> Self {
-        let sqlite = pool.get_database_backend() == DbBackend::Sqlite;
-        let sqlite_pool = || pool.get_sqlite_connection_pool();
-        let group_sizes = metrics.sqlite_group_writes.clone();
+        let backend = match pool.get_database_backend() {
+            DbBackend::Sqlite => {
+                let sqlite = pool.get_sqlite_connection_pool();
+                let group_sizes = metrics.sqlite_group_writes.clone();
+                Backend::Sqlite {
+                    writes: GroupCommit::start(sqlite.clone(), group_sizes),
+                    reads: SqliteReads::new(sqlite),
+                }
+            }
+            _ => Backend::Postgres,
+        };
         Self {
-            sqlite_writes: sqlite.then(|| GroupCommit::start(sqlite_pool().clone(), group_sizes)),
-            sqlite_reads: sqlite.then(|| SqliteReads::new(sqlite_pool())),
+            backend,
             recent_agents: Arc::new(Recent::new("agent", recent_agents, metrics)),
             pool,
         }
     }
 
-    /// The pool itself.
+    /// The pool, for what runs outside the request path (readiness pings,
+    /// key jobs, migrations).
     pub fn pool(&self) -> &DatabaseConnection {
         &self.pool
+    }
+
+    /// Starts a locking write transaction on the pool ([`begin_write`]).
+    pub async fn begin_write(&self) -> Result<DatabaseTransaction, Error> {
+        begin_write(&self.pool).await
     }
 
     /// Whether writes can be made: on SQLite, whether the committer task
     /// still runs.
     pub fn writes_running(&self) -> bool {
-        self.sqlite_writes.as_ref().is_none_or(GroupCommit::running)
+        match &self.backend {
+            Backend::Sqlite { writes, .. } => writes.running(),
+            Backend::Postgres => true,
+        }
     }
 
     /// The agents this process wrote last.
     pub fn recent_agents(&self) -> &Recent<AgentSpec> {
         &self.recent_agents
-    }
-}
-
-impl Deref for Store {
-    type Target = DatabaseConnection;
-
-    fn deref(&self) -> &DatabaseConnection {
-        &self.pool
     }
 }
 
@@ -201,9 +225,9 @@ impl ConnectionTrait for Store {
     }
 
     async fn query_all_raw(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
-        match &self.sqlite_reads {
-            Some(reads) => reads.query_all(statement).await,
-            None => self.pool.query_all_raw(statement).await,
+        match &self.backend {
+            Backend::Sqlite { reads, .. } => reads.query_all(statement).await,
+            Backend::Postgres => self.pool.query_all_raw(statement).await,
         }
     }
 }
@@ -220,46 +244,48 @@ impl ConnectionTrait for Store {
 /// INTO <versions> … SELECT <values> WHERE changes() = 1`, committed in one
 /// transaction with the other writes waiting at that moment
 /// (`group_commit`).
-pub async fn write_with_version<V, C, S>(
-    store: &Store,
-    change: S,
-    versions: V,
-    version_row: Vec<(C, SimpleExpr)>,
-) -> Result<bool, DbErr>
-where
-    V: EntityTrait,
-    C: IntoIden,
-    S: Into<SubQueryStatement> + QueryStatementWriter,
-{
-    let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
-    let mut insert = Query::insert();
-    insert.into_table(versions).columns(columns);
-    if let Some(sqlite_writes) = &store.sqlite_writes {
-        let when_written = Query::select()
-            .exprs(values)
-            .and_where(Expr::cust("changes() = 1"))
+impl Store {
+    pub async fn write_with_version<V, C, S>(
+        &self,
+        change: S,
+        versions: V,
+        version_row: Vec<(C, SimpleExpr)>,
+    ) -> Result<bool, DbErr>
+    where
+        V: EntityTrait,
+        C: IntoIden,
+        S: Into<SubQueryStatement> + QueryStatementWriter,
+    {
+        let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
+        let mut insert = Query::insert();
+        insert.into_table(versions).columns(columns);
+        if let Backend::Sqlite { writes, .. } = &self.backend {
+            let when_written = Query::select()
+                .exprs(values)
+                .and_where(Expr::cust("changes() = 1"))
+                .to_owned();
+            insert
+                .select_from(when_written)
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            return writes
+                .write(vec![
+                    change.build(SqliteQueryBuilder),
+                    insert.build(SqliteQueryBuilder),
+                ])
+                .await;
+        }
+        const WRITTEN: &str = "written";
+        let cte = CommonTableExpression::new()
+            .query(change)
+            .table_name(WRITTEN)
             .to_owned();
         insert
-            .select_from(when_written)
+            .with_cte(WithClause::new().cte(cte).to_owned())
+            .select_from(Query::select().exprs(values).from(WRITTEN).to_owned())
             .map_err(|e| DbErr::Custom(e.to_string()))?;
-        return sqlite_writes
-            .write(vec![
-                change.build(SqliteQueryBuilder),
-                insert.build(SqliteQueryBuilder),
-            ])
-            .await;
+        let written = self.pool.execute(&insert).await?.rows_affected();
+        Ok(written == 1)
     }
-    const WRITTEN: &str = "written";
-    let cte = CommonTableExpression::new()
-        .query(change)
-        .table_name(WRITTEN)
-        .to_owned();
-    insert
-        .with_cte(WithClause::new().cte(cte).to_owned())
-        .select_from(Query::select().exprs(values).from(WRITTEN).to_owned())
-        .map_err(|e| DbErr::Custom(e.to_string()))?;
-    let written = store.execute(&insert).await?.rows_affected();
-    Ok(written == 1)
 }
 
 /// Inserts one row given as columns and values.

@@ -48,7 +48,9 @@ DOMAIN = "registry.agentregistry.dev"
 
 # The googleapis files proto/google/ must hold exactly as published.
 GOOGLE_FILES = [
+    "google/api/annotations.proto",
     "google/api/field_behavior.proto",
+    "google/api/http.proto",
     "google/rpc/code.proto",
     "google/rpc/error_details.proto",
     "google/rpc/status.proto",

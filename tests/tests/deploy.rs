@@ -2,7 +2,12 @@
 //! cluster: every YAML file parses, and the Kubernetes manifests, the
 //! compose file, the collector config and the Dockerfile agree with each
 //! other and with the services' settings — ports, gRPC probes, labels, the
-//! NetworkPolicy, non-root containers, and no secret value written down.
+//! NetworkPolicies, non-root containers, healthchecks, and no secret value
+//! written down. The Kubernetes manifests are also rendered as a cluster
+//! would get them (`kubectl kustomize`: the base, the monitoring Component,
+//! the Istio overlay) and validated from outside: `kubernetes-validate
+//! --strict` for the built-in kinds, tests/crd/validate.mjs (the published
+//! CRD schemas) for Istio's and the Prometheus operator's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -56,6 +61,8 @@ fn every_yaml_file_under_deploy_parses() {
         "compose.yaml",
         "otel-collector.yaml",
         "k8s/base/kustomization.yaml",
+        "k8s/istio/kustomization.yaml",
+        "k8s/monitoring/kustomization.yaml",
     ] {
         assert!(
             names.contains(expected),
@@ -78,7 +85,9 @@ fn every_yaml_file_under_deploy_parses() {
                             "deploy/{name}, document {index}: no apiVersion or kind"
                         ));
                     }
-                    if kind != Some("Kustomization") && doc["metadata"]["name"].as_str().is_none() {
+                    if !matches!(kind, Some("Kustomization" | "Component"))
+                        && doc["metadata"]["name"].as_str().is_none()
+                    {
                         failures.push(format!("deploy/{name}, document {index}: no metadata.name"));
                     }
                 }
@@ -230,9 +239,14 @@ fn deployments_probe_their_grpc_listen_port_with_native_grpc_probes() {
                      ({ports:?})"
                 );
             }
-            for (probe_name, health_service) in
-                [("livenessProbe", "liveness"), ("readinessProbe", "")]
-            {
+            // The startup probe holds the others back until the process
+            // answers at all: it asks for liveness, which does not wait for
+            // the database or crypto-service.
+            for (probe_name, health_service) in [
+                ("startupProbe", "liveness"),
+                ("livenessProbe", "liveness"),
+                ("readinessProbe", ""),
+            ] {
                 let probe = &container[probe_name];
                 assert!(!probe.is_badvalue(), "{cid} has no {probe_name}");
                 for other in ["httpGet", "tcpSocket", "exec"] {
@@ -266,6 +280,13 @@ fn deployments_probe_their_grpc_listen_port_with_native_grpc_probes() {
                     "{cid}: {probe_name} must ask the health service for {health_service:?}"
                 );
             }
+            let startup = &container["startupProbe"];
+            let patience = startup["periodSeconds"].as_i64().unwrap_or(10)
+                * startup["failureThreshold"].as_i64().unwrap_or(3);
+            assert!(
+                patience >= 30,
+                "{cid}: the startupProbe gives up after {patience} s; allow at least 30 s"
+            );
 
             // SIGTERM flips readiness, then in-flight calls drain: the
             // preStop pause and the drain must end before the SIGKILL.
@@ -596,6 +617,248 @@ fn network_policy_admits_only_registry_pods_to_the_crypto_grpc_port() {
     );
 }
 
+#[test]
+fn network_policies_admit_what_each_workload_serves_and_let_out_only_what_it_calls() {
+    check_network_policies(&k8s_objects(), &[]);
+}
+
+#[test]
+fn service_ports_name_their_application_protocol() {
+    let objects = k8s_objects();
+    for service in of_kind(&objects, "Service") {
+        let deployment = object(&objects, "Deployment", service.name());
+        let containers = deployment.containers();
+        let container = containers[0];
+        let cid = deployment.id();
+        let (_, grpc_port) = grpc_listen(container, &cid);
+        let metrics_port = metrics_listen(container, &cid).map(|(_, port)| port);
+        // The registry terminates TLS itself unless a mesh does it.
+        let own_tls = env_literal(container).contains_key("REGISTRY_TLS_CERT_FILE");
+        for port in list(&service.doc["spec"]["ports"]) {
+            let number = port["port"].as_i64().unwrap_or_default();
+            let target = resolve_target_port(&port["targetPort"], number, &containers);
+            let want = if target == Some(grpc_port) {
+                // gRPC inside TLS is HTTP/2 over TLS: a proxy that took it
+                // for plaintext gRPC would break the handshake.
+                if own_tls { "https" } else { "grpc" }
+            } else if target.is_some() && target == metrics_port {
+                "http"
+            } else {
+                panic!(
+                    "{}: port {number} leads to neither gRPC nor metrics",
+                    service.id()
+                )
+            };
+            assert_eq!(
+                port["appProtocol"].as_str(),
+                Some(want),
+                "{}: port {number} must carry appProtocol {want}",
+                service.id()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_migration_job_runs_without_a_mesh_sidecar() {
+    let objects = k8s_objects();
+    for job in of_kind(&objects, "Job") {
+        let annotations =
+            string_map(&job.pod_template().expect("a Job")["metadata"]["annotations"]);
+        assert_eq!(
+            annotations
+                .get("sidecar.istio.io/inject")
+                .map(String::as_str),
+            Some("false"),
+            "{}: an injected sidecar keeps running after the migration exits, so the Job \
+             never completes: annotate its pods sidecar.istio.io/inject: \"false\"",
+            job.id()
+        );
+    }
+}
+
+/// The NetworkPolicies in `objects` (the base, or a rendered overlay whose
+/// sidecars may also reach `mesh_ports`): every workload's pods are
+/// selected for Ingress and Egress; the registry admits its gRPC port from
+/// the whole cluster, its health port from anywhere (kubelet) and metrics
+/// from monitoring namespaces only; egress goes only where each workload's
+/// settings point.
+fn check_network_policies(objects: &[Object], mesh_ports: &[i64]) {
+    const DNS: i64 = 53;
+    const POSTGRES: i64 = 5432;
+    let registry = object(objects, "Deployment", REGISTRY);
+    let crypto = object(objects, "Deployment", CRYPTO);
+    let registry_container = registry.containers()[0];
+    let crypto_container = crypto.containers()[0];
+    let (_, crypto_grpc) = grpc_listen(crypto_container, &crypto.id());
+    let otlp_port = |container: &Yaml| {
+        env_literal(container)
+            .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .map(|endpoint| split_endpoint(endpoint).2)
+    };
+    let crypto_labels = crypto.pod_labels();
+
+    for workload in objects.iter().filter(|o| o.pod_template().is_some()) {
+        let id = workload.id();
+        let labels = workload.pod_labels();
+        let policies: Vec<&Object> = of_kind(objects, "NetworkPolicy")
+            .into_iter()
+            .filter(|p| {
+                selects(
+                    &label_selector(&p.doc["spec"]["podSelector"], &p.id()),
+                    &labels,
+                )
+            })
+            .collect();
+        for direction in ["Ingress", "Egress"] {
+            assert!(
+                policies.iter().any(|p| list(&p.doc["spec"]["policyTypes"])
+                    .iter()
+                    .any(|t| t.as_str() == Some(direction))),
+                "{id}: no NetworkPolicy restricts its {direction}"
+            );
+        }
+
+        // Egress: (port, protocol, peers) of every rule.
+        let mut egress: Vec<(i64, String, Vec<&Yaml>)> = Vec::new();
+        for policy in &policies {
+            for rule in list(&policy.doc["spec"]["egress"]) {
+                let ports = list(&rule["ports"]);
+                assert!(
+                    !ports.is_empty(),
+                    "{}: an egress rule without ports lets {id} out on every port",
+                    policy.id()
+                );
+                for entry in ports {
+                    let port = entry["port"]
+                        .as_i64()
+                        .unwrap_or_else(|| panic!("{}: egress ports must be numbers", policy.id()));
+                    let protocol = str_or(&entry["protocol"], "TCP").to_owned();
+                    egress.push((port, protocol, list(&rule["to"])));
+                }
+            }
+        }
+        let container = workload.containers()[0];
+        let mut allowed: BTreeSet<i64> = BTreeSet::from([DNS]);
+        allowed.extend(otlp_port(container));
+        allowed.extend(
+            mesh_ports
+                .iter()
+                .filter(|_| workload.kind() == "Deployment"),
+        );
+        let mut needed = vec![DNS];
+        match workload.name() {
+            REGISTRY => {
+                allowed.extend([crypto_grpc, POSTGRES]);
+                needed.extend([crypto_grpc, POSTGRES]);
+            }
+            CRYPTO => {}
+            _ => {
+                // The migration Job: the database, never crypto-service.
+                allowed.insert(POSTGRES);
+                needed.push(POSTGRES);
+            }
+        }
+        for (port, protocol, peers) in &egress {
+            assert!(
+                allowed.contains(port),
+                "{id} may connect out on {protocol} {port}; it needs only {allowed:?}"
+            );
+            if *port == crypto_grpc {
+                for peer in peers {
+                    let selector = label_selector(&peer["podSelector"], &id);
+                    assert!(
+                        peer["namespaceSelector"].is_badvalue()
+                            && !selector.is_empty()
+                            && selects(&selector, &crypto_labels),
+                        "{id}: egress on {crypto_grpc} must go to crypto-service's pods only"
+                    );
+                }
+                assert!(
+                    !peers.is_empty(),
+                    "{id}: egress on {crypto_grpc} to anywhere"
+                );
+            }
+        }
+        for port in needed {
+            assert!(
+                egress.iter().any(|(p, _, _)| *p == port),
+                "{id}: no egress rule lets it reach port {port}"
+            );
+        }
+        assert!(
+            egress
+                .iter()
+                .any(|(p, proto, _)| *p == DNS && proto == "UDP"),
+            "{id}: DNS over UDP is not allowed out"
+        );
+    }
+
+    // The registry's ingress, by the ports its settings name.
+    let cid = registry.id();
+    let (_, grpc_port) = grpc_listen(registry_container, &cid);
+    let (_, health_port) =
+        health_listen(registry_container, &cid).expect("the registry has a health port");
+    let (_, metrics_port) =
+        metrics_listen(registry_container, &cid).expect("the registry serves metrics");
+    let names: BTreeMap<String, i64> = container_ports(registry_container)
+        .into_iter()
+        .filter_map(|(name, port)| Some((name?, port)))
+        .collect();
+    let rules: Vec<Yaml> = of_kind(objects, "NetworkPolicy")
+        .into_iter()
+        .filter(|p| {
+            selects(
+                &label_selector(&p.doc["spec"]["podSelector"], &p.id()),
+                &registry.pod_labels(),
+            )
+        })
+        .flat_map(|p| list(&p.doc["spec"]["ingress"]).into_iter().cloned())
+        .collect();
+    let admitting = |port: i64| -> Vec<&Yaml> {
+        rules
+            .iter()
+            .filter(|rule| {
+                let ports = list(&rule["ports"]);
+                ports.is_empty() || ports.iter().any(|e| covers_port(e, port, &names))
+            })
+            .collect()
+    };
+    let grpc_rules = admitting(grpc_port);
+    assert!(
+        grpc_rules.iter().any(|rule| list(&rule["from"]).iter().any(
+            |peer| peer["namespaceSelector"]
+                .as_hash()
+                .is_some_and(|h| h.is_empty())
+                && peer["podSelector"].is_badvalue()
+        )),
+        "{cid}: its gRPC port {grpc_port} must be open to every pod of the cluster \
+         (namespaceSelector: {{}})"
+    );
+    assert!(
+        admitting(health_port)
+            .iter()
+            .any(|rule| rule["from"].is_badvalue()),
+        "{cid}: its health port {health_port} must be open to kubelet's probes (no `from`)"
+    );
+    let metrics_rules = admitting(metrics_port);
+    assert!(
+        !metrics_rules.is_empty(),
+        "{cid}: metrics port {metrics_port} is closed"
+    );
+    for rule in metrics_rules {
+        let peers = list(&rule["from"]);
+        assert!(
+            !peers.is_empty()
+                && peers
+                    .iter()
+                    .all(|peer| { !label_selector(&peer["namespaceSelector"], &cid).is_empty() }),
+            "{cid}: its metrics port {metrics_port} must be open only to labelled \
+             (monitoring) namespaces, not {rule:?}"
+        );
+    }
+}
+
 // ---------------------------------------------------------------- pod security
 
 #[test]
@@ -703,7 +966,10 @@ fn kubernetes_env_values_labels_and_annotations_are_strings() {
     // The API server rejects numbers and booleans there; YAML makes them
     // out of an unquoted `20` or `true`.
     let mut failures = Vec::new();
-    for object in k8s_objects() {
+    let every_object = ["k8s/base", "k8s/istio", "k8s/monitoring"]
+        .into_iter()
+        .flat_map(objects_under);
+    for object in every_object {
         let mut maps = vec![
             ("labels", &object.doc["metadata"]["labels"]),
             ("annotations", &object.doc["metadata"]["annotations"]),
@@ -773,9 +1039,9 @@ fn no_secret_value_is_written_in_any_deploy_file() {
         }
     }
 
-    // Kubernetes: literal env values.
+    // Kubernetes: literal env values, in the base and the overlays' patches.
     let objects = k8s_objects();
-    for object in &objects {
+    for object in objects.iter().chain(&objects_under("k8s/istio")) {
         for container in object.containers() {
             let cid = format!(
                 "{}, container {}",
@@ -1280,6 +1546,69 @@ fn otel_collector_receives_otlp_grpc_and_prints_with_the_debug_exporter() {
     }
 }
 
+#[test]
+fn compose_checks_both_services_with_their_own_healthcheck_subcommand() {
+    let compose = compose();
+    let stages = dockerfile_stages();
+    for name in [CRYPTO, REGISTRY] {
+        let service = compose_service(&compose, name);
+        let target = service["build"]["target"]
+            .as_str()
+            .unwrap_or_else(|| panic!("compose service {name}: no build.target"));
+        let entrypoint = stage_chain(&stages, target)
+            .iter()
+            .flat_map(|s| s.instructions.iter().rev())
+            .find(|(k, _)| k == "ENTRYPOINT")
+            .map(|(_, args)| args.clone())
+            .unwrap_or_else(|| panic!("Dockerfile target {target} has no ENTRYPOINT"));
+        let binary = entrypoint
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .next()
+            .map(|b| b.trim().trim_matches('"').to_owned())
+            .unwrap_or_default();
+        let test: Vec<String> = list(&service["healthcheck"]["test"])
+            .into_iter()
+            .filter_map(scalar)
+            .collect();
+        // Exec form (CMD): the distroless image has no shell for CMD-SHELL.
+        assert_eq!(
+            test,
+            ["CMD", binary.as_str(), "healthcheck"],
+            "compose service {name}: the healthcheck runs the image's own binary's \
+             `healthcheck`, which reads the service's settings"
+        );
+        // The subcommand gives up after 3 s; compose must wait longer.
+        let timeout = seconds(str_or(&service["healthcheck"]["timeout"], "30s"));
+        assert!(
+            timeout > 3,
+            "compose service {name}: healthcheck timeout {timeout} s must exceed the \
+             subcommand's own 3 s"
+        );
+    }
+    // The registry's gRPC port is TLS: the check needs its plaintext port.
+    let registry_env = compose_env(compose_service(&compose, REGISTRY));
+    if registry_env.contains_key("REGISTRY_TLS_CERT_FILE") {
+        assert!(
+            registry_env
+                .get("REGISTRY_HEALTH_LISTEN")
+                .cloned()
+                .flatten()
+                .is_some(),
+            "compose registry-service serves TLS: its healthcheck needs REGISTRY_HEALTH_LISTEN"
+        );
+    }
+    assert_eq!(
+        compose_depends_on(compose_service(&compose, REGISTRY))
+            .get(CRYPTO)
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("service_healthy"),
+        "compose registry-service must wait for a healthy crypto-service"
+    );
+}
+
 // ---------------------------------------------------------------- Dockerfile
 
 #[test]
@@ -1397,7 +1726,495 @@ fn dockerfile_targets_run_as_non_root_and_expose_the_manifest_ports() {
     );
 }
 
+// ---------------------------------------------------------------- rendered
+
+/// Kinds that Kubernetes does not build in: kubernetes-validate has no
+/// schema for them, so tests/crd/validate.mjs checks them against their
+/// published CRD schemas.
+const CUSTOM_KINDS: &[&str] = &[
+    "AuthorizationPolicy",
+    "PeerAuthentication",
+    "ServiceMonitor",
+];
+
+#[test]
+fn rendered_manifests_pass_kubernetes_validate_strict_and_their_crd_schemas() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let newest = newest_kubernetes_version();
+    let mut custom_seen = BTreeSet::new();
+    for (name, text) in rendered() {
+        let file = dir.path().join(format!("{name}.yaml"));
+        fs::write(&file, &text).expect("write the rendered manifests");
+        let docs = YamlLoader::load_from_str(&text).expect("kubectl's output parses");
+        let (custom, built_in): (Vec<&Yaml>, Vec<&Yaml>) = docs
+            .iter()
+            .filter(|d| !d.is_null())
+            .partition(|d| CUSTOM_KINDS.contains(&str_or(&d["kind"], "")));
+        let built_in: BTreeSet<String> = built_in
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    str_or(&d["kind"], "").to_lowercase(),
+                    str_or(&d["metadata"]["name"], "")
+                )
+            })
+            .collect();
+        let custom_ids: BTreeSet<String> = custom
+            .iter()
+            .map(|d| {
+                format!(
+                    "{}/{}",
+                    str_or(&d["kind"], ""),
+                    str_or(&d["metadata"]["name"], "")
+                )
+            })
+            .collect();
+        let custom_kinds: BTreeSet<String> = custom
+            .iter()
+            .map(|d| str_or(&d["kind"], "").to_owned())
+            .collect();
+        custom_seen.extend(custom_kinds.iter().cloned());
+
+        for version in ["1.29.0", newest.as_str()] {
+            let (ok, printed) = run_tool(
+                "kubernetes-validate",
+                &["--strict", "-k", version, &file.display().to_string()],
+                None,
+            );
+            assert!(
+                ok,
+                "kubernetes-validate --strict -k {version} rejects the rendered {name}:\n{printed}"
+            );
+            // It passes a kind it has no schema for with a warning: every
+            // built-in object must be reported as passed, and only the
+            // custom kinds may be unknown to it.
+            let passed: BTreeSet<String> = printed
+                .lines()
+                .filter_map(|line| line.split_once(" passed for resource "))
+                .filter_map(|(_, rest)| rest.split_whitespace().next())
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(
+                passed, built_in,
+                "kubernetes-validate -k {version} on the rendered {name}: left, what it \
+                 validated; right, the built-in objects rendered\n{printed}"
+            );
+            let unknown: BTreeSet<String> = printed
+                .lines()
+                .filter_map(|line| line.split_once("Couldn't find schema for kind "))
+                .filter_map(|(_, rest)| rest.split_whitespace().next())
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(
+                unknown, custom_kinds,
+                "kubernetes-validate -k {version} on the rendered {name}: kinds it has no \
+                 schema for (left) must be exactly the custom ones (right)\n{printed}"
+            );
+        }
+
+        if !custom_ids.is_empty() {
+            let node_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crd");
+            assert!(
+                node_dir.join("node_modules").is_dir(),
+                "tests/crd's packages are not installed: run `bash scripts/node-tools`"
+            );
+            let (ok, printed) = run_tool(
+                "node",
+                &["validate.mjs", &file.display().to_string()],
+                Some(&node_dir),
+            );
+            assert!(
+                ok,
+                "the custom resources of the rendered {name} do not match their CRD schemas:\n{printed}"
+            );
+            let passed: BTreeSet<String> = printed
+                .lines()
+                .filter_map(|line| line.strip_prefix("passed "))
+                .map(str::to_owned)
+                .collect();
+            assert_eq!(
+                passed, custom_ids,
+                "the rendered {name}: custom resources validated (left) and rendered (right)"
+            );
+        }
+    }
+    let all: BTreeSet<String> = CUSTOM_KINDS.iter().map(|k| (*k).to_owned()).collect();
+    assert_eq!(
+        custom_seen, all,
+        "every custom kind this test knows is rendered somewhere (and checked)"
+    );
+}
+
+#[test]
+fn the_istio_overlay_admits_only_the_registry_identity_to_crypto_and_leaves_tls_to_the_mesh() {
+    let objects = rendered_objects("istio");
+    let namespaces: BTreeSet<&str> = objects
+        .iter()
+        .map(|o| str_or(&o.doc["metadata"]["namespace"], ""))
+        .collect();
+    assert_eq!(
+        namespaces.len(),
+        1,
+        "the Istio overlay puts everything in one namespace: {namespaces:?}"
+    );
+    let namespace = namespaces.into_iter().next().unwrap_or_default();
+    assert!(!namespace.is_empty(), "the Istio overlay sets no namespace");
+
+    let registry = object(&objects, "Deployment", REGISTRY);
+    let registry_pod = &registry.pod_template().expect("a Deployment")["spec"];
+    let account = registry_pod["serviceAccountName"]
+        .as_str()
+        .expect("the registry runs as a ServiceAccount of its own");
+    let principal = format!("cluster.local/ns/{namespace}/sa/{account}");
+    let crypto = object(&objects, "Deployment", CRYPTO);
+    let crypto_container = crypto.containers()[0];
+    let (_, crypto_grpc) = grpc_listen(crypto_container, &crypto.id());
+    let (_, crypto_metrics) =
+        metrics_listen(crypto_container, &crypto.id()).expect("crypto-service serves metrics");
+    let crypto_env = env_literal(crypto_container);
+    assert_eq!(
+        crypto_env.get("CRYPTO_MESH_MTLS").map(String::as_str),
+        Some("true"),
+        "crypto-service behind the mesh needs CRYPTO_MESH_MTLS"
+    );
+    assert_eq!(
+        crypto_env.get("CRYPTO_REGISTRY_CLIENTS"),
+        Some(&format!("uri:spiffe://{principal}")),
+        "crypto-service must name the registry's mesh identity in namespace {namespace}"
+    );
+
+    // Mutual TLS is STRICT for the namespace; a workload may relax only
+    // its metrics port (scraped by a Prometheus outside the mesh).
+    let metrics_ports: BTreeSet<i64> = of_kind(&objects, "Deployment")
+        .iter()
+        .filter_map(|d| metrics_listen(d.containers()[0], &d.id()).map(|(_, port)| port))
+        .collect();
+    let peer_authentications = of_kind(&objects, "PeerAuthentication");
+    assert!(
+        peer_authentications
+            .iter()
+            .any(|p| p.doc["spec"]["selector"].is_badvalue()
+                && p.doc["spec"]["mtls"]["mode"].as_str() == Some("STRICT")),
+        "the Istio overlay needs a namespace-wide PeerAuthentication with mode STRICT"
+    );
+    for policy in &peer_authentications {
+        assert_eq!(
+            policy.doc["spec"]["mtls"]["mode"].as_str(),
+            Some("STRICT"),
+            "{}: mode must be STRICT",
+            policy.id()
+        );
+        for (port, _) in policy.doc["spec"]["portLevelMtls"]
+            .as_hash()
+            .into_iter()
+            .flatten()
+        {
+            let port: i64 = scalar(port)
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("{}: a port that is not a number", policy.id()));
+            assert!(
+                metrics_ports.contains(&port),
+                "{}: only metrics ports {metrics_ports:?} may leave STRICT, not {port}",
+                policy.id()
+            );
+        }
+    }
+
+    // Only the registry's identity reaches crypto-service's gRPC port.
+    let crypto_labels = crypto.pod_labels();
+    let authorizations: Vec<&Object> = of_kind(&objects, "AuthorizationPolicy")
+        .into_iter()
+        .filter(|p| {
+            selects(
+                &string_map(&p.doc["spec"]["selector"]["matchLabels"]),
+                &crypto_labels,
+            )
+        })
+        .collect();
+    assert!(
+        !authorizations.is_empty(),
+        "no AuthorizationPolicy selects crypto-service"
+    );
+    let mut admitted = false;
+    for policy in authorizations {
+        let id = policy.id();
+        assert_eq!(
+            str_or(&policy.doc["spec"]["action"], "ALLOW"),
+            "ALLOW",
+            "{id}"
+        );
+        for rule in list(&policy.doc["spec"]["rules"]) {
+            let ports: Vec<i64> = list(&rule["to"])
+                .iter()
+                .flat_map(|to| list(&to["operation"]["ports"]))
+                .map(|p| {
+                    scalar(p)
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or_else(|| panic!("{id}: a port that is not a number"))
+                })
+                .collect();
+            if ports.is_empty() || ports.contains(&crypto_grpc) {
+                let sources = list(&rule["from"]);
+                assert!(
+                    !sources.is_empty(),
+                    "{id}: a rule admits anyone to port {crypto_grpc}"
+                );
+                for source in sources {
+                    let principals: Vec<String> = list(&source["source"]["principals"])
+                        .into_iter()
+                        .filter_map(scalar)
+                        .collect();
+                    assert_eq!(
+                        principals,
+                        std::slice::from_ref(&principal),
+                        "{id}: crypto's gRPC port admits only {principal}"
+                    );
+                    assert_eq!(
+                        source["source"].as_hash().map(|h| h.len()),
+                        Some(1),
+                        "{id}: principals alone name who is admitted"
+                    );
+                }
+                admitted = true;
+            } else {
+                assert!(
+                    ports.iter().all(|p| *p == crypto_metrics),
+                    "{id}: a rule without the registry's identity opens {ports:?}"
+                );
+            }
+        }
+    }
+    assert!(
+        admitted,
+        "no AuthorizationPolicy rule admits the registry to port {crypto_grpc}"
+    );
+
+    // The registry leaves TLS to the mesh, so the sidecars see gRPC.
+    let registry_container = registry.containers()[0];
+    let registry_env = env_literal(registry_container);
+    assert_eq!(
+        registry_env.get("REGISTRY_MESH_MTLS").map(String::as_str),
+        Some("true"),
+        "the registry behind the mesh needs REGISTRY_MESH_MTLS"
+    );
+    for setting in ["REGISTRY_TLS_CERT_FILE", "REGISTRY_TLS_KEY_FILE"] {
+        assert!(
+            !registry_env.contains_key(setting),
+            "{setting} is still set"
+        );
+    }
+    let failures = check_registry_transport(
+        &registry.id(),
+        &registry_env
+            .iter()
+            .map(|(k, v)| (k.clone(), Some(v.clone())))
+            .collect(),
+        &|_: &str| false,
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let volumes: BTreeSet<&str> = list(&registry_pod["volumes"])
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    for mount in list(&registry_container["volumeMounts"]) {
+        let volume = str_or(&mount["name"], "");
+        assert!(
+            volumes.contains(volume),
+            "a mount of volume {volume}, which is gone"
+        );
+    }
+    let (_, registry_grpc) = grpc_listen(registry_container, &registry.id());
+    let service = object(&objects, "Service", REGISTRY);
+    for port in list(&service.doc["spec"]["ports"]) {
+        let number = port["port"].as_i64().unwrap_or_default();
+        if resolve_target_port(&port["targetPort"], number, &registry.containers())
+            == Some(registry_grpc)
+        {
+            assert_eq!(
+                port["appProtocol"].as_str(),
+                Some("grpc"),
+                "behind the mesh the registry's port carries plaintext gRPC"
+            );
+        }
+    }
+
+    // Sidecars for both Deployments, none for the migration Job.
+    for deployment in of_kind(&objects, "Deployment") {
+        let template = deployment.pod_template().expect("a Deployment");
+        let mut marks = string_map(&template["metadata"]["labels"]);
+        marks.extend(string_map(&template["metadata"]["annotations"]));
+        assert_eq!(
+            marks.get("sidecar.istio.io/inject").map(String::as_str),
+            Some("true"),
+            "{}: its pods need the sidecar",
+            deployment.id()
+        );
+    }
+    for job in of_kind(&objects, "Job") {
+        let annotations =
+            string_map(&job.pod_template().expect("a Job")["metadata"]["annotations"]);
+        assert_eq!(
+            annotations
+                .get("sidecar.istio.io/inject")
+                .map(String::as_str),
+            Some("false"),
+            "{}",
+            job.id()
+        );
+    }
+
+    // The base's policies still hold; the sidecars may also reach istiod.
+    const ISTIOD_XDS: i64 = 15012;
+    check_network_policies(&objects, &[ISTIOD_XDS]);
+    for deployment in of_kind(&objects, "Deployment") {
+        let labels = deployment.pod_labels();
+        assert!(
+            of_kind(&objects, "NetworkPolicy").iter().any(|p| {
+                selects(
+                    &label_selector(&p.doc["spec"]["podSelector"], &p.id()),
+                    &labels,
+                ) && list(&p.doc["spec"]["egress"]).iter().any(|rule| {
+                    list(&rule["ports"])
+                        .iter()
+                        .any(|e| e["port"].as_i64() == Some(ISTIOD_XDS))
+                })
+            }),
+            "{}: its sidecar cannot reach istiod on {ISTIOD_XDS}",
+            deployment.id()
+        );
+    }
+}
+
+#[test]
+fn the_service_monitors_scrape_each_services_metrics_port() {
+    assert!(
+        of_kind(&k8s_objects(), "ServiceMonitor").is_empty(),
+        "the base must apply without the Prometheus operator's CRDs: ServiceMonitors belong \
+         in deploy/k8s/monitoring"
+    );
+    let objects = rendered_objects("base+monitoring");
+    let mut scraped = BTreeSet::new();
+    for monitor in of_kind(&objects, "ServiceMonitor") {
+        let id = monitor.id();
+        let selector = label_selector(&monitor.doc["spec"]["selector"], &id);
+        let services: Vec<&Object> = of_kind(&objects, "Service")
+            .into_iter()
+            .filter(|s| selects(&selector, &string_map(&s.doc["metadata"]["labels"])))
+            .collect();
+        assert_eq!(services.len(), 1, "{id} must select exactly one Service");
+        let service = services[0];
+        let deployment = object(&objects, "Deployment", service.name());
+        let containers = deployment.containers();
+        let (setting, metrics_port) = metrics_listen(containers[0], &deployment.id())
+            .unwrap_or_else(|| panic!("{} serves no metrics", deployment.id()));
+        let endpoints = list(&monitor.doc["spec"]["endpoints"]);
+        assert!(!endpoints.is_empty(), "{id} has no endpoints");
+        for endpoint in endpoints {
+            let name = str_or(&endpoint["port"], "");
+            let port = list(&service.doc["spec"]["ports"])
+                .into_iter()
+                .find(|p| p["name"].as_str() == Some(name))
+                .unwrap_or_else(|| panic!("{id}: {} has no port named {name:?}", service.id()));
+            let number = port["port"].as_i64().unwrap_or_default();
+            assert_eq!(
+                resolve_target_port(&port["targetPort"], number, &containers),
+                Some(metrics_port),
+                "{id}: port {name:?} must lead to {setting}"
+            );
+            assert_eq!(str_or(&endpoint["path"], "/metrics"), "/metrics", "{id}");
+            assert_eq!(str_or(&endpoint["scheme"], "http"), "http", "{id}");
+        }
+        scraped.insert(service.name().to_owned());
+    }
+    assert_eq!(
+        scraped,
+        BTreeSet::from([CRYPTO.to_owned(), REGISTRY.to_owned()]),
+        "both services are scraped"
+    );
+}
+
 // ================================================================ helpers
+
+/// The manifests as a cluster gets them, rendered by `kubectl kustomize`:
+/// the base, the base with the monitoring Component, and the Istio overlay.
+fn rendered() -> Vec<(&'static str, String)> {
+    let k8s = fs::canonicalize(deploy_dir().join("k8s")).expect("deploy/k8s");
+    // A Component renders only inside a kustomization, which may name its
+    // bases by relative paths only.
+    let combined = tempfile::tempdir().expect("tempdir");
+    let here = fs::canonicalize(combined.path()).expect("the temporary directory");
+    let up = "../".repeat(here.components().count().saturating_sub(1));
+    let to_k8s = format!("{up}{}", k8s.strip_prefix("/").unwrap_or(&k8s).display());
+    fs::write(
+        here.join("kustomization.yaml"),
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+             resources:\n  - {to_k8s}/base\ncomponents:\n  - {to_k8s}/monitoring\n"
+        ),
+    )
+    .expect("write a kustomization");
+    vec![
+        ("base", kustomize(&k8s.join("base"))),
+        ("base+monitoring", kustomize(&here)),
+        ("istio", kustomize(&k8s.join("istio"))),
+    ]
+}
+
+/// The objects of one of [`rendered`]'s renderings.
+fn rendered_objects(name: &str) -> Vec<Object> {
+    let (_, text) = rendered()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("no rendering named {name}"));
+    YamlLoader::load_from_str(&text)
+        .expect("kubectl's output parses")
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .map(|doc| Object {
+            file: format!("k8s/ rendered: {name}"),
+            doc,
+        })
+        .collect()
+}
+
+/// `kubectl kustomize DIR`.
+fn kustomize(dir: &Path) -> String {
+    let (ok, printed) = run_tool("kubectl", &["kustomize", &dir.display().to_string()], None);
+    assert!(ok, "kubectl kustomize {} failed:\n{printed}", dir.display());
+    printed
+}
+
+/// The newest Kubernetes version the installed kubernetes-validate has
+/// schemas for.
+fn newest_kubernetes_version() -> String {
+    let (ok, printed) = run_tool(
+        "python3",
+        &[
+            "-c",
+            "from kubernetes_validate.utils import latest_version; print(latest_version())",
+        ],
+        None,
+    );
+    assert!(ok, "kubernetes-validate is not importable:\n{printed}");
+    printed.trim().to_owned()
+}
+
+/// Runs a tool to completion: whether it succeeded, and its stdout then
+/// stderr. Panics, naming scripts/test, when the tool is not installed.
+fn run_tool(program: &str, args: &[&str], dir: Option<&Path>) -> (bool, String) {
+    let mut command = std::process::Command::new(program);
+    command.args(args);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{program} does not run ({e}): scripts/test installs it"));
+    let mut printed = String::from_utf8_lossy(&output.stdout).into_owned();
+    printed.push_str(&String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), printed)
+}
 
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
@@ -1487,14 +2304,23 @@ impl Object {
     }
 }
 
-/// Every object in every file under deploy/k8s/ but the kustomizations.
+/// Every object in every file of the base (deploy/k8s/base/) but its
+/// kustomization: what `kubectl apply -k deploy/k8s/base` creates.
 fn k8s_objects() -> Vec<Object> {
+    objects_under("k8s/base")
+}
+
+/// Every object in the files under deploy/`dir` but the kustomizations
+/// (an overlay's patches included, as they are written).
+fn objects_under(dir: &str) -> Vec<Object> {
     let mut objects = Vec::new();
-    for path in yaml_paths(&deploy_dir().join("k8s")) {
+    for path in yaml_paths(&deploy_dir().join(dir)) {
         let docs = parse(&path)
             .unwrap_or_else(|e| panic!("deploy/{} does not parse: {e}", relative(&path)));
         for doc in docs {
-            if !doc.is_null() && doc["kind"].as_str() != Some("Kustomization") {
+            if !doc.is_null()
+                && !matches!(doc["kind"].as_str(), Some("Kustomization" | "Component"))
+            {
                 objects.push(Object {
                     file: relative(&path),
                     doc,
@@ -1504,7 +2330,7 @@ fn k8s_objects() -> Vec<Object> {
     }
     assert!(
         !objects.is_empty(),
-        "no Kubernetes objects under deploy/k8s/"
+        "no Kubernetes objects under deploy/{dir}/"
     );
     objects
 }

@@ -272,3 +272,31 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
     );
     stack.finish().await;
 }
+
+/// A protective limit of zero would switch the protection off (no call
+/// admitted, or a deadline of nothing): both servers refuse it when they
+/// start, naming the setting, instead of quietly raising it.
+#[tokio::test]
+async fn grpc_limits_below_their_minimum_stop_both_servers_at_start() {
+    for binary in ["registry-service", "crypto-service"] {
+        for setting in [
+            "GRPC_REQUEST_TIMEOUT_SECONDS",
+            "GRPC_CONCURRENCY_PER_CONNECTION",
+            "GRPC_MAX_CONCURRENT_STREAMS",
+            "GRPC_KEEPALIVE_TIMEOUT_SECONDS",
+        ] {
+            let launch = Launch::default().env(setting, "0");
+            let (status, output) =
+                tests::Process::run_to_exit(&tests::binary(binary), launch).await;
+            assert!(!status.success(), "{binary} started with {setting}=0");
+            let flag = setting
+                .trim_start_matches("GRPC_")
+                .to_lowercase()
+                .replace('_', "-");
+            assert!(
+                output.contains(&format!("--{flag}")) && output.contains("'0'"),
+                "{binary}: {setting}=0 is refused by name: {output}"
+            );
+        }
+    }
+}

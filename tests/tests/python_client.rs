@@ -95,7 +95,7 @@ async fn python_client_runs_the_workflow_from_the_protos() {
 }
 
 /// How many checks error_details.py asserts; update it with the program.
-const DETAIL_CHECKS: u32 = 62;
+const DETAIL_CHECKS: u32 = 64;
 
 /// The googleapis messages reflection must describe, so grpcurl (and any
 /// reflection client) decodes the details we send.

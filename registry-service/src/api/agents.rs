@@ -5,7 +5,9 @@ use proto::v1 as pb;
 use proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
-use super::{Registry, Resource, UpdateParts, mask_paths, message, parts, required, writer};
+use super::messages::check_agent_counts;
+use super::{Registry, Resource, UpdateParts, message, parts, required, writer};
+use crate::error::Error;
 use crate::model::agent::{self, AgentSpec};
 use crate::model::version::Action;
 use crate::store::agents::Agents;
@@ -13,6 +15,23 @@ use crate::store::versioned::{self, Record};
 
 impl Resource for Agents {
     super::resource_messages!(pb::Agent, pb::AgentVersion);
+    const FIELD: &'static str = "agent";
+
+    fn id_and_etag(input: &pb::Agent) -> (&str, &str) {
+        (&input.id, &input.etag)
+    }
+
+    fn check_counts(input: &pb::Agent) -> Result<(), Error> {
+        check_agent_counts(input)
+    }
+
+    fn fields_set(input: &pb::Agent) -> Vec<String> {
+        AgentSpec::fields_set(input)
+    }
+
+    fn is_mask_path(path: &str) -> bool {
+        agent::is_mask_path(path)
+    }
 }
 
 super::versioned_service! {
@@ -32,7 +51,7 @@ super::versioned_service! {
     ) -> Result<Response<pb::Agent>, Status> {
         let (caller, request) = parts(request)?;
         let input = required("agent", request.agent)?;
-        agent::check_counts(&input)?;
+        check_agent_counts(&input)?;
         let spec = AgentSpec::from_proto(&input)?;
         let description = (request.change_description.as_str(), "Agent created");
         let write = writer(&caller, Action::Create, description)?;
@@ -50,24 +69,12 @@ super::versioned_service! {
         let (caller, request) = parts(request)?;
         let input = required("agent", request.agent)?;
         let mask = request.update_mask.as_ref();
-        let mask = mask_paths(
-            mask,
-            || AgentSpec::fields_set(&input),
-            agent::is_mask_path,
-            &[],
-        );
+        let description = &request.change_description;
         let UpdateParts {
             write,
             expected,
             paths,
-        } = UpdateParts::check(
-            &caller,
-            "agent",
-            (&input.id, &input.etag),
-            agent::check_counts(&input),
-            mask,
-            (&request.change_description, "Agent updated"),
-        )?;
+        } = UpdateParts::check::<Agents>(&caller, &input, mask, description)?;
         let change = |current: &Record<AgentSpec>| match &paths {
             None => AgentSpec::from_proto(&input),
             Some(paths) => {

@@ -34,7 +34,7 @@ impl KeyService for Registry {
             Scope::Tenant(&caller.tenant)
         };
         Ok(Response::new(
-            key_status(&self.db, &self.crypto, scope).await?,
+            key_status(self.db.pool(), &self.crypto, scope).await?,
         ))
     }
 
@@ -49,7 +49,14 @@ impl KeyService for Registry {
             n @ 1..=1000 => n,
             _ => return Err(Error::bad_field("batch_size", "must be between 1 and 1000").into()),
         };
-        let response = rewrap(&self.db, &self.crypto, batch, request.max_values, |_| {}).await?;
+        let response = rewrap(
+            self.db.pool(),
+            &self.crypto,
+            batch,
+            request.max_values,
+            |_| {},
+        )
+        .await?;
         tracing::Span::current().record("rewrapped", response.rewrapped);
         Ok(Response::new(response))
     }
@@ -60,7 +67,7 @@ impl KeyService for Registry {
         request: Request<pb::RetireKeyVersionRequest>,
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let version = request.get_ref().version;
-        let counts = keys::count_by_version(&self.db, COUNT_BATCH, Scope::Everything).await?;
+        let counts = keys::count_by_version(self.db.pool(), COUNT_BATCH, Scope::Everything).await?;
         let in_use = counts.get(&Some(version)).copied().unwrap_or(0);
         if in_use > 0 {
             return Err(Error::precondition(
@@ -72,7 +79,7 @@ impl KeyService for Registry {
         self.crypto.retire(version).await?;
         tracing::warn!(version, "key version retired");
         Ok(Response::new(
-            key_status(&self.db, &self.crypto, Scope::Everything).await?,
+            key_status(self.db.pool(), &self.crypto, Scope::Everything).await?,
         ))
     }
 }

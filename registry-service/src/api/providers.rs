@@ -6,9 +6,10 @@ use proto::v1 as pb;
 use proto::v1::provider_service_server::ProviderService;
 use tonic::{Request, Response, Status};
 
+use super::messages::check_provider_counts;
 use super::{
-    Registry, Resource, UpdateParts, describe_as, mask_paths, message, parts, require_id,
-    require_version, required, writer,
+    Registry, Resource, UpdateParts, describe_as, message, parts, require_id, require_version,
+    required, writer,
 };
 use crate::caller::Caller;
 use crate::error::Error;
@@ -20,6 +21,24 @@ use crate::store::versioned::{self, Record, Write};
 
 impl Resource for Providers {
     super::resource_messages!(pb::Provider, pb::ProviderVersion);
+    const FIELD: &'static str = "provider";
+    const OUTPUT_ONLY: &'static [&'static str] = &["api_key_set", "api_key_revision"];
+
+    fn id_and_etag(input: &pb::Provider) -> (&str, &str) {
+        (&input.id, &input.etag)
+    }
+
+    fn check_counts(input: &pb::Provider) -> Result<(), Error> {
+        check_provider_counts(input)
+    }
+
+    fn fields_set(input: &pb::Provider) -> Vec<String> {
+        ProviderSpec::fields_set(input)
+    }
+
+    fn is_mask_path(path: &str) -> bool {
+        provider::is_mask_path(path)
+    }
 
     /// A snapshot whose `base_url` is outside the allowed destinations is
     /// not restored.
@@ -96,7 +115,7 @@ super::versioned_service! {
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
         let input = required("provider", request.provider.as_ref())?;
-        provider::check_counts(input)?;
+        check_provider_counts(input)?;
         let input = ProviderSpec::from_proto(input)?;
         self.check_destination(&input.spec)?;
         let description = (request.change_description.as_str(), "Provider created");
@@ -116,25 +135,13 @@ super::versioned_service! {
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
         let input = required("provider", request.provider)?;
-        let fields_set = || ProviderSpec::fields_set(&input);
-        let mask = mask_paths(
-            request.update_mask.as_ref(),
-            fields_set,
-            provider::is_mask_path,
-            &["api_key_set", "api_key_revision"],
-        );
+        let mask = request.update_mask.as_ref();
+        let description = &request.change_description;
         let UpdateParts {
             write,
             expected,
             paths,
-        } = UpdateParts::check(
-            &caller,
-            "provider",
-            (&input.id, &input.etag),
-            provider::check_counts(&input),
-            mask,
-            (&request.change_description, "Provider updated"),
-        )?;
+        } = UpdateParts::check::<Providers>(&caller, &input, mask, description)?;
 
         // Validate against the current row first, so a bad request never
         // reaches crypto-service; encrypt a new key once, outside the

@@ -84,7 +84,7 @@ impl RuntimeService for Registry {
         };
         Ok(Response::new(pb::ResolvedAgent {
             agent: Some(agent),
-            effective: Some(effective_parameters(&spec, &provider).to_proto()),
+            effective: Some(effective_parameters(&spec, &provider).into()),
             provider: Some(message::<Providers>(&provider)),
             api_key: api_key.to_string(),
             agent_version,

@@ -1,11 +1,13 @@
 //! A CrewAI agent's configuration: what a version snapshot holds.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::params::{self, ModelParams};
 use super::{check_f64, check_i32, check_length, check_required_text};
 use crate::error::{Error, Violations};
-use proto::v1 as pb;
 
 /// Defaults of the platform this registry replaces (see agent.proto).
 pub const DEFAULT_ALLOW_DELEGATION: bool = true;
@@ -21,6 +23,56 @@ pub const DEFAULT_ALLOW_CODE_EXECUTION: bool = false;
 pub const DEFAULT_RESPECT_CONTEXT_WINDOW: bool = true;
 /// CrewAI `max_retry_limit` default.
 pub const DEFAULT_MAX_RETRY_LIMIT: i32 = 2;
+/// CrewAI `use_system_prompt` default.
+pub const DEFAULT_USE_SYSTEM_PROMPT: bool = true;
+/// CrewAI `date_format` default (ISO 8601 date).
+pub const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%d";
+
+/// The most JSON one tool's configuration, or the embedder's, may hold
+/// (serialized).
+pub const MAX_JSON_BYTES: usize = 16 * 1024;
+/// The deepest nesting of that JSON.
+pub const MAX_JSON_DEPTH: usize = 16;
+
+/// How CrewAI runs code the agent writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum CodeExecutionMode {
+    /// In a Docker container.
+    #[default]
+    Safe,
+    /// Directly on the runtime's host.
+    Unsafe,
+}
+
+impl CodeExecutionMode {
+    fn is_safe(&self) -> bool {
+        *self == Self::Safe
+    }
+}
+
+// The fields added after the first snapshots were written are left out of a
+// snapshot while they hold their defaults, so older snapshots and newer ones
+// diff only by what was changed.
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn default_use_system_prompt() -> bool {
+    DEFAULT_USE_SYSTEM_PROMPT
+}
+
+fn default_date_format() -> String {
+    DEFAULT_DATE_FORMAT.to_owned()
+}
+
+fn is_default_date_format(format: &String) -> bool {
+    format == DEFAULT_DATE_FORMAT
+}
 
 /// Every configurable field of an agent, with defaults applied.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,28 +102,43 @@ pub struct AgentSpec {
     pub allow_code_execution: bool,
     pub respect_context_window: bool,
     pub max_retry_limit: i32,
+    /// Tool name → its settings (a JSON object each).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tool_config: BTreeMap<String, Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_calling_llm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_template: Option<String>,
+    #[serde(default = "default_use_system_prompt", skip_serializing_if = "is_true")]
+    pub use_system_prompt: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub memory: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reasoning: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_reasoning_attempts: Option<i32>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub multimodal: bool,
+    #[serde(default, skip_serializing_if = "CodeExecutionMode::is_safe")]
+    pub code_execution_mode: CodeExecutionMode,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub inject_date: bool,
+    #[serde(
+        default = "default_date_format",
+        skip_serializing_if = "is_default_date_format"
+    )]
+    pub date_format: String,
+    /// A JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedder: Option<Value>,
 }
 
 /// The most tools an agent may list.
 pub const MAX_TOOLS: usize = 64;
-
-/// Refuses an agent message whose repeated fields hold more items than any
-/// valid agent can, before anything iterates over them or copies them: the
-/// item checks, duplicate checks and mask merges after this are bounded.
-pub fn check_counts(input: &pb::Agent) -> Result<(), Error> {
-    let mut v = Violations::default();
-    if input.tools.len() > MAX_TOOLS {
-        v.add(
-            "agent.tools",
-            format!(
-                "must hold at most {MAX_TOOLS} tools (got {})",
-                input.tools.len()
-            ),
-        );
-    }
-    params::check_counts(input.llm_overrides.as_ref(), "agent.llm_overrides", &mut v);
-    v.finish(())
-}
 
 /// Update-mask paths of an agent's configuration (besides
 /// `llm_overrides.<field>`).
@@ -93,6 +160,20 @@ pub const FIELDS: &[&str] = &[
     "allow_code_execution",
     "respect_context_window",
     "max_retry_limit",
+    "tool_config",
+    "function_calling_llm",
+    "system_template",
+    "prompt_template",
+    "response_template",
+    "use_system_prompt",
+    "memory",
+    "reasoning",
+    "max_reasoning_attempts",
+    "multimodal",
+    "code_execution_mode",
+    "inject_date",
+    "date_format",
+    "embedder",
 ];
 
 impl super::Snapshot for AgentSpec {
@@ -119,103 +200,70 @@ impl Default for AgentSpec {
             allow_code_execution: DEFAULT_ALLOW_CODE_EXECUTION,
             respect_context_window: DEFAULT_RESPECT_CONTEXT_WINDOW,
             max_retry_limit: DEFAULT_MAX_RETRY_LIMIT,
+            tool_config: BTreeMap::new(),
+            function_calling_llm: None,
+            system_template: None,
+            prompt_template: None,
+            response_template: None,
+            use_system_prompt: DEFAULT_USE_SYSTEM_PROMPT,
+            memory: false,
+            reasoning: false,
+            max_reasoning_attempts: None,
+            multimodal: false,
+            code_execution_mode: CodeExecutionMode::Safe,
+            inject_date: false,
+            date_format: default_date_format(),
+            embedder: None,
         }
     }
 }
 
 impl AgentSpec {
-    /// A new agent from a create request (or an update with mask `*`).
-    pub fn from_proto(input: &pb::Agent) -> Result<Self, Error> {
-        let mut spec = Self::default();
-        for field in FIELDS {
-            spec.apply(input, field);
-        }
-        spec.validated()
-    }
-
-    /// The fields a request without an update mask sets: every optional
-    /// field present, every non-empty string, list and message.
-    pub fn fields_set(input: &pb::Agent) -> Vec<String> {
-        let set = [
-            ("name", !input.name.is_empty()),
-            ("role", !input.role.is_empty()),
-            ("goal", !input.goal.is_empty()),
-            ("backstory", !input.backstory.is_empty()),
-            ("tools", !input.tools.is_empty()),
-            ("llm_provider_id", input.llm_provider_id.is_some()),
-            ("llm_overrides", input.llm_overrides.is_some()),
-            ("temperature", input.temperature.is_some()),
-            ("allow_delegation", input.allow_delegation.is_some()),
-            ("verbose", input.verbose.is_some()),
-            ("cache", input.cache.is_some()),
-            ("max_iter", input.max_iter.is_some()),
-            ("max_rpm", input.max_rpm.is_some()),
-            ("max_execution_time", input.max_execution_time.is_some()),
-            ("allow_code_execution", input.allow_code_execution.is_some()),
-            (
-                "respect_context_window",
-                input.respect_context_window.is_some(),
-            ),
-            ("max_retry_limit", input.max_retry_limit.is_some()),
-        ];
-        set.into_iter()
-            .filter(|(_, present)| *present)
-            .map(|(name, _)| name.to_owned())
-            .collect()
-    }
-
-    /// Copies one update-mask path from `input`; an unset value resets the
-    /// field to its default. `false` for an unknown path.
-    pub fn apply(&mut self, input: &pb::Agent, path: &str) -> bool {
-        let overrides = ModelParams::from_proto(input.llm_overrides.clone());
-        self.apply_from(input, &overrides, path)
-    }
-
-    /// Copies every update-mask path in `paths` from `input` (the message's
-    /// overrides converted once, not once per path).
-    pub fn apply_all(&mut self, input: &pb::Agent, paths: &[String]) {
-        let overrides = ModelParams::from_proto(input.llm_overrides.clone());
-        for path in paths {
-            self.apply_from(input, &overrides, path);
-        }
-    }
-
-    fn apply_from(&mut self, input: &pb::Agent, overrides: &ModelParams, path: &str) -> bool {
+    /// Copies the field a mask path names from `source`; `false` for an
+    /// unknown path.
+    pub fn copy_field(&mut self, source: &Self, path: &str) -> bool {
         if let Some(param) = path.strip_prefix("llm_overrides.") {
-            return self.llm_overrides.copy_field(overrides, param);
+            return self.llm_overrides.copy_field(&source.llm_overrides, param);
         }
         match path {
-            "name" => self.name = input.name.clone(),
-            "role" => self.role = input.role.clone(),
-            "goal" => self.goal = input.goal.clone(),
-            "backstory" => self.backstory = input.backstory.clone(),
-            "tools" => self.tools = input.tools.clone(),
-            "llm_provider_id" => {
-                self.llm_provider_id = input.llm_provider_id.clone().filter(|id| !id.is_empty());
-            }
-            "llm_overrides" => self.llm_overrides = overrides.clone(),
-            "temperature" => self.temperature = input.temperature,
-            "allow_delegation" => {
-                self.allow_delegation = input.allow_delegation.unwrap_or(DEFAULT_ALLOW_DELEGATION);
-            }
-            "verbose" => self.verbose = input.verbose.unwrap_or(DEFAULT_VERBOSE),
-            "cache" => self.cache = input.cache.unwrap_or(DEFAULT_CACHE),
-            "max_iter" => self.max_iter = input.max_iter.unwrap_or(DEFAULT_MAX_ITER),
-            "max_rpm" => self.max_rpm = input.max_rpm,
-            "max_execution_time" => self.max_execution_time = input.max_execution_time,
-            "allow_code_execution" => {
-                self.allow_code_execution = input
-                    .allow_code_execution
-                    .unwrap_or(DEFAULT_ALLOW_CODE_EXECUTION);
-            }
+            "name" => self.name.clone_from(&source.name),
+            "role" => self.role.clone_from(&source.role),
+            "goal" => self.goal.clone_from(&source.goal),
+            "backstory" => self.backstory.clone_from(&source.backstory),
+            "tools" => self.tools.clone_from(&source.tools),
+            "llm_provider_id" => self.llm_provider_id.clone_from(&source.llm_provider_id),
+            "llm_overrides" => self.llm_overrides.clone_from(&source.llm_overrides),
+            "temperature" => self.temperature = source.temperature,
+            "allow_delegation" => self.allow_delegation = source.allow_delegation,
+            "verbose" => self.verbose = source.verbose,
+            "cache" => self.cache = source.cache,
+            "max_iter" => self.max_iter = source.max_iter,
+            "max_rpm" => self.max_rpm = source.max_rpm,
+            "max_execution_time" => self.max_execution_time = source.max_execution_time,
+            "allow_code_execution" => self.allow_code_execution = source.allow_code_execution,
             "respect_context_window" => {
-                self.respect_context_window = input
-                    .respect_context_window
-                    .unwrap_or(DEFAULT_RESPECT_CONTEXT_WINDOW);
+                self.respect_context_window = source.respect_context_window;
             }
-            "max_retry_limit" => {
-                self.max_retry_limit = input.max_retry_limit.unwrap_or(DEFAULT_MAX_RETRY_LIMIT);
+            "max_retry_limit" => self.max_retry_limit = source.max_retry_limit,
+            "tool_config" => self.tool_config.clone_from(&source.tool_config),
+            "function_calling_llm" => {
+                self.function_calling_llm
+                    .clone_from(&source.function_calling_llm);
             }
+            "system_template" => self.system_template.clone_from(&source.system_template),
+            "prompt_template" => self.prompt_template.clone_from(&source.prompt_template),
+            "response_template" => self.response_template.clone_from(&source.response_template),
+            "use_system_prompt" => self.use_system_prompt = source.use_system_prompt,
+            "memory" => self.memory = source.memory,
+            "reasoning" => self.reasoning = source.reasoning,
+            "max_reasoning_attempts" => {
+                self.max_reasoning_attempts = source.max_reasoning_attempts;
+            }
+            "multimodal" => self.multimodal = source.multimodal,
+            "code_execution_mode" => self.code_execution_mode = source.code_execution_mode,
+            "inject_date" => self.inject_date = source.inject_date,
+            "date_format" => self.date_format.clone_from(&source.date_format),
+            "embedder" => self.embedder.clone_from(&source.embedder),
             _ => return false,
         }
         true
@@ -253,7 +301,66 @@ impl AgentSpec {
             0,
             100,
         );
+        self.check_crewai_settings(&mut v);
         v.finish(self)
+    }
+
+    /// About how many bytes the settings beyond the platform's own take on
+    /// the heap (for the recent-agents cache's weight).
+    pub fn crewai_settings_bytes(&self) -> usize {
+        let texts = [
+            &self.function_calling_llm,
+            &self.system_template,
+            &self.prompt_template,
+            &self.response_template,
+        ];
+        let json = |value: &Value| value.to_string().len() * 2;
+        texts
+            .iter()
+            .filter_map(|t| t.as_ref())
+            .map(String::len)
+            .sum::<usize>()
+            + self.date_format.len()
+            + self.embedder.as_ref().map_or(0, json)
+            + self
+                .tool_config
+                .iter()
+                .map(|(tool, settings)| tool.len() + json(settings))
+                .sum::<usize>()
+    }
+
+    /// The templates, reasoning, date and JSON settings.
+    fn check_crewai_settings(&self, v: &mut Violations) {
+        if let Some(model) = &self.function_calling_llm {
+            check_required_text(v, "agent.function_calling_llm", model, 200);
+        }
+        let templates = [
+            ("agent.system_template", &self.system_template),
+            ("agent.prompt_template", &self.prompt_template),
+            ("agent.response_template", &self.response_template),
+        ];
+        for (field, template) in templates {
+            if let Some(template) = template {
+                check_length(v, field, template, 10_000);
+            }
+        }
+        if let Some(attempts) = self.max_reasoning_attempts {
+            check_i32(v, "agent.max_reasoning_attempts", attempts, 1, 100);
+        }
+        check_required_text(v, "agent.date_format", &self.date_format, 64);
+        if let Some(embedder) = &self.embedder {
+            check_json(v, "agent.embedder", embedder);
+        }
+        for (tool, settings) in &self.tool_config {
+            let field = format!("agent.tool_config[{tool:?}]");
+            if !self.tools.contains(tool) {
+                v.add(
+                    field.clone(),
+                    "names a tool the agent does not list in tools",
+                );
+            }
+            check_json(v, &field, settings);
+        }
     }
 
     fn check_tools(&self, v: &mut Violations) {
@@ -277,29 +384,37 @@ impl AgentSpec {
             }
         }
     }
+}
 
-    /// The message form, without resource metadata.
-    pub fn to_proto(&self) -> pb::Agent {
-        pb::Agent {
-            name: self.name.clone(),
-            role: self.role.clone(),
-            goal: self.goal.clone(),
-            backstory: self.backstory.clone(),
-            tools: self.tools.clone(),
-            llm_provider_id: self.llm_provider_id.clone(),
-            llm_overrides: (!self.llm_overrides.is_empty()).then(|| self.llm_overrides.to_proto()),
-            temperature: self.temperature,
-            allow_delegation: Some(self.allow_delegation),
-            verbose: Some(self.verbose),
-            cache: Some(self.cache),
-            max_iter: Some(self.max_iter),
-            max_rpm: self.max_rpm,
-            max_execution_time: self.max_execution_time,
-            allow_code_execution: Some(self.allow_code_execution),
-            respect_context_window: Some(self.respect_context_window),
-            max_retry_limit: Some(self.max_retry_limit),
-            ..Default::default()
-        }
+/// Checks a JSON setting: an object, at most [`MAX_JSON_BYTES`] serialized
+/// and [`MAX_JSON_DEPTH`] levels deep.
+fn check_json(v: &mut Violations, field: &str, value: &Value) {
+    if !value.is_object() {
+        v.add(field, "must be a JSON object");
+        return;
+    }
+    if depth(value) > MAX_JSON_DEPTH {
+        v.add(field, format!("must nest at most {MAX_JSON_DEPTH} levels"));
+        return;
+    }
+    let text = value.to_string();
+    if text.len() > MAX_JSON_BYTES {
+        v.add(
+            field,
+            format!("must be at most {MAX_JSON_BYTES} bytes of JSON"),
+        );
+    } else if text.contains("\\u0000") {
+        // PostgreSQL's jsonb cannot hold a NUL character.
+        v.add(field, "must not contain NUL characters");
+    }
+}
+
+/// How deeply `value` nests (a scalar is 0 levels deep).
+fn depth(value: &Value) -> usize {
+    match value {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(fields) => 1 + fields.values().map(depth).max().unwrap_or(0),
+        _ => 0,
     }
 }
 

@@ -5,7 +5,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{check_f64, check_i32, check_length, check_required_text, path};
 use crate::error::Violations;
-use proto::v1 as pb;
 
 /// Generation parameters; every field optional.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -32,23 +31,6 @@ pub struct ModelParams {
 /// The most stop sequences a set of parameters may hold.
 pub const MAX_STOP: usize = 16;
 
-/// Records a violation under `prefix` when `message` holds more stop
-/// sequences than any valid parameters can, before anything iterates over
-/// them or copies them.
-pub fn check_counts(message: Option<&pb::ModelParameters>, prefix: &str, v: &mut Violations) {
-    if let Some(message) = message
-        && message.stop.len() > MAX_STOP
-    {
-        v.add(
-            path(prefix, "stop"),
-            format!(
-                "must hold at most {MAX_STOP} sequences (got {})",
-                message.stop.len()
-            ),
-        );
-    }
-}
-
 /// The names of [`ModelParams`] fields, as update masks spell them.
 pub const FIELDS: &[&str] = &[
     "model_name",
@@ -65,23 +47,6 @@ impl ModelParams {
     /// Whether no field is set.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
-    }
-
-    /// The domain form of a message (not yet validated).
-    pub fn from_proto(message: Option<pb::ModelParameters>) -> Self {
-        let Some(m) = message else {
-            return Self::default();
-        };
-        Self {
-            model_name: m.model_name,
-            temperature: m.temperature,
-            max_tokens: m.max_tokens,
-            top_p: m.top_p,
-            frequency_penalty: m.frequency_penalty,
-            presence_penalty: m.presence_penalty,
-            timeout_seconds: m.timeout_seconds,
-            stop: m.stop,
-        }
     }
 
     /// Records a violation under `prefix` for every out-of-range field.
@@ -125,20 +90,6 @@ impl ModelParams {
             } else {
                 check_length(v, &field, stop, 200);
             }
-        }
-    }
-
-    /// The message form.
-    pub fn to_proto(&self) -> pb::ModelParameters {
-        pb::ModelParameters {
-            model_name: self.model_name.clone(),
-            temperature: self.temperature,
-            max_tokens: self.max_tokens,
-            top_p: self.top_p,
-            frequency_penalty: self.frequency_penalty,
-            presence_penalty: self.presence_penalty,
-            timeout_seconds: self.timeout_seconds,
-            stop: self.stop.clone(),
         }
     }
 

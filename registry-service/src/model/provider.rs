@@ -8,7 +8,6 @@ use super::params::{self, ModelParams};
 use super::version::{self, Change};
 use super::{check_length, check_required_text};
 use crate::error::{Error, Violations};
-use proto::v1 as pb;
 
 /// What diffs show instead of a key whose revision is unknown (stored
 /// before revisions were kept).
@@ -39,39 +38,6 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
-    fn from_proto(value: i32) -> Option<Self> {
-        use pb::ProviderType as T;
-        Some(match T::try_from(value).ok()? {
-            T::Unspecified => return None,
-            T::Openai => Self::Openai,
-            T::Anthropic => Self::Anthropic,
-            T::AzureOpenai => Self::AzureOpenai,
-            T::Google => Self::Google,
-            T::Bedrock => Self::Bedrock,
-            T::Ollama => Self::Ollama,
-            T::OpenaiCompatible => Self::OpenaiCompatible,
-            T::Mistral => Self::Mistral,
-            T::Cohere => Self::Cohere,
-            T::Groq => Self::Groq,
-        })
-    }
-
-    fn to_proto(self) -> pb::ProviderType {
-        use pb::ProviderType as T;
-        match self {
-            Self::Openai => T::Openai,
-            Self::Anthropic => T::Anthropic,
-            Self::AzureOpenai => T::AzureOpenai,
-            Self::Google => T::Google,
-            Self::Bedrock => T::Bedrock,
-            Self::Ollama => T::Ollama,
-            Self::OpenaiCompatible => T::OpenaiCompatible,
-            Self::Mistral => T::Mistral,
-            Self::Cohere => T::Cohere,
-            Self::Groq => T::Groq,
-        }
-    }
-
     /// The stored name (`OPENAI`, `AZURE_OPENAI` …).
     pub fn as_str(self) -> &'static str {
         match self {
@@ -146,26 +112,14 @@ impl std::fmt::Debug for ProviderInput {
     }
 }
 
-/// Refuses a provider message whose repeated fields hold more items than
-/// any valid provider can, before anything iterates over them or copies
-/// them.
-pub fn check_counts(input: &pb::Provider) -> Result<(), Error> {
-    let mut v = Violations::default();
-    super::params::check_counts(
-        input.default_parameters.as_ref(),
-        "provider.default_parameters",
-        &mut v,
-    );
-    v.finish(())
-}
-
 /// The snapshot keeps the key as ciphertext.
 impl super::Snapshot for ProviderSpec {
     const KIND: &'static str = "provider";
 }
 
 impl ProviderSpec {
-    fn blank() -> Self {
+    /// A provider with nothing set (what a create fills in).
+    pub fn blank() -> Self {
         Self {
             name: String::new(),
             provider_type: ProviderKind::Openai,
@@ -179,92 +133,37 @@ impl ProviderSpec {
         }
     }
 
-    /// A create request (or an update with mask `*`).
-    pub fn from_proto(input: &pb::Provider) -> Result<ProviderInput, Error> {
-        let mut spec = Self::blank();
-        let mut v = Violations::default();
-        let defaults = ModelParams::from_proto(input.default_parameters.clone());
-        for field in FIELDS {
-            spec.apply(input, &defaults, field, &mut v);
-        }
-        let new_api_key =
-            (!input.api_key.is_empty()).then(|| zeroize::Zeroizing::new(input.api_key.clone()));
-        spec.validated(v, input)
-            .map(|spec| ProviderInput { spec, new_api_key })
-    }
-
-    /// Applies update-mask `paths` from `input` to `self`. The key changes
-    /// only when `api_key` is named (empty clears it) or, with mask `*` or
-    /// none, when a non-empty key is sent.
-    pub fn updated(&self, input: &pb::Provider, paths: &[String]) -> Result<ProviderInput, Error> {
-        let mut spec = self.clone();
-        let mut v = Violations::default();
-        let mut new_api_key = None;
-        let defaults = ModelParams::from_proto(input.default_parameters.clone());
-        for path in paths {
-            if path == "api_key" {
-                new_api_key = Some(zeroize::Zeroizing::new(input.api_key.clone()));
-            } else {
-                spec.apply(input, &defaults, path, &mut v);
-            }
-        }
-        spec.validated(v, input)
-            .map(|spec| ProviderInput { spec, new_api_key })
-    }
-
-    /// The fields a request without an update mask sets.
-    pub fn fields_set(input: &pb::Provider) -> Vec<String> {
-        let set = [
-            ("name", !input.name.is_empty()),
-            ("provider_type", input.provider_type != 0),
-            ("model_name", !input.model_name.is_empty()),
-            ("base_url", !input.base_url.is_empty()),
-            ("api_version", input.api_version.is_some()),
-            ("default_parameters", input.default_parameters.is_some()),
-            ("is_default", input.is_default),
-            ("api_key", !input.api_key.is_empty()),
-        ];
-        set.into_iter()
-            .filter(|(_, present)| *present)
-            .map(|(name, _)| name.to_owned())
-            .collect()
-    }
-
-    fn apply(
-        &mut self,
-        input: &pb::Provider,
-        defaults: &ModelParams,
-        path: &str,
-        v: &mut Violations,
-    ) {
+    /// Copies the field a mask path names from `source` (not the key,
+    /// which only a write sets); `false` for an unknown path.
+    pub fn copy_field(&mut self, source: &Self, path: &str) -> bool {
         if let Some(param) = path.strip_prefix("default_parameters.") {
-            self.default_parameters.copy_field(defaults, param);
-            return;
+            return self
+                .default_parameters
+                .copy_field(&source.default_parameters, param);
         }
         match path {
-            "name" => self.name = input.name.clone(),
-            "provider_type" => match ProviderKind::from_proto(input.provider_type) {
-                Some(kind) => self.provider_type = kind,
-                None => v.add(
-                    "provider.provider_type",
-                    "must be a known provider type other than UNSPECIFIED",
-                ),
-            },
-            "model_name" => self.model_name = input.model_name.clone(),
-            "base_url" => {
-                self.base_url = Some(input.base_url.clone()).filter(|url| !url.is_empty())
+            "name" => self.name.clone_from(&source.name),
+            "provider_type" => self.provider_type = source.provider_type,
+            "model_name" => self.model_name.clone_from(&source.model_name),
+            "base_url" => self.base_url.clone_from(&source.base_url),
+            "api_version" => self.api_version.clone_from(&source.api_version),
+            "default_parameters" => {
+                self.default_parameters
+                    .clone_from(&source.default_parameters);
             }
-            "api_version" => self.api_version = input.api_version.clone().filter(|s| !s.is_empty()),
-            "default_parameters" => self.default_parameters = defaults.clone(),
-            "is_default" => self.is_default = input.is_default,
-            _ => {}
+            "is_default" => self.is_default = source.is_default,
+            _ => return false,
         }
+        true
     }
 
-    fn validated(self, mut v: Violations, input: &pb::Provider) -> Result<Self, Error> {
+    /// `self` when every field is valid (and `api_key`, the plaintext key
+    /// sent with it, is not too long), else one violation per bad field
+    /// (paths under `provider.`) added to `v`.
+    pub fn validated(self, mut v: Violations, api_key: &str) -> Result<Self, Error> {
         check_required_text(&mut v, "provider.name", &self.name, 200);
         check_required_text(&mut v, "provider.model_name", &self.model_name, 200);
-        check_length(&mut v, "provider.api_key", &input.api_key, 4096);
+        check_length(&mut v, "provider.api_key", api_key, 4096);
         if let Some(url) = &self.base_url {
             check_length(&mut v, "provider.base_url", url, 2048);
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -321,28 +220,6 @@ impl ProviderSpec {
             }
         }
         changes
-    }
-
-    /// The message form, without resource metadata; never carries the key.
-    pub fn to_proto(&self) -> pb::Provider {
-        pb::Provider {
-            name: self.name.clone(),
-            provider_type: self.provider_type.to_proto().into(),
-            model_name: self.model_name.clone(),
-            base_url: self.base_url.clone().unwrap_or_default(),
-            api_version: self.api_version.clone(),
-            default_parameters: (!self.default_parameters.is_empty())
-                .then(|| self.default_parameters.to_proto()),
-            is_default: self.is_default,
-            api_key: String::new(),
-            api_key_set: self.api_key.is_some(),
-            api_key_revision: self
-                .api_key
-                .as_ref()
-                .and(self.api_key_revision)
-                .unwrap_or(0),
-            ..Default::default()
-        }
     }
 }
 

@@ -6,18 +6,7 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use proto::v1 as pb;
-
 pub use migrations::entity::VersionAction as Action;
-
-/// The message form of an action.
-pub fn action_to_proto(action: Action) -> pb::VersionAction {
-    match action {
-        Action::Create => pb::VersionAction::Create,
-        Action::Update => pb::VersionAction::Update,
-        Action::Rollback => pb::VersionAction::Rollback,
-    }
-}
 
 /// How a field changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,42 +100,6 @@ pub fn changes_to_json(changes: &[Change]) -> Value {
 /// Reads a stored diff; an unreadable one reads as empty.
 pub fn changes_from_json(value: &Value) -> Vec<Change> {
     Vec::<Change>::deserialize(value).unwrap_or_default()
-}
-
-/// The message form of a change.
-pub fn change_to_proto(change: &Change) -> pb::FieldChange {
-    pb::FieldChange {
-        path: change.path.clone(),
-        kind: match change.kind {
-            ChangeKind::Added => pb::ChangeKind::Added,
-            ChangeKind::Modified => pb::ChangeKind::Modified,
-            ChangeKind::Removed => pb::ChangeKind::Removed,
-        }
-        .into(),
-        old_value: change.old.as_ref().map(json_to_proto),
-        new_value: change.new.as_ref().map(json_to_proto),
-    }
-}
-
-/// A JSON value as `google.protobuf.Value`.
-pub fn json_to_proto(value: &Value) -> prost_types::Value {
-    use prost_types::value::Kind;
-    let kind = match value {
-        Value::Null => Kind::NullValue(0),
-        Value::Bool(b) => Kind::BoolValue(*b),
-        Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
-        Value::String(s) => Kind::StringValue(s.clone()),
-        Value::Array(items) => Kind::ListValue(prost_types::ListValue {
-            values: items.iter().map(json_to_proto).collect(),
-        }),
-        Value::Object(fields) => Kind::StructValue(prost_types::Struct {
-            fields: fields
-                .iter()
-                .map(|(k, v)| (k.clone(), json_to_proto(v)))
-                .collect(),
-        }),
-    };
-    prost_types::Value { kind: Some(kind) }
 }
 
 /// Applies `changes` to `base`: the inverse of [`diff`], so

@@ -124,6 +124,7 @@ impl Weigh for AgentSpec {
             + self.llm_provider_id.as_ref().map_or(0, String::len)
             + params.model_name.as_ref().map_or(0, String::len)
             + params.stop.iter().map(|s| s.len() + 24).sum::<usize>()
+            + self.crewai_settings_bytes()
     }
 }
 

@@ -3,11 +3,12 @@
 //! the previous group was committing.
 //!
 //! Each write is a list of statements whose last one tells whether it
-//! wrote (see [`super::write_with_version`]). A task owns the queue; it
+//! wrote (see [`super::Store::write_with_version`]). A task owns the queue; it
 //! takes every waiting write (up to [`MAX_GROUP`]) and sends them as one
 //! batch, `BEGIN IMMEDIATE; <write 1>; SELECT changes(); <write 2>; SELECT
-//! changes(); … COMMIT`, to the connection's thread: one hand-off per
-//! group. A group's text is the same whenever the same kinds of write
+//! changes(); …`, to the connection's thread, and `COMMIT` once every
+//! write's outcome has come: a write is never answered "failed" after it
+//! was committed, nor "written" before its commit. A group's text is the same whenever the same kinds of write
 //! arrive in the same order (under a steady stream of updates, one text
 //! per group size), so it is kept prepared, up to [`MAX_CACHED_GROUP`]
 //! writes. Writes stay independent: each one's conditions (the version it
@@ -222,7 +223,6 @@ async fn run_transaction(
         sql.push_str(&pending.sql);
         values.extend(pending.values.0.iter().cloned());
     }
-    sql.push_str("COMMIT;");
     let mut connection = pool.acquire().await.map_err(exec_error)?;
     // Prepared once per text: parsing and planning every group's text
     // anew was about an eighth of the registry's CPU in the update phase
@@ -257,27 +257,41 @@ async fn run_transaction(
             }
         }
     };
-    let Some(error) = failure else {
-        if written.len() != group.len() {
-            return Err(DbErr::Custom(format!(
-                "group commit: {} outcomes for {} writes",
-                written.len(),
-                group.len()
-            ))
-            .into());
-        }
-        return Ok(written);
+    let error = match failure {
+        // Every outcome is known before the commit: an outcome missing is
+        // a bug, answered as a failure of a group that wrote nothing.
+        None if written.len() != group.len() => sqlx::Error::Protocol(format!(
+            "group commit: {} outcomes for {} writes",
+            written.len(),
+            group.len()
+        )),
+        None => match sqlx::query("COMMIT").execute(&mut *connection).await {
+            Ok(_) => return Ok(written),
+            // Not committed: no write of the group happened.
+            Err(error) => {
+                rollback(connection).await;
+                return Err(exec_error(error).into());
+            }
+        },
+        Some(error) => error,
     };
+    let at = Some(written.len());
+    rollback(connection).await;
+    Err(Failed {
+        error: exec_error(error),
+        at,
+    })
+}
+
+/// Ends the connection's open transaction before it goes back to the
+/// pool, or closes the connection.
+async fn rollback(mut connection: sqlx::pool::PoolConnection<sqlx::Sqlite>) {
     let rolled_back = sqlx::query("ROLLBACK").execute(&mut *connection).await;
     if rolled_back.is_err() {
         // No transaction was open (BEGIN itself failed), or the
         // connection is broken: either way, not one to reuse.
         let _ = connection.close().await;
     }
-    Err(Failed {
-        error: exec_error(error),
-        at: Some(written.len()),
-    })
 }
 
 /// Whether `error` came from one statement of the batch (a constraint, a

@@ -14,7 +14,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::{begin_write, db_error, unique_violation};
-use crate::crypto::{Crypto, api_key_aad, key_version_of};
+use crate::crypto::{Crypto, RawFailure, api_key_aad, key_version_of};
 use crate::error::Error;
 
 /// The canary's id, plaintext and associated data.
@@ -332,7 +332,7 @@ pub async fn check_canary(db: &DatabaseConnection, crypto: &Crypto) -> Result<Ca
         match crypto.decrypt_raw(&stored.ciphertext, CANARY_AAD).await {
             Ok(plaintext) if plaintext == CANARY_PLAINTEXT => Canary::Verified,
             Ok(_) => Canary::WrongKey("the canary decrypted to another value".to_owned()),
-            Err(status) => classify(status),
+            Err(failure) => classify(failure),
         },
     )
 }
@@ -340,7 +340,7 @@ pub async fn check_canary(db: &DatabaseConnection, crypto: &Crypto) -> Result<Ca
 async fn create_canary(db: &DatabaseConnection, crypto: &Crypto) -> Result<Canary, Error> {
     let ciphertext = match crypto.encrypt_raw(CANARY_PLAINTEXT, CANARY_AAD).await {
         Ok(ciphertext) => ciphertext,
-        Err(status) => return Ok(classify(status)),
+        Err(failure) => return Ok(classify(failure)),
     };
     let row = key_canary::ActiveModel {
         id: Set(CANARY_ID.to_owned()),
@@ -355,12 +355,9 @@ async fn create_canary(db: &DatabaseConnection, crypto: &Crypto) -> Result<Canar
     }
 }
 
-fn classify(status: tonic::Status) -> Canary {
-    use tonic::Code;
-    match status.code() {
-        Code::InvalidArgument | Code::FailedPrecondition => {
-            Canary::WrongKey(status.message().to_owned())
-        }
-        _ => Canary::Unreachable(format!("{:?}: {}", status.code(), status.message())),
+fn classify(failure: RawFailure) -> Canary {
+    match failure {
+        RawFailure::Refused(message) => Canary::WrongKey(message),
+        RawFailure::Unreachable(message) => Canary::Unreachable(message),
     }
 }

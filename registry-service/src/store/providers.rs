@@ -18,7 +18,7 @@ use serde_json::Value;
 use super::recent::Weigh;
 use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
 use super::{
-    MAX_WRITE_ATTEMPTS, Store, begin_write, db_error, foreign_key_violation, insert_row, json_val,
+    MAX_WRITE_ATTEMPTS, Store, db_error, foreign_key_violation, insert_row, json_val,
     unique_violation, val,
 };
 use crate::error::Error;
@@ -246,7 +246,7 @@ pub async fn revoke_key(
     revision: i64,
 ) -> Result<ProviderRecord, Error> {
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(store.pool()).await?;
+        let txn = store.begin_write().await?;
         // The provider's row lock orders this against every other write
         // of its key (rollbacks included).
         let current = versioned::get_locked::<Providers>(&txn, &write.caller.tenant, id).await?;

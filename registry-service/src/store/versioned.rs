@@ -12,7 +12,7 @@
 //!
 //! - **fast** (the kind says a write may: [`Kind::fast`]): the conditional
 //!   update (or insert) and the version row go out together
-//!   ([`write_with_version`]): one statement on PostgreSQL, one share of a
+//!   ([`Store::write_with_version`]): one statement on PostgreSQL, one share of a
 //!   group commit on SQLite. An update starts from the record as this
 //!   process last wrote it ([`Kind::recent`]) when the kind keeps one, or
 //!   else from the row read once.
@@ -36,8 +36,8 @@ use serde_json::Value;
 
 use super::recent::{Recent, Weigh};
 use super::{
-    MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, begin_write, db_error, insert_row, json_val,
-    paginate, stale_etag, val, write_with_version,
+    MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, db_error, insert_row, json_val, paginate,
+    stale_etag, val,
 };
 use crate::caller::Caller;
 use crate::error::Error;
@@ -482,7 +482,7 @@ async fn create_locked<K: Kind>(
     spec: K::Spec,
 ) -> Result<Record<K::Spec>, Error> {
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(store.pool()).await?;
+        let txn = store.begin_write().await?;
         if let Some(record) = write_locked(&txn, kind, write, base, spec.clone()).await? {
             txn.commit().await.map_err(db_error)?;
             return Ok(record);
@@ -646,7 +646,7 @@ async fn from_the_row<K: Kind>(
         return Ok(record);
     }
     for _ in 0..MAX_WRITE_ATTEMPTS {
-        let txn = begin_write(store.pool()).await?;
+        let txn = store.begin_write().await?;
         let current = get_locked::<K>(&txn, tenant, id).await?;
         check_etag::<K>(expected_version, &current)?;
         let spec = target.spec::<K>(&txn, tenant, &current).await?;
@@ -674,7 +674,7 @@ fn check_etag<K: Kind>(expected: Option<i64>, current: &Record<K::Spec>) -> Resu
 
 /// The row (a conditional bump, or an insert meeting the kind's guard) and
 /// its version row, written together without a read in the transaction
-/// ([`write_with_version`]). `None` when another writer took the version
+/// ([`Store::write_with_version`]). `None` when another writer took the version
 /// first, or the kind's write needs the locking path.
 async fn write_fast<K: Kind>(
     store: &Store,
@@ -691,13 +691,13 @@ async fn write_fast<K: Kind>(
     let (written, refused) = match base {
         Base::New(_) => {
             let (insert, refused) = next.insert(kind, write)?;
-            let written = write_with_version(store, insert, versions, next.version_row(write));
+            let written = store.write_with_version(insert, versions, next.version_row(write));
             (written.await, refused)
         }
         Base::Current(current) => {
             let mut bump = next.bump(write, current);
             bump.returning_col(Alias::new("id"));
-            let written = write_with_version(store, bump, versions, next.version_row(write));
+            let written = store.write_with_version(bump, versions, next.version_row(write));
             (written.await, None)
         }
     };
@@ -775,7 +775,7 @@ pub async fn delete<K: Kind>(
     if let Some(expected) = expected_version {
         condition = condition.and(col::<K>("version").eq(expected));
     }
-    let txn = begin_write(store.pool()).await?;
+    let txn = store.begin_write().await?;
     kind.guard_delete(&txn, tenant, id).await?;
     let deleted = K::Entity::delete_many()
         .filter(condition)
