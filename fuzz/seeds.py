@@ -201,3 +201,24 @@ write("jwt_claims", "wrong_issuer", HEADER + b"\xff" + claims(iss="https://evil.
 write("jwt_claims", "claims_not_utf8", claims(note="?").replace(b"?", b"\x9b"))
 write("jwt_claims", "header_not_utf8", b'{"alg":"HS256","x":"\x9b"}' + b"\xff" + claims())
 write("jwt_claims", "lone_surrogate", claims(note="?").replace(b"?", b"\\ud800"))
+# A roles claim may also be one space-separated string (the form of scope).
+write("jwt_claims", "roles_string", HEADER + b"\xff" + claims(roles="viewer runtime"))
+
+# --- claim_paths: path, 0xFF, claims JSON.
+NESTED = json.dumps({
+    "realm_access": {"roles": ["registry-admin", "viewer"]},
+    "https://example.com/roles": ["admin"],
+    "scope": "openid viewer registry-admin",
+    "org": {"tenant": "acme", "list": [{"tenant": "x"}]},
+    "a~b": "tilde",
+}, separators=(",", ":")).encode()
+for name, path in {
+    "dotted": "realm_access.roles",
+    "pointer": "/https:~1~1example.com~1roles",
+    "scope": "scope",
+    "tenant": "org.tenant",
+    "into_array": "org.list.0.tenant",
+    "tilde": "/a~0b",
+    "bad_escape": "/a~2b",
+}.items():
+    write("claim_paths", name, path.encode() + b"\xff" + NESTED)

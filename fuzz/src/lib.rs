@@ -366,11 +366,13 @@ pub fn assert_acceptable(token: &str, identity: &registry_service::auth::Identit
         exp - iat <= most,
         "accepted a lifetime over the maximum (exp {exp}, iat {iat})"
     );
-    let roles: Vec<&str> = claims
-        .get("roles")
-        .and_then(Value::as_array)
-        .map(|roles| roles.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+    // A roles claim is a list of names or one space-separated string (the
+    // form of `scope`; registry_service::auth::claims).
+    let roles: Vec<&str> = match claims.get("roles") {
+        Some(Value::Array(roles)) => roles.iter().filter_map(Value::as_str).collect(),
+        Some(Value::String(roles)) => roles.split_whitespace().collect(),
+        _ => Vec::new(),
+    };
     for role in &identity.roles {
         assert!(
             roles.contains(&role.as_str()),

@@ -7,6 +7,14 @@
 //! probe or grpcurl has none); a method missing from the table is denied.
 //! Failures are UNAUTHENTICATED or PERMISSION_DENIED with a reason that helps
 //! the caller and never echoes the token.
+//!
+//! Keys come from configuration (an HS256 secret, a PEM key, a JWKS file)
+//! or from an identity provider ([`jwks`], fetched with [`fetch`]); the
+//! tenant and roles are read where [`claims`] says.
+
+pub mod claims;
+pub mod fetch;
+pub mod jwks;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,6 +30,7 @@ use tonic::codegen::http;
 
 use crate::caller::{Caller, PlatformOperator};
 use crate::error::Error;
+use claims::ClaimMapping;
 
 /// A role a token can grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,7 +70,7 @@ impl Role {
         Role::PlatformOperator,
     ];
 
-    fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|role| role.as_str() == name)
     }
 }
@@ -126,6 +135,9 @@ pub enum KeySource {
     PublicKeyPem(Vec<u8>),
     /// A JWKS document: several RS256/ES256 keys chosen by `kid`.
     Jwks(Vec<u8>),
+    /// An identity provider's published keys, fetched by `serve`
+    /// ([`jwks::RemoteKeys`], [`Authenticator::remote`]).
+    Remote,
 }
 
 /// The longest token lifetime (`exp - iat`) accepted unless configured
@@ -160,32 +172,46 @@ impl Default for Expectations {
     }
 }
 
+/// Verification keys by `kid`: a token is verified by the key of exactly
+/// the kid it names, or, naming none, by the `None` entry or the only key.
+pub(crate) type Keys = HashMap<Option<String>, (Algorithm, DecodingKey)>;
+
+/// Where the keys are held.
+enum KeyStore {
+    /// Loaded once from configuration.
+    Fixed(Arc<Keys>),
+    /// Published by an identity provider and refreshed.
+    Remote(Arc<jwks::RemoteKeys>),
+}
+
 /// Verifies tokens into callers.
 pub struct Authenticator {
-    /// Keys by `kid`: a token is verified by the key of exactly the kid it
-    /// names, or, naming none, by the `None` entry or the only key.
-    keys: HashMap<Option<String>, (Algorithm, DecodingKey)>,
+    keys: KeyStore,
     expectations: Expectations,
+    /// Where the tenant and roles are in the claims.
+    claims: ClaimMapping,
     /// The subjects whose claim of `platform-operator` counts.
     platform_operators: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys = match &self.keys {
+            KeyStore::Fixed(keys) => format!("{} configured", keys.len()),
+            KeyStore::Remote(remote) => format!("{remote:?}"),
+        };
         f.debug_struct("Authenticator")
-            .field("keys", &self.keys.len())
+            .field("keys", &keys)
             .field("expectations", &self.expectations)
+            .field("claims", &self.claims)
             .field("platform_operators", &self.platform_operators)
             .finish()
     }
 }
 
 #[derive(Deserialize)]
-struct Claims {
+struct Subject {
     sub: String,
-    tenant: String,
-    #[serde(default)]
-    roles: Vec<String>,
 }
 
 /// An authenticated caller and its roles.
@@ -218,6 +244,11 @@ impl Authenticator {
                     .or_else(|_| DecodingKey::from_ec_pem(pem).map(|k| (Algorithm::ES256, k)))
                     .map_err(|_| bad("not an RSA or P-256 public key in PEM".to_owned()))?;
                 keys.insert(kid, key);
+            }
+            KeySource::Remote => {
+                return Err(bad(
+                    "keys from an identity provider are fetched by serve".to_owned()
+                ));
             }
             KeySource::Jwks(_) if kid.is_some() => {
                 return Err(Error::config(
@@ -256,10 +287,29 @@ impl Authenticator {
             }
         }
         Ok(Self {
-            keys,
+            keys: KeyStore::Fixed(Arc::new(keys)),
             expectations,
+            claims: ClaimMapping::default(),
             platform_operators: std::collections::HashSet::new(),
         })
+    }
+
+    /// Verifies with the keys an identity provider publishes (see
+    /// [`jwks`]).
+    pub fn remote(keys: Arc<jwks::RemoteKeys>, expectations: Expectations) -> Self {
+        Self {
+            keys: KeyStore::Remote(keys),
+            expectations,
+            claims: ClaimMapping::default(),
+            platform_operators: std::collections::HashSet::new(),
+        }
+    }
+
+    /// Reads the tenant and roles where `claims` says (default: the
+    /// top-level `tenant` and `roles`).
+    pub fn with_claims(mut self, claims: ClaimMapping) -> Self {
+        self.claims = claims;
+        self
     }
 
     /// Lets the tokens of `subjects` hold the `platform-operator` role they
@@ -276,14 +326,15 @@ impl Authenticator {
         if !header_is_json(token) {
             return Err(unauthenticated("malformed token"));
         }
+        let keys = self.keys();
         // A kid names one key: an unknown one is refused even when a
         // single key is configured (it was meant for another key). Only a
         // token that names none may use the only key.
         let (algorithm, key) = match &header.kid {
-            Some(kid) => self.keys.get(&Some(kid.clone())),
-            None => self.keys.get(&None).or_else(|| self.only_key()),
+            Some(kid) => keys.get(&Some(kid.clone())),
+            None => keys.get(&None).or_else(|| only_key(&keys)),
         }
-        .ok_or_else(|| unauthenticated("unknown signing key (kid)"))?;
+        .ok_or_else(|| unauthenticated(UNKNOWN_KID))?;
         if header.alg != *algorithm {
             return Err(unauthenticated("unexpected signing algorithm"));
         }
@@ -314,22 +365,40 @@ impl Authenticator {
             .map_err(|error| unauthenticated(reason(error.kind())))?
             .claims;
         self.check_lifetime(&claims)?;
-        let claims = Claims::deserialize(&claims).map_err(|_| {
-            unauthenticated("token lacks the sub, tenant or roles claims in the right form")
-        })?;
-        if claims.sub.is_empty() || claims.sub.contains('\0') {
+        let malformed =
+            || unauthenticated("token lacks the sub, tenant or roles claims in the right form");
+        let subject = Subject::deserialize(&claims).map_err(|_| malformed())?.sub;
+        let tenant = self.claims.tenant(&claims).map_err(|_| malformed())?;
+        let roles = self.claims.roles(&claims).map_err(|_| malformed())?;
+        if subject.is_empty() || subject.contains('\0') {
             return Err(unauthenticated("token has an empty or malformed sub"));
         }
-        if claims.tenant.is_empty() || claims.tenant.contains('\0') {
+        if tenant.is_empty() || tenant.contains('\0') {
             return Err(unauthenticated("token has an empty or malformed tenant"));
         }
         Ok(Identity {
-            roles: claims.roles.iter().filter_map(|r| Role::parse(r)).collect(),
-            caller: Caller {
-                tenant: claims.tenant,
-                subject: claims.sub,
-            },
+            roles,
+            caller: Caller { tenant, subject },
         })
+    }
+
+    fn keys(&self) -> Arc<Keys> {
+        match &self.keys {
+            KeyStore::Fixed(keys) => Arc::clone(keys),
+            KeyStore::Remote(remote) => remote.current(),
+        }
+    }
+
+    /// The provider's keys, when they come from one, and the token in
+    /// `authorization` names a kid they lack: the provider may have
+    /// rotated, so fetching its keys again may let the token through.
+    fn may_refresh_for(&self, authorization: Option<&str>) -> Option<&Arc<jwks::RemoteKeys>> {
+        let KeyStore::Remote(remote) = &self.keys else {
+            return None;
+        };
+        let token = bearer(authorization?).ok()?;
+        let kid = jsonwebtoken::decode_header(token).ok()?.kid?;
+        (!remote.current().contains_key(&Some(kid))).then_some(remote)
     }
 
     /// A token's lifetime is bounded: it carries `iat`, not in the future
@@ -359,26 +428,11 @@ impl Authenticator {
         Ok(())
     }
 
-    /// A token without a kid may use the only configured key.
-    fn only_key(&self) -> Option<&(Algorithm, DecodingKey)> {
-        if self.keys.len() == 1 {
-            self.keys.values().next()
-        } else {
-            None
-        }
-    }
-
     /// Authenticates and authorizes one call to `method`.
     pub fn admit(&self, method: &str, authorization: Option<&str>) -> Result<Identity, Status> {
         let header = authorization
             .ok_or_else(|| unauthenticated("missing authorization: Bearer <token>"))?;
-        let token = header
-            .strip_prefix("Bearer ")
-            .or_else(|| header.strip_prefix("bearer "))
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))?;
-        let mut identity = self.verify(token)?;
+        let mut identity = self.verify(bearer(header)?)?;
         if !self.platform_operators.contains(&identity.caller.subject) {
             identity
                 .roles
@@ -447,6 +501,75 @@ pub fn mint_hs256(
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
     .map_err(|e| Error::Internal(format!("signing: {e}")))
+}
+
+/// The refusal of a token whose kid names no key this registry holds.
+const UNKNOWN_KID: &str = "unknown signing key (kid)";
+
+/// The token of an `authorization` header value.
+fn bearer(header: &str) -> Result<&str, Status> {
+    header
+        .strip_prefix("Bearer ")
+        .or_else(|| header.strip_prefix("bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| unauthenticated("authorization must be `Bearer <token>`"))
+}
+
+/// A token without a kid may use the only key.
+fn only_key(keys: &Keys) -> Option<&(Algorithm, DecodingKey)> {
+    if keys.len() == 1 {
+        keys.values().next()
+    } else {
+        None
+    }
+}
+
+/// The signing keys of a JWKS an identity provider publishes: RSA
+/// (RS256) and P-256 (ES256) keys; encryption keys (`use: enc`) and other
+/// kinds are skipped, since providers publish those beside their signing
+/// keys. The problem when none is usable, or when one of several lacks a
+/// kid.
+pub(crate) fn signing_keys(set: &JwkSet) -> Result<Keys, String> {
+    let mut keys = Keys::new();
+    for jwk in &set.keys {
+        if jwk.common.public_key_use == Some(jsonwebtoken::jwk::PublicKeyUse::Encryption) {
+            continue;
+        }
+        let Some(algorithm) = jwk_algorithm(jwk) else {
+            continue;
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        keys.insert(jwk.common.key_id.clone(), (algorithm, key));
+    }
+    if keys.is_empty() {
+        return Err("the JWKS holds no RSA (RS256) or P-256 (ES256) signing key".to_owned());
+    }
+    if keys.len() > 1 && keys.contains_key(&None) {
+        return Err("with several keys, every key needs a kid".to_owned());
+    }
+    Ok(keys)
+}
+
+/// RS256 for an RSA key, ES256 for a P-256 key, when the key's own `alg`
+/// (if any) says the same.
+fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
+    let algorithm = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        _ => return None,
+    };
+    use jsonwebtoken::jwk::KeyAlgorithm;
+    match (algorithm, jwk.common.key_algorithm) {
+        (_, None)
+        | (Algorithm::RS256, Some(KeyAlgorithm::RS256))
+        | (Algorithm::ES256, Some(KeyAlgorithm::ES256)) => Some(algorithm),
+        _ => None,
+    }
 }
 
 /// Whether the token's header is valid JSON text throughout: RFC 7519
@@ -549,27 +672,66 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok());
+        // The per-RPC span (ops::rpc) is current here.
+        let span = tracing::Span::current();
         match self.authenticator.admit(&method, authorization) {
             Ok(identity) => {
-                // The per-RPC span (ops::rpc) is current here.
-                tracing::Span::current().record("tenant", identity.caller.tenant.as_str());
-                if identity.roles.contains(&Role::PlatformOperator) {
-                    request.extensions_mut().insert(PlatformOperator);
-                }
-                request.extensions_mut().insert(identity.caller);
+                admitted(&span, &mut request, identity);
                 Box::pin(inner.call(request))
             }
-            Err(status) => {
-                // At DEBUG: a flood of refused calls must not flood the log
-                // (ops::rpc logs refusals at INFO at most once a second).
-                tracing::debug!(%method, code = ?status.code(), reason = status.message(), "call refused");
-                Box::pin(async move {
-                    ops::rpc::read_off(request.into_body()).await;
-                    Ok(status.into_http())
-                })
-            }
+            Err(status) => match self.authenticator.may_refresh_for(authorization) {
+                // The provider may have rotated its keys: fetch them (at
+                // most once per minimum interval for all callers together)
+                // and try once more.
+                Some(remote) => {
+                    let remote = Arc::clone(remote);
+                    let authenticator = Arc::clone(&self.authenticator);
+                    let authorization = authorization.map(str::to_owned);
+                    Box::pin(async move {
+                        let retried = if remote.refresh_for_unknown_kid().await {
+                            authenticator.admit(&method, authorization.as_deref())
+                        } else {
+                            Err(status)
+                        };
+                        match retried {
+                            Ok(identity) => {
+                                admitted(&span, &mut request, identity);
+                                inner.call(request).await
+                            }
+                            Err(status) => refused(&method, request, status).await,
+                        }
+                    })
+                }
+                None => Box::pin(async move { refused(&method, request, status).await }),
+            },
         }
     }
+}
+
+/// Hands the caller to the services.
+fn admitted<B>(span: &tracing::Span, request: &mut http::Request<B>, identity: Identity) {
+    span.record("tenant", identity.caller.tenant.as_str());
+    if identity.roles.contains(&Role::PlatformOperator) {
+        request.extensions_mut().insert(PlatformOperator);
+    }
+    request.extensions_mut().insert(identity.caller);
+}
+
+/// Answers a refused call, after reading its body off.
+async fn refused<B, E>(
+    method: &str,
+    request: http::Request<B>,
+    status: Status,
+) -> Result<http::Response<tonic::body::Body>, E>
+where
+    B: http_body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+{
+    // At DEBUG: a flood of refused calls must not flood the log (ops::rpc
+    // logs refusals at INFO at most once a second).
+    tracing::debug!(%method, code = ?status.code(), reason = status.message(), "call refused");
+    ops::rpc::read_off(request.into_body()).await;
+    Ok(status.into_http())
 }
 
 #[cfg(test)]
@@ -652,6 +814,34 @@ mod tests {
             assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{what}");
             assert!(refused.message().contains(reason), "{what}: {refused:?}");
         }
+    }
+
+    /// A role map may name `platform-operator`, but only the configured
+    /// subjects hold it, as with the registry's own role names.
+    #[test]
+    fn a_mapped_platform_operator_role_still_needs_a_listed_subject() {
+        let map =
+            ClaimMapping::parse_role_map(&["ops=platform-operator".to_owned()]).expect("role map");
+        let mapped = authenticator(None, None)
+            .with_claims(ClaimMapping {
+                role_map: Some(map),
+                ..ClaimMapping::default()
+            })
+            .with_platform_operators(vec!["operator".to_owned()]);
+        let now = jsonwebtoken::get_current_timestamp();
+        let token_of = |sub: &str| {
+            token(
+                serde_json::json!({"sub": sub, "tenant": "t", "roles": ["ops"],
+                "exp": now + 60, "iat": now}),
+            )
+        };
+        let method = "/agentregistry.v1.KeyService/RetireKeyVersion";
+        let bearer = |sub: &str| format!("Bearer {}", token_of(sub));
+        assert!(mapped.admit(method, Some(&bearer("operator"))).is_ok());
+        let refused = mapped
+            .admit(method, Some(&bearer("someone")))
+            .expect_err("not a listed subject");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
     }
 
     #[test]

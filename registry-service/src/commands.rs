@@ -11,8 +11,10 @@ use ops::metrics::Metrics;
 use sea_orm_migration::MigratorTrait;
 
 use crate::api::{self, Registry};
+use crate::auth::fetch::Fetcher;
+use crate::auth::jwks::RemoteKeys;
 use crate::auth::{Authenticator, KeySource};
-use crate::config::{Args, Command, Common, MigrateAction, TokenArgs};
+use crate::config::{Args, Command, Common, MigrateAction, RemoteKeySettings, TokenArgs};
 use crate::crypto::Crypto;
 use crate::telemetry::RegistryMetrics;
 use crate::{Error, server, store};
@@ -46,13 +48,20 @@ async fn serve(args: &Args) -> Result<(), Error> {
     }
     let transport = args.serve.transport()?;
     let (source, setting) = args.jwt.key_source(|name| std::env::var(name).ok())?;
+    let expectations = args.jwt.serving_expectations(settings.dev)?;
+    let claims = args.jwt.claim_mapping()?;
+    let registry_metrics = RegistryMetrics::default();
+    let authenticator = match args.jwt.remote_keys(settings.dev)? {
+        Some(remote) => Authenticator::remote(
+            fetch_keys(remote, registry_metrics.clone()).await?,
+            expectations,
+        ),
+        None => Authenticator::new(&source, expectations, setting)?,
+    };
     let authenticator = Arc::new(
-        Authenticator::new(
-            &source,
-            args.jwt.serving_expectations(settings.dev)?,
-            setting,
-        )?
-        .with_platform_operators(settings.platform_operator_subjects.clone()),
+        authenticator
+            .with_claims(claims)
+            .with_platform_operators(settings.platform_operator_subjects.clone()),
     );
     if let Some(tls) = &transport.tls {
         // From here on SIGHUP reloads the certificate instead of ending
@@ -69,7 +78,6 @@ async fn serve(args: &Args) -> Result<(), Error> {
         store::migrate_up(&db).await?;
         tracing::info!("database migrations applied");
     }
-    let registry_metrics = RegistryMetrics::default();
     let metrics = Metrics::new("registry-service", |registry| {
         registry_metrics.register(registry)
     });
@@ -267,6 +275,32 @@ async fn migrate(common: &Common, action: MigrateAction) -> Result<(), Error> {
         println!("migrate {}: done", format!("{action:?}").to_lowercase());
     }
     Ok(())
+}
+
+/// Loads the identity provider's keys, or refuses to start (a wrong
+/// issuer, CA or URL shows at deploy time, and an orchestrator retries the
+/// start with back-off); then keeps them current in the background.
+async fn fetch_keys(
+    remote: RemoteKeySettings,
+    metrics: RegistryMetrics,
+) -> Result<Arc<RemoteKeys>, Error> {
+    let fetcher = Fetcher::new(
+        remote.ca_file.as_deref(),
+        "REGISTRY_OIDC_CA_FILE",
+        remote.timeout,
+    )?;
+    let keys = RemoteKeys::start(
+        remote.location,
+        fetcher,
+        remote.refresh,
+        remote.allow_loopback_http,
+        remote.setting,
+        metrics,
+    )
+    .await?;
+    // Lives as long as the process: nothing to stop at shutdown.
+    tokio::spawn(Arc::clone(&keys).refresh_periodically());
+    Ok(keys)
 }
 
 /// `token`: an HS256 token for development and operations.

@@ -10,6 +10,9 @@ use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use ops::tls::{ReloadingTls, TlsFile, TlsFiles};
 use zeroize::Zeroizing;
 
+use crate::auth::claims::{ClaimMapping, ClaimPath, TenantSource};
+use crate::auth::fetch;
+use crate::auth::jwks::{Location, Refresh};
 use crate::auth::{Expectations, KeySource};
 use crate::crypto::ClientTls;
 use crate::error::Error;
@@ -290,6 +293,87 @@ pub struct JwtArgs {
     /// token that names any kid is refused.
     #[arg(long, env = "JWT_KEY_ID", global = true)]
     pub jwt_key_id: Option<String>,
+    /// An OpenID provider's issuer URL (https): at start-up its discovery
+    /// document names the JWKS, which is fetched, cached and refreshed.
+    /// Tokens must carry exactly this `iss` (JWT_ISSUER, when set, must
+    /// equal it).
+    #[arg(long, env = "REGISTRY_OIDC_ISSUER", global = true)]
+    pub oidc_issuer: Option<String>,
+    /// A JWKS URL (https) to fetch, cache and refresh, without discovery.
+    #[arg(long, env = "REGISTRY_JWKS_URL", global = true)]
+    pub jwks_url: Option<String>,
+    /// PEM CA certificate(s) trusted for the identity provider's HTTPS,
+    /// besides the bundled public roots (webpki-roots).
+    #[arg(long, env = "REGISTRY_OIDC_CA_FILE", global = true)]
+    pub oidc_ca_file: Option<PathBuf>,
+    /// The longest the provider's keys are kept without fetching them
+    /// again, in seconds: its `Cache-Control: max-age` is honoured up to
+    /// this, and this applies when it sends none.
+    #[arg(
+        long,
+        env = "REGISTRY_JWKS_REFRESH_SECONDS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub jwks_refresh_seconds: u64,
+    /// The shortest time between two fetches of the provider's keys, in
+    /// seconds: a token naming an unknown kid triggers a fetch at most this
+    /// often, however many arrive.
+    #[arg(
+        long,
+        env = "REGISTRY_JWKS_MIN_REFRESH_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub jwks_min_refresh_seconds: u64,
+    /// Seconds one fetch from the provider (discovery or JWKS) may take.
+    #[arg(
+        long,
+        env = "REGISTRY_JWKS_TIMEOUT_SECONDS",
+        default_value_t = 5,
+        global = true
+    )]
+    pub jwks_timeout_seconds: u64,
+    /// Where the tenant is in the claims: a claim name, a dotted path
+    /// (`org.tenant`) or a JSON pointer (`/https:~1~1example.com~1tenant`).
+    #[arg(long, env = "REGISTRY_TENANT_CLAIM", global = true)]
+    pub tenant_claim: Option<String>,
+    /// The one tenant of every caller, for a provider whose tokens carry
+    /// none (instead of REGISTRY_TENANT_CLAIM).
+    #[arg(long, env = "REGISTRY_FIXED_TENANT", global = true)]
+    pub fixed_tenant: Option<String>,
+    /// Where roles are in the claims, comma-separated paths (as for
+    /// REGISTRY_TENANT_CLAIM), e.g. `realm_access.roles,scope`; each holds a
+    /// list of names or one space-separated string. Default: `roles`.
+    #[arg(
+        long,
+        env = "REGISTRY_ROLES_CLAIMS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub roles_claims: Vec<String>,
+    /// The provider's role names mapped onto the registry's,
+    /// comma-separated `idp-role=registry-role` (viewer, editor, admin,
+    /// runtime, platform-operator); with it only mapped names grant roles.
+    #[arg(long, env = "REGISTRY_ROLE_MAP", value_delimiter = ',', global = true)]
+    pub role_map: Vec<String>,
+}
+
+/// Where `serve` gets the identity provider's keys (see [`JwtArgs::remote_keys`]).
+#[derive(Debug, Clone)]
+pub struct RemoteKeySettings {
+    /// Discovery from an issuer, or a JWKS URL.
+    pub location: Location,
+    /// The setting that named it, for start-up errors.
+    pub setting: &'static str,
+    /// The extra CA file, when set.
+    pub ca_file: Option<PathBuf>,
+    /// How often the keys are fetched.
+    pub refresh: Refresh,
+    /// How long one fetch may take.
+    pub timeout: Duration,
+    /// Plain http:// to loopback (development mode).
+    pub allow_loopback_http: bool,
 }
 
 impl JwtArgs {
@@ -308,6 +392,9 @@ impl JwtArgs {
             })
         };
         let mut sources = Vec::new();
+        if let Some(remote) = self.remote_setting() {
+            sources.push((KeySource::Remote, remote));
+        }
         if let Some(secret) = env("JWT_HS256_SECRET").filter(|s| !s.is_empty()) {
             sources.push((
                 KeySource::Hs256(Zeroizing::new(secret.into_bytes())),
@@ -339,7 +426,7 @@ impl JwtArgs {
         match sources.len() {
             0 => Err(Error::config(
                 "JWT_HS256_SECRET",
-                "no token verification key: set JWT_HS256_SECRET (or JWT_HS256_SECRET_FILE), JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE",
+                "no token verification key: set REGISTRY_OIDC_ISSUER, REGISTRY_JWKS_URL, JWT_HS256_SECRET (or JWT_HS256_SECRET_FILE), JWT_PUBLIC_KEY_FILE or JWT_JWKS_FILE",
             )),
             1 => Ok(sources.remove(0)),
             _ => Err(Error::config(
@@ -352,11 +439,137 @@ impl JwtArgs {
         }
     }
 
+    /// The identity provider `serve` fetches keys from, when one is
+    /// configured (REGISTRY_OIDC_ISSUER or REGISTRY_JWKS_URL, exclusive of
+    /// each other and of the key files). `dev` allows plain http:// to a
+    /// loopback address.
+    pub fn remote_keys(&self, dev: bool) -> Result<Option<RemoteKeySettings>, Error> {
+        let Some(setting) = self.remote_setting() else {
+            if self.oidc_ca_file.is_some() {
+                return Err(Error::config(
+                    "REGISTRY_OIDC_CA_FILE",
+                    "is for REGISTRY_OIDC_ISSUER or REGISTRY_JWKS_URL, neither of which is set",
+                ));
+            }
+            return Ok(None);
+        };
+        let location = match (non_empty(&self.oidc_issuer), non_empty(&self.jwks_url)) {
+            (Some(issuer), None) => {
+                fetch::Url::parse(issuer, dev)
+                    .map_err(|problem| Error::config("REGISTRY_OIDC_ISSUER", problem))?;
+                if let Some(other) = non_empty(&self.jwt_issuer).filter(|jwt| *jwt != issuer) {
+                    return Err(Error::config(
+                        "JWT_ISSUER",
+                        format!(
+                            "{other:?} differs from REGISTRY_OIDC_ISSUER {issuer:?}: tokens carry the provider's issuer; leave JWT_ISSUER unset"
+                        ),
+                    ));
+                }
+                Location::Issuer(issuer.to_owned())
+            }
+            (None, Some(url)) => Location::JwksUrl(
+                fetch::Url::parse(url, dev)
+                    .map_err(|problem| Error::config("REGISTRY_JWKS_URL", problem))?,
+            ),
+            _ => {
+                return Err(Error::config(
+                    "REGISTRY_JWKS_URL",
+                    "conflicts with REGISTRY_OIDC_ISSUER: discovery finds the JWKS; give one",
+                ));
+            }
+        };
+        let min_interval = Duration::from_secs(at_least(
+            "REGISTRY_JWKS_MIN_REFRESH_SECONDS",
+            self.jwks_min_refresh_seconds,
+            1,
+        )?);
+        let max_interval = Duration::from_secs(at_least(
+            "REGISTRY_JWKS_REFRESH_SECONDS",
+            self.jwks_refresh_seconds,
+            self.jwks_min_refresh_seconds,
+        )?);
+        Ok(Some(RemoteKeySettings {
+            location,
+            setting,
+            ca_file: self.oidc_ca_file.clone(),
+            refresh: Refresh {
+                min_interval,
+                max_interval,
+            },
+            timeout: Duration::from_secs(at_least(
+                "REGISTRY_JWKS_TIMEOUT_SECONDS",
+                self.jwks_timeout_seconds,
+                1,
+            )?),
+            allow_loopback_http: dev,
+        }))
+    }
+
+    /// The setting naming an identity provider, when one does.
+    fn remote_setting(&self) -> Option<&'static str> {
+        if non_empty(&self.oidc_issuer).is_some() {
+            Some("REGISTRY_OIDC_ISSUER")
+        } else if non_empty(&self.jwks_url).is_some() {
+            Some("REGISTRY_JWKS_URL")
+        } else {
+            None
+        }
+    }
+
+    /// Where the tenant and roles are read from the claims.
+    pub fn claim_mapping(&self) -> Result<ClaimMapping, Error> {
+        let mut mapping = ClaimMapping::default();
+        match (non_empty(&self.tenant_claim), non_empty(&self.fixed_tenant)) {
+            (Some(_), Some(_)) => {
+                return Err(Error::config(
+                    "REGISTRY_FIXED_TENANT",
+                    "conflicts with REGISTRY_TENANT_CLAIM: the tenant is either fixed or read from the token",
+                ));
+            }
+            (Some(path), None) => {
+                mapping.tenant = TenantSource::Claim(
+                    ClaimPath::parse(path)
+                        .map_err(|problem| Error::config("REGISTRY_TENANT_CLAIM", problem))?,
+                );
+            }
+            (None, Some(tenant)) => {
+                if tenant.contains('\0') {
+                    return Err(Error::config("REGISTRY_FIXED_TENANT", "contains NUL"));
+                }
+                mapping.tenant = TenantSource::Fixed(tenant.to_owned());
+            }
+            (None, None) => {}
+        }
+        let paths: Vec<&str> = self
+            .roles_claims
+            .iter()
+            .map(|path| path.trim())
+            .filter(|path| !path.is_empty())
+            .collect();
+        if !paths.is_empty() {
+            mapping.roles = paths
+                .into_iter()
+                .map(ClaimPath::parse)
+                .collect::<Result<_, _>>()
+                .map_err(|problem| Error::config("REGISTRY_ROLES_CLAIMS", problem))?;
+        }
+        if !self.role_map.is_empty() {
+            mapping.role_map = Some(
+                ClaimMapping::parse_role_map(&self.role_map)
+                    .map_err(|problem| Error::config("REGISTRY_ROLE_MAP", problem))?,
+            );
+        }
+        Ok(mapping)
+    }
+
     /// What tokens must carry besides a valid signature, as configured
-    /// (the `token` subcommand mints to these).
+    /// (the `token` subcommand mints to these). With REGISTRY_OIDC_ISSUER,
+    /// the issuer is the provider's.
     pub fn expectations(&self) -> Expectations {
         Expectations {
-            issuer: self.jwt_issuer.clone().filter(|s| !s.is_empty()),
+            issuer: non_empty(&self.jwt_issuer)
+                .or(non_empty(&self.oidc_issuer))
+                .map(str::to_owned),
             audience: self.jwt_audience.clone().filter(|s| !s.is_empty()),
             leeway_seconds: self.jwt_leeway_seconds,
             max_lifetime_seconds: self.jwt_max_token_lifetime_seconds,
@@ -641,6 +854,11 @@ impl ServeArgs {
             server_name,
         }))
     }
+}
+
+/// The setting's value unless it is unset or empty.
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
 /// `value` when it is at least `min`; a smaller one is refused, not

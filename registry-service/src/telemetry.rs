@@ -2,8 +2,9 @@
 //! calls to crypto-service and their latency (go-grpc-prometheus's client
 //! series, `grpc_client_handled_total` and `grpc_client_handling_seconds`,
 //! labelled as the server series are), dependency status, the
-//! database pool, how many writes SQLite's group commits carry, and what
-//! became of the updates' guesses (`store::recent`).
+//! database pool, how many writes SQLite's group commits carry, what
+//! became of the updates' guesses (`store::recent`), and the fetches of an
+//! identity provider's signing keys (`auth::jwks`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -38,6 +39,15 @@ pub struct GuessLabels {
     pub outcome: String,
 }
 
+/// Labels of the identity provider's key fetches.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    /// `start-up`, `schedule` or `unknown-kid`.
+    pub trigger: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+}
+
 /// The registry-specific series.
 #[derive(Debug, Clone)]
 pub struct RegistryMetrics {
@@ -54,6 +64,8 @@ pub struct RegistryMetrics {
     /// Agent updates and rollbacks by what became of the agent this
     /// process last wrote, their first guess of the row.
     pub agent_write_guesses: Family<GuessLabels, Counter>,
+    /// Fetches of the identity provider's signing keys.
+    pub jwks_fetches: Family<JwksFetchLabels, Counter>,
 }
 
 impl Default for RegistryMetrics {
@@ -65,6 +77,7 @@ impl Default for RegistryMetrics {
             pool_connections: Family::default(),
             sqlite_group_writes: Histogram::new(exponential_buckets(1.0, 2.0, 7)),
             agent_write_guesses: Family::default(),
+            jwks_fetches: Family::default(),
         }
     }
 }
@@ -103,6 +116,25 @@ impl RegistryMetrics {
              written from it without a read, stale (the row was read), or absent",
             self.agent_write_guesses.clone(),
         );
+        registry.register(
+            "registry_jwks_fetches",
+            "Fetches of the identity provider's signing keys, by trigger (start-up, schedule, \
+             unknown-kid) and outcome",
+            self.jwks_fetches.clone(),
+        );
+    }
+
+    /// Records one fetch of the provider's keys; the provider counts as a
+    /// dependency (`identity-provider`) that is up while its last fetch
+    /// succeeded.
+    pub fn jwks_fetch(&self, trigger: &str, ok: bool) {
+        self.jwks_fetches
+            .get_or_create(&JwksFetchLabels {
+                trigger: trigger.to_owned(),
+                outcome: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
+        self.set_up("identity-provider", ok);
     }
 
     /// The counter of guesses with `outcome` (shares its value with the
