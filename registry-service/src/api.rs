@@ -242,11 +242,38 @@ pub struct VersionParts<M> {
 
 /// The [`Resource`] messages of a kind whose messages have the common
 /// shape: the resource message is the spec's message with [`Meta`]'s
-/// fields, the version message holds [`VersionParts`].
+/// fields (and `id` and `etag` in requests), the version message holds
+/// [`VersionParts`].
+///
+/// Its request side: `$field` names the resource in requests, `$counts`
+/// checks a message's repeated fields, `$mask` knows the kind's mask paths,
+/// and `$output_only` lists the kind's own output-only fields.
 macro_rules! resource_messages {
-    ($message:path, $version:path) => {
+    (
+        $message:path, $version:path, field $field:literal,
+        counts $counts:path, mask paths $mask:path
+        $(, output only $output_only:expr)?
+    ) => {
         type Message = $message;
         type Version = $version;
+        const FIELD: &'static str = $field;
+        $(const OUTPUT_ONLY: &'static [&'static str] = $output_only;)?
+
+        fn id_and_etag(input: &$message) -> (&str, &str) {
+            (&input.id, &input.etag)
+        }
+
+        fn check_counts(input: &$message) -> Result<(), $crate::error::Error> {
+            $counts(input)
+        }
+
+        fn fields_set(input: &$message) -> Vec<String> {
+            <Self as $crate::store::versioned::Kind>::Spec::fields_set(input)
+        }
+
+        fn is_mask_path(path: &str) -> bool {
+            $mask(path)
+        }
 
         fn message(spec: &Self::Spec, meta: $crate::api::Meta) -> $message {
             let $crate::api::Meta {
@@ -476,7 +503,20 @@ pub struct UpdateParts<'a> {
 }
 
 impl<'a> UpdateParts<'a> {
-    pub fn check<K: Resource>(
+    /// The resource an update request must carry (`K::FIELD`), and its
+    /// parts, checked.
+    pub fn of<K: Resource>(
+        caller: &'a Caller,
+        input: Option<K::Message>,
+        mask: Option<&FieldMask>,
+        description: &str,
+    ) -> Result<(K::Message, Self), Error> {
+        let input = required(K::FIELD, input)?;
+        let parts = Self::check::<K>(caller, &input, mask, description)?;
+        Ok((input, parts))
+    }
+
+    fn check<K: Resource>(
         caller: &'a Caller,
         input: &K::Message,
         mask: Option<&FieldMask>,
@@ -497,6 +537,17 @@ impl<'a> UpdateParts<'a> {
             paths,
         })
     }
+}
+
+/// Who creates a resource of kind `K` and why (the given description, or
+/// "<Kind> created"), and the new resource's id (a UUIDv7).
+pub fn creation<'a, K: Resource>(
+    caller: &'a Caller,
+    description: &str,
+) -> Result<(Write<'a>, String), Error> {
+    let default = format!("{} created", title(K::NAMES.kind));
+    let write = writer(caller, Action::Create, (description, &default))?;
+    Ok((write, uuid::Uuid::now_v7().to_string()))
 }
 
 /// A kind's name as a description starts it (`"Agent"`).

@@ -6,32 +6,16 @@ use proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
 use super::messages::check_agent_counts;
-use super::{Registry, Resource, UpdateParts, message, parts, required, writer};
-use crate::error::Error;
+use super::{Registry, Resource, UpdateParts, creation, message, parts, required};
 use crate::model::agent::{self, AgentSpec};
-use crate::model::version::Action;
 use crate::store::agents::Agents;
 use crate::store::versioned::{self, Record};
 
 impl Resource for Agents {
-    super::resource_messages!(pb::Agent, pb::AgentVersion);
-    const FIELD: &'static str = "agent";
-
-    fn id_and_etag(input: &pb::Agent) -> (&str, &str) {
-        (&input.id, &input.etag)
-    }
-
-    fn check_counts(input: &pb::Agent) -> Result<(), Error> {
-        check_agent_counts(input)
-    }
-
-    fn fields_set(input: &pb::Agent) -> Vec<String> {
-        AgentSpec::fields_set(input)
-    }
-
-    fn is_mask_path(path: &str) -> bool {
-        agent::is_mask_path(path)
-    }
+    super::resource_messages!(
+        pb::Agent, pb::AgentVersion, field "agent",
+        counts check_agent_counts, mask paths agent::is_mask_path
+    );
 }
 
 super::versioned_service! {
@@ -53,9 +37,7 @@ super::versioned_service! {
         let input = required("agent", request.agent)?;
         check_agent_counts(&input)?;
         let spec = AgentSpec::from_proto(&input)?;
-        let description = (request.change_description.as_str(), "Agent created");
-        let write = writer(&caller, Action::Create, description)?;
-        let id = uuid::Uuid::now_v7().to_string();
+        let (write, id) = creation::<Agents>(&caller, &request.change_description)?;
         tracing::Span::current().record("agent_id", &id);
         let record = versioned::create(&self.db, &Agents, write, id, spec).await?;
         Ok(Response::new(message::<Agents>(&record)))
@@ -67,14 +49,13 @@ super::versioned_service! {
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let (caller, request) = parts(request)?;
-        let input = required("agent", request.agent)?;
-        let mask = request.update_mask.as_ref();
-        let description = &request.change_description;
+        let (mask, description) = (request.update_mask.as_ref(), &request.change_description);
+        let (input, parts) = UpdateParts::of::<Agents>(&caller, request.agent, mask, description)?;
         let UpdateParts {
             write,
             expected,
             paths,
-        } = UpdateParts::check::<Agents>(&caller, &input, mask, description)?;
+        } = parts;
         let change = |current: &Record<AgentSpec>| match &paths {
             None => AgentSpec::from_proto(&input),
             Some(paths) => {

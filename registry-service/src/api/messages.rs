@@ -193,8 +193,10 @@ pub fn check_provider_counts(input: &pb::Provider) -> Result<(), Error> {
 
 impl AgentSpec {
     /// Every configuration field of `input`, unset ones at their defaults
-    /// (not yet validated).
-    pub fn draft(input: &pb::Agent) -> Self {
+    /// (not yet validated), and the fields a request without an update mask
+    /// sets: every optional field present, every non-empty string, list and
+    /// message.
+    fn draft_and_fields_set(input: &pb::Agent) -> (Self, Vec<String>) {
         let pb::Agent {
             // Resource metadata: the store sets it.
             id: _,
@@ -236,11 +238,49 @@ impl AgentSpec {
             date_format,
             embedder,
         } = input.clone();
+        let set = [
+            ("name", !name.is_empty()),
+            ("role", !role.is_empty()),
+            ("goal", !goal.is_empty()),
+            ("backstory", !backstory.is_empty()),
+            ("tools", !tools.is_empty()),
+            ("llm_provider_id", llm_provider_id.is_some()),
+            ("llm_overrides", llm_overrides.is_some()),
+            ("temperature", temperature.is_some()),
+            ("allow_delegation", allow_delegation.is_some()),
+            ("verbose", verbose.is_some()),
+            ("cache", cache.is_some()),
+            ("max_iter", max_iter.is_some()),
+            ("max_rpm", max_rpm.is_some()),
+            ("max_execution_time", max_execution_time.is_some()),
+            ("allow_code_execution", allow_code_execution.is_some()),
+            ("respect_context_window", respect_context_window.is_some()),
+            ("max_retry_limit", max_retry_limit.is_some()),
+            ("tool_config", !tool_config.is_empty()),
+            ("function_calling_llm", function_calling_llm.is_some()),
+            ("system_template", system_template.is_some()),
+            ("prompt_template", prompt_template.is_some()),
+            ("response_template", response_template.is_some()),
+            ("use_system_prompt", use_system_prompt.is_some()),
+            ("memory", memory.is_some()),
+            ("reasoning", reasoning.is_some()),
+            ("max_reasoning_attempts", max_reasoning_attempts.is_some()),
+            ("multimodal", multimodal.is_some()),
+            ("code_execution_mode", code_execution_mode != 0),
+            ("inject_date", inject_date.is_some()),
+            ("date_format", date_format.is_some()),
+            ("embedder", embedder.is_some()),
+        ];
+        let fields_set = set
+            .into_iter()
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| name.to_owned())
+            .collect();
         let code_execution_mode = match pb::CodeExecutionMode::try_from(code_execution_mode) {
             Ok(pb::CodeExecutionMode::Unsafe) => CodeExecutionMode::Unsafe,
             _ => CodeExecutionMode::Safe,
         };
-        Self {
+        let draft = Self {
             name,
             role,
             goal,
@@ -277,7 +317,14 @@ impl AgentSpec {
             inject_date: inject_date.unwrap_or_default(),
             date_format: date_format.unwrap_or_else(|| agent::DEFAULT_DATE_FORMAT.to_owned()),
             embedder: embedder.map(struct_json),
-        }
+        };
+        (draft, fields_set)
+    }
+
+    /// Every configuration field of `input`, unset ones at their defaults
+    /// (not yet validated).
+    pub fn draft(input: &pb::Agent) -> Self {
+        Self::draft_and_fields_set(input).0
     }
 
     /// A new agent from a create request (or an update with mask `*`).
@@ -285,86 +332,9 @@ impl AgentSpec {
         Self::draft(input).validated()
     }
 
-    /// The fields a request without an update mask sets: every optional
-    /// field present, every non-empty string, list and message.
+    /// The fields a request without an update mask sets.
     pub fn fields_set(input: &pb::Agent) -> Vec<String> {
-        let pb::Agent {
-            id: _,
-            version: _,
-            etag: _,
-            create_time: _,
-            update_time: _,
-            created_by: _,
-            updated_by: _,
-            name,
-            role,
-            goal,
-            backstory,
-            tools,
-            llm_provider_id,
-            llm_overrides,
-            temperature,
-            allow_delegation,
-            verbose,
-            cache,
-            max_iter,
-            max_rpm,
-            max_execution_time,
-            allow_code_execution,
-            respect_context_window,
-            max_retry_limit,
-            tool_config,
-            function_calling_llm,
-            system_template,
-            prompt_template,
-            response_template,
-            use_system_prompt,
-            memory,
-            reasoning,
-            max_reasoning_attempts,
-            multimodal,
-            code_execution_mode,
-            inject_date,
-            date_format,
-            embedder,
-        } = input;
-        let set = [
-            ("name", !name.is_empty()),
-            ("role", !role.is_empty()),
-            ("goal", !goal.is_empty()),
-            ("backstory", !backstory.is_empty()),
-            ("tools", !tools.is_empty()),
-            ("llm_provider_id", llm_provider_id.is_some()),
-            ("llm_overrides", llm_overrides.is_some()),
-            ("temperature", temperature.is_some()),
-            ("allow_delegation", allow_delegation.is_some()),
-            ("verbose", verbose.is_some()),
-            ("cache", cache.is_some()),
-            ("max_iter", max_iter.is_some()),
-            ("max_rpm", max_rpm.is_some()),
-            ("max_execution_time", max_execution_time.is_some()),
-            ("allow_code_execution", allow_code_execution.is_some()),
-            ("respect_context_window", respect_context_window.is_some()),
-            ("max_retry_limit", max_retry_limit.is_some()),
-            ("tool_config", !tool_config.is_empty()),
-            ("function_calling_llm", function_calling_llm.is_some()),
-            ("system_template", system_template.is_some()),
-            ("prompt_template", prompt_template.is_some()),
-            ("response_template", response_template.is_some()),
-            ("use_system_prompt", use_system_prompt.is_some()),
-            ("memory", memory.is_some()),
-            ("reasoning", reasoning.is_some()),
-            ("max_reasoning_attempts", max_reasoning_attempts.is_some()),
-            ("multimodal", multimodal.is_some()),
-            ("code_execution_mode", *code_execution_mode != 0),
-            ("inject_date", inject_date.is_some()),
-            ("date_format", date_format.is_some()),
-            ("embedder", embedder.is_some()),
-        ];
-        set.into_iter()
-            .filter(|(_, present)| *present)
-            .map(|(name, _)| name.to_owned())
-            .collect()
+        Self::draft_and_fields_set(input).1
     }
 
     /// Copies one update-mask path from `input`; an unset value resets the
@@ -507,6 +477,8 @@ impl ProviderKind {
 /// the plaintext key it carries.
 struct ProviderDraft {
     spec: ProviderSpec,
+    /// The fields a request without an update mask sets.
+    fields_set: Vec<String>,
     known_type: bool,
     api_key: zeroize::Zeroizing<String>,
 }
@@ -533,8 +505,23 @@ impl ProviderDraft {
             is_default,
             api_key,
         } = input.clone();
+        let set = [
+            ("name", !name.is_empty()),
+            ("provider_type", provider_type != 0),
+            ("model_name", !model_name.is_empty()),
+            ("base_url", !base_url.is_empty()),
+            ("api_version", api_version.is_some()),
+            ("default_parameters", default_parameters.is_some()),
+            ("is_default", is_default),
+            ("api_key", !api_key.is_empty()),
+        ];
         let kind = ProviderKind::from_proto(provider_type);
         Self {
+            fields_set: set
+                .into_iter()
+                .filter(|(_, present)| *present)
+                .map(|(name, _)| name.to_owned())
+                .collect(),
             spec: ProviderSpec {
                 name,
                 provider_type: kind.unwrap_or(ProviderKind::Openai),
@@ -609,39 +596,7 @@ impl ProviderSpec {
 
     /// The fields a request without an update mask sets.
     pub fn fields_set(input: &pb::Provider) -> Vec<String> {
-        let pb::Provider {
-            id: _,
-            version: _,
-            etag: _,
-            create_time: _,
-            update_time: _,
-            created_by: _,
-            updated_by: _,
-            api_key_set: _,
-            api_key_revision: _,
-            name,
-            provider_type,
-            model_name,
-            base_url,
-            api_version,
-            default_parameters,
-            is_default,
-            api_key,
-        } = input;
-        let set = [
-            ("name", !name.is_empty()),
-            ("provider_type", *provider_type != 0),
-            ("model_name", !model_name.is_empty()),
-            ("base_url", !base_url.is_empty()),
-            ("api_version", api_version.is_some()),
-            ("default_parameters", default_parameters.is_some()),
-            ("is_default", *is_default),
-            ("api_key", !api_key.is_empty()),
-        ];
-        set.into_iter()
-            .filter(|(_, present)| *present)
-            .map(|(name, _)| name.to_owned())
-            .collect()
+        ProviderDraft::of(input).fields_set
     }
 
     /// The message form, without resource metadata; never carries the key.

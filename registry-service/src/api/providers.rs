@@ -8,8 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::messages::check_provider_counts;
 use super::{
-    Registry, Resource, UpdateParts, describe_as, message, parts, require_id, require_version,
-    required, writer,
+    Registry, Resource, UpdateParts, creation, describe_as, message, parts, require_id,
+    require_version, required,
 };
 use crate::caller::Caller;
 use crate::error::Error;
@@ -20,25 +20,11 @@ use crate::store::providers::{self as store, Providers};
 use crate::store::versioned::{self, Record, Write};
 
 impl Resource for Providers {
-    super::resource_messages!(pb::Provider, pb::ProviderVersion);
-    const FIELD: &'static str = "provider";
-    const OUTPUT_ONLY: &'static [&'static str] = &["api_key_set", "api_key_revision"];
-
-    fn id_and_etag(input: &pb::Provider) -> (&str, &str) {
-        (&input.id, &input.etag)
-    }
-
-    fn check_counts(input: &pb::Provider) -> Result<(), Error> {
-        check_provider_counts(input)
-    }
-
-    fn fields_set(input: &pb::Provider) -> Vec<String> {
-        ProviderSpec::fields_set(input)
-    }
-
-    fn is_mask_path(path: &str) -> bool {
-        provider::is_mask_path(path)
-    }
+    super::resource_messages!(
+        pb::Provider, pb::ProviderVersion, field "provider",
+        counts check_provider_counts, mask paths provider::is_mask_path,
+        output only &["api_key_set", "api_key_revision"]
+    );
 
     /// A snapshot whose `base_url` is outside the allowed destinations is
     /// not restored.
@@ -118,9 +104,7 @@ super::versioned_service! {
         check_provider_counts(input)?;
         let input = ProviderSpec::from_proto(input)?;
         self.check_destination(&input.spec)?;
-        let description = (request.change_description.as_str(), "Provider created");
-        let write = writer(&caller, Action::Create, description)?;
-        let id = uuid::Uuid::now_v7().to_string();
+        let (write, id) = creation::<Providers>(&caller, &request.change_description)?;
         tracing::Span::current().record("provider_id", &id);
         let spec = self.seal_key(&caller, &id, input, None).await?;
         let kind = Providers::default();
@@ -134,14 +118,14 @@ super::versioned_service! {
         request: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
-        let input = required("provider", request.provider)?;
-        let mask = request.update_mask.as_ref();
-        let description = &request.change_description;
+        let (mask, description) = (request.update_mask.as_ref(), &request.change_description);
+        let (input, parts) =
+            UpdateParts::of::<Providers>(&caller, request.provider, mask, description)?;
         let UpdateParts {
             write,
             expected,
             paths,
-        } = UpdateParts::check::<Providers>(&caller, &input, mask, description)?;
+        } = parts;
 
         // Validate against the current row first, so a bad request never
         // reaches crypto-service; encrypt a new key once, outside the
