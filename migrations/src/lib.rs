@@ -24,6 +24,7 @@ pub mod entity;
 mod m20261126_000001_create_registry;
 mod m20261126_000002_key_canary;
 mod m20261206_000001_provider_key_revisions;
+mod m20261206_000002_agent_version_provider;
 
 use sea_orm_migration::sea_orm::ConnectionTrait;
 pub use sea_orm_migration::{DbErr, MigrationStatus, MigrationTrait, MigratorTrait};
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000001_create_registry::Migration),
             Box::new(m20261126_000002_key_canary::Migration),
             Box::new(m20261206_000001_provider_key_revisions::Migration),
+            Box::new(m20261206_000002_agent_version_provider::Migration),
         ]
     }
 }

@@ -289,6 +289,8 @@ fn new_agent_version(agent_id: &str, tenant: &str, number: i64) -> agent_version
         change_description: Set(String::new()),
         changed_by: Set("alice".to_owned()),
         create_time: Set(at(number)),
+        provider_id: Set(None),
+        provider_version: Set(None),
     }
 }
 
@@ -975,7 +977,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
         [
             "m20261126_000001_create_registry",
             "m20261126_000002_key_canary",
-            "m20261206_000001_provider_key_revisions"
+            "m20261206_000001_provider_key_revisions",
+            "m20261206_000002_agent_version_provider"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -1358,7 +1358,11 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         "{output}"
     );
     assert!(
-        output.contains("pending m20261206_000001_provider_key_revisions"),
+        output.contains("applied m20261206_000001_provider_key_revisions"),
+        "{output}"
+    );
+    assert!(
+        output.contains("pending m20261206_000002_agent_version_provider"),
         "down reverts the newest: {output}"
     );
     database.drop_database().await;

@@ -31,6 +31,13 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub changed_by: String,
     pub create_time: DateTimeUtc,
+    /// The provider the agent resolved to when this version was written
+    /// (assigned or the tenant's default), and that provider's version;
+    /// `None` on rows written before they were recorded, or when there was
+    /// none.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub provider_id: Option<String>,
+    pub provider_version: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

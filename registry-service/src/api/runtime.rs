@@ -11,10 +11,13 @@ use super::{Registry, require_id, require_version};
 use super::{etag, timestamp};
 use crate::caller::Caller;
 use crate::error::Error;
+use crate::model::Snapshot;
 use crate::model::agent::AgentSpec;
 use crate::model::params::ModelParams;
-use crate::store::agents::{self as agent_store, Agents};
+use crate::model::provider::ProviderSpec;
+use crate::store::agents::{self as agent_store, Agents, ProviderAt};
 use crate::store::providers::{self as provider_store, ProviderRecord, Providers};
+use crate::store::versioned::{self, Record};
 
 /// Temperature when neither the agent nor its provider sets one.
 pub const FALLBACK_TEMPERATURE: f64 = 0.7;
@@ -50,10 +53,14 @@ impl RuntimeService for Registry {
                 (current, spec, version, provider)
             }
             Some(number) => {
-                let (current, spec) =
+                let (current, spec, ran_on) =
                     agent_store::spec_at(&self.db, &caller.tenant, &request.agent_id, number)
                         .await?;
-                (current, spec, number, None)
+                let provider = match ran_on {
+                    Some(at) => Some(self.provider_as_of(&caller.tenant, &at).await?),
+                    None => None,
+                };
+                (current, spec, number, provider)
             }
         };
         let provider = match provider {
@@ -122,17 +129,9 @@ impl Registry {
     /// The agent's assigned provider, or the tenant's default one.
     async fn provider_for(&self, tenant: &str, spec: &AgentSpec) -> Result<ProviderRecord, Error> {
         match &spec.llm_provider_id {
-            Some(id) => {
-                provider_store::get(&self.db, tenant, id)
-                    .await
-                    .map_err(|error| match error {
-                        Error::NotFound { .. } => Error::precondition(
-                            "PROVIDER_NOT_FOUND",
-                            format!("the agent's provider {id:?} no longer exists"),
-                        ),
-                        other => other,
-                    })
-            }
+            Some(id) => provider_store::get(&self.db, tenant, id)
+                .await
+                .map_err(|error| provider_gone(error, id)),
             None => provider_store::default_of(&self.db, tenant)
                 .await?
                 .ok_or_else(|| {
@@ -142,6 +141,62 @@ impl Registry {
                     )
                 }),
         }
+    }
+}
+
+impl Registry {
+    /// The provider an agent version was written against, as it was then
+    /// (its configuration at `at.version`) with its key as it is now: the
+    /// current, non-revoked key, never an older one. A key is bound to where
+    /// it is sent, so when the provider's destination (`base_url`,
+    /// `provider_type`) changed since, the current key is not sent to the
+    /// old one: FAILED_PRECONDITION `DESTINATION_CHANGED`.
+    async fn provider_as_of(&self, tenant: &str, at: &ProviderAt) -> Result<ProviderRecord, Error> {
+        let now = provider_store::get(&self.db, tenant, &at.id)
+            .await
+            .map_err(|error| provider_gone(error, &at.id))?;
+        if now.version == at.version {
+            return Ok(now);
+        }
+        let then =
+            versioned::get_version::<Providers>(&self.db, tenant, &at.id, at.version).await?;
+        let spec = ProviderSpec::from_json(&then.configuration)?;
+        let moved =
+            spec.base_url != now.spec.base_url || spec.provider_type != now.spec.provider_type;
+        if now.spec.api_key.is_some() && moved {
+            return Err(Error::precondition(
+                "DESTINATION_CHANGED",
+                format!(
+                    "this agent version ran on provider {:?} at its version {}, whose base_url \
+                     or provider_type differs from the provider's now; the current key is not \
+                     sent to the old destination: resolve the current agent version, or roll \
+                     the provider back",
+                    at.id, at.version
+                ),
+            ));
+        }
+        Ok(Record {
+            spec: ProviderSpec {
+                api_key: now.spec.api_key.clone(),
+                api_key_revision: now.spec.api_key_revision,
+                ..spec
+            },
+            version: at.version,
+            update_time: then.create_time,
+            updated_by: then.changed_by,
+            ..now
+        })
+    }
+}
+
+/// FAILED_PRECONDITION for an agent's provider that no longer exists.
+fn provider_gone(error: Error, id: &str) -> Error {
+    match error {
+        Error::NotFound { .. } => Error::precondition(
+            "PROVIDER_NOT_FOUND",
+            format!("the agent's provider {id:?} no longer exists"),
+        ),
+        other => other,
     }
 }
 

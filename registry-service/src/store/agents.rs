@@ -63,6 +63,28 @@ impl Kind for Agents {
         })
     }
 
+    /// The provider the agent resolves to as the version is written — the
+    /// assigned one, or the tenant's default — and that provider's
+    /// version, read by the version row's insert itself.
+    fn version_columns(tenant: &str, spec: &AgentSpec) -> Vec<(&'static str, SimpleExpr)> {
+        let resolved = |column: provider::Column| {
+            let mut query = Query::select();
+            query
+                .column(column)
+                .from(provider::Entity)
+                .and_where(provider::Column::TenantId.eq(tenant));
+            match &spec.llm_provider_id {
+                Some(id) => query.and_where(provider::Column::Id.eq(id.clone())),
+                None => query.and_where(provider::Column::IsDefault.eq(true)),
+            };
+            SimpleExpr::SubQuery(None, Box::new(query.into()))
+        };
+        vec![
+            ("provider_id", resolved(provider::Column::Id)),
+            ("provider_version", resolved(provider::Column::Version)),
+        ]
+    }
+
     fn recent<'s>(&self, store: &'s Store) -> Option<&'s Recent<AgentSpec>> {
         Some(store.recent_agents())
     }
@@ -181,18 +203,40 @@ impl sea_orm::FromQueryResult for ProviderRow {
     }
 }
 
+/// The provider an agent version ran on: its id and the version it had
+/// when the agent version was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderAt {
+    pub id: String,
+    pub version: i64,
+}
+
 /// Used by the runtime: the agent snapshot at `number`, with the current
-/// record.
+/// record and the provider that version was written against (`None` for
+/// versions written before that was recorded, or without a provider).
 pub async fn spec_at(
     db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
     number: i64,
-) -> Result<(AgentRecord, AgentSpec), Error> {
+) -> Result<(AgentRecord, AgentSpec, Option<ProviderAt>), Error> {
     let current = get(db, tenant, id).await?;
     let version = versioned::get_version::<Agents>(db, tenant, id, number).await?;
     let spec = AgentSpec::from_json(&version.configuration)?;
-    Ok((current, spec))
+    let recorded = agent_version::Entity::find()
+        .filter(agent_version::Column::AgentId.eq(id))
+        .filter(agent_version::Column::TenantId.eq(tenant))
+        .filter(agent_version::Column::VersionNumber.eq(number))
+        .all(db)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .next()
+        .and_then(|row| match (row.provider_id, row.provider_version) {
+            (Some(id), Some(version)) => Some(ProviderAt { id, version }),
+            _ => None,
+        });
+    Ok((current, spec, recorded))
 }
 
 fn provider_not_found(provider_id: &str) -> Error {

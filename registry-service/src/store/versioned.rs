@@ -130,6 +130,11 @@ pub trait Kind: Sync {
     ) -> Result<Vec<(&'static str, SimpleExpr)>, Error>;
     /// What a failed write of `spec` means.
     fn clash(&self, error: DbErr, spec: &Self::Spec) -> Clash;
+    /// The kind's own columns of a version row of `spec` in `tenant` (each
+    /// a value, or a subquery the row's insert evaluates as it writes).
+    fn version_columns(_tenant: &str, _spec: &Self::Spec) -> Vec<(&'static str, SimpleExpr)> {
+        Vec::new()
+    }
 
     /// The records this process wrote last, when the kind keeps them.
     fn recent<'s>(&self, _store: &'s Store) -> Option<&'s Recent<Self::Spec>> {
@@ -932,9 +937,10 @@ impl<K: Kind> Next<K> {
             .to_owned()
     }
 
-    /// The version row that records this version as written by `write`.
+    /// The version row that records this version as written by `write`,
+    /// with the kind's own columns.
     fn version_row(&self, write: &Write<'_>) -> Vec<(Alias, SimpleExpr)> {
-        version_row(
+        let mut row = version_row(
             K::NAMES.owner,
             write,
             &self.record.id,
@@ -942,7 +948,13 @@ impl<K: Kind> Next<K> {
             self.snapshot.clone(),
             self.diff.clone(),
             self.record.update_time,
-        )
+        );
+        let own = K::version_columns(&write.caller.tenant, &self.record.spec);
+        row.extend(
+            own.into_iter()
+                .map(|(name, value)| (Alias::new(name), value)),
+        );
+        row
     }
 }
 
