@@ -21,6 +21,7 @@ mod abuse;
 mod compare;
 mod pair;
 mod registry;
+mod resolve;
 mod rewrap;
 mod soak;
 mod stats;
@@ -72,6 +73,9 @@ enum Command {
     /// Issue 15's attacks at the message-size limit: server CPU per
     /// request, Health/Check latency meanwhile, RSS and `/metrics` size.
     Abuse(abuse::AbuseArgs),
+    /// ResolveAgent: a full resolution against a `not_modified`
+    /// re-resolution with the last answer's etag, alternating rounds.
+    Resolve(resolve::ResolveArgs),
     /// Side-by-side table of `bench registry` runs and the peer's
     /// measure.py runs (median run of each side).
     Compare(compare::CompareArgs),
@@ -91,6 +95,7 @@ async fn main() {
         Command::Compare(args) => compare::run(&args),
         Command::Soak(args) => soak::run(args).await,
         Command::Abuse(args) => abuse::run(args).await,
+        Command::Resolve(args) => resolve::run(args).await,
     }
 }
 
