@@ -87,6 +87,21 @@ impl From<ModelParams> for pb::ModelParameters {
     }
 }
 
+/// Each field of a message and whether a request without an update mask
+/// sets it (names allocated only when asked for).
+struct FieldsSet<const N: usize>([(&'static str, bool); N]);
+
+impl<const N: usize> FieldsSet<N> {
+    /// The names of the fields set, in message order.
+    fn names(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| (*name).to_owned())
+            .collect()
+    }
+}
+
 /// Parameters as a message field: unset when empty.
 fn params_message(params: &ModelParams) -> Option<pb::ModelParameters> {
     (!params.is_empty()).then(|| params.clone().into())
@@ -196,7 +211,7 @@ impl AgentSpec {
     /// (not yet validated), and the fields a request without an update mask
     /// sets: every optional field present, every non-empty string, list and
     /// message.
-    fn draft_and_fields_set(input: &pb::Agent) -> (Self, Vec<String>) {
+    fn draft_and_fields_set(input: &pb::Agent) -> (Self, FieldsSet<31>) {
         let pb::Agent {
             // Resource metadata: the store sets it.
             id: _,
@@ -271,11 +286,7 @@ impl AgentSpec {
             ("date_format", date_format.is_some()),
             ("embedder", embedder.is_some()),
         ];
-        let fields_set = set
-            .into_iter()
-            .filter(|(_, present)| *present)
-            .map(|(name, _)| name.to_owned())
-            .collect();
+        let fields_set = FieldsSet(set);
         let code_execution_mode = match pb::CodeExecutionMode::try_from(code_execution_mode) {
             Ok(pb::CodeExecutionMode::Unsafe) => CodeExecutionMode::Unsafe,
             _ => CodeExecutionMode::Safe,
@@ -334,7 +345,7 @@ impl AgentSpec {
 
     /// The fields a request without an update mask sets.
     pub fn fields_set(input: &pb::Agent) -> Vec<String> {
-        Self::draft_and_fields_set(input).1
+        Self::draft_and_fields_set(input).1.names()
     }
 
     /// Copies one update-mask path from `input`; an unset value resets the
@@ -478,7 +489,7 @@ impl ProviderKind {
 struct ProviderDraft {
     spec: ProviderSpec,
     /// The fields a request without an update mask sets.
-    fields_set: Vec<String>,
+    fields_set: FieldsSet<8>,
     known_type: bool,
     api_key: zeroize::Zeroizing<String>,
 }
@@ -517,11 +528,7 @@ impl ProviderDraft {
         ];
         let kind = ProviderKind::from_proto(provider_type);
         Self {
-            fields_set: set
-                .into_iter()
-                .filter(|(_, present)| *present)
-                .map(|(name, _)| name.to_owned())
-                .collect(),
+            fields_set: FieldsSet(set),
             spec: ProviderSpec {
                 name,
                 provider_type: kind.unwrap_or(ProviderKind::Openai),
@@ -596,7 +603,7 @@ impl ProviderSpec {
 
     /// The fields a request without an update mask sets.
     pub fn fields_set(input: &pb::Provider) -> Vec<String> {
-        ProviderDraft::of(input).fields_set
+        ProviderDraft::of(input).fields_set.names()
     }
 
     /// The message form, without resource metadata; never carries the key.

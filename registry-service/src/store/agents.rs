@@ -79,8 +79,14 @@ impl Kind for Agents {
             };
             SimpleExpr::SubQuery(None, Box::new(query.into()))
         };
+        // An assigned provider's id is known: only its version is looked up
+        // (the assignment's foreign key guarantees the row).
+        let provider_id = match &spec.llm_provider_id {
+            Some(id) => val(id.clone()),
+            None => resolved(provider::Column::Id),
+        };
         vec![
-            ("provider_id", resolved(provider::Column::Id)),
+            ("provider_id", provider_id),
             ("provider_version", resolved(provider::Column::Version)),
         ]
     }
