@@ -142,9 +142,7 @@ impl Registry {
                 }),
         }
     }
-}
 
-impl Registry {
     /// The provider an agent version was written against, as it was then
     /// (its configuration at `at.version`) with its key as it is now: the
     /// current, non-revoked key, never an older one. A key is bound to where
