@@ -455,3 +455,12 @@ pub async fn start_crypto_as_given(launch: Launch) -> Process {
     }
     Process::start(&binary("crypto-service"), launch, "crypto-service serving").await
 }
+
+/// The value of the sample `series` (its name and labels, exactly as a
+/// Prometheus text exposition writes them) in `exposition`; 0 when absent.
+pub fn metric_value(exposition: &str, series: &str) -> u64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}

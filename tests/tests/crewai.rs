@@ -280,6 +280,26 @@ async fn every_crewai_setting_is_defaulted_stored_diffed_and_rolled_back() {
     stack.finish().await;
 }
 
+/// The fields a create of `agent` is refused for: INVALID_ARGUMENT with a
+/// BadRequest, one violation per field, in the order given.
+async fn refused_fields(client: &mut AgentServiceClient<Authed>, agent: pb::Agent) -> Vec<String> {
+    let status = client
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent),
+            change_description: String::new(),
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .expect("BadRequest")
+        .field_violations
+        .into_iter()
+        .map(|v| v.field)
+        .collect()
+}
+
 #[tokio::test]
 async fn bad_crewai_settings_are_refused_one_violation_per_field_and_write_nothing() {
     let stack = Stack::start().await;
@@ -312,21 +332,7 @@ async fn bad_crewai_settings_are_refused_one_violation_per_field_and_write_nothi
         embedder: Some(deep),
         ..minimal("bad")
     };
-    let status = client
-        .create_agent(pb::CreateAgentRequest {
-            agent: Some(bad),
-            change_description: String::new(),
-        })
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let fields: BTreeSet<String> = status
-        .get_details_bad_request()
-        .expect("BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let fields: BTreeSet<String> = refused_fields(&mut client, bad).await.into_iter().collect();
     let expected: BTreeSet<String> = [
         "agent.tool_config[\"unlisted\"]",
         "agent.tool_config[\"scrape\"]",
@@ -342,48 +348,22 @@ async fn bad_crewai_settings_are_refused_one_violation_per_field_and_write_nothi
     assert_eq!(fields, expected);
 
     // A number JSON cannot hold is refused before anything else looks.
-    let status = client
-        .create_agent(pb::CreateAgentRequest {
-            agent: Some(pb::Agent {
-                embedder: Some(not_a_number),
-                ..minimal("nan")
-            }),
-            change_description: String::new(),
-        })
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .expect("BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let nan = pb::Agent {
+        embedder: Some(not_a_number),
+        ..minimal("nan")
+    };
+    let fields = refused_fields(&mut client, nan).await;
     assert_eq!(fields, ["agent.embedder"]);
 
     // More tool settings than any agent may list: refused by count.
     let many = (0..65)
         .map(|i| (format!("tool-{i}"), Struct::default()))
         .collect();
-    let status = client
-        .create_agent(pb::CreateAgentRequest {
-            agent: Some(pb::Agent {
-                tool_config: many,
-                ..minimal("many")
-            }),
-            change_description: String::new(),
-        })
-        .await
-        .expect_err("refused");
-    assert_eq!(status.code(), Code::InvalidArgument);
-    let fields: Vec<String> = status
-        .get_details_bad_request()
-        .expect("BadRequest")
-        .field_violations
-        .into_iter()
-        .map(|v| v.field)
-        .collect();
+    let too_many = pb::Agent {
+        tool_config: many,
+        ..minimal("many")
+    };
+    let fields = refused_fields(&mut client, too_many).await;
     assert_eq!(fields, ["agent.tool_config"]);
 
     assert_eq!(stack.database.count("SELECT count(*) FROM agents").await, 0);

@@ -135,7 +135,7 @@ async fn a_browser_page_on_an_allowed_origin_lists_agents_through_grpc_web() {
     );
     let metrics = registry_metrics(&stack).await;
     assert_eq!(
-        counter(
+        tests::metric_value(
             &metrics,
             r#"grpc_server_handled_total{grpc_type="unary",grpc_service="agentregistry.v1.AgentService",grpc_method="ListAgents",grpc_code="OK"}"#
         ),
@@ -482,14 +482,6 @@ async fn registry_metrics(stack: &Stack) -> String {
         .log_field("metrics serving", "listen")
         .expect("the registry serves metrics");
     http_get(&address, "/metrics").await
-}
-
-/// The value of the sample `series` (its name and labels, exactly).
-fn counter(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// A local HTTP server on an origin of its own (its own port) that serves

@@ -16,10 +16,8 @@ use tonic::Code;
 /// Decrypts crypto-service has answered, from its `/metrics`.
 async fn decrypts(metrics: &str) -> u64 {
     let body = http_get(metrics, "/metrics").await;
-    let series = r#"grpc_server_handled_total{grpc_type="unary",grpc_service="agentregistry.crypto.v1.CryptoService",grpc_method="Decrypt",grpc_code="OK"} "#;
-    body.lines()
-        .find_map(|line| line.strip_prefix(series))
-        .map_or(0, |n| n.trim().parse().expect("a count"))
+    let series = r#"grpc_server_handled_total{grpc_type="unary",grpc_service="agentregistry.crypto.v1.CryptoService",grpc_method="Decrypt",grpc_code="OK"}"#;
+    tests::metric_value(&body, series)
 }
 
 async fn resolve(
