@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use futures_util::FutureExt as _;
 use migrations::entity::{
-    ProviderType, VersionAction, agent, agent_version, provider, provider_version,
+    ProviderType, VersionAction, agent, agent_version, change, provider, provider_version,
+    tenant_revision,
 };
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::prelude::DateTimeUtc;
@@ -201,6 +202,7 @@ on_both_backends!(
     check_constraints_reject_unknown_enum_values,
     entities_round_trip_every_column,
     down_drops_every_table_and_up_applies_again,
+    version_rows_record_their_change_with_the_tenants_next_revision,
 );
 
 // ---------------------------------------------------------------------------
@@ -211,13 +213,15 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 8] = [
     "agent_versions",
     "agents",
+    "changes",
     "key_canary",
     "provider_key_revisions",
     "provider_versions",
     "providers",
+    "tenant_revisions",
 ];
 const INDEXES: [&str; 8] = [
     "ix_agents_llm_provider_id",
@@ -963,6 +967,94 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
     );
 }
 
+/// Each version row, of any kind, appends a change with its tenant's next
+/// revision (1, 2, 3 … per tenant), its number, action and author; a
+/// version row refused by a constraint appends nothing.
+async fn version_rows_record_their_change_with_the_tenants_next_revision(db: DatabaseConnection) {
+    up(&db).await;
+    new_provider("p1", T1, "openai", false)
+        .insert(&db)
+        .await
+        .expect("provider");
+    new_agent("a1", T1, "analyst", None)
+        .insert(&db)
+        .await
+        .expect("agent");
+    new_agent("a2", T2, "analyst", None)
+        .insert(&db)
+        .await
+        .expect("agent of another tenant");
+    new_agent_version("a1", T1, 1)
+        .insert(&db)
+        .await
+        .expect("v1");
+    new_provider_version("p1", T1, 1)
+        .insert(&db)
+        .await
+        .expect("provider v1");
+    new_agent_version("a2", T2, 1)
+        .insert(&db)
+        .await
+        .expect("other tenant's v1");
+    new_agent_version("a1", T1, 2)
+        .insert(&db)
+        .await
+        .expect("v2");
+    new_agent_version("a1", T1, 2)
+        .insert(&db)
+        .await
+        .expect_err("a duplicate version number is refused");
+
+    let logged: Vec<(String, i64, String, String, i64, String, String)> = change::Entity::find()
+        .order_by_asc(change::Column::TenantId)
+        .order_by_asc(change::Column::Revision)
+        .all(&db)
+        .await
+        .expect("changes")
+        .into_iter()
+        .map(|c| {
+            (
+                c.tenant_id,
+                c.revision,
+                c.kind,
+                c.resource_id,
+                c.version_number,
+                c.action,
+                c.changed_by,
+            )
+        })
+        .collect();
+    let row = |tenant: &str, revision, kind: &str, id: &str, version, action: &str| {
+        (
+            tenant.to_owned(),
+            revision,
+            kind.to_owned(),
+            id.to_owned(),
+            version,
+            action.to_owned(),
+            "alice".to_owned(),
+        )
+    };
+    assert_eq!(
+        logged,
+        [
+            row(T1, 1, "AGENT", "a1", 1, "CREATE"),
+            row(T1, 2, "PROVIDER", "p1", 1, "CREATE"),
+            row(T1, 3, "AGENT", "a1", 2, "UPDATE"),
+            row(T2, 1, "AGENT", "a2", 1, "CREATE"),
+        ]
+    );
+    let heads: Vec<(String, i64)> = tenant_revision::Entity::find()
+        .order_by_asc(tenant_revision::Column::TenantId)
+        .all(&db)
+        .await
+        .expect("tenant revisions")
+        .into_iter()
+        .map(|t| (t.tenant_id, t.revision))
+        .collect();
+    assert_eq!(heads, [(T1.to_owned(), 3), (T2.to_owned(), 1)]);
+}
+
 async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
     let names = |status: &[(String, bool)]| -> Vec<String> {
         status.iter().map(|(name, _)| name.clone()).collect()
@@ -978,7 +1070,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261126_000001_create_registry",
             "m20261126_000002_key_canary",
             "m20261206_000001_provider_key_revisions",
-            "m20261206_000002_agent_version_provider"
+            "m20261206_000002_agent_version_provider",
+            "m20261207_000003_change_log"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

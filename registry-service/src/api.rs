@@ -6,6 +6,7 @@ pub mod keys;
 pub mod messages;
 pub mod providers;
 pub mod runtime;
+pub mod watch;
 
 use prost_types::{FieldMask, Timestamp};
 use proto::v1 as pb;
@@ -30,6 +31,8 @@ pub struct Registry {
     pub crypto: Crypto,
     /// Where provider keys may be sent.
     pub destinations: std::sync::Arc<Destinations>,
+    /// The change feed WatchChanges streams from.
+    pub feed: crate::watch::Feed,
 }
 
 /// The most paths an update mask may hold: every field of the largest kind
@@ -674,7 +677,7 @@ impl Registry {
     ) -> Result<(), Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
-        versioned::delete(&self.db, kind, &caller.tenant, id, expected).await
+        versioned::delete(&self.db, kind, caller, id, expected).await
     }
 
     /// Rollback: resource `id` (in field `field`) back to version `number`.

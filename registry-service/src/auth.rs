@@ -41,7 +41,7 @@ pub enum Role {
     Editor,
     /// Everything but ResolveAgent, including every provider write.
     Admin,
-    /// Only ResolveAgent.
+    /// Only ResolveAgent and WatchChanges.
     Runtime,
     /// Key operations over every tenant (rewrap, retire, global key
     /// status). Not a tenant role: held only by the token subjects the
@@ -79,6 +79,8 @@ const READERS: &[Role] = &[Role::Viewer, Role::Editor, Role::Admin];
 const EDITORS: &[Role] = &[Role::Editor, Role::Admin];
 const ADMINS: &[Role] = &[Role::Admin];
 const RUNTIME: &[Role] = &[Role::Runtime];
+/// Every tenant role: a change stream says what changed, never a secret.
+const WATCHERS: &[Role] = &[Role::Viewer, Role::Editor, Role::Admin, Role::Runtime];
 const OPERATORS: &[Role] = &[Role::PlatformOperator];
 /// Tenant admins see their own tenant's key counts; operators see all.
 const KEY_READERS: &[Role] = &[Role::Admin, Role::PlatformOperator];
@@ -112,6 +114,7 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
             | "RevokeProviderKey",
         ) => ADMINS,
         ("agentregistry.v1.RuntimeService", "ResolveAgent") => RUNTIME,
+        ("agentregistry.v1.WatchService", "WatchChanges") => WATCHERS,
         ("agentregistry.v1.KeyService", "GetKeyStatus") => KEY_READERS,
         ("agentregistry.v1.KeyService", "RewrapCredentials" | "RetireKeyVersion") => OPERATORS,
         _ => return None,

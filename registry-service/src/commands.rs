@@ -107,12 +107,14 @@ async fn serve(args: &Args) -> Result<(), Error> {
         })?),
         None => None,
     };
+    let db = store::Store::new(
+        db,
+        &registry_metrics,
+        (settings.recent_agents, settings.recent_agents_bytes),
+    );
     let registry = Registry {
-        db: store::Store::new(
-            db,
-            &registry_metrics,
-            (settings.recent_agents, settings.recent_agents_bytes),
-        ),
+        feed: crate::watch::Feed::new(db.clone(), settings.watch.clone()),
+        db,
         crypto,
         destinations: Arc::new(settings.destinations.clone()),
     };

@@ -237,6 +237,29 @@ pub struct ServeArgs {
     /// estimate of what each holds); 0 turns the cache off.
     #[arg(long, env = "REGISTRY_RECENT_AGENTS_BYTES", default_value_t = 32 << 20)]
     pub recent_agents_bytes: usize,
+    /// Changes one WatchChanges stream may fall behind by before it is
+    /// ended with RESOURCE_EXHAUSTED (the caller resumes from its last
+    /// revision). The buffer is shared by a tenant's streams.
+    #[arg(long, env = "REGISTRY_WATCH_BUFFER", default_value_t = 1024)]
+    pub watch_buffer: usize,
+    /// Most WatchChanges streams open at once on this server; more are
+    /// refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "REGISTRY_WATCH_MAX_STREAMS", default_value_t = 10_000)]
+    pub watch_max_streams: usize,
+    /// Changes kept per tenant for WatchChanges to replay (its last
+    /// revisions); older ones are compacted away, and a watch from before
+    /// them answers OUT_OF_RANGE.
+    #[arg(long, env = "REGISTRY_WATCH_HISTORY", default_value_t = 100_000)]
+    pub watch_history: i64,
+    /// Seconds between compactions of the change log.
+    #[arg(long, env = "REGISTRY_WATCH_COMPACTION_SECONDS", default_value_t = 60)]
+    pub watch_compaction_seconds: u64,
+    /// Milliseconds between looks at the change log of every watched
+    /// tenant, besides the wake-up of each write through this process and
+    /// PostgreSQL's notifications: the bound on a change's delay if a
+    /// notification is lost.
+    #[arg(long, env = "REGISTRY_WATCH_POLL_MILLISECONDS", default_value_t = 1000)]
+    pub watch_poll_milliseconds: u64,
     /// Token subjects (`sub`) that may act as platform operators: only a
     /// token of one of them holds the `platform-operator` role it claims.
     /// Key operations (rewrap, retire, every tenant's key status) need it.
@@ -623,6 +646,7 @@ pub struct Settings {
     pub health_interval: Duration,
     pub recent_agents: usize,
     pub recent_agents_bytes: usize,
+    pub watch: crate::watch::WatchSettings,
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
     pub grpc_web_allowed_origins: crate::cors::AllowedOrigins,
@@ -722,6 +746,26 @@ impl ServeArgs {
             )?),
             recent_agents: self.recent_agents,
             recent_agents_bytes: self.recent_agents_bytes,
+            watch: crate::watch::WatchSettings {
+                buffer: within(
+                    "REGISTRY_WATCH_BUFFER",
+                    self.watch_buffer,
+                    1,
+                    crate::watch::MAX_BUFFER,
+                )?,
+                max_streams: self.watch_max_streams,
+                history: at_least("REGISTRY_WATCH_HISTORY", self.watch_history, 1)?,
+                compaction_interval: Duration::from_secs(at_least(
+                    "REGISTRY_WATCH_COMPACTION_SECONDS",
+                    self.watch_compaction_seconds,
+                    1,
+                )?),
+                poll_interval: Duration::from_millis(at_least(
+                    "REGISTRY_WATCH_POLL_MILLISECONDS",
+                    self.watch_poll_milliseconds,
+                    10,
+                )?),
+            },
             platform_operator_subjects: self
                 .platform_operator_subjects
                 .iter()
@@ -872,4 +916,18 @@ fn at_least<T: PartialOrd + std::fmt::Display>(
         return Err(Error::config(setting, format!("must be at least {min}")));
     }
     Ok(value)
+}
+
+/// `value` when it is within `min..=max`; otherwise refused (never
+/// clamped).
+fn within<T: PartialOrd + std::fmt::Display>(
+    setting: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, Error> {
+    if value > max {
+        return Err(Error::config(setting, format!("must be at most {max}")));
+    }
+    at_least(setting, value, min)
 }

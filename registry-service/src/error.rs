@@ -62,6 +62,18 @@ pub enum Error {
         /// Logged, never sent.
         detail: String,
     },
+    /// A revision outside what is kept (a watch from before the oldest
+    /// kept change, or after the newest).
+    #[error("{0}")]
+    OutOfRange(String),
+    /// A server-wide bound was reached (open watch streams), or a watch
+    /// fell too far behind; retryable.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// This server is shutting down; retryable (on another replica, or
+    /// once it is back).
+    #[error("{0}")]
+    ShuttingDown(String),
     /// A bug or an unexpected dependency answer; logged, sent generically.
     #[error("internal error: {0}")]
     Internal(String),
@@ -268,6 +280,21 @@ impl From<Error> for Status {
                     format!("{dependency} unavailable; retry later"),
                     details,
                 )
+            }
+            Error::OutOfRange(_) => Status::with_error_details(
+                Code::OutOfRange,
+                message,
+                info("REVISION_OUT_OF_RANGE", vec![]),
+            ),
+            Error::ResourceExhausted(_) => {
+                let mut details = info("RESOURCE_EXHAUSTED", vec![]);
+                details.set_retry_info(Some(RETRY_DELAY));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            Error::ShuttingDown(_) => {
+                let mut details = info("SHUTTING_DOWN", vec![]);
+                details.set_retry_info(Some(RETRY_DELAY));
+                Status::with_error_details(Code::Unavailable, message, details)
             }
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");

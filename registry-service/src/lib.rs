@@ -20,5 +20,6 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod verify;
+pub mod watch;
 
 pub use error::Error;

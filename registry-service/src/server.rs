@@ -15,6 +15,7 @@ use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::key_service_server::KeyServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
 use proto::v1::runtime_service_server::RuntimeServiceServer;
+use proto::v1::watch_service_server::WatchServiceServer;
 use tokio::net::TcpListener;
 
 use crate::api::Registry;
@@ -26,11 +27,12 @@ use crate::telemetry::RegistryMetrics;
 use ops::metrics::Metrics;
 
 /// The service names health checks and reflection know.
-pub const SERVICE_NAMES: [&str; 4] = [
+pub const SERVICE_NAMES: [&str; 5] = [
     "agentregistry.v1.AgentService",
     "agentregistry.v1.ProviderService",
     "agentregistry.v1.RuntimeService",
     "agentregistry.v1.KeyService",
+    "agentregistry.v1.WatchService",
 ];
 
 /// Where the registry serves.
@@ -90,7 +92,8 @@ pub async fn serve(
         .add_service(AgentServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(ProviderServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(RuntimeServiceServer::new(registry.clone()).max_decoding_message_size(limit))
-        .add_service(KeyServiceServer::new(registry.clone()).max_decoding_message_size(limit));
+        .add_service(KeyServiceServer::new(registry.clone()).max_decoding_message_size(limit))
+        .add_service(WatchServiceServer::new(registry.clone()).max_decoding_message_size(limit));
 
     health.set(ops::LIVENESS, ServingStatus::Serving);
     // Not ready until the first dependency check has passed.
@@ -142,11 +145,15 @@ pub async fn serve(
             ))
         }
     };
+    let feed = tokio::spawn(registry.feed.clone().run());
     // The dependency check stops before readiness flips for the drain, so
-    // it cannot flip it back.
+    // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
+    // caller resumes elsewhere): they would otherwise hold the drain to its
+    // deadline.
     let shutdown = async {
         shutdown.await;
         watcher.abort();
+        registry.feed.shut_down();
     };
     ops::shutdown::serve_and_drain(
         server,
@@ -160,6 +167,7 @@ pub async fn serve(
     .map_err(|e| Error::Internal(format!("server: {e}")))?;
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
+    feed.abort();
     tracing::info!("registry-service stopped");
     Ok(())
 }

@@ -27,6 +27,7 @@
 //! transaction it stays bound.
 
 pub mod agents;
+pub mod changes;
 mod group_commit;
 pub mod keys;
 pub mod providers;
@@ -54,6 +55,7 @@ use crate::error::Error;
 use crate::model::agent::AgentSpec;
 use crate::model::version::{self, Change};
 use crate::telemetry::RegistryMetrics;
+use changes::ChangeSignal;
 use group_commit::GroupCommit;
 use recent::Recent;
 use sqlite_reads::SqliteReads;
@@ -150,6 +152,7 @@ pub struct Store {
     pool: DatabaseConnection,
     backend: Backend,
     recent_agents: Arc<Recent<AgentSpec>>,
+    changes: Arc<ChangeSignal>,
 }
 
 impl Store {
@@ -176,6 +179,7 @@ impl Store {
         Self {
             backend,
             recent_agents: Arc::new(Recent::new("agent", recent_agents, metrics)),
+            changes: Arc::default(),
             pool,
         }
     }
@@ -203,6 +207,21 @@ impl Store {
     /// The agents this process wrote last.
     pub fn recent_agents(&self) -> &Recent<AgentSpec> {
         &self.recent_agents
+    }
+
+    /// The PostgreSQL pool, on PostgreSQL (the watch feed listens for
+    /// change notifications on a connection of its own from it).
+    pub fn postgres_pool(&self) -> Option<&sea_orm::sqlx::PgPool> {
+        match self.backend {
+            Backend::Postgres => Some(self.pool.get_postgres_connection_pool()),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    /// Raised after every committed write of a tenant: what the watch feed
+    /// waits on.
+    pub fn changes(&self) -> &Arc<ChangeSignal> {
+        &self.changes
     }
 }
 

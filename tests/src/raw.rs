@@ -72,3 +72,32 @@ where
     let path = PathAndQuery::from_str(method).expect("a method path");
     grpc.unary(request, path, RawCodec).await
 }
+
+/// Calls the server-streaming `method` on `channel` with the request's
+/// bytes as the message, and answers its first message (or the status the
+/// stream ended with before one); the stream is then dropped.
+pub async fn first_streamed<T>(
+    channel: T,
+    method: &str,
+    request: tonic::Request<Vec<u8>>,
+) -> Result<Vec<u8>, Status>
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<StdError>,
+    T::ResponseBody: Body<Data = Bytes> + Send + 'static,
+    <T::ResponseBody as Body>::Error: Into<StdError> + Send,
+{
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready()
+        .await
+        .map_err(|e| Status::unavailable(e.into().to_string()))?;
+    let path = PathAndQuery::from_str(method).expect("a method path");
+    let mut stream = grpc
+        .server_streaming(request, path, RawCodec)
+        .await?
+        .into_inner();
+    stream
+        .message()
+        .await?
+        .ok_or_else(|| Status::unknown("the stream ended without a message"))
+}

@@ -39,7 +39,7 @@ fn public_methods() -> Vec<String> {
 #[test]
 fn every_proto_method_is_in_the_role_table() {
     let methods = public_methods();
-    assert_eq!(methods.len(), 23, "{methods:?}");
+    assert_eq!(methods.len(), 24, "{methods:?}");
     for method in &methods {
         assert!(
             allowed_roles(method).is_some(),
@@ -52,6 +52,9 @@ fn every_proto_method_is_in_the_role_table() {
     );
 }
 
+/// The public methods that answer with a stream.
+const STREAMING: [&str; 1] = ["WatchChanges"];
+
 async fn call(channel: &Channel, method: &str, payload: Vec<u8>, bearer: Option<&str>) -> Code {
     let mut request = tonic::Request::new(payload);
     if let Some(token) = bearer {
@@ -60,8 +63,18 @@ async fn call(channel: &Channel, method: &str, payload: Vec<u8>, bearer: Option<
             format!("Bearer {token}").parse().expect("ascii"),
         );
     }
-    match tests::raw::unary(channel.clone(), method, request).await {
-        Ok(_) => Code::Ok,
+    // A stream answers its first message (WatchChanges: SYNCED) or fails.
+    let answer = if STREAMING.contains(&method.rsplit('/').next().unwrap_or_default()) {
+        tests::raw::first_streamed(channel.clone(), method, request)
+            .await
+            .map(|_| ())
+    } else {
+        tests::raw::unary(channel.clone(), method, request)
+            .await
+            .map(|_| ())
+    };
+    match answer {
+        Ok(()) => Code::Ok,
         Err(status) => status.code(),
     }
 }
@@ -243,6 +256,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "RetireKeyVersion" => pb::RetireKeyVersionRequest { version: 99 }.encode_to_vec(),
+        "WatchChanges" => pb::WatchChangesRequest::default().encode_to_vec(),
         other => panic!("no request for {other}: add one to request_for"),
     }
 }
@@ -313,7 +327,7 @@ fn bearer_for(identity: Identity) -> Option<String> {
 /// (the role comments of the .proto files), not read from the server's
 /// table: readers view, editors change agents, admins change providers,
 /// the runtime resolves, key counts for admins and operators, key changes
-/// for operators alone.
+/// for operators alone, every tenant role watches its tenant.
 const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("CreateAgent", &["editor", "admin"]),
     ("GetAgent", &["viewer", "editor", "admin"]),
@@ -338,6 +352,7 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("GetKeyStatus", &["admin", "platform-operator"]),
     ("RewrapCredentials", &["platform-operator"]),
     ("RetireKeyVersion", &["platform-operator"]),
+    ("WatchChanges", &["viewer", "editor", "admin", "runtime"]),
 ];
 
 /// The roles [`EXPECTED_ROLES`] allows for the method named `name`.
@@ -376,6 +391,8 @@ fn expected(method: &str, identity: Identity) -> Option<Code> {
         // A tenant admin reads its own tenant's key counts; rewrap and
         // retire are the platform operator's alone.
         Identity::OtherTenant if name == "GetKeyStatus" => Some(Code::Ok),
+        // Its own tenant's changes: a stream that opens.
+        Identity::OtherTenant if name == "WatchChanges" => Some(Code::Ok),
         Identity::OtherTenant if method.contains(".KeyService/") => Some(Code::PermissionDenied),
         Identity::OtherTenant => {
             if name.starts_with("Create") || name.starts_with("List") && !name.ends_with("Versions")
@@ -437,7 +454,7 @@ async fn every_method_for_every_identity_answers_as_the_role_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11 * 23);
+    assert_eq!(checked, 11 * 24);
     let mut listed: Vec<&str> = EXPECTED_ROLES.iter().map(|(name, _)| *name).collect();
     let mut public: Vec<String> = public_methods()
         .iter()

@@ -288,6 +288,7 @@ async fn reflection_lists_and_describes_only_what_each_server_serves() {
         "agentregistry.v1.KeyService",
         "agentregistry.v1.ProviderService",
         "agentregistry.v1.RuntimeService",
+        "agentregistry.v1.WatchService",
     ];
     registry_services.extend(standard);
     let mut crypto_services = vec!["agentregistry.crypto.v1.CryptoService"];

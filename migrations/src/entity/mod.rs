@@ -9,10 +9,12 @@
 
 pub mod agent;
 pub mod agent_version;
+pub mod change;
 pub mod key_canary;
 pub mod provider;
 pub mod provider_key_revision;
 pub mod provider_version;
+pub mod tenant_revision;
 
 use sea_orm::entity::prelude::*;
 

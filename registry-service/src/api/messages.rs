@@ -14,6 +14,8 @@ use crate::model::params::{self, ModelParams};
 use crate::model::path;
 use crate::model::provider::{self, ProviderInput, ProviderKind, ProviderSpec};
 use crate::model::version::{Action, Change, ChangeKind};
+use crate::store::changes::{ChangeAction, ChangeRecord, ResourceKind};
+use crate::watch::Event;
 
 /// Records a violation under `prefix` when `message` holds more stop
 /// sequences than any valid parameters can, before anything iterates over
@@ -688,4 +690,95 @@ pub fn json(value: &serde_json::Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// The most kinds a WatchChanges request may name (each kind once).
+const MAX_WATCH_KINDS: usize = 8;
+
+/// A WatchChanges request as the feed takes it: the revision to replay
+/// after (`None`: from now) and the kinds asked for (empty: all).
+pub fn watch_request(
+    request: &pb::WatchChangesRequest,
+) -> Result<(Option<i64>, Vec<ResourceKind>), Error> {
+    let pb::WatchChangesRequest {
+        after_revision,
+        kinds,
+    } = request;
+    let mut violations = Violations::default();
+    if after_revision.is_some_and(|after| after < 0) {
+        violations.add("after_revision", "must not be negative");
+    }
+    if kinds.len() > MAX_WATCH_KINDS {
+        violations.add(
+            "kinds",
+            format!(
+                "must name at most {MAX_WATCH_KINDS} kinds (got {})",
+                kinds.len()
+            ),
+        );
+        return violations.finish((None, Vec::new()));
+    }
+    let mut wanted = Vec::with_capacity(kinds.len());
+    for (i, kind) in kinds.iter().enumerate() {
+        let kind = match pb::ResourceKind::try_from(*kind) {
+            Ok(pb::ResourceKind::Agent) => ResourceKind::Agent,
+            Ok(pb::ResourceKind::Provider) => ResourceKind::Provider,
+            Ok(pb::ResourceKind::Unspecified) | Err(_) => {
+                violations.add(format!("kinds[{i}]"), "is not a resource kind");
+                continue;
+            }
+        };
+        if wanted.contains(&kind) {
+            violations.add(format!("kinds[{i}]"), "is named twice");
+        } else {
+            wanted.push(kind);
+        }
+    }
+    violations.finish((*after_revision, wanted))
+}
+
+/// The message of one event of a watch.
+pub fn watch_event(event: Event) -> pb::Change {
+    let change = match event {
+        Event::Synced(revision) => {
+            return pb::Change {
+                revision,
+                action: pb::ChangeAction::Synced.into(),
+                ..pb::Change::default()
+            };
+        }
+        Event::Change(change) => change,
+    };
+    let ChangeRecord {
+        revision,
+        kind,
+        resource_id,
+        version_number,
+        label,
+        action,
+        commit_time,
+        changed_by,
+    } = &*change;
+    pb::Change {
+        revision: *revision,
+        kind: match kind {
+            ResourceKind::Agent => pb::ResourceKind::Agent,
+            ResourceKind::Provider => pb::ResourceKind::Provider,
+        }
+        .into(),
+        resource_id: resource_id.clone(),
+        version_number: *version_number,
+        label: label.clone().unwrap_or_default(),
+        action: match action {
+            ChangeAction::Create => pb::ChangeAction::Create,
+            ChangeAction::Update => pb::ChangeAction::Update,
+            ChangeAction::Rollback => pb::ChangeAction::Rollback,
+            ChangeAction::Delete => pb::ChangeAction::Delete,
+            ChangeAction::LabelSet => pb::ChangeAction::LabelSet,
+            ChangeAction::LabelDelete => pb::ChangeAction::LabelDelete,
+        }
+        .into(),
+        commit_time: Some(super::timestamp(*commit_time)),
+        changed_by: changed_by.clone(),
+    }
 }

@@ -9,6 +9,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryResult,
 };
 
+use super::changes::ResourceKind;
 use super::providers::{ProviderRecord, Providers};
 use super::recent::{Recent, Weigh};
 use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
@@ -30,6 +31,7 @@ impl Kind for Agents {
     type Versions = agent_version::Entity;
 
     const NAMES: Names = Names::new("agent", "agent version", "agent_id");
+    const LOGGED_AS: ResourceKind = ResourceKind::Agent;
 
     /// `config` holds the whole snapshot (bound once for both rows).
     fn columns(

@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use super::changes::ResourceKind;
 use super::recent::Weigh;
 use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
 use super::{
@@ -42,6 +43,7 @@ impl Kind for Providers {
     type Versions = provider_version::Entity;
 
     const NAMES: Names = Names::new("provider", "provider version", "provider_id");
+    const LOGGED_AS: ResourceKind = ResourceKind::Provider;
 
     /// The row's columns are authoritative; `config` holds the rest.
     fn read_spec(
@@ -273,6 +275,7 @@ pub async fn revoke_key(
         let base = Base::Current(&current);
         if let Some(record) = versioned::write_locked(&txn, &kind, &write, base, spec).await? {
             txn.commit().await.map_err(db_error)?;
+            store.changes().raise(&write.caller.tenant);
             return Ok(record);
         }
     }

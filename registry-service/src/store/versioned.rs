@@ -34,6 +34,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use super::changes::{self, ChangeAction, NewChange, ResourceKind};
 use super::recent::{Recent, Weigh};
 use super::{
     MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, db_error, insert_row, json_val, paginate,
@@ -107,6 +108,8 @@ pub trait Kind: Sync {
 
     /// How errors and the version table name the kind.
     const NAMES: Names;
+    /// How the change log names the kind.
+    const LOGGED_AS: ResourceKind;
 
     /// The spec stored in a row: `config` as read from its `config`
     /// column, completed from the kind's other columns (read by name, with
@@ -476,6 +479,7 @@ pub async fn create<K: Kind>(
     if let Some(recent) = kind.recent(store) {
         recent.remember(&write.caller.tenant, &record);
     }
+    store.changes().raise(&write.caller.tenant);
     Ok(record)
 }
 
@@ -565,7 +569,9 @@ pub async fn update<K: Kind>(
     change: impl Fn(&Record<K::Spec>) -> Result<K::Spec, Error> + Sync,
 ) -> Result<Record<K::Spec>, Error> {
     let target = Target::Change(&change);
-    write_version(store, kind, &write, id, expected_version, target).await
+    let written = write_version(store, kind, &write, id, expected_version, target).await;
+    store.changes().raise(&write.caller.tenant);
+    written
 }
 
 /// Rolls resource `id` back to its version `number`: a new version whose
@@ -579,7 +585,9 @@ pub async fn rollback<K: Kind>(
     expected_version: Option<i64>,
 ) -> Result<Record<K::Spec>, Error> {
     let target = Target::Version(number);
-    write_version(store, kind, &write, id, expected_version, target).await
+    let written = write_version(store, kind, &write, id, expected_version, target).await;
+    store.changes().raise(&write.caller.tenant);
+    written
 }
 
 async fn write_version<K: Kind>(
@@ -718,7 +726,8 @@ async fn write_fast<K: Kind>(
 }
 
 /// Writes `spec` over `base` (as version 1 or the next) inside `txn`, with
-/// the kind's [`Kind::prepare`] before and [`Kind::finish`] after; `None`
+/// the kind's [`Kind::prepare`] before and [`Kind::finish`] after the row
+/// (and before its version row, the transaction's last write); `None`
 /// when another writer took that number first or the kind lost a race.
 pub async fn write_locked<K: Kind>(
     txn: &DatabaseTransaction,
@@ -760,43 +769,50 @@ pub async fn write_locked<K: Kind>(
             };
         }
     }
+    kind.finish(txn, write, base.current(), &next.record)
+        .await?;
+    // Last: the version row's trigger bumps the tenant's change-log
+    // revision, whose lock no writer may hold while waiting for another.
     insert_row(txn, K::Versions::default(), next.version_row(write))
         .await
         .map_err(db_error)?;
-    kind.finish(txn, write, base.current(), &next.record)
-        .await?;
     Ok(Some(next.record))
 }
 
-/// Deletes resource `id` (its versions go with it), when the kind allows.
+/// Deletes resource `id` (its versions go with it), when the kind allows,
+/// and records the delete in the change log, by `caller`.
 pub async fn delete<K: Kind>(
     store: &Store,
     kind: &K,
-    tenant: &str,
+    caller: &Caller,
     id: &str,
     expected_version: Option<i64>,
 ) -> Result<(), Error> {
-    let mut condition = scoped::<K>(tenant, id);
-    if let Some(expected) = expected_version {
-        condition = condition.and(col::<K>("version").eq(expected));
-    }
+    let tenant = &caller.tenant;
     let txn = store.begin_write().await?;
+    let current = get_locked::<K>(&txn, tenant, id).await?;
+    check_etag::<K>(expected_version, &current)?;
     kind.guard_delete(&txn, tenant, id).await?;
-    let deleted = K::Entity::delete_many()
-        .filter(condition)
+    K::Entity::delete_many()
+        .filter(scoped::<K>(tenant, id))
         .exec(&txn)
         .await
-        .map_err(|error| kind.delete_error(error))?
-        .rows_affected;
-    if deleted == 0 {
-        let current = get::<K>(&txn, tenant, id).await;
-        txn.rollback().await.map_err(db_error)?;
-        return Err(stale_etag(K::NAMES.kind, current?.version));
-    }
+        .map_err(|error| kind.delete_error(error))?;
+    let change = NewChange {
+        tenant,
+        kind: K::LOGGED_AS,
+        resource_id: id,
+        version_number: current.version,
+        label: None,
+        action: ChangeAction::Delete,
+        changed_by: &caller.subject,
+    };
+    changes::record(&txn, change).await?;
     txn.commit().await.map_err(db_error)?;
     if let Some(recent) = kind.recent(store) {
         recent.forget(tenant, id);
     }
+    store.changes().raise(tenant);
     Ok(())
 }
 
