@@ -33,6 +33,8 @@ pub struct Registry {
     pub destinations: std::sync::Arc<Destinations>,
     /// The change feed WatchChanges streams from.
     pub feed: crate::watch::Feed,
+    /// The resolutions ResolveAgent answered last, for `not_modified`.
+    pub resolutions: std::sync::Arc<runtime::Resolutions>,
 }
 
 /// The most paths an update mask may hold: every field of the largest kind

@@ -114,6 +114,10 @@ async fn serve(args: &Args) -> Result<(), Error> {
     );
     let registry = Registry {
         feed: crate::watch::Feed::new(db.clone(), settings.watch.clone()),
+        resolutions: Arc::new(crate::api::runtime::Resolutions::new(
+            settings.resolve_cache,
+            Arc::clone(db.changes()),
+        )),
         db,
         crypto,
         destinations: Arc::new(settings.destinations.clone()),

@@ -237,6 +237,12 @@ pub struct ServeArgs {
     /// estimate of what each holds); 0 turns the cache off.
     #[arg(long, env = "REGISTRY_RECENT_AGENTS_BYTES", default_value_t = 32 << 20)]
     pub recent_agents_bytes: usize,
+    /// ResolveAgent answers remembered (their etags, no keys) so that a
+    /// re-resolution naming one, while nothing in its tenant changed, is
+    /// answered `not_modified` without reading the database; 0 turns it
+    /// off.
+    #[arg(long, env = "REGISTRY_RESOLVE_CACHE", default_value_t = 10_000)]
+    pub resolve_cache: usize,
     /// Changes one WatchChanges stream may fall behind by before it is
     /// ended with RESOURCE_EXHAUSTED (the caller resumes from its last
     /// revision). The buffer is shared by a tenant's streams.
@@ -647,6 +653,7 @@ pub struct Settings {
     pub recent_agents: usize,
     pub recent_agents_bytes: usize,
     pub watch: crate::watch::WatchSettings,
+    pub resolve_cache: usize,
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
     pub grpc_web_allowed_origins: crate::cors::AllowedOrigins,
@@ -766,6 +773,7 @@ impl ServeArgs {
                     10,
                 )?),
             },
+            resolve_cache: self.resolve_cache,
             platform_operator_subjects: self
                 .platform_operator_subjects
                 .iter()

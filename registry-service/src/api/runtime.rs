@@ -42,6 +42,19 @@ impl RuntimeService for Registry {
             )
             .into());
         }
+        let known = Known {
+            tenant: &caller.tenant,
+            agent_id: &request.agent_id,
+            version_number: request.version_number,
+        };
+        if let Some(unchanged) = self
+            .resolutions
+            .not_modified(&known, &request.if_none_match)
+        {
+            return Ok(Response::new(unchanged));
+        }
+        // Read before anything the answer is made of (see `Resolutions`).
+        let generation = self.db.changes().generation(&caller.tenant);
         // The current configuration: agent and provider in one query.
         let (current, spec, agent_version, provider) = match request.version_number {
             None => {
@@ -76,19 +89,17 @@ impl RuntimeService for Registry {
         // Checked after every rule a full answer is checked against (the
         // destination above), so a cached answer is never one the registry
         // would refuse now.
-        let resolution = resolution_etag(agent_version, &provider);
-        if !request.if_none_match.is_empty() && request.if_none_match == resolution {
-            return Ok(Response::new(pb::ResolvedAgent {
-                agent: None,
-                provider: None,
-                api_key: String::new(),
-                effective: None,
-                agent_version,
-                provider_version: provider.version,
-                etag: resolution,
-                not_modified: true,
-            }));
+        let resolution = Resolution {
+            etag: resolution_etag(agent_version, &provider),
+            agent_version,
+            provider_version: provider.version,
+        };
+        self.resolutions
+            .remember(&known, resolution.clone(), generation);
+        if !request.if_none_match.is_empty() && request.if_none_match == resolution.etag {
+            return Ok(Response::new(resolution.not_modified()));
         }
+        let resolution = resolution.etag;
         let api_key = match &provider.spec.api_key {
             Some(ciphertext) => {
                 self.crypto
@@ -195,6 +206,103 @@ fn provider_gone(error: Error, id: &str) -> Error {
             format!("the agent's provider {id:?} no longer exists"),
         ),
         other => other,
+    }
+}
+
+/// What a resolution's `not_modified` answer says.
+#[derive(Debug, Clone)]
+struct Resolution {
+    etag: String,
+    agent_version: i64,
+    provider_version: i64,
+}
+
+impl Resolution {
+    fn not_modified(self) -> pb::ResolvedAgent {
+        pb::ResolvedAgent {
+            agent: None,
+            provider: None,
+            api_key: String::new(),
+            effective: None,
+            agent_version: self.agent_version,
+            provider_version: self.provider_version,
+            etag: self.etag,
+            not_modified: true,
+        }
+    }
+}
+
+/// What a ResolveAgent call asks for: a cache key.
+#[derive(Debug)]
+struct Known<'a> {
+    tenant: &'a str,
+    agent_id: &'a str,
+    version_number: Option<i64>,
+}
+
+impl Known<'_> {
+    fn key(&self) -> String {
+        let version = self
+            .version_number
+            .map_or_else(String::new, |n| n.to_string());
+        format!("{}\n{}\n{version}", self.tenant, self.agent_id)
+    }
+}
+
+/// The last resolutions answered, each with its tenant's generation when
+/// it was read ([`crate::store::changes::ChangeSignal::generation`]): while
+/// that generation stays the same nothing the resolution depends on has
+/// changed, so a re-resolution naming its etag is answered `not_modified`
+/// without reading the database (nor calling crypto-service). Every write
+/// of the tenant moves the generation (this process's at commit; another
+/// replica's when its PostgreSQL notification arrives). Bounded by count
+/// (least recently used out).
+#[derive(Debug)]
+pub struct Resolutions {
+    entries: std::sync::Mutex<hashlink::LruCache<String, (Resolution, u64)>>,
+    signal: std::sync::Arc<crate::store::changes::ChangeSignal>,
+}
+
+impl Resolutions {
+    /// A cache of at most `capacity` resolutions (0: none), checked against
+    /// `signal`'s generations.
+    pub fn new(
+        capacity: usize,
+        signal: std::sync::Arc<crate::store::changes::ChangeSignal>,
+    ) -> Self {
+        Self {
+            entries: std::sync::Mutex::new(hashlink::LruCache::new(capacity)),
+            signal,
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, hashlink::LruCache<String, (Resolution, u64)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The `not_modified` answer, when `etag` names the resolution last
+    /// answered for `known` and its tenant has not changed since.
+    fn not_modified(&self, known: &Known<'_>, etag: &str) -> Option<pb::ResolvedAgent> {
+        if etag.is_empty() || self.entries().capacity() == 0 {
+            return None;
+        }
+        let generation = self.signal.generation(known.tenant);
+        let resolution = {
+            let mut entries = self.entries();
+            let (resolution, at) = entries.get(&known.key())?;
+            (*at == generation && resolution.etag == etag).then(|| resolution.clone())?
+        };
+        Some(resolution.not_modified())
+    }
+
+    /// Keeps `resolution`, read at `generation`.
+    fn remember(&self, known: &Known<'_>, resolution: Resolution, generation: u64) {
+        let mut entries = self.entries();
+        if entries.capacity() > 0 {
+            entries.insert(known.key(), (resolution, generation));
+        }
     }
 }
 

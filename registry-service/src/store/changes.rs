@@ -248,36 +248,70 @@ pub async fn compact(db: &impl ConnectionTrait, keep: i64) -> Result<u64, Error>
     Ok(deleted.rows_affected)
 }
 
-/// The tenants whose change log grew through this process since the watch
-/// feed last looked, and a wake-up for it: the versioned core raises it
-/// after every commit ([`ChangeSignal::raise`]). Bounded: past
-/// [`MAX_PENDING_TENANTS`] tenants it keeps only "look at every tenant".
+/// Where a tenant's changes are known: the tenants whose change log grew
+/// since the watch feed last looked (and a wake-up for it), and each
+/// tenant's *generation*, a number that moves whenever a change of the
+/// tenant becomes known here — what a cached answer about the tenant
+/// (ResolveAgent's `not_modified`) is checked against. The versioned core
+/// raises it after every commit through this process
+/// ([`ChangeSignal::raise`]); the watch feed after each PostgreSQL
+/// notification of any replica's commit. Bounded: past
+/// [`MAX_PENDING_TENANTS`] tenants it keeps only "every tenant" (and every
+/// generation moves).
 #[derive(Debug, Default)]
 pub struct ChangeSignal {
-    pending: std::sync::Mutex<Pending>,
+    state: std::sync::Mutex<SignalState>,
     wake: tokio::sync::Notify,
 }
 
-/// Most tenants a [`ChangeSignal`] names before it says "all".
+/// Most tenants a [`ChangeSignal`] names (pending, or with a generation of
+/// their own) before it says "all".
 pub const MAX_PENDING_TENANTS: usize = 4096;
 
-/// What a [`ChangeSignal`] holds.
+/// What the feed has to look at.
 #[derive(Debug, Default)]
 pub struct Pending {
     /// Tenants written since the last [`ChangeSignal::take`].
     pub tenants: std::collections::HashSet<String>,
-    /// More than [`MAX_PENDING_TENANTS`] were: look at every tenant.
+    /// More than [`MAX_PENDING_TENANTS`] were, or notifications were lost:
+    /// look at every tenant.
     pub all: bool,
 }
 
+#[derive(Debug, Default)]
+struct SignalState {
+    pending: Pending,
+    /// Moves by one at every raise.
+    counter: u64,
+    /// The counter at each tenant's last raise.
+    generations: std::collections::HashMap<String, u64>,
+    /// The generation of a tenant not in `generations`: the counter when
+    /// that map was last cleared.
+    floor: u64,
+}
+
 impl ChangeSignal {
-    /// Says that `tenant`'s change log may have grown.
+    fn state(&self) -> std::sync::MutexGuard<'_, SignalState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Says that `tenant`'s change log grew (or may have).
     pub fn raise(&self, tenant: &str) {
         {
-            let mut pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut state = self.state();
+            state.counter += 1;
+            let counter = state.counter;
+            if state.generations.len() >= MAX_PENDING_TENANTS
+                && !state.generations.contains_key(tenant)
+            {
+                state.generations.clear();
+                state.floor = counter;
+            } else {
+                state.generations.insert(tenant.to_owned(), counter);
+            }
+            let pending = &mut state.pending;
             if !pending.all && !pending.tenants.contains(tenant) {
                 if pending.tenants.len() < MAX_PENDING_TENANTS {
                     pending.tenants.insert(tenant.to_owned());
@@ -291,27 +325,33 @@ impl ChangeSignal {
     }
 
     /// Says that every tenant's change log may have grown (notifications
-    /// were lost).
+    /// were lost): every generation moves.
     pub fn raise_all(&self) {
         {
-            let mut pending = self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            pending.tenants.clear();
-            pending.all = true;
+            let mut state = self.state();
+            state.counter += 1;
+            state.floor = state.counter;
+            state.generations.clear();
+            state.pending.tenants.clear();
+            state.pending.all = true;
         }
         self.wake.notify_one();
     }
 
+    /// `tenant`'s generation now. Read it *before* reading what a cached
+    /// answer is made of: the answer is current while it stays the same.
+    pub fn generation(&self, tenant: &str) -> u64 {
+        let state = self.state();
+        state
+            .generations
+            .get(tenant)
+            .copied()
+            .unwrap_or(state.floor)
+    }
+
     /// Takes what was raised since the last call.
     pub fn take(&self) -> Pending {
-        std::mem::take(
-            &mut *self
-                .pending
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+        std::mem::take(&mut self.state().pending)
     }
 
     /// Waits until something is raised (at once when something was raised
