@@ -211,17 +211,21 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 9] = [
     "agent_versions",
     "agents",
     "key_canary",
+    "label_moves",
+    "label_policies",
+    "labels",
     "provider_key_revisions",
     "provider_versions",
     "providers",
 ];
-const INDEXES: [&str; 8] = [
+const INDEXES: [&str; 9] = [
     "ix_agents_llm_provider_id",
     "ix_agents_tenant_id",
+    "ix_label_moves_resource",
     "ix_providers_tenant_id",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
@@ -978,7 +982,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261126_000001_create_registry",
             "m20261126_000002_key_canary",
             "m20261206_000001_provider_key_revisions",
-            "m20261206_000002_agent_version_provider"
+            "m20261206_000002_agent_version_provider",
+            "m20261207_000001_labels"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

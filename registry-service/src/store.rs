@@ -29,6 +29,7 @@
 pub mod agents;
 mod group_commit;
 pub mod keys;
+pub mod labels;
 pub mod providers;
 pub mod recent;
 mod sqlite_reads;

@@ -122,6 +122,7 @@ def main(path: str) -> int:
                 "agentregistry.v1.ProviderService",
                 "agentregistry.v1.RuntimeService",
                 "agentregistry.v1.KeyService",
+                "agentregistry.v1.LabelPolicyService",
             ]
         ),
         "transcoder services",

@@ -14,6 +14,7 @@ use crate::model::params::{self, ModelParams};
 use crate::model::path;
 use crate::model::provider::{self, ProviderInput, ProviderKind, ProviderSpec};
 use crate::model::version::{Action, Change, ChangeKind};
+use crate::store::labels::{LabelRecord, MoveRecord, Policy};
 
 /// Records a violation under `prefix` when `message` holds more stop
 /// sequences than any valid parameters can, before anything iterates over
@@ -211,7 +212,7 @@ impl AgentSpec {
     /// (not yet validated), and the fields a request without an update mask
     /// sets: every optional field present, every non-empty string, list and
     /// message.
-    fn draft_and_fields_set(input: &pb::Agent) -> (Self, FieldsSet<31>) {
+    fn draft_and_fields_set(input: &pb::Agent) -> (Self, FieldsSet<33>) {
         let pb::Agent {
             // Resource metadata: the store sets it.
             id: _,
@@ -221,12 +222,15 @@ impl AgentSpec {
             update_time: _,
             created_by: _,
             updated_by: _,
+            labels: _,
             name,
             role,
             goal,
             backstory,
             tools,
             llm_provider_id,
+            llm_provider_label,
+            llm_provider_version,
             llm_overrides,
             temperature,
             allow_delegation,
@@ -260,6 +264,8 @@ impl AgentSpec {
             ("backstory", !backstory.is_empty()),
             ("tools", !tools.is_empty()),
             ("llm_provider_id", llm_provider_id.is_some()),
+            ("llm_provider_label", !llm_provider_label.is_empty()),
+            ("llm_provider_version", llm_provider_version.is_some()),
             ("llm_overrides", llm_overrides.is_some()),
             ("temperature", temperature.is_some()),
             ("allow_delegation", allow_delegation.is_some()),
@@ -298,6 +304,8 @@ impl AgentSpec {
             backstory,
             tools,
             llm_provider_id: llm_provider_id.filter(|id| !id.is_empty()),
+            llm_provider_label: Some(llm_provider_label).filter(|label| !label.is_empty()),
+            llm_provider_version,
             llm_overrides: llm_overrides.into(),
             temperature,
             allow_delegation: allow_delegation.unwrap_or(agent::DEFAULT_ALLOW_DELEGATION),
@@ -372,6 +380,8 @@ impl AgentSpec {
             backstory,
             tools,
             llm_provider_id,
+            llm_provider_label,
+            llm_provider_version,
             llm_overrides,
             temperature,
             allow_delegation,
@@ -406,12 +416,15 @@ impl AgentSpec {
             update_time: None,
             created_by: String::new(),
             updated_by: String::new(),
+            labels: Default::default(),
             name,
             role,
             goal,
             backstory,
             tools,
             llm_provider_id,
+            llm_provider_label: llm_provider_label.unwrap_or_default(),
+            llm_provider_version,
             llm_overrides: params_message(&llm_overrides),
             temperature,
             allow_delegation: Some(allow_delegation),
@@ -504,9 +517,10 @@ impl ProviderDraft {
             update_time: _,
             created_by: _,
             updated_by: _,
-            // Output only: the store keeps the key's state.
+            // Output only: the store keeps the key's state and the labels.
             api_key_set: _,
             api_key_revision: _,
+            labels: _,
             name,
             provider_type,
             model_name,
@@ -637,6 +651,7 @@ impl ProviderSpec {
             api_key: String::new(),
             api_key_set: api_key.is_some(),
             api_key_revision: api_key.and(api_key_revision).unwrap_or(0),
+            labels: Default::default(),
         }
     }
 }
@@ -688,4 +703,58 @@ pub fn json(value: &serde_json::Value) -> prost_types::Value {
         }),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+/// The message form of a label.
+pub fn label(record: LabelRecord) -> pb::Label {
+    let LabelRecord {
+        label,
+        version_number,
+        update_time,
+        updated_by,
+    } = record;
+    pb::Label {
+        label,
+        version_number,
+        update_time: Some(super::timestamp(update_time)),
+        updated_by,
+    }
+}
+
+/// The message form of a label's move.
+pub fn label_move(record: MoveRecord) -> pb::LabelMove {
+    let MoveRecord {
+        id: _,
+        label,
+        from_version,
+        to_version,
+        actor,
+        move_time,
+        reason,
+    } = record;
+    pb::LabelMove {
+        label,
+        from_version,
+        to_version,
+        actor,
+        move_time: Some(super::timestamp(move_time)),
+        reason,
+    }
+}
+
+/// The message form of a tenant's label policy.
+pub fn label_policy(policy: Policy) -> pb::LabelPolicy {
+    let Policy {
+        protected_labels,
+        updated,
+    } = policy;
+    let (update_time, updated_by) = match updated {
+        Some((time, by)) => (Some(super::timestamp(time)), by),
+        None => (None, String::new()),
+    };
+    pb::LabelPolicy {
+        protected_labels,
+        update_time,
+        updated_by,
+    }
 }

@@ -768,7 +768,8 @@ pub async fn write_locked<K: Kind>(
     Ok(Some(next.record))
 }
 
-/// Deletes resource `id` (its versions go with it), when the kind allows.
+/// Deletes resource `id` (its versions, labels and label history go with
+/// it), when the kind allows.
 pub async fn delete<K: Kind>(
     store: &Store,
     kind: &K,
@@ -793,6 +794,7 @@ pub async fn delete<K: Kind>(
         txn.rollback().await.map_err(db_error)?;
         return Err(stale_etag(K::NAMES.kind, current?.version));
     }
+    super::labels::forget::<K>(&txn, tenant, id).await?;
     txn.commit().await.map_err(db_error)?;
     if let Some(recent) = kind.recent(store) {
         recent.forget(tenant, id);
