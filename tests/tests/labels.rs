@@ -611,6 +611,17 @@ async fn malformed_requests_are_refused_per_field_and_other_tenants_see_nothing(
             "reason"
         ]
     );
+    let status = viewer
+        .agents
+        .list_agent_label_history(pb::ListAgentLabelHistoryRequest {
+            agent_id: id.clone(),
+            label: "BAD".to_owned(),
+            page_size: -1,
+            page_token: "garbage".to_owned(),
+        })
+        .await
+        .expect_err("bad history request");
+    assert_eq!(bad_fields(&status), ["label", "page_size", "page_token"]);
     let status = editor
         .set_agent_label(&id, "production", 9, None, "")
         .await

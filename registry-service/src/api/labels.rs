@@ -150,17 +150,21 @@ impl Registry {
                 0
             }
         };
-        v.finish(())?;
         let id = query.id.1;
         let scope = page::Scope::new(&[&caller.tenant, query.method, id, query.label]);
-        let after = scope
-            .resume_after(query.page_token)?
-            .map(|key| {
-                key.parse::<i64>().map_err(|_| {
-                    Error::bad_field("page_token", "is not a page token of this request")
-                })
-            })
-            .transpose()?;
+        // The token resumes after a move's id (a number).
+        let after = match scope.resume_after(query.page_token) {
+            Ok(None) => None,
+            Ok(Some(key)) => key.parse::<i64>().ok().or_else(|| {
+                v.add("page_token", "is not a page token of this request");
+                None
+            }),
+            Err(_) => {
+                v.add("page_token", "is not a page token of this request");
+                None
+            }
+        };
+        v.finish(())?;
         let label = Some(query.label).filter(|l| !l.is_empty());
         let (moves, next) =
             labels::history::<K>(&self.db, &caller.tenant, id, label, after, limit).await?;

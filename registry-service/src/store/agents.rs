@@ -162,11 +162,21 @@ impl Kind for Agents {
             return Ok(true);
         };
         let tenant = &write.caller.tenant;
-        let found = provider::Entity::find_by_id(provider_id.clone())
-            .filter(provider::Column::TenantId.eq(tenant.clone()))
-            .count(txn)
-            .await
-            .map_err(db_error)?;
+        let found = if next.llm_provider_label.is_some() {
+            // Locked, as a label move locks it: the label read here is the
+            // one the version row's subquery reads.
+            match versioned::get_locked::<Providers>(txn, tenant, provider_id).await {
+                Ok(_) => 1,
+                Err(Error::NotFound { .. }) => 0,
+                Err(other) => return Err(other),
+            }
+        } else {
+            provider::Entity::find_by_id(provider_id.clone())
+                .filter(provider::Column::TenantId.eq(tenant.clone()))
+                .count(txn)
+                .await
+                .map_err(db_error)?
+        };
         if found == 0 {
             return Err(provider_not_found(provider_id));
         }
