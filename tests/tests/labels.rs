@@ -972,3 +972,48 @@ async fn resolving_by_label_follows_agent_and_provider_labels_with_the_current_k
     let logs = stack.finish().await;
     assert!(!logs.contains("sk-label"), "a key in the logs");
 }
+
+#[tokio::test]
+async fn concurrent_compare_and_sets_let_exactly_one_writer_create_the_label() {
+    let stack = Stack::start().await;
+    let mut editor = Caller::new(&stack, "eddie", "acme", &["editor"]).await;
+    let created = editor.create_agent(agent("raced")).await;
+    let id = created.id.clone();
+    for n in 2..=8 {
+        editor.update_goal(&id, &format!("Analyze v{n}")).await;
+    }
+    // Eight writers at once, each "must not exist yet", each to its own
+    // version: one wins, the others see it and write nothing.
+    let mut writers = Vec::new();
+    for version in 1..=8 {
+        let mut agents = editor.agents.clone();
+        let id = id.clone();
+        writers.push(tokio::spawn(async move {
+            agents
+                .set_agent_label(pb::SetAgentLabelRequest {
+                    agent_id: id,
+                    label: "race".to_owned(),
+                    version_number: version,
+                    expected_version: Some(0),
+                    reason: format!("writer {version}"),
+                })
+                .await
+                .map(|r| r.into_inner().version_number)
+                .map_err(|s| s.code())
+        }));
+    }
+    let mut won = Vec::new();
+    for writer in writers {
+        match writer.await.expect("writer task") {
+            Ok(version) => won.push(version),
+            Err(code) => assert_eq!(code, Code::Aborted),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one writer creates the label");
+    let history = editor.agent_history(&id, "race").await;
+    assert_eq!(
+        history,
+        [("race".to_owned(), 0, won[0], "eddie".to_owned())]
+    );
+    stack.finish().await;
+}
