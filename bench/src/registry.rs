@@ -801,6 +801,7 @@ impl Workload {
             version_number: None,
             // A full resolution each time: the peer has no cheap re-resolve.
             if_none_match: String::new(),
+            label: String::new(),
         };
         self.call("get_provider_key", self.api.resolve_agent(request), |r| {
             let provider_ok = r

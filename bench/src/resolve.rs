@@ -161,6 +161,7 @@ fn request(agent_id: &str, if_none_match: &str) -> pb::ResolveAgentRequest {
         agent_id: agent_id.to_owned(),
         version_number: None,
         if_none_match: if_none_match.to_owned(),
+        label: String::new(),
     }
 }
 

@@ -513,6 +513,7 @@ impl Worker {
             version_number: None,
             // A full resolution each time: the peer has no cheap re-resolve.
             if_none_match: String::new(),
+            label: String::new(),
         };
         self.call(Op::ResolveAgent, fleet.api.resolve_agent(request), |r| {
             let provider_ok = r

@@ -130,6 +130,11 @@ pub fn current_agent() -> AgentSpec {
         backstory: "Curious".into(),
         tools: vec!["search".into(), "scrape".into()],
         llm_provider_id: Some("0190a5d2-7c1e-7000-8000-000000000001".into()),
+        llm_provider_label: Some("production".into()),
+        // At most one of label and version may be set (a valid agent holds
+        // one): the label is, so every update starts from a valid agent;
+        // a mask naming llm_provider_version sets the version beside it.
+        llm_provider_version: None,
         llm_overrides: ModelParams {
             temperature: Some(0.3),
             max_tokens: Some(512),

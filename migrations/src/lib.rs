@@ -25,6 +25,7 @@ mod m20261126_000001_create_registry;
 mod m20261126_000002_key_canary;
 mod m20261206_000001_provider_key_revisions;
 mod m20261206_000002_agent_version_provider;
+mod m20261207_000001_labels;
 mod m20261207_000003_change_log;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
@@ -43,6 +44,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_key_canary::Migration),
             Box::new(m20261206_000001_provider_key_revisions::Migration),
             Box::new(m20261206_000002_agent_version_provider::Migration),
+            Box::new(m20261207_000001_labels::Migration),
             Box::new(m20261207_000003_change_log::Migration),
         ]
     }

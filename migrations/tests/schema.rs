@@ -213,19 +213,23 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 11] = [
     "agent_versions",
     "agents",
     "changes",
     "key_canary",
+    "label_moves",
+    "label_policies",
+    "labels",
     "provider_key_revisions",
     "provider_versions",
     "providers",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 8] = [
+const INDEXES: [&str; 9] = [
     "ix_agents_llm_provider_id",
     "ix_agents_tenant_id",
+    "ix_label_moves_resource",
     "ix_providers_tenant_id",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
@@ -1071,6 +1075,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261126_000002_key_canary",
             "m20261206_000001_provider_key_revisions",
             "m20261206_000002_agent_version_provider",
+            "m20261207_000001_labels",
             "m20261207_000003_change_log"
         ]
     );

@@ -58,13 +58,15 @@ debug_without_secrets!(
     shown: [
         id, name, provider_type, model_name, base_url, api_version, default_parameters,
         is_default, api_key_set, api_key_revision, version, etag, create_time, update_time,
-        created_by, updated_by,
+        created_by, updated_by, labels,
     ],
     secret: [api_key]
 );
 debug_without_secrets!(
     v1::ResolvedAgent,
-    shown: [agent, provider, effective, agent_version, provider_version, etag, not_modified],
+    shown: [
+        agent, provider, effective, agent_version, provider_version, etag, not_modified, label,
+    ],
     secret: [api_key]
 );
 debug_without_secrets!(

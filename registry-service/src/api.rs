@@ -3,10 +3,13 @@
 
 pub mod agents;
 pub mod keys;
+pub mod labels;
 pub mod messages;
 pub mod providers;
 pub mod runtime;
 pub mod watch;
+
+use std::collections::BTreeMap;
 
 use prost_types::{FieldMask, Timestamp};
 use proto::v1 as pb;
@@ -19,6 +22,7 @@ use crate::error::{Error, Violations};
 use crate::model::Snapshot;
 use crate::model::version::Action;
 use crate::page;
+use crate::store::labels as label_store;
 use crate::store::versioned::{self, Kind, Record, Write};
 use crate::store::{Store, VersionRecord};
 
@@ -47,7 +51,7 @@ const QUOTED_PATH_CHARS: usize = 64;
 /// Fields every resource kind sets itself: mask paths naming them (or a
 /// field inside them) are ignored, as common.proto promises for OUTPUT_ONLY
 /// and IDENTIFIER fields.
-pub const OUTPUT_ONLY_PATHS: [&str; 7] = [
+pub const OUTPUT_ONLY_PATHS: [&str; 8] = [
     "id",
     "version",
     "etag",
@@ -55,6 +59,7 @@ pub const OUTPUT_ONLY_PATHS: [&str; 7] = [
     "update_time",
     "created_by",
     "updated_by",
+    "labels",
 ];
 
 /// The update-mask paths to apply: `None` for a full replace (`*`), else
@@ -216,6 +221,8 @@ pub struct Meta {
     pub update_time: Option<Timestamp>,
     pub created_by: String,
     pub updated_by: String,
+    /// The resource's labels (label → version); empty where not read.
+    pub labels: BTreeMap<String, i64>,
 }
 
 impl Meta {
@@ -229,6 +236,15 @@ impl Meta {
             update_time: Some(timestamp(record.update_time)),
             created_by: record.created_by.clone(),
             updated_by: record.updated_by.clone(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The metadata of a stored record with its labels.
+    pub fn labelled<S>(record: &Record<S>, labels: BTreeMap<String, i64>) -> Self {
+        Self {
+            labels,
+            ..Self::of(record)
         }
     }
 }
@@ -243,6 +259,8 @@ pub struct VersionParts<M> {
     pub change_description: String,
     pub changed_by: String,
     pub create_time: Option<Timestamp>,
+    /// The labels naming this version now.
+    pub labels: Vec<String>,
 }
 
 /// The [`Resource`] messages of a kind whose messages have the common
@@ -289,6 +307,7 @@ macro_rules! resource_messages {
                 update_time,
                 created_by,
                 updated_by,
+                labels,
             } = meta;
             $message {
                 id,
@@ -298,6 +317,7 @@ macro_rules! resource_messages {
                 update_time,
                 created_by,
                 updated_by,
+                labels: labels.into_iter().collect(),
                 ..spec.to_proto()
             }
         }
@@ -311,6 +331,7 @@ macro_rules! resource_messages {
                 change_description,
                 changed_by,
                 create_time,
+                labels,
             } = parts;
             $version {
                 version_number,
@@ -320,6 +341,7 @@ macro_rules! resource_messages {
                 change_description,
                 changed_by,
                 create_time,
+                labels,
             }
         }
     };
@@ -334,7 +356,11 @@ pub fn message<K: Resource>(record: &Record<K::Spec>) -> K::Message {
 /// The version message of version `version` of resource `id` (created as
 /// `resource` says): its configuration carries the metadata the resource
 /// had at that version.
-fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Version, Error> {
+fn version_of<K: Resource>(
+    id: &str,
+    version: &VersionRecord,
+    labels: Vec<String>,
+) -> Result<K::Version, Error> {
     let spec = K::Spec::from_json(&version.configuration)?;
     let meta = Meta {
         id: id.to_owned(),
@@ -344,6 +370,7 @@ fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Versi
         update_time: Some(timestamp(version.create_time)),
         created_by: version.resource_created_by.clone(),
         updated_by: version.changed_by.clone(),
+        labels: BTreeMap::new(),
     };
     Ok(K::version(VersionParts {
         version_number: version.version_number,
@@ -353,6 +380,7 @@ fn version_of<K: Resource>(id: &str, version: &VersionRecord) -> Result<K::Versi
         change_description: version.change_description.clone(),
         changed_by: version.changed_by.clone(),
         create_time: Some(timestamp(version.create_time)),
+        labels,
     }))
 }
 
@@ -380,6 +408,9 @@ macro_rules! versioned_service {
         $gv:ident($gv_req:ident);
         $diff:ident($diff_req:ident) -> $diff_res:ident;
         $rollback:ident($rollback_req:ident);
+        labels $set_label:ident($set_label_req:ident), $delete_label:ident($delete_label_req:ident),
+            $list_labels:ident($list_labels_req:ident),
+            $label_history:ident($label_history_req:ident, $history_scope:literal);
         $($own:tt)*
     ) => {
         #[tonic::async_trait]
@@ -469,6 +500,66 @@ macro_rules! versioned_service {
                 let (kind, number) = ($kind, request.version_number);
                 let rolled_back = self.rollback(&kind, &caller, id, number, how);
                 Ok(Response::new(rolled_back.await?))
+            }
+
+            #[tracing::instrument(skip_all, fields(id = %request.get_ref().$of))]
+            async fn $set_label(
+                &self,
+                request: Request<pb::$set_label_req>,
+            ) -> Result<Response<pb::Label>, Status> {
+                let admin = $crate::caller::TenantAdmin::is_caller_of(&request);
+                let (caller, request) = parts(request)?;
+                let set = $crate::api::labels::SetLabel {
+                    id: (stringify!($of), request.$of.as_str()),
+                    label: &request.label,
+                    version_number: request.version_number,
+                    expected_version: request.expected_version,
+                    reason: &request.reason,
+                };
+                Ok(Response::new(self.set_label::<$K>(&caller, admin, set).await?))
+            }
+
+            #[tracing::instrument(skip_all, fields(id = %request.get_ref().$of))]
+            async fn $delete_label(
+                &self,
+                request: Request<pb::$delete_label_req>,
+            ) -> Result<Response<()>, Status> {
+                let admin = $crate::caller::TenantAdmin::is_caller_of(&request);
+                let (caller, request) = parts(request)?;
+                let delete = $crate::api::labels::DeleteLabel {
+                    id: (stringify!($of), request.$of.as_str()),
+                    label: &request.label,
+                    expected_version: request.expected_version,
+                    reason: &request.reason,
+                };
+                self.delete_label::<$K>(&caller, admin, delete).await?;
+                Ok(Response::new(()))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $list_labels(
+                &self,
+                request: Request<pb::$list_labels_req>,
+            ) -> Result<Response<pb::ListLabelsResponse>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($of), request.$of.as_str());
+                Ok(Response::new(self.list_labels::<$K>(&caller, id).await?))
+            }
+
+            #[tracing::instrument(skip_all)]
+            async fn $label_history(
+                &self,
+                request: Request<pb::$label_history_req>,
+            ) -> Result<Response<pb::ListLabelHistoryResponse>, Status> {
+                let (caller, request) = parts(request)?;
+                let query = $crate::api::labels::HistoryQuery {
+                    method: $history_scope,
+                    id: (stringify!($of), request.$of.as_str()),
+                    label: &request.label,
+                    page_size: request.page_size,
+                    page_token: &request.page_token,
+                };
+                Ok(Response::new(self.label_history::<$K>(&caller, query).await?))
             }
 
             $($own)*
@@ -581,7 +672,21 @@ impl Registry {
     ) -> Result<K::Message, Error> {
         require_id(field, id)?;
         let record = versioned::get::<K>(&self.db, &caller.tenant, id).await?;
-        Ok(message::<K>(&record))
+        self.labelled::<K>(&caller.tenant, &record).await
+    }
+
+    /// The message of `record` with its labels (one query).
+    pub async fn labelled<K: Resource>(
+        &self,
+        tenant: &str,
+        record: &Record<K::Spec>,
+    ) -> Result<K::Message, Error> {
+        let labels = label_store::labels_of::<K>(&self.db, tenant, &record.id).await?;
+        let labels = labels
+            .into_iter()
+            .map(|l| (l.label, l.version_number))
+            .collect();
+        Ok(K::message(&record.spec, Meta::labelled(record, labels)))
     }
 
     /// List: one page of the caller's resources; `method` scopes the token.
@@ -596,8 +701,14 @@ impl Registry {
         let scope = page::Scope::new(&[&caller.tenant, method]);
         let after = scope.resume_after(page_token)?;
         let page = versioned::list::<K>(&self.db, &caller.tenant, after, limit).await?;
+        let ids: Vec<&str> = page.items.iter().map(|r| r.id.as_str()).collect();
+        let mut labels = label_store::labels_of_many::<K>(&self.db, &caller.tenant, &ids).await?;
+        let message = |record: &Record<K::Spec>| {
+            let labels = labels.remove(&record.id).unwrap_or_default();
+            K::message(&record.spec, Meta::labelled(record, labels))
+        };
         Ok(Listed {
-            items: page.items.iter().map(message::<K>).collect(),
+            items: page.items.iter().map(message).collect(),
             next_page_token: page
                 .next_after
                 .map(|k| scope.token_after(&k))
@@ -620,11 +731,20 @@ impl Registry {
         let before = version_cursor(scope.resume_after(page_token)?)?;
         let page =
             versioned::list_versions::<K>(&self.db, &caller.tenant, id, before, limit).await?;
+        // Every label of the resource (at most MAX_LABELS), in one query.
+        let labels = label_store::labels_of::<K>(&self.db, &caller.tenant, id).await?;
+        let naming = |number: i64| {
+            labels
+                .iter()
+                .filter(|l| l.version_number == number)
+                .map(|l| l.label.clone())
+                .collect()
+        };
         Ok(Listed {
             items: page
                 .items
                 .iter()
-                .map(|v| version_of::<K>(id, v))
+                .map(|v| version_of::<K>(id, v, naming(v.version_number)))
                 .collect::<Result<_, _>>()?,
             next_page_token: page
                 .next_after
@@ -644,7 +764,13 @@ impl Registry {
         require_id(field, id)?;
         require_version("version_number", number)?;
         let version = versioned::get_version::<K>(&self.db, &caller.tenant, id, number).await?;
-        version_of::<K>(id, &version)
+        let labels = label_store::labels_of::<K>(&self.db, &caller.tenant, id).await?;
+        let naming = labels
+            .into_iter()
+            .filter(|l| l.version_number == number)
+            .map(|l| l.label)
+            .collect();
+        version_of::<K>(id, &version, naming)
     }
 
     /// DiffVersions: the changes from version `from` to version `to`.
@@ -702,7 +828,7 @@ impl Registry {
             description,
         };
         let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
-        Ok(message::<K>(&record))
+        self.labelled::<K>(&caller.tenant, &record).await
     }
 }
 

@@ -28,7 +28,7 @@ use serde::Deserialize;
 use tonic::Status;
 use tonic::codegen::http;
 
-use crate::caller::{Caller, PlatformOperator};
+use crate::caller::{Caller, PlatformOperator, TenantAdmin};
 use crate::error::Error;
 use claims::ClaimMapping;
 
@@ -93,12 +93,18 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
     let roles = match (service, name) {
         (
             "agentregistry.v1.AgentService",
-            "GetAgent" | "ListAgents" | "ListAgentVersions" | "GetAgentVersion"
-            | "DiffAgentVersions",
+            "GetAgent"
+            | "ListAgents"
+            | "ListAgentVersions"
+            | "GetAgentVersion"
+            | "DiffAgentVersions"
+            | "ListAgentLabels"
+            | "ListAgentLabelHistory",
         ) => READERS,
         (
             "agentregistry.v1.AgentService",
-            "CreateAgent" | "UpdateAgent" | "DeleteAgent" | "RollbackAgent",
+            "CreateAgent" | "UpdateAgent" | "DeleteAgent" | "RollbackAgent" | "SetAgentLabel"
+            | "DeleteAgentLabel",
         ) => EDITORS,
         (
             "agentregistry.v1.ProviderService",
@@ -106,8 +112,17 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
             | "ListProviders"
             | "ListProviderVersions"
             | "GetProviderVersion"
-            | "DiffProviderVersions",
+            | "DiffProviderVersions"
+            | "ListProviderLabels"
+            | "ListProviderLabelHistory",
         ) => READERS,
+        // Labels of providers, like those of agents: editors set them, and
+        // only admins the tenant's protected ones (checked by the store). A
+        // label moved to an older provider version never sends the key to
+        // another destination (ResolveAgent's DESTINATION_CHANGED).
+        ("agentregistry.v1.ProviderService", "SetProviderLabel" | "DeleteProviderLabel") => EDITORS,
+        ("agentregistry.v1.LabelPolicyService", "GetLabelPolicy") => READERS,
+        ("agentregistry.v1.LabelPolicyService", "UpdateLabelPolicy") => ADMINS,
         (
             "agentregistry.v1.ProviderService",
             "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider"
@@ -716,6 +731,9 @@ fn admitted<B>(span: &tracing::Span, request: &mut http::Request<B>, identity: I
     span.record("tenant", identity.caller.tenant.as_str());
     if identity.roles.contains(&Role::PlatformOperator) {
         request.extensions_mut().insert(PlatformOperator);
+    }
+    if identity.roles.contains(&Role::Admin) {
+        request.extensions_mut().insert(TenantAdmin);
     }
     request.extensions_mut().insert(identity.caller);
 }

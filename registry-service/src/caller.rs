@@ -37,3 +37,15 @@ impl PlatformOperator {
         request.extensions().get::<Self>().is_some()
     }
 }
+
+/// In a request's extensions when its caller holds the tenant `admin`
+/// role: it may set, move and delete the tenant's protected labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantAdmin;
+
+impl TenantAdmin {
+    /// Whether the caller of `request` is an admin of its tenant.
+    pub fn is_caller_of<T>(request: &tonic::Request<T>) -> bool {
+        request.extensions().get::<Self>().is_some()
+    }
+}

@@ -51,6 +51,15 @@ pub enum Error {
         /// The roles that would grant it (none for an unknown method).
         required: Vec<&'static str>,
     },
+    /// The label is protected by the tenant's label policy and the caller
+    /// is not an admin.
+    #[error(
+        "label {label:?} is protected in this tenant: only an admin may set, move or delete it"
+    )]
+    LabelProtected {
+        /// The protected label.
+        label: String,
+    },
     /// The caller is not authenticated.
     #[error("{0}")]
     Unauthenticated(String),
@@ -266,6 +275,11 @@ impl From<Error> for Status {
                     "MISSING_ROLE",
                     vec![("method", method), ("required_roles", required.join(","))],
                 ),
+            ),
+            Error::LabelProtected { label } => Status::with_error_details(
+                Code::PermissionDenied,
+                message,
+                info("LABEL_PROTECTED", vec![("label", label)]),
             ),
             Error::Unauthenticated(_) => Status::unauthenticated(message),
             Error::Unavailable { dependency, detail } => {

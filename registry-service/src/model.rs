@@ -3,6 +3,7 @@
 //! violation per bad field) and back; storage keeps them as JSON snapshots.
 
 pub mod agent;
+pub mod label;
 pub mod params;
 pub mod provider;
 pub mod version;

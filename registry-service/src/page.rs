@@ -18,9 +18,14 @@ pub const MAX_PAGE_SIZE: u64 = 100;
 
 /// The page size to serve for a requested `page_size`.
 pub fn size(requested: i32) -> Result<u64, Error> {
+    size_or(requested, DEFAULT_PAGE_SIZE)
+}
+
+/// [`size`] for a listing whose default page size is `default`.
+pub fn size_or(requested: i32, default: u64) -> Result<u64, Error> {
     match requested {
         n if n < 0 => Err(Error::bad_field("page_size", "must not be negative")),
-        0 => Ok(DEFAULT_PAGE_SIZE),
+        0 => Ok(default),
         n => Ok(u64::try_from(n).map_or(MAX_PAGE_SIZE, |n| n.min(MAX_PAGE_SIZE))),
     }
 }

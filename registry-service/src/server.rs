@@ -13,6 +13,7 @@ use ops::tls::ReloadingTls;
 use ops::health::ServingStatus;
 use proto::v1::agent_service_server::AgentServiceServer;
 use proto::v1::key_service_server::KeyServiceServer;
+use proto::v1::label_policy_service_server::LabelPolicyServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
 use proto::v1::runtime_service_server::RuntimeServiceServer;
 use proto::v1::watch_service_server::WatchServiceServer;
@@ -27,12 +28,13 @@ use crate::telemetry::RegistryMetrics;
 use ops::metrics::Metrics;
 
 /// The service names health checks and reflection know.
-pub const SERVICE_NAMES: [&str; 5] = [
+pub const SERVICE_NAMES: [&str; 6] = [
     "agentregistry.v1.AgentService",
     "agentregistry.v1.ProviderService",
     "agentregistry.v1.RuntimeService",
     "agentregistry.v1.KeyService",
     "agentregistry.v1.WatchService",
+    "agentregistry.v1.LabelPolicyService",
 ];
 
 /// Where the registry serves.
@@ -93,7 +95,10 @@ pub async fn serve(
         .add_service(ProviderServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(RuntimeServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(KeyServiceServer::new(registry.clone()).max_decoding_message_size(limit))
-        .add_service(WatchServiceServer::new(registry.clone()).max_decoding_message_size(limit));
+        .add_service(WatchServiceServer::new(registry.clone()).max_decoding_message_size(limit))
+        .add_service(
+            LabelPolicyServiceServer::new(registry.clone()).max_decoding_message_size(limit),
+        );
 
     health.set(ops::LIVENESS, ServingStatus::Serving);
     // Not ready until the first dependency check has passed.

@@ -30,6 +30,7 @@ pub mod agents;
 pub mod changes;
 mod group_commit;
 pub mod keys;
+pub mod labels;
 pub mod providers;
 pub mod recent;
 mod sqlite_reads;

@@ -123,6 +123,7 @@ def main(path: str) -> int:
                 "agentregistry.v1.RuntimeService",
                 "agentregistry.v1.KeyService",
                 "agentregistry.v1.WatchService",
+                "agentregistry.v1.LabelPolicyService",
             ]
         ),
         "transcoder services",

@@ -39,7 +39,7 @@ fn public_methods() -> Vec<String> {
 #[test]
 fn every_proto_method_is_in_the_role_table() {
     let methods = public_methods();
-    assert_eq!(methods.len(), 24, "{methods:?}");
+    assert_eq!(methods.len(), 34, "{methods:?}");
     for method in &methods {
         assert!(
             allowed_roles(method).is_some(),
@@ -241,12 +241,62 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
             agent_id: f.agent_id.clone(),
             version_number: None,
             if_none_match: String::new(),
+            label: String::new(),
         }
         .encode_to_vec(),
         "RevokeProviderKey" => pb::RevokeProviderKeyRequest {
             provider_id: f.provider_id.clone(),
             revision: 1,
             reason: String::new(),
+        }
+        .encode_to_vec(),
+        "SetAgentLabel" => pb::SetAgentLabelRequest {
+            agent_id: f.agent_id.clone(),
+            label: "production".to_owned(),
+            version_number: 1,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "DeleteAgentLabel" => pb::DeleteAgentLabelRequest {
+            agent_id: f.agent_id.clone(),
+            label: "production".to_owned(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ListAgentLabels" => pb::ListAgentLabelsRequest {
+            agent_id: f.agent_id.clone(),
+        }
+        .encode_to_vec(),
+        "ListAgentLabelHistory" => pb::ListAgentLabelHistoryRequest {
+            agent_id: f.agent_id.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "SetProviderLabel" => pb::SetProviderLabelRequest {
+            provider_id: f.provider_id.clone(),
+            label: "production".to_owned(),
+            version_number: 1,
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "DeleteProviderLabel" => pb::DeleteProviderLabelRequest {
+            provider_id: f.provider_id.clone(),
+            label: "production".to_owned(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "ListProviderLabels" => pb::ListProviderLabelsRequest {
+            provider_id: f.provider_id.clone(),
+        }
+        .encode_to_vec(),
+        "ListProviderLabelHistory" => pb::ListProviderLabelHistoryRequest {
+            provider_id: f.provider_id.clone(),
+            ..Default::default()
+        }
+        .encode_to_vec(),
+        "GetLabelPolicy" => pb::GetLabelPolicyRequest {}.encode_to_vec(),
+        "UpdateLabelPolicy" => pb::UpdateLabelPolicyRequest {
+            protected_labels: vec!["production".to_owned()],
         }
         .encode_to_vec(),
         "GetKeyStatus" => pb::GetKeyStatusRequest {}.encode_to_vec(),
@@ -326,8 +376,9 @@ fn bearer_for(identity: Identity) -> Option<String> {
 /// Who may call each public method, written out here from the contract
 /// (the role comments of the .proto files), not read from the server's
 /// table: readers view, editors change agents, admins change providers,
-/// the runtime resolves, key counts for admins and operators, key changes
-/// for operators alone, every tenant role watches its tenant.
+/// editors set labels of both (admins alone protected ones, and the label
+/// policy), the runtime resolves, key counts for admins and operators, key
+/// changes for operators alone, every tenant role watches its tenant.
 const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("CreateAgent", &["editor", "admin"]),
     ("GetAgent", &["viewer", "editor", "admin"]),
@@ -338,6 +389,10 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("GetAgentVersion", &["viewer", "editor", "admin"]),
     ("DiffAgentVersions", &["viewer", "editor", "admin"]),
     ("RollbackAgent", &["editor", "admin"]),
+    ("SetAgentLabel", &["editor", "admin"]),
+    ("DeleteAgentLabel", &["editor", "admin"]),
+    ("ListAgentLabels", &["viewer", "editor", "admin"]),
+    ("ListAgentLabelHistory", &["viewer", "editor", "admin"]),
     ("CreateProvider", &["admin"]),
     ("GetProvider", &["viewer", "editor", "admin"]),
     ("ListProviders", &["viewer", "editor", "admin"]),
@@ -348,6 +403,12 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("DiffProviderVersions", &["viewer", "editor", "admin"]),
     ("RollbackProvider", &["admin"]),
     ("RevokeProviderKey", &["admin"]),
+    ("SetProviderLabel", &["editor", "admin"]),
+    ("DeleteProviderLabel", &["editor", "admin"]),
+    ("ListProviderLabels", &["viewer", "editor", "admin"]),
+    ("ListProviderLabelHistory", &["viewer", "editor", "admin"]),
+    ("GetLabelPolicy", &["viewer", "editor", "admin"]),
+    ("UpdateLabelPolicy", &["admin"]),
     ("ResolveAgent", &["runtime"]),
     ("GetKeyStatus", &["admin", "platform-operator"]),
     ("RewrapCredentials", &["platform-operator"]),
@@ -395,8 +456,14 @@ fn expected(method: &str, identity: Identity) -> Option<Code> {
         Identity::OtherTenant if name == "WatchChanges" => Some(Code::Ok),
         Identity::OtherTenant if method.contains(".KeyService/") => Some(Code::PermissionDenied),
         Identity::OtherTenant => {
-            if name.starts_with("Create") || name.starts_with("List") && !name.ends_with("Versions")
-            {
+            // Creates, the tenant-wide lists and the tenant's own label
+            // policy answer; anything naming a resource of acme is
+            // NOT_FOUND.
+            let tenant_wide = matches!(
+                name,
+                "ListAgents" | "ListProviders" | "GetLabelPolicy" | "UpdateLabelPolicy"
+            );
+            if name.starts_with("Create") || tenant_wide {
                 Some(Code::Ok)
             } else {
                 Some(Code::NotFound)
@@ -454,7 +521,7 @@ async fn every_method_for_every_identity_answers_as_the_role_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11 * 24);
+    assert_eq!(checked, 11 * 34);
     let mut listed: Vec<&str> = EXPECTED_ROLES.iter().map(|(name, _)| *name).collect();
     let mut public: Vec<String> = public_methods()
         .iter()
@@ -522,6 +589,7 @@ async fn provider_rollback_is_admin_only_and_resolve_is_runtime_only() {
         agent_id: fixture.agent_id.clone(),
         version_number: None,
         if_none_match: String::new(),
+        label: String::new(),
     };
     let status = pb::runtime_service_client::RuntimeServiceClient::new(admin)
         .resolve_agent(resolve.clone())
@@ -614,6 +682,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
                 agent_id: agent_id.clone(),
                 version_number: None,
                 if_none_match: String::new(),
+                label: String::new(),
             })
             .await,
         "resolve agent",

@@ -173,6 +173,7 @@ async fn crypto_service_killed_and_restarted_under_writers_loses_and_invents_not
                 agent_id: log.agent_id.clone(),
                 version_number: None,
                 if_none_match: String::new(),
+                label: String::new(),
             })
             .await
             .expect("resolve")

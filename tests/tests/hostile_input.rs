@@ -1274,6 +1274,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
                 agent_id: existing.id.clone(),
                 version_number: Some(number),
                 if_none_match: String::new(),
+                label: String::new(),
             })
         );
         refused!(
@@ -1343,6 +1344,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
                 agent_id: existing.id.clone(),
                 version_number: Some(number),
                 if_none_match: String::new(),
+                label: String::new(),
             })
         );
         refused!(

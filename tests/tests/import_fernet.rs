@@ -195,6 +195,7 @@ async fn resolved_key(c: &mut Clients, provider_id: &str, agent_name: &str) -> S
             agent_id: agent.id,
             version_number: None,
             if_none_match: String::new(),
+            label: String::new(),
         })
         .await
         .expect("resolve agent")

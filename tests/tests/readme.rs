@@ -66,6 +66,9 @@ async fn readme_walkthrough_runs_as_written() {
         "rpc ResolveAgent ( .agentregistry.v1.ResolveAgentRequest )",
         r#""status": "SERVING""#,
         r#""activeVersion": 1"#,
+        r#""reason": "reviewed""#,
+        r#""toVersion": "2""#,
+        "production runs agent version 2",
     ] {
         assert!(
             out.contains(expected),

@@ -335,6 +335,7 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
             agent_id: agent.id.clone(),
             version_number: None,
             if_none_match: String::new(),
+            label: String::new(),
         })
         .await
         .expect("resolve")
@@ -367,6 +368,7 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
             agent_id: agent.id.clone(),
             version_number: None,
             if_none_match: String::new(),
+            label: String::new(),
         })
         .await
         .expect("resolve after rollback")
@@ -826,6 +828,7 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
             agent_id: agent.id.clone(),
             version_number: None,
             if_none_match: String::new(),
+            label: String::new(),
         })
         .await
         .expect("resolve")
@@ -906,6 +909,7 @@ async fn resolve_agent_as_of_an_earlier_version() {
             agent_id: agent.id.clone(),
             version_number: None,
             if_none_match: String::new(),
+            label: String::new(),
         })
         .await
         .expect("resolve")
@@ -923,6 +927,7 @@ async fn resolve_agent_as_of_an_earlier_version() {
             agent_id: agent.id.clone(),
             version_number: Some(1),
             if_none_match: String::new(),
+            label: String::new(),
         })
         .await
         .expect("resolve v1")

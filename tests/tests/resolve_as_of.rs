@@ -31,6 +31,7 @@ impl Clients {
                 agent_id: id.to_owned(),
                 version_number: version,
                 if_none_match: String::new(),
+                label: String::new(),
             })
             .await
             .map(tonic::Response::into_inner)

@@ -30,6 +30,7 @@ async fn resolve(
             agent_id: agent_id.to_owned(),
             version_number: None,
             if_none_match: if_none_match.to_owned(),
+            label: String::new(),
         })
         .await
         .expect("resolve")
@@ -180,6 +181,7 @@ async fn an_unchanged_resolution_is_not_modified_without_a_key_or_a_decrypt() {
             agent_id: agent.id.clone(),
             version_number: None,
             if_none_match: "x".repeat(257),
+            label: String::new(),
         })
         .await
         .expect_err("refused");

@@ -30,12 +30,13 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 /// The services a REST or grpc-web client may reach (CryptoService is
 /// internal: the registry alone calls it).
-const PUBLIC_SERVICES: [&str; 5] = [
+const PUBLIC_SERVICES: [&str; 6] = [
     "agentregistry.v1.AgentService",
     "agentregistry.v1.ProviderService",
     "agentregistry.v1.RuntimeService",
     "agentregistry.v1.KeyService",
     "agentregistry.v1.WatchService",
+    "agentregistry.v1.LabelPolicyService",
 ];
 
 /// Query parameters of the report's calls that no request has, and why.

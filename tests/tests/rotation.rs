@@ -270,6 +270,7 @@ async fn rotation_rewraps_every_value_while_clients_write_and_then_retires_the_o
                 agent_id: agent.clone(),
                 version_number: None,
                 if_none_match: String::new(),
+                label: String::new(),
             })
             .await
             .expect("resolve")
@@ -364,6 +365,7 @@ async fn a_rewrap_job_killed_half_way_finishes_when_run_again() {
                 agent_id: agent.clone(),
                 version_number: None,
                 if_none_match: String::new(),
+                label: String::new(),
             })
             .await
             .expect("resolve")

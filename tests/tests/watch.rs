@@ -447,3 +447,59 @@ async fn on_postgres_a_write_through_one_replica_reaches_a_watcher_on_another() 
     replica_b.terminate().await;
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn label_moves_are_changes_with_their_label_and_target() {
+    let stack = Stack::start().await;
+    let admin = stack.channel_as("alice", "acme", &["admin"]).await;
+    let analyst = create_agent(&admin, "analyst").await;
+    set_goal(&admin, &analyst.id, "Analyze more").await;
+    let mut changes = watch(admin.clone(), Some(2), &[]).await;
+    assert_eq!(synced(&mut changes).await, 2);
+
+    let mut agents = AgentServiceClient::new(admin.clone());
+    let set = |version_number, expected_version| pb::SetAgentLabelRequest {
+        agent_id: analyst.id.clone(),
+        label: "production".to_owned(),
+        version_number,
+        expected_version,
+        reason: "ship it".to_owned(),
+    };
+    agents.set_agent_label(set(1, Some(0))).await.expect("set");
+    agents.set_agent_label(set(2, Some(1))).await.expect("move");
+    // Where it already points: no change, nothing recorded.
+    agents.set_agent_label(set(2, None)).await.expect("again");
+    agents
+        .delete_agent_label(pb::DeleteAgentLabelRequest {
+            agent_id: analyst.id.clone(),
+            label: "production".to_owned(),
+            expected_version: Some(2),
+            reason: String::new(),
+        })
+        .await
+        .expect("delete");
+    set_goal(&admin, &analyst.id, "Analyze most").await;
+
+    use pb::ChangeAction as A;
+    let mut received = Vec::new();
+    for _ in 0..4 {
+        let change = next_change(&mut changes).await;
+        received.push((
+            change.revision,
+            change.action(),
+            change.label.clone(),
+            change.version_number,
+        ));
+    }
+    let production = || "production".to_owned();
+    assert_eq!(
+        received,
+        vec![
+            (3, A::LabelSet, production(), 1),
+            (4, A::LabelSet, production(), 2),
+            (5, A::LabelDelete, production(), 0),
+            (6, A::Update, String::new(), 3),
+        ]
+    );
+    stack.finish().await;
+}

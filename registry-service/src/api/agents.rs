@@ -27,6 +27,9 @@ super::versioned_service! {
     get_agent_version(GetAgentVersionRequest);
     diff_agent_versions(DiffAgentVersionsRequest) -> DiffAgentVersionsResponse;
     rollback_agent(RollbackAgentRequest);
+    labels set_agent_label(SetAgentLabelRequest), delete_agent_label(DeleteAgentLabelRequest),
+        list_agent_labels(ListAgentLabelsRequest),
+        list_agent_label_history(ListAgentLabelHistoryRequest, "ListAgentLabelHistory");
 
     #[tracing::instrument(skip_all, fields(agent_id))]
     async fn create_agent(
@@ -66,6 +69,8 @@ super::versioned_service! {
         };
         let id = &input.id;
         let record = versioned::update(&self.db, &Agents, write, id, expected, change).await?;
-        Ok(Response::new(message::<Agents>(&record)))
+        Ok(Response::new(
+            self.labelled::<Agents>(&caller.tenant, &record).await?,
+        ))
     }
 }

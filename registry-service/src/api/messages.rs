@@ -15,6 +15,7 @@ use crate::model::path;
 use crate::model::provider::{self, ProviderInput, ProviderKind, ProviderSpec};
 use crate::model::version::{Action, Change, ChangeKind};
 use crate::store::changes::{ChangeAction, ChangeRecord, ResourceKind};
+use crate::store::labels::{LabelRecord, MoveRecord, Policy};
 use crate::watch::Event;
 
 /// Records a violation under `prefix` when `message` holds more stop
@@ -213,7 +214,7 @@ impl AgentSpec {
     /// (not yet validated), and the fields a request without an update mask
     /// sets: every optional field present, every non-empty string, list and
     /// message.
-    fn draft_and_fields_set(input: &pb::Agent) -> (Self, FieldsSet<31>) {
+    fn draft_and_fields_set(input: &pb::Agent) -> (Self, FieldsSet<33>) {
         let pb::Agent {
             // Resource metadata: the store sets it.
             id: _,
@@ -223,12 +224,15 @@ impl AgentSpec {
             update_time: _,
             created_by: _,
             updated_by: _,
+            labels: _,
             name,
             role,
             goal,
             backstory,
             tools,
             llm_provider_id,
+            llm_provider_label,
+            llm_provider_version,
             llm_overrides,
             temperature,
             allow_delegation,
@@ -262,6 +266,8 @@ impl AgentSpec {
             ("backstory", !backstory.is_empty()),
             ("tools", !tools.is_empty()),
             ("llm_provider_id", llm_provider_id.is_some()),
+            ("llm_provider_label", !llm_provider_label.is_empty()),
+            ("llm_provider_version", llm_provider_version.is_some()),
             ("llm_overrides", llm_overrides.is_some()),
             ("temperature", temperature.is_some()),
             ("allow_delegation", allow_delegation.is_some()),
@@ -300,6 +306,8 @@ impl AgentSpec {
             backstory,
             tools,
             llm_provider_id: llm_provider_id.filter(|id| !id.is_empty()),
+            llm_provider_label: Some(llm_provider_label).filter(|label| !label.is_empty()),
+            llm_provider_version,
             llm_overrides: llm_overrides.into(),
             temperature,
             allow_delegation: allow_delegation.unwrap_or(agent::DEFAULT_ALLOW_DELEGATION),
@@ -374,6 +382,8 @@ impl AgentSpec {
             backstory,
             tools,
             llm_provider_id,
+            llm_provider_label,
+            llm_provider_version,
             llm_overrides,
             temperature,
             allow_delegation,
@@ -408,12 +418,15 @@ impl AgentSpec {
             update_time: None,
             created_by: String::new(),
             updated_by: String::new(),
+            labels: Default::default(),
             name,
             role,
             goal,
             backstory,
             tools,
             llm_provider_id,
+            llm_provider_label: llm_provider_label.unwrap_or_default(),
+            llm_provider_version,
             llm_overrides: params_message(&llm_overrides),
             temperature,
             allow_delegation: Some(allow_delegation),
@@ -506,9 +519,10 @@ impl ProviderDraft {
             update_time: _,
             created_by: _,
             updated_by: _,
-            // Output only: the store keeps the key's state.
+            // Output only: the store keeps the key's state and the labels.
             api_key_set: _,
             api_key_revision: _,
+            labels: _,
             name,
             provider_type,
             model_name,
@@ -639,6 +653,7 @@ impl ProviderSpec {
             api_key: String::new(),
             api_key_set: api_key.is_some(),
             api_key_revision: api_key.and(api_key_revision).unwrap_or(0),
+            labels: Default::default(),
         }
     }
 }
@@ -780,5 +795,59 @@ pub fn watch_event(event: Event) -> pb::Change {
         .into(),
         commit_time: Some(super::timestamp(*commit_time)),
         changed_by: changed_by.clone(),
+    }
+}
+
+/// The message form of a label.
+pub fn label(record: LabelRecord) -> pb::Label {
+    let LabelRecord {
+        label,
+        version_number,
+        update_time,
+        updated_by,
+    } = record;
+    pb::Label {
+        label,
+        version_number,
+        update_time: Some(super::timestamp(update_time)),
+        updated_by,
+    }
+}
+
+/// The message form of a label's move.
+pub fn label_move(record: MoveRecord) -> pb::LabelMove {
+    let MoveRecord {
+        id: _,
+        label,
+        from_version,
+        to_version,
+        actor,
+        move_time,
+        reason,
+    } = record;
+    pb::LabelMove {
+        label,
+        from_version,
+        to_version,
+        actor,
+        move_time: Some(super::timestamp(move_time)),
+        reason,
+    }
+}
+
+/// The message form of a tenant's label policy.
+pub fn label_policy(policy: Policy) -> pb::LabelPolicy {
+    let Policy {
+        protected_labels,
+        updated,
+    } = policy;
+    let (update_time, updated_by) = match updated {
+        Some((time, by)) => (Some(super::timestamp(time)), by),
+        None => (None, String::new()),
+    };
+    pb::LabelPolicy {
+        protected_labels,
+        update_time,
+        updated_by,
     }
 }

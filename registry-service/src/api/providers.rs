@@ -93,6 +93,10 @@ super::versioned_service! {
     get_provider_version(GetProviderVersionRequest);
     diff_provider_versions(DiffProviderVersionsRequest) -> DiffProviderVersionsResponse;
     rollback_provider(RollbackProviderRequest);
+    labels set_provider_label(SetProviderLabelRequest),
+        delete_provider_label(DeleteProviderLabelRequest),
+        list_provider_labels(ListProviderLabelsRequest),
+        list_provider_label_history(ListProviderLabelHistoryRequest, "ListProviderLabelHistory");
 
     #[tracing::instrument(skip_all, fields(provider_id))]
     async fn create_provider(
@@ -155,7 +159,9 @@ super::versioned_service! {
             Ok(spec)
         };
         let record = versioned::update(&self.db, &kind, write, &input.id, expected, change).await?;
-        Ok(Response::new(message::<Providers>(&record)))
+        Ok(Response::new(
+            self.labelled::<Providers>(&caller.tenant, &record).await?,
+        ))
     }
 
     #[tracing::instrument(skip_all, fields(provider_id, revision))]
@@ -179,7 +185,9 @@ super::versioned_service! {
             description,
         };
         let record = store::revoke_key(&self.db, write, &request.provider_id, revision).await?;
-        Ok(Response::new(message::<Providers>(&record)))
+        Ok(Response::new(
+            self.labelled::<Providers>(&caller.tenant, &record).await?,
+        ))
     }
 }
 

@@ -7,15 +7,16 @@ use proto::v1::runtime_service_server::RuntimeService;
 use tonic::{Request, Response, Status};
 
 use super::{Meta, Resource, message};
-use super::{Registry, require_id, require_version};
+use super::{Registry, require_id};
 use super::{etag, timestamp};
 use crate::caller::Caller;
-use crate::error::Error;
+use crate::error::{Error, Violations};
 use crate::model::Snapshot;
 use crate::model::agent::AgentSpec;
 use crate::model::params::ModelParams;
 use crate::model::provider::ProviderSpec;
 use crate::store::agents::{self as agent_store, Agents, ProviderAt};
+use crate::store::labels;
 use crate::store::providers::{self as provider_store, ProviderRecord, Providers};
 use crate::store::versioned::{self, Record};
 
@@ -31,21 +32,13 @@ impl RuntimeService for Registry {
     ) -> Result<Response<pb::ResolvedAgent>, Status> {
         let caller = Caller::of(&request)?;
         let request = request.into_inner();
-        require_id("agent_id", &request.agent_id)?;
-        if let Some(number) = request.version_number {
-            require_version("version_number", number)?;
-        }
-        if request.if_none_match.chars().count() > MAX_ETAG_CHARS {
-            return Err(Error::bad_field(
-                "if_none_match",
-                format!("must be at most {MAX_ETAG_CHARS} characters"),
-            )
-            .into());
-        }
+        check_request(&request)?;
+        let tenant = &caller.tenant;
         let known = Known {
-            tenant: &caller.tenant,
+            tenant,
             agent_id: &request.agent_id,
             version_number: request.version_number,
+            label: &request.label,
         };
         if let Some(unchanged) = self
             .resolutions
@@ -54,31 +47,45 @@ impl RuntimeService for Registry {
             return Ok(Response::new(unchanged));
         }
         // Read before anything the answer is made of (see `Resolutions`).
-        let generation = self.db.changes().generation(&caller.tenant);
+        let generation = self.db.changes().generation(tenant);
+        // The agent version asked for: by number, by label, or the current.
+        let wanted = match (request.version_number, request.label.as_str()) {
+            (Some(number), _) => Some(number),
+            (None, "" | labels::LATEST) => None,
+            (None, label) => {
+                let target =
+                    labels::label_of::<Agents>(&self.db, tenant, &request.agent_id, label).await?;
+                let target = target.ok_or_else(|| Error::NotFound {
+                    kind: "agent label",
+                    id: format!("{}@{label}", request.agent_id),
+                })?;
+                Some(target.version_number)
+            }
+        };
         // The current configuration: agent and provider in one query.
-        let (current, spec, agent_version, provider) = match request.version_number {
+        // An older version: the provider it recorded (`ran_on`).
+        let (current, spec, agent_version, joined, ran_on) = match wanted {
             None => {
                 let (current, provider) =
-                    agent_store::get_with_provider(&self.db, &caller.tenant, &request.agent_id)
-                        .await?;
+                    agent_store::get_with_provider(&self.db, tenant, &request.agent_id).await?;
                 let spec = current.spec.clone();
                 let version = current.version;
-                (current, spec, version, provider)
+                (current, spec, version, provider, None)
             }
             Some(number) => {
                 let (current, spec, ran_on) =
-                    agent_store::spec_at(&self.db, &caller.tenant, &request.agent_id, number)
-                        .await?;
-                let provider = match ran_on {
-                    Some(at) => Some(self.provider_as_of(&caller.tenant, &at).await?),
-                    None => None,
-                };
-                (current, spec, number, provider)
+                    agent_store::spec_at(&self.db, tenant, &request.agent_id, number).await?;
+                (current, spec, number, None, ran_on)
             }
         };
-        let provider = match provider {
+        let is_current = agent_version == current.version;
+        let provider = match self.referenced_provider(tenant, &spec, is_current).await? {
             Some(provider) => provider,
-            None => self.provider_for(&caller.tenant, &spec).await?,
+            None => match (ran_on, joined) {
+                (Some(at), _) => self.provider_as_of(tenant, &at).await?,
+                (None, Some(provider)) => provider,
+                (None, None) => self.provider_for(tenant, &spec).await?,
+            },
         };
         if let Some(url) = &provider.spec.base_url
             && provider.spec.api_key.is_some()
@@ -90,9 +97,10 @@ impl RuntimeService for Registry {
         // destination above), so a cached answer is never one the registry
         // would refuse now.
         let resolution = Resolution {
-            etag: resolution_etag(agent_version, &provider),
+            etag: resolution_etag(&request.label, agent_version, &provider),
             agent_version,
             provider_version: provider.version,
+            label: request.label.clone(),
         };
         self.resolutions
             .remember(&known, resolution.clone(), generation);
@@ -103,12 +111,12 @@ impl RuntimeService for Registry {
         let api_key = match &provider.spec.api_key {
             Some(ciphertext) => {
                 self.crypto
-                    .decrypt_api_key(&caller.tenant, &provider.id, ciphertext)
+                    .decrypt_api_key(tenant, &provider.id, ciphertext)
                     .await?
             }
             None => zeroize::Zeroizing::new(String::new()),
         };
-        let agent = match request.version_number {
+        let agent = match wanted {
             None => message::<Agents>(&current),
             Some(_) => {
                 let meta = Meta {
@@ -119,6 +127,7 @@ impl RuntimeService for Registry {
                     update_time: None,
                     created_by: current.created_by.clone(),
                     updated_by: String::new(),
+                    labels: Default::default(),
                 };
                 Agents::message(&spec, meta)
             }
@@ -132,11 +141,81 @@ impl RuntimeService for Registry {
             provider_version: provider.version,
             etag: resolution,
             not_modified: false,
+            label: request.label,
         }))
     }
 }
 
+/// Every field of a ResolveAgent request checked, one violation per bad
+/// field, before any database work.
+fn check_request(request: &pb::ResolveAgentRequest) -> Result<(), Error> {
+    let mut v = Violations::default();
+    if let Err(Error::BadRequest(violations)) = require_id("agent_id", &request.agent_id) {
+        for violation in violations {
+            v.add(violation.field, violation.description);
+        }
+    }
+    if request.version_number.is_some_and(|n| n < 1) {
+        v.add("version_number", "must be 1 or more");
+    }
+    if !request.label.is_empty() {
+        if request.version_number.is_some() {
+            v.add(
+                "label",
+                "must not be set together with version_number (at most one of the two)",
+            );
+        } else if request.label != labels::LATEST
+            && let Err(problem) = labels::check_name(&request.label)
+        {
+            v.add("label", problem);
+        }
+    }
+    if request.if_none_match.chars().count() > MAX_ETAG_CHARS {
+        v.add(
+            "if_none_match",
+            format!("must be at most {MAX_ETAG_CHARS} characters"),
+        );
+    }
+    v.finish(())
+}
+
 impl Registry {
+    /// The provider version an agent version names itself: for the current
+    /// agent version, the one its provider label names now; for any, its
+    /// pinned `llm_provider_version`. `None`: the agent names none (or an
+    /// older agent version follows a label: what it recorded applies).
+    async fn referenced_provider(
+        &self,
+        tenant: &str,
+        spec: &AgentSpec,
+        is_current: bool,
+    ) -> Result<Option<ProviderRecord>, Error> {
+        let Some(id) = &spec.llm_provider_id else {
+            return Ok(None);
+        };
+        let version = match (&spec.llm_provider_label, spec.llm_provider_version) {
+            (Some(label), _) if is_current => {
+                let target = labels::label_of::<Providers>(&self.db, tenant, id, label).await?;
+                let target = target.ok_or_else(|| {
+                    Error::precondition(
+                        "PROVIDER_LABEL_NOT_FOUND",
+                        format!(
+                            "the agent follows label {label:?} of provider {id:?}, which no longer exists: set the label again, or point the agent elsewhere"
+                        ),
+                    )
+                })?;
+                target.version_number
+            }
+            (_, Some(version)) => version,
+            _ => return Ok(None),
+        };
+        let at = ProviderAt {
+            id: id.clone(),
+            version,
+        };
+        self.provider_as_of(tenant, &at).await.map(Some)
+    }
+
     /// The agent's assigned provider, or the tenant's default one.
     async fn provider_for(&self, tenant: &str, spec: &AgentSpec) -> Result<ProviderRecord, Error> {
         match &spec.llm_provider_id {
@@ -215,6 +294,8 @@ struct Resolution {
     etag: String,
     agent_version: i64,
     provider_version: i64,
+    /// The label resolved, when one was asked for.
+    label: String,
 }
 
 impl Resolution {
@@ -228,6 +309,7 @@ impl Resolution {
             provider_version: self.provider_version,
             etag: self.etag,
             not_modified: true,
+            label: self.label,
         }
     }
 }
@@ -238,14 +320,20 @@ struct Known<'a> {
     tenant: &'a str,
     agent_id: &'a str,
     version_number: Option<i64>,
+    label: &'a str,
 }
 
 impl Known<'_> {
+    /// Unambiguous: the agent id is a UUID, the version digits and the
+    /// label DNS-label characters, none of them a newline.
     fn key(&self) -> String {
         let version = self
             .version_number
             .map_or_else(String::new, |n| n.to_string());
-        format!("{}\n{}\n{version}", self.tenant, self.agent_id)
+        format!(
+            "{}\n{}\n{version}\n{}",
+            self.tenant, self.agent_id, self.label
+        )
     }
 }
 
@@ -310,18 +398,25 @@ impl Resolutions {
 const MAX_ETAG_CHARS: usize = 256;
 
 /// The etag of a resolution: what the answer depends on that can change.
-/// The agent version pins the agent's configuration; the provider's id and
-/// version pin its configuration (a key change or revocation writes a new
-/// provider version); the credential revision names the key itself (a
-/// rewrap changes its ciphertext, not its plaintext, nor this).
-fn resolution_etag(agent_version: i64, provider: &ProviderRecord) -> String {
+/// The agent label asked for and the version it names (or the version
+/// asked for) pin the agent's configuration; the provider's id and version
+/// (after its label, when the agent follows one) pin its configuration (a
+/// key change or revocation writes a new provider version); the credential
+/// revision names the key itself (a rewrap changes its ciphertext, not its
+/// plaintext, nor this).
+fn resolution_etag(label: &str, agent_version: i64, provider: &ProviderRecord) -> String {
     let revision = provider
         .spec
         .api_key
         .as_ref()
         .and(provider.spec.api_key_revision);
+    let label = if label.is_empty() {
+        String::new()
+    } else {
+        format!("{label}@")
+    };
     format!(
-        "\"{agent_version}.{}.{}.{}\"",
+        "\"{label}{agent_version}.{}.{}.{}\"",
         provider.id,
         provider.version,
         revision.map_or_else(|| "-".to_owned(), |r| r.to_string())

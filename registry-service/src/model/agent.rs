@@ -86,6 +86,12 @@ pub struct AgentSpec {
     pub tools: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_provider_id: Option<String>,
+    /// The provider's label the agent follows (`provider@label`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_provider_label: Option<String>,
+    /// The provider version the agent is pinned to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm_provider_version: Option<i64>,
     /// Always serialized (even empty), so diffs name nested fields.
     #[serde(default)]
     pub llm_overrides: ModelParams,
@@ -149,6 +155,8 @@ pub const FIELDS: &[&str] = &[
     "backstory",
     "tools",
     "llm_provider_id",
+    "llm_provider_label",
+    "llm_provider_version",
     "llm_overrides",
     "temperature",
     "allow_delegation",
@@ -189,6 +197,8 @@ impl Default for AgentSpec {
             backstory: String::new(),
             tools: Vec::new(),
             llm_provider_id: None,
+            llm_provider_label: None,
+            llm_provider_version: None,
             llm_overrides: ModelParams::default(),
             temperature: None,
             allow_delegation: DEFAULT_ALLOW_DELEGATION,
@@ -232,6 +242,10 @@ impl AgentSpec {
             "backstory" => self.backstory.clone_from(&source.backstory),
             "tools" => self.tools.clone_from(&source.tools),
             "llm_provider_id" => self.llm_provider_id.clone_from(&source.llm_provider_id),
+            "llm_provider_label" => self
+                .llm_provider_label
+                .clone_from(&source.llm_provider_label),
+            "llm_provider_version" => self.llm_provider_version = source.llm_provider_version,
             "llm_overrides" => self.llm_overrides.clone_from(&source.llm_overrides),
             "temperature" => self.temperature = source.temperature,
             "allow_delegation" => self.allow_delegation = source.allow_delegation,
@@ -283,6 +297,7 @@ impl AgentSpec {
         {
             v.add("agent.llm_provider_id", "must be a provider id (a UUID)");
         }
+        self.check_provider_reference(&mut v);
         self.llm_overrides.validate("agent.llm_overrides", &mut v);
         if let Some(t) = self.temperature {
             check_f64(&mut v, "agent.temperature", t, 0.0, 2.0);
@@ -303,6 +318,35 @@ impl AgentSpec {
         );
         self.check_crewai_settings(&mut v);
         v.finish(self)
+    }
+
+    /// The provider's label or version: at most one, only with a provider;
+    /// one violation per bad field.
+    fn check_provider_reference(&self, v: &mut Violations) {
+        let (label, version) = (&self.llm_provider_label, self.llm_provider_version);
+        if self.llm_provider_id.is_none() {
+            let without_provider = "needs llm_provider_id (a label or version of which provider?)";
+            if label.is_some() {
+                v.add("agent.llm_provider_label", without_provider);
+            }
+            if version.is_some() {
+                v.add("agent.llm_provider_version", without_provider);
+            }
+            return;
+        }
+        if let Some(label) = label
+            && let Err(problem) = super::label::check_name(label)
+        {
+            v.add("agent.llm_provider_label", problem);
+        }
+        if version.is_some_and(|n| n < 1) {
+            v.add("agent.llm_provider_version", "must be 1 or more");
+        } else if label.is_some() && version.is_some() {
+            v.add(
+                "agent.llm_provider_version",
+                "must not be set together with llm_provider_label (at most one of the two)",
+            );
+        }
     }
 
     /// About how many bytes the settings beyond the platform's own take on

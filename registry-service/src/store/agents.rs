@@ -10,6 +10,7 @@ use sea_orm::{
 };
 
 use super::changes::ResourceKind;
+use super::labels;
 use super::providers::{ProviderRecord, Providers};
 use super::recent::{Recent, Weigh};
 use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
@@ -87,9 +88,21 @@ impl Kind for Agents {
             Some(id) => val(id.clone()),
             None => resolved(provider::Column::Id),
         };
+        // A reference by label records the version the label names now; a
+        // pinned version records itself.
+        let provider_version = match (&spec.llm_provider_id, &spec.llm_provider_label) {
+            (Some(id), Some(label)) => {
+                let target = labels::target_query::<Providers>(tenant, id, label);
+                SimpleExpr::SubQuery(None, Box::new(target.into()))
+            }
+            _ => match spec.llm_provider_version {
+                Some(version) => val(version),
+                None => resolved(provider::Column::Version),
+            },
+        };
         vec![
             ("provider_id", provider_id),
-            ("provider_version", resolved(provider::Column::Version)),
+            ("provider_version", provider_version),
         ]
     }
 
@@ -103,8 +116,21 @@ impl Kind for Agents {
     /// when it was made, the foreign key (ON DELETE RESTRICT) keeps the
     /// provider from going away while the agent uses it, and a provider
     /// never changes tenant.
+    ///
+    /// A provider label is checked on every write that keeps it (a label
+    /// can be deleted; a version cannot while its provider exists), and a
+    /// new reference to a label or version when made: both in the locking
+    /// path.
     fn fast(&self, current: Option<&AgentSpec>, new: &AgentSpec) -> bool {
-        current.is_none_or(|current| current.llm_provider_id == new.llm_provider_id)
+        let same_reference = |current: &AgentSpec| {
+            current.llm_provider_id == new.llm_provider_id
+                && current.llm_provider_version == new.llm_provider_version
+        };
+        new.llm_provider_label.is_none()
+            && match current {
+                None => new.llm_provider_version.is_none(),
+                Some(current) => same_reference(current),
+            }
     }
 
     /// The assigned provider exists in the caller's tenant.
@@ -130,15 +156,52 @@ impl Kind for Agents {
         next: &mut AgentSpec,
         _description: &mut String,
     ) -> Result<bool, Error> {
-        let moved = current.is_none_or(|c| c.llm_provider_id != next.llm_provider_id);
-        if let Some(provider_id) = next.llm_provider_id.as_ref().filter(|_| moved) {
-            let found = provider::Entity::find_by_id(provider_id.clone())
-                .filter(provider::Column::TenantId.eq(write.caller.tenant.clone()))
+        let moved = current.is_none_or(|c| {
+            c.llm_provider_id != next.llm_provider_id
+                || c.llm_provider_version != next.llm_provider_version
+        }) || next.llm_provider_label.is_some();
+        let Some(provider_id) = next.llm_provider_id.as_ref().filter(|_| moved) else {
+            return Ok(true);
+        };
+        let tenant = &write.caller.tenant;
+        let found = if next.llm_provider_label.is_some() {
+            // Locked, as a label move locks it: the label read here is the
+            // one the version row's subquery reads.
+            match versioned::get_locked::<Providers>(txn, tenant, provider_id).await {
+                Ok(_) => 1,
+                Err(Error::NotFound { .. }) => 0,
+                Err(other) => return Err(other),
+            }
+        } else {
+            provider::Entity::find_by_id(provider_id.clone())
+                .filter(provider::Column::TenantId.eq(tenant.clone()))
                 .count(txn)
                 .await
-                .map_err(db_error)?;
-            if found == 0 {
-                return Err(provider_not_found(provider_id));
+                .map_err(db_error)?
+        };
+        if found == 0 {
+            return Err(provider_not_found(provider_id));
+        }
+        if let Some(label) = &next.llm_provider_label
+            && labels::label_of::<Providers>(txn, tenant, provider_id, label)
+                .await?
+                .is_none()
+        {
+            return Err(Error::precondition(
+                "PROVIDER_LABEL_NOT_FOUND",
+                format!("provider {provider_id:?} has no label {label:?}"),
+            ));
+        }
+        if let Some(number) = next.llm_provider_version {
+            match versioned::get_version::<Providers>(txn, tenant, provider_id, number).await {
+                Ok(_) => {}
+                Err(Error::NotFound { .. }) => {
+                    return Err(Error::precondition(
+                        "PROVIDER_VERSION_NOT_FOUND",
+                        format!("provider {provider_id:?} has no version {number}"),
+                    ));
+                }
+                Err(other) => return Err(other),
             }
         }
         Ok(true)
@@ -152,6 +215,7 @@ impl Weigh for AgentSpec {
         strings.iter().map(|s| s.len()).sum::<usize>()
             + self.tools.iter().map(|t| t.len() + 24).sum::<usize>()
             + self.llm_provider_id.as_ref().map_or(0, String::len)
+            + self.llm_provider_label.as_ref().map_or(0, String::len)
             + params.model_name.as_ref().map_or(0, String::len)
             + params.stop.iter().map(|s| s.len() + 24).sum::<usize>()
             + self.crewai_settings_bytes()

@@ -779,8 +779,9 @@ pub async fn write_locked<K: Kind>(
     Ok(Some(next.record))
 }
 
-/// Deletes resource `id` (its versions go with it), when the kind allows,
-/// and records the delete in the change log, by `caller`.
+/// Deletes resource `id` (its versions, labels and label history go with
+/// it), when the kind allows, and records the delete in the change log, by
+/// `caller`.
 pub async fn delete<K: Kind>(
     store: &Store,
     kind: &K,
@@ -798,6 +799,7 @@ pub async fn delete<K: Kind>(
         .exec(&txn)
         .await
         .map_err(|error| kind.delete_error(error))?;
+    super::labels::forget::<K>(&txn, tenant, id).await?;
     let change = NewChange {
         tenant,
         kind: K::LOGGED_AS,
