@@ -464,7 +464,7 @@ fn messages_by_name(set: &FileDescriptorSet) -> BTreeMap<String, DescriptorProto
 }
 
 /// A message's field paths, one level into our own message fields (enough
-/// for `agent.id`, `provider.id`).
+/// for `agent.id`, `provider.id`; enum fields are leaves).
 fn field_paths(
     messages: &BTreeMap<String, DescriptorProto>,
     message: &str,
@@ -474,7 +474,8 @@ fn field_paths(
     for field in &messages[message].field {
         let path = format!("{prefix}{}", field.name());
         let type_name = field.type_name().trim_start_matches('.');
-        if prefix.is_empty() && type_name.starts_with("agentregistry.") {
+        let is_message = field.r#type() == prost_types::field_descriptor_proto::Type::Message;
+        if prefix.is_empty() && is_message && type_name.starts_with("agentregistry.") {
             paths.extend(field_paths(messages, type_name, &format!("{path}.")));
         }
         paths.insert(path);

@@ -78,8 +78,11 @@ impl RuntimeService for Registry {
                 (current, spec, number, None, ran_on)
             }
         };
-        let is_current = agent_version == current.version;
-        let provider = match self.referenced_provider(tenant, &spec, is_current).await? {
+        // The live configuration (no version asked for) follows the
+        // agent's provider label now; a version asked for, by number or by
+        // label, is reproduced as it was written (see runtime.proto).
+        let live = wanted.is_none();
+        let provider = match self.referenced_provider(tenant, &spec, live).await? {
             Some(provider) => provider,
             None => match (ran_on, joined) {
                 (Some(at), _) => self.provider_as_of(tenant, &at).await?,
@@ -180,21 +183,21 @@ fn check_request(request: &pb::ResolveAgentRequest) -> Result<(), Error> {
 }
 
 impl Registry {
-    /// The provider version an agent version names itself: for the current
-    /// agent version, the one its provider label names now; for any, its
-    /// pinned `llm_provider_version`. `None`: the agent names none (or an
-    /// older agent version follows a label: what it recorded applies).
+    /// The provider version an agent version names itself: for the live
+    /// configuration, the one its provider label names now; for any, its
+    /// pinned `llm_provider_version`. `None`: the agent names none (or a
+    /// version asked for follows a label: what it recorded applies).
     async fn referenced_provider(
         &self,
         tenant: &str,
         spec: &AgentSpec,
-        is_current: bool,
+        live: bool,
     ) -> Result<Option<ProviderRecord>, Error> {
         let Some(id) = &spec.llm_provider_id else {
             return Ok(None);
         };
         let version = match (&spec.llm_provider_label, spec.llm_provider_version) {
-            (Some(label), _) if is_current => {
+            (Some(label), _) if live => {
                 let target = labels::label_of::<Providers>(&self.db, tenant, id, label).await?;
                 let target = target.ok_or_else(|| {
                     Error::precondition(
