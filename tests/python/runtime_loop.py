@@ -13,6 +13,10 @@ true:
 - a new provider key shows in the cache within a deadline;
 - a change made while the watch stream is down is seen after it resumes,
   which it does after its last revision (nothing missed, nothing repeated);
+- when that revision has been compacted away (the registry runs with
+  REGISTRY_WATCH_HISTORY=2, REGISTRY_WATCH_COMPACTION_SECONDS=1), the resume
+  answers OUT_OF_RANGE and the runtime watches from now, re-resolving
+  everything: the change is seen all the same;
 - every full and not_modified answer is counted: exactly as many as these
   steps need (the Rust test also checks crypto-service decrypted exactly
   FULL_ANSWERS times).
@@ -34,6 +38,7 @@ import pathlib
 import sys
 import tempfile
 import threading
+import time
 import traceback
 
 import grpc
@@ -50,13 +55,17 @@ KEY_2 = "sk-runtime-loop-second"
 GOAL_V1 = "Answer support tickets"
 GOAL_V2 = "Answer support tickets politely"
 GOAL_V3 = "Answer support tickets politely and briefly"
+GOAL_V4 = "Answer support tickets politely, briefly"
+GOAL_V5 = "Answer support tickets politely, briefly and in English"
 LABEL = "production"
 
 # Full ResolveAgent answers these steps need: the first get (v1), the label
-# moved to v2, the new key, the label moved to v3 while disconnected.
-FULL_ANSWERS = 4
+# moved to v2, the new key, the label moved to v3 while disconnected, the
+# re-resolve after OUT_OF_RANGE (v5).
+FULL_ANSWERS = 5
 # not_modified answers: the re-resolve at the first SYNCED, the update to
 # v2, the update to v3 (each while `production` stayed where it was).
+# (The re-resolve after OUT_OF_RANGE finds v5: a full answer.)
 NOT_MODIFIED_ANSWERS = 3
 
 
@@ -78,6 +87,27 @@ class Stubs:
         self.runtime_grpc = load("runtime_pb2_grpc")
         self.watch = load("watch_pb2")
         self.watch_grpc = load("watch_pb2_grpc")
+
+
+def compacted(pb: Stubs, channel: grpc.Channel, admin, after: int) -> grpc.StatusCode:
+    """Opens WatchChanges after `after` until it answers OUT_OF_RANGE (the
+    registry compacts every second), at most WAIT seconds; the last code."""
+    deadline = time.monotonic() + WAIT
+    watcher = pb.watch_grpc.WatchServiceStub(channel)
+    while True:
+        stream = watcher.WatchChanges(
+            pb.watch.WatchChangesRequest(after_revision=after), metadata=admin
+        )
+        try:
+            next(stream)
+            code = grpc.StatusCode.OK
+        except grpc.RpcError as error:
+            code = error.code()
+        finally:
+            stream.cancel()
+        if code == grpc.StatusCode.OUT_OF_RANGE or time.monotonic() > deadline:
+            return code
+        time.sleep(0.1)
 
 
 def run(args: argparse.Namespace, pb: Stubs) -> int:
@@ -254,6 +284,43 @@ def run(args: argparse.Namespace, pb: Stubs) -> int:
                 runtime.revisions_applied,
                 [4, 5, 6, 7, 8],
                 "every change applied once, in order",
+            )
+            checks.equal(runtime.full_answers, 4, "full answers after the resume")
+            checks.equal(runtime.not_modified_answers, 3, "not_modified answers after the resume")
+
+            # Down again while production moves to v5 (revisions 9-11) and
+            # the registry (REGISTRY_WATCH_HISTORY=2) compacts revision 9
+            # away: resuming after 8 answers OUT_OF_RANGE, so the runtime
+            # watches from now and re-resolves everything at SYNCED.
+            runtime.drop_stream(hold=True)
+            eventually(runtime, lambda: not runtime.connected, "the stream is down again")
+            checks.equal(set_goal(agent_id, GOAL_V4).version, 4, "UpdateAgent v4 version")
+            checks.equal(set_goal(agent_id, GOAL_V5).version, 5, "UpdateAgent v5 version")
+            move_label(agent_id, to=5, expected=3)
+            checks.equal(
+                compacted(pb, channel, admin, after=8),
+                grpc.StatusCode.OUT_OF_RANGE,
+                "revision 9 compacted: WatchChanges after 8",
+            )
+            runtime.release()
+            eventually(
+                runtime,
+                lambda: runtime.connected and runtime.cached(agent_id).agent_version == 5,
+                "after OUT_OF_RANGE, watching from now, the cache shows v5",
+            )
+            held = runtime.cached(agent_id)
+            checks.equal(held.agent.goal, GOAL_V5, "cache after OUT_OF_RANGE: goal")
+            checks.that(held.api_key == KEY_2, "cache after OUT_OF_RANGE: the current key")
+            checks.equal(
+                runtime.watched_after,
+                [None, 7, 8, None],
+                "streams: from now, after 7, after 8 (OUT_OF_RANGE), from now",
+            )
+            checks.equal(runtime.last_revision, 11, "SYNCED revision after OUT_OF_RANGE")
+            checks.equal(
+                runtime.revisions_applied,
+                [4, 5, 6, 7, 8],
+                "no change replayed after OUT_OF_RANGE",
             )
             checks.equal(runtime.full_answers, FULL_ANSWERS, "full answers in all")
             checks.equal(

@@ -1,7 +1,8 @@
 //! The Python runtime loop (`tests/python/agentregistry_runtime.py`, driven
 //! by `runtime_loop.py`) against the real services: it resolves by label,
 //! keeps a local cache that WatchChanges keeps true, re-resolves with the
-//! etag, and resumes a dropped stream without missing a change. Here, on
+//! etag, resumes a dropped stream without missing a change, and starts
+//! over from now when its revision was compacted away. Here, on
 //! top of the program's own checks: crypto-service decrypted exactly once
 //! per full answer (a `not_modified` re-resolve costs no decrypt, by
 //! crypto-service's own metrics), and no key reached the program's output
@@ -24,11 +25,12 @@ const DEADLINE: Duration = Duration::from_secs(180);
 
 /// How many checks runtime_loop.py asserts: a count that falls short means
 /// a step was skipped. Update it with the program.
-const CHECKS: u32 = 43;
+const CHECKS: u32 = 55;
 
 /// The full ResolveAgent answers the program's steps need (first get, two
-/// label moves, one new key), hence the Decrypts crypto-service answers.
-const FULL_ANSWERS: u64 = 4;
+/// label moves, one new key, the re-resolve after OUT_OF_RANGE), hence the
+/// Decrypts crypto-service answers.
+const FULL_ANSWERS: u64 = 5;
 
 /// The keys the program stores; neither may appear in any output.
 const KEYS: [&str; 2] = ["sk-runtime-loop-first", "sk-runtime-loop-second"];
@@ -58,9 +60,14 @@ async fn python_runtime_follows_labels_keys_and_reconnects_from_its_cache() {
     require_python_modules();
 
     // The key canary is checked (a Decrypt) only an hour after start, so
-    // every Decrypt counted is a ResolveAgent's.
+    // every Decrypt counted is a ResolveAgent's. The change log keeps the
+    // two newest revisions, compacted every second: the program's resume
+    // after a compacted revision meets OUT_OF_RANGE.
     let crypto = Launch::default().arg("--metrics-listen").arg("127.0.0.1:0");
-    let registry = Stack::default_registry().env("REGISTRY_HEALTH_INTERVAL_SECONDS", "3600");
+    let registry = Stack::default_registry()
+        .env("REGISTRY_HEALTH_INTERVAL_SECONDS", "3600")
+        .env("REGISTRY_WATCH_HISTORY", "2")
+        .env("REGISTRY_WATCH_COMPACTION_SECONDS", "1");
     let stack = Stack::launch(crypto, registry).await;
     let metrics = stack
         .crypto
