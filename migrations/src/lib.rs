@@ -25,7 +25,12 @@ mod m20261126_000001_create_registry;
 mod m20261126_000002_key_canary;
 mod m20261206_000001_provider_key_revisions;
 mod m20261206_000002_agent_version_provider;
+mod m20261207_000002_search;
 
+pub use m20261207_000002_search::{
+    POSTGRES_TRIGGER as AGENT_TOOLS_POSTGRES_TRIGGER,
+    SQLITE_TRIGGERS as AGENT_TOOLS_SQLITE_TRIGGERS,
+};
 use sea_orm_migration::sea_orm::ConnectionTrait;
 pub use sea_orm_migration::{DbErr, MigrationStatus, MigrationTrait, MigratorTrait};
 
@@ -40,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000002_key_canary::Migration),
             Box::new(m20261206_000001_provider_key_revisions::Migration),
             Box::new(m20261206_000002_agent_version_provider::Migration),
+            Box::new(m20261207_000002_search::Migration),
         ]
     }
 }

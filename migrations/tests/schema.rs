@@ -211,7 +211,8 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 6] = [
+const TABLES: [&str; 7] = [
+    "agent_tools",
     "agent_versions",
     "agents",
     "key_canary",
@@ -219,16 +220,33 @@ const TABLES: [&str; 6] = [
     "provider_versions",
     "providers",
 ];
-const INDEXES: [&str; 8] = [
+const INDEXES: [&str; 14] = [
+    "ix_agent_tools_tenant_tool",
     "ix_agents_llm_provider_id",
+    "ix_agents_tenant_create_time",
     "ix_agents_tenant_id",
+    "ix_agents_tenant_provider",
+    "ix_agents_tenant_update_time",
+    "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
+    "ix_providers_tenant_update_time",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
     "ux_provider_versions_provider_version",
     "ux_providers_tenant_default",
     "ux_providers_tenant_name",
 ];
+
+/// [`INDEXES`], and on PostgreSQL the byte-order (`COLLATE "C"`) name
+/// indexes, sorted.
+fn expected_indexes(db: &DatabaseConnection) -> Vec<&'static str> {
+    let mut expected: Vec<&str> = INDEXES.into();
+    if db.get_database_backend() == DbBackend::Postgres {
+        expected.extend(["ix_agents_tenant_name_c", "ix_providers_tenant_name_c"]);
+    }
+    expected.sort_unstable();
+    expected
+}
 
 async fn up(db: &DatabaseConnection) {
     Migrator::up(db, None)
@@ -978,7 +996,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261126_000001_create_registry",
             "m20261126_000002_key_canary",
             "m20261206_000001_provider_key_revisions",
-            "m20261206_000002_agent_version_provider"
+            "m20261206_000002_agent_version_provider",
+            "m20261207_000002_search"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");
@@ -991,7 +1010,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
     expected_tables.push("seaql_migrations");
     expected_tables.sort_unstable();
     assert_eq!(tables(&db).await, expected_tables);
-    assert_eq!(indexes(&db).await, INDEXES);
+    assert_eq!(indexes(&db).await, expected_indexes(&db));
     Migrator::up(&db, None).await.expect("up again is a no-op");
 
     Migrator::down(&db, None).await.expect("down");

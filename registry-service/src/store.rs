@@ -31,6 +31,7 @@ mod group_commit;
 pub mod keys;
 pub mod providers;
 pub mod recent;
+pub mod search;
 mod sqlite_reads;
 pub mod versioned;
 

@@ -694,6 +694,7 @@ async fn page_tokens_do_not_cross_tenants() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("page")
@@ -704,6 +705,7 @@ async fn page_tokens_do_not_cross_tenants() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: page.next_page_token,
+            ..Default::default()
         })
         .await
         .expect_err("another tenant's token");

@@ -11,6 +11,7 @@ use sea_orm::{
 
 use super::providers::{ProviderRecord, Providers};
 use super::recent::{Recent, Weigh};
+use super::search::{self, Column, Field};
 use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
 use super::{Store, db_error, foreign_key_violation, unique_violation, val};
 use crate::error::Error;
@@ -30,6 +31,34 @@ impl Kind for Agents {
     type Versions = agent_version::Entity;
 
     const NAMES: Names = Names::new("agent", "agent version", "agent_id");
+    /// `provider` is the assigned provider's id (`""`: none, the tenant's
+    /// default); `tool` is a side table the database keeps from
+    /// `config.tools` in the same statement as every write of the row (a
+    /// trigger, `m20261207_000002_search`).
+    const FILTER_FIELDS: &'static [Field] = &[
+        search::NAME,
+        Field::new("provider", Column::Reference("llm_provider_id")),
+        Field::new(
+            "tool",
+            Column::Has {
+                table: "agent_tools",
+                owner: "agent_id",
+                value: "tool",
+            },
+        ),
+        search::CREATE_TIME,
+        search::UPDATE_TIME,
+        // label: once `agent_labels` (agent_id, tenant_id, label) exists,
+        // `Field::new("label", Column::Has { table: "agent_labels", owner:
+        // "agent_id", value: "label" })` (index (tenant_id, label, agent_id)).
+        // deleted: with soft delete's `delete_time` column, a `Column` for
+        // "set or not" (`deleted = true` ⇔ `delete_time IS NOT NULL`), and
+        // List adds `deleted = false` unless `show_deleted`.
+    ];
+
+    fn name(spec: &AgentSpec) -> &str {
+        &spec.name
+    }
 
     /// `config` holds the whole snapshot (bound once for both rows).
     fn columns(
