@@ -225,7 +225,7 @@ async fn create_provider(api: &Api, name: &str) -> String {
 /// for one in [`RARE`].
 fn agent(i: usize, providers: &[String]) -> pb::Agent {
     let mut tools = vec!["calculator".to_owned(), "file-reader".to_owned()];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         tools.push("search".to_owned());
     }
     if i % RARE == 7 {

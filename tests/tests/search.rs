@@ -334,6 +334,77 @@ async fn every_agent_field_and_operator_selects_exactly_the_expected_agents() {
     stack.finish().await;
 }
 
+/// A tool more than 1,000 agents have is tested per row (`EXISTS`), a
+/// rarer one by listing its agents (`IN`): both select the same agents,
+/// negated too, alone and combined, in every order.
+#[tokio::test]
+async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
+    const AGENTS: usize = 1_150;
+    let stack = Stack::start().await;
+    let c = clients_as(&stack, "acme").await;
+    // Agent i has "common" unless i % 10 == 0, and "rare" when i % 100 == 1.
+    let tools_of = |i: usize| -> Vec<&'static str> {
+        let mut tools = Vec::new();
+        if !i.is_multiple_of(10) {
+            tools.push("common");
+        }
+        if i % 100 == 1 {
+            tools.push("rare");
+        }
+        tools
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let mut c = Clients {
+            agents: c.agents.clone(),
+            providers: c.providers.clone(),
+        };
+        writers.spawn(async move {
+            for i in (worker..AGENTS).step_by(16) {
+                create_agent(&mut c, &format!("agent-{i:04}"), &tools_of(i), None).await;
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("a writer");
+    }
+    let mut c = c;
+    let named = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..AGENTS)
+            .filter(|i| keep(*i))
+            .map(|i| format!("agent-{i:04}"))
+            .collect()
+    };
+    let common = named(&|i| !i.is_multiple_of(10));
+    assert!(common.len() > 1_000, "more agents than FEW_OWNERS");
+    for (filter, expected) in [
+        ("tool:common", common.clone()),
+        ("NOT tool:common", named(&|i| i.is_multiple_of(10))),
+        ("tool:rare", named(&|i| i % 100 == 1)),
+        ("tool:common AND tool:rare", named(&|i| i % 100 == 1)),
+        (
+            "tool:common AND NOT tool:rare",
+            named(&|i| !i.is_multiple_of(10) && i % 100 != 1),
+        ),
+        (
+            r#"tool:common AND name = "agent-10*""#,
+            named(&|i| (1000..1100).contains(&i) && !i.is_multiple_of(10)),
+        ),
+    ] {
+        let (mut listed, totals) = all_agents(&mut c, filter, "", 100).await;
+        let counted = i32::try_from(expected.len().min(10_000)).expect("small");
+        assert_eq!(totals, BTreeSet::from([counted]), "{filter}");
+        listed.sort();
+        assert_eq!(listed, expected, "{filter}");
+    }
+    // Paged in name order both ways, 7 at a time.
+    let (by_name, _) = all_agents(&mut c, "tool:common", "name desc", 7).await;
+    let mut descending = common.clone();
+    descending.reverse();
+    assert_eq!(by_name, descending);
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn every_provider_field_selects_exactly_the_expected_providers() {
     let stack = Stack::start().await;
@@ -411,7 +482,7 @@ async fn orders_page_both_ways_without_gaps_or_duplicates() {
         .collect();
     let mut ids = Vec::new();
     for (i, name) in created.iter().enumerate() {
-        let tools: &[&str] = if i % 3 == 0 { &["x"] } else { &[] };
+        let tools: &[&str] = if i.is_multiple_of(3) { &["x"] } else { &[] };
         ids.push(create_agent(&mut c, name, tools, None).await.id);
     }
     // Update some agents, latest last: update order = untouched agents in
