@@ -201,6 +201,7 @@ on_both_backends!(
     check_constraints_reject_unknown_enum_values,
     entities_round_trip_every_column,
     down_drops_every_table_and_up_applies_again,
+    agent_tools_follow_each_agents_config,
 );
 
 // ---------------------------------------------------------------------------
@@ -979,6 +980,66 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
             .map(|p| p.id),
         Some(expected.id)
     );
+}
+
+/// `agent_tools`, as the search migration keeps it: copied from the agents
+/// that exist when it runs, then rewritten by the database with every
+/// insert or change of an agent's `config.tools`, and deleted with the
+/// agent.
+async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
+    let tools = |db: DatabaseConnection| async move {
+        strings(
+            &db,
+            "SELECT agent_id || ':' || tool FROM agent_tools ORDER BY agent_id, tool",
+        )
+        .await
+    };
+    let with_tools = |id: &str, name: &str, tools: serde_json::Value| {
+        let mut agent = new_agent(id, T1, name, None);
+        agent.config = Set(json!({ "role": "researcher", "tools": tools }));
+        agent
+    };
+    // Every migration but the search one, and an agent written before it.
+    let before_search = u32::try_from(Migrator::migrations().len() - 1).expect("a few");
+    Migrator::up(&db, Some(before_search))
+        .await
+        .expect("the earlier migrations");
+    with_tools("a1", "old", json!(["search", "calc", "search"]))
+        .insert(&db)
+        .await
+        .expect("an agent before the search migration");
+    up(&db).await;
+    assert_eq!(tools(db.clone()).await, ["a1:calc", "a1:search"]);
+
+    with_tools("a2", "new", json!(["web"]))
+        .insert(&db)
+        .await
+        .expect("an agent after it");
+    new_agent("a3", T1, "none", None)
+        .insert(&db)
+        .await
+        .expect("an agent without tools");
+    assert_eq!(
+        tools(db.clone()).await,
+        ["a1:calc", "a1:search", "a2:web"]
+    );
+
+    let mut changed = with_tools("a1", "old", json!(["calc", "browser"]));
+    changed.version = Set(2);
+    changed.update(&db).await.expect("new tools");
+    let mut renamed = with_tools("a2", "renamed", json!(["web"]));
+    renamed.version = Set(2);
+    renamed.update(&db).await.expect("the same tools");
+    assert_eq!(
+        tools(db.clone()).await,
+        ["a1:browser", "a1:calc", "a2:web"]
+    );
+
+    agent::Entity::delete_by_id("a1")
+        .exec(&db)
+        .await
+        .expect("delete a1");
+    assert_eq!(tools(db.clone()).await, ["a2:web"]);
 }
 
 async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
