@@ -1366,7 +1366,11 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         "{output}"
     );
     assert!(
-        output.contains("pending m20261206_000002_agent_version_provider"),
+        output.contains("applied m20261206_000002_agent_version_provider"),
+        "{output}"
+    );
+    assert!(
+        output.contains("pending m20261207_000002_search"),
         "down reverts the newest: {output}"
     );
     database.drop_database().await;
