@@ -91,7 +91,8 @@ pub async fn run(args: FilterArgs) {
         .expect("the middle agent's create_time");
     // prost's Display of a Timestamp is RFC 3339 (UTC).
     let middle_time = middle.to_string();
-    let (p1, rare) = (&providers[1], &providers[4]);
+    // p2's agents are even, so every one has "search"; p1's are odd, none.
+    let (p1, p2, rare) = (&providers[1], &providers[2], &providers[4]);
     let cases: Vec<(&str, String, &str)> = vec![
         ("no filter, by id", String::new(), ""),
         ("name equal", format!("name = {:?}", name_of(54_321)), ""),
@@ -120,6 +121,11 @@ pub async fn run(args: FilterArgs) {
         ),
         (
             "provider AND tool, by update_time desc",
+            format!(r#"provider = {p2:?} AND tool:"search""#),
+            "update_time desc",
+        ),
+        (
+            "provider AND tool, none match, by update_time desc",
             format!(r#"provider = {p1:?} AND tool:"search""#),
             "update_time desc",
         ),

@@ -221,9 +221,10 @@ const TABLES: [&str; 7] = [
     "provider_versions",
     "providers",
 ];
-const INDEXES: [&str; 14] = [
+const INDEXES: [&str; 15] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_llm_provider_id",
+    "ix_agents_tenant",
     "ix_agents_tenant_create_time",
     "ix_agents_tenant_id",
     "ix_agents_tenant_provider",
@@ -1019,10 +1020,7 @@ async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
         .insert(&db)
         .await
         .expect("an agent without tools");
-    assert_eq!(
-        tools(db.clone()).await,
-        ["a1:calc", "a1:search", "a2:web"]
-    );
+    assert_eq!(tools(db.clone()).await, ["a1:calc", "a1:search", "a2:web"]);
 
     let mut changed = with_tools("a1", "old", json!(["calc", "browser"]));
     changed.version = Set(2);
@@ -1030,10 +1028,7 @@ async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
     let mut renamed = with_tools("a2", "renamed", json!(["web"]));
     renamed.version = Set(2);
     renamed.update(&db).await.expect("the same tools");
-    assert_eq!(
-        tools(db.clone()).await,
-        ["a1:browser", "a1:calc", "a2:web"]
-    );
+    assert_eq!(tools(db.clone()).await, ["a1:browser", "a1:calc", "a2:web"]);
 
     agent::Entity::delete_by_id("a1")
         .exec(&db)
