@@ -48,9 +48,12 @@ impl Kind for Agents {
         ),
         search::CREATE_TIME,
         search::UPDATE_TIME,
-        // label: once `agent_labels` (agent_id, tenant_id, label) exists,
-        // `Field::new("label", Column::Has { table: "agent_labels", owner:
-        // "agent_id", value: "label" })` (index (tenant_id, label, agent_id)).
+        // label: over the labels table (one for every kind: `kind`,
+        // `resource_id`, `label`, `tenant_id`), `Field::new("label",
+        // Column::Has { table: "labels", owner: "resource_id", value:
+        // "label" })` once `Column::Has` also names the kind's column
+        // (`labels.kind = 'agent'`), with an index (tenant_id, kind, label,
+        // resource_id) for `label:"production"`.
         // deleted: with soft delete's `delete_time` column, a `Column` for
         // "set or not" (`deleted = true` ⇔ `delete_time IS NOT NULL`), and
         // List adds `deleted = false` unless `show_deleted`.

@@ -58,7 +58,7 @@ impl Kind for Providers {
         Field::new("is_default", Column::Bool("is_default")),
         search::CREATE_TIME,
         search::UPDATE_TIME,
-        // label: as for agents, over `provider_labels`.
+        // label: as for agents (`labels.kind = 'provider'`).
         // deleted: as for agents.
     ];
 
