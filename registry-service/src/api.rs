@@ -599,14 +599,15 @@ impl Registry {
         let scope = if search.is_plain() {
             page::Scope::new(&[&caller.tenant, method])
         } else {
-            let parts = [
+            let (filter, order_by) = (&search.filter, &search.order_by);
+            page::Scope::new(&[
+                &caller.tenant,
                 method,
                 "filter",
-                &search.filter,
+                filter,
                 "order_by",
-                &search.order_by,
-            ];
-            page::Scope::new(&[&[caller.tenant.as_str()], &parts[..]].concat())
+                order_by,
+            ])
         };
         let after = scope.resume_after(page_token)?;
         let page = versioned::list::<K>(&self.db, &caller.tenant, &search, after, limit).await?;
