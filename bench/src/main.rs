@@ -4,8 +4,8 @@
 //!
 //! Run: `cargo build --release --workspace --bins`, then from the target
 //! directory `release/bench crypto`, `release/bench registry`,
-//! `release/bench versions`, `release/bench compare`, `release/bench soak`
-//! or `release/bench abuse` (see BENCHMARKS.md).
+//! `release/bench versions`, `release/bench compare`, `release/bench soak`,
+//! `release/bench abuse` or `release/bench filter` (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use tonic::transport::Channel;
 
 mod abuse;
 mod compare;
+mod filter;
 mod pair;
 mod registry;
 mod resolve;
@@ -76,6 +77,9 @@ enum Command {
     /// ResolveAgent: a full resolution against a `not_modified`
     /// re-resolution with the last answer's etag, alternating rounds.
     Resolve(resolve::ResolveArgs),
+    /// ListAgents with filters and orders over 100,000 agents of one
+    /// tenant (first-page latency), and the write cost of `agent_tools`.
+    Filter(filter::FilterArgs),
     /// Side-by-side table of `bench registry` runs and the peer's
     /// measure.py runs (median run of each side).
     Compare(compare::CompareArgs),
@@ -96,6 +100,7 @@ async fn main() {
         Command::Soak(args) => soak::run(args).await,
         Command::Abuse(args) => abuse::run(args).await,
         Command::Resolve(args) => resolve::run(args).await,
+        Command::Filter(args) => filter::run(args).await,
     }
 }
 

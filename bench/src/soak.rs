@@ -589,6 +589,7 @@ impl Worker {
             let request = pb::ListAgentsRequest {
                 page_size: AGENT_PAGE,
                 page_token: token.clone(),
+                ..Default::default()
             };
             let page = self
                 .call(Op::ListAgents, fleet.api.list_agents(request), |page| {

@@ -26,10 +26,15 @@ mod m20261126_000002_key_canary;
 mod m20261206_000001_provider_key_revisions;
 mod m20261206_000002_agent_version_provider;
 mod m20261207_000001_labels;
+mod m20261207_000002_search;
 mod m20261207_000003_change_log;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 
+pub use m20261207_000002_search::{
+    POSTGRES_TRIGGER as AGENT_TOOLS_POSTGRES_TRIGGER,
+    SQLITE_TRIGGERS as AGENT_TOOLS_SQLITE_TRIGGERS,
+};
 use sea_orm_migration::sea_orm::ConnectionTrait;
 pub use sea_orm_migration::{DbErr, MigrationStatus, MigrationTrait, MigratorTrait};
 
@@ -45,6 +50,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000001_provider_key_revisions::Migration),
             Box::new(m20261206_000002_agent_version_provider::Migration),
             Box::new(m20261207_000001_labels::Migration),
+            Box::new(m20261207_000002_search::Migration),
             Box::new(m20261207_000003_change_log::Migration),
         ]
     }

@@ -203,6 +203,7 @@ on_both_backends!(
     entities_round_trip_every_column,
     down_drops_every_table_and_up_applies_again,
     version_rows_record_their_change_with_the_tenants_next_revision,
+    agent_tools_follow_each_agents_config,
 );
 
 // ---------------------------------------------------------------------------
@@ -213,7 +214,8 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 11] = [
+const TABLES: [&str; 12] = [
+    "agent_tools",
     "agent_versions",
     "agents",
     "changes",
@@ -226,17 +228,35 @@ const TABLES: [&str; 11] = [
     "providers",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 9] = [
+const INDEXES: [&str; 16] = [
+    "ix_agent_tools_tenant_tool",
     "ix_agents_llm_provider_id",
+    "ix_agents_tenant",
+    "ix_agents_tenant_create_time",
     "ix_agents_tenant_id",
+    "ix_agents_tenant_provider",
+    "ix_agents_tenant_update_time",
     "ix_label_moves_resource",
+    "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
+    "ix_providers_tenant_update_time",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
     "ux_provider_versions_provider_version",
     "ux_providers_tenant_default",
     "ux_providers_tenant_name",
 ];
+
+/// [`INDEXES`], and on PostgreSQL the byte-order (`COLLATE "C"`) name
+/// indexes, sorted.
+fn expected_indexes(db: &DatabaseConnection) -> Vec<&'static str> {
+    let mut expected: Vec<&str> = INDEXES.into();
+    if db.get_database_backend() == DbBackend::Postgres {
+        expected.extend(["ix_agents_tenant_name_c", "ix_providers_tenant_name_c"]);
+    }
+    expected.sort_unstable();
+    expected
+}
 
 async fn up(db: &DatabaseConnection) {
     Migrator::up(db, None)
@@ -1059,6 +1079,64 @@ async fn version_rows_record_their_change_with_the_tenants_next_revision(db: Dat
     assert_eq!(heads, [(T1.to_owned(), 3), (T2.to_owned(), 1)]);
 }
 
+/// `agent_tools`, as the search migration keeps it: copied from the agents
+/// that exist when it runs, then rewritten by the database with every
+/// insert or change of an agent's `config.tools`, and deleted with the
+/// agent.
+async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
+    let tools = |db: DatabaseConnection| async move {
+        strings(
+            &db,
+            "SELECT agent_id || ':' || tool FROM agent_tools ORDER BY agent_id, tool",
+        )
+        .await
+    };
+    let with_tools = |id: &str, name: &str, tools: serde_json::Value| {
+        let mut agent = new_agent(id, T1, name, None);
+        agent.config = Set(json!({ "role": "researcher", "tools": tools }));
+        agent
+    };
+    // Every migration before the search one, and an agent written then.
+    let search = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == "m20261207_000002_search")
+        .expect("the search migration");
+    let before_search = u32::try_from(search).expect("a few");
+    Migrator::up(&db, Some(before_search))
+        .await
+        .expect("the earlier migrations");
+    with_tools("a1", "old", json!(["search", "calc", "search"]))
+        .insert(&db)
+        .await
+        .expect("an agent before the search migration");
+    up(&db).await;
+    assert_eq!(tools(db.clone()).await, ["a1:calc", "a1:search"]);
+
+    with_tools("a2", "new", json!(["web"]))
+        .insert(&db)
+        .await
+        .expect("an agent after it");
+    new_agent("a3", T1, "none", None)
+        .insert(&db)
+        .await
+        .expect("an agent without tools");
+    assert_eq!(tools(db.clone()).await, ["a1:calc", "a1:search", "a2:web"]);
+
+    let mut changed = with_tools("a1", "old", json!(["calc", "browser"]));
+    changed.version = Set(2);
+    changed.update(&db).await.expect("new tools");
+    let mut renamed = with_tools("a2", "renamed", json!(["web"]));
+    renamed.version = Set(2);
+    renamed.update(&db).await.expect("the same tools");
+    assert_eq!(tools(db.clone()).await, ["a1:browser", "a1:calc", "a2:web"]);
+
+    agent::Entity::delete_by_id("a1")
+        .exec(&db)
+        .await
+        .expect("delete a1");
+    assert_eq!(tools(db.clone()).await, ["a2:web"]);
+}
+
 async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
     let names = |status: &[(String, bool)]| -> Vec<String> {
         status.iter().map(|(name, _)| name.clone()).collect()
@@ -1076,6 +1154,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261206_000001_provider_key_revisions",
             "m20261206_000002_agent_version_provider",
             "m20261207_000001_labels",
+            "m20261207_000002_search",
             "m20261207_000003_change_log"
         ]
     );
@@ -1089,7 +1168,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
     expected_tables.push("seaql_migrations");
     expected_tables.sort_unstable();
     assert_eq!(tables(&db).await, expected_tables);
-    assert_eq!(indexes(&db).await, INDEXES);
+    assert_eq!(indexes(&db).await, expected_indexes(&db));
     Migrator::up(&db, None).await.expect("up again is a no-op");
 
     Migrator::down(&db, None).await.expect("down");

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 
 use prost_types::{FieldMask, Timestamp};
 use proto::v1 as pb;
+use sea_orm::ConnectionTrait;
 use tonic::Request;
 
 use crate::caller::Caller;
@@ -23,6 +24,7 @@ use crate::model::Snapshot;
 use crate::model::version::Action;
 use crate::page;
 use crate::store::labels as label_store;
+use crate::store::search::Search;
 use crate::store::versioned::{self, Kind, Record, Write};
 use crate::store::{Store, VersionRecord};
 
@@ -430,8 +432,9 @@ macro_rules! versioned_service {
                 request: Request<pb::$list_req>,
             ) -> Result<Response<pb::$list_res>, Status> {
                 let (caller, request) = parts(request)?;
-                let (size, token) = (request.page_size, &request.page_token);
-                let page = self.list::<$K>(&caller, $list_scope, size, token).await?;
+                let page = (request.page_size, request.page_token.as_str());
+                let search = (request.filter.as_str(), request.order_by.as_str());
+                let page = self.list::<$K>(&caller, $list_scope, page, search).await?;
                 Ok(Response::new(pb::$list_res {
                     $items: page.items,
                     next_page_token: page.next_page_token,
@@ -689,18 +692,35 @@ impl Registry {
         Ok(K::message(&record.spec, Meta::labelled(record, labels)))
     }
 
-    /// List: one page of the caller's resources; `method` scopes the token.
+    /// List: one page of the caller's resources that `filter` selects, in
+    /// `order_by`'s order; `method` scopes the token, with the filter and
+    /// the order in their canonical forms (a plain listing's token is
+    /// scoped as before filters existed).
     pub async fn list<K: Resource>(
         &self,
         caller: &Caller,
         method: &str,
-        page_size: i32,
-        page_token: &str,
+        (page_size, page_token): (i32, &str),
+        (filter, order_by): (&str, &str),
     ) -> Result<Listed<K::Message>, Error> {
         let limit = page::size(page_size)?;
-        let scope = page::Scope::new(&[&caller.tenant, method]);
+        let backend = self.db.get_database_backend();
+        let search = Search::new::<K>(&caller.tenant, (filter, order_by), backend)?;
+        let scope = if search.is_plain() {
+            page::Scope::new(&[&caller.tenant, method])
+        } else {
+            let (filter, order_by) = (&search.filter, &search.order_by);
+            page::Scope::new(&[
+                &caller.tenant,
+                method,
+                "filter",
+                filter,
+                "order_by",
+                order_by,
+            ])
+        };
         let after = scope.resume_after(page_token)?;
-        let page = versioned::list::<K>(&self.db, &caller.tenant, after, limit).await?;
+        let page = versioned::list::<K>(&self.db, &caller.tenant, &search, after, limit).await?;
         let ids: Vec<&str> = page.items.iter().map(|r| r.id.as_str()).collect();
         let mut labels = label_store::labels_of_many::<K>(&self.db, &caller.tenant, &ids).await?;
         let message = |record: &Record<K::Spec>| {

@@ -12,6 +12,7 @@ pub mod cors;
 pub mod crypto;
 pub mod destinations;
 pub mod error;
+pub mod filter;
 pub mod import;
 pub mod model;
 pub mod page;

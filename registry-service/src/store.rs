@@ -33,6 +33,7 @@ pub mod keys;
 pub mod labels;
 pub mod providers;
 pub mod recent;
+pub mod search;
 mod sqlite_reads;
 pub mod versioned;
 

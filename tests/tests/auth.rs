@@ -780,6 +780,7 @@ async fn page_tokens_do_not_cross_tenants() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("page")
@@ -790,6 +791,7 @@ async fn page_tokens_do_not_cross_tenants() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: page.next_page_token,
+            ..Default::default()
         })
         .await
         .expect_err("another tenant's token");

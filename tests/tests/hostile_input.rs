@@ -586,6 +586,7 @@ async fn a_request_over_the_max_message_size_is_out_of_range() {
         c.agents.list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: "A".repeat(100_000),
+            ..Default::default()
         })
     );
     // Just under the limit the message is decoded and validated.
@@ -727,6 +728,7 @@ async fn round_trip(c: &mut Clients, text: &str) -> Result<(), Status> {
         .list_agents(pb::ListAgentsRequest {
             page_size: 100,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -943,6 +945,7 @@ async fn a_nul_byte_is_invalid_argument_naming_the_field_on_every_backend() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: forged,
+            ..Default::default()
         })
         .await
     {
@@ -1025,6 +1028,7 @@ async fn sql_looking_names_are_stored_verbatim_and_the_tables_stay_intact() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 100,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list")
@@ -1065,6 +1069,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("page 1")
@@ -1120,6 +1125,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
             c.agents.list_agents(pb::ListAgentsRequest {
                 page_size: 1,
                 page_token: token.clone(),
+                ..Default::default()
             })
         );
     }
@@ -1152,6 +1158,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
         c.providers.list_providers(pb::ListProvidersRequest {
             page_size: 1,
             page_token: list_agents_token.clone(),
+            ..Default::default()
         })
     );
     for size in [-1, -100, i32::MIN] {
@@ -1163,6 +1170,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
             c.agents.list_agents(pb::ListAgentsRequest {
                 page_size: size,
                 page_token: String::new(),
+                ..Default::default()
             })
         );
         refused!(
@@ -1184,6 +1192,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
             c.providers.list_providers(pb::ListProvidersRequest {
                 page_size: size,
                 page_token: String::new(),
+                ..Default::default()
             })
         );
     }
@@ -1193,6 +1202,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
         .list_agents(pb::ListAgentsRequest {
             page_size: i32::MAX,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("clamped")
@@ -1205,6 +1215,7 @@ async fn hostile_page_tokens_and_page_sizes_are_invalid_argument() {
         .list_agents(pb::ListAgentsRequest {
             page_size: i32::MAX,
             page_token: list_agents_token,
+            ..Default::default()
         })
         .await
         .expect("page 2")

@@ -165,6 +165,7 @@ async fn list_providers(c: &mut Clients) -> Vec<pb::Provider> {
         .list_providers(pb::ListProvidersRequest {
             page_size: 100,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list providers")

@@ -622,6 +622,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .list_agents(pb::ListAgentsRequest {
             page_size: -1,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("negative page size");
@@ -764,6 +765,7 @@ async fn pages_walk_every_agent_once_and_tokens_are_bound_to_their_request() {
             .list_agents(pb::ListAgentsRequest {
                 page_size: 10,
                 page_token: token,
+                ..Default::default()
             })
             .await
             .expect("page")
@@ -780,6 +782,7 @@ async fn pages_walk_every_agent_once_and_tokens_are_bound_to_their_request() {
             .list_providers(pb::ListProvidersRequest {
                 page_size: 10,
                 page_token: token.clone(),
+                ..Default::default()
             })
             .await
             .expect_err("an agents token is not a providers token");
@@ -794,6 +797,7 @@ async fn pages_walk_every_agent_once_and_tokens_are_bound_to_their_request() {
         .list_agents(pb::ListAgentsRequest {
             page_size: 1000,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("clamped")

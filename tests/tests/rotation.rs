@@ -283,6 +283,7 @@ async fn rotation_rewraps_every_value_while_clients_write_and_then_retires_the_o
         .list_providers(pb::ListProvidersRequest {
             page_size: 1,
             page_token: String::new(),
+            ..Default::default()
         })
         .await
         .expect("list")

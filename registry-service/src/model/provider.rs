@@ -38,8 +38,22 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Every kind's stored name, as a list filter names them.
+    pub const STORED_NAMES: [&'static str; 10] = [
+        Self::Openai.as_str(),
+        Self::Anthropic.as_str(),
+        Self::AzureOpenai.as_str(),
+        Self::Google.as_str(),
+        Self::Bedrock.as_str(),
+        Self::Ollama.as_str(),
+        Self::OpenaiCompatible.as_str(),
+        Self::Mistral.as_str(),
+        Self::Cohere.as_str(),
+        Self::Groq.as_str(),
+    ];
+
     /// The stored name (`OPENAI`, `AZURE_OPENAI` …).
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             Self::Openai => "OPENAI",
             Self::Anthropic => "ANTHROPIC",

@@ -13,6 +13,7 @@ use super::changes::ResourceKind;
 use super::labels;
 use super::providers::{ProviderRecord, Providers};
 use super::recent::{Recent, Weigh};
+use super::search::{self, Column, Field};
 use super::versioned::{self, Clash, Kind, Names, Read, Record, Write};
 use super::{Store, db_error, foreign_key_violation, unique_violation, val};
 use crate::error::Error;
@@ -33,6 +34,37 @@ impl Kind for Agents {
 
     const NAMES: Names = Names::new("agent", "agent version", "agent_id");
     const LOGGED_AS: ResourceKind = ResourceKind::Agent;
+    /// `provider` is the assigned provider's id (`""`: none, the tenant's
+    /// default); `tool` is a side table the database keeps from
+    /// `config.tools` in the same statement as every write of the row (a
+    /// trigger, `m20261207_000002_search`).
+    const FILTER_FIELDS: &'static [Field] = &[
+        search::NAME,
+        Field::new("provider", Column::Reference("llm_provider_id")),
+        Field::new(
+            "tool",
+            Column::Has {
+                table: "agent_tools",
+                owner: "agent_id",
+                value: "tool",
+            },
+        ),
+        search::CREATE_TIME,
+        search::UPDATE_TIME,
+        // label: over the labels table (one for every kind: `kind`,
+        // `resource_id`, `label`, `tenant_id`), `Field::new("label",
+        // Column::Has { table: "labels", owner: "resource_id", value:
+        // "label" })` once `Column::Has` also names the kind's column
+        // (`labels.kind = 'agent'`), with an index (tenant_id, kind, label,
+        // resource_id) for `label:"production"`.
+        // deleted: with soft delete's `delete_time` column, a `Column` for
+        // "set or not" (`deleted = true` ⇔ `delete_time IS NOT NULL`), and
+        // List adds `deleted = false` unless `show_deleted`.
+    ];
+
+    fn name(spec: &AgentSpec) -> &str {
+        &spec.name
+    }
 
     /// `config` holds the whole snapshot (bound once for both rows).
     fn columns(

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use super::changes::ResourceKind;
 use super::recent::Weigh;
+use super::search::{self, Column, Field};
 use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
 use super::{
     MAX_WRITE_ATTEMPTS, Store, db_error, foreign_key_violation, insert_row, json_val,
@@ -24,7 +25,7 @@ use super::{
 };
 use crate::error::Error;
 use crate::model::Snapshot;
-use crate::model::provider::ProviderSpec;
+use crate::model::provider::{ProviderKind, ProviderSpec};
 use crate::model::version::{Action, Change};
 
 /// A provider as stored now.
@@ -44,6 +45,28 @@ impl Kind for Providers {
 
     const NAMES: Names = Names::new("provider", "provider version", "provider_id");
     const LOGGED_AS: ResourceKind = ResourceKind::Provider;
+    /// `provider_type` as stored (`OPENAI`) or as the proto enum names it
+    /// (`PROVIDER_TYPE_OPENAI`).
+    const FILTER_FIELDS: &'static [Field] = &[
+        search::NAME,
+        Field::new(
+            "provider_type",
+            Column::Choice {
+                column: "provider_type",
+                prefix: "PROVIDER_TYPE_",
+                values: &ProviderKind::STORED_NAMES,
+            },
+        ),
+        Field::new("is_default", Column::Bool("is_default")),
+        search::CREATE_TIME,
+        search::UPDATE_TIME,
+        // label: as for agents (`labels.kind = 'provider'`).
+        // deleted: as for agents.
+    ];
+
+    fn name(spec: &ProviderSpec) -> &str {
+        &spec.name
+    }
 
     /// The row's columns are authoritative; `config` holds the rest.
     fn read_spec(

@@ -1,0 +1,790 @@
+//! List filters (AIP-160) and orders (AIP-132) over gRPC: every operator
+//! and field selects exactly the resources the test expects from the data
+//! it wrote; AND, OR, NOT and parentheses combine as documented (OR binds
+//! tighter than AND); orders page both ways without a gap or a duplicate;
+//! a page token is bound to its filter and order; mistakes are refused
+//! with their position; limits are refused at once; another tenant's rows
+//! are never seen; injection attempts are only values.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use proto::v1 as pb;
+use proto::v1::agent_service_client::AgentServiceClient;
+use proto::v1::provider_service_client::ProviderServiceClient;
+use tests::auth::Authed;
+use tests::stack::Stack;
+use tonic::Code;
+use tonic_types::StatusExt;
+
+struct Clients {
+    agents: AgentServiceClient<Authed>,
+    providers: ProviderServiceClient<Authed>,
+}
+
+async fn clients_as(stack: &Stack, tenant: &str) -> Clients {
+    let channel = stack.channel_as("alice", tenant, &["admin"]).await;
+    Clients {
+        agents: AgentServiceClient::new(channel.clone()),
+        providers: ProviderServiceClient::new(channel),
+    }
+}
+
+async fn create_provider(
+    c: &mut Clients,
+    name: &str,
+    kind: pb::ProviderType,
+    is_default: bool,
+) -> pb::Provider {
+    c.providers
+        .create_provider(pb::CreateProviderRequest {
+            provider: Some(pb::Provider {
+                name: name.to_owned(),
+                provider_type: kind.into(),
+                model_name: "model".to_owned(),
+                is_default,
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create provider")
+        .into_inner()
+}
+
+async fn create_agent(
+    c: &mut Clients,
+    name: &str,
+    tools: &[&str],
+    provider: Option<&str>,
+) -> pb::Agent {
+    c.agents
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(pb::Agent {
+                name: name.to_owned(),
+                role: "Researcher".to_owned(),
+                goal: "Find things".to_owned(),
+                tools: tools.iter().map(|t| (*t).to_owned()).collect(),
+                llm_provider_id: provider.map(str::to_owned),
+                ..Default::default()
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("create agent")
+        .into_inner()
+}
+
+/// One page of agents.
+async fn agent_page(
+    c: &mut Clients,
+    filter: &str,
+    order_by: &str,
+    page_size: i32,
+    page_token: &str,
+) -> Result<pb::ListAgentsResponse, tonic::Status> {
+    c.agents
+        .list_agents(pb::ListAgentsRequest {
+            page_size,
+            page_token: page_token.to_owned(),
+            filter: filter.to_owned(),
+            order_by: order_by.to_owned(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// Every agent `filter` selects in `order_by`'s order, page by page
+/// (`page_size` each), with the total_size every page reported.
+async fn all_agents(
+    c: &mut Clients,
+    filter: &str,
+    order_by: &str,
+    page_size: i32,
+) -> (Vec<String>, BTreeSet<i32>) {
+    let (mut names, mut totals, mut token) = (Vec::new(), BTreeSet::new(), String::new());
+    loop {
+        let page = agent_page(c, filter, order_by, page_size, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{filter:?} / {order_by:?}: {e:?}"));
+        names.extend(page.agents.into_iter().map(|a| a.name));
+        totals.insert(page.total_size);
+        if page.next_page_token.is_empty() {
+            return (names, totals);
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// The names `filter` selects, sorted, checked against the total_size.
+async fn selected(c: &mut Clients, filter: &str) -> Vec<String> {
+    let (mut names, totals) = all_agents(c, filter, "", 100).await;
+    let count = i32::try_from(names.len()).expect("a small count");
+    assert_eq!(totals, BTreeSet::from([count]), "total_size of {filter:?}");
+    names.sort();
+    names
+}
+
+async fn selected_providers(c: &mut Clients, filter: &str) -> Vec<String> {
+    let page = c
+        .providers
+        .list_providers(pb::ListProvidersRequest {
+            page_size: 100,
+            filter: filter.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{filter:?}: {e:?}"))
+        .into_inner();
+    let mut names: Vec<String> = page.providers.into_iter().map(|p| p.name).collect();
+    assert_eq!(page.total_size, i32::try_from(names.len()).expect("small"));
+    names.sort();
+    names
+}
+
+/// An RFC 3339 text of a response's timestamp (prost's `Display`).
+fn rfc3339(time: Option<&prost_types::Timestamp>) -> String {
+    time.expect("a timestamp").to_string()
+}
+
+/// The field violations of a refusal: (field, description).
+fn violations(status: &tonic::Status) -> Vec<(String, String)> {
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    status
+        .get_details_bad_request()
+        .map(|b| {
+            b.field_violations
+                .into_iter()
+                .map(|v| (v.field, v.description))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|n| (*n).to_owned()).collect()
+}
+
+#[tokio::test]
+async fn every_agent_field_and_operator_selects_exactly_the_expected_agents() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    let p1 = create_provider(&mut c, "p-one", pb::ProviderType::Openai, false).await;
+    let p2 = create_provider(&mut c, "p-two", pb::ProviderType::Anthropic, false).await;
+    let alpha = create_agent(&mut c, "alpha", &["search", "calc"], Some(&p1.id)).await;
+    let beta = create_agent(&mut c, "beta", &["search"], Some(&p2.id)).await;
+    let gamma = create_agent(&mut c, "gamma", &[], None).await;
+    create_agent(&mut c, "alphabet", &["web"], Some(&p1.id)).await;
+    create_agent(&mut c, "delta", &["calc"], None).await;
+    // beta's tools change: its old tool goes, its new one comes.
+    let beta = c
+        .agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: beta.id.clone(),
+                tools: names(&["search", "scrape"]),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: names(&["tools"]),
+            }),
+            change_description: String::new(),
+        })
+        .await
+        .expect("update beta")
+        .into_inner();
+    let (p1, p2) = (p1.id, p2.id);
+    let all = names(&["alpha", "alphabet", "beta", "delta", "gamma"]);
+
+    let cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            String::new(),
+            vec!["alpha", "alphabet", "beta", "delta", "gamma"],
+        ),
+        (r#"name = "alpha""#.into(), vec!["alpha"]),
+        ("name = alpha".into(), vec!["alpha"]),
+        (r#"name = "alpha*""#.into(), vec!["alpha", "alphabet"]),
+        (
+            r#"name != "alpha""#.into(),
+            vec!["alphabet", "beta", "delta", "gamma"],
+        ),
+        (r#"name != "alpha*""#.into(), vec!["beta", "delta", "gamma"]),
+        (r#"name < "b""#.into(), vec!["alpha", "alphabet"]),
+        (
+            r#"name <= "beta""#.into(),
+            vec!["alpha", "alphabet", "beta"],
+        ),
+        (r#"name > "delta""#.into(), vec!["gamma"]),
+        (r#"name >= "delta""#.into(), vec!["delta", "gamma"]),
+        (format!("provider = {p1:?}"), vec!["alpha", "alphabet"]),
+        (format!("provider = {p2}"), vec!["beta"]),
+        (
+            format!("provider != {p1:?}"),
+            vec!["beta", "delta", "gamma"],
+        ),
+        (r#"provider = """#.into(), vec!["delta", "gamma"]),
+        (
+            r#"provider != """#.into(),
+            vec!["alpha", "alphabet", "beta"],
+        ),
+        (
+            format!("NOT provider = {p1:?}"),
+            vec!["beta", "delta", "gamma"],
+        ),
+        (r#"tool:"search""#.into(), vec!["alpha", "beta"]),
+        ("tool : calc".into(), vec!["alpha", "delta"]),
+        (r#"tool = "scrape""#.into(), vec!["beta"]),
+        (r#"tool:"sear""#.into(), vec![]),
+        (
+            r#"NOT tool:"search""#.into(),
+            vec!["alphabet", "delta", "gamma"],
+        ),
+        ("-tool:search".into(), vec!["alphabet", "delta", "gamma"]),
+        // Precedence: OR binds tighter than AND.
+        (
+            r#"name = "delta" AND tool:"calc" OR tool:"search""#.into(),
+            vec!["delta"],
+        ),
+        (
+            r#"(name = "delta" AND tool:"calc") OR tool:"search""#.into(),
+            vec!["alpha", "beta", "delta"],
+        ),
+        (
+            r#"tool:"search" OR tool:"calc" AND name != "alpha""#.into(),
+            vec!["beta", "delta"],
+        ),
+        (
+            r#"NOT (tool:"search" OR tool:"calc")"#.into(),
+            vec!["alphabet", "gamma"],
+        ),
+        (
+            format!(r#"tool:"search" AND provider = {p1:?}"#),
+            vec!["alpha"],
+        ),
+        (
+            r#"name = "gamma" OR tool:"web""#.into(),
+            vec!["alphabet", "gamma"],
+        ),
+        (
+            r#"-(name = "alpha*") AND NOT name = "gamma""#.into(),
+            vec!["beta", "delta"],
+        ),
+    ];
+    for (filter, expected) in cases {
+        assert_eq!(
+            selected(&mut c, &filter).await,
+            names(&expected),
+            "{filter}"
+        );
+    }
+
+    // Times: created in the order written; beta updated last.
+    let beta_created = rfc3339(beta.create_time.as_ref());
+    let gamma_created = rfc3339(gamma.create_time.as_ref());
+    let beta_updated = rfc3339(beta.update_time.as_ref());
+    let alpha_created = rfc3339(alpha.create_time.as_ref());
+    let time_cases: Vec<(String, Vec<&str>)> = vec![
+        (
+            format!("create_time > {beta_created}"),
+            vec!["alphabet", "delta", "gamma"],
+        ),
+        (
+            format!("create_time >= {beta_created:?}"),
+            vec!["alphabet", "beta", "delta", "gamma"],
+        ),
+        (format!("create_time < {beta_created}"), vec!["alpha"]),
+        (
+            format!("create_time <= {beta_created}"),
+            vec!["alpha", "beta"],
+        ),
+        (format!("create_time = {gamma_created}"), vec!["gamma"]),
+        (
+            format!("create_time != {alpha_created}"),
+            vec!["alphabet", "beta", "delta", "gamma"],
+        ),
+        (format!("update_time >= {beta_updated}"), vec!["beta"]),
+        (
+            format!("update_time < {beta_updated}"),
+            vec!["alpha", "alphabet", "delta", "gamma"],
+        ),
+        (
+            "create_time > 2000-01-01T00:00:00+02:00".into(),
+            vec!["alpha", "alphabet", "beta", "delta", "gamma"],
+        ),
+        ("create_time < 2000-01-01T00:00:00Z".into(), vec![]),
+    ];
+    for (filter, expected) in time_cases {
+        assert_eq!(
+            selected(&mut c, &filter).await,
+            names(&expected),
+            "{filter}"
+        );
+    }
+    assert_eq!(selected(&mut c, "").await, all);
+
+    // A deleted agent's tools go with it.
+    c.agents
+        .delete_agent(pb::DeleteAgentRequest {
+            id: alpha.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("delete alpha");
+    assert_eq!(selected(&mut c, "tool:calc").await, names(&["delta"]));
+    stack.finish().await;
+}
+
+/// A tool more than 1,000 agents have is tested per row (`EXISTS`), a
+/// rarer one by listing its agents (`IN`): both select the same agents,
+/// negated too, alone and combined, in every order.
+#[tokio::test]
+async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
+    const AGENTS: usize = 1_150;
+    let stack = Stack::start().await;
+    let c = clients_as(&stack, "acme").await;
+    // Agent i has "common" unless i % 10 == 0, and "rare" when i % 100 == 1.
+    let tools_of = |i: usize| -> Vec<&'static str> {
+        let mut tools = Vec::new();
+        if !i.is_multiple_of(10) {
+            tools.push("common");
+        }
+        if i % 100 == 1 {
+            tools.push("rare");
+        }
+        tools
+    };
+    let mut writers = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let mut c = Clients {
+            agents: c.agents.clone(),
+            providers: c.providers.clone(),
+        };
+        writers.spawn(async move {
+            for i in (worker..AGENTS).step_by(16) {
+                create_agent(&mut c, &format!("agent-{i:04}"), &tools_of(i), None).await;
+            }
+        });
+    }
+    while let Some(done) = writers.join_next().await {
+        done.expect("a writer");
+    }
+    let mut c = c;
+    let named = |keep: &dyn Fn(usize) -> bool| -> Vec<String> {
+        (0..AGENTS)
+            .filter(|i| keep(*i))
+            .map(|i| format!("agent-{i:04}"))
+            .collect()
+    };
+    let common = named(&|i| !i.is_multiple_of(10));
+    assert!(common.len() > 1_000, "more agents than FEW_OWNERS");
+    for (filter, expected) in [
+        ("tool:common", common.clone()),
+        ("NOT tool:common", named(&|i| i.is_multiple_of(10))),
+        ("tool:rare", named(&|i| i % 100 == 1)),
+        ("tool:common AND tool:rare", named(&|i| i % 100 == 1)),
+        (
+            "tool:common AND NOT tool:rare",
+            named(&|i| !i.is_multiple_of(10) && i % 100 != 1),
+        ),
+        (
+            r#"tool:common AND name = "agent-10*""#,
+            named(&|i| (1000..1100).contains(&i) && !i.is_multiple_of(10)),
+        ),
+    ] {
+        let (mut listed, totals) = all_agents(&mut c, filter, "", 100).await;
+        let counted = i32::try_from(expected.len().min(1_000)).expect("small");
+        assert_eq!(totals, BTreeSet::from([counted]), "{filter}");
+        listed.sort();
+        assert_eq!(listed, expected, "{filter}");
+    }
+    // Paged in name order both ways, 7 at a time.
+    let (by_name, _) = all_agents(&mut c, "tool:common", "name desc", 7).await;
+    let mut descending = common.clone();
+    descending.reverse();
+    assert_eq!(by_name, descending);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn every_provider_field_selects_exactly_the_expected_providers() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    create_provider(&mut c, "openai-main", pb::ProviderType::Openai, true).await;
+    let claude = create_provider(&mut c, "claude", pb::ProviderType::Anthropic, false).await;
+    create_provider(&mut c, "openai-spare", pb::ProviderType::Openai, false).await;
+    let claude_created = rfc3339(claude.create_time.as_ref());
+    for (filter, expected) in [
+        (
+            "provider_type = OPENAI".to_owned(),
+            vec!["openai-main", "openai-spare"],
+        ),
+        (
+            r#"provider_type = "PROVIDER_TYPE_ANTHROPIC""#.to_owned(),
+            vec!["claude"],
+        ),
+        ("provider_type != OPENAI".to_owned(), vec!["claude"]),
+        ("is_default = true".to_owned(), vec!["openai-main"]),
+        (
+            "is_default = false".to_owned(),
+            vec!["claude", "openai-spare"],
+        ),
+        (
+            "is_default != true".to_owned(),
+            vec!["claude", "openai-spare"],
+        ),
+        (
+            r#"name = "openai-*""#.to_owned(),
+            vec!["openai-main", "openai-spare"],
+        ),
+        (
+            format!("create_time > {claude_created} OR name = claude"),
+            vec!["claude", "openai-spare"],
+        ),
+        (
+            format!("update_time < {claude_created}"),
+            vec!["openai-main"],
+        ),
+    ] {
+        assert_eq!(
+            selected_providers(&mut c, &filter).await,
+            names(&expected),
+            "{filter}"
+        );
+    }
+    // Providers have no tool field: it is named as unknown.
+    let refused = c
+        .providers
+        .list_providers(pb::ListProvidersRequest {
+            filter: "tool:x".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        violations(&refused),
+        [(
+            "filter".to_owned(),
+            r#"at 0: unknown field "tool"; fields: name, provider_type, is_default, create_time, update_time"#
+                .to_owned()
+        )]
+    );
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn orders_page_both_ways_without_gaps_or_duplicates() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    // Names in an order unlike their creation order; every third agent has
+    // the tool "x".
+    let created: Vec<String> = (0..23)
+        .map(|i| format!("agent-{:02}", (i * 7) % 23))
+        .collect();
+    let mut ids = Vec::new();
+    for (i, name) in created.iter().enumerate() {
+        let tools: &[&str] = if i.is_multiple_of(3) { &["x"] } else { &[] };
+        ids.push(create_agent(&mut c, name, tools, None).await.id);
+    }
+    // Update some agents, latest last: update order = untouched agents in
+    // creation order, then the updated ones in the order updated.
+    let updated = [5usize, 0, 17, 9];
+    for i in updated {
+        c.agents
+            .update_agent(pb::UpdateAgentRequest {
+                agent: Some(pb::Agent {
+                    id: ids[i].clone(),
+                    goal: "Find more".to_owned(),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: names(&["goal"]),
+                }),
+                change_description: String::new(),
+            })
+            .await
+            .expect("update");
+    }
+    let mut by_name = created.clone();
+    by_name.sort();
+    let mut by_update: Vec<String> = (0..created.len())
+        .filter(|i| !updated.contains(i))
+        .map(|i| created[i].clone())
+        .collect();
+    by_update.extend(updated.iter().map(|i| created[*i].clone()));
+    let reversed = |list: &[String]| list.iter().rev().cloned().collect::<Vec<_>>();
+    let with_x: Vec<String> = created.iter().step_by(3).cloned().collect();
+    let mut with_x_by_name = with_x.clone();
+    with_x_by_name.sort();
+
+    for (order_by, filter, expected) in [
+        ("", "", created.clone()),
+        ("name", "", by_name.clone()),
+        ("name asc", "", by_name.clone()),
+        ("name desc", "", reversed(&by_name)),
+        ("create_time", "", created.clone()),
+        ("create_time desc", "", reversed(&created)),
+        ("update_time", "", by_update.clone()),
+        ("update_time desc", "", reversed(&by_update)),
+        ("update_time desc, name", "", reversed(&by_update)),
+        ("create_time, name desc", "", created.clone()),
+        ("name desc", "tool:x", reversed(&with_x_by_name)),
+        ("create_time desc", "tool:x", reversed(&with_x)),
+    ] {
+        for page_size in [1, 4, 100] {
+            let (listed, totals) = all_agents(&mut c, filter, order_by, page_size).await;
+            assert_eq!(listed, expected, "{order_by:?} {filter:?} by {page_size}");
+            let count = i32::try_from(expected.len()).expect("small");
+            assert_eq!(totals, BTreeSet::from([count]));
+        }
+    }
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_page_token_is_bound_to_its_filter_and_order() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    for name in ["a1", "a2", "a3", "b1"] {
+        create_agent(&mut c, name, &["t"], None).await;
+    }
+    let first = agent_page(&mut c, r#"name = "a*""#, "name desc", 1, "")
+        .await
+        .expect("first page");
+    assert_eq!(first.agents[0].name, "a3");
+    let token = first.next_page_token;
+    // The same filter and order, written differently: the same request.
+    let next = agent_page(&mut c, r#"( name="a*" )"#, " name  desc ", 1, &token)
+        .await
+        .expect("the same request, spelled otherwise");
+    assert_eq!(next.agents[0].name, "a2");
+
+    for (filter, order_by) in [
+        (r#"name = "b*""#, "name desc"),
+        (r#"name = "a*" AND tool:t"#, "name desc"),
+        (r#"name = "a*""#, "name"),
+        (r#"name = "a*""#, "create_time desc"),
+        (r#"name = "a*""#, ""),
+        ("", "name desc"),
+        ("", ""),
+    ] {
+        let refused = agent_page(&mut c, filter, order_by, 1, &token)
+            .await
+            .expect_err("another request's token");
+        assert_eq!(
+            violations(&refused),
+            [(
+                "page_token".to_owned(),
+                "is not a page token of this request".to_owned()
+            )],
+            "{filter:?} {order_by:?}"
+        );
+    }
+    // A plain listing's token is refused with a filter.
+    let plain = agent_page(&mut c, "", "", 1, "").await.expect("plain");
+    let refused = agent_page(&mut c, "tool:t", "", 1, &plain.next_page_token)
+        .await
+        .expect_err("refused");
+    assert_eq!(violations(&refused)[0].0, "page_token");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn mistakes_are_refused_with_their_position_and_what_was_expected() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    let filter_cases = [
+        (r#"name = "x" AND"#, "at 14: expected a comparison or '('"),
+        ("name =", "at 6: expected a value after '='"),
+        (
+            "name",
+            r#"at 4: expected a comparator (=, !=, <, <=, >, >= or :) after "name""#,
+        ),
+        ("(name = x", "at 9: expected AND, OR or ')'"),
+        ("name = x)", "at 8: a ')' without its '('"),
+        (
+            "name = x y = z",
+            "at 9: expected AND, OR or the end of the filter",
+        ),
+        (r#"name = "open"#, "at 7: this string has no closing '\"'"),
+        (
+            r#"nme = "x""#,
+            r#"at 0: unknown field "nme"; fields: name, provider, tool, create_time, update_time"#,
+        ),
+        (
+            "tool > x",
+            "at 0: tool takes : or = (has; negate with NOT) (not '>')",
+        ),
+        ("provider < x", "at 0: provider takes = or != (not '<')"),
+        (
+            "name : x",
+            "at 0: name takes =, !=, <, <=, > or >= (not ':')",
+        ),
+        (
+            "create_time > yesterday",
+            r#"at 14: create_time takes an RFC 3339 time such as 2026-12-07T10:00:00Z (got "yesterday")"#,
+        ),
+        (
+            "tool = x*",
+            "at 7: tool takes a whole value, not a prefix ('*')",
+        ),
+        ("name < x*", "at 7: a prefix ('*') goes with = or != only"),
+    ];
+    for (filter, expected) in filter_cases {
+        let refused = agent_page(&mut c, filter, "", 0, "")
+            .await
+            .expect_err(filter);
+        assert_eq!(
+            violations(&refused),
+            [("filter".to_owned(), expected.to_owned())],
+            "{filter}"
+        );
+    }
+    for (order_by, expected) in [
+        (
+            "id",
+            r#"cannot order by "id"; keys: name, create_time, update_time"#,
+        ),
+        (
+            "name sideways",
+            r#""name sideways" is not `key`, `key asc` or `key desc`"#,
+        ),
+        ("name, name", "names name twice"),
+        (
+            "name, create_time, update_time",
+            "names at most 2 keys (the id always follows them)",
+        ),
+    ] {
+        let refused = agent_page(&mut c, "", order_by, 0, "")
+            .await
+            .expect_err(order_by);
+        assert_eq!(
+            violations(&refused),
+            [("order_by".to_owned(), expected.to_owned())],
+            "{order_by}"
+        );
+    }
+    // Both wrong: one violation each.
+    let refused = agent_page(&mut c, "name =", "id", 0, "")
+        .await
+        .expect_err("both");
+    let fields: Vec<String> = violations(&refused).into_iter().map(|v| v.0).collect();
+    assert_eq!(fields, ["filter", "order_by"]);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn oversized_and_deep_filters_are_refused_at_once() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    create_agent(&mut c, "a", &[], None).await;
+    let long = format!(r#"name = "{}""#, "x".repeat(1016));
+    assert_eq!(long.len(), 1025);
+    let at_limit = format!(r#"name = "{}""#, "x".repeat(1015));
+    assert_eq!(selected(&mut c, &at_limit).await, Vec::<String>::new());
+    let comparisons = vec!["name = a"; 33].join(" OR ");
+    for (filter, expected) in [
+        (long, "must be at most 1024 bytes (got 1025)".to_owned()),
+        (
+            "(".repeat(10_000),
+            "must be at most 1024 bytes (got 10000)".to_owned(),
+        ),
+        (
+            "(".repeat(1024),
+            "at 16: parentheses nest deeper than 16".to_owned(),
+        ),
+        (
+            comparisons.clone(),
+            format!("at {}: more than 32 comparisons", comparisons.len() - 8),
+        ),
+    ] {
+        let started = Instant::now();
+        let refused = agent_page(&mut c, &filter, "", 0, "")
+            .await
+            .expect_err("refused");
+        let took = started.elapsed();
+        assert_eq!(violations(&refused), [("filter".to_owned(), expected)]);
+        assert!(took < Duration::from_secs(1), "{took:?}");
+    }
+    // At the limits, accepted.
+    let deep = format!("{}name = a{}", "(".repeat(16), ")".repeat(16));
+    assert_eq!(selected(&mut c, &deep).await, names(&["a"]));
+    let many = vec!["name = a"; 32].join(" OR ");
+    assert_eq!(selected(&mut c, &many).await, names(&["a"]));
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_filter_never_sees_another_tenants_rows() {
+    let stack = Stack::start().await;
+    let mut acme = clients_as(&stack, "acme").await;
+    let mut globex = clients_as(&stack, "globex").await;
+    let acme_provider = create_provider(&mut acme, "shared", pb::ProviderType::Openai, false).await;
+    create_agent(&mut acme, "scout", &["search"], Some(&acme_provider.id)).await;
+    create_agent(&mut acme, "scribe", &["search"], None).await;
+    create_agent(&mut globex, "scout", &["search"], None).await;
+
+    assert_eq!(
+        selected(&mut globex, "tool:search").await,
+        names(&["scout"])
+    );
+    assert_eq!(
+        selected(&mut globex, "").await,
+        names(&["scout"]),
+        "globex has one agent"
+    );
+    assert_eq!(
+        selected(&mut globex, &format!("provider = {:?}", acme_provider.id)).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        selected(&mut globex, r#"name = "s*" OR NOT name = "s*""#).await,
+        names(&["scout"])
+    );
+    assert_eq!(
+        selected(&mut acme, "tool:search").await,
+        names(&["scout", "scribe"])
+    );
+    assert_eq!(
+        selected_providers(&mut globex, r#"name = "shared""#).await,
+        Vec::<String>::new()
+    );
+    // A token of acme's is refused in globex.
+    let page = agent_page(&mut acme, "tool:search", "name", 1, "")
+        .await
+        .expect("acme's page");
+    let refused = agent_page(&mut globex, "tool:search", "name", 1, &page.next_page_token)
+        .await
+        .expect_err("acme's token");
+    assert_eq!(violations(&refused)[0].0, "page_token");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn injection_attempts_are_values_that_match_nothing() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    create_agent(&mut c, "x", &["search"], None).await;
+    create_agent(&mut c, "y", &[], None).await;
+    for filter in [
+        r#"name = "x' OR 1=1 --""#,
+        r#"name = "x' OR '1'='1""#,
+        r#"name = "x\" OR \"1\"=\"1""#,
+        r#"name = "x'; DROP TABLE agents; --""#,
+        r#"tool:"search') OR ('1'='1""#,
+        r#"tool:"x' UNION SELECT id FROM agents --""#,
+        r#"name = "%""#,
+        r#"name = "_""#,
+    ] {
+        assert_eq!(
+            selected(&mut c, filter).await,
+            Vec::<String>::new(),
+            "{filter}"
+        );
+    }
+    // The table is still there, whole.
+    assert_eq!(selected(&mut c, "").await, names(&["x", "y"]));
+    // A forged token's cursor is a bound value too: refused or harmless.
+    let page = agent_page(&mut c, "", "name", 1, "").await.expect("page");
+    assert_eq!(page.agents[0].name, "x");
+    stack.finish().await;
+}
