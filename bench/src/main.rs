@@ -4,8 +4,9 @@
 //!
 //! Run: `cargo build --release --workspace --bins`, then from the target
 //! directory `release/bench crypto`, `release/bench registry`,
-//! `release/bench versions`, `release/bench compare`, `release/bench soak`
-//! or `release/bench abuse` (see BENCHMARKS.md).
+//! `release/bench versions`, `release/bench compare`, `release/bench soak`,
+//! `release/bench abuse`, `release/bench resolve` or `release/bench watch`
+//! (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +27,7 @@ mod rewrap;
 mod soak;
 mod stats;
 mod versions;
+mod watch;
 
 use stats::{Phase, cpu_seconds, percentile};
 
@@ -76,6 +78,11 @@ enum Command {
     /// ResolveAgent: a full resolution against a `not_modified`
     /// re-resolution with the last answer's etag, alternating rounds.
     Resolve(resolve::ResolveArgs),
+    /// WatchChanges: change-to-event latency of many concurrent streams
+    /// under a steady rate of writes (through a second replica on
+    /// PostgreSQL), every change checked once and in order, and the
+    /// registry's memory and CPU per idle stream.
+    Watch(watch::WatchArgs),
     /// Side-by-side table of `bench registry` runs and the peer's
     /// measure.py runs (median run of each side).
     Compare(compare::CompareArgs),
@@ -96,6 +103,7 @@ async fn main() {
         Command::Soak(args) => soak::run(args).await,
         Command::Abuse(args) => abuse::run(args).await,
         Command::Resolve(args) => resolve::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
     }
 }
 
