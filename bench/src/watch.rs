@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use proto::v1 as pb;
 use serde_json::json;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 
 use crate::pair::{Api, Db, Pair, Target};
 use crate::stats::{TreeCpu, cpu_seconds, percentile, round1, round3, vm_rss_kib};
@@ -53,6 +53,10 @@ pub struct WatchArgs {
     /// registry allows 256 concurrent streams per connection by default).
     #[arg(long, default_value_t = 8)]
     pub watch_connections: usize,
+    /// Streams being opened at once (each holds its slot until SYNCED), so
+    /// that the memory reading is not of a thundering herd's leftovers.
+    #[arg(long, default_value_t = 64)]
+    pub open_concurrency: usize,
     /// UpdateAgent calls sent per second, on schedule whatever the answers'
     /// latency (each in a task of its own).
     #[arg(long, default_value_t = 100)]
@@ -189,6 +193,15 @@ pub async fn run(args: WatchArgs) {
         replica: replica.as_ref().map(tests::Process::pid),
         database: pair.postgres_pid,
     };
+    // For a profiler to attach to (stderr, so the tables stay clean).
+    eprintln!(
+        "registry-service pid {} (watchers){}",
+        processes.registry,
+        processes
+            .replica
+            .map(|pid| format!(", replica B pid {pid} (writes)"))
+            .unwrap_or_default()
+    );
     let agents = create_agents(&writer, args.agents).await;
     let idle = Duration::from_secs(args.idle_seconds);
 
@@ -215,10 +228,12 @@ pub async fn run(args: WatchArgs) {
     let (ready, mut ready_rx) = mpsc::channel(args.watchers.max(1));
     let opening = Instant::now();
     let mut watchers = Vec::with_capacity(args.watchers);
+    let opening_slots = Arc::new(Semaphore::new(args.open_concurrency.max(1)));
     let expected_writes = args.writes_per_second as usize * args.seconds as usize;
     for _ in 0..args.watchers {
         watchers.push(tokio::spawn(follow(
             watch_api.clone(),
+            Arc::clone(&opening_slots),
             Arc::clone(&agent_index),
             ready.clone(),
             stopping.clone(),
@@ -244,6 +259,10 @@ pub async fn run(args: WatchArgs) {
     let idle_cpu_with = idle_cpu_before.since(&processes);
 
     let load_at_writes = load_average();
+    eprintln!(
+        "{} streams synced; writes start ({} s)",
+        args.watchers, args.seconds
+    );
     let busy = processes.read();
     let writes = write_on_schedule(&writer, &agents, args.writes_per_second, args.seconds).await;
     let written = writes.iter().filter(|w| w.version.is_ok()).count();
@@ -327,17 +346,20 @@ async fn create_agents(api: &Api, count: usize) -> Vec<String> {
     ids
 }
 
-/// One watcher: opens a stream from now, reports its SYNCED revision on
+/// One watcher: opens a stream from now (in one of the opening slots),
+/// reports its SYNCED revision on
 /// `ready`, then records every change until `stopping` (or the stream
 /// ends).
 async fn follow(
     api: Api,
+    opening_slots: Arc<Semaphore>,
     agents: Arc<HashMap<String, u32>>,
     ready: mpsc::Sender<Result<i64, String>>,
     mut stopping: watch::Receiver<bool>,
     delivered: Arc<AtomicU64>,
     expected: usize,
 ) -> Watched {
+    let slot = opening_slots.acquire_owned().await.expect("never closed");
     let request = pb::WatchChangesRequest {
         after_revision: None,
         kinds: Vec::new(),
@@ -366,6 +388,7 @@ async fn follow(
             };
         }
     };
+    drop(slot);
     let _ = ready.send(Ok(synced)).await;
     drop(ready);
     let mut received = Vec::with_capacity(expected);
@@ -453,6 +476,10 @@ struct Check {
     last: Vec<Duration>,
     /// UpdateAgent's own latency (sent → answered).
     write: Vec<Duration>,
+    /// Receive instant − the write's answer instant, every (watcher,
+    /// change), in ms: the delivery without the write's own latency
+    /// (negative when the change arrived before the answer).
+    after_answer: Vec<f64>,
     /// (watcher, change) pairs received as expected.
     delivered: u64,
     /// Pairs expected: watchers × successful writes.
@@ -529,8 +556,9 @@ impl Check {
                     }
                     Some(_) => {}
                 }
-                let sent = writes[index].sent;
+                let Write { sent, answered, .. } = writes[index];
                 check.every.push(change.at.saturating_duration_since(sent));
+                check.after_answer.push(signed_ms(change.at, answered));
                 check.delivered += 1;
                 let earliest = first[index].get_or_insert(change.at);
                 *earliest = (*earliest).min(change.at);
@@ -554,6 +582,7 @@ impl Check {
         ] {
             series.sort_unstable();
         }
+        check.after_answer.sort_by(f64::total_cmp);
         check
     }
 
@@ -573,6 +602,23 @@ fn spread(sorted: &[Duration]) -> (f64, f64, f64) {
         ms(percentile(sorted, 0.99)),
         ms(sorted.last().copied().unwrap_or_default()),
     )
+}
+
+/// `later − earlier` in ms, negative when `later` came first.
+fn signed_ms(later: Instant, earlier: Instant) -> f64 {
+    match later.checked_duration_since(earlier) {
+        Some(after) => after.as_secs_f64() * 1e3,
+        None => -(earlier.duration_since(later).as_secs_f64() * 1e3),
+    }
+}
+
+/// p50, p99 and max of sorted milliseconds.
+fn spread_ms(sorted: &[f64]) -> (f64, f64, f64) {
+    let at = |q: f64| {
+        let rank = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len().max(1));
+        sorted.get(rank - 1).copied().map(round3).unwrap_or(0.0)
+    };
+    (at(0.50), at(0.99), at(1.0))
 }
 
 /// The 1-, 5- and 15-minute load averages (/proc/loadavg).
@@ -647,6 +693,11 @@ impl Summary<'_> {
             let (p50, p99, max) = spread(series);
             println!("| {name} | {} | {p50} | {p99} | {max} |", series.len());
         }
+        let (p50, p99, max) = spread_ms(&check.after_answer);
+        println!(
+            "| change → every watcher, after the write's answer | {} | {p50} | {p99} | {max} |",
+            check.after_answer.len()
+        );
         let (_, p99, _) = spread(&check.every);
         let target = self.p99_target_ms();
         println!(
@@ -708,12 +759,17 @@ impl Summary<'_> {
         };
         let (_, p99, _) = spread(&check.every);
         let per_watcher = self.kib_per_watcher();
+        let after_answer = {
+            let (p50, p99, max) = spread_ms(&check.after_answer);
+            json!({ "p50_ms": p50, "p99_ms": p99, "max_ms": max })
+        };
         json!({
             "tool": "bench watch",
             "config": {
                 "db": args.target.db.name(),
                 "watchers": args.watchers,
                 "watch_connections": args.watch_connections,
+                "open_concurrency": args.open_concurrency,
                 "writes_per_second": args.writes_per_second,
                 "seconds": args.seconds,
                 "agents": args.agents,
@@ -729,6 +785,7 @@ impl Summary<'_> {
                 "change_to_first_watcher": latency(&check.first),
                 "change_to_every_watcher": latency(&check.every),
                 "change_to_last_watcher": latency(&check.last),
+                "change_to_every_watcher_after_answer": after_answer,
             },
             "pairs_delivered": check.delivered,
             "pairs_expected": check.expected,
