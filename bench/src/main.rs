@@ -5,7 +5,8 @@
 //! Run: `cargo build --release --workspace --bins`, then from the target
 //! directory `release/bench crypto`, `release/bench registry`,
 //! `release/bench versions`, `release/bench compare`, `release/bench soak`,
-//! `release/bench abuse` or `release/bench filter` (see BENCHMARKS.md).
+//! `release/bench abuse`, `release/bench resolve`, `release/bench watch` or
+//! `release/bench filter` (see BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ mod rewrap;
 mod soak;
 mod stats;
 mod versions;
+mod watch;
 
 use stats::{Phase, cpu_seconds, percentile};
 
@@ -80,6 +82,11 @@ enum Command {
     /// ListAgents with filters and orders over 100,000 agents of one
     /// tenant (first-page latency), and the write cost of `agent_tools`.
     Filter(filter::FilterArgs),
+    /// WatchChanges: change-to-event latency of many concurrent streams
+    /// under a steady rate of writes (through a second replica on
+    /// PostgreSQL), every change checked once and in order, and the
+    /// registry's memory and CPU per idle stream.
+    Watch(watch::WatchArgs),
     /// Side-by-side table of `bench registry` runs and the peer's
     /// measure.py runs (median run of each side).
     Compare(compare::CompareArgs),
@@ -101,6 +108,7 @@ async fn main() {
         Command::Abuse(args) => abuse::run(args).await,
         Command::Resolve(args) => resolve::run(args).await,
         Command::Filter(args) => filter::run(args).await,
+        Command::Watch(args) => watch::run(args).await,
     }
 }
 

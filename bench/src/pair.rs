@@ -11,12 +11,13 @@ use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::provider_service_client::ProviderServiceClient;
 use proto::v1::runtime_service_client::RuntimeServiceClient;
+use proto::v1::watch_service_client::WatchServiceClient;
 use sea_orm::{ConnectionTrait, Database, Statement};
 use tests::stack::{TestDatabase, start_registry};
 use tests::{Launch, Process, start_crypto};
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// crypto-service's key for the run (32 bytes of 0x11, base64).
 const BENCH_KEY: &str = "ERERERERERERERERERERERERERERERERERERERERERE=";
@@ -170,6 +171,20 @@ impl Pair {
         }
     }
 
+    /// Another registry-service process over the same database and
+    /// crypto-service (a second replica; PostgreSQL only: one SQLite file
+    /// has one writer process). The caller terminates it.
+    pub async fn start_replica(&self) -> Process {
+        start_registry(
+            &self.database,
+            &self.crypto.url(),
+            tests::stack::Stack::default_registry()
+                .arg("--log-level")
+                .arg(REGISTRY_LOG_LEVEL),
+        )
+        .await
+    }
+
     /// registry-service's pid.
     pub fn registry_pid(&self) -> u32 {
         self.registry.pid()
@@ -302,6 +317,14 @@ impl Api {
         }
     }
 
+    /// Another pool of `connections` channels, to `url`, with the same
+    /// call metadata.
+    pub async fn connect_like(&self, url: &str, connections: usize) -> Self {
+        let mut api = Self::connect(url, connections, None).await;
+        api.authorization.clone_from(&self.authorization);
+        api
+    }
+
     /// Wraps `message` with the metadata every call carries.
     pub fn request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);
@@ -416,6 +439,17 @@ impl Api {
     ) -> Result<Response<pb::Agent>, Status> {
         AgentServiceClient::new(self.channel())
             .rollback_agent(self.request(message))
+            .await
+    }
+
+    /// WatchService.WatchChanges: the stream of the caller's tenant's
+    /// changes.
+    pub async fn watch_changes(
+        &self,
+        message: pb::WatchChangesRequest,
+    ) -> Result<Response<Streaming<pb::Change>>, Status> {
+        WatchServiceClient::new(self.channel())
+            .watch_changes(self.request(message))
             .await
     }
 
