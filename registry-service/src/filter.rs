@@ -268,8 +268,17 @@ impl Parser<'_> {
         if length == 0 || !rest[0].is_ascii_alphabetic() {
             return Err(invalid(start, "expected a field name"));
         }
+        let name = &self.text[start..start + length];
+        // `NOT=x` would read as a field named NOT, and its canonical form
+        // (`NOT = x`) as a negation: the keywords are never field names.
+        if matches!(name, "AND" | "OR" | "NOT") {
+            return Err(invalid(
+                start,
+                format!("expected a field name ({name} is a keyword)"),
+            ));
+        }
         self.at += length;
-        Ok(self.text[start..self.at].to_owned())
+        Ok(name.to_owned())
     }
 
     fn comparator(&mut self, field: &str) -> Result<Op, Error> {
@@ -622,6 +631,16 @@ mod tests {
             (
                 "NOT",
                 "at 3: expected a comparison or '(' after the negation",
+            ),
+            // Found by the fuzzer: read as a field named NOT, whose
+            // canonical form then read as a negation.
+            (
+                r#"NOT= "x""#,
+                "at 0: expected a field name (NOT is a keyword)",
+            ),
+            (
+                "a = 1 AND OR:x",
+                "at 10: expected a field name (OR is a keyword)",
             ),
             ("(a = 1", "at 6: expected AND, OR or ')'"),
             ("a = 1)", "at 5: a ')' without its '('"),
