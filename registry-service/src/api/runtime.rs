@@ -376,16 +376,14 @@ impl Resolutions {
     /// The `not_modified` answer, when `etag` names the resolution last
     /// answered for `known` and its tenant has not changed since.
     fn not_modified(&self, known: &Known<'_>, etag: &str) -> Option<pb::ResolvedAgent> {
-        if etag.is_empty() || self.entries().capacity() == 0 {
+        if etag.is_empty() {
             return None;
         }
         let generation = self.signal.generation(known.tenant);
-        let resolution = {
-            let mut entries = self.entries();
-            let (resolution, at) = entries.get(&known.key())?;
-            (*at == generation && resolution.etag == etag).then(|| resolution.clone())?
-        };
-        Some(resolution.not_modified())
+        let mut entries = self.entries();
+        let (resolution, at) = entries.get(&known.key())?;
+        let current = *at == generation && resolution.etag == etag;
+        current.then(|| resolution.clone().not_modified())
     }
 
     /// Keeps `resolution`, read at `generation`.

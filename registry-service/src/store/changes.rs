@@ -303,9 +303,11 @@ impl ChangeSignal {
             let mut state = self.state();
             state.counter += 1;
             let counter = state.counter;
-            if state.generations.len() >= MAX_PENDING_TENANTS
-                && !state.generations.contains_key(tenant)
-            {
+            // A tenant seen before is updated in place: no key allocated on
+            // every write.
+            if let Some(generation) = state.generations.get_mut(tenant) {
+                *generation = counter;
+            } else if state.generations.len() >= MAX_PENDING_TENANTS {
                 state.generations.clear();
                 state.floor = counter;
             } else {
