@@ -2,6 +2,7 @@
 //! validated domain values, call the store, turn the result back.
 
 pub mod agents;
+pub mod audit;
 pub mod keys;
 pub mod labels;
 pub mod messages;
@@ -587,6 +588,7 @@ pub fn writer<'a>(
         caller,
         action,
         description,
+        request_id: None,
     })
 }
 
@@ -846,6 +848,7 @@ impl Registry {
             caller,
             action: Action::Rollback,
             description,
+            request_id: None,
         };
         let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
         self.labelled::<K>(&caller.tenant, &record).await

@@ -84,6 +84,8 @@ const WATCHERS: &[Role] = &[Role::Viewer, Role::Editor, Role::Admin, Role::Runti
 const OPERATORS: &[Role] = &[Role::PlatformOperator];
 /// Tenant admins see their own tenant's key counts; operators see all.
 const KEY_READERS: &[Role] = &[Role::Admin, Role::PlatformOperator];
+/// Tenant admins read their tenant's audit trail; operators every tenant's.
+const AUDITORS: &[Role] = &[Role::Admin, Role::PlatformOperator];
 
 /// The roles allowed to call `method` (a full gRPC path such as
 /// `/agentregistry.v1.AgentService/CreateAgent`); `None` for a method the
@@ -132,6 +134,7 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
         ("agentregistry.v1.WatchService", "WatchChanges") => WATCHERS,
         ("agentregistry.v1.KeyService", "GetKeyStatus") => KEY_READERS,
         ("agentregistry.v1.KeyService", "RewrapCredentials" | "RetireKeyVersion") => OPERATORS,
+        ("agentregistry.v1.AuditService", "ListAuditEvents") => AUDITORS,
         _ => return None,
     };
     Some(roles)

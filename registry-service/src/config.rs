@@ -266,6 +266,14 @@ pub struct ServeArgs {
     /// notification is lost.
     #[arg(long, env = "REGISTRY_WATCH_POLL_MILLISECONDS", default_value_t = 1000)]
     pub watch_poll_milliseconds: u64,
+    /// Days an audit event is kept; older ones are deleted by a periodic
+    /// task (at most 36500).
+    #[arg(long, env = "REGISTRY_AUDIT_RETENTION_DAYS", default_value_t = 365)]
+    pub audit_retention_days: u32,
+    /// Milliseconds between rounds of the task that chains new audit events
+    /// (tamper evidence) and deletes expired ones.
+    #[arg(long, env = "REGISTRY_AUDIT_SEAL_MILLISECONDS", default_value_t = 1000)]
+    pub audit_seal_milliseconds: u64,
     /// Token subjects (`sub`) that may act as platform operators: only a
     /// token of one of them holds the `platform-operator` role it claims.
     /// Key operations (rewrap, retire, every tenant's key status) need it.
@@ -636,6 +644,18 @@ impl JwtArgs {
     }
 }
 
+/// The audit trail's upkeep (`store::audit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditSettings {
+    /// How long an event is kept.
+    pub retention: Duration,
+    /// How often new events are chained and expired ones deleted.
+    pub seal_interval: Duration,
+}
+
+/// The longest audit retention, in days (a hundred years).
+pub const MAX_AUDIT_RETENTION_DAYS: u32 = 36_500;
+
 /// Validated settings of `serve`.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -653,6 +673,7 @@ pub struct Settings {
     pub recent_agents: usize,
     pub recent_agents_bytes: usize,
     pub watch: crate::watch::WatchSettings,
+    pub audit: AuditSettings,
     pub resolve_cache: usize,
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
@@ -770,6 +791,21 @@ impl ServeArgs {
                 poll_interval: Duration::from_millis(at_least(
                     "REGISTRY_WATCH_POLL_MILLISECONDS",
                     self.watch_poll_milliseconds,
+                    10,
+                )?),
+            },
+            audit: AuditSettings {
+                retention: Duration::from_secs(
+                    u64::from(within(
+                        "REGISTRY_AUDIT_RETENTION_DAYS",
+                        self.audit_retention_days,
+                        1,
+                        MAX_AUDIT_RETENTION_DAYS,
+                    )?) * 86_400,
+                ),
+                seal_interval: Duration::from_millis(at_least(
+                    "REGISTRY_AUDIT_SEAL_MILLISECONDS",
+                    self.audit_seal_milliseconds,
                     10,
                 )?),
             },

@@ -285,6 +285,7 @@ impl Importer<'_> {
             caller: &self.caller,
             action: Action::Create,
             description: CHANGE_DESCRIPTION.to_owned(),
+            request_id: None,
         };
         let kind = Providers::default();
         match store::versioned::create(store, &kind, write, planned.id.clone(), planned.spec).await

@@ -12,6 +12,7 @@ use ops::tls::ReloadingTls;
 
 use ops::health::ServingStatus;
 use proto::v1::agent_service_server::AgentServiceServer;
+use proto::v1::audit_service_server::AuditServiceServer;
 use proto::v1::key_service_server::KeyServiceServer;
 use proto::v1::label_policy_service_server::LabelPolicyServiceServer;
 use proto::v1::provider_service_server::ProviderServiceServer;
@@ -28,13 +29,14 @@ use crate::telemetry::RegistryMetrics;
 use ops::metrics::Metrics;
 
 /// The service names health checks and reflection know.
-pub const SERVICE_NAMES: [&str; 6] = [
+pub const SERVICE_NAMES: [&str; 7] = [
     "agentregistry.v1.AgentService",
     "agentregistry.v1.ProviderService",
     "agentregistry.v1.RuntimeService",
     "agentregistry.v1.KeyService",
     "agentregistry.v1.WatchService",
     "agentregistry.v1.LabelPolicyService",
+    "agentregistry.v1.AuditService",
 ];
 
 /// Where the registry serves.
@@ -98,7 +100,8 @@ pub async fn serve(
         .add_service(WatchServiceServer::new(registry.clone()).max_decoding_message_size(limit))
         .add_service(
             LabelPolicyServiceServer::new(registry.clone()).max_decoding_message_size(limit),
-        );
+        )
+        .add_service(AuditServiceServer::new(registry.clone()).max_decoding_message_size(limit));
 
     health.set(ops::LIVENESS, ServingStatus::Serving);
     // Not ready until the first dependency check has passed.
@@ -151,6 +154,11 @@ pub async fn serve(
         }
     };
     let feed = tokio::spawn(registry.feed.clone().run());
+    let audit_upkeep = tokio::spawn(crate::store::audit::upkeep(
+        registry.db.clone(),
+        settings.audit.retention,
+        settings.audit.seal_interval,
+    ));
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
     // caller resumes elsewhere): they would otherwise hold the drain to its
@@ -173,6 +181,7 @@ pub async fn serve(
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
     feed.abort();
+    audit_upkeep.abort();
     tracing::info!("registry-service stopped");
     Ok(())
 }

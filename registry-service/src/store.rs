@@ -27,6 +27,8 @@
 //! transaction it stays bound.
 
 pub mod agents;
+pub mod audit;
+pub mod chain;
 pub mod changes;
 mod group_commit;
 pub mod keys;
@@ -42,7 +44,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    CommonTableExpression, Expr, IntoIden, Query, QueryStatementWriter, SimpleExpr,
+    CommonTableExpression, Expr, InsertStatement, IntoIden, Query, QueryStatementWriter, SimpleExpr,
     SqliteQueryBuilder, SubQueryStatement, WithClause,
 };
 use sea_orm::{
@@ -306,6 +308,21 @@ impl Store {
             .map_err(|e| DbErr::Custom(e.to_string()))?;
         let written = self.pool.execute(&insert).await?.rows_affected();
         Ok(written == 1)
+    }
+}
+
+impl Store {
+    /// Runs `insert` on its own, committed before it returns: on SQLite a
+    /// share of the group commit (no lock of its own, one fsync shared with
+    /// the writes waiting at that moment), on PostgreSQL one statement.
+    pub async fn write_alone(&self, insert: InsertStatement) -> Result<(), DbErr> {
+        match &self.backend {
+            Backend::Sqlite { writes, .. } => writes
+                .write(vec![insert.build(SqliteQueryBuilder)])
+                .await
+                .map(|_| ()),
+            Backend::Postgres => self.pool.execute(&insert).await.map(|_| ()),
+        }
     }
 }
 

@@ -30,13 +30,14 @@ use yaml_rust2::{Yaml, YamlLoader};
 
 /// The services a REST or grpc-web client may reach (CryptoService is
 /// internal: the registry alone calls it).
-const PUBLIC_SERVICES: [&str; 6] = [
+const PUBLIC_SERVICES: [&str; 7] = [
     "agentregistry.v1.AgentService",
     "agentregistry.v1.ProviderService",
     "agentregistry.v1.RuntimeService",
     "agentregistry.v1.KeyService",
     "agentregistry.v1.WatchService",
     "agentregistry.v1.LabelPolicyService",
+    "agentregistry.v1.AuditService",
 ];
 
 /// Query parameters of the report's calls that no request has, and why.

@@ -12,6 +12,7 @@ use super::Registry;
 use crate::caller::{Caller, PlatformOperator};
 use crate::crypto::Crypto;
 use crate::error::Error;
+use crate::store::audit::{self, Action, Entry};
 use crate::store::keys::{self, RewrapReport, Scope};
 use sea_orm::DatabaseConnection;
 
@@ -43,6 +44,7 @@ impl KeyService for Registry {
         &self,
         request: Request<pb::RewrapCredentialsRequest>,
     ) -> Result<Response<pb::RewrapCredentialsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let request = request.into_inner();
         let batch = match request.batch_size {
             0 => DEFAULT_BATCH,
@@ -58,6 +60,13 @@ impl KeyService for Registry {
         )
         .await?;
         tracing::Span::current().record("rewrapped", response.rewrapped);
+        let details = serde_json::json!({
+            "active_version": response.active_version,
+            "scanned": response.scanned,
+            "rewrapped": response.rewrapped,
+        });
+        let entry = Entry::platform(&caller.subject, Action::CredentialsRewrap, details);
+        audit::append(&self.db, entry).await?;
         Ok(Response::new(response))
     }
 
@@ -66,6 +75,7 @@ impl KeyService for Registry {
         &self,
         request: Request<pb::RetireKeyVersionRequest>,
     ) -> Result<Response<pb::KeyStatus>, Status> {
+        let caller = Caller::of(&request)?;
         let version = request.get_ref().version;
         let counts = keys::count_by_version(self.db.pool(), COUNT_BATCH, Scope::Everything).await?;
         let in_use = counts.get(&Some(version)).copied().unwrap_or(0);
@@ -78,6 +88,9 @@ impl KeyService for Registry {
         }
         self.crypto.retire(version).await?;
         tracing::warn!(version, "key version retired");
+        let details = serde_json::json!({ "version": version });
+        let entry = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);
+        audit::append(&self.db, entry).await?;
         Ok(Response::new(
             key_status(self.db.pool(), &self.crypto, Scope::Everything).await?,
         ))

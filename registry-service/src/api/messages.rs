@@ -193,7 +193,7 @@ fn struct_json(settings: prost_types::Struct) -> serde_json::Value {
 
 /// A JSON object as a `google.protobuf.Struct` (a stored setting is always
 /// an object).
-fn json_struct(value: &serde_json::Value) -> prost_types::Struct {
+pub fn json_struct(value: &serde_json::Value) -> prost_types::Struct {
     match json(value).kind {
         Some(prost_types::value::Kind::StructValue(settings)) => settings,
         _ => prost_types::Struct::default(),

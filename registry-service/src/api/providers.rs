@@ -183,6 +183,7 @@ super::versioned_service! {
             caller: &caller,
             action: Action::Update,
             description,
+            request_id: None,
         };
         let record = store::revoke_key(&self.db, write, &request.provider_id, revision).await?;
         Ok(Response::new(

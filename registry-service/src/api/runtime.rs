@@ -16,6 +16,7 @@ use crate::model::agent::AgentSpec;
 use crate::model::params::ModelParams;
 use crate::model::provider::ProviderSpec;
 use crate::store::agents::{self as agent_store, Agents, ProviderAt};
+use crate::store::audit::{self, Action as AuditAction, Entry};
 use crate::store::labels;
 use crate::store::providers::{self as provider_store, ProviderRecord, Providers};
 use crate::store::versioned::{self, Record};
@@ -113,9 +114,26 @@ impl RuntimeService for Registry {
         let resolution = resolution.etag;
         let api_key = match &provider.spec.api_key {
             Some(ciphertext) => {
-                self.crypto
+                let key = self
+                    .crypto
                     .decrypt_api_key(tenant, &provider.id, ciphertext)
-                    .await?
+                    .await?;
+                // Recorded before the key leaves: no release goes unaudited.
+                let details = serde_json::json!({
+                    "agent_version": agent_version,
+                    "provider_id": provider.id,
+                    "provider_version": provider.version,
+                    "credential_revision": provider.spec.api_key_revision,
+                });
+                let release = Entry::on::<Agents>(
+                    &caller,
+                    AuditAction::CredentialRelease,
+                    &request.agent_id,
+                    None,
+                    details,
+                );
+                audit::append(&self.db, release).await?;
+                key
             }
             None => zeroize::Zeroizing::new(String::new()),
         };

@@ -12,6 +12,7 @@
 //!
 //! [`Names::kind`]: super::versioned::Names
 
+use super::audit::{self, Action as AuditAction, Entry};
 use super::changes::{self, ChangeAction, NewChange};
 use std::collections::{BTreeMap, HashMap};
 
@@ -160,6 +161,19 @@ pub async fn move_label<K: Kind>(
         ])
         .map_err(|e| Error::Internal(format!("label statement: {e}")))?;
     txn.execute(&record_move).await.map_err(db_error)?;
+    let (action, details) = (
+        match change.to {
+            Some(_) => AuditAction::LabelSet,
+            None => AuditAction::LabelDelete,
+        },
+        serde_json::json!({
+            "label": label,
+            "from_version": now_at.unwrap_or(0),
+            "to_version": change.to.unwrap_or(0),
+            "reason": change.reason,
+        }),
+    );
+    audit::record(&txn, Entry::on::<K>(change.caller, action, id, None, details)).await?;
     // Last: the change log's revision lock (see `store::changes`).
     let logged = NewChange {
         tenant,
@@ -498,6 +512,9 @@ pub async fn set_policy(
     );
     let txn = store.begin_write().await?;
     txn.execute(&insert).await.map_err(db_error)?;
+    let details = serde_json::json!({ "protected_labels": labels });
+    let entry = Entry::tenant_wide(caller, AuditAction::LabelPolicyUpdate, details);
+    audit::record(&txn, entry).await?;
     txn.commit().await.map_err(db_error)?;
     Ok(Policy {
         protected_labels: labels,

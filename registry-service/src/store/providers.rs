@@ -15,6 +15,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use super::audit::{self, Action as AuditAction, Entry};
 use super::changes::ResourceKind;
 use super::recent::Weigh;
 use super::search::{self, Column, Field};
@@ -378,6 +379,15 @@ async fn revoke_key_revision(
         .exec(txn)
         .await
         .map_err(db_error)?;
+    let details = serde_json::json!({ "revision": revision });
+    let entry = Entry::on::<Providers>(
+        write.caller,
+        AuditAction::KeyRevoke,
+        provider_id,
+        write.request_id.as_deref(),
+        details,
+    );
+    audit::record(txn, entry).await?;
     tracing::warn!(provider_id, revision, "provider key revision revoked");
     Ok(())
 }
@@ -407,6 +417,7 @@ async fn take_default(
         caller: write.caller,
         action: Action::Update,
         description: format!("Default provider moved to {new_default_name:?}"),
+        request_id: write.request_id.clone(),
     };
     let next = previous.version + 1;
     let now = super::now();

@@ -312,7 +312,7 @@ fn time_text(time: DateTime<Utc>) -> String {
 }
 
 /// Text compared in byte order on both databases.
-fn text_column(expr: SimpleExpr, backend: DbBackend) -> SimpleExpr {
+pub(crate) fn text_column(expr: SimpleExpr, backend: DbBackend) -> SimpleExpr {
     match backend {
         DbBackend::Postgres => Expr::cust_with_expr(r#"$1 COLLATE "C""#, expr),
         _ => expr,
@@ -662,7 +662,7 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
 }
 
 /// `column <op> value` for a comparator that orders; `None` for `:`.
-fn ordered(column: SimpleExpr, op: Op, value: SimpleExpr) -> Option<SimpleExpr> {
+pub(crate) fn ordered(column: SimpleExpr, op: Op, value: SimpleExpr) -> Option<SimpleExpr> {
     Some(match op {
         Op::Eq => column.eq(value),
         Op::Ne => column.ne(value),
@@ -676,7 +676,7 @@ fn ordered(column: SimpleExpr, op: Op, value: SimpleExpr) -> Option<SimpleExpr> 
 
 /// `column` starts with `stem`: a range `[stem, successor)` in byte order,
 /// which an index on the column serves.
-fn prefix(column: SimpleExpr, stem: &str, bound: impl Fn(&str) -> SimpleExpr) -> SimpleExpr {
+pub(crate) fn prefix(column: SimpleExpr, stem: &str, bound: impl Fn(&str) -> SimpleExpr) -> SimpleExpr {
     let from = column.clone().gte(bound(stem));
     match successor(stem) {
         Some(upper) => from.and(column.lt(bound(&upper))),

@@ -34,6 +34,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use super::audit::{self, Action as AuditAction, Entry};
 use super::changes::{self, ChangeAction, NewChange, ResourceKind};
 use super::recent::{Recent, Weigh};
 use super::search::{self, Search};
@@ -64,6 +65,9 @@ pub struct Write<'a> {
     pub caller: &'a Caller,
     pub action: Action,
     pub description: String,
+    /// The caller's request id (AIP-155), recorded on the version row and
+    /// its audit event.
+    pub request_id: Option<String>,
 }
 
 /// How a kind is named.
@@ -801,6 +805,7 @@ pub async fn write_locked<K: Kind>(
     }
     let write = &Write {
         description,
+        request_id: write.request_id.clone(),
         ..*write
     };
     let next = Next::<K>::new(base, write, spec, txn.get_database_backend())?;
@@ -854,6 +859,8 @@ pub async fn delete<K: Kind>(
         .await
         .map_err(|error| kind.delete_error(error))?;
     super::labels::forget::<K>(&txn, tenant, id).await?;
+    let details = serde_json::json!({ "version_number": current.version });
+    audit::record(&txn, Entry::on::<K>(caller, AuditAction::Delete, id, None, details)).await?;
     let change = NewChange {
         tenant,
         kind: K::LOGGED_AS,
@@ -1053,5 +1060,6 @@ pub fn version_row(
         ),
         (Alias::new("changed_by"), val(write.caller.subject.clone())),
         (Alias::new("create_time"), val(time)),
+        (Alias::new("request_id"), val(write.request_id.clone())),
     ]
 }

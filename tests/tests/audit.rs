@@ -1,0 +1,422 @@
+//! The audit trail (issue 18): a workflow of every audited kind of call
+//! yields exactly the expected events, in order, with their actors,
+//! resources and request ids, and never a key; tenant admins see their
+//! tenant, platform operators every tenant, viewers and editors nothing;
+//! filters by actor, resource, kind, action and time, and page tokens bound
+//! to the filter.
+
+use prost_types::FieldMask;
+use proto::v1 as pb;
+use proto::v1::agent_service_client::AgentServiceClient;
+use proto::v1::audit_service_client::AuditServiceClient;
+use proto::v1::label_policy_service_client::LabelPolicyServiceClient;
+use proto::v1::provider_service_client::ProviderServiceClient;
+use proto::v1::runtime_service_client::RuntimeServiceClient;
+use tests::auth::{Authed, STACK_OPERATOR};
+use tests::stack::Stack;
+use tonic::Code;
+
+/// The provider key of the workflow: it must appear in no event.
+const KEY: &str = "sk-audit-0123456789-never-in-the-trail";
+
+/// The clients of one caller.
+struct Caller {
+    agents: AgentServiceClient<Authed>,
+    providers: ProviderServiceClient<Authed>,
+    runtime: RuntimeServiceClient<Authed>,
+    policy: LabelPolicyServiceClient<Authed>,
+    audit: AuditServiceClient<Authed>,
+}
+
+impl Caller {
+    async fn new(stack: &Stack, subject: &str, tenant: &str, roles: &[&str]) -> Self {
+        let channel = stack.channel_as(subject, tenant, roles).await;
+        Self {
+            agents: AgentServiceClient::new(channel.clone()),
+            providers: ProviderServiceClient::new(channel.clone()),
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            policy: LabelPolicyServiceClient::new(channel.clone()),
+            audit: AuditServiceClient::new(channel),
+        }
+    }
+
+    async fn create_provider(&mut self, name: &str) -> pb::Provider {
+        self.providers
+            .create_provider(pb::CreateProviderRequest {
+                provider: Some(pb::Provider {
+                    name: name.to_owned(),
+                    provider_type: pb::ProviderType::Openai.into(),
+                    model_name: "gpt-4o".to_owned(),
+                    base_url: "https://api.openai.com/v1".to_owned(),
+                    api_key: KEY.to_owned(),
+                    ..Default::default()
+                }),
+                change_description: String::new(),
+            })
+            .await
+            .expect("create provider")
+            .into_inner()
+    }
+
+    async fn create_agent(&mut self, name: &str, provider_id: &str) -> pb::Agent {
+        self.agents
+            .create_agent(pb::CreateAgentRequest {
+                agent: Some(pb::Agent {
+                    name: name.to_owned(),
+                    role: "Analyst".to_owned(),
+                    goal: "Analyze".to_owned(),
+                    llm_provider_id: Some(provider_id.to_owned()),
+                    ..Default::default()
+                }),
+                change_description: String::new(),
+            })
+            .await
+            .expect("create agent")
+            .into_inner()
+    }
+
+    async fn update_goal(&mut self, id: &str, goal: &str) -> pb::Agent {
+        self.agents
+            .update_agent(pb::UpdateAgentRequest {
+                agent: Some(pb::Agent {
+                    id: id.to_owned(),
+                    goal: goal.to_owned(),
+                    ..Default::default()
+                }),
+                update_mask: Some(FieldMask {
+                    paths: vec!["goal".to_owned()],
+                }),
+                change_description: String::new(),
+            })
+            .await
+            .expect("update agent")
+            .into_inner()
+    }
+
+    async fn set_label(&mut self, id: &str, label: &str, version: i64) {
+        self.agents
+            .set_agent_label(pb::SetAgentLabelRequest {
+                agent_id: id.to_owned(),
+                label: label.to_owned(),
+                version_number: version,
+                expected_version: None,
+                reason: "release".to_owned(),
+            })
+            .await
+            .expect("set label");
+    }
+
+    async fn resolve(&mut self, id: &str, if_none_match: &str) -> pb::ResolvedAgent {
+        self.runtime
+            .resolve_agent(pb::ResolveAgentRequest {
+                agent_id: id.to_owned(),
+                version_number: None,
+                if_none_match: if_none_match.to_owned(),
+                label: String::new(),
+            })
+            .await
+            .expect("resolve agent")
+            .into_inner()
+    }
+
+    async fn list(&mut self, filter: &str) -> Result<Vec<pb::AuditEvent>, tonic::Status> {
+        let mut events = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .audit
+                .list_audit_events(pb::ListAuditEventsRequest {
+                    filter: filter.to_owned(),
+                    page_size: 3,
+                    page_token: token,
+                })
+                .await?
+                .into_inner();
+            events.extend(page.audit_events);
+            if page.next_page_token.is_empty() {
+                return Ok(events);
+            }
+            token = page.next_page_token;
+        }
+    }
+
+    /// The events `filter` selects, oldest first, as (action, actor,
+    /// resource, request id).
+    async fn trail(&mut self, filter: &str) -> Vec<(String, String, String, String)> {
+        let mut events = self.list(filter).await.expect("list audit events");
+        events.reverse();
+        events.into_iter().map(summary).collect()
+    }
+}
+
+fn summary(event: pb::AuditEvent) -> (String, String, String, String) {
+    (event.action, event.actor, event.resource, event.request_id)
+}
+
+fn row(action: &str, actor: &str, resource: &str) -> (String, String, String, String) {
+    (
+        action.to_owned(),
+        actor.to_owned(),
+        resource.to_owned(),
+        String::new(),
+    )
+}
+
+/// Runs the workflow in `tenant` (admin `alice`, editor `bob`, runtime
+/// `runner`) and answers the agent's and the provider's resource names.
+async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
+    let mut alice = Caller::new(stack, "alice", tenant, &["admin"]).await;
+    let mut bob = Caller::new(stack, "bob", tenant, &["editor"]).await;
+    let mut runner = Caller::new(stack, "runner", tenant, &["runtime"]).await;
+
+    let provider = alice.create_provider("openai").await;
+    let agent = bob.create_agent("analyst", &provider.id).await;
+    bob.update_goal(&agent.id, "Analyze deeply").await;
+    bob.set_label(&agent.id, "production", 2).await;
+    bob.set_label(&agent.id, "production", 1).await;
+    bob.agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: agent.id.clone(),
+            version_number: 1,
+            etag: String::new(),
+            change_description: String::new(),
+        })
+        .await
+        .expect("rollback");
+    let resolved = runner.resolve(&agent.id, "").await;
+    assert_eq!(resolved.api_key, KEY);
+    let again = runner.resolve(&agent.id, &resolved.etag).await;
+    assert!(again.not_modified, "{again:?}");
+    assert!(again.api_key.is_empty());
+    bob.agents
+        .delete_agent_label(pb::DeleteAgentLabelRequest {
+            agent_id: agent.id.clone(),
+            label: "production".to_owned(),
+            expected_version: None,
+            reason: String::new(),
+        })
+        .await
+        .expect("delete label");
+    alice
+        .policy
+        .update_label_policy(pb::UpdateLabelPolicyRequest {
+            protected_labels: vec!["production".to_owned()],
+        })
+        .await
+        .expect("label policy");
+    bob.agents
+        .delete_agent(pb::DeleteAgentRequest {
+            id: agent.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("delete agent");
+    alice
+        .providers
+        .revoke_provider_key(pb::RevokeProviderKeyRequest {
+            provider_id: provider.id.clone(),
+            revision: 1,
+            reason: "leaked".to_owned(),
+        })
+        .await
+        .expect("revoke key");
+    (
+        format!("agents/{}", agent.id),
+        format!("providers/{}", provider.id),
+    )
+}
+
+#[tokio::test]
+async fn a_workflow_yields_exactly_its_audit_events_with_no_key_anywhere() {
+    let stack = Stack::start().await;
+    let (agent, provider) = workflow(&stack, "acme").await;
+    let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+
+    let expected = vec![
+        row("CREATE", "alice", &provider),
+        row("CREATE", "bob", &agent),
+        row("UPDATE", "bob", &agent),
+        row("LABEL_SET", "bob", &agent),
+        row("LABEL_SET", "bob", &agent),
+        row("ROLLBACK", "bob", &agent),
+        row("CREDENTIAL_RELEASE", "runner", &agent),
+        row("LABEL_DELETE", "bob", &agent),
+        row("LABEL_POLICY_UPDATE", "alice", ""),
+        row("DELETE", "bob", &agent),
+        row("KEY_REVOKE", "alice", &provider),
+        row("UPDATE", "alice", &provider),
+    ];
+    assert_eq!(alice.trail("").await, expected);
+
+    // Newest first, every event of the tenant, details as documented.
+    let events = alice.list("").await.expect("list");
+    assert!(events.windows(2).all(|w| {
+        w[0].id.parse::<i64>().expect("id") > w[1].id.parse::<i64>().expect("id")
+    }));
+    assert!(events.iter().all(|e| e.tenant == "acme" && e.time.is_some()));
+    let release = events
+        .iter()
+        .find(|e| e.action == "CREDENTIAL_RELEASE")
+        .expect("a release");
+    let details = format!("{:?}", release.details);
+    let provider_id = provider.trim_start_matches("providers/");
+    for wanted in ["agent_version", "provider_id", "provider_version", "credential_revision", provider_id] {
+        assert!(details.contains(wanted), "{wanted} in {details}");
+    }
+    let moves: Vec<String> = events
+        .iter()
+        .filter(|e| e.action == "LABEL_SET")
+        .map(|e| format!("{:?}", e.details))
+        .collect();
+    assert!(moves.iter().all(|d| d.contains("production") && d.contains("release")), "{moves:?}");
+
+    // No key in any event, nor anywhere in the stored trail.
+    for event in &events {
+        assert!(!format!("{event:?}").contains("sk-audit"), "{event:?}");
+    }
+    let stored = stack
+        .database
+        .texts(
+            "SELECT tenant_id || '|' || actor || '|' || action || '|' || kind || '|' || \
+             resource || '|' || COALESCE(request_id, '') || '|' || CAST(details AS TEXT) \
+             FROM audit_events",
+        )
+        .await;
+    assert_eq!(stored.len(), expected.len());
+    for line in &stored {
+        assert!(!line.contains("sk-audit"), "{line}");
+        assert!(!line.contains("arc1."), "no ciphertext either: {line}");
+    }
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything() {
+    let stack = Stack::start().await;
+    let (agent, provider) = workflow(&stack, "acme").await;
+    let mut other = Caller::new(&stack, "carol", "globex", &["admin"]).await;
+    other.create_provider("anthropic").await;
+
+    // Another tenant's admin sees its own event only.
+    let theirs = other.trail("").await;
+    assert_eq!(theirs.len(), 1);
+    assert_eq!(theirs[0].0, "CREATE");
+    assert_eq!(theirs[0].1, "carol");
+    // A filter cannot reach across tenants.
+    assert!(other.trail(r#"tenant = "acme""#).await.is_empty());
+
+    for roles in [&["viewer"][..], &["editor"][..], &["runtime"][..]] {
+        let mut refused = Caller::new(&stack, "dave", "acme", roles).await;
+        let status = refused.list("").await.expect_err("refused");
+        assert_eq!(status.code(), Code::PermissionDenied, "{roles:?}: {status:?}");
+    }
+
+    // A platform operator sees both tenants.
+    let mut operator = Caller::new(&stack, STACK_OPERATOR, "platform", &["platform-operator"]).await;
+    let all = operator.list("").await.expect("operator lists");
+    assert_eq!(all.iter().filter(|e| e.tenant == "acme").count(), 12);
+    assert_eq!(all.iter().filter(|e| e.tenant == "globex").count(), 1);
+    let globex = operator.trail(r#"tenant = "globex""#).await;
+    assert_eq!(globex, vec![row("CREATE", "carol", &globex[0].2)]);
+
+    // Filters: actor, resource, kind, action, and their combinations.
+    let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    assert_eq!(
+        alice.trail(r#"actor = "alice""#).await,
+        vec![
+            row("CREATE", "alice", &provider),
+            row("LABEL_POLICY_UPDATE", "alice", ""),
+            row("KEY_REVOKE", "alice", &provider),
+            row("UPDATE", "alice", &provider),
+        ]
+    );
+    assert_eq!(
+        alice.trail(&format!(r#"resource = "{provider}""#)).await,
+        vec![
+            row("CREATE", "alice", &provider),
+            row("KEY_REVOKE", "alice", &provider),
+            row("UPDATE", "alice", &provider),
+        ]
+    );
+    assert_eq!(
+        alice.trail(r#"kind = "provider" AND action = "UPDATE""#).await,
+        vec![row("UPDATE", "alice", &provider)]
+    );
+    assert_eq!(
+        alice.trail(r#"action = "LABEL_*" AND NOT action = "LABEL_POLICY_UPDATE""#).await,
+        vec![
+            row("LABEL_SET", "bob", &agent),
+            row("LABEL_SET", "bob", &agent),
+            row("LABEL_DELETE", "bob", &agent),
+        ]
+    );
+    assert_eq!(alice.trail(r#"actor = "runner" OR actor = "nobody""#).await.len(), 1);
+
+    // Time: the events after the rollback's, and up to it.
+    let events = alice.list("").await.expect("list");
+    let rollback = events.iter().find(|e| e.action == "ROLLBACK").expect("rollback");
+    let at = rollback.time.expect("time");
+    let at = chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).expect("nanos"))
+        .expect("a time")
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let after: Vec<String> = alice
+        .trail(&format!("time > {at}"))
+        .await
+        .into_iter()
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(
+        after,
+        [
+            "CREDENTIAL_RELEASE",
+            "LABEL_DELETE",
+            "LABEL_POLICY_UPDATE",
+            "DELETE",
+            "KEY_REVOKE",
+            "UPDATE"
+        ]
+    );
+    let until = alice.trail(&format!("time <= {at}")).await;
+    assert_eq!(until.len(), 6);
+    assert_eq!(until[5].0, "ROLLBACK");
+
+    // A page token is bound to its filter; bad filters name the offset.
+    let first = alice
+        .audit
+        .list_audit_events(pb::ListAuditEventsRequest {
+            filter: r#"actor = "bob""#.to_owned(),
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .expect("first page")
+        .into_inner();
+    assert_eq!(first.audit_events.len(), 2);
+    assert!(!first.next_page_token.is_empty());
+    let reused = alice
+        .audit
+        .list_audit_events(pb::ListAuditEventsRequest {
+            filter: r#"actor = "alice""#.to_owned(),
+            page_size: 2,
+            page_token: first.next_page_token.clone(),
+        })
+        .await
+        .expect_err("a token of another filter");
+    assert_eq!(reused.code(), Code::InvalidArgument, "{reused:?}");
+    for bad in ["colour = \"red\"", "time > yesterday", "actor = "] {
+        let status = alice.list(bad).await.expect_err(bad);
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad}: {status:?}");
+        assert!(status.message().contains("at "), "{bad}: {status:?}");
+    }
+    let negative = alice
+        .audit
+        .list_audit_events(pb::ListAuditEventsRequest {
+            filter: String::new(),
+            page_size: -1,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("negative page size");
+    assert_eq!(negative.code(), Code::InvalidArgument);
+    stack.finish().await;
+}
