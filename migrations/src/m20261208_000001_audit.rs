@@ -14,12 +14,16 @@
 //! `details` is JSON (`jsonb` on PostgreSQL, TEXT on SQLite) and never
 //! holds a secret. `chain_seq` and `hash` are filled later, by the sealing
 //! task that chains events (tamper evidence; NULL until sealed).
+//!
+//! Tamper evidence also adds a `hash` to every version row and label move
+//! and the head of each resource's version chain to its row (see
+//! [`ADDED_COLUMNS`]); the registry computes them (`store::chain`).
 
 use sea_orm_migration::prelude::*;
 use sea_orm_migration::sea_orm::{ConnectionTrait, DbBackend};
 
-/// Creates `audit_events`, `audit_seals`, the version tables' `request_id`
-/// and their audit triggers.
+/// Creates `audit_events`, `audit_seals`, the version tables' audit
+/// triggers, and the columns of [`ADDED_COLUMNS`].
 #[derive(Debug, DeriveMigrationName)]
 pub struct Migration;
 
@@ -56,6 +60,21 @@ enum AuditSeals {
 const VERSION_TABLES: [(&str, &str, &str, &str); 2] = [
     ("agent_versions", "agent_id", "agent", "agents"),
     ("provider_versions", "provider_id", "provider", "providers"),
+];
+
+/// The text columns this migration adds (all nullable): the request id of
+/// a version, and the hash chains' links and heads (tamper evidence): each
+/// version row's and label move's `hash`, and on each resource row the
+/// hash of its newest version (`version_hash`, the head of its chain, so a
+/// write links its version without reading the version table).
+const ADDED_COLUMNS: [(&str, &str); 7] = [
+    ("agent_versions", "request_id"),
+    ("provider_versions", "request_id"),
+    ("agent_versions", "hash"),
+    ("provider_versions", "hash"),
+    ("agents", "version_hash"),
+    ("providers", "version_hash"),
+    ("label_moves", "hash"),
 ];
 
 /// The statements that make inserts into `table` (a version table whose
@@ -201,8 +220,8 @@ impl MigrationTrait for Migration {
         let backend = manager.get_database_backend();
         let db = manager.get_connection();
         // One change per ALTER TABLE: SQLite takes no more.
-        for (table, _, _, _) in VERSION_TABLES {
-            db.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN request_id TEXT"))
+        for (table, column) in ADDED_COLUMNS {
+            db.execute_unprepared(&format!("ALTER TABLE {table} ADD COLUMN {column} TEXT"))
                 .await?;
         }
         for (table, owner, kind, collection) in VERSION_TABLES {
@@ -220,7 +239,9 @@ impl MigrationTrait for Migration {
             for statement in drop_audit_trigger(backend, table) {
                 db.execute_unprepared(&statement).await?;
             }
-            db.execute_unprepared(&format!("ALTER TABLE {table} DROP COLUMN request_id"))
+        }
+        for (table, column) in ADDED_COLUMNS {
+            db.execute_unprepared(&format!("ALTER TABLE {table} DROP COLUMN {column}"))
                 .await?;
         }
         manager

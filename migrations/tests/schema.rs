@@ -283,6 +283,7 @@ fn new_provider(id: &str, tenant: &str, name: &str, is_default: bool) -> provide
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
+        version_hash: Set(None),
     }
 }
 
@@ -298,6 +299,7 @@ fn new_agent(id: &str, tenant: &str, name: &str, provider: Option<&str>) -> agen
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
+        version_hash: Set(None),
     }
 }
 
@@ -893,6 +895,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         update_time: at(3600),
         created_by: "alice".to_owned(),
         updated_by: "bob".to_owned(),
+        version_hash: Some("ab".repeat(32)),
     };
     let inserted = provider::ActiveModel::from(expected.clone())
         .insert(&db)
@@ -930,6 +933,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         update_time: at(20),
         created_by: "alice".to_owned(),
         updated_by: "alice".to_owned(),
+        version_hash: None,
     })
     .insert(&db)
     .await

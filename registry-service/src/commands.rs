@@ -14,7 +14,9 @@ use crate::api::{self, Registry};
 use crate::auth::fetch::Fetcher;
 use crate::auth::jwks::RemoteKeys;
 use crate::auth::{Authenticator, KeySource};
-use crate::config::{Args, Command, Common, MigrateAction, RemoteKeySettings, TokenArgs};
+use crate::config::{
+    Args, Command, Common, MigrateAction, RemoteKeySettings, TokenArgs, VerifyArgs,
+};
 use crate::crypto::Crypto;
 use crate::telemetry::RegistryMetrics;
 use crate::{Error, server, store};
@@ -28,7 +30,7 @@ pub async fn run(args: &Args) -> Result<(), Error> {
             rewrap_credentials(args, batch_size).await
         }
         Some(Command::KeyStatus) => key_status(args).await,
-        Some(Command::Verify) => verify(&args.common).await,
+        Some(Command::Verify(ref options)) => verify(&args.common, options).await,
         Some(Command::ImportFernet(ref import)) => crate::import::run(args, import).await,
         Some(Command::Healthcheck(ref check)) => {
             healthcheck(args, check).await.map_err(|unhealthy| {
@@ -205,18 +207,58 @@ async fn rewrap_credentials(args: &Args, batch_size: u32) -> Result<(), Error> {
     Ok(())
 }
 
-/// `verify`: one line per broken invariant, non-zero exit when any.
-async fn verify(common: &Common) -> Result<(), Error> {
+/// `verify`: one line per broken invariant, non-zero exit when any; the
+/// chains' heads exported, or checked against exported ones, when asked.
+async fn verify(common: &Common, options: &VerifyArgs) -> Result<(), Error> {
+    let exported = match &options.heads {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::config("--heads", format!("cannot read {}: {e}", path.display()))
+            })?;
+            let heads: crate::verify::Heads = serde_json::from_str(&text).map_err(|e| {
+                Error::config("--heads", format!("{} is not exported heads: {e}", path.display()))
+            })?;
+            Some(heads)
+        }
+        None => None,
+    };
     let db = store::connect(&common.database()?).await?;
-    let (checked, findings) = crate::verify::verify(&db, 1000).await?;
+    let (checked, findings, heads) = crate::verify::verify(&db, 1000, exported.as_ref()).await?;
+    let to_stdout = options
+        .export_heads
+        .as_ref()
+        .is_some_and(|path| path.as_os_str() == "-");
+    let report = |line: String| {
+        if to_stdout {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     for finding in &findings {
-        println!("{}: {}", finding.resource, finding.problem);
+        report(format!("{}: {}", finding.resource, finding.problem));
     }
-    println!(
+    report(format!(
+        "verify: {} chains and the audit trail up to position {} checked",
+        heads.chains.len(),
+        heads.audit.seq
+    ));
+    report(format!(
         "verify: {checked} resources checked, {} problems",
         findings.len()
-    );
+    ));
     if findings.is_empty() {
+        if let Some(path) = &options.export_heads {
+            let json = serde_json::to_string_pretty(&heads)
+                .map_err(|e| Error::Internal(format!("heads: {e}")))?;
+            if to_stdout {
+                println!("{json}");
+            } else {
+                std::fs::write(path, json).map_err(|e| {
+                    Error::config("--export-heads", format!("cannot write {}: {e}", path.display()))
+                })?;
+            }
+        }
         Ok(())
     } else {
         Err(Error::precondition(

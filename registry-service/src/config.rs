@@ -60,9 +60,10 @@ pub enum Command {
     /// Show how many stored values each key version still protects.
     KeyStatus,
     /// Check the database's invariants: every resource's versions are 1..N
-    /// and its current configuration equals its newest snapshot. Exits
-    /// non-zero and lists each problem when one is broken.
-    Verify,
+    /// and its current configuration equals its newest snapshot, and every
+    /// hash chain (version rows, label moves, the audit trail) is intact.
+    /// Exits non-zero and lists each problem when one is broken.
+    Verify(VerifyArgs),
     /// Import providers from the Python platform's database, re-encrypting
     /// their Fernet-encrypted API keys inside crypto-service.
     ImportFernet(ImportArgs),
@@ -74,6 +75,21 @@ pub enum Command {
     /// plaintext) for its status once: exit 0 only on SERVING. Reads the
     /// same settings as `serve`, for compose healthchecks.
     Healthcheck(ops::healthcheck::HealthcheckArgs),
+}
+
+/// Settings of `verify`.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct VerifyArgs {
+    /// Also write the chains' current heads as JSON to this file (`-`:
+    /// standard output, the report then going to standard error), when
+    /// nothing is broken: keep it outside the database, to find later a
+    /// chain whose newest rows were deleted and its heads rewritten.
+    #[arg(long, value_name = "FILE")]
+    pub export_heads: Option<std::path::PathBuf>,
+    /// Check the chains against heads written earlier by `--export-heads`:
+    /// each exported head must still be in its chain.
+    #[arg(long, value_name = "FILE")]
+    pub heads: Option<std::path::PathBuf>,
 }
 
 /// Settings of `import-fernet`.

@@ -2,14 +2,25 @@
 //! operators after a crash or a restore and for the fault tests: every
 //! resource's version rows are 1..N with no gap or duplicate (N its current
 //! version), and its current configuration equals its newest snapshot.
+//!
+//! It also checks every hash chain (tamper evidence, `store::chain`): each
+//! resource's version rows (and the head kept on its row), each resource's
+//! label moves, and the sealed audit trail from its anchor (where retention
+//! cut it) to its head, naming the first broken link of each. The chains'
+//! current heads can be exported ([`Heads`], JSON) and kept elsewhere; a
+//! later verify against them finds a chain whose tail was cut off (rows
+//! deleted and the heads rewritten), which the database alone cannot show.
 
 use std::collections::BTreeMap;
 
 use sea_orm::sea_query::ExprTrait;
 use sea_orm::{
-    DatabaseConnection, DbErr, EntityTrait, FromQueryResult, QueryFilter, QueryOrder, QueryResult,
-    QuerySelect,
+    AccessMode, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    FromQueryResult, IsolationLevel, QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    TransactionTrait,
 };
+
+mod chains;
 use serde_json::Value;
 
 use crate::error::Error;
@@ -28,17 +39,38 @@ pub struct Finding {
     pub problem: String,
 }
 
-/// Reads everything in pages of `page` rows and lists what is broken.
-pub async fn verify(db: &DatabaseConnection, page: u64) -> Result<(u64, Vec<Finding>), Error> {
+/// Reads everything in pages of `page` rows, in one read-only snapshot,
+/// and lists what is broken, checking the chains against `exported` heads
+/// when given; answers how many resources it checked, the findings, and
+/// the chains' current heads.
+pub async fn verify(
+    db: &DatabaseConnection,
+    page: u64,
+    exported: Option<&Heads>,
+) -> Result<(u64, Vec<Finding>, Heads), Error> {
+    let txn = match db.get_database_backend() {
+        DbBackend::Postgres => db
+            .begin_with_config(
+                Some(IsolationLevel::RepeatableRead),
+                Some(AccessMode::ReadOnly),
+            )
+            .await
+            .map_err(db_error)?,
+        _ => db.begin().await.map_err(db_error)?,
+    };
     let mut findings = Vec::new();
-    let agents = check::<Agents>(db, page, &mut findings).await?;
-    let providers = check::<Providers>(db, page, &mut findings).await?;
-    Ok((agents + providers, findings))
+    let agents = check::<Agents>(&txn, page, &mut findings).await?;
+    let providers = check::<Providers>(&txn, page, &mut findings).await?;
+    let heads = chains::verify(&txn, page, exported, &mut findings).await?;
+    txn.commit().await.map_err(db_error)?;
+    Ok((agents + providers, findings, heads))
 }
+
+pub use chains::Heads;
 
 /// Checks every resource of kind `K`; answers how many there are.
 async fn check<K: Kind>(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     page: u64,
     findings: &mut Vec<Finding>,
 ) -> Result<u64, Error> {
@@ -140,7 +172,7 @@ struct Entry {
 }
 
 /// The history of every resource of kind `K`, read in pages by row id.
-async fn history<K: Kind>(db: &DatabaseConnection, page: u64) -> Result<History, Error> {
+async fn history<K: Kind>(db: &impl ConnectionTrait, page: u64) -> Result<History, Error> {
     let mut history = History::new();
     let mut after = 0;
     loop {

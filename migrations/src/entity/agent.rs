@@ -29,6 +29,11 @@ pub struct Model {
     pub created_by: String,
     #[sea_orm(column_type = "Text")]
     pub updated_by: String,
+    /// The hash of the newest `agent_versions` row: the head of the resource's
+    /// version chain (tamper evidence; `None` before its first hashed
+    /// version).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub version_hash: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

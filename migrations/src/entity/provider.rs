@@ -32,6 +32,11 @@ pub struct Model {
     pub created_by: String,
     #[sea_orm(column_type = "Text")]
     pub updated_by: String,
+    /// The hash of the newest `provider_versions` row: the head of the resource's
+    /// version chain (tamper evidence; `None` before its first hashed
+    /// version).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub version_hash: Option<String>,
 }
 
 /// `providers.provider_type`, stored as text under a CHECK constraint.

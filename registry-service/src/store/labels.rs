@@ -13,6 +13,7 @@
 //! [`Names::kind`]: super::versioned::Names
 
 use super::audit::{self, Action as AuditAction, Entry};
+use super::chain::Link;
 use super::changes::{self, ChangeAction, NewChange};
 use std::collections::{BTreeMap, HashMap};
 
@@ -132,6 +133,18 @@ pub async fn move_label<K: Kind>(
             txn.execute(&delete).await.map_err(db_error)?;
         }
     }
+    let recorded = MoveRecord {
+        id: 0,
+        label: label.to_owned(),
+        from_version: now_at.unwrap_or(0),
+        to_version: change.to.unwrap_or(0),
+        actor: subject.clone(),
+        move_time: time,
+        reason: change.reason.to_owned(),
+    };
+    // The resource's moves are one chain, linked under its row's lock.
+    let prev = last_move_hash::<K>(&txn, tenant, id).await?;
+    let hash = move_link(tenant, K::NAMES.kind, id, &recorded).hash_after(&prev);
     let mut record_move = Query::insert();
     record_move.into_table(Alias::new(MOVES)).columns(
         [
@@ -144,6 +157,7 @@ pub async fn move_label<K: Kind>(
             "actor",
             "move_time",
             "reason",
+            "hash",
         ]
         .map(Alias::new),
     );
@@ -153,11 +167,12 @@ pub async fn move_label<K: Kind>(
             val(K::NAMES.kind),
             val(id.to_owned()),
             val(label.to_owned()),
-            val(now_at.unwrap_or(0)),
-            val(change.to.unwrap_or(0)),
+            val(recorded.from_version),
+            val(recorded.to_version),
             val(subject.clone()),
             val(time),
             val(change.reason.to_owned()),
+            val(hash),
         ])
         .map_err(|e| Error::Internal(format!("label statement: {e}")))?;
     txn.execute(&record_move).await.map_err(db_error)?;
@@ -196,6 +211,43 @@ pub async fn move_label<K: Kind>(
         update_time: time,
         updated_by: subject.clone(),
     }))
+}
+
+/// What a label move's chain link covers (see `store::chain`), in this
+/// order: tenant, kind, resource id, label, from and to versions, actor,
+/// time, reason. A resource's moves form one chain, in id order.
+pub fn move_link(tenant: &str, kind: &str, resource_id: &str, moved: &MoveRecord) -> Link {
+    Link::new()
+        .text(tenant)
+        .text(kind)
+        .text(resource_id)
+        .text(&moved.label)
+        .number(moved.from_version)
+        .number(moved.to_version)
+        .text(&moved.actor)
+        .time(moved.move_time)
+        .text(&moved.reason)
+}
+
+/// The hash of resource `id`'s last label move (`""` when none is hashed).
+async fn last_move_hash<K: Kind>(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    id: &str,
+) -> Result<String, Error> {
+    #[derive(FromQueryResult)]
+    struct Last {
+        hash: Option<String>,
+    }
+    let query = Query::select()
+        .column(Alias::new("hash"))
+        .from(Alias::new(MOVES))
+        .and_where(resource::<K>(tenant, id))
+        .order_by(Alias::new("id"), Order::Desc)
+        .limit(1)
+        .to_owned();
+    let last = read_all::<Last>(txn, &query).await?.into_iter().next();
+    Ok(last.and_then(|l| l.hash).unwrap_or_default())
 }
 
 /// ABORTED when the compare-and-set does not hold; the message names where

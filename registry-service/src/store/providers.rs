@@ -421,6 +421,22 @@ async fn take_default(
     };
     let next = previous.version + 1;
     let now = super::now();
+    let configuration = spec.to_json();
+    let diff = crate::model::version::changes_to_json(&ProviderSpec::diff(&previous.spec, &spec));
+    let hashed = versioned::Hashed {
+        kind: Providers::NAMES.kind,
+        tenant: &write.caller.tenant,
+        id: &previous.id,
+        number: next,
+        action: &handover.action.to_value(),
+        configuration: &configuration,
+        diff: &diff,
+        description: &handover.description,
+        changed_by: &write.caller.subject,
+        time: now,
+        request_id: handover.request_id.as_deref(),
+    };
+    let hash = hashed.hash_after(previous.version_hash.as_deref().unwrap_or_default());
     let updated = provider::Entity::update_many()
         .col_expr(provider::Column::IsDefault, Expr::value(false))
         .col_expr(provider::Column::Version, Expr::value(next))
@@ -429,6 +445,7 @@ async fn take_default(
             provider::Column::UpdatedBy,
             Expr::value(write.caller.subject.clone()),
         )
+        .col_expr(provider::Column::VersionHash, Expr::value(hash.clone()))
         .filter(provider::Column::Id.eq(previous.id.clone()))
         .filter(provider::Column::Version.eq(previous.version))
         .exec(txn)
@@ -438,15 +455,14 @@ async fn take_default(
         return Ok(false);
     }
     let backend = txn.get_database_backend();
-    let changes = ProviderSpec::diff(&previous.spec, &spec);
     let row = versioned::version_row(
         Providers::NAMES.owner,
         &handover,
-        &previous.id,
-        next,
-        json_val(backend, &spec.to_json()),
-        json_val(backend, &crate::model::version::changes_to_json(&changes)),
+        (&previous.id, next),
+        json_val(backend, &configuration),
+        json_val(backend, &diff),
         now,
+        &hash,
     );
     insert_row(txn, provider_version::Entity, row)
         .await

@@ -35,6 +35,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::audit::{self, Action as AuditAction, Entry};
+use super::chain::{self, Link};
 use super::changes::{self, ChangeAction, NewChange, ResourceKind};
 use super::recent::{Recent, Weigh};
 use super::search::{self, Search};
@@ -57,6 +58,9 @@ pub struct Record<S> {
     pub update_time: DateTime<Utc>,
     pub created_by: String,
     pub updated_by: String,
+    /// The hash of the newest version row: the head of the resource's
+    /// version chain (`None` before its first hashed version).
+    pub version_hash: Option<String>,
 }
 
 /// Who writes a version, and why.
@@ -225,6 +229,7 @@ impl<K: Kind> FromQueryResult for Read<K> {
             update_time: row.try_get(pre, "update_time")?,
             created_by: row.try_get(pre, "created_by")?,
             updated_by: row.try_get(pre, "updated_by")?,
+            version_hash: row.try_get(pre, "version_hash")?,
         }))
     }
 }
@@ -925,6 +930,7 @@ impl<K: Kind> Next<K> {
                     update_time: now,
                     created_by: subject.clone(),
                     updated_by: subject.clone(),
+                    version_hash: None,
                 };
                 (record, Vec::new())
             }
@@ -938,14 +944,32 @@ impl<K: Kind> Next<K> {
                     update_time: now,
                     created_by: current.created_by.clone(),
                     updated_by: subject.clone(),
+                    version_hash: None,
                 };
                 (record, changes)
             }
         };
+        let diff = version::changes_to_json(&changes);
+        let mut record = record;
+        let prev = base.current().and_then(|c| c.version_hash.as_deref());
+        let hashed = Hashed {
+            kind: K::NAMES.kind,
+            tenant: &write.caller.tenant,
+            id: &record.id,
+            number: record.version,
+            action: &write.action.to_value(),
+            configuration: &json,
+            diff: &diff,
+            description: &write.description,
+            changed_by: subject,
+            time: record.update_time,
+            request_id: write.request_id.as_deref(),
+        };
+        record.version_hash = Some(hashed.hash_after(prev.unwrap_or_default()));
         let snapshot = json_val(backend, &json);
         Ok(Self {
             columns: K::columns(&record.spec, &snapshot, backend)?,
-            diff: json_val(backend, &version::changes_to_json(&changes)),
+            diff: json_val(backend, &diff),
             snapshot,
             record,
         })
@@ -987,6 +1011,7 @@ impl<K: Kind> Next<K> {
             (Alias::new("update_time"), val(record.update_time)),
             (Alias::new("created_by"), val(record.created_by.clone())),
             (Alias::new("updated_by"), val(record.updated_by.clone())),
+            (Alias::new("version_hash"), val(record.version_hash.clone())),
         ];
         row.extend(self.own_columns());
         row
@@ -1007,6 +1032,7 @@ impl<K: Kind> Next<K> {
             (Alias::new("version"), val(record.version)),
             (Alias::new("update_time"), val(record.update_time)),
             (Alias::new("updated_by"), val(record.updated_by.clone())),
+            (Alias::new("version_hash"), val(record.version_hash.clone())),
         ]);
         Query::update()
             .table(K::Entity::default())
@@ -1022,11 +1048,11 @@ impl<K: Kind> Next<K> {
         let mut row = version_row(
             K::NAMES.owner,
             write,
-            &self.record.id,
-            self.record.version,
+            (&self.record.id, self.record.version),
             self.snapshot.clone(),
             self.diff.clone(),
             self.record.update_time,
+            self.record.version_hash.as_deref().unwrap_or_default(),
         );
         let own = K::version_columns(&write.caller.tenant, &self.record.spec);
         row.extend(
@@ -1037,15 +1063,16 @@ impl<K: Kind> Next<K> {
     }
 }
 
-/// A version row: `owner` names the resource column.
+/// A version row of resource `id`, number `number`, linked by `hash`:
+/// `owner` names the resource column.
 pub fn version_row(
     owner: &'static str,
     write: &Write<'_>,
-    id: &str,
-    number: i64,
+    (id, number): (&str, i64),
     snapshot: SimpleExpr,
     diff: SimpleExpr,
     time: DateTime<Utc>,
+    hash: &str,
 ) -> Vec<(Alias, SimpleExpr)> {
     vec![
         (Alias::new(owner), val(id.to_owned())),
@@ -1061,5 +1088,47 @@ pub fn version_row(
         (Alias::new("changed_by"), val(write.caller.subject.clone())),
         (Alias::new("create_time"), val(time)),
         (Alias::new("request_id"), val(write.request_id.clone())),
+        (Alias::new("hash"), val(hash.to_owned())),
     ]
+}
+
+/// What a version row's chain link covers (see `store::chain`), in this
+/// order: the kind, tenant, resource id, version number, action, the
+/// configuration (a provider key's ciphertext replaced by a marker: the
+/// rewrap job re-encrypts it in place), the diff, the change description,
+/// the author, the time and the request id. A kind's own version columns
+/// (an agent version's provider id and version, recorded by subqueries as
+/// the row is inserted) are not covered.
+#[derive(Debug)]
+pub struct Hashed<'a> {
+    pub kind: &'a str,
+    pub tenant: &'a str,
+    pub id: &'a str,
+    pub number: i64,
+    pub action: &'a str,
+    pub configuration: &'a Value,
+    pub diff: &'a Value,
+    pub description: &'a str,
+    pub changed_by: &'a str,
+    pub time: DateTime<Utc>,
+    pub request_id: Option<&'a str>,
+}
+
+impl Hashed<'_> {
+    /// The row's hash after the version whose hash is `prev` (`""`: none).
+    pub fn hash_after(&self, prev: &str) -> String {
+        Link::new()
+            .text(self.kind)
+            .text(self.tenant)
+            .text(self.id)
+            .number(self.number)
+            .text(self.action)
+            .json(&chain::hashed_configuration(self.configuration))
+            .json(self.diff)
+            .text(self.description)
+            .text(self.changed_by)
+            .time(self.time)
+            .optional(self.request_id)
+            .hash_after(prev)
+    }
 }
