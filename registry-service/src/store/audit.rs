@@ -19,7 +19,7 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, InsertStatement, OnConflict, Order, Query, SimpleExpr,
+    Alias, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query, SimpleExpr,
 };
 use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, StatementBuilder};
 use serde_json::Value;
@@ -338,10 +338,11 @@ fn compare(c: &Comparison, backend: DbBackend) -> Result<SimpleExpr, Error> {
     match *field {
         Field::Text(column) => {
             // A missing request id reads as empty, so no comparison is NULL.
-            let stored = Expr::cust_with_expr(
-                "COALESCE($1, '')",
-                Expr::col((Alias::new(EVENTS), Alias::new(column))),
-            );
+            let stored: SimpleExpr = Func::coalesce([
+                Expr::col((Alias::new(EVENTS), Alias::new(column))).into(),
+                val(""),
+            ])
+            .into();
             let stored = text_column(stored, backend);
             let bound = |text: &str| text_column(val(text.to_owned()), backend);
             if value.prefix {
@@ -615,5 +616,23 @@ pub async fn upkeep(store: Store, retention: std::time::Duration, interval: std:
             Ok(deleted) => tracing::info!(deleted, "expired audit events deleted"),
             Err(error) => tracing::warn!(%error, "deleting expired audit events failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sea_orm::sea_query::SqliteQueryBuilder;
+
+    #[test]
+    fn a_text_field_reads_a_missing_value_as_empty() {
+        let filter = AuditFilter::new(r#"tenant = "globex""#, DbBackend::Sqlite).expect("filter");
+        let mut query = Query::select();
+        query.column(Alias::new("id")).from(Alias::new(EVENTS));
+        query.and_where(filter.condition.clone().expect("condition"));
+        assert_eq!(
+            query.to_string(SqliteQueryBuilder),
+            r#"SELECT "id" FROM "audit_events" WHERE COALESCE("audit_events"."tenant_id", '') = 'globex'"#
+        );
     }
 }
