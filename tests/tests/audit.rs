@@ -420,3 +420,222 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
     assert_eq!(negative.code(), Code::InvalidArgument);
     stack.finish().await;
 }
+
+/// How long the sealing task may take to chain what the test wrote.
+const SEALED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A registry that chains new audit events every 20 ms.
+fn sealing_quickly() -> tests::Launch {
+    Stack::default_registry().env("REGISTRY_AUDIT_SEAL_MILLISECONDS", "20")
+}
+
+/// Waits until `sql` (a count) answers `wanted`, polling with a deadline.
+async fn until_count(stack: &Stack, sql: &str, wanted: i64) {
+    let deadline = tokio::time::Instant::now() + SEALED_DEADLINE;
+    loop {
+        let now = stack.database.count(sql).await;
+        if now == wanted {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{sql} is {now}, not {wanted}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// `registry-service verify` with `args`: whether it passed, and its output.
+async fn verify(stack: &Stack, args: &[&str]) -> (bool, String) {
+    let launch = tests::Launch::default()
+        .env("DATABASE_URL", stack.database.url())
+        .arg("verify")
+        .args(args.iter().copied());
+    let (status, output) =
+        tests::Process::run_to_exit(&tests::binary("registry-service"), launch).await;
+    (status.success(), output)
+}
+
+/// An agent of `bob`'s with versions 1..=3 (goal g1, g2).
+async fn agent_with_three_versions(bob: &mut Caller, name: &str, provider_id: &str) -> String {
+    let agent = bob.create_agent(name, provider_id).await;
+    bob.update_goal(&agent.id, "g1").await;
+    bob.update_goal(&agent.id, "g2").await;
+    agent.id
+}
+
+#[tokio::test]
+async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_catch_a_cut_tail() {
+    let stack = Stack::start_with(sealing_quickly()).await;
+    let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    let mut bob = Caller::new(&stack, "bob", "acme", &["editor"]).await;
+    let mut runner = Caller::new(&stack, "runner", "acme", &["runtime"]).await;
+    let provider = alice.create_provider("openai").await;
+    let edited = agent_with_three_versions(&mut bob, "edited", &provider.id).await;
+    let labelled = agent_with_three_versions(&mut bob, "labelled", &provider.id).await;
+    let cut = agent_with_three_versions(&mut bob, "cut", &provider.id).await;
+    bob.set_label(&labelled, "production", 1).await;
+    bob.set_label(&labelled, "production", 3).await;
+    runner.resolve(&edited, "").await;
+    until_count(&stack, "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL", 0).await;
+
+    // Untouched: clean, and its heads exported.
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(ok, "{output}");
+    assert!(output.contains(", 0 problems"), "{output}");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let heads = dir.path().join("heads.json");
+    let heads_arg = heads.to_str().expect("a UTF-8 path");
+    let (ok, output) = verify(&stack, &["--export-heads", heads_arg]).await;
+    assert!(ok, "{output}");
+    let exported: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&heads).expect("heads written"))
+            .expect("heads are JSON");
+    // 4 version chains (a provider, 3 agents), 1 label chain, the trail.
+    assert_eq!(exported["chains"].as_array().map(Vec::len), Some(5), "{exported}");
+    assert_eq!(exported["audit"]["seq"], 13, "{exported}");
+
+    // The newest version row deleted and the agent's row rewritten to
+    // match: consistent on its own, caught against the exported heads.
+    let db = sea_orm::Database::connect(stack.database.url())
+        .await
+        .expect("connect");
+    for statement in [
+        format!("DELETE FROM agent_versions WHERE agent_id = '{cut}' AND version_number = 3"),
+        format!(
+            "UPDATE agents SET version = 2, \
+             config = (SELECT configuration FROM agent_versions WHERE agent_id = '{cut}' AND version_number = 2), \
+             version_hash = (SELECT hash FROM agent_versions WHERE agent_id = '{cut}' AND version_number = 2) \
+             WHERE id = '{cut}'"
+        ),
+    ] {
+        sea_orm::ConnectionTrait::execute_unprepared(&db, &statement)
+            .await
+            .expect("cut the chain's tail");
+    }
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(ok, "without the exported heads a cut tail looks whole:\n{output}");
+    let (ok, output) = verify(&stack, &["--heads", heads_arg]).await;
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "agent_versions agent {cut} position 3: an exported chain head is missing"
+        )),
+        "{output}"
+    );
+    assert!(output.contains(", 1 problems"), "{output}");
+
+    // One version row's configuration edited: that row is named.
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        &format!(
+            "UPDATE agent_versions SET configuration = \
+             (SELECT configuration FROM agent_versions WHERE agent_id = '{edited}' AND version_number = 2) \
+             WHERE agent_id = '{edited}' AND version_number = 1"
+        ),
+    )
+    .await
+    .expect("edit a version");
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "agent_versions tenant acme agent {edited} position 1: the first broken link"
+        )),
+        "{output}"
+    );
+    assert!(output.contains(", 1 problems"), "{output}");
+
+    // One label move's reason edited.
+    let first_move = stack
+        .database
+        .count(&format!(
+            "SELECT MIN(id) FROM label_moves WHERE resource_id = '{labelled}'"
+        ))
+        .await;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        &format!("UPDATE label_moves SET reason = 'forged' WHERE id = {first_move}"),
+    )
+    .await
+    .expect("edit a label move");
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!(
+            "label_moves tenant acme agent {labelled} position {first_move}: the first broken link"
+        )),
+        "{output}"
+    );
+    assert!(output.contains(", 2 problems"), "{output}");
+
+    // One audit event's actor edited.
+    let release = stack
+        .database
+        .count("SELECT MIN(id) FROM audit_events WHERE action = 'CREDENTIAL_RELEASE'")
+        .await;
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        &format!("UPDATE audit_events SET actor = 'mallory' WHERE id = {release}"),
+    )
+    .await
+    .expect("edit an audit event");
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(!ok, "{output}");
+    assert!(
+        output.contains(&format!("audit_events tenant acme event {release} position ")),
+        "{output}"
+    );
+    assert!(output.contains("the first broken link"), "{output}");
+    assert!(output.contains(", 3 problems"), "{output}");
+    drop(db);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn events_past_their_retention_are_deleted_and_the_rest_still_verifies() {
+    // Sealing once at start-up, then not for an hour: the events written
+    // now stay unsealed until the second registry below.
+    let mut stack = Stack::start_with(
+        Stack::default_registry().env("REGISTRY_AUDIT_SEAL_MILLISECONDS", "3600000"),
+    )
+    .await;
+    let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    let provider = alice.create_provider("openai").await;
+    let mut bob = Caller::new(&stack, "bob", "acme", &["editor"]).await;
+    agent_with_three_versions(&mut bob, "kept", &provider.id).await;
+    assert_eq!(stack.database.count("SELECT COUNT(*) FROM audit_events").await, 4);
+    // The two oldest events happened long ago.
+    let db = sea_orm::Database::connect(stack.database.url())
+        .await
+        .expect("connect");
+    sea_orm::ConnectionTrait::execute_unprepared(
+        &db,
+        "UPDATE audit_events SET event_time = '2020-01-01T00:00:00+00:00' \
+         WHERE id IN (SELECT id FROM audit_events ORDER BY id LIMIT 2)",
+    )
+    .await
+    .expect("backdate");
+    drop(db);
+
+    // A registry keeping 30 days seals every event, then deletes those two.
+    let second = tests::stack::start_registry(
+        &stack.database,
+        &stack.crypto_endpoint,
+        sealing_quickly().env("REGISTRY_AUDIT_RETENTION_DAYS", "30"),
+    )
+    .await;
+    let first = std::mem::replace(&mut stack.registry, second);
+    first.terminate().await;
+    until_count(&stack, "SELECT COUNT(*) FROM audit_events", 2).await;
+    until_count(&stack, "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL", 0).await;
+    let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    let trail = alice.trail("").await;
+    assert_eq!(trail.len(), 2, "{trail:?}");
+    assert!(trail.iter().all(|e| e.0 == "UPDATE"), "{trail:?}");
+
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(ok, "{output}");
+    assert!(output.contains(", 0 problems"), "{output}");
+    stack.finish().await;
+}
