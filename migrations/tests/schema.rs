@@ -214,10 +214,12 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 14] = [
     "agent_tools",
     "agent_versions",
     "agents",
+    "audit_events",
+    "audit_seals",
     "changes",
     "key_canary",
     "label_moves",
@@ -228,7 +230,7 @@ const TABLES: [&str; 12] = [
     "providers",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 16] = [
+const INDEXES: [&str; 19] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_llm_provider_id",
     "ix_agents_tenant",
@@ -236,12 +238,15 @@ const INDEXES: [&str; 16] = [
     "ix_agents_tenant_id",
     "ix_agents_tenant_provider",
     "ix_agents_tenant_update_time",
+    "ix_audit_events_tenant",
+    "ix_audit_events_time",
     "ix_label_moves_resource",
     "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
     "ix_providers_tenant_update_time",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
+    "ux_audit_events_chain",
     "ux_provider_versions_provider_version",
     "ux_providers_tenant_default",
     "ux_providers_tenant_name",
@@ -1109,8 +1114,10 @@ async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
     Migrator::up(&db, Some(before_search))
         .await
         .expect("the earlier migrations");
-    with_tools("a1", "old", json!(["search", "calc", "search"]))
-        .insert(&db)
+    let mut old = with_tools("a1", "old", json!(["search", "calc", "search"]));
+    // A column of a later migration.
+    old.version_hash = NotSet;
+    old.insert(&db)
         .await
         .expect("an agent before the search migration");
     up(&db).await;
@@ -1159,7 +1166,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261206_000002_agent_version_provider",
             "m20261207_000001_labels",
             "m20261207_000002_search",
-            "m20261207_000003_change_log"
+            "m20261207_000003_change_log",
+            "m20261208_000001_audit"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

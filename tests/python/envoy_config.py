@@ -124,6 +124,7 @@ def main(path: str) -> int:
                 "agentregistry.v1.KeyService",
                 "agentregistry.v1.WatchService",
                 "agentregistry.v1.LabelPolicyService",
+                "agentregistry.v1.AuditService",
             ]
         ),
         "transcoder services",

@@ -39,7 +39,7 @@ fn public_methods() -> Vec<String> {
 #[test]
 fn every_proto_method_is_in_the_role_table() {
     let methods = public_methods();
-    assert_eq!(methods.len(), 34, "{methods:?}");
+    assert_eq!(methods.len(), 35, "{methods:?}");
     for method in &methods {
         assert!(
             allowed_roles(method).is_some(),
@@ -307,6 +307,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         .encode_to_vec(),
         "RetireKeyVersion" => pb::RetireKeyVersionRequest { version: 99 }.encode_to_vec(),
         "WatchChanges" => pb::WatchChangesRequest::default().encode_to_vec(),
+        "ListAuditEvents" => pb::ListAuditEventsRequest::default().encode_to_vec(),
         other => panic!("no request for {other}: add one to request_for"),
     }
 }
@@ -414,6 +415,7 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("RewrapCredentials", &["platform-operator"]),
     ("RetireKeyVersion", &["platform-operator"]),
     ("WatchChanges", &["viewer", "editor", "admin", "runtime"]),
+    ("ListAuditEvents", &["admin", "platform-operator"]),
 ];
 
 /// The roles [`EXPECTED_ROLES`] allows for the method named `name`.
@@ -448,6 +450,8 @@ fn expected(method: &str, identity: Identity) -> Option<Code> {
         // authorization and fails on the keyring.)
         Identity::Operator if name == "RetireKeyVersion" => None,
         Identity::Operator if method.contains(".KeyService/") => Some(Code::Ok),
+        // And every tenant's audit trail.
+        Identity::Operator if name == "ListAuditEvents" => Some(Code::Ok),
         Identity::Operator | Identity::UnlistedOperator => Some(Code::PermissionDenied),
         // A tenant admin reads its own tenant's key counts; rewrap and
         // retire are the platform operator's alone.
@@ -461,7 +465,11 @@ fn expected(method: &str, identity: Identity) -> Option<Code> {
             // NOT_FOUND.
             let tenant_wide = matches!(
                 name,
-                "ListAgents" | "ListProviders" | "GetLabelPolicy" | "UpdateLabelPolicy"
+                "ListAgents"
+                    | "ListProviders"
+                    | "GetLabelPolicy"
+                    | "UpdateLabelPolicy"
+                    | "ListAuditEvents"
             );
             if name.starts_with("Create") || tenant_wide {
                 Some(Code::Ok)
@@ -521,7 +529,7 @@ async fn every_method_for_every_identity_answers_as_the_role_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11 * 34);
+    assert_eq!(checked, 11 * 35);
     let mut listed: Vec<&str> = EXPECTED_ROLES.iter().map(|(name, _)| *name).collect();
     let mut public: Vec<String> = public_methods()
         .iter()

@@ -94,8 +94,21 @@ async fn verify_passes_a_consistent_database_and_reports_each_corruption() {
         )),
         "{output}"
     );
+    // Each edit also breaks the resource's hash chain at that row.
     assert!(
-        output.contains("verify: 3 resources checked, 2 problems"),
+        output.contains(&format!(
+            "agent_versions tenant acme agent {gap} position 3: the first broken link"
+        )),
+        "{output}"
+    );
+    assert!(
+        output.contains(&format!(
+            "agent_versions tenant acme agent {drift} position 4: the first broken link"
+        )),
+        "{output}"
+    );
+    assert!(
+        output.contains("verify: 3 resources checked, 4 problems"),
         "{output}"
     );
     drop(db);
