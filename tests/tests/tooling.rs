@@ -285,6 +285,7 @@ async fn reflection_lists_and_describes_only_what_each_server_serves() {
     ];
     let mut registry_services = vec![
         "agentregistry.v1.AgentService",
+        "agentregistry.v1.AuditService",
         "agentregistry.v1.KeyService",
         "agentregistry.v1.LabelPolicyService",
         "agentregistry.v1.ProviderService",
