@@ -216,7 +216,10 @@ async fn verify(common: &Common, options: &VerifyArgs) -> Result<(), Error> {
                 Error::config("--heads", format!("cannot read {}: {e}", path.display()))
             })?;
             let heads: crate::verify::Heads = serde_json::from_str(&text).map_err(|e| {
-                Error::config("--heads", format!("{} is not exported heads: {e}", path.display()))
+                Error::config(
+                    "--heads",
+                    format!("{} is not exported heads: {e}", path.display()),
+                )
             })?;
             Some(heads)
         }
@@ -255,7 +258,10 @@ async fn verify(common: &Common, options: &VerifyArgs) -> Result<(), Error> {
                 println!("{json}");
             } else {
                 std::fs::write(path, json).map_err(|e| {
-                    Error::config("--export-heads", format!("cannot write {}: {e}", path.display()))
+                    Error::config(
+                        "--export-heads",
+                        format!("cannot write {}: {e}", path.display()),
+                    )
                 })?;
             }
         }

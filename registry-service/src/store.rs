@@ -44,8 +44,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    CommonTableExpression, Expr, InsertStatement, IntoIden, Query, QueryStatementWriter, SimpleExpr,
-    SqliteQueryBuilder, SubQueryStatement, WithClause,
+    CommonTableExpression, Expr, InsertStatement, IntoIden, Query, QueryStatementWriter,
+    SimpleExpr, SqliteQueryBuilder, SubQueryStatement, WithClause,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,

@@ -250,17 +250,29 @@ async fn a_workflow_yields_exactly_its_audit_events_with_no_key_anywhere() {
 
     // Newest first, every event of the tenant, details as documented.
     let events = alice.list("").await.expect("list");
-    assert!(events.windows(2).all(|w| {
-        w[0].id.parse::<i64>().expect("id") > w[1].id.parse::<i64>().expect("id")
-    }));
-    assert!(events.iter().all(|e| e.tenant == "acme" && e.time.is_some()));
+    assert!(
+        events
+            .windows(2)
+            .all(|w| { w[0].id.parse::<i64>().expect("id") > w[1].id.parse::<i64>().expect("id") })
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| e.tenant == "acme" && e.time.is_some())
+    );
     let release = events
         .iter()
         .find(|e| e.action == "CREDENTIAL_RELEASE")
         .expect("a release");
     let details = format!("{:?}", release.details);
     let provider_id = provider.trim_start_matches("providers/");
-    for wanted in ["agent_version", "provider_id", "provider_version", "credential_revision", provider_id] {
+    for wanted in [
+        "agent_version",
+        "provider_id",
+        "provider_version",
+        "credential_revision",
+        provider_id,
+    ] {
         assert!(details.contains(wanted), "{wanted} in {details}");
     }
     let moves: Vec<String> = events
@@ -268,7 +280,12 @@ async fn a_workflow_yields_exactly_its_audit_events_with_no_key_anywhere() {
         .filter(|e| e.action == "LABEL_SET")
         .map(|e| format!("{:?}", e.details))
         .collect();
-    assert!(moves.iter().all(|d| d.contains("production") && d.contains("release")), "{moves:?}");
+    assert!(
+        moves
+            .iter()
+            .all(|d| d.contains("production") && d.contains("release")),
+        "{moves:?}"
+    );
 
     // No key in any event, nor anywhere in the stored trail.
     for event in &events {
@@ -308,11 +325,16 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
     for roles in [&["viewer"][..], &["editor"][..], &["runtime"][..]] {
         let mut refused = Caller::new(&stack, "dave", "acme", roles).await;
         let status = refused.list("").await.expect_err("refused");
-        assert_eq!(status.code(), Code::PermissionDenied, "{roles:?}: {status:?}");
+        assert_eq!(
+            status.code(),
+            Code::PermissionDenied,
+            "{roles:?}: {status:?}"
+        );
     }
 
     // A platform operator sees both tenants.
-    let mut operator = Caller::new(&stack, STACK_OPERATOR, "platform", &["platform-operator"]).await;
+    let mut operator =
+        Caller::new(&stack, STACK_OPERATOR, "platform", &["platform-operator"]).await;
     let all = operator.list("").await.expect("operator lists");
     assert_eq!(all.iter().filter(|e| e.tenant == "acme").count(), 12);
     assert_eq!(all.iter().filter(|e| e.tenant == "globex").count(), 1);
@@ -339,22 +361,35 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
         ]
     );
     assert_eq!(
-        alice.trail(r#"kind = "provider" AND action = "UPDATE""#).await,
+        alice
+            .trail(r#"kind = "provider" AND action = "UPDATE""#)
+            .await,
         vec![row("UPDATE", "alice", &provider)]
     );
     assert_eq!(
-        alice.trail(r#"action = "LABEL_*" AND NOT action = "LABEL_POLICY_UPDATE""#).await,
+        alice
+            .trail(r#"action = "LABEL_*" AND NOT action = "LABEL_POLICY_UPDATE""#)
+            .await,
         vec![
             row("LABEL_SET", "bob", &agent),
             row("LABEL_SET", "bob", &agent),
             row("LABEL_DELETE", "bob", &agent),
         ]
     );
-    assert_eq!(alice.trail(r#"actor = "runner" OR actor = "nobody""#).await.len(), 1);
+    assert_eq!(
+        alice
+            .trail(r#"actor = "runner" OR actor = "nobody""#)
+            .await
+            .len(),
+        1
+    );
 
     // Time: the events after the rollback's, and up to it.
     let events = alice.list("").await.expect("list");
-    let rollback = events.iter().find(|e| e.action == "ROLLBACK").expect("rollback");
+    let rollback = events
+        .iter()
+        .find(|e| e.action == "ROLLBACK")
+        .expect("rollback");
     let at = rollback.time.expect("time");
     let at = chrono::DateTime::from_timestamp(at.seconds, u32::try_from(at.nanos).expect("nanos"))
         .expect("a time")
@@ -477,7 +512,12 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
     bob.set_label(&labelled, "production", 1).await;
     bob.set_label(&labelled, "production", 3).await;
     runner.resolve(&edited, "").await;
-    until_count(&stack, "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL", 0).await;
+    until_count(
+        &stack,
+        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
+        0,
+    )
+    .await;
 
     // Untouched: clean, and its heads exported.
     let (ok, output) = verify(&stack, &[]).await;
@@ -492,7 +532,11 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
         serde_json::from_str(&std::fs::read_to_string(&heads).expect("heads written"))
             .expect("heads are JSON");
     // 4 version chains (a provider, 3 agents), 1 label chain, the trail.
-    assert_eq!(exported["chains"].as_array().map(Vec::len), Some(5), "{exported}");
+    assert_eq!(
+        exported["chains"].as_array().map(Vec::len),
+        Some(5),
+        "{exported}"
+    );
     assert_eq!(exported["audit"]["seq"], 13, "{exported}");
 
     // The newest version row deleted and the agent's row rewritten to
@@ -514,7 +558,10 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
             .expect("cut the chain's tail");
     }
     let (ok, output) = verify(&stack, &[]).await;
-    assert!(ok, "without the exported heads a cut tail looks whole:\n{output}");
+    assert!(
+        ok,
+        "without the exported heads a cut tail looks whole:\n{output}"
+    );
     let (ok, output) = verify(&stack, &["--heads", heads_arg]).await;
     assert!(!ok, "{output}");
     assert!(
@@ -583,7 +630,9 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
     let (ok, output) = verify(&stack, &[]).await;
     assert!(!ok, "{output}");
     assert!(
-        output.contains(&format!("audit_events tenant acme event {release} position ")),
+        output.contains(&format!(
+            "audit_events tenant acme event {release} position "
+        )),
         "{output}"
     );
     assert!(output.contains("the first broken link"), "{output}");
@@ -604,7 +653,13 @@ async fn events_past_their_retention_are_deleted_and_the_rest_still_verifies() {
     let provider = alice.create_provider("openai").await;
     let mut bob = Caller::new(&stack, "bob", "acme", &["editor"]).await;
     agent_with_three_versions(&mut bob, "kept", &provider.id).await;
-    assert_eq!(stack.database.count("SELECT COUNT(*) FROM audit_events").await, 4);
+    assert_eq!(
+        stack
+            .database
+            .count("SELECT COUNT(*) FROM audit_events")
+            .await,
+        4
+    );
     // The two oldest events happened long ago.
     let db = sea_orm::Database::connect(stack.database.url())
         .await
@@ -628,7 +683,12 @@ async fn events_past_their_retention_are_deleted_and_the_rest_still_verifies() {
     let first = std::mem::replace(&mut stack.registry, second);
     first.terminate().await;
     until_count(&stack, "SELECT COUNT(*) FROM audit_events", 2).await;
-    until_count(&stack, "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL", 0).await;
+    until_count(
+        &stack,
+        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
+        0,
+    )
+    .await;
     let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
     let trail = alice.trail("").await;
     assert_eq!(trail.len(), 2, "{trail:?}");

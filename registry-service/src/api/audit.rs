@@ -48,10 +48,9 @@ impl AuditService for Registry {
             &filter.canonical,
         ]);
         let before = match scope.resume_after(&request.page_token)? {
-            Some(key) => Some(
-                key.parse::<i64>()
-                    .map_err(|_| Error::bad_field("page_token", "is not a page token of this request"))?,
-            ),
+            Some(key) => Some(key.parse::<i64>().map_err(|_| {
+                Error::bad_field("page_token", "is not a page token of this request")
+            })?),
             None => None,
         };
         let found = audit::list(&self.db, visible, &filter, before, limit).await?;

@@ -338,11 +338,9 @@ fn compare(c: &Comparison, backend: DbBackend) -> Result<SimpleExpr, Error> {
     match *field {
         Field::Text(column) => {
             // A missing request id reads as empty, so no comparison is NULL.
-            let stored: SimpleExpr = Func::coalesce([
-                Expr::col((Alias::new(EVENTS), Alias::new(column))).into(),
-                val(""),
-            ])
-            .into();
+            let stored: SimpleExpr =
+                Func::coalesce([Expr::col((Alias::new(EVENTS), Alias::new(column))), val("")])
+                    .into();
             let stored = text_column(stored, backend);
             let bound = |text: &str| text_column(val(text.to_owned()), backend);
             if value.prefix {
@@ -374,7 +372,7 @@ fn compare(c: &Comparison, backend: DbBackend) -> Result<SimpleExpr, Error> {
                 )
             })?;
             let stored = Expr::col((Alias::new(EVENTS), Alias::new(column)));
-            ordered(stored.into(), c.op, val(time.with_timezone(&Utc))).ok_or_else(takes)
+            ordered(stored, c.op, val(time.with_timezone(&Utc))).ok_or_else(takes)
         }
     }
 }
@@ -441,7 +439,11 @@ pub struct Seal {
 }
 
 /// The seal row `chain` (`HEAD` or `ANCHOR`), when there is one.
-async fn seal_row(db: &impl ConnectionTrait, chain: &str, lock: bool) -> Result<Option<Seal>, Error> {
+async fn seal_row(
+    db: &impl ConnectionTrait,
+    chain: &str,
+    lock: bool,
+) -> Result<Option<Seal>, Error> {
     let mut query = Query::select();
     query
         .columns(["seq", "hash"].map(Alias::new))
@@ -562,7 +564,11 @@ pub async fn delete_expired(store: &Store, cutoff: DateTime<Utc>) -> Result<u64,
         .from_table(Alias::new(EVENTS))
         .and_where(Expr::col(Alias::new("chain_seq")).lte(last.chain_seq))
         .to_owned();
-    let deleted = txn.execute(&delete).await.map_err(db_error)?.rows_affected();
+    let deleted = txn
+        .execute(&delete)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
     let anchor = Seal {
         seq: last.chain_seq,
         hash: last.hash,

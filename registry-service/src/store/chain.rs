@@ -36,7 +36,8 @@ impl Link {
     /// Appends an optional text field (`null` when absent).
     #[must_use]
     pub fn optional(mut self, text: Option<&str>) -> Self {
-        self.0.push(text.map_or(Value::Null, |t| Value::String(t.to_owned())));
+        self.0
+            .push(text.map_or(Value::Null, |t| Value::String(t.to_owned())));
         self
     }
 

@@ -188,7 +188,11 @@ pub async fn move_label<K: Kind>(
             "reason": change.reason,
         }),
     );
-    audit::record(&txn, Entry::on::<K>(change.caller, action, id, None, details)).await?;
+    audit::record(
+        &txn,
+        Entry::on::<K>(change.caller, action, id, None, details),
+    )
+    .await?;
     // Last: the change log's revision lock (see `store::changes`).
     let logged = NewChange {
         tenant,

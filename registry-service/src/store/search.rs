@@ -676,7 +676,11 @@ pub(crate) fn ordered(column: SimpleExpr, op: Op, value: SimpleExpr) -> Option<S
 
 /// `column` starts with `stem`: a range `[stem, successor)` in byte order,
 /// which an index on the column serves.
-pub(crate) fn prefix(column: SimpleExpr, stem: &str, bound: impl Fn(&str) -> SimpleExpr) -> SimpleExpr {
+pub(crate) fn prefix(
+    column: SimpleExpr,
+    stem: &str,
+    bound: impl Fn(&str) -> SimpleExpr,
+) -> SimpleExpr {
     let from = column.clone().gte(bound(stem));
     match successor(stem) {
         Some(upper) => from.and(column.lt(bound(&upper))),

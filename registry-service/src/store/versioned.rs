@@ -865,7 +865,11 @@ pub async fn delete<K: Kind>(
         .map_err(|error| kind.delete_error(error))?;
     super::labels::forget::<K>(&txn, tenant, id).await?;
     let details = serde_json::json!({ "version_number": current.version });
-    audit::record(&txn, Entry::on::<K>(caller, AuditAction::Delete, id, None, details)).await?;
+    audit::record(
+        &txn,
+        Entry::on::<K>(caller, AuditAction::Delete, id, None, details),
+    )
+    .await?;
     let change = NewChange {
         tenant,
         kind: K::LOGGED_AS,

@@ -142,9 +142,10 @@ impl<'e> Walk<'e> {
         hash_after: impl FnOnce(&str) -> String,
         findings: &mut Vec<Finding>,
     ) {
-        let same = self.current.as_ref().is_some_and(|(table, _, resource)| {
-            *table == step.table && resource == step.resource
-        });
+        let same = self
+            .current
+            .as_ref()
+            .is_some_and(|(table, _, resource)| *table == step.table && resource == step.resource);
         if !same {
             self.finish();
             self.current = Some((step.table, step.tenant.to_owned(), step.resource.to_owned()));
@@ -315,7 +316,9 @@ async fn versions<K: Kind>(
     for head in read_all::<Head>(db, &query).await? {
         let resource = format!("{} {}", K::NAMES.kind, head.id);
         let end = walk.ends.get(&(table, resource.clone()));
-        if end != head.version_hash.as_ref() && (end.is_some() || !broken_before(findings, &resource)) {
+        if end != head.version_hash.as_ref()
+            && (end.is_some() || !broken_before(findings, &resource))
+        {
             findings.push(finding(
                 &format!("{table} tenant {} {resource}", head.tenant_id),
                 "the head on its row is not its newest version's hash",
@@ -417,11 +420,15 @@ async fn label_moves(
 /// Label moves after `(kind, resource_id, id)` in chain order.
 fn after_move((kind, resource, id): &(String, String, i64)) -> sea_orm::sea_query::SimpleExpr {
     let col = |name: &str| Expr::col(Alias::new(name));
-    col("kind").gt(kind.clone()).or(col("kind").eq(kind.clone()).and(
-        col("resource_id")
-            .gt(resource.clone())
-            .or(col("resource_id").eq(resource.clone()).and(col("id").gt(*id))),
-    ))
+    col("kind")
+        .gt(kind.clone())
+        .or(col("kind").eq(kind.clone()).and(
+            col("resource_id")
+                .gt(resource.clone())
+                .or(col("resource_id")
+                    .eq(resource.clone())
+                    .and(col("id").gt(*id))),
+        ))
 }
 
 /// The sealed audit trail from its anchor to its head; answers the head.
@@ -486,7 +493,9 @@ async fn audit_trail(
             n => audit::sealed_after(db, n - 1, 1)
                 .await?
                 .first()
-                .is_some_and(|e| e.chain_seq == Some(n) && e.hash.as_deref() == Some(&exported.hash)),
+                .is_some_and(|e| {
+                    e.chain_seq == Some(n) && e.hash.as_deref() == Some(&exported.hash)
+                }),
         };
         if !kept {
             findings.push(finding(
