@@ -69,6 +69,9 @@ async fn readme_walkthrough_runs_as_written() {
         r#""reason": "reviewed""#,
         r#""toVersion": "2""#,
         "production runs agent version 2",
+        r#""action": "CREDENTIAL_RELEASE""#,
+        r#""actor": "readme-runtime""#,
+        r#""resource": "agents/"#,
     ] {
         assert!(
             out.contains(expected),
