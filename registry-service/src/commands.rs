@@ -204,8 +204,22 @@ async fn rewrap_credentials(args: &Args, batch_size: u32) -> Result<(), Error> {
         done.changed_concurrently,
         done.remaining
     );
-    Ok(())
+    let details = serde_json::json!({
+        "active_version": done.active_version,
+        "scanned": done.scanned,
+        "rewrapped": done.rewrapped,
+    });
+    let entry = store::audit::Entry::platform(
+        REWRAP_ACTOR,
+        store::audit::Action::CredentialsRewrap,
+        details,
+    );
+    store::audit::record(&db, entry).await
 }
+
+/// The actor the `rewrap-credentials` command records in the audit trail
+/// (it runs with database and crypto-service credentials, not a token).
+const REWRAP_ACTOR: &str = "registry-service rewrap-credentials";
 
 /// `verify`: one line per broken invariant, non-zero exit when any; the
 /// chains' heads exported, or checked against exported ones, when asked.

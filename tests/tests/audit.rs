@@ -9,6 +9,7 @@ use prost_types::FieldMask;
 use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::audit_service_client::AuditServiceClient;
+use proto::v1::key_service_client::KeyServiceClient;
 use proto::v1::label_policy_service_client::LabelPolicyServiceClient;
 use proto::v1::provider_service_client::ProviderServiceClient;
 use proto::v1::runtime_service_client::RuntimeServiceClient;
@@ -341,8 +342,26 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
     let globex = operator.trail(r#"tenant = "globex""#).await;
     assert_eq!(globex, vec![row("CREATE", "carol", &globex[0].2)]);
 
+    // A key operation is platform-wide: the operator's, in no tenant.
+    let channel = stack
+        .channel_as(STACK_OPERATOR, "platform", &["platform-operator"])
+        .await;
+    KeyServiceClient::new(channel)
+        .rewrap_credentials(pb::RewrapCredentialsRequest::default())
+        .await
+        .expect("rewrap");
+    let rewraps = operator
+        .list(r#"action = "CREDENTIALS_REWRAP""#)
+        .await
+        .expect("operator lists");
+    assert_eq!(rewraps.len(), 1, "{rewraps:?}");
+    assert_eq!(rewraps[0].tenant, "");
+    assert_eq!(rewraps[0].actor, STACK_OPERATOR);
+    assert!(format!("{:?}", rewraps[0].details).contains("rewrapped"));
+
     // Filters: actor, resource, kind, action, and their combinations.
     let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    assert_eq!(alice.trail("").await.len(), 12, "no platform event");
     assert_eq!(
         alice.trail(r#"actor = "alice""#).await,
         vec![

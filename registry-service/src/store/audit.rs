@@ -501,6 +501,17 @@ pub async fn anchor(db: &impl ConnectionTrait) -> Result<Seal, Error> {
 /// order is its sealing order (`chain_seq`), not the id. Answers how many
 /// it sealed.
 pub async fn seal(store: &Store) -> Result<u64, Error> {
+    // A read first (on SQLite on the read connection): an idle trail takes
+    // no write lock.
+    let mut probe = Query::select();
+    probe
+        .expr(Expr::val(1))
+        .from(Alias::new(EVENTS))
+        .and_where(Expr::col(Alias::new("chain_seq")).is_null())
+        .limit(1);
+    if store.query_all(&probe).await.map_err(db_error)?.is_empty() {
+        return Ok(0);
+    }
     let txn = store.begin_write().await?;
     let mut head = match seal_row(&txn, HEAD, true).await? {
         Some(head) => head,
@@ -544,6 +555,16 @@ pub async fn seal(store: &Store) -> Result<u64, Error> {
 /// anchor: the last deleted position and its hash). Unsealed events stay
 /// until sealed. Answers how many it deleted.
 pub async fn delete_expired(store: &Store, cutoff: DateTime<Utc>) -> Result<u64, Error> {
+    let mut probe = Query::select();
+    probe
+        .expr(Expr::val(1))
+        .from(Alias::new(EVENTS))
+        .and_where(Expr::col(Alias::new("event_time")).lt(cutoff))
+        .and_where(Expr::col(Alias::new("chain_seq")).is_not_null())
+        .limit(1);
+    if store.query_all(&probe).await.map_err(db_error)?.is_empty() {
+        return Ok(0);
+    }
     let txn = store.begin_write().await?;
     let mut last = Query::select();
     last.columns(["chain_seq", "hash"].map(Alias::new))
