@@ -718,3 +718,18 @@ async fn events_past_their_retention_are_deleted_and_the_rest_still_verifies() {
     assert!(output.contains(", 0 problems"), "{output}");
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_retention_or_seal_interval_out_of_bounds_stops_the_registry_at_start() {
+    for (setting, value) in [
+        ("REGISTRY_AUDIT_RETENTION_DAYS", "0"),
+        ("REGISTRY_AUDIT_RETENTION_DAYS", "36501"),
+        ("REGISTRY_AUDIT_SEAL_MILLISECONDS", "9"),
+    ] {
+        let launch = Stack::default_registry().env(setting, value);
+        let (status, output) =
+            tests::Process::run_to_exit(&tests::binary("registry-service"), launch).await;
+        assert!(!status.success(), "started with {setting}={value}");
+        assert!(output.contains(setting), "{setting}={value}: {output}");
+    }
+}
