@@ -28,10 +28,10 @@ mod m20261206_000002_agent_version_provider;
 mod m20261207_000001_labels;
 mod m20261207_000002_search;
 mod m20261207_000003_change_log;
-mod m20261208_000001_audit;
+mod m20261208_000003_audit;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
-pub use m20261208_000001_audit::audit_trigger;
+pub use m20261208_000003_audit::audit_trigger;
 
 pub use m20261207_000002_search::{
     POSTGRES_TRIGGER as AGENT_TOOLS_POSTGRES_TRIGGER,
@@ -54,7 +54,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_labels::Migration),
             Box::new(m20261207_000002_search::Migration),
             Box::new(m20261207_000003_change_log::Migration),
-            Box::new(m20261208_000001_audit::Migration),
+            Box::new(m20261208_000003_audit::Migration),
         ]
     }
 }

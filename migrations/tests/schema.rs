@@ -1168,7 +1168,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261207_000001_labels",
             "m20261207_000002_search",
             "m20261207_000003_change_log",
-            "m20261208_000001_audit"
+            "m20261208_000003_audit"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -1379,7 +1379,7 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         "{output}"
     );
     assert!(
-        output.contains("pending m20261208_000001_audit"),
+        output.contains("pending m20261208_000003_audit"),
         "down reverts the newest: {output}"
     );
     database.drop_database().await;
