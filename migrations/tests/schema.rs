@@ -283,6 +283,7 @@ fn new_provider(id: &str, tenant: &str, name: &str, is_default: bool) -> provide
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
+        delete_time: Set(None),
     }
 }
 
@@ -298,6 +299,7 @@ fn new_agent(id: &str, tenant: &str, name: &str, provider: Option<&str>) -> agen
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
+        delete_time: Set(None),
     }
 }
 
@@ -833,7 +835,13 @@ async fn check_constraints_reject_unknown_enum_values(db: DatabaseConnection) {
         insert_raw_version(&db, provider_side, parent, 1, "CREATE")
             .await
             .expect("a raw version row with a valid action");
-        for (n, bad) in [(2, "DELETE"), (3, "update"), (4, "")] {
+        // Soft delete's actions (m20261208_000001_soft_delete) pass too.
+        for (n, action) in [(5, "DELETE"), (6, "UNDELETE")] {
+            insert_raw_version(&db, provider_side, parent, n, action)
+                .await
+                .expect("a raw version row with a soft-delete action");
+        }
+        for (n, bad) in [(2, "PURGE"), (3, "update"), (4, "")] {
             assert_violation(
                 insert_raw_version(&db, provider_side, parent, n, bad).await,
                 ErrorKind::CheckViolation,
@@ -893,6 +901,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         update_time: at(3600),
         created_by: "alice".to_owned(),
         updated_by: "bob".to_owned(),
+        delete_time: None,
     };
     let inserted = provider::ActiveModel::from(expected.clone())
         .insert(&db)
@@ -930,6 +939,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         update_time: at(20),
         created_by: "alice".to_owned(),
         updated_by: "alice".to_owned(),
+        delete_time: Some(at(30)),
     })
     .insert(&db)
     .await
@@ -1155,7 +1165,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261206_000002_agent_version_provider",
             "m20261207_000001_labels",
             "m20261207_000002_search",
-            "m20261207_000003_change_log"
+            "m20261207_000003_change_log",
+            "m20261208_000001_soft_delete"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -149,6 +149,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         .encode_to_vec(),
         "GetAgent" => pb::GetAgentRequest {
             id: f.agent_id.clone(),
+            show_deleted: false,
         }
         .encode_to_vec(),
         "ListAgents" => pb::ListAgentsRequest::default().encode_to_vec(),
@@ -163,6 +164,18 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "DeleteAgent" => pb::DeleteAgentRequest {
+            id: f.agent_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        // The fixture's agent is live: allowed callers get past the role
+        // check to FAILED_PRECONDITION (NOT_DELETED).
+        "UndeleteAgent" => pb::UndeleteAgentRequest {
+            id: f.agent_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "PurgeAgent" => pb::PurgeAgentRequest {
             id: f.agent_id.clone(),
             etag: String::new(),
         }
@@ -196,6 +209,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         .encode_to_vec(),
         "GetProvider" => pb::GetProviderRequest {
             id: f.provider_id.clone(),
+            show_deleted: false,
         }
         .encode_to_vec(),
         "ListProviders" => pb::ListProvidersRequest::default().encode_to_vec(),
@@ -211,6 +225,16 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "DeleteProvider" => pb::DeleteProviderRequest {
+            provider_id: f.provider_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "UndeleteProvider" => pb::UndeleteProviderRequest {
+            provider_id: f.provider_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "PurgeProvider" => pb::PurgeProviderRequest {
             provider_id: f.provider_id.clone(),
             etag: String::new(),
         }
@@ -385,6 +409,8 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("ListAgents", &["viewer", "editor", "admin"]),
     ("UpdateAgent", &["editor", "admin"]),
     ("DeleteAgent", &["editor", "admin"]),
+    ("UndeleteAgent", &["editor", "admin"]),
+    ("PurgeAgent", &["admin"]),
     ("ListAgentVersions", &["viewer", "editor", "admin"]),
     ("GetAgentVersion", &["viewer", "editor", "admin"]),
     ("DiffAgentVersions", &["viewer", "editor", "admin"]),
@@ -398,6 +424,8 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("ListProviders", &["viewer", "editor", "admin"]),
     ("UpdateProvider", &["admin"]),
     ("DeleteProvider", &["admin"]),
+    ("UndeleteProvider", &["admin"]),
+    ("PurgeProvider", &["admin"]),
     ("ListProviderVersions", &["viewer", "editor", "admin"]),
     ("GetProviderVersion", &["viewer", "editor", "admin"]),
     ("DiffProviderVersions", &["viewer", "editor", "admin"]),

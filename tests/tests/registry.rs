@@ -866,8 +866,8 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
                 assigned.id
             ))
             .await,
-        0,
-        "versions deleted with their agent"
+        2,
+        "a deleted agent keeps its versions: CREATE, then DELETE (soft delete)"
     );
     c.providers
         .delete_provider(pb::DeleteProviderRequest {
@@ -1375,7 +1375,8 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         "{output}"
     );
     assert!(
-        output.contains("pending m20261207_000003_change_log"),
+        output.contains("applied m20261207_000003_change_log")
+            && output.contains("pending m20261208_000001_soft_delete"),
         "down reverts the newest: {output}"
     );
     database.drop_database().await;
