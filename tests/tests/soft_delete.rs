@@ -131,7 +131,7 @@ impl Caller {
         Ok(seen)
     }
 
-    async fn create_provider(&mut self, name: &str) -> pb::Provider {
+    async fn create_provider(&mut self, name: &str, is_default: bool) -> pb::Provider {
         self.providers
             .create_provider(pb::CreateProviderRequest {
                 provider: Some(pb::Provider {
@@ -140,6 +140,7 @@ impl Caller {
                     model_name: "gpt-4o".to_owned(),
                     base_url: "https://api.openai.com/v1".to_owned(),
                     api_key: "sk-soft-delete-test".to_owned(),
+                    is_default,
                     ..Default::default()
                 }),
                 change_description: String::new(),
@@ -262,6 +263,7 @@ async fn delete_hides_undelete_restores_purge_removes_for_good() {
     let mut admin = Caller::new(&stack, "ada", &["admin"]).await;
     let mut runtime = Caller::new(&stack, "rt", &["runtime"]).await;
 
+    admin.create_provider("default", true).await;
     let kept = editor
         .create_agent(agent("kept", None))
         .await
@@ -520,7 +522,7 @@ async fn a_provider_stays_while_live_agents_use_it_and_its_purge_waits_for_delet
     let mut editor = Caller::new(&stack, "erin", &["editor"]).await;
     let mut admin = Caller::new(&stack, "ada", &["admin"]).await;
 
-    let provider = admin.create_provider("openai").await;
+    let provider = admin.create_provider("openai", false).await;
     let pid = provider.id.clone();
     let user = editor
         .create_agent(agent("user", Some(&pid)))
@@ -637,9 +639,8 @@ async fn the_retention_task_purges_what_was_deleted_longer_ago_than_the_period()
     .await;
     let mut editor = Caller::new(&stack, "erin", &["editor"]).await;
     let mut admin = Caller::new(&stack, "ada", &["admin"]).await;
-    let mut changes = editor.watch_from_start().await;
 
-    let provider = admin.create_provider("openai").await;
+    let provider = admin.create_provider("openai", false).await;
     let user = editor
         .create_agent(agent("user", Some(&provider.id)))
         .await
@@ -677,19 +678,39 @@ async fn the_retention_task_purges_what_was_deleted_longer_ago_than_the_period()
         1
     );
 
-    // The change log names the task as the purger.
+    // The change log names the task as the purger, agents first.
+    let mut changes = editor.watch_from_start().await;
     use pb::ChangeAction as A;
-    assert_eq!(next_of(&mut changes, &user.id).await.0, A::Create);
-    assert_eq!(next_of(&mut changes, &user.id).await.0, A::Delete);
+    use pb::ResourceKind as K;
+    let mut seen = Vec::new();
+    // Seven changes: these six and the live agent's creation.
+    for _ in 0..7 {
+        let change = tokio::time::timeout(EVENT_DEADLINE, changes.message())
+            .await
+            .expect("a change within the deadline")
+            .expect("the stream stays open")
+            .expect("the stream does not end");
+        if change.resource_id == live.id {
+            continue;
+        }
+        seen.push((
+            change.kind(),
+            change.action(),
+            change.version_number,
+            change.changed_by,
+        ));
+    }
+    let by = |who: &str| who.to_owned();
     assert_eq!(
-        next_of(&mut changes, &user.id).await,
-        (A::Purge, 2, "retention".to_owned())
-    );
-    assert_eq!(next_of(&mut changes, &provider.id).await.0, A::Create);
-    assert_eq!(next_of(&mut changes, &provider.id).await.0, A::Delete);
-    assert_eq!(
-        next_of(&mut changes, &provider.id).await,
-        (A::Purge, 2, "retention".to_owned())
+        seen,
+        vec![
+            (K::Provider, A::Create, 1, by("ada")),
+            (K::Agent, A::Create, 1, by("erin")),
+            (K::Agent, A::Delete, 2, by("erin")),
+            (K::Provider, A::Delete, 2, by("ada")),
+            (K::Agent, A::Purge, 2, by("retention")),
+            (K::Provider, A::Purge, 2, by("retention")),
+        ]
     );
     stack.finish().await;
 }
