@@ -661,6 +661,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         agents
             .get_agent(pb::GetAgentRequest {
                 id: agent_id.clone(),
+                show_deleted: false,
             })
             .await,
         "get agent",
@@ -728,6 +729,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         providers
             .get_provider(pb::GetProviderRequest {
                 id: provider_id.clone(),
+                show_deleted: false,
             })
             .await,
         "get provider",
@@ -789,7 +791,10 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
     // The owner still sees everything unchanged.
     let owner = stack.channel_as("root", "acme", &["viewer"]).await;
     let agent = pb::agent_service_client::AgentServiceClient::new(owner)
-        .get_agent(pb::GetAgentRequest { id: agent_id })
+        .get_agent(pb::GetAgentRequest {
+            id: agent_id,
+            show_deleted: false,
+        })
         .await
         .expect("owner reads")
         .into_inner();

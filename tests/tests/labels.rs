@@ -326,7 +326,10 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
     // On the agent, in the listing, and on the version it names.
     let read = alice
         .agents
-        .get_agent(pb::GetAgentRequest { id: id.clone() })
+        .get_agent(pb::GetAgentRequest {
+            id: id.clone(),
+            show_deleted: false,
+        })
         .await
         .expect("get")
         .into_inner();
@@ -525,6 +528,7 @@ async fn protected_labels_are_moved_only_by_admins() {
         .providers
         .get_provider(pb::GetProviderRequest {
             id: provider.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get provider")

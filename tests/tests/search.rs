@@ -89,6 +89,7 @@ async fn agent_page(
             page_token: page_token.to_owned(),
             filter: filter.to_owned(),
             order_by: order_by.to_owned(),
+            show_deleted: false,
         })
         .await
         .map(tonic::Response::into_inner)

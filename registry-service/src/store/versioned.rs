@@ -1172,7 +1172,7 @@ pub async fn purge_expired<K: Kind>(
             .from(K::Entity::default())
             .and_where(col::<K>("delete_time").is_not_null())
             .and_where(col::<K>("delete_time").lte(deleted_before))
-            .order_by_expr(col::<K>("delete_time").into(), sea_orm::Order::Asc)
+            .order_by_expr(col::<K>("delete_time"), sea_orm::Order::Asc)
             .limit(PURGE_BATCH + skipped.len() as u64);
         let backend = store.get_database_backend();
         let rows = store
