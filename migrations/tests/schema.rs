@@ -228,8 +228,9 @@ const TABLES: [&str; 12] = [
     "providers",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 16] = [
+const INDEXES: [&str; 18] = [
     "ix_agent_tools_tenant_tool",
+    "ix_agents_delete_time",
     "ix_agents_llm_provider_id",
     "ix_agents_tenant",
     "ix_agents_tenant_create_time",
@@ -237,6 +238,7 @@ const INDEXES: [&str; 16] = [
     "ix_agents_tenant_provider",
     "ix_agents_tenant_update_time",
     "ix_label_moves_resource",
+    "ix_providers_delete_time",
     "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
     "ix_providers_tenant_update_time",
@@ -283,7 +285,8 @@ fn new_provider(id: &str, tenant: &str, name: &str, is_default: bool) -> provide
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
-        delete_time: Set(None),
+        // Unset: the helpers also write rows before the soft-delete migration.
+        delete_time: NotSet,
     }
 }
 
@@ -299,7 +302,8 @@ fn new_agent(id: &str, tenant: &str, name: &str, provider: Option<&str>) -> agen
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
-        delete_time: Set(None),
+        // Unset: the helpers also write rows before the soft-delete migration.
+        delete_time: NotSet,
     }
 }
 
