@@ -1119,8 +1119,10 @@ async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
     Migrator::up(&db, Some(before_search))
         .await
         .expect("the earlier migrations");
-    with_tools("a1", "old", json!(["search", "calc", "search"]))
-        .insert(&db)
+    // Without RETURNING: the entity's later columns (`delete_time`) do not
+    // exist yet.
+    agent::Entity::insert(with_tools("a1", "old", json!(["search", "calc", "search"])))
+        .exec_without_returning(&db)
         .await
         .expect("an agent before the search migration");
     up(&db).await;
