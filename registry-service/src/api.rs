@@ -890,7 +890,9 @@ impl Registry {
     ) -> Result<(), Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
-        versioned::delete(&self.db, kind, caller, id, expected).await?;
+        let deleted = format!("{} deleted", title(K::NAMES.kind));
+        let write = writer(caller, Action::Delete, ("", &deleted))?;
+        versioned::delete(&self.db, kind, write, id, expected).await?;
         Ok(())
     }
 
@@ -905,7 +907,9 @@ impl Registry {
     ) -> Result<K::Message, Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
-        let record = versioned::undelete(&self.db, kind, caller, id, expected).await?;
+        let undeleted = format!("{} undeleted", title(K::NAMES.kind));
+        let write = writer(caller, Action::Undelete, ("", &undeleted))?;
+        let record = versioned::undelete(&self.db, kind, write, id, expected).await?;
         self.labelled::<K>(&caller.tenant, &record).await
     }
 

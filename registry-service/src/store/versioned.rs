@@ -959,43 +959,46 @@ pub async fn write_locked<K: Kind>(
 /// DELETE version (configuration unchanged, empty diff) marks its row
 /// deleted. Its history, labels and label history stay, and its name stays
 /// taken, until it is undeleted ([`undelete`]) or purged ([`purge`]). A
-/// resource already deleted is NOT_FOUND.
+/// resource already deleted is NOT_FOUND. `write.action` is
+/// [`Action::Delete`].
 pub async fn delete<K: Kind>(
     store: &Store,
     kind: &K,
-    caller: &Caller,
+    write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
 ) -> Result<Record<K::Spec>, Error> {
-    mark::<K>(store, kind, caller, id, expected_version, Action::Delete).await
+    debug_assert_eq!(write.action, Action::Delete);
+    mark::<K>(store, kind, write, id, expected_version).await
 }
 
 /// Restores deleted resource `id` as it was: an UNDELETE version
 /// (configuration unchanged, empty diff) makes its row live again. A
 /// resource that is not deleted: FAILED_PRECONDITION `NOT_DELETED`.
+/// `write.action` is [`Action::Undelete`].
 pub async fn undelete<K: Kind>(
     store: &Store,
     kind: &K,
-    caller: &Caller,
+    write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
 ) -> Result<Record<K::Spec>, Error> {
-    mark::<K>(store, kind, caller, id, expected_version, Action::Undelete).await
+    debug_assert_eq!(write.action, Action::Undelete);
+    mark::<K>(store, kind, write, id, expected_version).await
 }
 
-/// Writes the DELETE or UNDELETE version of `id` (`action`) and sets or
-/// clears its row's `delete_time`, in one locking transaction; the version
-/// row's trigger logs the change.
+/// Writes the DELETE or UNDELETE version of `id` (`write.action`) and sets
+/// or clears its row's `delete_time`, in one locking transaction; the
+/// version row's trigger logs the change.
 async fn mark<K: Kind>(
     store: &Store,
     kind: &K,
-    caller: &Caller,
+    write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
-    action: Action,
 ) -> Result<Record<K::Spec>, Error> {
-    let tenant = &caller.tenant;
-    let deleting = action == Action::Delete;
+    let tenant = &write.caller.tenant;
+    let deleting = write.action == Action::Delete;
     let txn = store.begin_write().await?;
     let current = get_locked_shown::<K>(&txn, tenant, id, Shown::WithDeleted).await?;
     match (deleting, current.delete_time) {
@@ -1014,12 +1017,6 @@ async fn mark<K: Kind>(
     } else {
         K::guard_undelete(&txn, tenant, &current.spec).await?;
     }
-    let verb = if deleting { "deleted" } else { "undeleted" };
-    let write = Write {
-        caller,
-        action,
-        description: format!("{} {verb}", crate::api::title(K::NAMES.kind)),
-    };
     let backend = txn.get_database_backend();
     let base = Base::Current(&current);
     let mut next = Next::<K>::new(base, &write, current.spec.clone(), backend)?;
