@@ -331,6 +331,7 @@ async fn measure(
         page_token: String::new(),
         filter: filter.to_owned(),
         order_by: order_by.to_owned(),
+        show_deleted: false,
     };
     let mut total_size = 0;
     for _ in 0..20 {

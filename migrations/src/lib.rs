@@ -29,6 +29,7 @@ mod m20261207_000001_labels;
 mod m20261207_000002_search;
 mod m20261207_000003_change_log;
 mod m20261208_000001_agent_tools_column;
+mod m20261208_000002_soft_delete;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 
@@ -54,6 +55,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000002_search::Migration),
             Box::new(m20261207_000003_change_log::Migration),
             Box::new(m20261208_000001_agent_tools_column::Migration),
+            Box::new(m20261208_000002_soft_delete::Migration),
         ]
     }
 }

@@ -228,8 +228,9 @@ const TABLES: [&str; 12] = [
     "providers",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 16] = [
+const INDEXES: [&str; 18] = [
     "ix_agent_tools_tenant_tool",
+    "ix_agents_delete_time",
     "ix_agents_llm_provider_id",
     "ix_agents_tenant",
     "ix_agents_tenant_create_time",
@@ -237,6 +238,7 @@ const INDEXES: [&str; 16] = [
     "ix_agents_tenant_provider",
     "ix_agents_tenant_update_time",
     "ix_label_moves_resource",
+    "ix_providers_delete_time",
     "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
     "ix_providers_tenant_update_time",
@@ -283,6 +285,8 @@ fn new_provider(id: &str, tenant: &str, name: &str, is_default: bool) -> provide
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
+        // Unset: the helpers also write rows before the soft-delete migration.
+        delete_time: NotSet,
     }
 }
 
@@ -299,6 +303,8 @@ fn new_agent(id: &str, tenant: &str, name: &str, provider: Option<&str>) -> agen
         update_time: Set(at(0)),
         created_by: Set("alice".to_owned()),
         updated_by: Set("alice".to_owned()),
+        // Unset: the helpers also write rows before the soft-delete migration.
+        delete_time: NotSet,
     }
 }
 
@@ -834,7 +840,13 @@ async fn check_constraints_reject_unknown_enum_values(db: DatabaseConnection) {
         insert_raw_version(&db, provider_side, parent, 1, "CREATE")
             .await
             .expect("a raw version row with a valid action");
-        for (n, bad) in [(2, "DELETE"), (3, "update"), (4, "")] {
+        // Soft delete's actions (m20261208_000002_soft_delete) pass too.
+        for (n, action) in [(5, "DELETE"), (6, "UNDELETE")] {
+            insert_raw_version(&db, provider_side, parent, n, action)
+                .await
+                .expect("a raw version row with a soft-delete action");
+        }
+        for (n, bad) in [(2, "PURGE"), (3, "update"), (4, "")] {
             assert_violation(
                 insert_raw_version(&db, provider_side, parent, n, bad).await,
                 ErrorKind::CheckViolation,
@@ -894,6 +906,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         update_time: at(3600),
         created_by: "alice".to_owned(),
         updated_by: "bob".to_owned(),
+        delete_time: None,
     };
     let inserted = provider::ActiveModel::from(expected.clone())
         .insert(&db)
@@ -932,6 +945,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         update_time: at(20),
         created_by: "alice".to_owned(),
         updated_by: "alice".to_owned(),
+        delete_time: Some(at(30)),
     })
     .insert(&db)
     .await
@@ -1189,6 +1203,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261207_000002_search",
             "m20261207_000003_change_log",
             "m20261208_000001_agent_tools_column",
+            "m20261208_000002_soft_delete"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

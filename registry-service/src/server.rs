@@ -151,6 +151,11 @@ pub async fn serve(
         }
     };
     let feed = tokio::spawn(registry.feed.clone().run());
+    // Purges what was deleted longer ago than the retention period.
+    let retention = tokio::spawn(crate::retention::run(
+        registry.db.clone(),
+        settings.retention,
+    ));
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
     // caller resumes elsewhere): they would otherwise hold the drain to its
@@ -173,6 +178,7 @@ pub async fn serve(
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
     feed.abort();
+    retention.abort();
     tracing::info!("registry-service stopped");
     Ok(())
 }

@@ -34,6 +34,8 @@ pub struct Model {
     pub created_by: String,
     #[sea_orm(column_type = "Text")]
     pub updated_by: String,
+    /// When the agent was deleted (soft delete); `None` while it is live.
+    pub delete_time: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
