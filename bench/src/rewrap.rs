@@ -155,6 +155,7 @@ async fn populate(db: &sea_orm::DatabaseConnection, crypto_url: &str, providers:
             update_time: Set(now),
             created_by: Set("bench".into()),
             updated_by: Set("bench".into()),
+            delete_time: Set(None),
             version_hash: Set(None),
         });
         provider::Entity::insert_many(rows)

@@ -484,6 +484,7 @@ impl Worker {
         let (known, _) = fleet.seen(a);
         let request = pb::GetAgentRequest {
             id: agent.id.clone(),
+            show_deleted: false,
         };
         let got = self
             .call(Op::GetAgent, fleet.api.get_agent(request), |got| {

@@ -26,7 +26,7 @@ use crate::model::version::Action;
 use crate::page;
 use crate::store::labels as label_store;
 use crate::store::search::Search;
-use crate::store::versioned::{self, Kind, Record, Write};
+use crate::store::versioned::{self, Kind, Record, Shown, Write};
 use crate::store::{Store, VersionRecord};
 
 /// What every handler shares.
@@ -42,6 +42,9 @@ pub struct Registry {
     pub feed: crate::watch::Feed,
     /// The resolutions ResolveAgent answered last, for `not_modified`.
     pub resolutions: std::sync::Arc<runtime::Resolutions>,
+    /// How long a deleted resource is kept before the retention task
+    /// purges it (its `purge_time` is its `delete_time` plus this).
+    pub purge_after: chrono::TimeDelta,
 }
 
 /// The most paths an update mask may hold: every field of the largest kind
@@ -54,7 +57,7 @@ const QUOTED_PATH_CHARS: usize = 64;
 /// Fields every resource kind sets itself: mask paths naming them (or a
 /// field inside them) are ignored, as common.proto promises for OUTPUT_ONLY
 /// and IDENTIFIER fields.
-pub const OUTPUT_ONLY_PATHS: [&str; 8] = [
+pub const OUTPUT_ONLY_PATHS: [&str; 10] = [
     "id",
     "version",
     "etag",
@@ -63,6 +66,8 @@ pub const OUTPUT_ONLY_PATHS: [&str; 8] = [
     "created_by",
     "updated_by",
     "labels",
+    "delete_time",
+    "purge_time",
 ];
 
 /// The update-mask paths to apply: `None` for a full replace (`*`), else
@@ -226,6 +231,11 @@ pub struct Meta {
     pub updated_by: String,
     /// The resource's labels (label → version); empty where not read.
     pub labels: BTreeMap<String, i64>,
+    /// When it was deleted; `None` while live.
+    pub delete_time: Option<Timestamp>,
+    /// When the retention task will purge it (deleted resources only;
+    /// `None` where not known).
+    pub purge_time: Option<Timestamp>,
 }
 
 impl Meta {
@@ -240,13 +250,25 @@ impl Meta {
             created_by: record.created_by.clone(),
             updated_by: record.updated_by.clone(),
             labels: BTreeMap::new(),
+            delete_time: record.delete_time.map(timestamp),
+            purge_time: None,
         }
     }
 
-    /// The metadata of a stored record with its labels.
-    pub fn labelled<S>(record: &Record<S>, labels: BTreeMap<String, i64>) -> Self {
+    /// The metadata of a stored record with its labels, and when it will
+    /// be purged if it is deleted (`purge_after` its deletion).
+    pub fn labelled<S>(
+        record: &Record<S>,
+        labels: BTreeMap<String, i64>,
+        purge_after: chrono::TimeDelta,
+    ) -> Self {
+        let purge_time = record
+            .delete_time
+            .and_then(|deleted| deleted.checked_add_signed(purge_after))
+            .map(timestamp);
         Self {
             labels,
+            purge_time,
             ..Self::of(record)
         }
     }
@@ -311,6 +333,8 @@ macro_rules! resource_messages {
                 created_by,
                 updated_by,
                 labels,
+                delete_time,
+                purge_time,
             } = meta;
             $message {
                 id,
@@ -321,6 +345,8 @@ macro_rules! resource_messages {
                 created_by,
                 updated_by,
                 labels: labels.into_iter().collect(),
+                delete_time,
+                purge_time,
                 ..spec.to_proto()
             }
         }
@@ -374,6 +400,10 @@ fn version_of<K: Resource>(
         created_by: version.resource_created_by.clone(),
         updated_by: version.changed_by.clone(),
         labels: BTreeMap::new(),
+        // As GetAgent (with `show_deleted`) showed it right after this
+        // version: a DELETE version's resource was deleted then.
+        delete_time: (version.action == Action::Delete).then(|| timestamp(version.create_time)),
+        purge_time: None,
     };
     Ok(K::version(VersionParts {
         version_number: version.version_number,
@@ -396,7 +426,8 @@ pub struct Listed<T> {
 }
 
 /// A versioned kind's gRPC service: the handlers every kind has (get,
-/// list, delete, list versions, get a version, diff two, roll back) come
+/// list, delete, undelete, purge, list versions, get a version, diff two,
+/// roll back) come
 /// from the generic methods of [`Registry`] below; the kind lists its
 /// request types, the field that names the resource in its version
 /// requests (`$of`) and in its delete request (`$del`), and writes its
@@ -407,6 +438,8 @@ macro_rules! versioned_service {
         $get:ident($get_req:ident);
         $list:ident($list_req:ident, $list_scope:literal) -> $list_res:ident { $items:ident };
         $delete:ident($delete_req:ident);
+        $undelete:ident($undelete_req:ident);
+        $purge:ident($purge_req:ident);
         $lv:ident($lv_req:ident, $lv_scope:literal) -> $lv_res:ident;
         $gv:ident($gv_req:ident);
         $diff:ident($diff_req:ident) -> $diff_res:ident;
@@ -424,7 +457,8 @@ macro_rules! versioned_service {
                 request: Request<pb::$get_req>,
             ) -> Result<Response<<$K as Resource>::Message>, Status> {
                 let (caller, request) = parts(request)?;
-                Ok(Response::new(self.get::<$K>(&caller, "id", &request.id).await?))
+                let id = ("id", request.id.as_str());
+                Ok(Response::new(self.get::<$K>(&caller, id, request.show_deleted).await?))
             }
 
             #[tracing::instrument(skip_all)]
@@ -434,7 +468,11 @@ macro_rules! versioned_service {
             ) -> Result<Response<pb::$list_res>, Status> {
                 let (caller, request) = parts(request)?;
                 let page = (request.page_size, request.page_token.as_str());
-                let search = (request.filter.as_str(), request.order_by.as_str());
+                let search = (
+                    request.filter.as_str(),
+                    request.order_by.as_str(),
+                    request.show_deleted,
+                );
                 let page = self.list::<$K>(&caller, $list_scope, page, search).await?;
                 Ok(Response::new(pb::$list_res {
                     $items: page.items,
@@ -451,6 +489,29 @@ macro_rules! versioned_service {
                 let (caller, request) = parts(request)?;
                 let id = (stringify!($del), request.$del.as_str());
                 self.delete(&$kind, &caller, id, &request.etag).await?;
+                Ok(Response::new(()))
+            }
+
+            #[tracing::instrument(skip_all, fields(id = %request.get_ref().$del))]
+            async fn $undelete(
+                &self,
+                request: Request<pb::$undelete_req>,
+            ) -> Result<Response<<$K as Resource>::Message>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($del), request.$del.as_str());
+                let kind = $kind;
+                let undeleted = self.undelete(&kind, &caller, id, &request.etag);
+                Ok(Response::new(undeleted.await?))
+            }
+
+            #[tracing::instrument(skip_all, fields(id = %request.get_ref().$del))]
+            async fn $purge(
+                &self,
+                request: Request<pb::$purge_req>,
+            ) -> Result<Response<()>, Status> {
+                let (caller, request) = parts(request)?;
+                let id = (stringify!($del), request.$del.as_str());
+                self.purge(&$kind, &caller, id, &request.etag).await?;
                 Ok(Response::new(()))
             }
 
@@ -668,15 +729,17 @@ pub fn parts<T>(request: Request<T>) -> Result<(Caller, T), Error> {
 /// The handlers every versioned kind shares; each service's handlers only
 /// name their request's fields.
 impl Registry {
-    /// Get: the resource `id` (in field `field`).
+    /// Get: the resource `id` (in field `field`); a deleted one only with
+    /// `show_deleted`.
     pub async fn get<K: Resource>(
         &self,
         caller: &Caller,
-        field: &str,
-        id: &str,
+        (field, id): (&str, &str),
+        show_deleted: bool,
     ) -> Result<K::Message, Error> {
         require_id(field, id)?;
-        let record = versioned::get::<K>(&self.db, &caller.tenant, id).await?;
+        let shown = Shown::deleted_too(show_deleted);
+        let record = versioned::get_shown::<K>(&self.db, &caller.tenant, id, shown).await?;
         self.labelled::<K>(&caller.tenant, &record).await
     }
 
@@ -691,7 +754,8 @@ impl Registry {
             .into_iter()
             .map(|l| (l.label, l.version_number))
             .collect();
-        Ok(K::message(&record.spec, Meta::labelled(record, labels)))
+        let meta = Meta::labelled(record, labels, self.purge_after);
+        Ok(K::message(&record.spec, meta))
     }
 
     /// List: one page of the caller's resources that `filter` selects, in
@@ -703,31 +767,32 @@ impl Registry {
         caller: &Caller,
         method: &str,
         (page_size, page_token): (i32, &str),
-        (filter, order_by): (&str, &str),
+        (filter, order_by, show_deleted): (&str, &str, bool),
     ) -> Result<Listed<K::Message>, Error> {
         let limit = page::size(page_size)?;
         let backend = self.db.get_database_backend();
         let search = Search::new::<K>(&caller.tenant, (filter, order_by), backend)?;
-        let scope = if search.is_plain() {
-            page::Scope::new(&[&caller.tenant, method])
-        } else {
+        let mut parts = vec![caller.tenant.as_str(), method];
+        if !search.is_plain() {
             let (filter, order_by) = (&search.filter, &search.order_by);
-            page::Scope::new(&[
-                &caller.tenant,
-                method,
-                "filter",
-                filter,
-                "order_by",
-                order_by,
-            ])
-        };
+            parts.extend(["filter", filter, "order_by", order_by]);
+        }
+        if show_deleted {
+            parts.push("show_deleted");
+        }
+        let scope = page::Scope::new(&parts);
         let after = scope.resume_after(page_token)?;
-        let page = versioned::list::<K>(&self.db, &caller.tenant, &search, after, limit).await?;
+        let shown = Shown::deleted_too(show_deleted);
+        let page =
+            versioned::list::<K>(&self.db, &caller.tenant, (&search, shown), after, limit).await?;
         let ids: Vec<&str> = page.items.iter().map(|r| r.id.as_str()).collect();
         let mut labels = label_store::labels_of_many::<K>(&self.db, &caller.tenant, &ids).await?;
         let message = |record: &Record<K::Spec>| {
             let labels = labels.remove(&record.id).unwrap_or_default();
-            K::message(&record.spec, Meta::labelled(record, labels))
+            K::message(
+                &record.spec,
+                Meta::labelled(record, labels, self.purge_after),
+            )
         };
         Ok(Listed {
             items: page.items.iter().map(message).collect(),
@@ -816,8 +881,8 @@ impl Registry {
         Ok(changes.iter().map(messages::change).collect())
     }
 
-    /// Delete: resource `id` (in field `field`), when `etag` (if sent) is
-    /// current.
+    /// Delete: marks resource `id` (in field `field`) deleted, when `etag`
+    /// (if sent) is current (soft delete: see [`versioned::delete`]).
     pub async fn delete<K: Resource>(
         &self,
         kind: &K,
@@ -827,7 +892,41 @@ impl Registry {
     ) -> Result<(), Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
-        versioned::delete(&self.db, kind, caller, id, expected).await
+        let deleted = format!("{} deleted", title(K::NAMES.kind));
+        let write = writer(caller, Action::Delete, ("", &deleted))?;
+        versioned::delete(&self.db, kind, write, id, expected).await?;
+        Ok(())
+    }
+
+    /// Undelete: restores deleted resource `id` (in field `field`), when
+    /// `etag` (if sent) is current.
+    pub async fn undelete<K: Resource>(
+        &self,
+        kind: &K,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        etag: &str,
+    ) -> Result<K::Message, Error> {
+        require_id(field, id)?;
+        let expected = parse_etag(etag, "etag")?;
+        let undeleted = format!("{} undeleted", title(K::NAMES.kind));
+        let write = writer(caller, Action::Undelete, ("", &undeleted))?;
+        let record = versioned::undelete(&self.db, kind, write, id, expected).await?;
+        self.labelled::<K>(&caller.tenant, &record).await
+    }
+
+    /// Purge: removes deleted resource `id` (in field `field`) and its
+    /// history for good, when `etag` (if sent) is current.
+    pub async fn purge<K: Resource>(
+        &self,
+        kind: &K,
+        caller: &Caller,
+        (field, id): (&str, &str),
+        etag: &str,
+    ) -> Result<(), Error> {
+        require_id(field, id)?;
+        let expected = parse_etag(etag, "etag")?;
+        versioned::purge_now(&self.db, kind, caller, id, expected).await
     }
 
     /// Rollback: resource `id` (in field `field`) back to version `number`.

@@ -105,9 +105,11 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
         ) => READERS,
         (
             "agentregistry.v1.AgentService",
-            "CreateAgent" | "UpdateAgent" | "DeleteAgent" | "RollbackAgent" | "SetAgentLabel"
-            | "DeleteAgentLabel",
+            "CreateAgent" | "UpdateAgent" | "DeleteAgent" | "UndeleteAgent" | "RollbackAgent"
+            | "SetAgentLabel" | "DeleteAgentLabel",
         ) => EDITORS,
+        // Purging destroys history that no undelete brings back.
+        ("agentregistry.v1.AgentService", "PurgeAgent") => ADMINS,
         (
             "agentregistry.v1.ProviderService",
             "GetProvider"
@@ -127,8 +129,8 @@ pub fn allowed_roles(method: &str) -> Option<&'static [Role]> {
         ("agentregistry.v1.LabelPolicyService", "UpdateLabelPolicy") => ADMINS,
         (
             "agentregistry.v1.ProviderService",
-            "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "RollbackProvider"
-            | "RevokeProviderKey",
+            "CreateProvider" | "UpdateProvider" | "DeleteProvider" | "UndeleteProvider"
+            | "PurgeProvider" | "RollbackProvider" | "RevokeProviderKey",
         ) => ADMINS,
         ("agentregistry.v1.RuntimeService", "ResolveAgent") => RUNTIME,
         ("agentregistry.v1.WatchService", "WatchChanges") => WATCHERS,

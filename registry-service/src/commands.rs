@@ -123,6 +123,8 @@ async fn serve(args: &Args) -> Result<(), Error> {
         db,
         crypto,
         destinations: Arc::new(settings.destinations.clone()),
+        purge_after: chrono::TimeDelta::from_std(settings.retention.purge_after)
+            .map_err(|e| Error::config("REGISTRY_PURGE_DELETED_AFTER_SECONDS", e.to_string()))?,
     };
     server::serve(
         server::Listeners {

@@ -282,6 +282,19 @@ pub struct ServeArgs {
     /// notification is lost.
     #[arg(long, env = "REGISTRY_WATCH_POLL_MILLISECONDS", default_value_t = 1000)]
     pub watch_poll_milliseconds: u64,
+    /// Seconds a deleted agent or provider is kept (restorable with
+    /// Undelete, its name reserved) before the retention task purges it
+    /// with its history: 1 second to 10 years; default 30 days.
+    #[arg(
+        long,
+        env = "REGISTRY_PURGE_DELETED_AFTER_SECONDS",
+        default_value_t = 2_592_000
+    )]
+    pub purge_deleted_after_seconds: u64,
+    /// Seconds between runs of the retention task (each replica runs it;
+    /// their purges never collide): 1 second to 1 day; default 1 hour.
+    #[arg(long, env = "REGISTRY_PURGE_INTERVAL_SECONDS", default_value_t = 3600)]
+    pub purge_interval_seconds: u64,
     /// Days an audit event is kept; older ones are deleted by a periodic
     /// task (at most 36500).
     #[arg(long, env = "REGISTRY_AUDIT_RETENTION_DAYS", default_value_t = 365)]
@@ -689,6 +702,7 @@ pub struct Settings {
     pub recent_agents: usize,
     pub recent_agents_bytes: usize,
     pub watch: crate::watch::WatchSettings,
+    pub retention: crate::retention::RetentionSettings,
     pub audit: AuditSettings,
     pub resolve_cache: usize,
     pub platform_operator_subjects: Vec<String>,
@@ -808,6 +822,20 @@ impl ServeArgs {
                     "REGISTRY_WATCH_POLL_MILLISECONDS",
                     self.watch_poll_milliseconds,
                     10,
+                )?),
+            },
+            retention: crate::retention::RetentionSettings {
+                purge_after: Duration::from_secs(within(
+                    "REGISTRY_PURGE_DELETED_AFTER_SECONDS",
+                    self.purge_deleted_after_seconds,
+                    1,
+                    crate::retention::MAX_PURGE_AFTER_SECONDS,
+                )?),
+                interval: Duration::from_secs(within(
+                    "REGISTRY_PURGE_INTERVAL_SECONDS",
+                    self.purge_interval_seconds,
+                    1,
+                    86_400,
                 )?),
             },
             audit: AuditSettings {

@@ -32,6 +32,20 @@ pub enum Error {
         /// The name taken.
         name: String,
     },
+    /// The name is taken by a deleted resource of the tenant (soft
+    /// delete keeps its name until it is purged).
+    #[error(
+        "{kind} named {name:?} already exists: the deleted {kind} {id:?} holds the name until \
+         it is purged; undelete it, or have an admin purge it, to use the name"
+    )]
+    NameHeldByDeleted {
+        /// `agent` or `provider`.
+        kind: &'static str,
+        /// The name taken.
+        name: String,
+        /// The deleted resource's id.
+        id: String,
+    },
     /// The etag is stale, or a concurrent writer won repeatedly.
     #[error("{0}")]
     Aborted(String),
@@ -257,6 +271,23 @@ impl From<Error> for Status {
                     name,
                     "",
                     "the name is taken in the caller's tenant",
+                );
+                Status::with_error_details(Code::AlreadyExists, message, details)
+            }
+            Error::NameHeldByDeleted { kind, name, id } => {
+                let mut details = info(
+                    "NAME_HELD_BY_DELETED",
+                    vec![
+                        ("kind", kind.to_owned()),
+                        ("name", name.clone()),
+                        ("id", id.clone()),
+                    ],
+                );
+                details.set_resource_info(
+                    kind,
+                    name,
+                    "",
+                    "the name is held by a deleted resource until it is purged",
                 );
                 Status::with_error_details(Code::AlreadyExists, message, details)
             }

@@ -9,7 +9,7 @@
 //! factor      = term { "OR" term }          (OR binds tighter than AND, as in AIP-160)
 //! term        = [ "NOT" | "-" ] simple
 //! simple      = "(" expression ")" | restriction
-//! restriction = field comparator value
+//! restriction = field comparator value | field     (a field alone: field = true)
 //! comparator  = "=" | "!=" | "<" | "<=" | ">" | ">=" | ":"
 //! field       = letter { letter | digit | "_" | "." }
 //! value       = '"' { char | '\"' | '\\' | '\*' } '"' | bare word
@@ -17,7 +17,8 @@
 //!
 //! A bare word runs to the next space or parenthesis, so RFC 3339 times and
 //! booleans need no quotes (`create_time > 2026-12-07T10:00:00Z`,
-//! `is_default = true`). A value ending in an unescaped `*` is a prefix
+//! `is_default = true`); a field alone is `= true` (`deleted`, `NOT
+//! deleted`). A value ending in an unescaped `*` is a prefix
 //! (`name = "support-*"`); a `*` anywhere else must be escaped (`\*`).
 //! `AND`, `OR` and `NOT` are upper case.
 //!
@@ -64,6 +65,10 @@ pub struct Comparison {
     pub at: usize,
     pub op: Op,
     pub value: Literal,
+    /// Written as the field alone (`deleted`): `= true`, for a boolean
+    /// field only (the store refuses it for others, as a missing
+    /// comparator).
+    pub alone: bool,
 }
 
 /// A comparator.
@@ -246,6 +251,20 @@ impl Parser<'_> {
             return Err(invalid(at, limit));
         }
         self.skip_spaces();
+        if self.alone() {
+            let value = Literal {
+                text: "true".to_owned(),
+                prefix: false,
+                at: self.at,
+            };
+            return Ok(Comparison {
+                field,
+                at,
+                op: Op::Eq,
+                value,
+                alone: true,
+            });
+        }
         let op = self.comparator(&field)?;
         self.skip_spaces();
         let value = self.value(op)?;
@@ -254,6 +273,7 @@ impl Parser<'_> {
             at,
             op,
             value,
+            alone: false,
         })
     }
 
@@ -389,6 +409,19 @@ impl Parser<'_> {
         alone
     }
 
+    /// Whether a field ends its restriction here (the end, a `)`, `AND` or
+    /// `OR`): a field alone.
+    fn alone(&self) -> bool {
+        let rest = &self.text.as_bytes()[self.at..];
+        let keyword = |word: &[u8]| {
+            rest.starts_with(word)
+                && rest
+                    .get(word.len())
+                    .is_none_or(|b| b.is_ascii_whitespace() || *b == b'(')
+        };
+        rest.is_empty() || rest[0] == b')' || keyword(b"AND") || keyword(b"OR")
+    }
+
     fn skip_spaces(&mut self) {
         let rest = &self.text[self.at..];
         self.at += rest.len() - rest.trim_start().len();
@@ -444,6 +477,7 @@ impl fmt::Display for Filter {
             Self::All(items) => group(f, items, "AND"),
             Self::Any(items) => group(f, items, "OR"),
             Self::Not(inner) => write!(f, "NOT ({inner})"),
+            Self::Compare(c) if c.alone => f.write_str(&c.field),
             Self::Compare(c) => {
                 let mut value = String::with_capacity(c.value.text.len() + 2);
                 for ch in c.value.text.chars() {
@@ -494,6 +528,7 @@ mod tests {
                 prefix: false,
                 at: 0,
             },
+            alone: false,
         })
     }
 
@@ -615,14 +650,33 @@ mod tests {
     }
 
     #[test]
+    fn a_field_alone_is_equal_to_true_and_prints_alone() {
+        for text in ["deleted", "  deleted ", "(deleted)"] {
+            let Filter::Compare(c) = parsed(text) else {
+                panic!("{text:?} is one comparison");
+            };
+            assert!(c.alone && c.op == Op::Eq && c.value.text == "true");
+            assert_eq!(parsed(text).to_string(), "deleted");
+        }
+        assert_eq!(
+            parsed("NOT deleted AND name = x").to_string(),
+            r#"(NOT (deleted) AND name = "x")"#
+        );
+        assert_eq!(
+            parsed("deleted OR is_default").to_string(),
+            "(deleted OR is_default)"
+        );
+    }
+
+    #[test]
     fn mistakes_say_where_and_what_was_expected() {
         for (text, expected) in [
             ("name =", "at 6: expected a value after '='"),
             ("name = ", "at 7: expected a value after '='"),
             ("name = )", "at 7: expected a value after '='"),
             (
-                "name",
-                r#"at 4: expected a comparator (=, !=, <, <=, >, >= or :) after "name""#,
+                "name x",
+                r#"at 5: expected a comparator (=, !=, <, <=, >, >= or :) after "name""#,
             ),
             ("= 1", "at 0: expected a field name"),
             ("9a = 1", "at 0: expected a field name"),

@@ -295,7 +295,7 @@ impl Importer<'_> {
                 self.report.imported += 1;
                 Ok(())
             }
-            Err(Error::AlreadyExists { .. }) => {
+            Err(Error::AlreadyExists { .. } | Error::NameHeldByDeleted { .. }) => {
                 self.skipped(
                     &name,
                     "a provider with this name already exists in the tenant",

@@ -17,6 +17,7 @@ pub mod import;
 pub mod model;
 pub mod page;
 pub mod readiness;
+pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;

@@ -154,6 +154,12 @@ pub async fn serve(
         }
     };
     let feed = tokio::spawn(registry.feed.clone().run());
+    // Purges what was deleted longer ago than the retention period.
+    let retention = tokio::spawn(crate::retention::run(
+        registry.db.clone(),
+        settings.retention,
+    ));
+    // Chains new audit events and deletes expired ones.
     let audit_upkeep = tokio::spawn(crate::store::audit::upkeep(
         registry.db.clone(),
         settings.audit.retention,
@@ -181,6 +187,7 @@ pub async fn serve(
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
     feed.abort();
+    retention.abort();
     audit_upkeep.abort();
     tracing::info!("registry-service stopped");
     Ok(())

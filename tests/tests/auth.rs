@@ -39,7 +39,7 @@ fn public_methods() -> Vec<String> {
 #[test]
 fn every_proto_method_is_in_the_role_table() {
     let methods = public_methods();
-    assert_eq!(methods.len(), 35, "{methods:?}");
+    assert_eq!(methods.len(), 39, "{methods:?}");
     for method in &methods {
         assert!(
             allowed_roles(method).is_some(),
@@ -149,6 +149,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         .encode_to_vec(),
         "GetAgent" => pb::GetAgentRequest {
             id: f.agent_id.clone(),
+            show_deleted: false,
         }
         .encode_to_vec(),
         "ListAgents" => pb::ListAgentsRequest::default().encode_to_vec(),
@@ -163,6 +164,18 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "DeleteAgent" => pb::DeleteAgentRequest {
+            id: f.agent_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        // The fixture's agent is live: allowed callers get past the role
+        // check to FAILED_PRECONDITION (NOT_DELETED).
+        "UndeleteAgent" => pb::UndeleteAgentRequest {
+            id: f.agent_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "PurgeAgent" => pb::PurgeAgentRequest {
             id: f.agent_id.clone(),
             etag: String::new(),
         }
@@ -196,6 +209,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         .encode_to_vec(),
         "GetProvider" => pb::GetProviderRequest {
             id: f.provider_id.clone(),
+            show_deleted: false,
         }
         .encode_to_vec(),
         "ListProviders" => pb::ListProvidersRequest::default().encode_to_vec(),
@@ -211,6 +225,16 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         }
         .encode_to_vec(),
         "DeleteProvider" => pb::DeleteProviderRequest {
+            provider_id: f.provider_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "UndeleteProvider" => pb::UndeleteProviderRequest {
+            provider_id: f.provider_id.clone(),
+            etag: String::new(),
+        }
+        .encode_to_vec(),
+        "PurgeProvider" => pb::PurgeProviderRequest {
             provider_id: f.provider_id.clone(),
             etag: String::new(),
         }
@@ -386,6 +410,8 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("ListAgents", &["viewer", "editor", "admin"]),
     ("UpdateAgent", &["editor", "admin"]),
     ("DeleteAgent", &["editor", "admin"]),
+    ("UndeleteAgent", &["editor", "admin"]),
+    ("PurgeAgent", &["admin"]),
     ("ListAgentVersions", &["viewer", "editor", "admin"]),
     ("GetAgentVersion", &["viewer", "editor", "admin"]),
     ("DiffAgentVersions", &["viewer", "editor", "admin"]),
@@ -399,6 +425,8 @@ const EXPECTED_ROLES: &[(&str, &[&str])] = &[
     ("ListProviders", &["viewer", "editor", "admin"]),
     ("UpdateProvider", &["admin"]),
     ("DeleteProvider", &["admin"]),
+    ("UndeleteProvider", &["admin"]),
+    ("PurgeProvider", &["admin"]),
     ("ListProviderVersions", &["viewer", "editor", "admin"]),
     ("GetProviderVersion", &["viewer", "editor", "admin"]),
     ("DiffProviderVersions", &["viewer", "editor", "admin"]),
@@ -529,7 +557,7 @@ async fn every_method_for_every_identity_answers_as_the_role_table_says() {
             checked += 1;
         }
     }
-    assert_eq!(checked, 11 * 35);
+    assert_eq!(checked, 11 * 39);
     let mut listed: Vec<&str> = EXPECTED_ROLES.iter().map(|(name, _)| *name).collect();
     let mut public: Vec<String> = public_methods()
         .iter()
@@ -641,6 +669,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         agents
             .get_agent(pb::GetAgentRequest {
                 id: agent_id.clone(),
+                show_deleted: false,
             })
             .await,
         "get agent",
@@ -708,6 +737,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         providers
             .get_provider(pb::GetProviderRequest {
                 id: provider_id.clone(),
+                show_deleted: false,
             })
             .await,
         "get provider",
@@ -769,7 +799,10 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
     // The owner still sees everything unchanged.
     let owner = stack.channel_as("root", "acme", &["viewer"]).await;
     let agent = pb::agent_service_client::AgentServiceClient::new(owner)
-        .get_agent(pb::GetAgentRequest { id: agent_id })
+        .get_agent(pb::GetAgentRequest {
+            id: agent_id,
+            show_deleted: false,
+        })
         .await
         .expect("owner reads")
         .into_inner();

@@ -194,6 +194,7 @@ async fn every_crewai_setting_is_defaulted_stored_diffed_and_rolled_back() {
     let read = client
         .get_agent(pb::GetAgentRequest {
             id: created.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get")

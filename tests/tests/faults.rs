@@ -504,6 +504,7 @@ async fn reads_answer_while_a_write_waits_for_the_sqlite_lock() {
     for _ in 0..10 {
         let read = c.agents.get_agent(pb::GetAgentRequest {
             id: agent.id.clone(),
+            show_deleted: false,
         });
         let current = tokio::time::timeout(read_deadline, read)
             .await
@@ -538,6 +539,7 @@ async fn reads_answer_while_a_write_waits_for_the_sqlite_lock() {
         .agents
         .get_agent(pb::GetAgentRequest {
             id: agent.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get after the write")

@@ -367,6 +367,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
     let unchanged = agents
         .get_agent(pb::GetAgentRequest {
             id: target.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get")

@@ -373,6 +373,7 @@ async fn oversized_and_non_finite_fields_are_refused_per_field_and_write_nothing
         .agents
         .get_agent(pb::GetAgentRequest {
             id: existing.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get")
@@ -654,6 +655,7 @@ async fn provider_types_outside_the_enum_are_a_provider_type_violation() {
         .providers
         .get_provider(pb::GetProviderRequest {
             id: existing.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get")
@@ -695,6 +697,7 @@ async fn round_trip(c: &mut Clients, text: &str) -> Result<(), Status> {
         .agents
         .get_agent(pb::GetAgentRequest {
             id: created.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get")
@@ -917,6 +920,7 @@ async fn a_nul_byte_is_invalid_argument_naming_the_field_on_every_backend() {
         .agents
         .get_agent(pb::GetAgentRequest {
             id: "\0".to_owned(),
+            show_deleted: false,
         })
         .await
         .expect_err("no such agent");
@@ -1004,6 +1008,7 @@ async fn sql_looking_names_are_stored_verbatim_and_the_tables_stay_intact() {
             .agents
             .get_agent(pb::GetAgentRequest {
                 id: created.id.clone(),
+                show_deleted: false,
             })
             .await
             .expect("get")

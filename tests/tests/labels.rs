@@ -326,7 +326,10 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
     // On the agent, in the listing, and on the version it names.
     let read = alice
         .agents
-        .get_agent(pb::GetAgentRequest { id: id.clone() })
+        .get_agent(pb::GetAgentRequest {
+            id: id.clone(),
+            show_deleted: false,
+        })
         .await
         .expect("get")
         .into_inner();
@@ -404,7 +407,8 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
     assert_eq!(updated.version, 5);
     assert_eq!(updated.labels, labels(&[("production", 2)]));
 
-    // Deleting the agent deletes its labels and their history.
+    // Deleting the agent (soft delete) keeps its labels and their
+    // history; purging it deletes them.
     alice
         .agents
         .delete_agent(pb::DeleteAgentRequest {
@@ -413,14 +417,24 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
         })
         .await
         .expect("delete agent");
-    let left = stack
-        .database
-        .count(&format!(
-            "SELECT (SELECT COUNT(*) FROM labels WHERE resource_id = '{id}') \
-             + (SELECT COUNT(*) FROM label_moves WHERE resource_id = '{id}')"
-        ))
-        .await;
-    assert_eq!(left, 0, "labels or moves left after the delete");
+    let labels_and_moves = format!(
+        "SELECT (SELECT COUNT(*) FROM labels WHERE resource_id = '{id}') \
+         + (SELECT COUNT(*) FROM label_moves WHERE resource_id = '{id}')"
+    );
+    assert!(
+        stack.database.count(&labels_and_moves).await > 0,
+        "a deleted agent keeps its labels and their history"
+    );
+    let mut ada = Caller::new(&stack, "ada", "acme", &["admin"]).await;
+    ada.agents
+        .purge_agent(pb::PurgeAgentRequest {
+            id: id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("purge agent");
+    let left = stack.database.count(&labels_and_moves).await;
+    assert_eq!(left, 0, "labels or moves left after the purge");
     stack.finish().await;
 }
 
@@ -514,6 +528,7 @@ async fn protected_labels_are_moved_only_by_admins() {
         .providers
         .get_provider(pb::GetProviderRequest {
             id: provider.id.clone(),
+            show_deleted: false,
         })
         .await
         .expect("get provider")

@@ -218,6 +218,7 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
     let missing = providers
         .get_provider(pb::GetProviderRequest {
             id: "01900000-0000-7000-8000-000000000000".into(),
+            show_deleted: false,
         })
         .await;
     assert_eq!(missing.expect_err("missing").code(), Code::NotFound);

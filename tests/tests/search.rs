@@ -89,6 +89,7 @@ async fn agent_page(
             page_token: page_token.to_owned(),
             filter: filter.to_owned(),
             order_by: order_by.to_owned(),
+            show_deleted: false,
         })
         .await
         .map(tonic::Response::into_inner)
@@ -464,7 +465,7 @@ async fn every_provider_field_selects_exactly_the_expected_providers() {
         violations(&refused),
         [(
             "filter".to_owned(),
-            r#"at 0: unknown field "tool"; fields: name, provider_type, is_default, create_time, update_time"#
+            r#"at 0: unknown field "tool"; fields: name, provider_type, is_default, create_time, update_time, deleted"#
                 .to_owned()
         )]
     );
@@ -608,7 +609,7 @@ async fn mistakes_are_refused_with_their_position_and_what_was_expected() {
         (r#"name = "open"#, "at 7: this string has no closing '\"'"),
         (
             r#"nme = "x""#,
-            r#"at 0: unknown field "nme"; fields: name, provider, tool, create_time, update_time"#,
+            r#"at 0: unknown field "nme"; fields: name, provider, tool, create_time, update_time, deleted"#,
         ),
         (
             "tool > x",

@@ -73,6 +73,7 @@ async fn get_missing_agent(agents: &mut Agents) {
     let missing = agents
         .get_agent(pb::GetAgentRequest {
             id: "01900000-0000-7000-8000-000000000000".into(),
+            show_deleted: false,
         })
         .await
         .expect_err("missing");

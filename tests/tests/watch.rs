@@ -158,7 +158,8 @@ async fn every_change_arrives_once_in_order_and_a_resume_misses_nothing() {
         (2, K::Agent, A::Create, 1),
         (3, K::Agent, A::Update, 2),
         (4, K::Agent, A::Rollback, 3),
-        (5, K::Agent, A::Delete, 3),
+        // Soft delete: the DELETE version, after the three before it.
+        (5, K::Agent, A::Delete, 4),
     ];
     let mut received = Vec::new();
     for _ in &expected {

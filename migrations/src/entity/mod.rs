@@ -34,4 +34,10 @@ pub enum VersionAction {
     /// An earlier snapshot was restored as the current configuration.
     #[sea_orm(string_value = "ROLLBACK")]
     Rollback,
+    /// The resource was deleted (soft delete): the configuration is kept.
+    #[sea_orm(string_value = "DELETE")]
+    Delete,
+    /// A deleted resource was restored, configuration unchanged.
+    #[sea_orm(string_value = "UNDELETE")]
+    Undelete,
 }

@@ -32,6 +32,8 @@ pub struct Model {
     pub created_by: String,
     #[sea_orm(column_type = "Text")]
     pub updated_by: String,
+    /// When the provider was deleted (soft delete); `None` while it is live.
+    pub delete_time: Option<DateTimeUtc>,
     /// The hash of the newest `provider_versions` row: the head of the resource's
     /// version chain (tamper evidence; `None` before its first hashed
     /// version).

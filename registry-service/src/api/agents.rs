@@ -23,6 +23,8 @@ super::versioned_service! {
     get_agent(GetAgentRequest);
     list_agents(ListAgentsRequest, "ListAgents") -> ListAgentsResponse { agents };
     delete_agent(DeleteAgentRequest);
+    undelete_agent(UndeleteAgentRequest);
+    purge_agent(PurgeAgentRequest);
     list_agent_versions(ListAgentVersionsRequest, "ListAgentVersions") -> ListAgentVersionsResponse;
     get_agent_version(GetAgentVersionRequest);
     diff_agent_versions(DiffAgentVersionsRequest) -> DiffAgentVersionsResponse;

@@ -225,6 +225,8 @@ impl AgentSpec {
             created_by: _,
             updated_by: _,
             labels: _,
+            delete_time: _,
+            purge_time: _,
             name,
             role,
             goal,
@@ -419,6 +421,8 @@ impl AgentSpec {
             created_by: String::new(),
             updated_by: String::new(),
             labels: Default::default(),
+            delete_time: None,
+            purge_time: None,
             name,
             role,
             goal,
@@ -523,6 +527,8 @@ impl ProviderDraft {
             api_key_set: _,
             api_key_revision: _,
             labels: _,
+            delete_time: _,
+            purge_time: _,
             name,
             provider_type,
             model_name,
@@ -654,6 +660,8 @@ impl ProviderSpec {
             api_key_set: api_key.is_some(),
             api_key_revision: api_key.and(api_key_revision).unwrap_or(0),
             labels: Default::default(),
+            delete_time: None,
+            purge_time: None,
         }
     }
 }
@@ -664,6 +672,8 @@ pub fn action(action: Action) -> pb::VersionAction {
         Action::Create => pb::VersionAction::Create,
         Action::Update => pb::VersionAction::Update,
         Action::Rollback => pb::VersionAction::Rollback,
+        Action::Delete => pb::VersionAction::Delete,
+        Action::Undelete => pb::VersionAction::Undelete,
     }
 }
 
@@ -791,6 +801,8 @@ pub fn watch_event(event: Event) -> pb::Change {
             ChangeAction::Delete => pb::ChangeAction::Delete,
             ChangeAction::LabelSet => pb::ChangeAction::LabelSet,
             ChangeAction::LabelDelete => pb::ChangeAction::LabelDelete,
+            ChangeAction::Undelete => pb::ChangeAction::Undelete,
+            ChangeAction::Purge => pb::ChangeAction::Purge,
         }
         .into(),
         commit_time: Some(super::timestamp(*commit_time)),

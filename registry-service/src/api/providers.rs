@@ -88,6 +88,8 @@ super::versioned_service! {
     get_provider(GetProviderRequest);
     list_providers(ListProvidersRequest, "ListProviders") -> ListProvidersResponse { providers };
     delete_provider(DeleteProviderRequest);
+    undelete_provider(UndeleteProviderRequest);
+    purge_provider(PurgeProviderRequest);
     list_provider_versions(ListProviderVersionsRequest, "ListProviderVersions")
         -> ListProviderVersionsResponse;
     get_provider_version(GetProviderVersionRequest);

@@ -149,6 +149,8 @@ impl RuntimeService for Registry {
                     created_by: current.created_by.clone(),
                     updated_by: String::new(),
                     labels: Default::default(),
+                    delete_time: None,
+                    purge_time: None,
                 };
                 Agents::message(&spec, meta)
             }

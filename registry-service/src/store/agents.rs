@@ -57,9 +57,7 @@ impl Kind for Agents {
         // "label" })` once `Column::Has` also names the kind's column
         // (`labels.kind = 'agent'`), with an index (tenant_id, kind, label,
         // resource_id) for `label:"production"`.
-        // deleted: with soft delete's `delete_time` column, a `Column` for
-        // "set or not" (`deleted = true` ⇔ `delete_time IS NOT NULL`), and
-        // List adds `deleted = false` unless `show_deleted`.
+        search::DELETED,
     ];
 
     fn name(spec: &AgentSpec) -> &str {
@@ -76,6 +74,10 @@ impl Kind for Agents {
             ("name", val(spec.name.clone())),
             ("llm_provider_id", val(spec.llm_provider_id.clone())),
             ("config", snapshot.clone()),
+            // What the `agent_tools` triggers read (migration
+            // `m20261208_000001_agent_tools_column`): a short string they
+            // compare instead of parsing both configurations.
+            ("tools", val(tools_column(&spec.tools)?)),
         ])
     }
 
@@ -110,7 +112,9 @@ impl Kind for Agents {
                 .and_where(provider::Column::TenantId.eq(tenant));
             match &spec.llm_provider_id {
                 Some(id) => query.and_where(provider::Column::Id.eq(id.clone())),
-                None => query.and_where(provider::Column::IsDefault.eq(true)),
+                None => query
+                    .and_where(provider::Column::IsDefault.eq(true))
+                    .and_where(provider::Column::DeleteTime.is_null()),
             };
             SimpleExpr::SubQuery(None, Box::new(query.into()))
         };
@@ -145,9 +149,11 @@ impl Kind for Agents {
     /// A create checks its provider in the insert ([`Kind::insert_guard`]);
     /// an update that moves the agent to another provider checks it in the
     /// locking path. An unchanged assignment needs no check: it was checked
-    /// when it was made, the foreign key (ON DELETE RESTRICT) keeps the
-    /// provider from going away while the agent uses it, and a provider
-    /// never changes tenant.
+    /// when it was made, a provider is neither deleted nor purged while a
+    /// live agent names it (its delete checks for live agents; an agent is
+    /// undeleted only while its provider is live; the foreign key, ON
+    /// DELETE RESTRICT, backs the purge), and a provider never changes
+    /// tenant.
     ///
     /// A provider label is checked on every write that keeps it (a label
     /// can be deleted; a version cannot while its provider exists), and a
@@ -174,6 +180,7 @@ impl Kind for Agents {
                 .from(provider::Entity)
                 .and_where(provider::Column::Id.eq(provider_id.clone()))
                 .and_where(provider::Column::TenantId.eq(tenant))
+                .and_where(provider::Column::DeleteTime.is_null())
                 .to_owned(),
         );
         Some((exists, provider_not_found(provider_id)))
@@ -207,6 +214,7 @@ impl Kind for Agents {
         } else {
             provider::Entity::find_by_id(provider_id.clone())
                 .filter(provider::Column::TenantId.eq(tenant.clone()))
+                .filter(provider::Column::DeleteTime.is_null())
                 .count(txn)
                 .await
                 .map_err(db_error)?
@@ -237,6 +245,30 @@ impl Kind for Agents {
             }
         }
         Ok(true)
+    }
+
+    /// A live agent's provider is live: an agent is undeleted only while
+    /// the provider it names is (locked, so a concurrent delete of the
+    /// provider, which checks for live agents, waits for this answer).
+    async fn guard_undelete(
+        txn: &DatabaseTransaction,
+        tenant: &str,
+        spec: &AgentSpec,
+    ) -> Result<(), Error> {
+        let Some(provider_id) = &spec.llm_provider_id else {
+            return Ok(());
+        };
+        match versioned::get_locked::<Providers>(txn, tenant, provider_id).await {
+            Ok(_) => Ok(()),
+            Err(Error::NotFound { .. }) => Err(Error::precondition(
+                "PROVIDER_NOT_FOUND",
+                format!(
+                    "the agent's provider {provider_id:?} is deleted: undelete the provider \
+                     first"
+                ),
+            )),
+            Err(other) => Err(other),
+        }
     }
 }
 
@@ -269,6 +301,7 @@ pub async fn get_with_provider(
 ) -> Result<(AgentRecord, Option<ProviderRecord>), Error> {
     let (Read(agent), provider) = agent::Entity::find_by_id(id.to_owned())
         .filter(agent::Column::TenantId.eq(tenant))
+        .filter(agent::Column::DeleteTime.is_null())
         .find_also_related(provider::Entity)
         .into_model::<Read<Agents>, ProviderRow>()
         .all(db)
@@ -279,7 +312,11 @@ pub async fn get_with_provider(
         .ok_or_else(|| versioned::not_found::<Agents>(id))?;
     // Assignments are checked against the tenant when made; this keeps a
     // foreign row out even so.
-    let provider = provider.filter(|p| p.tenant_id == tenant).map(|p| p.read.0);
+    // A deleted provider is none (the caller answers PROVIDER_NOT_FOUND).
+    let provider = provider
+        .filter(|p| p.tenant_id == tenant)
+        .map(|p| p.read.0)
+        .filter(|p| p.delete_time.is_none());
     Ok((agent, provider))
 }
 
@@ -348,4 +385,10 @@ fn provider_not_found(provider_id: &str) -> Error {
         "PROVIDER_NOT_FOUND",
         format!("provider {provider_id:?} does not exist in this tenant"),
     )
+}
+
+/// `agents.tools`: the tool names as a JSON array, as the triggers that
+/// keep `agent_tools` read them.
+fn tools_column(tools: &[String]) -> Result<String, Error> {
+    serde_json::to_string(tools).map_err(|e| Error::Internal(format!("agent tools: {e}")))
 }

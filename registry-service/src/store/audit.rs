@@ -6,7 +6,7 @@
 //!   inserts the version, so a write and its event commit together on every
 //!   write path without another statement from here.
 //! - Everything else calls [`record`] inside the transaction of what it
-//!   records (a delete, a label move, the label policy, a key revocation),
+//!   records (a purge, a label move, the label policy, a key revocation),
 //!   or [`append`] when there is none: a credential release (one insert; on
 //!   SQLite a share of the group commit, on PostgreSQL one statement; no
 //!   lock a tenant's other writes wait on), a key operation.
@@ -42,14 +42,10 @@ const ANCHOR: &str = "audit-anchor";
 
 /// What an event records (`audit_events.action`; documented for clients in
 /// audit.proto). Version writes record their version's action (`CREATE`,
-/// `UPDATE`, `ROLLBACK`, and `DELETE`/`UNDELETE` for kinds that version
-/// those) through the version tables' trigger.
+/// `UPDATE`, `ROLLBACK`, `DELETE`, `UNDELETE`) through the version tables'
+/// trigger; these are the others.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// A resource deleted without a version row.
-    Delete,
-    /// A resource restored.
-    Undelete,
     /// A resource and its history removed for good.
     Purge,
     /// A label set or moved.
@@ -72,8 +68,6 @@ impl Action {
     /// As stored and shown.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Self::Delete => "DELETE",
-            Self::Undelete => "UNDELETE",
             Self::Purge => "PURGE",
             Self::LabelSet => "LABEL_SET",
             Self::LabelDelete => "LABEL_DELETE",

@@ -1,7 +1,8 @@
 //! The change log (`changes`): what `WatchChanges` streams. Version rows
 //! record their change by a trigger in the database (migration
-//! `m20261207_000003_change_log`); the writes that append no version row
-//! (a delete, a label move) record theirs here, with [`record`], as the
+//! `m20261207_000003_change_log`; the change's action is the version's, so
+//! a soft delete and an undelete are logged as DELETE and UNDELETE); the
+//! writes that append no version row (a purge, a label move) record theirs here, with [`record`], as the
 //! last statement of their transaction: it locks the tenant's revision
 //! row until the commit, and no writer takes a lock after that one.
 
@@ -50,12 +51,16 @@ pub enum ChangeAction {
     Update,
     /// A new version restoring an earlier one.
     Rollback,
-    /// The resource deleted.
+    /// The resource deleted (soft delete: its DELETE version written).
     Delete,
     /// A label set or moved.
     LabelSet,
     /// A label deleted.
     LabelDelete,
+    /// A deleted resource restored (its UNDELETE version written).
+    Undelete,
+    /// A deleted resource removed for good, with its history.
+    Purge,
 }
 
 impl ChangeAction {
@@ -68,6 +73,8 @@ impl ChangeAction {
             Self::Delete => "DELETE",
             Self::LabelSet => "LABEL_SET",
             Self::LabelDelete => "LABEL_DELETE",
+            Self::Undelete => "UNDELETE",
+            Self::Purge => "PURGE",
         }
     }
 
@@ -79,6 +86,8 @@ impl ChangeAction {
             Self::Delete,
             Self::LabelSet,
             Self::LabelDelete,
+            Self::Undelete,
+            Self::Purge,
         ]
         .into_iter()
         .find(|action| action.as_str() == text)

@@ -7,8 +7,9 @@
 //!
 //! Every change of a label — set, move, delete — goes through
 //! [`move_label`], in one write transaction with its history row; a
-//! resource's labels and their history go with it ([`forget`], called by
-//! the delete's transaction).
+//! resource's labels and their history stay while it is soft-deleted and
+//! go with it when it is purged ([`forget`], called by the purge's
+//! transaction).
 //!
 //! [`Names::kind`]: super::versioned::Names
 
@@ -391,13 +392,15 @@ pub async fn labels_of<K: Kind>(
     read_all::<LabelRecord>(db, &query).await
 }
 
-/// The labels of resource `id` (which must exist: NOT_FOUND otherwise).
+/// The labels of resource `id` (which must exist, deleted or not:
+/// NOT_FOUND otherwise; a deleted resource's labels stay readable, as its
+/// versions do).
 pub async fn list<K: Kind>(
     db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
 ) -> Result<Vec<LabelRecord>, Error> {
-    versioned::get::<K>(db, tenant, id).await?;
+    versioned::get_shown::<K>(db, tenant, id, versioned::Shown::WithDeleted).await?;
     labels_of::<K>(db, tenant, id).await
 }
 
@@ -446,7 +449,7 @@ pub async fn history<K: Kind>(
     after: Option<i64>,
     limit: u64,
 ) -> Result<(Vec<MoveRecord>, Option<i64>), Error> {
-    versioned::get::<K>(db, tenant, id).await?;
+    versioned::get_shown::<K>(db, tenant, id, versioned::Shown::WithDeleted).await?;
     let mut query = Query::select();
     query
         .columns(
@@ -483,13 +486,13 @@ pub async fn history<K: Kind>(
 }
 
 /// Deletes resource `id`'s labels and their history, inside the resource's
-/// delete transaction.
+/// purge transaction (a soft delete keeps them).
 pub async fn forget<K: Kind>(
     txn: &DatabaseTransaction,
     tenant: &str,
     id: &str,
 ) -> Result<(), Error> {
-    // The resource's delete is the change a watch sees.
+    // The resource's purge is the change a watch sees.
     for table in [LABELS, MOVES] {
         let delete = Query::delete()
             .from_table(Alias::new(table))

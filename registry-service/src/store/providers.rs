@@ -11,7 +11,7 @@ use migrations::entity::{agent, provider, provider_key_revision, provider_versio
 use sea_orm::sea_query::{Expr, SimpleExpr};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, Set,
+    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Set,
 };
 use serde_json::Value;
 
@@ -20,10 +20,7 @@ use super::changes::ResourceKind;
 use super::recent::Weigh;
 use super::search::{self, Column, Field};
 use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
-use super::{
-    MAX_WRITE_ATTEMPTS, Store, db_error, foreign_key_violation, insert_row, json_val,
-    unique_violation, val,
-};
+use super::{MAX_WRITE_ATTEMPTS, Store, db_error, insert_row, json_val, unique_violation, val};
 use crate::error::Error;
 use crate::model::Snapshot;
 use crate::model::provider::{ProviderKind, ProviderSpec};
@@ -62,7 +59,7 @@ impl Kind for Providers {
         search::CREATE_TIME,
         search::UPDATE_TIME,
         // label: as for agents (`labels.kind = 'provider'`).
-        // deleted: as for agents.
+        search::DELETED,
     ];
 
     fn name(spec: &ProviderSpec) -> &str {
@@ -200,15 +197,9 @@ impl Kind for Providers {
         Ok(())
     }
 
-    fn delete_error(&self, error: DbErr) -> Error {
-        if foreign_key_violation(&error) {
-            in_use(1)
-        } else {
-            db_error(error)
-        }
-    }
-
-    /// Refused while agents are assigned to the provider.
+    /// Refused while live agents are assigned to the provider (deleted
+    /// ones may keep naming it: they cannot be undeleted while it is
+    /// deleted, and they hold its purge back).
     async fn guard_delete(
         &self,
         txn: &DatabaseTransaction,
@@ -218,17 +209,57 @@ impl Kind for Providers {
         let assigned = agent::Entity::find()
             .filter(agent::Column::TenantId.eq(tenant))
             .filter(agent::Column::LlmProviderId.eq(id))
+            .filter(agent::Column::DeleteTime.is_null())
             .count(txn)
             .await
             .map_err(db_error)?;
         if assigned > 0 {
-            // Another tenant's provider answers NOT_FOUND, never "in use".
-            versioned::get::<Self>(txn, tenant, id).await?;
             return Err(in_use(assigned));
         }
         Ok(())
     }
+
+    /// Refused while deleted agents still name the provider (the foreign
+    /// key would refuse anyway): the answer names up to
+    /// [`NAMED_REFERRERS`] of them; purge them first.
+    async fn guard_purge(txn: &DatabaseTransaction, tenant: &str, id: &str) -> Result<(), Error> {
+        let referrers: Vec<String> = agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
+            .filter(agent::Column::TenantId.eq(tenant))
+            .filter(agent::Column::LlmProviderId.eq(id))
+            .order_by_asc(agent::Column::Id)
+            .limit(NAMED_REFERRERS + 1)
+            .into_tuple()
+            .all(txn)
+            .await
+            .map_err(db_error)?;
+        if referrers.is_empty() {
+            return Ok(());
+        }
+        let more = if referrers.len() as u64 > NAMED_REFERRERS {
+            " and more"
+        } else {
+            ""
+        };
+        let named = referrers
+            .iter()
+            .take(NAMED_REFERRERS as usize)
+            .map(|id| format!("{id:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Err(Error::precondition(
+            "PROVIDER_REFERENCED",
+            format!(
+                "deleted agents still name this provider ({named}{more}): purge them first, \
+                 or undelete them and assign them another provider"
+            ),
+        ))
+    }
 }
+
+/// The most agents a refused provider purge names.
+const NAMED_REFERRERS: u64 = 10;
 
 /// Providers are not kept (see [`Kind::recent`]): a rough weight will do.
 impl Weigh for ProviderSpec {
@@ -246,7 +277,9 @@ pub async fn get(
     versioned::get::<Providers>(db, tenant, id).await
 }
 
-/// The tenant's default provider, if it has one.
+/// The tenant's default provider, if it has one (a deleted provider is no
+/// default, though its row keeps `is_default` until another provider takes
+/// the default over, or it is undeleted).
 pub async fn default_of(
     db: &impl ConnectionTrait,
     tenant: &str,
@@ -254,6 +287,7 @@ pub async fn default_of(
     let rows = provider::Entity::find()
         .filter(provider::Column::TenantId.eq(tenant))
         .filter(provider::Column::IsDefault.eq(true))
+        .filter(provider::Column::DeleteTime.is_null())
         .into_model::<Read<Providers>>()
         .all(db)
         .await

@@ -241,6 +241,7 @@ mod tests {
             update_time: now,
             created_by: String::new(),
             updated_by: String::new(),
+            delete_time: None,
             version_hash: None,
         }
     }

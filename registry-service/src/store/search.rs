@@ -53,6 +53,10 @@ pub enum Column {
     Time(&'static str),
     /// A boolean column of the row: `true` or `false`, `=` and `!=`.
     Bool(&'static str),
+    /// A nullable column of the row, read as a boolean: `true` when it is
+    /// set (`deleted = true` ⇔ `delete_time IS NOT NULL`); `=` and `!=`,
+    /// or the field alone for `= true`.
+    IsSet(&'static str),
     /// A text column of the row holding one of `values`, which a filter
     /// may also write with `prefix` (the proto enum's value names): `=`
     /// and `!=`.
@@ -79,6 +83,9 @@ pub const NAME: Field = Field::new("name", Column::Text("name"));
 pub const CREATE_TIME: Field = Field::new("create_time", Column::Time("create_time"));
 /// `update_time`: when its current version was written.
 pub const UPDATE_TIME: Field = Field::new("update_time", Column::Time("update_time"));
+/// `deleted`: the resource is soft-deleted. A List selects deleted
+/// resources only with `show_deleted`, whatever the filter says.
+pub const DELETED: Field = Field::new("deleted", Column::IsSet("delete_time"));
 
 /// The longest `order_by`, in bytes.
 pub const MAX_ORDER_BY_BYTES: usize = 128;
@@ -534,6 +541,16 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
             )
         })?;
     let value = &c.value;
+    if c.alone && !matches!(field.column, Column::Bool(_) | Column::IsSet(_)) {
+        // Only a boolean field stands alone (`deleted`).
+        return Err(filter::invalid(
+            value.at,
+            format!(
+                "expected a comparator (=, !=, <, <=, >, >= or :) after {}",
+                quote(&c.field)
+            ),
+        ));
+    }
     let takes = |ops: &str| {
         filter::invalid(
             c.at,
@@ -597,7 +614,7 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
                 _ => Err(takes("= or !=")),
             }
         }
-        Column::Bool(name) => {
+        Column::Bool(name) | Column::IsSet(name) => {
             let flag = match exact()? {
                 "true" => true,
                 "false" => false,
@@ -608,7 +625,11 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
                     ));
                 }
             };
-            let equal = col::<K>(name).eq(flag);
+            let equal = match field.column {
+                Column::IsSet(_) if flag => col::<K>(name).is_not_null(),
+                Column::IsSet(_) => col::<K>(name).is_null(),
+                _ => col::<K>(name).eq(flag),
+            };
             match c.op {
                 Op::Eq => Ok(equal),
                 Op::Ne => Ok(equal.not()),

@@ -58,6 +58,8 @@ pub struct Record<S> {
     pub update_time: DateTime<Utc>,
     pub created_by: String,
     pub updated_by: String,
+    /// When it was deleted (soft delete); `None` while it is live.
+    pub delete_time: Option<DateTime<Utc>>,
     /// The hash of the newest version row: the head of the resource's
     /// version chain (`None` before its first hashed version).
     pub version_hash: Option<String>,
@@ -189,14 +191,29 @@ pub trait Kind: Sync {
     ) -> impl Future<Output = Result<(), Error>> + Send {
         async { Ok(()) }
     }
-    /// What a failed delete means.
-    fn delete_error(&self, error: DbErr) -> Error {
-        db_error(error)
-    }
-    /// Inside the delete transaction, before the row goes: refuses a
-    /// delete the kind does not allow.
+    /// Inside the delete transaction, before the row is marked deleted:
+    /// refuses a delete the kind does not allow.
     fn guard_delete(
         &self,
+        _txn: &DatabaseTransaction,
+        _tenant: &str,
+        _id: &str,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+    /// Inside the undelete transaction, before the row is live again:
+    /// refuses an undelete the kind does not allow (what `spec` references
+    /// is gone).
+    fn guard_undelete(
+        _txn: &DatabaseTransaction,
+        _tenant: &str,
+        _spec: &Self::Spec,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        async { Ok(()) }
+    }
+    /// Inside the purge transaction, before the row goes: refuses a purge
+    /// the kind does not allow (other rows still reference it).
+    fn guard_purge(
         _txn: &DatabaseTransaction,
         _tenant: &str,
         _id: &str,
@@ -229,6 +246,7 @@ impl<K: Kind> FromQueryResult for Read<K> {
             update_time: row.try_get(pre, "update_time")?,
             created_by: row.try_get(pre, "created_by")?,
             updated_by: row.try_get(pre, "updated_by")?,
+            delete_time: row.try_get(pre, "delete_time")?,
             version_hash: row.try_get(pre, "version_hash")?,
         }))
     }
@@ -249,24 +267,82 @@ fn scoped<K: Kind>(tenant: &str, id: &str) -> SimpleExpr {
     col::<K>("id").eq(id).and(col::<K>("tenant_id").eq(tenant))
 }
 
-/// The resource `id` of `tenant`.
+/// Which resources a read finds: soft-deleted ones only when asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shown {
+    /// Live resources only: a deleted one is NOT_FOUND.
+    Live,
+    /// Deleted ones too (`show_deleted`, undelete, purge, the history).
+    WithDeleted,
+}
+
+impl Shown {
+    /// `Live`, or `WithDeleted` when `show_deleted`.
+    pub fn deleted_too(show_deleted: bool) -> Self {
+        if show_deleted {
+            Self::WithDeleted
+        } else {
+            Self::Live
+        }
+    }
+
+    /// The condition on the kind's rows (none for `WithDeleted`).
+    fn condition<K: Kind>(self) -> Option<SimpleExpr> {
+        match self {
+            Self::Live => Some(live::<K>()),
+            Self::WithDeleted => None,
+        }
+    }
+}
+
+/// `delete_time IS NULL` of the kind's table: the row is live.
+pub fn live<K: Kind>() -> SimpleExpr {
+    col::<K>("delete_time").is_null()
+}
+
+/// The live resource `id` of `tenant` (a deleted one is NOT_FOUND).
 pub async fn get<K: Kind>(
     db: &impl ConnectionTrait,
     tenant: &str,
     id: &str,
 ) -> Result<Record<K::Spec>, Error> {
-    first::<K>(K::Entity::find().filter(scoped::<K>(tenant, id)), db, id).await
+    get_shown::<K>(db, tenant, id, Shown::Live).await
 }
 
-/// The resource `id` of `tenant`, locked until `txn` ends (`FOR UPDATE`
-/// on PostgreSQL; SQLite's write transaction holds the whole database).
+/// The resource `id` of `tenant`, deleted too when `shown` says.
+pub async fn get_shown<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+    shown: Shown,
+) -> Result<Record<K::Spec>, Error> {
+    let query = K::Entity::find()
+        .filter(scoped::<K>(tenant, id))
+        .apply_if(shown.condition::<K>(), QueryFilter::filter);
+    first::<K>(query, db, id).await
+}
+
+/// The live resource `id` of `tenant`, locked until `txn` ends (`FOR
+/// UPDATE` on PostgreSQL; SQLite's write transaction holds the whole
+/// database).
 pub async fn get_locked<K: Kind>(
     txn: &DatabaseTransaction,
     tenant: &str,
     id: &str,
 ) -> Result<Record<K::Spec>, Error> {
+    get_locked_shown::<K>(txn, tenant, id, Shown::Live).await
+}
+
+/// [`get_locked`], deleted too when `shown` says.
+async fn get_locked_shown<K: Kind>(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    id: &str,
+    shown: Shown,
+) -> Result<Record<K::Spec>, Error> {
     let query = K::Entity::find()
         .filter(scoped::<K>(tenant, id))
+        .apply_if(shown.condition::<K>(), QueryFilter::filter)
         .lock_exclusive();
     first::<K>(query, txn, id).await
 }
@@ -289,16 +365,19 @@ async fn first<K: Kind>(
         .ok_or_else(|| not_found::<K>(id))
 }
 
-/// One page of the tenant's resources that `search` selects, in its order
+/// One page of the tenant's resources that `search` selects (deleted ones
+/// only when `shown` says: a filter cannot bring them back), in its order
 /// (oldest first by default), after the cursor `after`.
 pub async fn list<K: Kind>(
     db: &impl ConnectionTrait,
     tenant: &str,
-    search: &Search,
+    (search, shown): (&Search, Shown),
     after: Option<String>,
     limit: u64,
 ) -> Result<Page<Record<K::Spec>>, Error> {
-    let mut scope = K::Entity::find().filter(col::<K>("tenant_id").eq(tenant));
+    let mut scope = K::Entity::find()
+        .filter(col::<K>("tenant_id").eq(tenant))
+        .apply_if(shown.condition::<K>(), QueryFilter::filter);
     if let Some(condition) = search.condition::<K>(db).await? {
         scope = scope.filter(condition);
     }
@@ -408,7 +487,11 @@ pub async fn list_versions<K: Kind>(
     let total = match rows.first() {
         Some(row) => row.current_version,
         // No rows: an unknown resource, or a page past the oldest version.
-        None => get::<K>(db, tenant, id).await?.version,
+        None => {
+            get_shown::<K>(db, tenant, id, Shown::WithDeleted)
+                .await?
+                .version
+        }
     };
     let records = rows.into_iter().map(VersionRow::into_record).collect();
     Ok(paginate(
@@ -437,8 +520,9 @@ pub async fn get_version<K: Kind>(
     match row {
         Some(row) => Ok(row.into_record()),
         None => {
-            // Tell a missing resource from a missing version.
-            get::<K>(db, tenant, id).await?;
+            // Tell a missing resource from a missing version (a deleted
+            // resource's history stays readable).
+            get_shown::<K>(db, tenant, id, Shown::WithDeleted).await?;
             Err(Error::NotFound {
                 kind: K::NAMES.version,
                 id: format!("{id}@{number}"),
@@ -447,7 +531,7 @@ pub async fn get_version<K: Kind>(
     }
 }
 
-/// The resource `id` of `tenant` and its version `number`, in one query
+/// The live resource `id` of `tenant` and its version `number`, in one query
 /// (the resource's columns ride along, prefixed, with the version's).
 async fn get_with_version<K: Kind>(
     db: &impl ConnectionTrait,
@@ -455,7 +539,9 @@ async fn get_with_version<K: Kind>(
     id: &str,
     number: i64,
 ) -> Result<(Record<K::Spec>, VersionRecord), Error> {
-    let mut query = versions_of::<K>(tenant, id).filter(vcol::<K>("version_number").eq(number));
+    let mut query = versions_of::<K>(tenant, id)
+        .filter(vcol::<K>("version_number").eq(number))
+        .filter(live::<K>());
     for column in <K::Entity as EntityTrait>::Column::iter() {
         let name = column.as_str();
         query = query.column_as(col::<K>(name), format!("{RESOURCE}{name}"));
@@ -532,12 +618,17 @@ pub async fn create<K: Kind>(
     spec: K::Spec,
 ) -> Result<Record<K::Spec>, Error> {
     let base = Base::New(&id);
-    let record = if kind.fast(None, &spec) {
+    let tenant = &write.caller.tenant;
+    let written = if kind.fast(None, &spec) {
         write_fast(store, kind, &write, base, spec)
-            .await?
-            .ok_or_else(contended::<K>)?
+            .await
+            .and_then(|written| written.ok_or_else(contended::<K>))
     } else {
-        create_locked(store, kind, &write, base, spec).await?
+        create_locked(store, kind, &write, base, spec).await
+    };
+    let record = match written {
+        Ok(record) => record,
+        Err(error) => return Err(explain_name_clash::<K>(store, tenant, error).await),
     };
     if let Some(recent) = kind.recent(store) {
         recent.remember(&write.caller.tenant, &record);
@@ -634,7 +725,10 @@ pub async fn update<K: Kind>(
     let target = Target::Change(&change);
     let written = write_version(store, kind, &write, id, expected_version, target).await;
     store.changes().raise(&write.caller.tenant);
-    written
+    match written {
+        Err(error) => Err(explain_name_clash::<K>(store, &write.caller.tenant, error).await),
+        written => written,
+    }
 }
 
 /// Rolls resource `id` back to its version `number`: a new version whose
@@ -650,7 +744,33 @@ pub async fn rollback<K: Kind>(
     let target = Target::Version(number);
     let written = write_version(store, kind, &write, id, expected_version, target).await;
     store.changes().raise(&write.caller.tenant);
-    written
+    match written {
+        Err(error) => Err(explain_name_clash::<K>(store, &write.caller.tenant, error).await),
+        written => written,
+    }
+}
+
+/// A name clash, explained: when the resource holding the name is a
+/// deleted one, the answer says so (and how to free the name). Only on the
+/// error path: a write that succeeds reads nothing more.
+async fn explain_name_clash<K: Kind>(store: &Store, tenant: &str, error: Error) -> Error {
+    let Error::AlreadyExists { kind, name } = error else {
+        return error;
+    };
+    let holder = K::Entity::find()
+        .select_only()
+        .column_as(col::<K>("id"), "id")
+        .filter(col::<K>("tenant_id").eq(tenant))
+        .filter(col::<K>("name").eq(name.as_str()))
+        .filter(col::<K>("delete_time").is_not_null())
+        .into_tuple::<String>()
+        .all(store)
+        .await;
+    match holder.map(|ids| ids.into_iter().next()) {
+        Ok(Some(id)) => Error::NameHeldByDeleted { kind, name, id },
+        // Held by a live resource, or the lookup failed: the plain answer.
+        _ => Error::AlreadyExists { kind, name },
+    }
 }
 
 async fn write_version<K: Kind>(
@@ -772,6 +892,8 @@ async fn write_fast<K: Kind>(
         }
         Base::Current(current) => {
             let mut bump = next.bump(write, current);
+            // A deleted row is written only by undelete (and purge).
+            bump.and_where(live::<K>());
             bump.returning_col(Alias::new("id"));
             let written = store.write_with_version(bump, versions, next.version_row(write));
             (written.await, None)
@@ -819,7 +941,7 @@ pub async fn write_locked<K: Kind>(
             .await
             .map(|()| 1),
         Base::Current(current) => txn
-            .execute(&next.bump(write, current))
+            .execute(next.bump(write, current).and_where(live::<K>()))
             .await
             .map(|done| done.rows_affected()),
     };
@@ -843,49 +965,278 @@ pub async fn write_locked<K: Kind>(
     Ok(Some(next.record))
 }
 
-/// Deletes resource `id` (its versions, labels and label history go with
-/// it), when the kind allows, and records the delete in the change log, by
-/// `caller`.
+/// Deletes resource `id` (soft delete, AIP-164), when the kind allows: a
+/// DELETE version (configuration unchanged, empty diff) marks its row
+/// deleted. Its history, labels and label history stay, and its name stays
+/// taken, until it is undeleted ([`undelete`]) or purged ([`purge`]). A
+/// resource already deleted is NOT_FOUND. `write.action` is
+/// [`Action::Delete`].
 pub async fn delete<K: Kind>(
     store: &Store,
     kind: &K,
-    caller: &Caller,
+    write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
-) -> Result<(), Error> {
-    let tenant = &caller.tenant;
+) -> Result<Record<K::Spec>, Error> {
+    debug_assert_eq!(write.action, Action::Delete);
+    mark::<K>(store, kind, write, id, expected_version).await
+}
+
+/// Restores deleted resource `id` as it was: an UNDELETE version
+/// (configuration unchanged, empty diff) makes its row live again. A
+/// resource that is not deleted: FAILED_PRECONDITION `NOT_DELETED`.
+/// `write.action` is [`Action::Undelete`].
+pub async fn undelete<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<Record<K::Spec>, Error> {
+    debug_assert_eq!(write.action, Action::Undelete);
+    mark::<K>(store, kind, write, id, expected_version).await
+}
+
+/// Writes the DELETE or UNDELETE version of `id` (`write.action`) and sets
+/// or clears its row's `delete_time`, in one locking transaction; the
+/// version row's trigger logs the change.
+async fn mark<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<Record<K::Spec>, Error> {
+    let tenant = &write.caller.tenant;
+    let deleting = write.action == Action::Delete;
     let txn = store.begin_write().await?;
-    let current = get_locked::<K>(&txn, tenant, id).await?;
+    let current = get_locked_shown::<K>(&txn, tenant, id, Shown::WithDeleted).await?;
+    match (deleting, current.delete_time) {
+        (true, Some(_)) => return Err(not_found::<K>(id)),
+        (false, None) => {
+            return Err(Error::precondition(
+                "NOT_DELETED",
+                format!("{} {id:?} is not deleted", K::NAMES.kind),
+            ));
+        }
+        _ => {}
+    }
     check_etag::<K>(expected_version, &current)?;
-    kind.guard_delete(&txn, tenant, id).await?;
-    K::Entity::delete_many()
-        .filter(scoped::<K>(tenant, id))
-        .exec(&txn)
+    if deleting {
+        kind.guard_delete(&txn, tenant, id).await?;
+    } else {
+        K::guard_undelete(&txn, tenant, &current.spec).await?;
+    }
+    let backend = txn.get_database_backend();
+    let base = Base::Current(&current);
+    let mut next = Next::<K>::new(base, &write, current.spec.clone(), backend)?;
+    next.record.delete_time = deleting.then_some(next.record.update_time);
+    let mut bump = next.bump(&write, &current);
+    bump.value(Alias::new("delete_time"), val(next.record.delete_time));
+    let bumped = txn.execute(&bump).await.map_err(db_error)?;
+    if bumped.rows_affected() == 0 {
+        // The row is locked (or, on SQLite, the database): not expected.
+        return Err(contended::<K>());
+    }
+    // Last: the version row's trigger takes the change log's lock.
+    insert_row(&txn, K::Versions::default(), next.version_row(&write))
         .await
-        .map_err(|error| kind.delete_error(error))?;
-    super::labels::forget::<K>(&txn, tenant, id).await?;
-    let details = serde_json::json!({ "version_number": current.version });
-    audit::record(
-        &txn,
-        Entry::on::<K>(caller, AuditAction::Delete, id, None, details),
-    )
-    .await?;
+        .map_err(db_error)?;
+    txn.commit().await.map_err(db_error)?;
+    if let Some(recent) = kind.recent(store) {
+        recent.forget(tenant, id);
+    }
+    store.changes().raise(tenant);
+    Ok(next.record)
+}
+
+/// Who purges a resource: an admin's Purge call, or the retention task.
+#[derive(Debug, Clone, Copy)]
+pub enum Purger<'a> {
+    /// A tenant admin, at once.
+    Admin(&'a Caller),
+    /// The retention task: only a resource deleted at `deleted_before` or
+    /// earlier.
+    Retention { deleted_before: DateTime<Utc> },
+}
+
+impl Purger<'_> {
+    /// The subject the change log (and the audit trail) names.
+    pub fn subject(&self) -> &str {
+        match self {
+            Self::Admin(caller) => &caller.subject,
+            Self::Retention { .. } => RETENTION_SUBJECT,
+        }
+    }
+}
+
+/// How the change log names the retention task as the author of a purge.
+pub const RETENTION_SUBJECT: &str = "retention";
+
+/// Removes deleted resource `id` of `tenant` for good, inside `txn`: its
+/// row, its versions (by the foreign key's cascade), its labels and label
+/// history, and records the purge in the change log (last, as every
+/// writer). Every purge goes through here, whoever asks (`by`).
+///
+/// Answers the purged resource's last version, or `None` when there was
+/// nothing to purge for the retention task (the resource is live again,
+/// deleted too recently, or already purged by another replica: the delete
+/// is conditional, so replicas running the task at once purge each
+/// resource once). For an admin, a resource that is not deleted is
+/// FAILED_PRECONDITION `NOT_DELETED`, and one that does not exist
+/// NOT_FOUND. The kind may refuse ([`Kind::guard_purge`]).
+pub async fn purge<K: Kind>(
+    txn: &DatabaseTransaction,
+    tenant: &str,
+    id: &str,
+    by: Purger<'_>,
+) -> Result<Option<i64>, Error> {
+    let current = match get_locked_shown::<K>(txn, tenant, id, Shown::WithDeleted).await {
+        Ok(current) => current,
+        Err(Error::NotFound { .. }) if matches!(by, Purger::Retention { .. }) => return Ok(None),
+        Err(error) => return Err(error),
+    };
+    let mut condition = scoped::<K>(tenant, id).and(col::<K>("delete_time").is_not_null());
+    match (by, current.delete_time) {
+        (Purger::Admin(_), None) => {
+            return Err(Error::precondition(
+                "NOT_DELETED",
+                format!(
+                    "{} {id:?} is not deleted: delete it before purging it",
+                    K::NAMES.kind
+                ),
+            ));
+        }
+        (Purger::Retention { deleted_before }, Some(deleted)) if deleted <= deleted_before => {
+            condition = condition.and(col::<K>("delete_time").lte(deleted_before));
+        }
+        (Purger::Retention { .. }, _) => return Ok(None),
+        (Purger::Admin(_), Some(_)) => {}
+    }
+    K::guard_purge(txn, tenant, id).await?;
+    let removed = K::Entity::delete_many()
+        .filter(condition)
+        .exec(txn)
+        .await
+        .map_err(db_error)?;
+    if removed.rows_affected == 0 {
+        return Ok(None);
+    }
+    super::labels::forget::<K>(txn, tenant, id).await?;
+    let entry = Entry {
+        tenant,
+        actor: by.subject(),
+        action: AuditAction::Purge,
+        kind: K::NAMES.kind,
+        resource_id: id,
+        request_id: None,
+        details: serde_json::json!({ "version_number": current.version }),
+    };
+    audit::record(txn, entry).await?;
     let change = NewChange {
         tenant,
         kind: K::LOGGED_AS,
         resource_id: id,
         version_number: current.version,
         label: None,
-        action: ChangeAction::Delete,
-        changed_by: &caller.subject,
+        action: ChangeAction::Purge,
+        changed_by: by.subject(),
     };
-    changes::record(&txn, change).await?;
+    changes::record(txn, change).await?;
+    Ok(Some(current.version))
+}
+
+/// An admin's purge of resource `id` ([`purge`] in a transaction of its
+/// own), when the caller's etag (if sent) is current.
+pub async fn purge_now<K: Kind>(
+    store: &Store,
+    kind: &K,
+    caller: &Caller,
+    id: &str,
+    expected_version: Option<i64>,
+) -> Result<(), Error> {
+    let txn = store.begin_write().await?;
+    if expected_version.is_some() {
+        let current = get_locked_shown::<K>(&txn, &caller.tenant, id, Shown::WithDeleted).await?;
+        check_etag::<K>(expected_version, &current)?;
+    }
+    purge::<K>(&txn, &caller.tenant, id, Purger::Admin(caller)).await?;
     txn.commit().await.map_err(db_error)?;
+    forget_purged(store, kind, &caller.tenant, id);
+    Ok(())
+}
+
+/// How many expired resources the retention task purges per query.
+const PURGE_BATCH: u64 = 100;
+
+/// Purges every resource of kind `K` (any tenant) deleted at
+/// `deleted_before` or earlier, a batch at a time, each in its own
+/// transaction ([`purge`]); answers how many it purged. A resource the kind
+/// refuses to purge (a provider a deleted agent still references) is
+/// skipped and logged; it is tried again on the next run.
+pub async fn purge_expired<K: Kind>(
+    store: &Store,
+    kind: &K,
+    deleted_before: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let mut purged = 0;
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    loop {
+        let mut query = Query::select();
+        query
+            .expr_as(col::<K>("tenant_id"), Alias::new("tenant_id"))
+            .expr_as(col::<K>("id"), Alias::new("id"))
+            .from(K::Entity::default())
+            .and_where(col::<K>("delete_time").is_not_null())
+            .and_where(col::<K>("delete_time").lte(deleted_before))
+            .order_by_expr(col::<K>("delete_time"), sea_orm::Order::Asc)
+            .limit(PURGE_BATCH + skipped.len() as u64);
+        let backend = store.get_database_backend();
+        let rows = store
+            .query_all_raw(backend.build(&query))
+            .await
+            .map_err(db_error)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let tenant: String = row.try_get("", "tenant_id").map_err(db_error)?;
+            let id: String = row.try_get("", "id").map_err(db_error)?;
+            if !skipped.iter().any(|(t, i)| *t == tenant && *i == id) {
+                found.push((tenant, id));
+            }
+        }
+        if found.is_empty() {
+            return Ok(purged);
+        }
+        for (tenant, id) in found {
+            let txn = store.begin_write().await?;
+            match purge::<K>(&txn, &tenant, &id, Purger::Retention { deleted_before }).await {
+                Ok(Some(_)) => {
+                    txn.commit().await.map_err(db_error)?;
+                    forget_purged(store, kind, &tenant, &id);
+                    purged += 1;
+                }
+                Ok(None) => {}
+                Err(Error::FailedPrecondition { .. }) => {
+                    tracing::info!(
+                        kind = K::NAMES.kind,
+                        tenant = %tenant,
+                        id = %id,
+                        "not purged yet: still referenced"
+                    );
+                    skipped.push((tenant, id));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// After a purge's commit: the recent records forget it, watchers wake.
+fn forget_purged<K: Kind>(store: &Store, kind: &K, tenant: &str, id: &str) {
     if let Some(recent) = kind.recent(store) {
         recent.forget(tenant, id);
     }
     store.changes().raise(tenant);
-    Ok(())
 }
 
 /// The ABORTED answer when the locking path keeps losing.
@@ -934,6 +1285,7 @@ impl<K: Kind> Next<K> {
                     update_time: now,
                     created_by: subject.clone(),
                     updated_by: subject.clone(),
+                    delete_time: None,
                     version_hash: None,
                 };
                 (record, Vec::new())
@@ -948,6 +1300,7 @@ impl<K: Kind> Next<K> {
                     update_time: now,
                     created_by: current.created_by.clone(),
                     updated_by: subject.clone(),
+                    delete_time: current.delete_time,
                     version_hash: None,
                 };
                 (record, changes)
