@@ -473,14 +473,19 @@ fn write_row(write: &str, round: &str, latencies: &mut [Duration], cpu_seconds: 
 }
 
 /// Drops or re-creates the triggers that keep `agent_tools`, as the
-/// migration `m20261207_000002_search` writes them.
+/// migration `m20261208_000001_agent_tools_column` writes them.
 async fn set_triggers(db: &sea_orm::DatabaseConnection, postgres: bool, on: bool) {
     let statements: Vec<&str> = match (postgres, on) {
-        (true, true) => vec![
-            "DROP TRIGGER IF EXISTS tr_agents_tools ON agents",
-            migrations::AGENT_TOOLS_POSTGRES_TRIGGER,
-        ],
-        (true, false) => vec!["DROP TRIGGER IF EXISTS tr_agents_tools ON agents"],
+        (true, on) => {
+            let mut statements = vec![
+                "DROP TRIGGER IF EXISTS tr_agents_tools ON agents",
+                "DROP TRIGGER IF EXISTS tr_agents_tools_update ON agents",
+            ];
+            if on {
+                statements.extend(migrations::AGENT_TOOLS_POSTGRES_TRIGGERS);
+            }
+            statements
+        }
         (false, on) => {
             let mut statements = vec![
                 "DROP TRIGGER IF EXISTS tr_agents_tools_insert",

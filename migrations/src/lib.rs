@@ -28,12 +28,13 @@ mod m20261206_000002_agent_version_provider;
 mod m20261207_000001_labels;
 mod m20261207_000002_search;
 mod m20261207_000003_change_log;
-mod m20261208_000001_soft_delete;
+mod m20261208_000001_agent_tools_column;
+mod m20261208_000002_soft_delete;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 
-pub use m20261207_000002_search::{
-    POSTGRES_TRIGGER as AGENT_TOOLS_POSTGRES_TRIGGER,
+pub use m20261208_000001_agent_tools_column::{
+    POSTGRES_TRIGGERS as AGENT_TOOLS_POSTGRES_TRIGGERS,
     SQLITE_TRIGGERS as AGENT_TOOLS_SQLITE_TRIGGERS,
 };
 use sea_orm_migration::sea_orm::ConnectionTrait;
@@ -53,7 +54,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_labels::Migration),
             Box::new(m20261207_000002_search::Migration),
             Box::new(m20261207_000003_change_log::Migration),
-            Box::new(m20261208_000001_soft_delete::Migration),
+            Box::new(m20261208_000001_agent_tools_column::Migration),
+            Box::new(m20261208_000002_soft_delete::Migration),
         ]
     }
 }

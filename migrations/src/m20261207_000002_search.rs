@@ -78,8 +78,8 @@ const POSTGRES_NAME_INDEXES: [(&str, &str); 2] = [
     ("ix_providers_tenant_name_c", "providers"),
 ];
 
-/// SQLite: an agent's tools, from its configuration's `tools` list (also
-/// used by `bench filter`, which measures their cost by dropping them).
+/// SQLite: an agent's tools, from its configuration's `tools` list (until
+/// `m20261208_000001_agent_tools_column` moved them onto `agents.tools`).
 pub const SQLITE_TRIGGERS: [&str; 2] = [
     r"CREATE TRIGGER tr_agents_tools_insert AFTER INSERT ON agents
 BEGIN
@@ -102,7 +102,7 @@ const SQLITE_BACKFILL: &str = r"INSERT OR IGNORE INTO agent_tools (agent_id, ten
   FROM agents, json_each(agents.config, '$.tools') AS tool WHERE tool.type = 'text'";
 
 /// PostgreSQL: the same, as one trigger function.
-const POSTGRES_FUNCTION: &str = r"CREATE FUNCTION agent_tools_sync() RETURNS trigger
+pub const POSTGRES_FUNCTION: &str = r"CREATE FUNCTION agent_tools_sync() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
   IF TG_OP = 'UPDATE' THEN

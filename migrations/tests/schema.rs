@@ -203,7 +203,7 @@ on_both_backends!(
     entities_round_trip_every_column,
     down_drops_every_table_and_up_applies_again,
     version_rows_record_their_change_with_the_tenants_next_revision,
-    agent_tools_follow_each_agents_config,
+    agent_tools_follow_each_agents_tools,
 );
 
 // ---------------------------------------------------------------------------
@@ -297,6 +297,7 @@ fn new_agent(id: &str, tenant: &str, name: &str, provider: Option<&str>) -> agen
         name: Set(name.to_owned()),
         llm_provider_id: Set(provider.map(str::to_owned)),
         config: Set(json!({ "role": "researcher" })),
+        tools: Set("[]".to_owned()),
         version: Set(1),
         create_time: Set(at(0)),
         update_time: Set(at(0)),
@@ -839,7 +840,7 @@ async fn check_constraints_reject_unknown_enum_values(db: DatabaseConnection) {
         insert_raw_version(&db, provider_side, parent, 1, "CREATE")
             .await
             .expect("a raw version row with a valid action");
-        // Soft delete's actions (m20261208_000001_soft_delete) pass too.
+        // Soft delete's actions (m20261208_000002_soft_delete) pass too.
         for (n, action) in [(5, "DELETE"), (6, "UNDELETE")] {
             insert_raw_version(&db, provider_side, parent, n, action)
                 .await
@@ -938,6 +939,7 @@ async fn entities_round_trip_every_column(db: DatabaseConnection) {
         name: "researcher".to_owned(),
         llm_provider_id: Some(expected.id.clone()),
         config: json!({ "role": "r", "tools": ["search"], "llm_overrides": { "temperature": 0.7 } }),
+        tools: r#"["search"]"#.to_owned(),
         version: 2,
         create_time: at(10),
         update_time: at(20),
@@ -1093,11 +1095,11 @@ async fn version_rows_record_their_change_with_the_tenants_next_revision(db: Dat
     assert_eq!(heads, [(T1.to_owned(), 3), (T2.to_owned(), 1)]);
 }
 
-/// `agent_tools`, as the search migration keeps it: copied from the agents
-/// that exist when it runs, then rewritten by the database with every
-/// insert or change of an agent's `config.tools`, and deleted with the
-/// agent.
-async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
+/// `agent_tools`, as the search migration made it and the tools-column
+/// migration keeps it: copied from the agents that exist when each runs
+/// (from `config.tools`), then rewritten by the database with every insert
+/// or change of an agent's `tools`, and deleted with the agent.
+async fn agent_tools_follow_each_agents_tools(db: DatabaseConnection) {
     let tools = |db: DatabaseConnection| async move {
         strings(
             &db,
@@ -1105,30 +1107,52 @@ async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
         )
         .await
     };
-    let with_tools = |id: &str, name: &str, tools: serde_json::Value| {
+    let before = |name: &str| {
+        let position = Migrator::migrations()
+            .iter()
+            .position(|m| m.name() == name)
+            .unwrap_or_else(|| panic!("migration {name}"));
+        u32::try_from(position).expect("a few")
+    };
+    // An agent written before the search migration, one written between
+    // it and the tools column (raw: the entity has the column), and then
+    // the rest of the migrations.
+    let raw_agent = |id: &str, name: &str, config: &str| {
+        format!(
+            "INSERT INTO agents (id, tenant_id, name, config, version, create_time, \
+             update_time, created_by, updated_by) VALUES ('{id}', '{T1}', '{name}', '{config}', \
+             1, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'alice', 'alice')"
+        )
+    };
+    Migrator::up(&db, Some(before("m20261207_000002_search")))
+        .await
+        .expect("the migrations before search");
+    let old = raw_agent(
+        "a1",
+        "old",
+        r#"{"role":"r","tools":["search","calc","search"]}"#,
+    );
+    db.execute_unprepared(&old).await.expect("a1");
+    let searched =
+        before("m20261208_000001_agent_tools_column") - before("m20261207_000002_search");
+    Migrator::up(&db, Some(searched))
+        .await
+        .expect("up to the tools column");
+    let between = raw_agent("a0", "between", r#"{"role":"r","tools":["web"]}"#);
+    db.execute_unprepared(&between).await.expect("a0");
+    up(&db).await;
+    assert_eq!(
+        strings(&db, "SELECT id || '=' || tools FROM agents ORDER BY id").await,
+        [r#"a0=["web"]"#, r#"a1=["search","calc","search"]"#]
+    );
+    assert_eq!(tools(db.clone()).await, ["a0:web", "a1:calc", "a1:search"]);
+
+    let with_tools = |id: &str, name: &str, tools: &str| {
         let mut agent = new_agent(id, T1, name, None);
-        agent.config = Set(json!({ "role": "researcher", "tools": tools }));
+        agent.tools = Set(tools.to_owned());
         agent
     };
-    // Every migration before the search one, and an agent written then.
-    let search = Migrator::migrations()
-        .iter()
-        .position(|m| m.name() == "m20261207_000002_search")
-        .expect("the search migration");
-    let before_search = u32::try_from(search).expect("a few");
-    Migrator::up(&db, Some(before_search))
-        .await
-        .expect("the earlier migrations");
-    // Without RETURNING: the entity's later columns (`delete_time`) do not
-    // exist yet.
-    agent::Entity::insert(with_tools("a1", "old", json!(["search", "calc", "search"])))
-        .exec_without_returning(&db)
-        .await
-        .expect("an agent before the search migration");
-    up(&db).await;
-    assert_eq!(tools(db.clone()).await, ["a1:calc", "a1:search"]);
-
-    with_tools("a2", "new", json!(["web"]))
+    with_tools("a2", "new", r#"["web"]"#)
         .insert(&db)
         .await
         .expect("an agent after it");
@@ -1136,21 +1160,27 @@ async fn agent_tools_follow_each_agents_config(db: DatabaseConnection) {
         .insert(&db)
         .await
         .expect("an agent without tools");
-    assert_eq!(tools(db.clone()).await, ["a1:calc", "a1:search", "a2:web"]);
+    assert_eq!(
+        tools(db.clone()).await,
+        ["a0:web", "a1:calc", "a1:search", "a2:web"]
+    );
 
-    let mut changed = with_tools("a1", "old", json!(["calc", "browser"]));
+    let mut changed = with_tools("a1", "old", r#"["calc","browser"]"#);
     changed.version = Set(2);
     changed.update(&db).await.expect("new tools");
-    let mut renamed = with_tools("a2", "renamed", json!(["web"]));
+    let mut renamed = with_tools("a2", "renamed", r#"["web"]"#);
     renamed.version = Set(2);
     renamed.update(&db).await.expect("the same tools");
-    assert_eq!(tools(db.clone()).await, ["a1:browser", "a1:calc", "a2:web"]);
+    assert_eq!(
+        tools(db.clone()).await,
+        ["a0:web", "a1:browser", "a1:calc", "a2:web"]
+    );
 
     agent::Entity::delete_by_id("a1")
         .exec(&db)
         .await
         .expect("delete a1");
-    assert_eq!(tools(db.clone()).await, ["a2:web"]);
+    assert_eq!(tools(db.clone()).await, ["a0:web", "a2:web"]);
 }
 
 async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
@@ -1172,7 +1202,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261207_000001_labels",
             "m20261207_000002_search",
             "m20261207_000003_change_log",
-            "m20261208_000001_soft_delete"
+            "m20261208_000001_agent_tools_column",
+            "m20261208_000002_soft_delete"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -1385,10 +1385,17 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         output.contains("applied m20261206_000002_agent_version_provider"),
         "{output}"
     );
+    // Down reverts the newest migration only: the status lists oldest
+    // first, so every line but the last is applied.
+    let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+    let (newest, older) = lines.split_last().expect("a status line per migration");
     assert!(
-        output.contains("applied m20261207_000003_change_log")
-            && output.contains("pending m20261208_000001_soft_delete"),
+        newest.starts_with("pending m2026"),
         "down reverts the newest: {output}"
+    );
+    assert!(
+        older.len() >= 7 && older.iter().all(|line| line.starts_with("applied m2026")),
+        "down reverts only the newest: {output}"
     );
     database.drop_database().await;
 }

@@ -21,6 +21,11 @@ pub struct Model {
     /// Every other agent field (role, goal, backstory, tools, llm_overrides …).
     #[sea_orm(column_type = "JsonBinary")]
     pub config: Json,
+    /// `config.tools` as a JSON array of names, written with `config`: what
+    /// the triggers keeping `agent_tools` read (a changed string is changed
+    /// tools, with no JSON parsed to tell).
+    #[sea_orm(column_type = "Text")]
+    pub tools: String,
     /// The current version number (the newest `agent_versions` row).
     pub version: i64,
     pub create_time: DateTimeUtc,

@@ -74,6 +74,10 @@ impl Kind for Agents {
             ("name", val(spec.name.clone())),
             ("llm_provider_id", val(spec.llm_provider_id.clone())),
             ("config", snapshot.clone()),
+            // What the `agent_tools` triggers read (migration
+            // `m20261208_000001_agent_tools_column`): a short string they
+            // compare instead of parsing both configurations.
+            ("tools", val(tools_column(&spec.tools)?)),
         ])
     }
 
@@ -376,4 +380,10 @@ fn provider_not_found(provider_id: &str) -> Error {
         "PROVIDER_NOT_FOUND",
         format!("provider {provider_id:?} does not exist in this tenant"),
     )
+}
+
+/// `agents.tools`: the tool names as a JSON array, as the triggers that
+/// keep `agent_tools` read them.
+fn tools_column(tools: &[String]) -> Result<String, Error> {
+    serde_json::to_string(tools).map_err(|e| Error::Internal(format!("agent tools: {e}")))
 }
