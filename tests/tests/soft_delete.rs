@@ -629,6 +629,47 @@ async fn a_provider_stays_while_live_agents_use_it_and_its_purge_waits_for_delet
     stack.finish().await;
 }
 
+/// An agent created on a provider while the provider is deleted: one of
+/// the two wins, never both (a live agent's provider is live).
+#[tokio::test]
+async fn a_create_racing_the_providers_delete_never_lands_on_a_deleted_provider() {
+    let stack = Stack::start().await;
+    let mut editor = Caller::new(&stack, "erin", &["editor"]).await;
+    let mut admin = Caller::new(&stack, "ada", &["admin"]).await;
+    let mut outcomes = std::collections::BTreeMap::new();
+    for round in 0..20 {
+        let provider = admin.create_provider(&format!("p{round}"), false).await;
+        let (created, deleted) = tokio::join!(
+            editor.create_agent(agent(&format!("a{round}"), Some(&provider.id))),
+            admin.delete_provider(&provider.id),
+        );
+        let outcome = match (&created, &deleted) {
+            (Ok(_), Err(refused)) => {
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                "agent won"
+            }
+            (Err(refused), Ok(())) => {
+                assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+                "delete won"
+            }
+            other => panic!("round {round}: both or neither succeeded: {other:?}"),
+        };
+        *outcomes.entry(outcome).or_insert(0) += 1;
+    }
+    let orphans = stack
+        .database
+        .count(
+            "SELECT COUNT(*) FROM agents a JOIN providers p ON a.llm_provider_id = p.id \
+             WHERE a.delete_time IS NULL AND p.delete_time IS NOT NULL",
+        )
+        .await;
+    assert_eq!(
+        orphans, 0,
+        "no live agent on a deleted provider ({outcomes:?})"
+    );
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn the_retention_task_purges_what_was_deleted_longer_ago_than_the_period() {
     let stack = Stack::start_with(

@@ -5,8 +5,8 @@
 use migrations::entity::{agent, agent_version, provider};
 use sea_orm::sea_query::{Expr, Query, SimpleExpr};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryResult,
+    ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait, QueryFilter,
+    QueryResult,
 };
 
 use super::changes::ResourceKind;
@@ -174,6 +174,11 @@ impl Kind for Agents {
     /// The assigned provider exists in the caller's tenant.
     fn insert_guard(&self, tenant: &str, spec: &AgentSpec) -> Option<(SimpleExpr, Error)> {
         let provider_id = spec.llm_provider_id.as_ref()?;
+        // `FOR SHARE` (PostgreSQL; SQLite writes one at a time): a
+        // concurrent soft delete of the provider, which holds its row `FOR
+        // UPDATE`, is waited for and its outcome seen, so a new agent never
+        // lands on a provider deleted meanwhile. The foreign key's check
+        // takes a share lock on that row anyway.
         let exists = Expr::exists(
             Query::select()
                 .expr(Expr::val(1))
@@ -181,6 +186,7 @@ impl Kind for Agents {
                 .and_where(provider::Column::Id.eq(provider_id.clone()))
                 .and_where(provider::Column::TenantId.eq(tenant))
                 .and_where(provider::Column::DeleteTime.is_null())
+                .lock_shared()
                 .to_owned(),
         );
         Some((exists, provider_not_found(provider_id)))
@@ -203,24 +209,13 @@ impl Kind for Agents {
             return Ok(true);
         };
         let tenant = &write.caller.tenant;
-        let found = if next.llm_provider_label.is_some() {
-            // Locked, as a label move locks it: the label read here is the
-            // one the version row's subquery reads.
-            match versioned::get_locked::<Providers>(txn, tenant, provider_id).await {
-                Ok(_) => 1,
-                Err(Error::NotFound { .. }) => 0,
-                Err(other) => return Err(other),
-            }
-        } else {
-            provider::Entity::find_by_id(provider_id.clone())
-                .filter(provider::Column::TenantId.eq(tenant.clone()))
-                .filter(provider::Column::DeleteTime.is_null())
-                .count(txn)
-                .await
-                .map_err(db_error)?
-        };
-        if found == 0 {
-            return Err(provider_not_found(provider_id));
+        // Locked, as a label move and the provider's delete lock it: the
+        // label read here is the one the version row's subquery reads, and
+        // the provider is not deleted under the agent.
+        match versioned::get_locked::<Providers>(txn, tenant, provider_id).await {
+            Ok(_) => {}
+            Err(Error::NotFound { .. }) => return Err(provider_not_found(provider_id)),
+            Err(other) => return Err(other),
         }
         if let Some(label) = &next.llm_provider_label
             && labels::label_of::<Providers>(txn, tenant, provider_id, label)
