@@ -28,6 +28,7 @@ mod m20261206_000002_agent_version_provider;
 mod m20261207_000001_labels;
 mod m20261207_000002_search;
 mod m20261207_000003_change_log;
+mod m20261208_000010_request_ids;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 
@@ -52,6 +53,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261207_000001_labels::Migration),
             Box::new(m20261207_000002_search::Migration),
             Box::new(m20261207_000003_change_log::Migration),
+            Box::new(m20261208_000010_request_ids::Migration),
         ]
     }
 }
