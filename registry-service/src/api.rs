@@ -6,6 +6,7 @@ pub mod keys;
 pub mod labels;
 pub mod messages;
 pub mod providers;
+pub mod retries;
 pub mod runtime;
 pub mod watch;
 
@@ -24,6 +25,7 @@ use crate::model::Snapshot;
 use crate::model::version::Action;
 use crate::page;
 use crate::store::labels as label_store;
+use crate::store::request_ids::Answer;
 use crate::store::search::Search;
 use crate::store::versioned::{self, Kind, Record, Write};
 use crate::store::{Store, VersionRecord};
@@ -41,6 +43,9 @@ pub struct Registry {
     pub feed: crate::watch::Feed,
     /// The resolutions ResolveAgent answered last, for `not_modified`.
     pub resolutions: std::sync::Arc<runtime::Resolutions>,
+    /// Request ids (AIP-155): how long they are remembered, the calls in
+    /// progress.
+    pub retries: std::sync::Arc<retries::Retries>,
 }
 
 /// The most paths an update mask may hold: every field of the largest kind
@@ -188,6 +193,8 @@ pub trait Resource: Kind {
     fn message(spec: &Self::Spec, meta: Meta) -> Self::Message;
     /// The version message of `version`.
     fn version(version: VersionParts<Self::Message>) -> Self::Version;
+    /// Sets the message's `validated_diff` (a dry run's answer).
+    fn set_validated_diff(message: &mut Self::Message, diff: Vec<pb::FieldChange>);
     /// The request field that holds the resource (`"agent"`).
     const FIELD: &'static str;
     /// The kind's output-only fields besides [`OUTPUT_ONLY_PATHS`].
@@ -288,6 +295,10 @@ macro_rules! resource_messages {
             (&input.id, &input.etag)
         }
 
+        fn set_validated_diff(message: &mut $message, diff: Vec<pb::FieldChange>) {
+            message.validated_diff = diff;
+        }
+
         fn check_counts(input: &$message) -> Result<(), $crate::error::Error> {
             $counts(input)
         }
@@ -320,6 +331,7 @@ macro_rules! resource_messages {
                 created_by,
                 updated_by,
                 labels: labels.into_iter().collect(),
+                validated_diff: Vec::new(),
                 ..spec.to_proto()
             }
         }
@@ -448,8 +460,9 @@ macro_rules! versioned_service {
                 request: Request<pb::$delete_req>,
             ) -> Result<Response<()>, Status> {
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let id = (stringify!($del), request.$del.as_str());
-                self.delete(&$kind, &caller, id, &request.etag).await?;
+                self.delete(&$kind, &caller, id, &request.etag, &intent).await?;
                 Ok(Response::new(()))
             }
 
@@ -498,10 +511,11 @@ macro_rules! versioned_service {
                 request: Request<pb::$rollback_req>,
             ) -> Result<Response<<$K as Resource>::Message>, Status> {
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let id = (stringify!($of), request.$of.as_str());
                 let how = (request.etag.as_str(), request.change_description.as_str());
                 let (kind, number) = ($kind, request.version_number);
-                let rolled_back = self.rollback(&kind, &caller, id, number, how);
+                let rolled_back = self.rollback(&kind, &caller, id, number, how, &intent);
                 Ok(Response::new(rolled_back.await?))
             }
 
@@ -512,7 +526,9 @@ macro_rules! versioned_service {
             ) -> Result<Response<pb::Label>, Status> {
                 let admin = $crate::caller::TenantAdmin::is_caller_of(&request);
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let set = $crate::api::labels::SetLabel {
+                    intent: &intent,
                     id: (stringify!($of), request.$of.as_str()),
                     label: &request.label,
                     version_number: request.version_number,
@@ -529,7 +545,9 @@ macro_rules! versioned_service {
             ) -> Result<Response<()>, Status> {
                 let admin = $crate::caller::TenantAdmin::is_caller_of(&request);
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let delete = $crate::api::labels::DeleteLabel {
+                    intent: &intent,
                     id: (stringify!($of), request.$of.as_str()),
                     label: &request.label,
                     expected_version: request.expected_version,
@@ -583,11 +601,7 @@ pub fn writer<'a>(
     (given, default): (&str, &str),
 ) -> Result<Write<'a>, Error> {
     let description = describe(given, || default.to_owned())?;
-    Ok(Write {
-        caller,
-        action,
-        description,
-    })
+    Ok(Write::new(caller, action, description))
 }
 
 /// What every update request carries besides the new values, checked in
@@ -815,17 +829,20 @@ impl Registry {
     }
 
     /// Delete: resource `id` (in field `field`), when `etag` (if sent) is
-    /// current.
+    /// current; once per request id, or only checked.
     pub async fn delete<K: Resource>(
         &self,
         kind: &K,
         caller: &Caller,
         (field, id): (&str, &str),
         etag: &str,
+        intent: &retries::Intent,
     ) -> Result<(), Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
-        versioned::delete(&self.db, kind, caller, id, expected).await
+        let delete = || versioned::delete(&self.db, kind, caller, id, expected, intent.how());
+        self.once(caller, intent, delete, |_| async { Ok(()) })
+            .await
     }
 
     /// Rollback: resource `id` (in field `field`) back to version `number`.
@@ -836,18 +853,61 @@ impl Registry {
         (field, id): (&str, &str),
         number: i64,
         (etag, description): (&str, &str),
+        intent: &retries::Intent,
     ) -> Result<K::Message, Error> {
         require_id(field, id)?;
         require_version("version_number", number)?;
         let expected = parse_etag(etag, "etag")?;
         let description = describe(description, || format!("Rolled back to version {number}"))?;
         K::restorable(self, &caller.tenant, id, number).await?;
-        let write = Write {
-            caller,
-            action: Action::Rollback,
-            description,
+        let write = intent.stamp(Write::new(caller, Action::Rollback, description));
+        if intent.validate_only {
+            let validated =
+                versioned::validate_rollback(&self.db, kind, &write, id, number, expected).await?;
+            return self.validated::<K>(&caller.tenant, validated).await;
+        }
+        let rollback = || async {
+            let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+            self.labelled::<K>(&caller.tenant, &record).await
         };
-        let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+        let rebuild = |answer| self.labelled_at::<K>(caller, answer);
+        self.once(caller, intent, rollback, rebuild).await
+    }
+
+    /// A dry run's answer: the resource as it would be, with its labels
+    /// and the changes its version would record.
+    pub async fn validated<K: Resource>(
+        &self,
+        tenant: &str,
+        validated: versioned::Validated<K::Spec>,
+    ) -> Result<K::Message, Error> {
+        let mut message = self.labelled::<K>(tenant, &validated.record).await?;
+        let diff = validated.diff.iter().map(messages::change).collect();
+        K::set_validated_diff(&mut message, diff);
+        Ok(message)
+    }
+
+    /// A remembered answer of a create: the resource as its version 1
+    /// was (a create answers without labels).
+    pub async fn created_at<K: Resource>(
+        &self,
+        caller: &Caller,
+        answer: Answer,
+    ) -> Result<K::Message, Error> {
+        let (id, number) = (&answer.resource_id, answer.version_number);
+        let record = versioned::record_at::<K>(&self.db, &caller.tenant, id, number).await?;
+        Ok(message::<K>(&record))
+    }
+
+    /// A remembered answer of an update, rollback or key revocation: the
+    /// resource as that version was, with its labels.
+    pub async fn labelled_at<K: Resource>(
+        &self,
+        caller: &Caller,
+        answer: Answer,
+    ) -> Result<K::Message, Error> {
+        let (id, number) = (&answer.resource_id, answer.version_number);
+        let record = versioned::record_at::<K>(&self.db, &caller.tenant, id, number).await?;
         self.labelled::<K>(&caller.tenant, &record).await
     }
 }

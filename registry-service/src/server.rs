@@ -151,6 +151,11 @@ pub async fn serve(
         }
     };
     let feed = tokio::spawn(registry.feed.clone().run());
+    // Request ids past their retention go in the background (AIP-155).
+    let prune_request_ids = tokio::spawn(crate::api::retries::prune_expired(
+        registry.db.clone(),
+        registry.retries.retention(),
+    ));
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
     // caller resumes elsewhere): they would otherwise hold the drain to its
@@ -172,6 +177,7 @@ pub async fn serve(
     .map_err(|e| Error::Internal(format!("server: {e}")))?;
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
+    prune_request_ids.abort();
     feed.abort();
     tracing::info!("registry-service stopped");
     Ok(())

@@ -7,11 +7,14 @@ use proto::v1 as pb;
 use proto::v1::label_policy_service_server::LabelPolicyService;
 use tonic::{Request, Response, Status};
 
+use super::retries::Intent;
 use super::{Registry, Resource, messages, parts};
 use crate::caller::Caller;
 use crate::error::{Error, Violations};
 use crate::page;
-use crate::store::labels::{self, LabelChange, MAX_PROTECTED, MAX_REASON_CHARS, check_name};
+use crate::store::labels::{
+    self, LabelChange, LabelRecord, MAX_PROTECTED, MAX_REASON_CHARS, check_name,
+};
 
 /// Moves in a history page when the request gives no page size.
 pub const DEFAULT_HISTORY_PAGE: u64 = 50;
@@ -19,6 +22,8 @@ pub const DEFAULT_HISTORY_PAGE: u64 = 50;
 /// A SetLabel request's fields.
 #[derive(Debug)]
 pub struct SetLabel<'a> {
+    /// Its request id and `validate_only`.
+    pub intent: &'a Intent,
     /// The request field naming the resource, and its value.
     pub id: (&'a str, &'a str),
     pub label: &'a str,
@@ -30,6 +35,8 @@ pub struct SetLabel<'a> {
 /// A DeleteLabel request's fields.
 #[derive(Debug)]
 pub struct DeleteLabel<'a> {
+    /// Its request id and `validate_only`.
+    pub intent: &'a Intent,
     /// The request field naming the resource, and its value.
     pub id: (&'a str, &'a str),
     pub label: &'a str,
@@ -80,11 +87,16 @@ impl Registry {
             to: Some(set.version_number),
             expected: set.expected_version,
             reason: set.reason,
+            how: set.intent.how(),
         };
-        let moved = labels::move_label::<K>(&self.db, change).await?;
-        moved
-            .map(messages::label)
-            .ok_or_else(|| Error::Internal("a label set to a version reads as deleted".into()))
+        let set_label = || async {
+            let moved = labels::move_label::<K>(&self.db, change).await?;
+            moved
+                .map(messages::label)
+                .ok_or_else(|| Error::Internal("a label set to a version reads as deleted".into()))
+        };
+        let rebuild = |answer| async { Ok(messages::label(LabelRecord::of(set.label, answer))) };
+        self.once(caller, set.intent, set_label, rebuild).await
     }
 
     /// DeleteLabel: deletes a label of resource `delete.id`.
@@ -113,8 +125,11 @@ impl Registry {
             to: None,
             expected: delete.expected_version,
             reason: delete.reason,
+            how: delete.intent.how(),
         };
-        labels::move_label::<K>(&self.db, change).await.map(|_| ())
+        let delete_label = || async { labels::move_label::<K>(&self.db, change).await.map(|_| ()) };
+        self.once(caller, delete.intent, delete_label, |_| async { Ok(()) })
+            .await
     }
 
     /// ListLabels: every label of resource `id`, by name.

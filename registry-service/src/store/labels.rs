@@ -20,7 +20,8 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query, Selec
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, StatementBuilder};
 use serde_json::Value;
 
-use super::versioned::{self, Kind};
+use super::request_ids::{self, Answer};
+use super::versioned::{self, How, Kind};
 use super::{Store, db_error, json_val, now, val};
 use crate::caller::Caller;
 use crate::error::Error;
@@ -73,6 +74,9 @@ pub struct LabelChange<'a> {
     /// check, `Some(0)` it must not exist, `Some(n)` it must point at `n`.
     pub expected: Option<i64>,
     pub reason: &'a str,
+    /// Whether the change is remembered under a request id, or only
+    /// checked (`validate_only`: nothing is written).
+    pub how: How<'a>,
 }
 
 /// Sets, moves or deletes a label of resource `change.resource_id` of kind
@@ -103,7 +107,19 @@ pub async fn move_label<K: Kind>(
     check_expected(label, change.expected, now_at)?;
     if now_at == change.to {
         return match current {
-            Some(current) => Ok(Some(current)),
+            Some(current) => {
+                if let Some(claim) = change.how.claim.filter(|_| !change.how.validate_only) {
+                    let answer = Answer {
+                        resource_id: id.to_owned(),
+                        version_number: current.version_number,
+                        answer_time: current.update_time,
+                        answered_by: current.updated_by.clone(),
+                    };
+                    request_ids::insert(&txn, tenant, claim, &answer).await?;
+                    txn.commit().await.map_err(db_error)?;
+                }
+                Ok(Some(current))
+            }
             None => Err(Error::NotFound {
                 kind: "label",
                 id: format!("{id}@{label}"),
@@ -160,6 +176,19 @@ pub async fn move_label<K: Kind>(
         ])
         .map_err(|e| Error::Internal(format!("label statement: {e}")))?;
     txn.execute(&record_move).await.map_err(db_error)?;
+    let answer = Answer {
+        resource_id: id.to_owned(),
+        version_number: change.to.unwrap_or(0),
+        answer_time: time,
+        answered_by: subject.clone(),
+    };
+    if change.how.validate_only {
+        txn.rollback().await.map_err(db_error)?;
+        return Ok(change.to.map(|_| LabelRecord::of(label, answer)));
+    }
+    if let Some(claim) = change.how.claim {
+        request_ids::insert(&txn, tenant, claim, &answer).await?;
+    }
     // Last: the change log's revision lock (see `store::changes`).
     let logged = NewChange {
         tenant,
@@ -176,12 +205,19 @@ pub async fn move_label<K: Kind>(
     changes::record(&txn, logged).await?;
     txn.commit().await.map_err(db_error)?;
     store.changes().raise(tenant);
-    Ok(change.to.map(|to| LabelRecord {
-        label: label.to_owned(),
-        version_number: to,
-        update_time: time,
-        updated_by: subject.clone(),
-    }))
+    Ok(change.to.map(|_| LabelRecord::of(label, answer)))
+}
+
+impl LabelRecord {
+    /// Label `label` as a remembered answer of setting it names it.
+    pub fn of(label: &str, answer: Answer) -> Self {
+        Self {
+            label: label.to_owned(),
+            version_number: answer.version_number,
+            update_time: answer.answer_time,
+            updated_by: answer.answered_by,
+        }
+    }
 }
 
 /// ABORTED when the compare-and-set does not hold; the message names where
