@@ -651,6 +651,7 @@ impl Workload {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let created = self
             .call("create_provider", self.api.create_provider(request), |p| {
@@ -694,6 +695,7 @@ impl Workload {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let created = self
             .call("create_agent", self.api.create_agent(request), |a| {
@@ -729,6 +731,7 @@ impl Workload {
                     paths: vec!["temperature".into(), "max_iter".into(), "goal".into()],
                 }),
                 change_description: String::new(),
+                ..Default::default()
             };
             self.call("update_agent", self.api.update_agent(request), |a| {
                 if a.max_iter == Some(max_iter)
@@ -783,6 +786,7 @@ impl Workload {
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            ..Default::default()
         };
         self.call("rollback_agent", self.api.rollback_agent(request), |a| {
             if a.goal == GOAL && a.max_iter == Some(MAX_ITER) && a.temperature == Some(TEMPERATURE)

@@ -69,6 +69,9 @@ async fn readme_walkthrough_runs_as_written() {
         r#""reason": "reviewed""#,
         r#""toVersion": "2""#,
         "production runs agent version 2",
+        "attempt 1 answered version 5",
+        "attempt 2 answered version 5",
+        r#""validatedDiff""#,
     ] {
         assert!(
             out.contains(expected),

@@ -459,6 +459,7 @@ impl AgentSpec {
             inject_date: Some(inject_date),
             date_format: Some(date_format),
             embedder: embedder.as_ref().map(json_struct),
+            validated_diff: Vec::new(),
         }
     }
 }
@@ -654,6 +655,7 @@ impl ProviderSpec {
             api_key_set: api_key.is_some(),
             api_key_revision: api_key.and(api_key_revision).unwrap_or(0),
             labels: Default::default(),
+            validated_diff: Vec::new(),
         }
     }
 }
