@@ -306,6 +306,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "GetLabelPolicy" => pb::GetLabelPolicyRequest {}.encode_to_vec(),
         "UpdateLabelPolicy" => pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned()],
+            ..Default::default()
         }
         .encode_to_vec(),
         "GetKeyStatus" => pb::GetKeyStatusRequest {}.encode_to_vec(),

@@ -457,6 +457,7 @@ async fn protected_labels_are_moved_only_by_admins() {
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned()],
+            ..Default::default()
         })
         .await
         .expect_err("editors do not write the policy");
@@ -465,6 +466,7 @@ async fn protected_labels_are_moved_only_by_admins() {
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned(), "gold".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("admin writes the policy")
@@ -678,6 +680,7 @@ async fn malformed_requests_are_refused_per_field_and_other_tenants_see_nothing(
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["ok".to_owned(), "Not-OK".to_owned(), "latest".to_owned()],
+            ..Default::default()
         })
         .await
         .expect_err("bad names");
@@ -689,6 +692,7 @@ async fn malformed_requests_are_refused_per_field_and_other_tenants_see_nothing(
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: (0..65).map(|n| format!("p{n}")).collect(),
+            ..Default::default()
         })
         .await
         .expect_err("too many");

@@ -8,6 +8,7 @@ use proto::v1::label_policy_service_server::LabelPolicyService;
 use tonic::{Request, Response, Status};
 
 use super::retries::Intent;
+use crate::store::request_ids::Answer;
 use super::{Registry, Resource, messages, parts};
 use crate::caller::Caller;
 use crate::error::{Error, Violations};
@@ -210,6 +211,7 @@ impl LabelPolicyService for Registry {
         request: Request<pb::UpdateLabelPolicyRequest>,
     ) -> Result<Response<pb::LabelPolicy>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         let wanted = request.protected_labels;
         if wanted.len() > MAX_PROTECTED {
             return Err(Error::bad_field(
@@ -228,7 +230,17 @@ impl LabelPolicyService for Registry {
         let mut protected = v.finish(wanted)?;
         protected.sort_unstable();
         protected.dedup();
-        let policy = labels::set_policy(&self.db, &caller, protected).await?;
+        // A retry's request is this one: its answer is these labels, as
+        // set when and by whom the first call set them.
+        let remembered = protected.clone();
+        let set = || labels::set_policy(&self.db, &caller, protected, intent.how());
+        let rebuild = |answer: Answer| async move {
+            Ok(labels::Policy {
+                protected_labels: remembered,
+                updated: Some((answer.answer_time, answer.answered_by)),
+            })
+        };
+        let policy = self.once(&caller, &intent, set, rebuild).await?;
         Ok(Response::new(messages::label_policy(policy)))
     }
 }

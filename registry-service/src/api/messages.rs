@@ -225,6 +225,8 @@ impl AgentSpec {
             created_by: _,
             updated_by: _,
             labels: _,
+            // Output only: a dry run's answer.
+            validated_diff: _,
             name,
             role,
             goal,
@@ -520,7 +522,9 @@ impl ProviderDraft {
             update_time: _,
             created_by: _,
             updated_by: _,
-            // Output only: the store keeps the key's state and the labels.
+            // Output only: the store keeps the key's state and the labels;
+            // a dry run's answer.
+            validated_diff: _,
             api_key_set: _,
             api_key_revision: _,
             labels: _,

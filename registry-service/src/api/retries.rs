@@ -83,7 +83,7 @@ impl Retries {
             retries: self,
             key,
             lock,
-            _guard: Some(guard),
+            guard: Some(guard),
         }
     }
 }
@@ -94,12 +94,12 @@ struct Turn<'r> {
     retries: &'r Retries,
     key: (String, String),
     lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        self._guard = None;
+        self.guard = None;
         let mut calls = self
             .retries
             .in_progress
@@ -160,6 +160,7 @@ mutations! {
     SetProviderLabelRequest => "SetProviderLabel",
     DeleteProviderLabelRequest => "DeleteProviderLabel",
     RevokeProviderKeyRequest => "RevokeProviderKey",
+    UpdateLabelPolicyRequest => "UpdateLabelPolicy",
 }
 
 /// What a mutation request asks besides its change: to be remembered under

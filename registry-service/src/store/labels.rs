@@ -506,13 +506,21 @@ async fn protected(db: &impl ConnectionTrait, tenant: &str) -> Result<Vec<String
 }
 
 /// Replaces the tenant's protected labels (`labels` checked, sorted and
-/// each once).
+/// each once); remembered under a request id, or only answered (a dry run:
+/// the labels were checked, nothing else is).
 pub async fn set_policy(
     store: &Store,
     caller: &Caller,
     labels: Vec<String>,
+    how: How<'_>,
 ) -> Result<Policy, Error> {
     let time = now();
+    if how.validate_only {
+        return Ok(Policy {
+            protected_labels: labels,
+            updated: Some((time, caller.subject.clone())),
+        });
+    }
     let backend = store.get_database_backend();
     let json = Value::from(labels.clone());
     let mut insert = Query::insert();
@@ -534,6 +542,15 @@ pub async fn set_policy(
     );
     let txn = store.begin_write().await?;
     txn.execute(&insert).await.map_err(db_error)?;
+    if let Some(claim) = how.claim {
+        let answer = Answer {
+            resource_id: POLICIES.to_owned(),
+            version_number: 0,
+            answer_time: time,
+            answered_by: caller.subject.clone(),
+        };
+        request_ids::insert(&txn, &caller.tenant, claim, &answer).await?;
+    }
     txn.commit().await.map_err(db_error)?;
     Ok(Policy {
         protected_labels: labels,
