@@ -17,9 +17,11 @@ use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::provider_service_client::ProviderServiceClient;
 use tests::auth::Authed;
+use tests::health::wait_for_status;
 use tests::stack::{Stack, TestDatabase, start_registry};
 use tests::{Launch, http_get};
 use tonic::{Code, Status};
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 
 /// The clients of one caller.
@@ -755,6 +757,8 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
         .as_ref()
         .and_then(|c| c.log_field("metrics serving", "listen"))
         .expect("crypto metrics");
+    // Ready: the key canary (one Encrypt) is written.
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
     let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
     let encrypts = crypto_calls(&metrics, "Encrypt").await;
     let before = footprint(&stack.database).await;
@@ -764,7 +768,7 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
         .await
         .expect("dry create");
     assert!(would.api_key_set);
-    assert_eq!(would.api_key_revision, Some(1));
+    assert_eq!(would.api_key_revision, 1);
     assert_eq!(would.api_key, "", "never a key in an answer");
     assert_eq!(crypto_calls(&metrics, "Encrypt").await, encrypts);
     assert_eq!(footprint(&stack.database).await, before);
@@ -793,7 +797,7 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
         .await
         .expect("dry rotate")
         .into_inner();
-    assert_eq!((would.version, would.api_key_revision), (2, Some(2)));
+    assert_eq!((would.version, would.api_key_revision), (2, 2));
     assert_eq!(crypto_calls(&metrics, "Encrypt").await, encrypts + 1);
     assert_eq!(footprint(&stack.database).await, before);
     let rotated = alice
@@ -805,7 +809,7 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
         .await
         .expect("rotate")
         .into_inner();
-    assert_eq!(rotated.api_key_revision, Some(2));
+    assert_eq!(rotated.api_key_revision, 2);
     let recorded = alice
         .providers
         .get_provider_version(pb::GetProviderVersionRequest {
@@ -818,7 +822,7 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
     assert_eq!(recorded.diff, would.validated_diff);
     assert!(
         recorded.diff.iter().any(|c| c.path == "api_key"
-            && c.new.as_deref() == Some("***encrypted, revision 2***")),
+            && c.new_value == Some(text("***encrypted, revision 2***"))),
         "{:?}",
         recorded.diff
     );
