@@ -112,7 +112,7 @@ mod tests {
                 "{:?}",
                 v1::CreateProviderRequest {
                     provider: Some(provider()),
-                    change_description: String::new(),
+                    ..Default::default()
                 }
             ),
             format!(

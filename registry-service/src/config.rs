@@ -286,7 +286,11 @@ pub struct ServeArgs {
     /// with the same id within them is answered with the first call's
     /// answer. Expired ids are deleted by a background task. 1 to 2,592,000
     /// (30 days).
-    #[arg(long, env = "REGISTRY_REQUEST_ID_RETENTION_SECONDS", default_value_t = 86_400)]
+    #[arg(
+        long,
+        env = "REGISTRY_REQUEST_ID_RETENTION_SECONDS",
+        default_value_t = 86_400
+    )]
     pub request_id_retention_seconds: u64,
     /// Tests only, refused outside development mode (REGISTRY_DEV): the
     /// process aborts right after the write of a call with this request id

@@ -300,7 +300,10 @@ async fn a_retried_mutation_returns_the_first_answer_and_writes_once() {
         .expect("set label retried")
         .into_inner();
     assert_eq!(label_again, label);
-    assert_eq!(alice.get(&created.id).await.expect("get").labels["production"], 1);
+    assert_eq!(
+        alice.get(&created.id).await.expect("get").labels["production"],
+        1
+    );
     assert_eq!(rows(&stack.database, "label_moves").await, 2);
 
     let delete = pb::DeleteAgentRequest {
@@ -319,7 +322,10 @@ async fn a_retried_mutation_returns_the_first_answer_and_writes_once() {
         .delete_agent(delete)
         .await
         .expect("delete retried");
-    assert_eq!(alice.get(&created.id).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        alice.get(&created.id).await.expect_err("refused").code(),
+        Code::NotFound
+    );
     assert_eq!(rows(&stack.database, "request_ids").await, 5);
     stack.finish().await;
 }
@@ -331,7 +337,10 @@ async fn a_request_id_is_refused_for_another_request_and_when_it_is_no_uuid() {
     let created = alice.create(agent("analyst"), FIRST).await.expect("create");
 
     // Same id, another agent: refused, and nothing written.
-    let other = alice.create(agent("writer"), FIRST).await.unwrap_err();
+    let other = alice
+        .create(agent("writer"), FIRST)
+        .await
+        .expect_err("refused");
     assert_eq!(violated_fields(&other), ["request_id"]);
     // Same id, same agent, another description: another request.
     let described = alice
@@ -343,26 +352,36 @@ async fn a_request_id_is_refused_for_another_request_and_when_it_is_no_uuid() {
             ..Default::default()
         })
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(violated_fields(&described), ["request_id"]);
     // Same id, another method.
     let update = alice
         .update_goal(&created.id, "Report", (FIRST, false))
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(violated_fields(&update), ["request_id"]);
     assert_eq!(alice.agent_count().await, 1);
     assert_eq!(alice.versions(&created.id).await.len(), 1);
 
-    for bad in ["not-a-uuid", "0193f1b2", "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6g"] {
-        let refused = alice.create(agent("third"), bad).await.unwrap_err();
+    for bad in [
+        "not-a-uuid",
+        "0193f1b2",
+        "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4f5a6g",
+    ] {
+        let refused = alice
+            .create(agent("third"), bad)
+            .await
+            .expect_err("refused");
         assert_eq!(violated_fields(&refused), ["request_id"], "{bad}");
     }
     assert_eq!(alice.agent_count().await, 1);
 
     // Request ids are per tenant: another tenant's same id is its own.
     let mut bob = Caller::new(&stack, "globex", &["admin"]).await;
-    let theirs = bob.create(agent("writer"), FIRST).await.expect("other tenant");
+    let theirs = bob
+        .create(agent("writer"), FIRST)
+        .await
+        .expect("other tenant");
     assert_ne!(theirs.id, created.id);
     stack.finish().await;
 }
@@ -410,7 +429,10 @@ async fn a_create_retried_after_a_crash_between_commit_and_answer_returns_that_a
         .env("REGISTRY_TEST_ABORT_AFTER_COMMIT", FIRST);
     let mut stack = Stack::start_with(dying).await;
     let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
-    let lost = alice.create(agent("analyst"), FIRST).await.unwrap_err();
+    let lost = alice
+        .create(agent("analyst"), FIRST)
+        .await
+        .expect_err("refused");
     assert!(
         matches!(
             lost.code(),
@@ -473,7 +495,10 @@ async fn concurrent_duplicates_write_once() {
     }
     let mut ids = std::collections::BTreeSet::new();
     for call in calls {
-        let answer = call.await.expect("joined").expect("every duplicate answered");
+        let answer = call
+            .await
+            .expect("joined")
+            .expect("every duplicate answered");
         ids.insert(answer.id);
     }
     assert_eq!(ids.len(), 1, "one agent answered to all: {ids:?}");
@@ -489,7 +514,10 @@ async fn concurrent_duplicates_write_once() {
         }));
     }
     for call in calls {
-        let answer = call.await.expect("joined").expect("every duplicate answered");
+        let answer = call
+            .await
+            .expect("joined")
+            .expect("every duplicate answered");
         assert_eq!(answer.version, 2);
     }
     assert_eq!(alice.versions(&id).await.len(), 2);
@@ -498,9 +526,10 @@ async fn concurrent_duplicates_write_once() {
 
 #[tokio::test]
 async fn expired_request_ids_are_forgotten() {
-    let stack =
-        Stack::start_with(Stack::default_registry().env("REGISTRY_REQUEST_ID_RETENTION_SECONDS", "1"))
-            .await;
+    let stack = Stack::start_with(
+        Stack::default_registry().env("REGISTRY_REQUEST_ID_RETENTION_SECONDS", "1"),
+    )
+    .await;
     let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
     alice.create(agent("analyst"), SIXTH).await.expect("create");
     assert_eq!(rows(&stack.database, "request_ids").await, 1);
@@ -535,7 +564,11 @@ async fn a_dry_run_answers_the_diff_a_real_call_records_and_changes_nothing() {
     assert_eq!(would_create.version, 1);
     assert!(would_create.validated_diff.is_empty());
     assert_eq!(
-        alice.get(&would_create.id).await.unwrap_err().code(),
+        alice
+            .get(&would_create.id)
+            .await
+            .expect_err("refused")
+            .code(),
         Code::NotFound
     );
     assert_eq!(footprint(&stack.database).await, before);
@@ -594,7 +627,10 @@ async fn a_dry_run_answers_the_diff_a_real_call_records_and_changes_nothing() {
         .expect("rollback")
         .into_inner();
     assert_eq!(rolled_back.version, 3);
-    assert_eq!(alice.version(&created.id, 3).await.diff, would.validated_diff);
+    assert_eq!(
+        alice.version(&created.id, 3).await.diff,
+        would.validated_diff
+    );
     assert_eq!(
         would.validated_diff,
         [pb::FieldChange {
@@ -619,7 +655,10 @@ async fn a_dry_run_answers_the_diff_a_real_call_records_and_changes_nothing() {
         .await
         .expect("dry set label")
         .into_inner();
-    assert_eq!((label.label.as_str(), label.version_number), ("production", 2));
+    assert_eq!(
+        (label.label.as_str(), label.version_number),
+        ("production", 2)
+    );
     assert_eq!(label.updated_by, "alice");
     alice
         .agents
@@ -663,13 +702,13 @@ async fn every_check_fires_in_a_dry_run() {
             ..Default::default()
         })
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(stale.code(), Code::Aborted, "{stale:?}");
     // A name taken.
     let taken = alice
         .create_as(agent("analyst"), "", true)
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(taken.code(), Code::AlreadyExists, "{taken:?}");
     // A provider that is not there.
     let missing = alice
@@ -682,13 +721,13 @@ async fn every_check_fires_in_a_dry_run() {
             true,
         )
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(missing.code(), Code::FailedPrecondition, "{missing:?}");
     // Validation.
     let invalid = alice
         .create_as(agent(""), "", true)
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
     // A provider in use cannot be deleted.
     let used = alice
@@ -717,22 +756,25 @@ async fn every_check_fires_in_a_dry_run() {
             ..Default::default()
         })
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(in_use.code(), Code::FailedPrecondition, "{in_use:?}");
     assert_eq!(footprint(&stack.database).await, before_delete);
-    assert_ne!(before, before_delete, "the real writes between were counted");
+    assert_ne!(
+        before, before_delete,
+        "the real writes between were counted"
+    );
 
     // A viewer may not, not even to try.
     let mut viewer = Caller::new(&stack, "acme", &["viewer"]).await;
     let denied = viewer
         .create_as(agent("writer"), "", true)
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     let denied = viewer
         .update_goal(&created.id, "Other", ("", true))
         .await
-        .unwrap_err();
+        .expect_err("refused");
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     stack.finish().await;
 }
@@ -821,8 +863,9 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
         .into_inner();
     assert_eq!(recorded.diff, would.validated_diff);
     assert!(
-        recorded.diff.iter().any(|c| c.path == "api_key"
-            && c.new_value == Some(text("***encrypted, revision 2***"))),
+        recorded.diff.iter().any(
+            |c| c.path == "api_key" && c.new_value == Some(text("***encrypted, revision 2***"))
+        ),
         "{:?}",
         recorded.diff
     );

@@ -7,7 +7,7 @@
 //! the provider version it was written against — always with the
 //! provider's current key.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use prost_types::FieldMask;
 use proto::v1 as pb;
@@ -228,7 +228,7 @@ fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
-fn labels(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
+fn labels(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
     pairs.iter().map(|(l, v)| ((*l).to_owned(), *v)).collect()
 }
 

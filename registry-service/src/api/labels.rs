@@ -8,7 +8,6 @@ use proto::v1::label_policy_service_server::LabelPolicyService;
 use tonic::{Request, Response, Status};
 
 use super::retries::Intent;
-use crate::store::request_ids::Answer;
 use super::{Registry, Resource, messages, parts};
 use crate::caller::Caller;
 use crate::error::{Error, Violations};
@@ -16,6 +15,7 @@ use crate::page;
 use crate::store::labels::{
     self, LabelChange, LabelRecord, MAX_PROTECTED, MAX_REASON_CHARS, check_name,
 };
+use crate::store::request_ids::Answer;
 
 /// Moves in a history page when the request gives no page size.
 pub const DEFAULT_HISTORY_PAGE: u64 = 50;

@@ -72,7 +72,10 @@ impl Registry {
         let mut spec = input.spec;
         spec.api_key = match input.new_api_key {
             None => current_key,
-            Some(key) => self.sealed(caller, provider_id, &key, validate_only).await?,
+            Some(key) => {
+                self.sealed(caller, provider_id, &key, validate_only)
+                    .await?
+            }
         };
         Ok(spec)
     }
@@ -94,7 +97,9 @@ impl Registry {
         if validate_only {
             return Ok(Some(NOT_ENCRYPTED.to_owned()));
         }
-        let sealed = self.crypto.encrypt_api_key(&caller.tenant, provider_id, key);
+        let sealed = self
+            .crypto
+            .encrypt_api_key(&caller.tenant, provider_id, key);
         Ok(Some(sealed.await?))
     }
 }

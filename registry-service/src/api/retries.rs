@@ -39,13 +39,16 @@ use crate::store::versioned::{How, Write};
 /// hint is what clients expect.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// A call's (tenant, request id).
+type CallKey = (String, String);
+
 /// What this process knows of request ids: how long they are remembered,
 /// the calls in progress, and the test hook.
 #[derive(Debug)]
 pub struct Retries {
     retention: Duration,
     /// One lock per (tenant, request id) of a call in progress here.
-    in_progress: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    in_progress: Mutex<HashMap<CallKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Test only (refused outside development mode, see SECURITY.md): the
     /// process aborts right after the write of a call with this request id
     /// committed, before it answers.
@@ -92,7 +95,7 @@ impl Retries {
 /// leaves.
 struct Turn<'r> {
     retries: &'r Retries,
-    key: (String, String),
+    key: CallKey,
     lock: Arc<tokio::sync::Mutex<()>>,
     guard: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
