@@ -162,6 +162,23 @@ fn agent(name: &str) -> pb::Agent {
     }
 }
 
+/// A tool's settings: a struct with a few fields.
+fn settings(tool: &str) -> prost_types::Struct {
+    let field = |value: &str| prost_types::Value {
+        kind: Some(prost_types::value::Kind::StringValue(value.to_owned())),
+    };
+    prost_types::Struct {
+        fields: [
+            ("name", field(tool)),
+            ("mode", field("fast")),
+            ("lang", field("en")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect(),
+    }
+}
+
 fn provider(name: &str, key: &str) -> pb::Provider {
     pb::Provider {
         name: name.to_owned(),
@@ -390,7 +407,18 @@ async fn a_request_id_is_refused_for_another_request_and_when_it_is_no_uuid() {
 async fn a_retry_after_a_restart_returns_the_first_answer() {
     let mut stack = Stack::start().await;
     let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
-    let created = alice.create(agent("analyst"), FIRST).await.expect("create");
+    // Map entries: the fingerprint must not depend on a process's hashing.
+    let configured = || pb::Agent {
+        tools: ["search", "scrape", "summarize", "translate"]
+            .map(str::to_owned)
+            .to_vec(),
+        tool_config: ["search", "scrape", "summarize", "translate"]
+            .into_iter()
+            .map(|tool| (tool.to_owned(), settings(tool)))
+            .collect(),
+        ..agent("analyst")
+    };
+    let created = alice.create(configured(), FIRST).await.expect("create");
     let updated = alice
         .update_goal(&created.id, "Report", (SECOND, false))
         .await
@@ -406,7 +434,7 @@ async fn a_retry_after_a_restart_returns_the_first_answer() {
     old.terminate().await;
 
     let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
-    let retried = alice.create(agent("analyst"), FIRST).await.expect("retry");
+    let retried = alice.create(configured(), FIRST).await.expect("retry");
     assert_eq!(retried, created);
     let retried_update = alice
         .update_goal(&created.id, "Report", (SECOND, false))
@@ -521,6 +549,70 @@ async fn concurrent_duplicates_write_once() {
         assert_eq!(answer.version, 2);
     }
     assert_eq!(alice.versions(&id).await.len(), 2);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn duplicates_through_two_replicas_write_once() {
+    let stack = Stack::start().await;
+    let replica = start_registry(
+        &stack.database,
+        &stack.crypto_endpoint,
+        Stack::default_registry(),
+    )
+    .await;
+    let token = tests::auth::token("alice", "acme", &["admin"]);
+    let replica_channel =
+        tests::auth::authed(replica.channel().await, tests::auth::Bearer::new(&token));
+    let mut calls = Vec::new();
+    for call in 0..8 {
+        let mut agents = if call % 2 == 0 {
+            Caller::new(&stack, "acme", &["admin"]).await.agents
+        } else {
+            AgentServiceClient::new(replica_channel.clone())
+        };
+        calls.push(tokio::spawn(async move {
+            agents
+                .create_agent(pb::CreateAgentRequest {
+                    agent: Some(agent("analyst")),
+                    request_id: FIRST.to_owned(),
+                    ..Default::default()
+                })
+                .await
+                .map(tonic::Response::into_inner)
+        }));
+    }
+    let mut ids = std::collections::BTreeSet::new();
+    for call in calls {
+        match call.await.expect("joined") {
+            Ok(answer) => {
+                ids.insert(answer.id);
+            }
+            // The other replica's write of the id was not readable yet.
+            Err(status) => {
+                assert_eq!(status.code(), Code::Aborted, "{status:?}");
+                let reason = status.get_details_error_info().map(|info| info.reason);
+                assert_eq!(reason.as_deref(), Some("REQUEST_IN_PROGRESS"));
+            }
+        }
+    }
+    assert_eq!(ids.len(), 1, "one agent answered to all: {ids:?}");
+    let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
+    assert_eq!(alice.agent_count().await, 1);
+    // A retry through either replica answers that agent.
+    let mut through_replica = AgentServiceClient::new(replica_channel);
+    let retried = through_replica
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent("analyst")),
+            request_id: FIRST.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("retry through the replica")
+        .into_inner();
+    assert!(ids.contains(&retried.id));
+    assert_eq!(alice.versions(&retried.id).await.len(), 1);
+    replica.terminate().await;
     stack.finish().await;
 }
 
