@@ -963,3 +963,95 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
     );
     stack.finish().await;
 }
+
+#[tokio::test]
+async fn a_retried_provider_write_answers_the_first_answer_without_crypto_service() {
+    let crypto = Launch::default().arg("--metrics-listen").arg("127.0.0.1:0");
+    let registry = Stack::default_registry().env("REGISTRY_HEALTH_INTERVAL_SECONDS", "3600");
+    let stack = Stack::launch(crypto, registry).await;
+    let metrics = stack
+        .crypto
+        .as_ref()
+        .and_then(|c| c.log_field("metrics serving", "listen"))
+        .expect("crypto metrics");
+    wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
+    let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
+    let encrypts = crypto_calls(&metrics, "Encrypt").await;
+
+    let create = pb::CreateProviderRequest {
+        provider: Some(provider("openai", "sk-first")),
+        request_id: FIRST.to_owned(),
+        ..Default::default()
+    };
+    let created = alice
+        .providers
+        .create_provider(create.clone())
+        .await
+        .expect("create")
+        .into_inner();
+    let retried = alice
+        .providers
+        .create_provider(create)
+        .await
+        .expect("retry")
+        .into_inner();
+    assert_eq!(retried, created);
+    assert_eq!(
+        crypto_calls(&metrics, "Encrypt").await,
+        encrypts + 1,
+        "the retry encrypted nothing"
+    );
+
+    let revoke = pb::RevokeProviderKeyRequest {
+        provider_id: created.id.clone(),
+        revision: 1,
+        request_id: SECOND.to_owned(),
+        ..Default::default()
+    };
+    let revoked = alice
+        .providers
+        .revoke_provider_key(revoke.clone())
+        .await
+        .expect("revoke")
+        .into_inner();
+    assert_eq!((revoked.version, revoked.api_key_set), (2, false));
+    let revoked_again = alice
+        .providers
+        .revoke_provider_key(revoke)
+        .await
+        .expect("revoke retried")
+        .into_inner();
+    assert_eq!(revoked_again, revoked);
+    let versions = alice
+        .providers
+        .list_provider_versions(pb::ListProviderVersionsRequest {
+            provider_id: created.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    assert_eq!(versions.total_size, 2);
+
+    let policy = pb::UpdateLabelPolicyRequest {
+        protected_labels: vec!["production".to_owned(), "canary".to_owned()],
+        request_id: THIRD.to_owned(),
+        ..Default::default()
+    };
+    let mut policies = proto::v1::label_policy_service_client::LabelPolicyServiceClient::new(
+        stack.channel_as("alice", "acme", &["admin"]).await,
+    );
+    let set = policies
+        .update_label_policy(policy.clone())
+        .await
+        .expect("policy")
+        .into_inner();
+    assert_eq!(set.protected_labels, ["canary", "production"]);
+    let set_again = policies
+        .update_label_policy(policy)
+        .await
+        .expect("policy retried")
+        .into_inner();
+    assert_eq!(set_again, set);
+    stack.finish().await;
+}
