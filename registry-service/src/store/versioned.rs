@@ -20,6 +20,14 @@
 //!   writes of other rows ([`Kind::prepare`], [`Kind::finish`]): a write
 //!   transaction (IMMEDIATE on SQLite) that reads the row `FOR UPDATE` on
 //!   PostgreSQL, up to [`MAX_WRITE_ATTEMPTS`] times.
+//!
+//! A write whose [`Write::claim`] is set (an AIP-155 request id) also
+//! stores its `request_ids` row ([`request_ids`]) on whichever path it
+//! takes, in the same statement or transaction; without one it is exactly
+//! the statements above. A dry run (AIP-163: [`validate_create`],
+//! [`validate_update`], [`validate_rollback`], [`delete`] with
+//! [`How::validate_only`]) is the locking path in a transaction that is
+//! rolled back, answering the record and the diff it would have written.
 
 use std::future::Future;
 
