@@ -62,7 +62,6 @@ impl MigrationTrait for Migration {
                     )
                     .primary_key(
                         Index::create()
-                            .name("pk_request_ids")
                             .col(RequestIds::TenantId)
                             .col(RequestIds::RequestId),
                     )

@@ -214,7 +214,7 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 13] = [
     "agent_tools",
     "agent_versions",
     "agents",
@@ -226,9 +226,10 @@ const TABLES: [&str; 12] = [
     "provider_key_revisions",
     "provider_versions",
     "providers",
+    "request_ids",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 16] = [
+const INDEXES: [&str; 17] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_llm_provider_id",
     "ix_agents_tenant",
@@ -240,6 +241,7 @@ const INDEXES: [&str; 16] = [
     "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
     "ix_providers_tenant_update_time",
+    "ix_request_ids_create_time",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
     "ux_provider_versions_provider_version",
@@ -1155,7 +1157,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261206_000002_agent_version_provider",
             "m20261207_000001_labels",
             "m20261207_000002_search",
-            "m20261207_000003_change_log"
+            "m20261207_000003_change_log",
+            "m20261208_000010_request_ids"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -188,8 +188,8 @@ pub async fn prune(db: &impl ConnectionTrait, before: DateTime<Utc>) -> Result<u
 }
 
 /// Whether `error` is a clash on this table's key: another call with the
-/// same request id wrote first (SQLite names the table in its message,
-/// PostgreSQL the key `pk_request_ids`).
+/// same request id wrote first (SQLite names the table's columns in its
+/// message, PostgreSQL the key `request_ids_pkey`).
 pub fn is_taken(error: &DbErr) -> bool {
     unique_violation(error).is_some_and(|message| message.contains("request_id"))
 }
