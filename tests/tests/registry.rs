@@ -1399,7 +1399,11 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
         "{output}"
     );
     assert!(
-        output.contains("pending m20261207_000003_change_log"),
+        output.contains("applied m20261207_000003_change_log"),
+        "{output}"
+    );
+    assert!(
+        output.contains("pending m20261208_000010_request_ids"),
         "down reverts the newest: {output}"
     );
     database.drop_database().await;
