@@ -55,6 +55,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create provider")
@@ -72,6 +73,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create agent")
@@ -90,6 +92,7 @@ impl Caller {
                     paths: vec!["goal".to_owned()],
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("update agent")
@@ -104,6 +107,7 @@ impl Caller {
                 version_number: version,
                 expected_version: None,
                 reason: "release".to_owned(),
+                ..Default::default()
             })
             .await
             .expect("set label");
@@ -183,6 +187,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("rollback");
@@ -197,6 +202,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
             label: "production".to_owned(),
             expected_version: None,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete label");
@@ -204,6 +210,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("label policy");
@@ -211,6 +218,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .delete_agent(pb::DeleteAgentRequest {
             id: agent.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete agent");
@@ -225,6 +233,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .delete_agent(pb::DeleteAgentRequest {
             id: agent.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete agent again");
@@ -242,6 +251,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
             provider_id: provider.id.clone(),
             revision: 1,
             reason: "leaked".to_owned(),
+            ..Default::default()
         })
         .await
         .expect("revoke key");
