@@ -511,9 +511,10 @@ macro_rules! versioned_service {
                 request: Request<pb::$undelete_req>,
             ) -> Result<Response<<$K as Resource>::Message>, Status> {
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let id = (stringify!($del), request.$del.as_str());
                 let kind = $kind;
-                let undeleted = self.undelete(&kind, &caller, id, &request.etag);
+                let undeleted = self.undelete(&kind, &caller, id, &request.etag, &intent);
                 Ok(Response::new(undeleted.await?))
             }
 
@@ -523,8 +524,9 @@ macro_rules! versioned_service {
                 request: Request<pb::$purge_req>,
             ) -> Result<Response<()>, Status> {
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let id = (stringify!($del), request.$del.as_str());
-                self.purge(&$kind, &caller, id, &request.etag).await?;
+                self.purge(&$kind, &caller, id, &request.etag, &intent).await?;
                 Ok(Response::new(()))
             }
 
@@ -919,34 +921,44 @@ impl Registry {
     }
 
     /// Undelete: restores deleted resource `id` (in field `field`), when
-    /// `etag` (if sent) is current.
+    /// `etag` (if sent) is current; once per request id, or only checked.
     pub async fn undelete<K: Resource>(
         &self,
         kind: &K,
         caller: &Caller,
         (field, id): (&str, &str),
         etag: &str,
+        intent: &retries::Intent,
     ) -> Result<K::Message, Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
         let undeleted = format!("{} undeleted", title(K::NAMES.kind));
-        let write = writer(caller, Action::Undelete, ("", &undeleted))?;
-        let record = versioned::undelete(&self.db, kind, write, id, expected, false).await?;
-        self.labelled::<K>(&caller.tenant, &record).await
+        let undelete = || async {
+            let write = intent.stamp(writer(caller, Action::Undelete, ("", &undeleted))?);
+            let validate_only = intent.validate_only;
+            let record =
+                versioned::undelete(&self.db, kind, write, id, expected, validate_only).await?;
+            self.labelled::<K>(&caller.tenant, &record).await
+        };
+        let rebuild = |answer| self.labelled_at::<K>(caller, answer);
+        self.once(caller, intent, undelete, rebuild).await
     }
 
     /// Purge: removes deleted resource `id` (in field `field`) and its
-    /// history for good, when `etag` (if sent) is current.
+    /// history for good, when `etag` (if sent) is current; once per request
+    /// id, or only checked.
     pub async fn purge<K: Resource>(
         &self,
         kind: &K,
         caller: &Caller,
         (field, id): (&str, &str),
         etag: &str,
+        intent: &retries::Intent,
     ) -> Result<(), Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
-        versioned::purge_now(&self.db, kind, caller, id, expected).await
+        let purge = || versioned::purge_now(&self.db, kind, caller, id, expected, intent.how());
+        self.once(caller, intent, purge, |_| async { Ok(()) }).await
     }
 
     /// Rollback: resource `id` (in field `field`) back to version `number`.

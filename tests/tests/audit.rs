@@ -226,6 +226,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .undelete_agent(pb::UndeleteAgentRequest {
             id: agent.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("undelete agent");
@@ -242,6 +243,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .purge_agent(pb::PurgeAgentRequest {
             id: agent.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("purge agent");

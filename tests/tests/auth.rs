@@ -178,11 +178,13 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "UndeleteAgent" => pb::UndeleteAgentRequest {
             id: f.agent_id.clone(),
             etag: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "PurgeAgent" => pb::PurgeAgentRequest {
             id: f.agent_id.clone(),
             etag: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "ListAgentVersions" => pb::ListAgentVersionsRequest {
@@ -240,11 +242,13 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "UndeleteProvider" => pb::UndeleteProviderRequest {
             provider_id: f.provider_id.clone(),
             etag: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "PurgeProvider" => pb::PurgeProviderRequest {
             provider_id: f.provider_id.clone(),
             etag: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "ListProviderVersions" => pb::ListProviderVersionsRequest {

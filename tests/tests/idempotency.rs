@@ -1058,3 +1058,117 @@ async fn a_retried_provider_write_answers_the_first_answer_without_crypto_servic
     assert_eq!(set_again, set);
     stack.finish().await;
 }
+
+/// Undelete and Purge take a request id and a dry run like every other
+/// mutation: a dry run leaves the deleted agent as it was, a retried
+/// undelete or purge answers the first answer and writes once (a purge
+/// retried after it removed the agent is no NOT_FOUND), and the purge's
+/// audit event names its request id.
+#[tokio::test]
+async fn undelete_and_purge_are_retried_once_and_dry_run() {
+    let stack = Stack::start().await;
+    let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
+    let created = alice.create(agent("archived"), "").await.expect("create");
+    let id = created.id.clone();
+    let delete = |alice: &mut Caller| {
+        let request = pb::DeleteAgentRequest {
+            id: id.clone(),
+            ..Default::default()
+        };
+        let mut agents = alice.agents.clone();
+        async move { agents.delete_agent(request).await.expect("delete") }
+    };
+    delete(&mut alice).await;
+    let deleted = |alice: &mut Caller| {
+        let request = pb::GetAgentRequest {
+            id: id.clone(),
+            show_deleted: true,
+        };
+        let mut agents = alice.agents.clone();
+        async move {
+            agents
+                .get_agent(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let undelete = |alice: &mut Caller, request_id: &str, validate_only: bool| {
+        let request = pb::UndeleteAgentRequest {
+            id: id.clone(),
+            request_id: request_id.to_owned(),
+            validate_only,
+            ..Default::default()
+        };
+        let mut agents = alice.agents.clone();
+        async move {
+            agents
+                .undelete_agent(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+    let purge = |alice: &mut Caller, request_id: &str, validate_only: bool| {
+        let request = pb::PurgeAgentRequest {
+            id: id.clone(),
+            request_id: request_id.to_owned(),
+            validate_only,
+            ..Default::default()
+        };
+        let mut agents = alice.agents.clone();
+        async move {
+            agents
+                .purge_agent(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+
+    // A dry-run undelete answers the agent live at version 3 and writes
+    // nothing: it stays deleted at version 2.
+    let before = footprint(&stack.database).await;
+    let would = undelete(&mut alice, FIRST, true).await.expect("dry run");
+    assert_eq!((would.version, would.delete_time), (3, None));
+    assert_eq!(footprint(&stack.database).await, before);
+    let still = deleted(&mut alice).await.expect("still there, deleted");
+    assert_eq!(still.version, 2);
+    assert!(still.delete_time.is_some());
+
+    // Undelete under a request id, then its retry: one UNDELETE version.
+    let undeleted = undelete(&mut alice, SECOND, false).await.expect("undelete");
+    assert_eq!((undeleted.version, undeleted.delete_time), (3, None));
+    let retried = undelete(&mut alice, SECOND, false).await.expect("retry");
+    assert_eq!(retried, undeleted);
+    let actions: Vec<i32> = alice.versions(&id).await.iter().map(|v| v.action).collect();
+    assert_eq!(
+        actions,
+        [
+            pb::VersionAction::Undelete as i32,
+            pb::VersionAction::Delete as i32,
+            pb::VersionAction::Create as i32,
+        ]
+    );
+
+    // A dry-run purge leaves the deleted agent; a purge under a request id
+    // removes it, and its retry answers OK.
+    delete(&mut alice).await;
+    let before = footprint(&stack.database).await;
+    purge(&mut alice, THIRD, true).await.expect("dry-run purge");
+    assert_eq!(footprint(&stack.database).await, before);
+    assert_eq!(deleted(&mut alice).await.expect("not purged").version, 4);
+    purge(&mut alice, FOURTH, false).await.expect("purge");
+    purge(&mut alice, FOURTH, false)
+        .await
+        .expect("retried purge");
+    let gone = deleted(&mut alice).await.expect_err("purged");
+    assert_eq!(gone.code(), Code::NotFound);
+    let purges = format!(
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'PURGE' AND request_id = '{FOURTH}'"
+    );
+    assert_eq!(stack.database.count(&purges).await, 1);
+    // Another request under a used id is refused.
+    let other = purge(&mut alice, SECOND, false)
+        .await
+        .expect_err("another request");
+    assert_eq!(other.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&other), ["request_id"]);
+}

@@ -439,6 +439,7 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
         .purge_agent(pb::PurgeAgentRequest {
             id: id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("purge agent");

@@ -98,6 +98,7 @@ impl Caller {
             .undelete_agent(pb::UndeleteAgentRequest {
                 id: id.to_owned(),
                 etag: etag.to_owned(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -108,6 +109,7 @@ impl Caller {
             .purge_agent(pb::PurgeAgentRequest {
                 id: id.to_owned(),
                 etag: String::new(),
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -169,6 +171,7 @@ impl Caller {
             .undelete_provider(pb::UndeleteProviderRequest {
                 provider_id: id.to_owned(),
                 etag: String::new(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -179,6 +182,7 @@ impl Caller {
             .purge_provider(pb::PurgeProviderRequest {
                 provider_id: id.to_owned(),
                 etag: String::new(),
+                ..Default::default()
             })
             .await
             .map(|_| ())

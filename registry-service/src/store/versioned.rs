@@ -1190,12 +1190,15 @@ pub const RETENTION_SUBJECT: &str = "retention";
 /// is conditional, so replicas running the task at once purge each
 /// resource once). For an admin, a resource that is not deleted is
 /// FAILED_PRECONDITION `NOT_DELETED`, and one that does not exist
-/// NOT_FOUND. The kind may refuse ([`Kind::guard_purge`]).
+/// NOT_FOUND. The kind may refuse ([`Kind::guard_purge`]). An admin's
+/// purge sent with a request id is remembered under `claim`, before the
+/// change log's lock like every write.
 pub async fn purge<K: Kind>(
     txn: &DatabaseTransaction,
     tenant: &str,
     id: &str,
     by: Purger<'_>,
+    claim: Option<&Claim>,
 ) -> Result<Option<i64>, Error> {
     let current = match get_locked_shown::<K>(txn, tenant, id, Shown::WithDeleted).await {
         Ok(current) => current,
@@ -1229,13 +1232,22 @@ pub async fn purge<K: Kind>(
         return Ok(None);
     }
     super::labels::forget::<K>(txn, tenant, id).await?;
+    if let Some(claim) = claim {
+        let answer = Answer {
+            resource_id: id.to_owned(),
+            version_number: current.version,
+            answer_time: super::now(),
+            answered_by: by.subject().to_owned(),
+        };
+        request_ids::insert(txn, tenant, claim, &answer).await?;
+    }
     let entry = Entry {
         tenant,
         actor: by.subject(),
         action: AuditAction::Purge,
         kind: K::NAMES.kind,
         resource_id: id,
-        request_id: None,
+        request_id: claim.map(|claim| claim.request_id.as_str()),
         details: serde_json::json!({ "version_number": current.version }),
     };
     audit::record(txn, entry).await?;
@@ -1253,20 +1265,26 @@ pub async fn purge<K: Kind>(
 }
 
 /// An admin's purge of resource `id` ([`purge`] in a transaction of its
-/// own), when the caller's etag (if sent) is current.
+/// own), when the caller's etag (if sent) is current; remembered under a
+/// request id, or only checked (`how`: the transaction is rolled back).
 pub async fn purge_now<K: Kind>(
     store: &Store,
     kind: &K,
     caller: &Caller,
     id: &str,
     expected_version: Option<i64>,
+    how: How<'_>,
 ) -> Result<(), Error> {
     let txn = store.begin_write().await?;
     if expected_version.is_some() {
         let current = get_locked_shown::<K>(&txn, &caller.tenant, id, Shown::WithDeleted).await?;
         check_etag::<K>(expected_version, &current)?;
     }
-    purge::<K>(&txn, &caller.tenant, id, Purger::Admin(caller)).await?;
+    purge::<K>(&txn, &caller.tenant, id, Purger::Admin(caller), how.claim).await?;
+    if how.validate_only {
+        txn.rollback().await.map_err(db_error)?;
+        return Ok(());
+    }
     txn.commit().await.map_err(db_error)?;
     forget_purged(store, kind, &caller.tenant, id);
     Ok(())
@@ -1315,7 +1333,15 @@ pub async fn purge_expired<K: Kind>(
         }
         for (tenant, id) in found {
             let txn = store.begin_write().await?;
-            match purge::<K>(&txn, &tenant, &id, Purger::Retention { deleted_before }).await {
+            match purge::<K>(
+                &txn,
+                &tenant,
+                &id,
+                Purger::Retention { deleted_before },
+                None,
+            )
+            .await
+            {
                 Ok(Some(_)) => {
                     txn.commit().await.map_err(db_error)?;
                     forget_purged(store, kind, &tenant, &id);
