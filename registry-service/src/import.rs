@@ -115,9 +115,7 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
     if result.is_ok() {
         match agents {
             Some(agents) => {
-                result = importer
-                    .import_agents(agents, &tenant_provider_ids)
-                    .await;
+                result = importer.import_agents(agents, &tenant_provider_ids).await;
             }
             None => println!(
                 "note: the Python platform's database has no agents table; no agents imported"
@@ -823,7 +821,10 @@ impl Importer<'_> {
             }
             let name = legacy.name.clone();
             if self.agents_taken.contains(&name) {
-                self.skipped_agent(&name, "an agent with this name already exists in the tenant");
+                self.skipped_agent(
+                    &name,
+                    "an agent with this name already exists in the tenant",
+                );
                 continue;
             }
             let planned = match self.plan_agent(&legacy, tenant_provider_ids) {
@@ -888,7 +889,10 @@ impl Importer<'_> {
         let mut notes = Vec::new();
         if !ignored.is_empty() {
             let keys: Vec<String> = ignored.into_iter().collect();
-            notes.push(format!("configuration keys not carried over: {}", keys.join(", ")));
+            notes.push(format!(
+                "configuration keys not carried over: {}",
+                keys.join(", ")
+            ));
         }
         Ok((planned, notes))
     }
@@ -928,7 +932,9 @@ impl Importer<'_> {
             goal: string("goal")?.unwrap_or_default(),
             backstory: string("backstory")?.unwrap_or_default(),
             llm_provider_id: Some(provider_id.clone()),
-            temperature: get("temperature").map(|v| number("temperature", v)).transpose()?,
+            temperature: get("temperature")
+                .map(|v| number("temperature", v))
+                .transpose()?,
             llm_overrides: max_tokens.map(|max_tokens| pb::ModelParameters {
                 max_tokens: Some(max_tokens),
                 ..Default::default()
@@ -959,7 +965,7 @@ impl Importer<'_> {
         let store = match self.store {
             Some(store) if !self.dry_run => store,
             _ => {
-                notes.insert(0, format!("{count} versions"));
+                notes.insert(0, versions_note(count));
                 println!("would import agent {}{}", shown(name), self::notes(&notes));
                 self.report.imported += 1;
                 return Ok(());
@@ -1001,7 +1007,10 @@ impl Importer<'_> {
                 Err(Error::AlreadyExists { .. } | Error::NameHeldByDeleted { .. })
                     if written == 0 =>
                 {
-                    self.skipped_agent(name, "an agent with this name already exists in the tenant");
+                    self.skipped_agent(
+                        name,
+                        "an agent with this name already exists in the tenant",
+                    );
                     return Ok(());
                 }
                 Err(error @ Error::Unavailable { .. }) => return Err(error),
@@ -1022,13 +1031,20 @@ impl Importer<'_> {
                 }
             }
         }
-        notes.insert(0, format!("{current} versions"));
+        notes.insert(
+            0,
+            versions_note(usize::try_from(current).unwrap_or_default()),
+        );
         if merged > 0 {
             notes.push(format!(
                 "{merged} legacy version(s) identical to the one before once mapped: not repeated"
             ));
         }
-        println!("imported agent {} as {id}{}", shown(name), self::notes(&notes));
+        println!(
+            "imported agent {} as {id}{}",
+            shown(name),
+            self::notes(&notes)
+        );
         self.report.imported += 1;
         Ok(())
     }
@@ -1044,13 +1060,21 @@ impl Importer<'_> {
     }
 }
 
+fn versions_note(count: usize) -> String {
+    if count == 1 {
+        "1 version".to_owned()
+    } else {
+        format!("{count} versions")
+    }
+}
+
 /// Every agent of the platform with its versions; `None` when the database
 /// has no `agents` table (a platform that never stored agents).
-async fn read_legacy_agents(legacy: &DatabaseConnection) -> Result<Option<Vec<LegacyAgent>>, Error> {
+async fn read_legacy_agents(
+    legacy: &DatabaseConnection,
+) -> Result<Option<Vec<LegacyAgent>>, Error> {
     let backend = legacy.get_database_backend();
-    let query = |sql: &str| {
-        legacy.query_all_raw(Statement::from_string(backend, sql.to_owned()))
-    };
+    let query = |sql: &str| legacy.query_all_raw(Statement::from_string(backend, sql.to_owned()));
     if query("SELECT 1 FROM agents WHERE 1 = 0").await.is_err() {
         return Ok(None);
     }
@@ -1069,7 +1093,10 @@ async fn read_legacy_agents(legacy: &DatabaseConnection) -> Result<Option<Vec<Le
     let mut agents = Vec::with_capacity(rows.len());
     let mut index = HashMap::new();
     for row in &rows {
-        let get = |name: &str| row.try_get::<i64>("", name).map_err(|e| unreadable("agents", name, e));
+        let get = |name: &str| {
+            row.try_get::<i64>("", name)
+                .map_err(|e| unreadable("agents", name, e))
+        };
         index.insert(get("id")?, agents.len());
         agents.push(LegacyAgent {
             name: row
@@ -1092,11 +1119,15 @@ async fn read_legacy_agents(legacy: &DatabaseConnection) -> Result<Option<Vec<Le
     .map_err(legacy_error)?;
     for row in &versions {
         let column = |name: &str, e| unreadable("agent_versions", name, e);
-        let agent_id: i64 = row.try_get("", "agent_id").map_err(|e| column("agent_id", e))?;
+        let agent_id: i64 = row
+            .try_get("", "agent_id")
+            .map_err(|e| column("agent_id", e))?;
         let Some(&position) = index.get(&agent_id) else {
             continue;
         };
-        let user: Option<i64> = row.try_get("", "user_id").map_err(|e| column("user_id", e))?;
+        let user: Option<i64> = row
+            .try_get("", "user_id")
+            .map_err(|e| column("user_id", e))?;
         let email: Option<String> = row.try_get("", "email").map_err(|e| column("email", e))?;
         agents[position].versions.push(LegacyVersion {
             number: row

@@ -465,7 +465,9 @@ async fn add_legacy_agents(legacy: &LegacyCopy) {
         w1 = snapshot("Writer", "Author", 5, 0.9),
         g1 = snapshot("Globex Agent", "Spy", 6, 0.7),
     );
-    db.execute_unprepared(&sql).await.expect("the platform's agents");
+    db.execute_unprepared(&sql)
+        .await
+        .expect("the platform's agents");
     db.close().await.expect("close legacy copy");
 }
 
@@ -505,8 +507,14 @@ async fn agents_come_over_with_their_version_history_on_the_imported_providers()
     .await;
     assert!(status.success(), "{output}");
     let lines = report_lines(&output);
-    assert!(lines.contains(&"would import agent Researcher (3 versions)"), "{output}");
-    assert!(lines.contains(&"would import agent Writer (1 versions)"), "{output}");
+    assert!(
+        lines.contains(&"would import agent Researcher (3 versions)"),
+        "{output}"
+    );
+    assert!(
+        lines.contains(&"would import agent Writer (1 version)"),
+        "{output}"
+    );
     assert!(
         lines.contains(
             &"import-fernet (dry run, nothing written): 7 to import, 0 skipped, 0 failed"
@@ -522,7 +530,10 @@ async fn agents_come_over_with_their_version_history_on_the_imported_providers()
         lines.contains(&"import-fernet: 7 imported, 0 skipped, 0 failed"),
         "{output}"
     );
-    assert!(!output.contains("Globex Agent"), "another tenant's agent: {output}");
+    assert!(
+        !output.contains("Globex Agent"),
+        "another tenant's agent: {output}"
+    );
     let researcher_line = lines
         .iter()
         .find_map(|l| l.strip_prefix("imported agent Researcher as "))
@@ -552,7 +563,10 @@ async fn agents_come_over_with_their_version_history_on_the_imported_providers()
     let mut names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
     names.sort_unstable();
     assert_eq!(names, ["Researcher", "Writer"]);
-    let researcher = agents.iter().find(|a| a.name == "Researcher").expect("researcher");
+    let researcher = agents
+        .iter()
+        .find(|a| a.name == "Researcher")
+        .expect("researcher");
     assert_eq!(researcher.id, researcher_id);
     assert_eq!(researcher.version, 3);
     assert_eq!(researcher.temperature, Some(0.7));
@@ -583,9 +597,24 @@ async fn agents_come_over_with_their_version_history_on_the_imported_providers()
     assert_eq!(
         summary,
         [
-            (1, pb::VersionAction::Create as i32, "Initial agent creation", "alice@acme.test"),
-            (2, pb::VersionAction::Update as i32, "Agent configuration updated", "bob@acme.test"),
-            (3, pb::VersionAction::Rollback as i32, "Rolled back to version 1", "alice@acme.test"),
+            (
+                1,
+                pb::VersionAction::Create as i32,
+                "Initial agent creation",
+                "alice@acme.test"
+            ),
+            (
+                2,
+                pb::VersionAction::Update as i32,
+                "Agent configuration updated",
+                "bob@acme.test"
+            ),
+            (
+                3,
+                pb::VersionAction::Rollback as i32,
+                "Rolled back to version 1",
+                "alice@acme.test"
+            ),
         ]
     );
     let claude = provider_id("Claude Sonnet");
@@ -618,12 +647,15 @@ async fn agents_come_over_with_their_version_history_on_the_imported_providers()
         "{output}"
     );
     assert_eq!(count(&stack, "SELECT COUNT(*) FROM agents").await, 2);
-    assert_eq!(count(&stack, "SELECT COUNT(*) FROM agent_versions").await, 4);
+    assert_eq!(
+        count(&stack, "SELECT COUNT(*) FROM agent_versions").await,
+        4
+    );
     stack.finish().await;
 }
 
 #[tokio::test]
-async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() {
+async fn a_wrong_legacy_secret_fails_every_keyed_row_and_its_agents_and_creates_none_of_them() {
     let fixtures = fixtures();
     let stack = Stack::launch(
         legacy_crypto("not-the-platforms-master-secret"),
@@ -631,6 +663,7 @@ async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() 
     )
     .await;
     let legacy = LegacyCopy::new();
+    add_legacy_agents(&legacy).await;
 
     let (status, output) = import(&stack, &stack.crypto_endpoint, &legacy.url(), &[]).await;
     assert!(!status.success(), "{output}");
@@ -653,7 +686,20 @@ async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() 
         assert!(lines.contains(&line.as_str()), "{line}\n{output}");
     }
     assert!(
-        lines.contains(&"import-fernet: 1 imported, 0 skipped, 4 failed"),
+        lines.contains(
+            &"failed agent Researcher: version 1: its provider (legacy id 1) was not imported"
+        ),
+        "an agent on a provider that failed fails too: {output}"
+    );
+    assert!(
+        lines.contains(
+            &"failed agent Writer: version 1: its provider (legacy id 5) was not imported"
+        ),
+        "{output}"
+    );
+    assert_eq!(count(&stack, "SELECT COUNT(*) FROM agents").await, 0);
+    assert!(
+        lines.contains(&"import-fernet: 1 imported, 0 skipped, 6 failed"),
         "{output}"
     );
     assert_eq!(count(&stack, "SELECT COUNT(*) FROM providers").await, 1);
@@ -680,7 +726,7 @@ async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() 
     let (status, again) = import(&stack, &right.url(), &legacy.url(), &[]).await;
     assert!(status.success(), "{again}");
     assert!(
-        report_lines(&again).contains(&"import-fernet: 4 imported, 1 skipped, 0 failed"),
+        report_lines(&again).contains(&"import-fernet: 6 imported, 1 skipped, 0 failed"),
         "{again}"
     );
     let mut c = clients(&stack).await;
