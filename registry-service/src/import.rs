@@ -12,6 +12,22 @@
 //! `skipped <name>: <reason>`, `failed <name>: <reason>`) and a summary
 //! line; the exit status is non-zero when a row failed. Keys and tokens are
 //! never printed.
+//!
+//! Then the platform's agents of the tenant (an agent's tenant is its
+//! provider's: `agents` has no tenant column) come over with their whole
+//! history: every `agent_versions` snapshot is mapped to an [`AgentSpec`]
+//! and validated as `CreateAgent` validates it, its legacy provider id
+//! replaced by the id of the provider this import (or an earlier run)
+//! created for that row. Only when every version maps is anything written:
+//! version 1 through `versioned::create`, each later one through
+//! `versioned::update` with the platform's action (UPDATE or ROLLBACK),
+//! description and user (its email as `changed_by`), so the registry
+//! computes the diffs and the change log, audit trail and hash chains
+//! record each version as they record the API's writes. Not carried over:
+//! the platform's timestamps (versions are stamped at import time), and
+//! `is_active`, which the platform's agents do not have (see README,
+//! "Moving over from the Python platform"). Lines: `imported agent <name>
+//! as <id> (<n> versions)`, `skipped agent …`, `failed agent …`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
