@@ -39,6 +39,7 @@ use sea_orm::{
 };
 use serde_json::{Map, Value};
 
+use crate::api::describe;
 use crate::caller::Caller;
 use crate::config::{Args, ImportArgs};
 use crate::crypto::Crypto;
@@ -888,13 +889,11 @@ impl Importer<'_> {
                 .agent_message(&config, tenant_provider_ids)
                 .map_err(at)?;
             let spec = AgentSpec::from_proto(&input).map_err(|e| at(e.to_string()))?;
-            let description = version
-                .description
-                .as_deref()
-                .map(str::trim)
-                .filter(|d| !d.is_empty())
-                .unwrap_or(CHANGE_DESCRIPTION)
-                .to_owned();
+            // Checked as a request's change_description is.
+            let description = describe(version.description.as_deref().unwrap_or_default(), || {
+                CHANGE_DESCRIPTION.to_owned()
+            })
+            .map_err(|e| at(e.to_string()))?;
             planned.push(PlannedVersion {
                 action,
                 spec,

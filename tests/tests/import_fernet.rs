@@ -651,6 +651,27 @@ async fn agents_come_over_with_their_version_history_on_the_imported_providers()
         count(&stack, "SELECT COUNT(*) FROM agent_versions").await,
         4
     );
+    // The imported versions keep the invariants registry-written ones keep
+    // (numbers 1..N, current row = newest snapshot, hash chains), and each
+    // is in the audit trail under its platform user.
+    let (verified, report) = Process::run_to_exit(
+        &binary("registry-service"),
+        Launch::default()
+            .env("DATABASE_URL", stack.database.url())
+            .arg("verify"),
+    )
+    .await;
+    assert!(verified.success(), "{report}");
+    assert!(report.contains("0 problems"), "{report}");
+    let audited = count(
+        &stack,
+        &format!(
+            "SELECT COUNT(*) FROM audit_events WHERE resource = 'agents/{researcher_id}' \
+             AND actor IN ('alice@acme.test', 'bob@acme.test')"
+        ),
+    )
+    .await;
+    assert_eq!(audited, 3, "one audit event per imported version");
     stack.finish().await;
 }
 
