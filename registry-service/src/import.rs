@@ -844,7 +844,7 @@ impl Importer<'_> {
                 );
                 continue;
             }
-            let planned = match self.plan_agent(&legacy, tenant_provider_ids) {
+            let planned = match plan_agent(&legacy, &self.provider_ids, tenant_provider_ids) {
                 Ok(planned) => planned,
                 Err(reason) => {
                     self.failed_agent(&name, &reason);
@@ -855,116 +855,6 @@ impl Importer<'_> {
             self.write_agent(&name, planned).await?;
         }
         Ok(())
-    }
-
-    /// Every version of `legacy` mapped and validated as the API would, so
-    /// an agent that does not map writes nothing.
-    fn plan_agent(
-        &self,
-        legacy: &LegacyAgent,
-        tenant_provider_ids: &HashSet<i64>,
-    ) -> Result<(Vec<PlannedVersion>, Vec<String>), String> {
-        if legacy.versions.is_empty() {
-            return Err("it has no version history on the Python platform".to_owned());
-        }
-        let mut planned = Vec::with_capacity(legacy.versions.len());
-        let mut ignored = BTreeSet::new();
-        for (index, version) in legacy.versions.iter().enumerate() {
-            let at = |reason: String| format!("version {}: {reason}", version.number);
-            let action = match version.action.trim().to_ascii_lowercase().as_str() {
-                _ if index == 0 => Action::Create,
-                "update" | "create" => Action::Update,
-                "rollback" => Action::Rollback,
-                other => return Err(at(format!("unknown action {other:?}"))),
-            };
-            let config = config_object(Some(&version.configuration))
-                .map_err(|e| at(e.replace("config", "configuration")))?;
-            ignored.extend(
-                config
-                    .keys()
-                    .filter(|key| !AGENT_KEYS.contains(&key.as_str()))
-                    .cloned(),
-            );
-            let input = self
-                .agent_message(&config, tenant_provider_ids)
-                .map_err(at)?;
-            let spec = AgentSpec::from_proto(&input).map_err(|e| at(e.to_string()))?;
-            // Checked as a request's change_description is.
-            let description = describe(version.description.as_deref().unwrap_or_default(), || {
-                CHANGE_DESCRIPTION.to_owned()
-            })
-            .map_err(|e| at(e.to_string()))?;
-            planned.push(PlannedVersion {
-                action,
-                spec,
-                changed_by: version.changed_by.clone(),
-                description,
-            });
-        }
-        let mut notes = Vec::new();
-        if !ignored.is_empty() {
-            let keys: Vec<String> = ignored.into_iter().collect();
-            notes.push(format!(
-                "configuration keys not carried over: {}",
-                keys.join(", ")
-            ));
-        }
-        Ok((planned, notes))
-    }
-
-    /// The registry's `Agent` for one legacy snapshot.
-    fn agent_message(
-        &self,
-        config: &Map<String, Value>,
-        tenant_provider_ids: &HashSet<i64>,
-    ) -> Result<pb::Agent, String> {
-        let get = |key: &str| config.get(key).filter(|v| !v.is_null());
-        let string = |key: &str| get(key).map(|v| text(key, v)).transpose();
-        let flag = |key: &str| {
-            get(key)
-                .map(|v| {
-                    v.as_bool()
-                        .ok_or_else(|| format!("configuration.{key} is not a boolean"))
-                })
-                .transpose()
-        };
-        let whole = |key: &str| get(key).map(|v| integer(key, v)).transpose();
-        let legacy_provider = get("llm_provider_id")
-            .and_then(Value::as_i64)
-            .ok_or("configuration.llm_provider_id is missing")?;
-        if !tenant_provider_ids.contains(&legacy_provider) {
-            return Err(format!(
-                "its provider (legacy id {legacy_provider}) belongs to another tenant"
-            ));
-        }
-        let provider_id = self.provider_ids.get(&legacy_provider).ok_or_else(|| {
-            format!("its provider (legacy id {legacy_provider}) was not imported")
-        })?;
-        let max_tokens = whole("max_tokens")?;
-        Ok(pb::Agent {
-            name: string("name")?.unwrap_or_default(),
-            role: string("role")?.unwrap_or_default(),
-            goal: string("goal")?.unwrap_or_default(),
-            backstory: string("backstory")?.unwrap_or_default(),
-            llm_provider_id: Some(provider_id.clone()),
-            temperature: get("temperature")
-                .map(|v| number("temperature", v))
-                .transpose()?,
-            llm_overrides: max_tokens.map(|max_tokens| pb::ModelParameters {
-                max_tokens: Some(max_tokens),
-                ..Default::default()
-            }),
-            allow_delegation: flag("allow_delegation")?,
-            verbose: flag("verbose")?,
-            cache: flag("cache")?,
-            max_iter: whole("max_iter")?,
-            max_rpm: whole("max_rpm")?,
-            max_execution_time: whole("max_execution_time")?,
-            allow_code_execution: flag("allow_code_execution")?,
-            respect_context_window: flag("respect_context_window")?,
-            max_retry_limit: whole("max_retry_limit")?,
-            ..Default::default()
-        })
     }
 
     /// Creates the agent from its first version, then appends each later
@@ -1073,6 +963,114 @@ impl Importer<'_> {
         println!("failed agent {}: {reason}", shown(name));
         self.report.failed += 1;
     }
+}
+
+/// Every version of `legacy` mapped and validated as the API would, so
+/// an agent that does not map writes nothing.
+fn plan_agent(
+    legacy: &LegacyAgent,
+    provider_ids: &HashMap<i64, String>,
+    tenant_provider_ids: &HashSet<i64>,
+) -> Result<(Vec<PlannedVersion>, Vec<String>), String> {
+    if legacy.versions.is_empty() {
+        return Err("it has no version history on the Python platform".to_owned());
+    }
+    let mut planned = Vec::with_capacity(legacy.versions.len());
+    let mut ignored = BTreeSet::new();
+    for (index, version) in legacy.versions.iter().enumerate() {
+        let at = |reason: String| format!("version {}: {reason}", version.number);
+        let action = match version.action.trim().to_ascii_lowercase().as_str() {
+            _ if index == 0 => Action::Create,
+            "update" | "create" => Action::Update,
+            "rollback" => Action::Rollback,
+            other => return Err(at(format!("unknown action {other:?}"))),
+        };
+        let config = config_object(Some(&version.configuration))
+            .map_err(|e| at(e.replace("config", "configuration")))?;
+        ignored.extend(
+            config
+                .keys()
+                .filter(|key| !AGENT_KEYS.contains(&key.as_str()))
+                .cloned(),
+        );
+        let input = agent_message(&config, provider_ids, tenant_provider_ids).map_err(at)?;
+        let spec = AgentSpec::from_proto(&input).map_err(|e| at(e.to_string()))?;
+        // Checked as a request's change_description is.
+        let description = describe(version.description.as_deref().unwrap_or_default(), || {
+            CHANGE_DESCRIPTION.to_owned()
+        })
+        .map_err(|e| at(e.to_string()))?;
+        planned.push(PlannedVersion {
+            action,
+            spec,
+            changed_by: version.changed_by.clone(),
+            description,
+        });
+    }
+    let mut notes = Vec::new();
+    if !ignored.is_empty() {
+        let keys: Vec<String> = ignored.into_iter().collect();
+        notes.push(format!(
+            "configuration keys not carried over: {}",
+            keys.join(", ")
+        ));
+    }
+    Ok((planned, notes))
+}
+
+/// The registry's `Agent` for one legacy snapshot.
+fn agent_message(
+    config: &Map<String, Value>,
+    provider_ids: &HashMap<i64, String>,
+    tenant_provider_ids: &HashSet<i64>,
+) -> Result<pb::Agent, String> {
+    let get = |key: &str| config.get(key).filter(|v| !v.is_null());
+    let string = |key: &str| get(key).map(|v| text(key, v)).transpose();
+    let flag = |key: &str| {
+        get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| format!("configuration.{key} is not a boolean"))
+            })
+            .transpose()
+    };
+    let whole = |key: &str| get(key).map(|v| integer(key, v)).transpose();
+    let legacy_provider = get("llm_provider_id")
+        .and_then(Value::as_i64)
+        .ok_or("configuration.llm_provider_id is missing")?;
+    if !tenant_provider_ids.contains(&legacy_provider) {
+        return Err(format!(
+            "its provider (legacy id {legacy_provider}) belongs to another tenant"
+        ));
+    }
+    let provider_id = provider_ids
+        .get(&legacy_provider)
+        .ok_or_else(|| format!("its provider (legacy id {legacy_provider}) was not imported"))?;
+    let max_tokens = whole("max_tokens")?;
+    Ok(pb::Agent {
+        name: string("name")?.unwrap_or_default(),
+        role: string("role")?.unwrap_or_default(),
+        goal: string("goal")?.unwrap_or_default(),
+        backstory: string("backstory")?.unwrap_or_default(),
+        llm_provider_id: Some(provider_id.clone()),
+        temperature: get("temperature")
+            .map(|v| number("temperature", v))
+            .transpose()?,
+        llm_overrides: max_tokens.map(|max_tokens| pb::ModelParameters {
+            max_tokens: Some(max_tokens),
+            ..Default::default()
+        }),
+        allow_delegation: flag("allow_delegation")?,
+        verbose: flag("verbose")?,
+        cache: flag("cache")?,
+        max_iter: whole("max_iter")?,
+        max_rpm: whole("max_rpm")?,
+        max_execution_time: whole("max_execution_time")?,
+        allow_code_execution: flag("allow_code_execution")?,
+        respect_context_window: flag("respect_context_window")?,
+        max_retry_limit: whole("max_retry_limit")?,
+        ..Default::default()
+    })
 }
 
 fn versions_note(count: usize) -> String {
@@ -1290,5 +1288,91 @@ mod tests {
         assert_eq!(shown("two\nlines"), "\"two\\nlines\"");
         let printed = format!("{:?}", row("OPENAI", None, "{}"));
         assert!(!printed.contains("Z0FB"), "{printed}");
+    }
+
+    fn legacy_agent(versions: &[(&str, Value)]) -> LegacyAgent {
+        LegacyAgent {
+            name: "Researcher".to_owned(),
+            provider_id: 1,
+            versions: versions
+                .iter()
+                .enumerate()
+                .map(|(index, (action, configuration))| LegacyVersion {
+                    number: i64::try_from(index).unwrap_or_default() + 1,
+                    action: (*action).to_owned(),
+                    changed_by: Some("alice@acme.test".to_owned()),
+                    configuration: configuration.to_string(),
+                    description: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn agent_snapshots_map_to_specs_on_the_imported_providers() {
+        let snapshot = |provider: i64, extra: Value| {
+            let mut config = serde_json::json!({
+                "name": "Researcher", "role": "Analyst", "goal": "Find facts",
+                "backstory": "", "llm_provider_id": provider, "temperature": 0.5,
+                "max_tokens": 512, "max_iter": 20, "verbose": true, "max_rpm": null
+            });
+            if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
+                config.extend(extra);
+            }
+            config
+        };
+        const NEW_1: &str = "01900000-0000-7000-8000-000000000001";
+        const NEW_2: &str = "01900000-0000-7000-8000-000000000002";
+        let provider_ids = HashMap::from([(1, NEW_1.to_owned()), (2, NEW_2.to_owned())]);
+        let tenant = HashSet::from([1, 2, 3]);
+        let legacy = legacy_agent(&[
+            ("UPDATE", snapshot(1, serde_json::json!({"team": "x"}))),
+            ("rollback", snapshot(2, Value::Null)),
+        ]);
+        let (versions, notes) = plan_agent(&legacy, &provider_ids, &tenant).expect("maps");
+        assert_eq!(
+            versions[0].action,
+            Action::Create,
+            "the first is the CREATE"
+        );
+        assert_eq!(versions[1].action, Action::Rollback);
+        assert_eq!(versions[0].description, CHANGE_DESCRIPTION);
+        let spec = &versions[0].spec;
+        assert_eq!(spec.llm_provider_id.as_deref(), Some(NEW_1));
+        assert_eq!(spec.temperature, Some(0.5));
+        assert_eq!(spec.llm_overrides.max_tokens, Some(512));
+        assert_eq!(spec.max_iter, 20);
+        assert!(spec.verbose);
+        assert_eq!(versions[1].spec.llm_provider_id.as_deref(), Some(NEW_2));
+        assert_eq!(notes, ["configuration keys not carried over: team"]);
+
+        for (provider, expected) in [
+            (3, "version 1: its provider (legacy id 3) was not imported"),
+            (
+                9,
+                "version 1: its provider (legacy id 9) belongs to another tenant",
+            ),
+        ] {
+            let legacy = legacy_agent(&[("CREATE", snapshot(provider, Value::Null))]);
+            let error = plan_agent(&legacy, &provider_ids, &tenant).err();
+            assert_eq!(error.as_deref(), Some(expected));
+        }
+        let legacy = legacy_agent(&[
+            ("CREATE", snapshot(1, Value::Null)),
+            (
+                "UPDATE",
+                snapshot(1, serde_json::json!({"temperature": 9.0})),
+            ),
+        ]);
+        let error = plan_agent(&legacy, &provider_ids, &tenant).err();
+        assert!(
+            error.is_some_and(|e| e.starts_with("version 2: ") && e.contains("temperature")),
+            "validated as CreateAgent validates"
+        );
+        let error = plan_agent(&legacy_agent(&[]), &provider_ids, &tenant).err();
+        assert_eq!(
+            error.as_deref(),
+            Some("it has no version history on the Python platform")
+        );
     }
 }
