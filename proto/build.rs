@@ -72,6 +72,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .skip_debug(SECRET_HOLDERS)
+        // Maps as BTreeMaps: a message then encodes to the same bytes
+        // whatever order its map entries were inserted in, which the
+        // registry's request fingerprints (AIP-155 retries) rely on.
+        .btree_map(".")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -117,6 +117,7 @@ pub async fn run(args: AbuseArgs) {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent("target")),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("the mask bomb's target agent")
@@ -711,6 +712,7 @@ impl Bodies {
                 ..agent("bomb")
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let tool_count = largest_fitting(limit, names.len(), |n| tool_bomb(n).encoded_len());
 
@@ -728,6 +730,7 @@ impl Bodies {
                 paths: vec!["llm_overrides".to_owned(); paths],
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let mask_paths = largest_fitting(limit / 2, limit / 15, |n| mask_bomb(n, 0).encoded_len());
         let mask_stops = largest_fitting(limit, names.len(), |n| {
@@ -746,6 +749,7 @@ impl Bodies {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let provider_stops =
             largest_fitting(limit, names.len(), |n| provider_bomb(n).encoded_len());

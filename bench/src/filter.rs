@@ -219,6 +219,7 @@ async fn create_provider(api: &Api, name: &str) -> String {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     })
     .await
     .expect("CreateProvider")
@@ -270,6 +271,7 @@ async fn seed(api: &Api, providers: &[String], count: usize, concurrency: usize)
                 api.create_agent(pb::CreateAgentRequest {
                     agent: Some(agent(i, &providers)),
                     change_description: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("CreateAgent while seeding");
@@ -316,6 +318,7 @@ fn goal_update(id: &str, goal: &str) -> pb::UpdateAgentRequest {
             paths: vec!["goal".into()],
         }),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -393,6 +396,7 @@ async fn write_cost(pair: &Pair, provider: &str, writes: usize) -> Vec<Value> {
                 .create_agent(pb::CreateAgentRequest {
                     agent: Some(agent),
                     change_description: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("CreateAgent");
@@ -420,6 +424,7 @@ async fn write_cost(pair: &Pair, provider: &str, writes: usize) -> Vec<Value> {
                     paths: vec!["tools".into()],
                 }),
                 change_description: String::new(),
+                ..Default::default()
             };
             let started = Instant::now();
             pair.api.update_agent(request).await.expect("UpdateAgent");

@@ -69,6 +69,11 @@ pub struct RegistryArgs {
     /// Skip the warm-up (2 providers and 4 agents through the full cycle).
     #[arg(long)]
     pub no_warmup: bool,
+    /// Send a fresh request id (AIP-155) with every create, update and
+    /// rollback: the write also remembers it (one more row in the same
+    /// statement) after a lookup that finds none.
+    #[arg(long)]
+    pub request_ids: bool,
     /// Free text recorded in the JSON output.
     #[arg(long, default_value = "")]
     pub label: String,
@@ -177,7 +182,7 @@ impl Readings {
 async fn measure(pair: &Pair, args: &RegistryArgs) -> Value {
     let settle = Duration::from_millis(args.settle_ms);
     if !args.no_warmup {
-        let warm = Workload::new(pair.api.clone(), "w", args.updates);
+        let warm = Workload::new(pair.api.clone(), "w", args.updates, args.request_ids);
         warm.warm_up().await;
         let failures = warm.recorder.samples();
         assert!(failures.is_empty(), "warm-up failed: {failures:?}");
@@ -191,7 +196,12 @@ async fn measure(pair: &Pair, args: &RegistryArgs) -> Value {
     let idle_seconds = idle_end.at.duration_since(idle_start.at).as_secs_f64();
     let per_second = |seconds: f64| round1(seconds / idle_seconds * 1e6);
 
-    let workload = Arc::new(Workload::new(pair.api.clone(), "r", args.updates));
+    let workload = Arc::new(Workload::new(
+        pair.api.clone(),
+        "r",
+        args.updates,
+        args.request_ids,
+    ));
     let mut phases = Vec::new();
     let start = Readings::take(pair);
     let mut providers = Vec::new();
@@ -561,17 +571,20 @@ struct Workload {
     /// Makes names unique per run (measure.py: `r<pid><time>`).
     tag: String,
     updates: usize,
+    /// Whether writes carry a request id.
+    request_ids: bool,
     providers: Mutex<Vec<(usize, ProviderEntry)>>,
     agents: Mutex<Vec<(usize, AgentEntry)>>,
 }
 
 impl Workload {
-    fn new(api: Api, prefix: &str, updates: usize) -> Self {
+    fn new(api: Api, prefix: &str, updates: usize, request_ids: bool) -> Self {
         Self {
             api,
             recorder: Recorder::default(),
             tag: format!("{prefix}{}", random_hex(4)),
             updates,
+            request_ids,
             providers: Mutex::new(Vec::new()),
             agents: Mutex::new(Vec::new()),
         }
@@ -600,6 +613,15 @@ impl Workload {
         }
         for (provider, agent_id) in key_reads(&providers, &agents) {
             self.get_provider_key(&provider, &agent_id).await;
+        }
+    }
+
+    /// A fresh request id, or none.
+    fn request_id(&self) -> String {
+        if self.request_ids {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            String::new()
         }
     }
 
@@ -651,6 +673,8 @@ impl Workload {
                 ..Default::default()
             }),
             change_description: String::new(),
+            request_id: self.request_id(),
+            ..Default::default()
         };
         let created = self
             .call("create_provider", self.api.create_provider(request), |p| {
@@ -694,6 +718,8 @@ impl Workload {
                 ..Default::default()
             }),
             change_description: String::new(),
+            request_id: self.request_id(),
+            ..Default::default()
         };
         let created = self
             .call("create_agent", self.api.create_agent(request), |a| {
@@ -729,6 +755,8 @@ impl Workload {
                     paths: vec!["temperature".into(), "max_iter".into(), "goal".into()],
                 }),
                 change_description: String::new(),
+                request_id: self.request_id(),
+                ..Default::default()
             };
             self.call("update_agent", self.api.update_agent(request), |a| {
                 if a.max_iter == Some(max_iter)
@@ -783,6 +811,8 @@ impl Workload {
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            request_id: self.request_id(),
+            ..Default::default()
         };
         self.call("rollback_agent", self.api.rollback_agent(request), |a| {
             if a.goal == GOAL && a.max_iter == Some(MAX_ITER) && a.temperature == Some(TEMPERATURE)

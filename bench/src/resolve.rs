@@ -177,6 +177,7 @@ async fn setup(api: &Api) -> String {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("CreateProvider")
@@ -190,6 +191,7 @@ async fn setup(api: &Api) -> String {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     })
     .await
     .expect("CreateAgent")

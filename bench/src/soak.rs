@@ -240,6 +240,7 @@ impl Fleet {
                         ..Default::default()
                     }),
                     change_description: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect("seed CreateProvider")
@@ -326,6 +327,7 @@ fn new_agent(name: String, provider_id: &str) -> pb::CreateAgentRequest {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -556,6 +558,7 @@ impl Worker {
                 paths: vec!["goal".into(), "temperature".into()],
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let updated = self
             .call(op, fleet.api.update_agent(request), |got| {
@@ -680,6 +683,7 @@ impl Worker {
             version_number: target,
             etag: String::new(),
             change_description: String::new(),
+            ..Default::default()
         };
         let rolled = self
             .call(
@@ -719,6 +723,7 @@ impl Worker {
         let request = pb::DeleteAgentRequest {
             id: created.id,
             etag: created.etag,
+            ..Default::default()
         };
         self.call(Op::DeleteAgent, fleet.api.delete_agent(request), Ok)
             .await;
@@ -738,6 +743,7 @@ impl Worker {
             }),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         };
         self.call(
             Op::UpdateProvider,

@@ -142,6 +142,7 @@ async fn create_provider(api: &Api) -> String {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     })
     .await
     .expect("CreateProvider")
@@ -165,6 +166,7 @@ async fn create_agent(api: &Api, provider: &str, count: i64) -> String {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     })
     .await
     .expect("CreateAgent")
@@ -185,6 +187,7 @@ fn revision(agent_id: &str, n: i64) -> pb::UpdateAgentRequest {
             paths: vec!["goal".into(), "max_iter".into()],
         }),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 

@@ -337,6 +337,7 @@ async fn create_agents(api: &Api, count: usize) -> Vec<String> {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("CreateAgent")
@@ -444,6 +445,7 @@ async fn write_on_schedule(
                 paths: vec!["goal".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         };
         let api = api.clone();
         tasks.push(tokio::spawn(async move {

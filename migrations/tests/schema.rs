@@ -214,7 +214,7 @@ const T1: &str = "tenant-1";
 const T2: &str = "tenant-2";
 
 /// The tables and secondary indexes the migration creates.
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 15] = [
     "agent_tools",
     "agent_versions",
     "agents",
@@ -228,9 +228,10 @@ const TABLES: [&str; 14] = [
     "provider_key_revisions",
     "provider_versions",
     "providers",
+    "request_ids",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 21] = [
+const INDEXES: [&str; 22] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_delete_time",
     "ix_agents_llm_provider_id",
@@ -246,6 +247,7 @@ const INDEXES: [&str; 21] = [
     "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
     "ix_providers_tenant_update_time",
+    "ix_request_ids_create_time",
     "ux_agent_versions_agent_version",
     "ux_agents_tenant_name",
     "ux_audit_events_chain",
@@ -1213,7 +1215,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261207_000003_change_log",
             "m20261208_000001_agent_tools_column",
             "m20261208_000002_soft_delete",
-            "m20261208_000003_audit"
+            "m20261208_000003_audit",
+            "m20261208_000010_request_ids"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

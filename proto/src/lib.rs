@@ -58,7 +58,7 @@ debug_without_secrets!(
     shown: [
         id, name, provider_type, model_name, base_url, api_version, default_parameters,
         is_default, api_key_set, api_key_revision, version, etag, create_time, update_time,
-        created_by, updated_by, labels, delete_time, purge_time,
+        created_by, updated_by, labels, delete_time, purge_time, validated_diff,
     ],
     secret: [api_key]
 );
@@ -112,7 +112,7 @@ mod tests {
                 "{:?}",
                 v1::CreateProviderRequest {
                     provider: Some(provider()),
-                    change_description: String::new(),
+                    ..Default::default()
                 }
             ),
             format!(

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod labels;
 pub mod messages;
 pub mod providers;
+pub mod retries;
 pub mod runtime;
 pub mod watch;
 
@@ -25,6 +26,7 @@ use crate::model::Snapshot;
 use crate::model::version::Action;
 use crate::page;
 use crate::store::labels as label_store;
+use crate::store::request_ids::Answer;
 use crate::store::search::Search;
 use crate::store::versioned::{self, Kind, Record, Shown, Write};
 use crate::store::{Store, VersionRecord};
@@ -45,6 +47,9 @@ pub struct Registry {
     /// How long a deleted resource is kept before the retention task
     /// purges it (its `purge_time` is its `delete_time` plus this).
     pub purge_after: chrono::TimeDelta,
+    /// Request ids (AIP-155): how long they are remembered, the calls in
+    /// progress.
+    pub retries: std::sync::Arc<retries::Retries>,
 }
 
 /// The most paths an update mask may hold: every field of the largest kind
@@ -194,6 +199,8 @@ pub trait Resource: Kind {
     fn message(spec: &Self::Spec, meta: Meta) -> Self::Message;
     /// The version message of `version`.
     fn version(version: VersionParts<Self::Message>) -> Self::Version;
+    /// Sets the message's `validated_diff` (a dry run's answer).
+    fn set_validated_diff(message: &mut Self::Message, diff: Vec<pb::FieldChange>);
     /// The request field that holds the resource (`"agent"`).
     const FIELD: &'static str;
     /// The kind's output-only fields besides [`OUTPUT_ONLY_PATHS`].
@@ -311,6 +318,10 @@ macro_rules! resource_messages {
             (&input.id, &input.etag)
         }
 
+        fn set_validated_diff(message: &mut $message, diff: Vec<pb::FieldChange>) {
+            message.validated_diff = diff;
+        }
+
         fn check_counts(input: &$message) -> Result<(), $crate::error::Error> {
             $counts(input)
         }
@@ -347,6 +358,7 @@ macro_rules! resource_messages {
                 labels: labels.into_iter().collect(),
                 delete_time,
                 purge_time,
+                validated_diff: Vec::new(),
                 ..spec.to_proto()
             }
         }
@@ -487,8 +499,9 @@ macro_rules! versioned_service {
                 request: Request<pb::$delete_req>,
             ) -> Result<Response<()>, Status> {
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let id = (stringify!($del), request.$del.as_str());
-                self.delete(&$kind, &caller, id, &request.etag).await?;
+                self.delete(&$kind, &caller, id, &request.etag, &intent).await?;
                 Ok(Response::new(()))
             }
 
@@ -560,10 +573,11 @@ macro_rules! versioned_service {
                 request: Request<pb::$rollback_req>,
             ) -> Result<Response<<$K as Resource>::Message>, Status> {
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let id = (stringify!($of), request.$of.as_str());
                 let how = (request.etag.as_str(), request.change_description.as_str());
                 let (kind, number) = ($kind, request.version_number);
-                let rolled_back = self.rollback(&kind, &caller, id, number, how);
+                let rolled_back = self.rollback(&kind, &caller, id, number, how, &intent);
                 Ok(Response::new(rolled_back.await?))
             }
 
@@ -574,7 +588,9 @@ macro_rules! versioned_service {
             ) -> Result<Response<pb::Label>, Status> {
                 let admin = $crate::caller::TenantAdmin::is_caller_of(&request);
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let set = $crate::api::labels::SetLabel {
+                    intent: &intent,
                     id: (stringify!($of), request.$of.as_str()),
                     label: &request.label,
                     version_number: request.version_number,
@@ -591,7 +607,9 @@ macro_rules! versioned_service {
             ) -> Result<Response<()>, Status> {
                 let admin = $crate::caller::TenantAdmin::is_caller_of(&request);
                 let (caller, request) = parts(request)?;
+                let intent = $crate::api::retries::Intent::of(&request)?;
                 let delete = $crate::api::labels::DeleteLabel {
+                    intent: &intent,
                     id: (stringify!($of), request.$of.as_str()),
                     label: &request.label,
                     expected_version: request.expected_version,
@@ -645,12 +663,7 @@ pub fn writer<'a>(
     (given, default): (&str, &str),
 ) -> Result<Write<'a>, Error> {
     let description = describe(given, || default.to_owned())?;
-    Ok(Write {
-        caller,
-        action,
-        description,
-        request_id: None,
-    })
+    Ok(Write::new(caller, action, description))
 }
 
 /// What every update request carries besides the new values, checked in
@@ -882,20 +895,27 @@ impl Registry {
     }
 
     /// Delete: marks resource `id` (in field `field`) deleted, when `etag`
-    /// (if sent) is current (soft delete: see [`versioned::delete`]).
+    /// (if sent) is current (soft delete: see [`versioned::delete`]); once
+    /// per request id, or only checked.
     pub async fn delete<K: Resource>(
         &self,
         kind: &K,
         caller: &Caller,
         (field, id): (&str, &str),
         etag: &str,
+        intent: &retries::Intent,
     ) -> Result<(), Error> {
         require_id(field, id)?;
         let expected = parse_etag(etag, "etag")?;
         let deleted = format!("{} deleted", title(K::NAMES.kind));
-        let write = writer(caller, Action::Delete, ("", &deleted))?;
-        versioned::delete(&self.db, kind, write, id, expected).await?;
-        Ok(())
+        let delete = || async {
+            let write = intent.stamp(writer(caller, Action::Delete, ("", &deleted))?);
+            let validate_only = intent.validate_only;
+            versioned::delete(&self.db, kind, write, id, expected, validate_only).await?;
+            Ok(())
+        };
+        self.once(caller, intent, delete, |_| async { Ok(()) })
+            .await
     }
 
     /// Undelete: restores deleted resource `id` (in field `field`), when
@@ -911,7 +931,7 @@ impl Registry {
         let expected = parse_etag(etag, "etag")?;
         let undeleted = format!("{} undeleted", title(K::NAMES.kind));
         let write = writer(caller, Action::Undelete, ("", &undeleted))?;
-        let record = versioned::undelete(&self.db, kind, write, id, expected).await?;
+        let record = versioned::undelete(&self.db, kind, write, id, expected, false).await?;
         self.labelled::<K>(&caller.tenant, &record).await
     }
 
@@ -937,19 +957,61 @@ impl Registry {
         (field, id): (&str, &str),
         number: i64,
         (etag, description): (&str, &str),
+        intent: &retries::Intent,
     ) -> Result<K::Message, Error> {
         require_id(field, id)?;
         require_version("version_number", number)?;
         let expected = parse_etag(etag, "etag")?;
         let description = describe(description, || format!("Rolled back to version {number}"))?;
         K::restorable(self, &caller.tenant, id, number).await?;
-        let write = Write {
-            caller,
-            action: Action::Rollback,
-            description,
-            request_id: None,
+        let write = intent.stamp(Write::new(caller, Action::Rollback, description));
+        if intent.validate_only {
+            let validated =
+                versioned::validate_rollback(&self.db, kind, &write, id, number, expected).await?;
+            return self.validated::<K>(&caller.tenant, validated).await;
+        }
+        let rollback = || async {
+            let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+            self.labelled::<K>(&caller.tenant, &record).await
         };
-        let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+        let rebuild = |answer| self.labelled_at::<K>(caller, answer);
+        self.once(caller, intent, rollback, rebuild).await
+    }
+
+    /// A dry run's answer: the resource as it would be, with its labels
+    /// and the changes its version would record.
+    pub async fn validated<K: Resource>(
+        &self,
+        tenant: &str,
+        validated: versioned::Validated<K::Spec>,
+    ) -> Result<K::Message, Error> {
+        let mut message = self.labelled::<K>(tenant, &validated.record).await?;
+        let diff = validated.diff.iter().map(messages::change).collect();
+        K::set_validated_diff(&mut message, diff);
+        Ok(message)
+    }
+
+    /// A remembered answer of a create: the resource as its version 1
+    /// was (a create answers without labels).
+    pub async fn created_at<K: Resource>(
+        &self,
+        caller: &Caller,
+        answer: Answer,
+    ) -> Result<K::Message, Error> {
+        let (id, number) = (&answer.resource_id, answer.version_number);
+        let record = versioned::record_at::<K>(&self.db, &caller.tenant, id, number).await?;
+        Ok(message::<K>(&record))
+    }
+
+    /// A remembered answer of an update, rollback or key revocation: the
+    /// resource as that version was, with its labels.
+    pub async fn labelled_at<K: Resource>(
+        &self,
+        caller: &Caller,
+        answer: Answer,
+    ) -> Result<K::Message, Error> {
+        let (id, number) = (&answer.resource_id, answer.version_number);
+        let record = versioned::record_at::<K>(&self.db, &caller.tenant, id, number).await?;
         self.labelled::<K>(&caller.tenant, &record).await
     }
 }

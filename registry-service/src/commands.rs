@@ -120,6 +120,10 @@ async fn serve(args: &Args) -> Result<(), Error> {
             settings.resolve_cache,
             Arc::clone(db.changes()),
         )),
+        retries: Arc::new(crate::api::retries::Retries::new(
+            settings.request_id_retention,
+            settings.abort_after_commit.clone(),
+        )),
         db,
         crypto,
         destinations: Arc::new(settings.destinations.clone()),

@@ -319,6 +319,22 @@ pub struct ServeArgs {
     /// non-browser client works without it.
     #[arg(long, env = "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub grpc_web_allowed_origins: Vec<String>,
+    /// Seconds a mutation's request id (AIP-155) is remembered: a retry
+    /// with the same id within them is answered with the first call's
+    /// answer. Expired ids are deleted by a background task. 1 to 2,592,000
+    /// (30 days).
+    #[arg(
+        long,
+        env = "REGISTRY_REQUEST_ID_RETENTION_SECONDS",
+        default_value_t = 86_400
+    )]
+    pub request_id_retention_seconds: u64,
+    /// Tests only, refused outside development mode (REGISTRY_DEV): the
+    /// process aborts right after the write of a call with this request id
+    /// committed, before it answers (a crash between commit and response,
+    /// on cue).
+    #[arg(long, env = "REGISTRY_TEST_ABORT_AFTER_COMMIT", hide = true)]
+    pub test_abort_after_commit: Option<String>,
     #[command(flatten)]
     pub grpc: ops::cli::GrpcArgs,
 }
@@ -708,6 +724,10 @@ pub struct Settings {
     pub platform_operator_subjects: Vec<String>,
     pub destinations: crate::destinations::Destinations,
     pub grpc_web_allowed_origins: crate::cors::AllowedOrigins,
+    /// How long request ids are remembered.
+    pub request_id_retention: Duration,
+    /// The test hook's request id (development mode only).
+    pub abort_after_commit: Option<String>,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -722,6 +742,9 @@ pub struct Transport {
     /// The plaintext health-only listener, when configured.
     pub health_listen: Option<SocketAddr>,
 }
+
+/// The longest `REGISTRY_REQUEST_ID_RETENTION_SECONDS`: 30 days.
+const MAX_REQUEST_ID_RETENTION_SECONDS: u64 = 30 * 24 * 60 * 60;
 
 /// Pool size on SQLite unless `DATABASE_MAX_CONNECTIONS` says otherwise.
 const SQLITE_DEFAULT_CONNECTIONS: u32 = 1;
@@ -868,8 +891,34 @@ impl ServeArgs {
                 &self.grpc_web_allowed_origins,
                 "REGISTRY_GRPC_WEB_ALLOWED_ORIGINS",
             )?,
+            request_id_retention: Duration::from_secs(within(
+                "REGISTRY_REQUEST_ID_RETENTION_SECONDS",
+                self.request_id_retention_seconds,
+                1,
+                MAX_REQUEST_ID_RETENTION_SECONDS,
+            )?),
+            abort_after_commit: self.abort_after_commit()?,
             grpc: self.grpc.clone(),
         })
+    }
+
+    /// The test hook, refused outside development mode and unless it names
+    /// a request id (a UUID, as requests must).
+    fn abort_after_commit(&self) -> Result<Option<String>, Error> {
+        const SETTING: &str = "REGISTRY_TEST_ABORT_AFTER_COMMIT";
+        let Some(request_id) = &self.test_abort_after_commit else {
+            return Ok(None);
+        };
+        if !self.dev {
+            return Err(Error::config(
+                SETTING,
+                "is a test hook that kills the process: refused outside development mode \
+                 (REGISTRY_DEV)",
+            ));
+        }
+        let request_id = uuid::Uuid::try_parse(request_id.trim())
+            .map_err(|_| Error::config(SETTING, "must be a request id (a UUID)"))?;
+        Ok(Some(request_id.hyphenated().to_string()))
     }
 
     /// How `serve` listens: TLS loaded from its files (or plaintext where

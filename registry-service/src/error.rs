@@ -49,6 +49,13 @@ pub enum Error {
     /// The etag is stale, or a concurrent writer won repeatedly.
     #[error("{0}")]
     Aborted(String),
+    /// Another call with the same request id (AIP-155) is being written
+    /// and its answer is not readable yet; retryable.
+    #[error(
+        "another call with this request_id is in progress (on this or another replica); \
+         retry with the same request_id to get its answer"
+    )]
+    RequestInProgress,
     /// The system is not in a state that allows the call.
     #[error("{message}")]
     FailedPrecondition {
@@ -293,6 +300,11 @@ impl From<Error> for Status {
             }
             Error::Aborted(_) => {
                 Status::with_error_details(Code::Aborted, message, info("ETAG_MISMATCH", vec![]))
+            }
+            Error::RequestInProgress => {
+                let mut details = info("REQUEST_IN_PROGRESS", vec![]);
+                details.set_retry_info(Some(RETRY_DELAY));
+                Status::with_error_details(Code::Aborted, message, details)
             }
             Error::FailedPrecondition { reason, message } => {
                 let mut details = info(reason, vec![]);

@@ -332,12 +332,7 @@ impl Importer<'_> {
                 return Ok(());
             }
         };
-        let write = Write {
-            caller: &self.caller,
-            action: Action::Create,
-            description: CHANGE_DESCRIPTION.to_owned(),
-            request_id: None,
-        };
+        let write = Write::new(&self.caller, Action::Create, CHANGE_DESCRIPTION.to_owned());
         let kind = Providers::default();
         let legacy_id = planned.row.id;
         match store::versioned::create(store, &kind, write, planned.id.clone(), planned.spec).await

@@ -165,6 +165,11 @@ pub async fn serve(
         settings.audit.retention,
         settings.audit.seal_interval,
     ));
+    // Request ids past their retention go in the background (AIP-155).
+    let prune_request_ids = tokio::spawn(crate::api::retries::prune_expired(
+        registry.db.clone(),
+        registry.retries.retention(),
+    ));
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
     // caller resumes elsewhere): they would otherwise hold the drain to its
@@ -186,6 +191,7 @@ pub async fn serve(
     .map_err(|e| Error::Internal(format!("server: {e}")))?;
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
+    prune_request_ids.abort();
     feed.abort();
     retention.abort();
     audit_upkeep.abort();

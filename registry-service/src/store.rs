@@ -35,6 +35,7 @@ pub mod keys;
 pub mod labels;
 pub mod providers;
 pub mod recent;
+pub mod request_ids;
 pub mod search;
 mod sqlite_reads;
 pub mod versioned;
@@ -267,12 +268,18 @@ impl ConnectionTrait for Store {
 /// INTO <versions> … SELECT <values> WHERE changes() = 1`, committed in one
 /// transaction with the other writes waiting at that moment
 /// (`group_commit`).
+///
+/// `remembered`, when given, is a row of `request_ids` (an AIP-155 request
+/// id, [`request_ids`]) written exactly when the version row is: one more
+/// CTE of the same statement on PostgreSQL, one more statement of the same
+/// batch on SQLite. A clash on its key fails the whole write.
 impl Store {
     pub async fn write_with_version<V, C, S>(
         &self,
         change: S,
         versions: V,
         version_row: Vec<(C, SimpleExpr)>,
+        remembered: Option<Vec<(sea_orm::sea_query::Alias, SimpleExpr)>>,
     ) -> Result<bool, DbErr>
     where
         V: EntityTrait,
@@ -282,28 +289,65 @@ impl Store {
         let (columns, values): (Vec<C>, Vec<SimpleExpr>) = version_row.into_iter().unzip();
         let mut insert = Query::insert();
         insert.into_table(versions).columns(columns);
-        if let Backend::Sqlite { writes, .. } = &self.backend {
-            let when_written = Query::select()
-                .exprs(values)
-                .and_where(Expr::cust("changes() = 1"))
-                .to_owned();
+        let mut remember = remembered.map(|row| {
+            let (columns, values): (Vec<_>, Vec<SimpleExpr>) = row.into_iter().unzip();
+            let mut insert = Query::insert();
             insert
-                .select_from(when_written)
+                .into_table(sea_orm::sea_query::Alias::new(request_ids::TABLE))
+                .columns(columns);
+            (insert, values)
+        });
+        if let Backend::Sqlite { writes, .. } = &self.backend {
+            let when_written = |values: Vec<SimpleExpr>| {
+                Query::select()
+                    .exprs(values)
+                    .and_where(Expr::cust("changes() = 1"))
+                    .to_owned()
+            };
+            insert
+                .select_from(when_written(values))
                 .map_err(|e| DbErr::Custom(e.to_string()))?;
-            return writes
-                .write(vec![
-                    change.build(SqliteQueryBuilder),
-                    insert.build(SqliteQueryBuilder),
-                ])
-                .await;
+            let mut statements = vec![
+                change.build(SqliteQueryBuilder),
+                insert.build(SqliteQueryBuilder),
+            ];
+            // After the version row: `changes()` is then 1 exactly when
+            // both rows before it were written, and so is the batch's
+            // closing `changes()` when this one is.
+            if let Some((mut remember, values)) = remember {
+                remember
+                    .select_from(when_written(values))
+                    .map_err(|e| DbErr::Custom(e.to_string()))?;
+                statements.push(remember.build(SqliteQueryBuilder));
+            }
+            return writes.write(statements).await;
         }
         const WRITTEN: &str = "written";
+        const REMEMBERED: &str = "remembered";
         let cte = CommonTableExpression::new()
             .query(change)
             .table_name(WRITTEN)
             .to_owned();
+        let mut with = WithClause::new();
+        with.cte(cte);
+        if let Some((remember, values)) = remember.as_mut() {
+            remember
+                .select_from(
+                    Query::select()
+                        .exprs(std::mem::take(values))
+                        .from(WRITTEN)
+                        .to_owned(),
+                )
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            with.cte(
+                CommonTableExpression::new()
+                    .query(remember.clone())
+                    .table_name(REMEMBERED)
+                    .to_owned(),
+            );
+        }
         insert
-            .with_cte(WithClause::new().cte(cte).to_owned())
+            .with_cte(with)
             .select_from(Query::select().exprs(values).from(WRITTEN).to_owned())
             .map_err(|e| DbErr::Custom(e.to_string()))?;
         let written = self.pool.execute(&insert).await?.rows_affected();

@@ -1,4 +1,6 @@
 //! The audit trail (issue 18): a workflow of every audited kind of call
+//! (create, update, label moves, rollback, a key released, delete,
+//! undelete, purge, key revocation)
 //! yields exactly the expected events, in order, with their actors,
 //! resources and request ids, and never a key; tenant admins see their
 //! tenant, platform operators every tenant, viewers and editors nothing;
@@ -53,6 +55,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create provider")
@@ -70,6 +73,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create agent")
@@ -88,6 +92,7 @@ impl Caller {
                     paths: vec!["goal".to_owned()],
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("update agent")
@@ -102,6 +107,7 @@ impl Caller {
                 version_number: version,
                 expected_version: None,
                 reason: "release".to_owned(),
+                ..Default::default()
             })
             .await
             .expect("set label");
@@ -181,6 +187,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("rollback");
@@ -195,6 +202,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
             label: "production".to_owned(),
             expected_version: None,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete label");
@@ -202,6 +210,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("label policy");
@@ -209,15 +218,40 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .delete_agent(pb::DeleteAgentRequest {
             id: agent.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete agent");
+    bob.agents
+        .undelete_agent(pb::UndeleteAgentRequest {
+            id: agent.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("undelete agent");
+    bob.agents
+        .delete_agent(pb::DeleteAgentRequest {
+            id: agent.id.clone(),
+            etag: String::new(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete agent again");
+    alice
+        .agents
+        .purge_agent(pb::PurgeAgentRequest {
+            id: agent.id.clone(),
+            etag: String::new(),
+        })
+        .await
+        .expect("purge agent");
     alice
         .providers
         .revoke_provider_key(pb::RevokeProviderKeyRequest {
             provider_id: provider.id.clone(),
             revision: 1,
             reason: "leaked".to_owned(),
+            ..Default::default()
         })
         .await
         .expect("revoke key");
@@ -244,6 +278,9 @@ async fn a_workflow_yields_exactly_its_audit_events_with_no_key_anywhere() {
         row("LABEL_DELETE", "bob", &agent),
         row("LABEL_POLICY_UPDATE", "alice", ""),
         row("DELETE", "bob", &agent),
+        row("UNDELETE", "bob", &agent),
+        row("DELETE", "bob", &agent),
+        row("PURGE", "alice", &agent),
         row("KEY_REVOKE", "alice", &provider),
         row("UPDATE", "alice", &provider),
     ];
@@ -305,6 +342,9 @@ async fn a_workflow_yields_exactly_its_audit_events_with_no_key_anywhere() {
         assert!(!line.contains("sk-audit"), "{line}");
         assert!(!line.contains("arc1."), "no ciphertext either: {line}");
     }
+    // Every chain intact after all of it (a purge included).
+    let (ok, output) = verify(&stack, &[]).await;
+    assert!(ok && output.contains(", 0 problems"), "{output}");
     stack.finish().await;
 }
 
@@ -337,7 +377,7 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
     let mut operator =
         Caller::new(&stack, STACK_OPERATOR, "platform", &["platform-operator"]).await;
     let all = operator.list("").await.expect("operator lists");
-    assert_eq!(all.iter().filter(|e| e.tenant == "acme").count(), 12);
+    assert_eq!(all.iter().filter(|e| e.tenant == "acme").count(), 15);
     assert_eq!(all.iter().filter(|e| e.tenant == "globex").count(), 1);
     let globex = operator.trail(r#"tenant = "globex""#).await;
     assert_eq!(globex, vec![row("CREATE", "carol", &globex[0].2)]);
@@ -361,12 +401,13 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
 
     // Filters: actor, resource, kind, action, and their combinations.
     let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
-    assert_eq!(alice.trail("").await.len(), 12, "no platform event");
+    assert_eq!(alice.trail("").await.len(), 15, "no platform event");
     assert_eq!(
         alice.trail(r#"actor = "alice""#).await,
         vec![
             row("CREATE", "alice", &provider),
             row("LABEL_POLICY_UPDATE", "alice", ""),
+            row("PURGE", "alice", &agent),
             row("KEY_REVOKE", "alice", &provider),
             row("UPDATE", "alice", &provider),
         ]
@@ -426,6 +467,9 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
             "LABEL_DELETE",
             "LABEL_POLICY_UPDATE",
             "DELETE",
+            "UNDELETE",
+            "DELETE",
+            "PURGE",
             "KEY_REVOKE",
             "UPDATE"
         ]

@@ -93,6 +93,7 @@ async fn fixture(stack: &Stack, tag: &str) -> Fixture {
         .create_provider(pb::CreateProviderRequest {
             provider: Some(provider_input(&format!("p-{tag}"))),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("fixture provider")
@@ -101,6 +102,7 @@ async fn fixture(stack: &Stack, tag: &str) -> Fixture {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent_input(&format!("a-{tag}"), Some(&provider.id))),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("fixture agent")
@@ -145,6 +147,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "CreateAgent" => pb::CreateAgentRequest {
             agent: Some(agent_input(&format!("new-{tag}"), None)),
             change_description: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "GetAgent" => pb::GetAgentRequest {
@@ -161,11 +164,13 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
             }),
             update_mask: mask("goal"),
             change_description: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "DeleteAgent" => pb::DeleteAgentRequest {
             id: f.agent_id.clone(),
             etag: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         // The fixture's agent is live: allowed callers get past the role
@@ -205,6 +210,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "CreateProvider" => pb::CreateProviderRequest {
             provider: Some(provider_input(&format!("new-{tag}"))),
             change_description: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "GetProvider" => pb::GetProviderRequest {
@@ -222,11 +228,13 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
             update_mask: mask("model_name"),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         }
         .encode_to_vec(),
         "DeleteProvider" => pb::DeleteProviderRequest {
             provider_id: f.provider_id.clone(),
             etag: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "UndeleteProvider" => pb::UndeleteProviderRequest {
@@ -272,6 +280,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
             provider_id: f.provider_id.clone(),
             revision: 1,
             reason: String::new(),
+            ..Default::default()
         }
         .encode_to_vec(),
         "SetAgentLabel" => pb::SetAgentLabelRequest {
@@ -321,6 +330,7 @@ fn request_for(method: &str, f: &Fixture, tag: &str) -> Vec<u8> {
         "GetLabelPolicy" => pb::GetLabelPolicyRequest {}.encode_to_vec(),
         "UpdateLabelPolicy" => pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned()],
+            ..Default::default()
         }
         .encode_to_vec(),
         "GetKeyStatus" => pb::GetKeyStatusRequest {}.encode_to_vec(),
@@ -593,6 +603,7 @@ async fn provider_rollback_is_admin_only_and_resolve_is_runtime_only() {
             }),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         })
         .await
         .expect("admin updates");
@@ -701,6 +712,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         }),
         update_mask: mask(),
         change_description: String::new(),
+        ..Default::default()
     };
     not_found(agents.update_agent(update).await, "update agent");
     not_found(
@@ -729,6 +741,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
             .delete_agent(pb::DeleteAgentRequest {
                 id: agent_id.clone(),
                 etag: String::new(),
+                ..Default::default()
             })
             .await,
         "delete agent",
@@ -757,6 +770,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
             .delete_provider(pb::DeleteProviderRequest {
                 provider_id: provider_id.clone(),
                 etag: String::new(),
+                ..Default::default()
             })
             .await,
         "delete provider",
@@ -784,6 +798,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent_input("a-a", Some(&provider_id))),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("assign across tenants");
@@ -792,6 +807,7 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent_input("a-a", None)),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("names are unique per tenant only");
@@ -849,6 +865,7 @@ async fn versions_record_the_subject_of_each_change() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent_input("attributed", None)),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -865,6 +882,7 @@ async fn versions_record_the_subject_of_each_change() {
                 paths: vec!["goal".into()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update")

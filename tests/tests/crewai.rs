@@ -117,6 +117,7 @@ async fn update(
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
         }),
         change_description: String::new(),
+        ..Default::default()
     };
     client
         .update_agent(request)
@@ -147,6 +148,7 @@ async fn every_crewai_setting_is_defaulted_stored_diffed_and_rolled_back() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(minimal("researcher")),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -263,6 +265,7 @@ async fn every_crewai_setting_is_defaulted_stored_diffed_and_rolled_back() {
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("rollback")
@@ -288,6 +291,7 @@ async fn refused_fields(client: &mut AgentServiceClient<Authed>, agent: pb::Agen
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("refused");

@@ -812,6 +812,7 @@ async fn a_value_under_a_missing_key_version_is_a_failed_precondition_an_operato
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -826,6 +827,7 @@ async fn a_value_under_a_missing_key_version_is_a_failed_precondition_an_operato
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent")

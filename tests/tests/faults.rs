@@ -759,6 +759,7 @@ async fn crypto_writer(
             update_mask: mask(&["api_key"]),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         });
         if fault
             .call(writer, "UpdateProvider", true, update)
@@ -810,6 +811,7 @@ async fn database_writer(
         let create = c.agents.create_agent(pb::CreateAgentRequest {
             agent: Some(agent(&name, None)),
             change_description: String::new(),
+            ..Default::default()
         });
         if fault
             .call(writer, "CreateAgent", true, create)
@@ -871,6 +873,7 @@ impl Clients {
             .create_agent(pb::CreateAgentRequest {
                 agent: Some(agent(name, provider_id)),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -897,6 +900,7 @@ fn provider_request(name: &str, api_key: &str) -> pb::CreateProviderRequest {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -909,6 +913,7 @@ fn goal_update(id: &str, goal: &str) -> pb::UpdateAgentRequest {
         }),
         update_mask: mask(&["goal"]),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 

@@ -106,6 +106,7 @@ async fn a_browser_page_on_an_allowed_origin_lists_agents_through_grpc_web() {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create agent");
@@ -120,6 +121,7 @@ async fn a_browser_page_on_an_allowed_origin_lists_agents_through_grpc_web() {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create the other tenant's agent");

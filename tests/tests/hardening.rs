@@ -200,6 +200,7 @@ async fn agent_using(
                 ..agent(name)
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("an agent on the provider")
@@ -262,6 +263,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent("target")),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -276,6 +278,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
             ..agent("bomb")
         }),
         change_description: String::new(),
+        ..Default::default()
     };
     let overrides = Some(pb::ModelParameters {
         stop: stops.clone(),
@@ -291,6 +294,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
             paths: vec!["llm_overrides".to_owned(); paths],
         }),
         change_description: String::new(),
+        ..Default::default()
     };
     let provider_bomb = pb::CreateProviderRequest {
         provider: Some(pb::Provider {
@@ -304,6 +308,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     };
 
     let (stop_health, health_stopped) = tokio::sync::oneshot::channel();
@@ -346,6 +351,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
                 ..agent("huge")
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("a 4 MiB tool bomb");
@@ -392,6 +398,7 @@ async fn tool_and_mask_bombs_are_refused_at_once_while_health_stays_fast() {
                     .collect(),
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("64 paths, two distinct")
@@ -448,6 +455,7 @@ async fn a_stored_key_cannot_be_redirected_to_another_host() {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -468,6 +476,7 @@ async fn a_stored_key_cannot_be_redirected_to_another_host() {
             }),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         }
     };
     for attempt in [
@@ -551,6 +560,7 @@ fn provider_with_key(name: &str, key: &str) -> pb::CreateProviderRequest {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -681,6 +691,7 @@ async fn a_revoked_key_revision_never_comes_back_through_rollback() {
         }),
         change_description: String::new(),
         revoke_replaced_key,
+        ..Default::default()
     };
     let rollback_to = |version_number: i64| pb::RollbackProviderRequest {
         provider_id: provider.id.clone(),
@@ -769,6 +780,7 @@ async fn a_revoked_key_revision_never_comes_back_through_rollback() {
             provider_id: provider.id.clone(),
             revision: 2,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect("revoke b")
@@ -788,6 +800,7 @@ async fn a_revoked_key_revision_never_comes_back_through_rollback() {
             provider_id: provider.id.clone(),
             revision: 3,
             reason: "leaked in a CI log".into(),
+            ..Default::default()
         })
         .await
         .expect("revoke c")
@@ -813,6 +826,7 @@ async fn a_revoked_key_revision_never_comes_back_through_rollback() {
             provider_id: provider.id.clone(),
             revision: 9,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("no revision 9");
@@ -857,6 +871,7 @@ async fn keys_go_only_to_the_hosts_the_deployment_allows() {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     };
     let elsewhere = providers
         .create_provider(compatible("elsewhere", "https://attacker.example/v1"))
@@ -941,6 +956,7 @@ async fn keys_go_only_to_the_hosts_the_deployment_allows() {
             }),
             change_description: String::new(),
             revoke_replaced_key: true,
+            ..Default::default()
         })
         .await
         .expect("moved")

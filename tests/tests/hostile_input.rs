@@ -115,6 +115,7 @@ fn create_request(agent: pb::Agent) -> pb::CreateAgentRequest {
     pb::CreateAgentRequest {
         agent: Some(agent),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -125,6 +126,7 @@ fn update_request(agent: pb::Agent, paths: &[&str]) -> pb::UpdateAgentRequest {
             paths: paths.iter().map(|p| (*p).to_owned()).collect(),
         }),
         change_description: String::new(),
+        ..Default::default()
     }
 }
 
@@ -141,6 +143,7 @@ async fn create_provider(c: &mut Clients, provider: pb::Provider) -> pb::Provide
         .create_provider(pb::CreateProviderRequest {
             provider: Some(provider),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -365,6 +368,7 @@ async fn oversized_and_non_finite_fields_are_refused_per_field_and_write_nothing
                     ..openai("Non-finite")
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
     }
@@ -630,6 +634,7 @@ async fn provider_types_outside_the_enum_are_a_provider_type_violation() {
                     ..openai(&format!("Type {value}"))
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
         refused!(
@@ -648,6 +653,7 @@ async fn provider_types_outside_the_enum_are_a_provider_type_violation() {
                 }),
                 change_description: String::new(),
                 revoke_replaced_key: false,
+                ..Default::default()
             })
         );
     }
@@ -863,6 +869,7 @@ async fn a_nul_byte_is_invalid_argument_naming_the_field_on_every_backend() {
             c.agents.create_agent(pb::CreateAgentRequest {
                 agent: Some(input),
                 change_description: description,
+                ..Default::default()
             })
         );
     }
@@ -911,6 +918,7 @@ async fn a_nul_byte_is_invalid_argument_naming_the_field_on_every_backend() {
             c.providers.create_provider(pb::CreateProviderRequest {
                 provider: Some(input),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
     }
@@ -1257,6 +1265,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
                 version_number: number,
                 etag: String::new(),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
         refused!(
@@ -1314,6 +1323,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
                 version_number: number,
                 etag: String::new(),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
     }
@@ -1338,6 +1348,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
                 version_number: number,
                 etag: String::new(),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
         refused!(
@@ -1373,6 +1384,7 @@ async fn version_numbers_below_one_are_invalid_argument_and_huge_ones_not_found(
                 version_number: number,
                 etag: String::new(),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
     }
@@ -1458,6 +1470,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
                 }),
                 change_description: String::new(),
                 revoke_replaced_key: false,
+                ..Default::default()
             })
         );
     }
@@ -1499,6 +1512,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
             }),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         })
         .await
         .expect("UpdateProvider with output-only paths")
@@ -1540,6 +1554,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
             c.agents.delete_agent(pb::DeleteAgentRequest {
                 id: existing.id.clone(),
                 etag: etag.to_owned(),
+                ..Default::default()
             })
         );
         refused!(
@@ -1552,6 +1567,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
                 version_number: 1,
                 etag: etag.to_owned(),
                 change_description: String::new(),
+                ..Default::default()
             })
         );
         refused!(
@@ -1571,6 +1587,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
                 }),
                 change_description: String::new(),
                 revoke_replaced_key: false,
+                ..Default::default()
             })
         );
         refused!(
@@ -1581,6 +1598,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
             c.providers.delete_provider(pb::DeleteProviderRequest {
                 provider_id: provider.id.clone(),
                 etag: etag.to_owned(),
+                ..Default::default()
             })
         );
     }
@@ -1602,6 +1620,7 @@ async fn bad_update_masks_and_etags_are_refused_before_anything_is_written() {
             c.agents.delete_agent(pb::DeleteAgentRequest {
                 id: existing.id.clone(),
                 etag: etag.to_owned(),
+                ..Default::default()
             })
         );
     }

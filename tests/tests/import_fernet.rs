@@ -187,6 +187,7 @@ async fn resolved_key(c: &mut Clients, provider_id: &str, agent_name: &str) -> S
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent")

@@ -7,7 +7,7 @@
 //! the provider version it was written against — always with the
 //! provider's current key.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use prost_types::FieldMask;
 use proto::v1 as pb;
@@ -44,6 +44,7 @@ impl Caller {
             .create_agent(pb::CreateAgentRequest {
                 agent: Some(agent),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create agent")
@@ -60,6 +61,7 @@ impl Caller {
                 }),
                 update_mask: Some(mask(&["goal"])),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("update agent")
@@ -81,6 +83,7 @@ impl Caller {
                 version_number: version,
                 expected_version: expected,
                 reason: reason.to_owned(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -98,6 +101,7 @@ impl Caller {
                 label: label.to_owned(),
                 expected_version: expected,
                 reason: String::new(),
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -134,6 +138,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create provider")
@@ -147,6 +152,7 @@ impl Caller {
                 update_mask: Some(mask(paths)),
                 change_description: String::new(),
                 revoke_replaced_key: false,
+                ..Default::default()
             })
             .await
             .expect("update provider")
@@ -166,6 +172,7 @@ impl Caller {
                 version_number: version,
                 expected_version: None,
                 reason: String::new(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -221,7 +228,7 @@ fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
-fn labels(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
+fn labels(pairs: &[(&str, i64)]) -> BTreeMap<String, i64> {
     pairs.iter().map(|(l, v)| ((*l).to_owned(), *v)).collect()
 }
 
@@ -400,6 +407,7 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
             }),
             update_mask: Some(mask(&["goal", "labels"])),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update naming labels")
@@ -414,6 +422,7 @@ async fn labels_are_set_moved_compared_and_recorded_and_show_on_the_agent() {
         .delete_agent(pb::DeleteAgentRequest {
             id: id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete agent");
@@ -462,6 +471,7 @@ async fn protected_labels_are_moved_only_by_admins() {
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned()],
+            ..Default::default()
         })
         .await
         .expect_err("editors do not write the policy");
@@ -470,6 +480,7 @@ async fn protected_labels_are_moved_only_by_admins() {
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["production".to_owned(), "gold".to_owned()],
+            ..Default::default()
         })
         .await
         .expect("admin writes the policy")
@@ -613,6 +624,7 @@ async fn malformed_requests_are_refused_per_field_and_other_tenants_see_nothing(
             version_number: 0,
             expected_version: Some(-1),
             reason: "r".repeat(1025),
+            ..Default::default()
         })
         .await
         .expect_err("every field bad");
@@ -683,6 +695,7 @@ async fn malformed_requests_are_refused_per_field_and_other_tenants_see_nothing(
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: vec!["ok".to_owned(), "Not-OK".to_owned(), "latest".to_owned()],
+            ..Default::default()
         })
         .await
         .expect_err("bad names");
@@ -694,6 +707,7 @@ async fn malformed_requests_are_refused_per_field_and_other_tenants_see_nothing(
         .policy
         .update_label_policy(pb::UpdateLabelPolicyRequest {
             protected_labels: (0..65).map(|n| format!("p{n}")).collect(),
+            ..Default::default()
         })
         .await
         .expect_err("too many");
@@ -941,6 +955,7 @@ async fn resolving_by_label_follows_agent_and_provider_labels_with_the_current_k
                 .create_agent(pb::CreateAgentRequest {
                     agent: Some(agent),
                     change_description: String::new(),
+                    ..Default::default()
                 })
                 .await
                 .expect_err("refused")
@@ -983,6 +998,7 @@ async fn resolving_by_label_follows_agent_and_provider_labels_with_the_current_k
             label: "production".to_owned(),
             expected_version: Some(3),
             reason: "retired".to_owned(),
+            ..Default::default()
         })
         .await
         .expect("delete provider label");
@@ -1019,6 +1035,7 @@ async fn concurrent_compare_and_sets_let_exactly_one_writer_create_the_label() {
                     version_number: version,
                     expected_version: Some(0),
                     reason: format!("writer {version}"),
+                    ..Default::default()
                 })
                 .await
                 .map(|r| r.into_inner().version_number)

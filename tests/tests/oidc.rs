@@ -211,6 +211,7 @@ async fn provider_tokens_pass_by_mapped_roles_and_a_key_rotation_needs_no_restar
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("registry-admin maps to admin, which may create agents")
@@ -378,6 +379,7 @@ async fn a_jwks_url_without_discovery_is_refetched_on_schedule_and_a_fixed_tenan
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("admin creates")

@@ -54,6 +54,7 @@ async fn readiness_follows_crypto_service_down_and_back_without_a_registry_resta
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     };
     let status = providers
         .create_provider(request())
@@ -97,6 +98,7 @@ async fn sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_zero() {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -138,6 +140,7 @@ async fn sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_zero() {
                         paths: vec!["goal".into()],
                     }),
                     change_description: String::new(),
+                    ..Default::default()
                 })
                 .await
         }));
@@ -211,6 +214,7 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create");
@@ -235,6 +239,7 @@ async fn metrics_count_calls_by_method_and_code_with_latency_and_dependencies() 
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent");

@@ -72,6 +72,9 @@ async fn readme_walkthrough_runs_as_written() {
         r#""action": "CREDENTIAL_RELEASE""#,
         r#""actor": "readme-runtime""#,
         r#""resource": "agents/"#,
+        "attempt 1 answered version 5",
+        "attempt 2 answered version 5",
+        r#""validatedDiff""#,
     ] {
         assert!(
             out.contains(expected),

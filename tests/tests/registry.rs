@@ -67,6 +67,7 @@ async fn create_agent(c: &mut Clients, agent: pb::Agent) -> pb::Agent {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent")
@@ -78,6 +79,7 @@ async fn create_provider(c: &mut Clients, provider: pb::Provider) -> pb::Provide
         .create_provider(pb::CreateProviderRequest {
             provider: Some(provider),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -140,6 +142,7 @@ async fn create_update_list_and_rollback_follow_the_report_examples() {
             }),
             update_mask: mask(&["temperature", "max_iter"]),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update")
@@ -253,6 +256,7 @@ async fn create_update_list_and_rollback_follow_the_report_examples() {
             }),
             update_mask: mask(&["temperature"]),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("no-op update")
@@ -295,6 +299,7 @@ async fn provider_keys_are_stored_encrypted_masked_in_diffs_restored_by_rollback
             update_mask: mask(&["api_key"]),
             change_description: "rotate the key".to_owned(),
             revoke_replaced_key: false,
+            ..Default::default()
         })
         .await
         .expect("update key")
@@ -431,6 +436,7 @@ async fn concurrent_writers_get_contiguous_versions_and_aborted_on_stale_etags()
                         }),
                         update_mask: mask(&["goal"]),
                         change_description: String::new(),
+                        ..Default::default()
                     })
                     .await;
                 match result {
@@ -518,6 +524,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("invalid agent");
@@ -548,6 +555,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("invalid provider");
@@ -580,6 +588,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .delete_provider(pb::DeleteProviderRequest {
             provider_id: missing.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("missing");
@@ -591,6 +600,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(data_analyst("Twin", None)),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("duplicate name");
@@ -615,6 +625,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
             }),
             update_mask: mask(&["version", "max_iter", "bogus"]),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("unknown path");
@@ -644,6 +655,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
             }),
             update_mask: mask(&["goal"]),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("stale etag");
@@ -673,6 +685,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
             }),
             update_mask: mask(&["name"]),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("rename onto a taken name");
@@ -719,6 +732,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
             }),
             update_mask: mask(&["name"]),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("a rename onto a free name after the failed one")
@@ -737,6 +751,7 @@ async fn create_provider_with_crypto_down_is_unavailable_and_writes_nothing() {
         .create_provider(pb::CreateProviderRequest {
             provider: Some(openai("Unreachable", "sk-never-stored")),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("crypto-service is down");
@@ -853,6 +868,7 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
         .delete_provider(pb::DeleteProviderRequest {
             provider_id: first.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("in use");
@@ -862,6 +878,7 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
         .delete_agent(pb::DeleteAgentRequest {
             id: assigned.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete agent");
@@ -880,6 +897,7 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
         .delete_provider(pb::DeleteProviderRequest {
             provider_id: first.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("now deletable");
@@ -889,6 +907,7 @@ async fn defaults_move_atomically_and_assigned_providers_cannot_be_deleted() {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(data_analyst("Orphan", Some(&first.id))),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect_err("deleted provider");
@@ -911,6 +930,7 @@ async fn resolve_agent_as_of_an_earlier_version() {
             }),
             update_mask: None,
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update without a mask changes the fields it sets");
@@ -969,6 +989,7 @@ async fn concurrent_creates_each_get_their_own_answer() {
                 .create_agent(pb::CreateAgentRequest {
                     agent: Some(agent),
                     change_description: String::new(),
+                    ..Default::default()
                 })
                 .await;
             (i % 3, answer.map(|a| a.into_inner()))
@@ -1042,6 +1063,7 @@ async fn concurrent_writers_without_etags_all_apply_in_order() {
                         }),
                         update_mask: mask(&["backstory"]),
                         change_description: String::new(),
+                        ..Default::default()
                     })
                     .await
                     .expect("an update without an etag waits its turn and applies");
@@ -1101,6 +1123,7 @@ async fn update(
             agent: Some(agent),
             update_mask: mask(paths),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .map(tonic::Response::into_inner)
@@ -1319,6 +1342,7 @@ async fn updates_from_a_stale_agent_answer_as_the_row_does() {
         .delete_agent(pb::DeleteAgentRequest {
             id: id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("b: delete");

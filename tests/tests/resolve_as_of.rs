@@ -46,6 +46,7 @@ impl Clients {
                 }),
                 change_description: String::new(),
                 revoke_replaced_key: false,
+                ..Default::default()
             })
             .await
             .expect("update provider")
@@ -64,6 +65,7 @@ impl Clients {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create provider")
@@ -81,6 +83,7 @@ impl Clients {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create agent")
@@ -134,6 +137,7 @@ async fn an_old_agent_version_resolves_with_the_provider_of_its_time_and_the_cur
                 paths: vec!["goal".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("agent v2");

@@ -72,6 +72,7 @@ async fn an_unchanged_resolution_is_not_modified_without_a_key_or_a_decrypt() {
         .create_provider(pb::CreateProviderRequest {
             provider: Some(provider("openai", "sk-first", true)),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("provider")
@@ -85,6 +86,7 @@ async fn an_unchanged_resolution_is_not_modified_without_a_key_or_a_decrypt() {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("agent")
@@ -132,6 +134,7 @@ async fn an_unchanged_resolution_is_not_modified_without_a_key_or_a_decrypt() {
             }),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         })
         .await
         .expect("new key");
@@ -152,6 +155,7 @@ async fn an_unchanged_resolution_is_not_modified_without_a_key_or_a_decrypt() {
                 paths: vec!["goal".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("agent update");
@@ -166,6 +170,7 @@ async fn an_unchanged_resolution_is_not_modified_without_a_key_or_a_decrypt() {
         .create_provider(pb::CreateProviderRequest {
             provider: Some(provider("anthropic", "sk-other", true)),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("second provider")

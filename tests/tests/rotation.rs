@@ -69,6 +69,7 @@ async fn provider_with_history(c: &mut Clients, name: &str) -> (String, String) 
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -86,6 +87,7 @@ async fn provider_with_history(c: &mut Clients, name: &str) -> (String, String) 
             }),
             change_description: String::new(),
             revoke_replaced_key: false,
+            ..Default::default()
         })
         .await
         .expect("rotate provider key");
@@ -100,6 +102,7 @@ async fn provider_with_history(c: &mut Clients, name: &str) -> (String, String) 
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent")

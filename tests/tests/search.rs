@@ -46,6 +46,7 @@ async fn create_provider(
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -69,6 +70,7 @@ async fn create_agent(
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent")
@@ -190,6 +192,7 @@ async fn every_agent_field_and_operator_selects_exactly_the_expected_agents() {
                 paths: names(&["tools"]),
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update beta")
@@ -328,6 +331,7 @@ async fn every_agent_field_and_operator_selects_exactly_the_expected_agents() {
         .delete_agent(pb::DeleteAgentRequest {
             id: alpha.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete alpha");
@@ -501,6 +505,7 @@ async fn orders_page_both_ways_without_gaps_or_duplicates() {
                     paths: names(&["goal"]),
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("update");

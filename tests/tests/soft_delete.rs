@@ -49,6 +49,7 @@ impl Caller {
             .create_agent(pb::CreateAgentRequest {
                 agent: Some(agent),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .map(tonic::Response::into_inner)
@@ -86,6 +87,7 @@ impl Caller {
             .delete_agent(pb::DeleteAgentRequest {
                 id: id.to_owned(),
                 etag: etag.to_owned(),
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -144,6 +146,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("create provider")
@@ -155,6 +158,7 @@ impl Caller {
             .delete_provider(pb::DeleteProviderRequest {
                 provider_id: id.to_owned(),
                 etag: String::new(),
+                ..Default::default()
             })
             .await
             .map(|_| ())
@@ -285,6 +289,7 @@ async fn delete_hides_undelete_restores_purge_removes_for_good() {
                 paths: vec!["goal".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update")
@@ -298,6 +303,7 @@ async fn delete_hides_undelete_restores_purge_removes_for_good() {
             version_number: 1,
             expected_version: None,
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect("label");
@@ -380,6 +386,7 @@ async fn delete_hides_undelete_restores_purge_removes_for_good() {
                 paths: vec!["goal".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await;
     assert_eq!(refusal(write).0, Code::NotFound);
@@ -400,6 +407,7 @@ async fn delete_hides_undelete_restores_purge_removes_for_good() {
             version_number: 1,
             expected_version: None,
             reason: String::new(),
+            ..Default::default()
         })
         .await;
     assert_eq!(refusal(label).0, Code::NotFound);
@@ -571,6 +579,7 @@ async fn a_provider_stays_while_live_agents_use_it_and_its_purge_waits_for_delet
                 paths: vec!["llm_provider_id".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await;
     let (code, reason) = refusal(moved);

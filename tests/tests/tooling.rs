@@ -64,6 +64,7 @@ async fn create_agent(agents: &mut Agents, name: &str) {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent");

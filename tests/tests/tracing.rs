@@ -78,6 +78,7 @@ async fn a_create_provider_is_one_trace_across_registry_and_crypto() {
             ..Default::default()
         }),
         change_description: String::new(),
+        ..Default::default()
     });
     request.metadata_mut().insert(
         "traceparent",

@@ -18,6 +18,7 @@ async fn agent_with_versions(stack: &Stack, name: &str) -> String {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create")
@@ -34,6 +35,7 @@ async fn agent_with_versions(stack: &Stack, name: &str) -> String {
                     paths: vec!["goal".into()],
                 }),
                 change_description: String::new(),
+                ..Default::default()
             })
             .await
             .expect("update");
@@ -137,6 +139,7 @@ async fn a_registry_killed_mid_write_leaves_a_consistent_database() {
                         paths: vec!["goal".into()],
                     }),
                     change_description: String::new(),
+                    ..Default::default()
                 };
                 if agents.update_agent(update).await.is_err() {
                     break;

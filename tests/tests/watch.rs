@@ -77,6 +77,7 @@ async fn create_agent(channel: &Authed, name: &str) -> pb::Agent {
         .create_agent(pb::CreateAgentRequest {
             agent: Some(agent(name)),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create agent")
@@ -95,6 +96,7 @@ async fn set_goal(channel: &Authed, id: &str, goal: &str) -> pb::Agent {
                 paths: vec!["goal".to_owned()],
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("update agent")
@@ -112,6 +114,7 @@ async fn create_provider(channel: &Authed, name: &str) -> pb::Provider {
                 ..Default::default()
             }),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("create provider")
@@ -140,6 +143,7 @@ async fn every_change_arrives_once_in_order_and_a_resume_misses_nothing() {
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            ..Default::default()
         })
         .await
         .expect("rollback");
@@ -147,6 +151,7 @@ async fn every_change_arrives_once_in_order_and_a_resume_misses_nothing() {
         .delete_agent(pb::DeleteAgentRequest {
             id: analyst.id.clone(),
             etag: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete");
@@ -465,6 +470,7 @@ async fn label_moves_are_changes_with_their_label_and_target() {
         version_number,
         expected_version,
         reason: "ship it".to_owned(),
+        ..Default::default()
     };
     agents.set_agent_label(set(1, Some(0))).await.expect("set");
     agents.set_agent_label(set(2, Some(1))).await.expect("move");
@@ -476,6 +482,7 @@ async fn label_moves_are_changes_with_their_label_and_target() {
             label: "production".to_owned(),
             expected_version: Some(2),
             reason: String::new(),
+            ..Default::default()
         })
         .await
         .expect("delete");

@@ -6,6 +6,7 @@ use proto::v1::agent_service_server::AgentService;
 use tonic::{Request, Response, Status};
 
 use super::messages::check_agent_counts;
+use super::retries::Intent;
 use super::{Registry, Resource, UpdateParts, creation, message, parts, required};
 use crate::model::agent::{self, AgentSpec};
 use crate::store::agents::Agents;
@@ -39,13 +40,24 @@ super::versioned_service! {
         request: Request<pb::CreateAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         let input = required("agent", request.agent)?;
         check_agent_counts(&input)?;
         let spec = AgentSpec::from_proto(&input)?;
         let (write, id) = creation::<Agents>(&caller, &request.change_description)?;
+        let write = intent.stamp(write);
         tracing::Span::current().record("agent_id", &id);
-        let record = versioned::create(&self.db, &Agents, write, id, spec).await?;
-        Ok(Response::new(message::<Agents>(&record)))
+        if intent.validate_only {
+            let validated = versioned::validate_create(&self.db, &Agents, &write, &id, spec);
+            let validated = self.validated::<Agents>(&caller.tenant, validated.await?);
+            return Ok(Response::new(validated.await?));
+        }
+        let create = || async {
+            let record = versioned::create(&self.db, &Agents, write, id, spec).await?;
+            Ok(message::<Agents>(&record))
+        };
+        let rebuild = |answer| self.created_at::<Agents>(&caller, answer);
+        Ok(Response::new(self.once(&caller, &intent, create, rebuild).await?))
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %request.get_ref().agent.as_ref().map_or("", |a| &a.id)))]
@@ -54,6 +66,7 @@ super::versioned_service! {
         request: Request<pb::UpdateAgentRequest>,
     ) -> Result<Response<pb::Agent>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         let (mask, description) = (request.update_mask.as_ref(), &request.change_description);
         let (input, parts) = UpdateParts::of::<Agents>(&caller, request.agent, mask, description)?;
         let UpdateParts {
@@ -69,10 +82,18 @@ super::versioned_service! {
                 spec.validated()
             }
         };
-        let id = &input.id;
-        let record = versioned::update(&self.db, &Agents, write, id, expected, change).await?;
-        Ok(Response::new(
-            self.labelled::<Agents>(&caller.tenant, &record).await?,
-        ))
+        let (id, write) = (&input.id, intent.stamp(write));
+        if intent.validate_only {
+            let validated =
+                versioned::validate_update(&self.db, &Agents, &write, id, expected, change);
+            let validated = self.validated::<Agents>(&caller.tenant, validated.await?);
+            return Ok(Response::new(validated.await?));
+        }
+        let update = || async {
+            let record = versioned::update(&self.db, &Agents, write, id, expected, change).await?;
+            self.labelled::<Agents>(&caller.tenant, &record).await
+        };
+        let rebuild = |answer| self.labelled_at::<Agents>(&caller, answer);
+        Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))
     }
 }

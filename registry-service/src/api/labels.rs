@@ -7,11 +7,15 @@ use proto::v1 as pb;
 use proto::v1::label_policy_service_server::LabelPolicyService;
 use tonic::{Request, Response, Status};
 
+use super::retries::Intent;
 use super::{Registry, Resource, messages, parts};
 use crate::caller::Caller;
 use crate::error::{Error, Violations};
 use crate::page;
-use crate::store::labels::{self, LabelChange, MAX_PROTECTED, MAX_REASON_CHARS, check_name};
+use crate::store::labels::{
+    self, LabelChange, LabelRecord, MAX_PROTECTED, MAX_REASON_CHARS, check_name,
+};
+use crate::store::request_ids::Answer;
 
 /// Moves in a history page when the request gives no page size.
 pub const DEFAULT_HISTORY_PAGE: u64 = 50;
@@ -19,6 +23,8 @@ pub const DEFAULT_HISTORY_PAGE: u64 = 50;
 /// A SetLabel request's fields.
 #[derive(Debug)]
 pub struct SetLabel<'a> {
+    /// Its request id and `validate_only`.
+    pub intent: &'a Intent,
     /// The request field naming the resource, and its value.
     pub id: (&'a str, &'a str),
     pub label: &'a str,
@@ -30,6 +36,8 @@ pub struct SetLabel<'a> {
 /// A DeleteLabel request's fields.
 #[derive(Debug)]
 pub struct DeleteLabel<'a> {
+    /// Its request id and `validate_only`.
+    pub intent: &'a Intent,
     /// The request field naming the resource, and its value.
     pub id: (&'a str, &'a str),
     pub label: &'a str,
@@ -80,11 +88,16 @@ impl Registry {
             to: Some(set.version_number),
             expected: set.expected_version,
             reason: set.reason,
+            how: set.intent.how(),
         };
-        let moved = labels::move_label::<K>(&self.db, change).await?;
-        moved
-            .map(messages::label)
-            .ok_or_else(|| Error::Internal("a label set to a version reads as deleted".into()))
+        let set_label = || async {
+            let moved = labels::move_label::<K>(&self.db, change).await?;
+            moved
+                .map(messages::label)
+                .ok_or_else(|| Error::Internal("a label set to a version reads as deleted".into()))
+        };
+        let rebuild = |answer| async { Ok(messages::label(LabelRecord::of(set.label, answer))) };
+        self.once(caller, set.intent, set_label, rebuild).await
     }
 
     /// DeleteLabel: deletes a label of resource `delete.id`.
@@ -113,8 +126,11 @@ impl Registry {
             to: None,
             expected: delete.expected_version,
             reason: delete.reason,
+            how: delete.intent.how(),
         };
-        labels::move_label::<K>(&self.db, change).await.map(|_| ())
+        let delete_label = || async { labels::move_label::<K>(&self.db, change).await.map(|_| ()) };
+        self.once(caller, delete.intent, delete_label, |_| async { Ok(()) })
+            .await
     }
 
     /// ListLabels: every label of resource `id`, by name.
@@ -195,6 +211,7 @@ impl LabelPolicyService for Registry {
         request: Request<pb::UpdateLabelPolicyRequest>,
     ) -> Result<Response<pb::LabelPolicy>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         let wanted = request.protected_labels;
         if wanted.len() > MAX_PROTECTED {
             return Err(Error::bad_field(
@@ -213,7 +230,17 @@ impl LabelPolicyService for Registry {
         let mut protected = v.finish(wanted)?;
         protected.sort_unstable();
         protected.dedup();
-        let policy = labels::set_policy(&self.db, &caller, protected).await?;
+        // A retry's request is this one: its answer is these labels, as
+        // set when and by whom the first call set them.
+        let remembered = protected.clone();
+        let set = || labels::set_policy(&self.db, &caller, protected, intent.how());
+        let rebuild = |answer: Answer| async move {
+            Ok(labels::Policy {
+                protected_labels: remembered,
+                updated: Some((answer.answer_time, answer.answered_by)),
+            })
+        };
+        let policy = self.once(&caller, &intent, set, rebuild).await?;
         Ok(Response::new(messages::label_policy(policy)))
     }
 }

@@ -227,6 +227,8 @@ impl AgentSpec {
             labels: _,
             delete_time: _,
             purge_time: _,
+            // Output only: a dry run's answer.
+            validated_diff: _,
             name,
             role,
             goal,
@@ -463,6 +465,7 @@ impl AgentSpec {
             inject_date: Some(inject_date),
             date_format: Some(date_format),
             embedder: embedder.as_ref().map(json_struct),
+            validated_diff: Vec::new(),
         }
     }
 }
@@ -523,7 +526,9 @@ impl ProviderDraft {
             update_time: _,
             created_by: _,
             updated_by: _,
-            // Output only: the store keeps the key's state and the labels.
+            // Output only: the store keeps the key's state and the labels;
+            // a dry run's answer.
+            validated_diff: _,
             api_key_set: _,
             api_key_revision: _,
             labels: _,
@@ -662,6 +667,7 @@ impl ProviderSpec {
             labels: Default::default(),
             delete_time: None,
             purge_time: None,
+            validated_diff: Vec::new(),
         }
     }
 }

@@ -6,7 +6,8 @@ use proto::v1 as pb;
 use proto::v1::provider_service_server::ProviderService;
 use tonic::{Request, Response, Status};
 
-use super::messages::check_provider_counts;
+use super::messages::{self, check_provider_counts};
+use super::retries::Intent;
 use super::{
     Registry, Resource, UpdateParts, creation, describe_as, message, parts, require_id,
     require_version, required,
@@ -66,19 +67,40 @@ impl Registry {
         caller: &Caller,
         provider_id: &str,
         input: ProviderInput,
-        current_key: Option<String>,
+        (current_key, validate_only): (Option<String>, bool),
     ) -> Result<ProviderSpec, Error> {
         let mut spec = input.spec;
         spec.api_key = match input.new_api_key {
             None => current_key,
-            Some(key) if key.is_empty() => None,
-            Some(key) => Some(
-                self.crypto
-                    .encrypt_api_key(&caller.tenant, provider_id, &key)
-                    .await?,
-            ),
+            Some(key) => {
+                self.sealed(caller, provider_id, &key, validate_only)
+                    .await?
+            }
         };
         Ok(spec)
+    }
+
+    /// A new key as stored: encrypted by crypto-service (bound to tenant
+    /// and provider id), `None` for an empty key (removing it). A dry run
+    /// asks crypto-service nothing: the key was validated for shape, and
+    /// the written-then-rolled-back row holds [`NOT_ENCRYPTED`] instead.
+    async fn sealed(
+        &self,
+        caller: &Caller,
+        provider_id: &str,
+        key: &str,
+        validate_only: bool,
+    ) -> Result<Option<String>, Error> {
+        if key.is_empty() {
+            return Ok(None);
+        }
+        if validate_only {
+            return Ok(Some(NOT_ENCRYPTED.to_owned()));
+        }
+        let sealed = self
+            .crypto
+            .encrypt_api_key(&caller.tenant, provider_id, key);
+        Ok(Some(sealed.await?))
     }
 }
 
@@ -106,16 +128,30 @@ super::versioned_service! {
         request: Request<pb::CreateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         let input = required("provider", request.provider.as_ref())?;
         check_provider_counts(input)?;
         let input = ProviderSpec::from_proto(input)?;
         self.check_destination(&input.spec)?;
         let (write, id) = creation::<Providers>(&caller, &request.change_description)?;
+        let write = intent.stamp(write);
         tracing::Span::current().record("provider_id", &id);
-        let spec = self.seal_key(&caller, &id, input, None).await?;
         let kind = Providers::default();
-        let record = versioned::create(&self.db, &kind, write, id, spec).await?;
-        Ok(Response::new(message::<Providers>(&record)))
+        if intent.validate_only {
+            let spec = self.seal_key(&caller, &id, input, (None, true)).await?;
+            let validated = versioned::validate_create(&self.db, &kind, &write, &id, spec);
+            let validated = self.validated::<Providers>(&caller.tenant, validated.await?);
+            return Ok(Response::new(validated.await?));
+        }
+        // The key is encrypted inside the turn: a retry that is answered
+        // from its request id asks crypto-service nothing.
+        let create = || async {
+            let spec = self.seal_key(&caller, &id, input, (None, false)).await?;
+            let record = versioned::create(&self.db, &kind, write, id, spec).await?;
+            Ok(message::<Providers>(&record))
+        };
+        let rebuild = |answer| self.created_at::<Providers>(&caller, answer);
+        Ok(Response::new(self.once(&caller, &intent, create, rebuild).await?))
     }
 
     #[tracing::instrument(skip_all, fields(provider_id = %request.get_ref().provider.as_ref().map_or("", |p| &p.id)))]
@@ -124,6 +160,7 @@ super::versioned_service! {
         request: Request<pb::UpdateProviderRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         let (mask, description) = (request.update_mask.as_ref(), &request.change_description);
         let (input, parts) =
             UpdateParts::of::<Providers>(&caller, request.provider, mask, description)?;
@@ -133,37 +170,46 @@ super::versioned_service! {
             paths,
         } = parts;
 
-        // Validate against the current row first, so a bad request never
-        // reaches crypto-service; encrypt a new key once, outside the
-        // transaction; then write (re-applying the mask if a writer raced).
-        let current = store::get(&self.db, &caller.tenant, &input.id).await?;
-        let validated = apply(&current.spec, &input, paths.as_deref())?;
-        self.check_destination(&validated.spec)?;
-        let sealed_key = match &validated.new_api_key {
-            Some(key) if !key.is_empty() => Some(Some(
-                self.crypto
-                    .encrypt_api_key(&caller.tenant, &input.id, key)
-                    .await?,
-            )),
-            Some(_) => Some(None),
-            None => None,
-        };
+        let write = intent.stamp(write);
         let kind = Providers {
             revoke_replaced: request.revoke_replaced_key,
         };
-        let change = |current: &Record<ProviderSpec>| {
-            let mut spec = apply(&current.spec, &input, paths.as_deref())?.spec;
-            // A new key is numbered by the store as it is written.
-            (spec.api_key, spec.api_key_revision) = match &sealed_key {
-                Some(key) => (key.clone(), None),
-                None => (current.spec.api_key.clone(), current.spec.api_key_revision),
+        // Validate against the current row first, so a bad request never
+        // reaches crypto-service; encrypt a new key once, outside the
+        // transaction; then write (re-applying the mask if a writer raced).
+        let update = || async {
+            let current = store::get(&self.db, &caller.tenant, &input.id).await?;
+            let validated = apply(&current.spec, &input, paths.as_deref())?;
+            self.check_destination(&validated.spec)?;
+            let sealed_key = match &validated.new_api_key {
+                Some(key) => Some(
+                    self.sealed(&caller, &input.id, key, intent.validate_only)
+                        .await?,
+                ),
+                None => None,
             };
-            Ok(spec)
+            let change = |current: &Record<ProviderSpec>| {
+                let mut spec = apply(&current.spec, &input, paths.as_deref())?.spec;
+                // A new key is numbered by the store as it is written.
+                (spec.api_key, spec.api_key_revision) = match &sealed_key {
+                    Some(key) => (key.clone(), None),
+                    None => (current.spec.api_key.clone(), current.spec.api_key_revision),
+                };
+                Ok(spec)
+            };
+            let id = &input.id;
+            if intent.validate_only {
+                let validated =
+                    versioned::validate_update(&self.db, &kind, &write, id, expected, change);
+                return self
+                    .validated::<Providers>(&caller.tenant, validated.await?)
+                    .await;
+            }
+            let record = versioned::update(&self.db, &kind, write, id, expected, change).await?;
+            self.labelled::<Providers>(&caller.tenant, &record).await
         };
-        let record = versioned::update(&self.db, &kind, write, &input.id, expected, change).await?;
-        Ok(Response::new(
-            self.labelled::<Providers>(&caller.tenant, &record).await?,
-        ))
+        let rebuild = |answer| self.labelled_at::<Providers>(&caller, answer);
+        Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))
     }
 
     #[tracing::instrument(skip_all, fields(provider_id, revision))]
@@ -172,6 +218,7 @@ super::versioned_service! {
         request: Request<pb::RevokeProviderKeyRequest>,
     ) -> Result<Response<pb::Provider>, Status> {
         let (caller, request) = parts(request)?;
+        let intent = Intent::of(&request)?;
         require_id("provider_id", &request.provider_id)?;
         require_version("revision", request.revision)?;
         let span = tracing::Span::current();
@@ -181,18 +228,26 @@ super::versioned_service! {
         let description = describe_as("reason", &request.reason, || {
             format!("Key revision {revision} revoked")
         })?;
-        let write = Write {
-            caller: &caller,
-            action: Action::Update,
-            description,
-            request_id: None,
+        let write = intent.stamp(Write::new(&caller, Action::Update, description));
+        let id = &request.provider_id;
+        let revoke = || async {
+            let validate_only = intent.validate_only;
+            let revoked = store::revoke_key(&self.db, write, id, revision, validate_only).await?;
+            let message = self.labelled::<Providers>(&caller.tenant, &revoked.record);
+            let mut message = message.await?;
+            if validate_only {
+                message.validated_diff = revoked.diff.iter().map(messages::change).collect();
+            }
+            Ok(message)
         };
-        let record = store::revoke_key(&self.db, write, &request.provider_id, revision).await?;
-        Ok(Response::new(
-            self.labelled::<Providers>(&caller.tenant, &record).await?,
-        ))
+        let rebuild = |answer| self.labelled_at::<Providers>(&caller, answer);
+        Ok(Response::new(self.once(&caller, &intent, revoke, rebuild).await?))
     }
 }
+
+/// What a dry run's (rolled-back) row holds in place of a new key's
+/// ciphertext: never stored, never sent.
+const NOT_ENCRYPTED: &str = "(validate_only: not encrypted)";
 
 /// FAILED_PRECONDITION for a stored `base_url` outside the allowed
 /// destinations (restored by a rollback, or stored before the list).

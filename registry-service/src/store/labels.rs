@@ -13,9 +13,6 @@
 //!
 //! [`Names::kind`]: super::versioned::Names
 
-use super::audit::{self, Action as AuditAction, Entry};
-use super::chain::Link;
-use super::changes::{self, ChangeAction, NewChange};
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -23,7 +20,11 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query, Selec
 use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, StatementBuilder};
 use serde_json::Value;
 
-use super::versioned::{self, Kind};
+use super::audit::{self, Action as AuditAction, Entry};
+use super::chain::Link;
+use super::changes::{self, ChangeAction, NewChange};
+use super::request_ids::{self, Answer};
+use super::versioned::{self, How, Kind};
 use super::{Store, db_error, json_val, now, val};
 use crate::caller::Caller;
 use crate::error::Error;
@@ -76,6 +77,9 @@ pub struct LabelChange<'a> {
     /// check, `Some(0)` it must not exist, `Some(n)` it must point at `n`.
     pub expected: Option<i64>,
     pub reason: &'a str,
+    /// Whether the change is remembered under a request id, or only
+    /// checked (`validate_only`: nothing is written).
+    pub how: How<'a>,
 }
 
 /// Sets, moves or deletes a label of resource `change.resource_id` of kind
@@ -106,7 +110,19 @@ pub async fn move_label<K: Kind>(
     check_expected(label, change.expected, now_at)?;
     if now_at == change.to {
         return match current {
-            Some(current) => Ok(Some(current)),
+            Some(current) => {
+                if let Some(claim) = change.how.claim.filter(|_| !change.how.validate_only) {
+                    let answer = Answer {
+                        resource_id: id.to_owned(),
+                        version_number: current.version_number,
+                        answer_time: current.update_time,
+                        answered_by: current.updated_by.clone(),
+                    };
+                    request_ids::insert(&txn, tenant, claim, &answer).await?;
+                    txn.commit().await.map_err(db_error)?;
+                }
+                Ok(Some(current))
+            }
             None => Err(Error::NotFound {
                 kind: "label",
                 id: format!("{id}@{label}"),
@@ -177,6 +193,20 @@ pub async fn move_label<K: Kind>(
         ])
         .map_err(|e| Error::Internal(format!("label statement: {e}")))?;
     txn.execute(&record_move).await.map_err(db_error)?;
+    let answer = Answer {
+        resource_id: id.to_owned(),
+        version_number: change.to.unwrap_or(0),
+        answer_time: time,
+        answered_by: subject.clone(),
+    };
+    if change.how.validate_only {
+        txn.rollback().await.map_err(db_error)?;
+        return Ok(change.to.map(|_| LabelRecord::of(label, answer)));
+    }
+    if let Some(claim) = change.how.claim {
+        request_ids::insert(&txn, tenant, claim, &answer).await?;
+    }
+    let request_id = change.how.claim.map(|claim| claim.request_id.as_str());
     let (action, details) = (
         match change.to {
             Some(_) => AuditAction::LabelSet,
@@ -191,7 +221,7 @@ pub async fn move_label<K: Kind>(
     );
     audit::record(
         &txn,
-        Entry::on::<K>(change.caller, action, id, None, details),
+        Entry::on::<K>(change.caller, action, id, request_id, details),
     )
     .await?;
     // Last: the change log's revision lock (see `store::changes`).
@@ -210,12 +240,19 @@ pub async fn move_label<K: Kind>(
     changes::record(&txn, logged).await?;
     txn.commit().await.map_err(db_error)?;
     store.changes().raise(tenant);
-    Ok(change.to.map(|to| LabelRecord {
-        label: label.to_owned(),
-        version_number: to,
-        update_time: time,
-        updated_by: subject.clone(),
-    }))
+    Ok(change.to.map(|_| LabelRecord::of(label, answer)))
+}
+
+impl LabelRecord {
+    /// Label `label` as a remembered answer of setting it names it.
+    pub fn of(label: &str, answer: Answer) -> Self {
+        Self {
+            label: label.to_owned(),
+            version_number: answer.version_number,
+            update_time: answer.answer_time,
+            updated_by: answer.answered_by,
+        }
+    }
 }
 
 /// What a label move's chain link covers (see `store::chain`), in this
@@ -543,13 +580,21 @@ async fn protected(db: &impl ConnectionTrait, tenant: &str) -> Result<Vec<String
 }
 
 /// Replaces the tenant's protected labels (`labels` checked, sorted and
-/// each once).
+/// each once); remembered under a request id, or only answered (a dry run:
+/// the labels were checked, nothing else is).
 pub async fn set_policy(
     store: &Store,
     caller: &Caller,
     labels: Vec<String>,
+    how: How<'_>,
 ) -> Result<Policy, Error> {
     let time = now();
+    if how.validate_only {
+        return Ok(Policy {
+            protected_labels: labels,
+            updated: Some((time, caller.subject.clone())),
+        });
+    }
     let backend = store.get_database_backend();
     let json = Value::from(labels.clone());
     let mut insert = Query::insert();
@@ -571,8 +616,18 @@ pub async fn set_policy(
     );
     let txn = store.begin_write().await?;
     txn.execute(&insert).await.map_err(db_error)?;
+    if let Some(claim) = how.claim {
+        let answer = Answer {
+            resource_id: POLICIES.to_owned(),
+            version_number: 0,
+            answer_time: time,
+            answered_by: caller.subject.clone(),
+        };
+        request_ids::insert(&txn, &caller.tenant, claim, &answer).await?;
+    }
     let details = serde_json::json!({ "protected_labels": labels });
-    let entry = Entry::tenant_wide(caller, AuditAction::LabelPolicyUpdate, details);
+    let mut entry = Entry::tenant_wide(caller, AuditAction::LabelPolicyUpdate, details);
+    entry.request_id = how.claim.map(|claim| claim.request_id.as_str());
     audit::record(&txn, entry).await?;
     txn.commit().await.map_err(db_error)?;
     Ok(Policy {

@@ -19,7 +19,7 @@ use super::audit::{self, Action as AuditAction, Entry};
 use super::changes::ResourceKind;
 use super::recent::Weigh;
 use super::search::{self, Column, Field};
-use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Write};
+use super::versioned::{self, Base, Clash, Kind, Names, Read, Record, Validated, Write};
 use super::{MAX_WRITE_ATTEMPTS, Store, db_error, insert_row, json_val, unique_violation, val};
 use crate::error::Error;
 use crate::model::Snapshot;
@@ -298,13 +298,20 @@ pub async fn default_of(
 /// Revokes credential revision `revision` of provider `id`. When it is the
 /// current key, the key is removed in a new UPDATE version; otherwise
 /// nothing but the revision changes. Revoking a revoked revision changes
-/// nothing.
+/// nothing. Answers the provider and the changes its new version recorded
+/// (none when no version was written). With `validate_only`, every check
+/// runs and the transaction is rolled back.
 pub async fn revoke_key(
     store: &Store,
     write: Write<'_>,
     id: &str,
     revision: i64,
-) -> Result<ProviderRecord, Error> {
+    validate_only: bool,
+) -> Result<Validated<ProviderSpec>, Error> {
+    let unchanged = |record: ProviderRecord| Validated {
+        record,
+        diff: Vec::new(),
+    };
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = store.begin_write().await?;
         // The provider's row lock orders this against every other write
@@ -319,22 +326,37 @@ pub async fn revoke_key(
                 id: format!("{id}#{revision}"),
             })?;
         if known.revoke_time.is_some() {
-            return Ok(current);
+            if !validate_only && write.claim.is_some() {
+                write.remember(&txn, &current).await?;
+                txn.commit().await.map_err(db_error)?;
+            }
+            return Ok(unchanged(current));
         }
         revoke_key_revision(&txn, &write, id, revision).await?;
         if current.spec.api_key_revision != Some(revision) {
+            if validate_only {
+                txn.rollback().await.map_err(db_error)?;
+                return Ok(unchanged(current));
+            }
+            write.remember(&txn, &current).await?;
             txn.commit().await.map_err(db_error)?;
-            return Ok(current);
+            return Ok(unchanged(current));
         }
         let mut spec = current.spec.clone();
         spec.api_key = None;
         spec.api_key_revision = None;
         let kind = Providers::default();
         let base = Base::Current(&current);
-        if let Some(record) = versioned::write_locked(&txn, &kind, &write, base, spec).await? {
+        if let Some(written) =
+            versioned::write_locked_with_diff(&txn, &kind, &write, base, spec).await?
+        {
+            if validate_only {
+                txn.rollback().await.map_err(db_error)?;
+                return Ok(written);
+            }
             txn.commit().await.map_err(db_error)?;
             store.changes().raise(&write.caller.tenant);
-            return Ok(record);
+            return Ok(written);
         }
     }
     Err(Error::Aborted(
@@ -448,10 +470,12 @@ async fn take_default(
     let mut spec = previous.spec.clone();
     spec.is_default = false;
     let handover = Write {
-        caller: write.caller,
-        action: Action::Update,
-        description: format!("Default provider moved to {new_default_name:?}"),
         request_id: write.request_id.clone(),
+        ..Write::new(
+            write.caller,
+            Action::Update,
+            format!("Default provider moved to {new_default_name:?}"),
+        )
     };
     let next = previous.version + 1;
     let now = super::now();

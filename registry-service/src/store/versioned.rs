@@ -20,6 +20,14 @@
 //!   writes of other rows ([`Kind::prepare`], [`Kind::finish`]): a write
 //!   transaction (IMMEDIATE on SQLite) that reads the row `FOR UPDATE` on
 //!   PostgreSQL, up to [`MAX_WRITE_ATTEMPTS`] times.
+//!
+//! A write whose [`Write::claim`] is set (an AIP-155 request id) also
+//! stores its `request_ids` row ([`request_ids`]) on whichever path it
+//! takes, in the same statement or transaction; without one it is exactly
+//! the statements above. A dry run (AIP-163: [`validate_create`],
+//! [`validate_update`], [`validate_rollback`], [`delete`] and [`undelete`]
+//! with `validate_only`) is the locking path in a transaction that is
+//! rolled back, answering the record and the diff it would have written.
 
 use std::future::Future;
 
@@ -38,6 +46,7 @@ use super::audit::{self, Action as AuditAction, Entry};
 use super::chain::{self, Link};
 use super::changes::{self, ChangeAction, NewChange, ResourceKind};
 use super::recent::{Recent, Weigh};
+use super::request_ids::{self, Answer, Claim};
 use super::search::{self, Search};
 use super::{
     MAX_WRITE_ATTEMPTS, Page, Store, VersionRecord, db_error, insert_row, json_val, paginate,
@@ -74,6 +83,59 @@ pub struct Write<'a> {
     /// The caller's request id (AIP-155), recorded on the version row and
     /// its audit event.
     pub request_id: Option<String>,
+    /// The request id to remember the write under, with what a retry must
+    /// match ([`request_ids`]): stored with the write, in its statement or
+    /// transaction. `None`: nothing is remembered (and nothing costs more).
+    pub claim: Option<Claim>,
+}
+
+impl<'a> Write<'a> {
+    /// A write by `caller` without a request id.
+    pub fn new(caller: &'a Caller, action: Action, description: String) -> Self {
+        Self {
+            caller,
+            action,
+            description,
+            request_id: None,
+            claim: None,
+        }
+    }
+
+    /// The row of `request_ids` that remembers this write answering with
+    /// `record`, when it is to be remembered.
+    fn remembered<S>(&self, record: &Record<S>) -> Option<Vec<(Alias, SimpleExpr)>> {
+        let claim = self.claim.as_ref()?;
+        Some(request_ids::row(
+            &self.caller.tenant,
+            claim,
+            &answer_of(record),
+        ))
+    }
+
+    /// Remembers this write answering with `record` through `db` (a write
+    /// that writes nothing else: a change that changed nothing).
+    pub async fn remember<S>(
+        &self,
+        db: &impl ConnectionTrait,
+        record: &Record<S>,
+    ) -> Result<(), Error> {
+        match &self.claim {
+            Some(claim) => {
+                request_ids::insert(db, &self.caller.tenant, claim, &answer_of(record)).await
+            }
+            None => Ok(()),
+        }
+    }
+}
+
+/// What a request id remembers of a call that answered with `record`.
+fn answer_of<S>(record: &Record<S>) -> Answer {
+    Answer {
+        resource_id: record.id.clone(),
+        version_number: record.version,
+        answer_time: record.update_time,
+        answered_by: record.updated_by.clone(),
+    }
 }
 
 /// How a kind is named.
@@ -836,6 +898,7 @@ async fn from_the_row<K: Kind>(
         }
     };
     if spec == current.spec && write.action == Action::Update {
+        write.remember(store, &current).await?;
         return Ok(current);
     }
     if let Some(record) = write_fast(store, kind, write, Base::Current(&current), spec).await? {
@@ -847,6 +910,10 @@ async fn from_the_row<K: Kind>(
         check_etag::<K>(expected_version, &current)?;
         let spec = target.spec::<K>(&txn, tenant, &current).await?;
         if spec == current.spec && write.action == Action::Update {
+            if write.claim.is_some() {
+                write.remember(&txn, &current).await?;
+                txn.commit().await.map_err(db_error)?;
+            }
             return Ok(current);
         }
         let base = Base::Current(&current);
@@ -884,10 +951,12 @@ async fn write_fast<K: Kind>(
     }
     let next = Next::<K>::new(base, write, spec, store.get_database_backend())?;
     let versions = K::Versions::default();
+    let remembered = write.remembered(&next.record);
     let (written, refused) = match base {
         Base::New(_) => {
             let (insert, refused) = next.insert(kind, write)?;
-            let written = store.write_with_version(insert, versions, next.version_row(write));
+            let version_row = next.version_row(write);
+            let written = store.write_with_version(insert, versions, version_row, remembered);
             (written.await, refused)
         }
         Base::Current(current) => {
@@ -895,7 +964,8 @@ async fn write_fast<K: Kind>(
             // A deleted row is written only by undelete (and purge).
             bump.and_where(live::<K>());
             bump.returning_col(Alias::new("id"));
-            let written = store.write_with_version(bump, versions, next.version_row(write));
+            let version_row = next.version_row(write);
+            let written = store.write_with_version(bump, versions, version_row, remembered);
             (written.await, None)
         }
     };
@@ -903,6 +973,7 @@ async fn write_fast<K: Kind>(
         (Ok(true), _) => Ok(Some(next.record)),
         (Ok(false), Some(refused)) => Err(refused),
         (Ok(false), None) => Ok(None),
+        (Err(error), _) if request_ids::is_taken(&error) => Err(Error::RequestInProgress),
         (Err(error), _) => match kind.clash(error, &next.record.spec) {
             Clash::Retry => Ok(None),
             Clash::Fail(error) => Err(error),
@@ -919,8 +990,20 @@ pub async fn write_locked<K: Kind>(
     kind: &K,
     write: &Write<'_>,
     base: Base<'_, K::Spec>,
-    mut spec: K::Spec,
+    spec: K::Spec,
 ) -> Result<Option<Record<K::Spec>>, Error> {
+    let written = write_locked_with_diff(txn, kind, write, base, spec).await?;
+    Ok(written.map(|validated| validated.record))
+}
+
+/// [`write_locked`], answering the changes the version row records too.
+pub async fn write_locked_with_diff<K: Kind>(
+    txn: &DatabaseTransaction,
+    kind: &K,
+    write: &Write<'_>,
+    base: Base<'_, K::Spec>,
+    mut spec: K::Spec,
+) -> Result<Option<Validated<K::Spec>>, Error> {
     let mut description = write.description.clone();
     let (id, current) = match base {
         Base::New(id) => (id, None),
@@ -933,6 +1016,7 @@ pub async fn write_locked<K: Kind>(
     let write = &Write {
         description,
         request_id: write.request_id.clone(),
+        claim: write.claim.clone(),
         ..*write
     };
     let next = Next::<K>::new(base, write, spec, txn.get_database_backend())?;
@@ -948,6 +1032,7 @@ pub async fn write_locked<K: Kind>(
     match written {
         Ok(0) => return Ok(None),
         Ok(_) => {}
+        Err(error) if request_ids::is_taken(&error) => return Err(Error::RequestInProgress),
         Err(error) => {
             return match kind.clash(error, &next.record.spec) {
                 Clash::Retry => Ok(None),
@@ -957,12 +1042,18 @@ pub async fn write_locked<K: Kind>(
     }
     kind.finish(txn, write, base.current(), &next.record)
         .await?;
+    // Before the version row: its key may wait for another call's
+    // transaction, which must not find this one holding the revision lock.
+    write.remember(txn, &next.record).await?;
     // Last: the version row's trigger bumps the tenant's change-log
     // revision, whose lock no writer may hold while waiting for another.
     insert_row(txn, K::Versions::default(), next.version_row(write))
         .await
         .map_err(db_error)?;
-    Ok(Some(next.record))
+    Ok(Some(Validated {
+        record: next.record,
+        diff: next.changes,
+    }))
 }
 
 /// Deletes resource `id` (soft delete, AIP-164), when the kind allows: a
@@ -970,42 +1061,49 @@ pub async fn write_locked<K: Kind>(
 /// deleted. Its history, labels and label history stay, and its name stays
 /// taken, until it is undeleted ([`undelete`]) or purged ([`purge`]). A
 /// resource already deleted is NOT_FOUND. `write.action` is
-/// [`Action::Delete`].
+/// [`Action::Delete`]. With `validate_only` it runs every check and
+/// writes nothing (AIP-163).
 pub async fn delete<K: Kind>(
     store: &Store,
     kind: &K,
     write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
+    validate_only: bool,
 ) -> Result<Record<K::Spec>, Error> {
     debug_assert_eq!(write.action, Action::Delete);
-    mark::<K>(store, kind, write, id, expected_version).await
+    mark::<K>(store, kind, write, id, expected_version, validate_only).await
 }
 
 /// Restores deleted resource `id` as it was: an UNDELETE version
 /// (configuration unchanged, empty diff) makes its row live again. A
 /// resource that is not deleted: FAILED_PRECONDITION `NOT_DELETED`.
-/// `write.action` is [`Action::Undelete`].
+/// `write.action` is [`Action::Undelete`]. With `validate_only` it runs
+/// every check and writes nothing (AIP-163).
 pub async fn undelete<K: Kind>(
     store: &Store,
     kind: &K,
     write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
+    validate_only: bool,
 ) -> Result<Record<K::Spec>, Error> {
     debug_assert_eq!(write.action, Action::Undelete);
-    mark::<K>(store, kind, write, id, expected_version).await
+    mark::<K>(store, kind, write, id, expected_version, validate_only).await
 }
 
 /// Writes the DELETE or UNDELETE version of `id` (`write.action`) and sets
 /// or clears its row's `delete_time`, in one locking transaction; the
-/// version row's trigger logs the change.
+/// version row's trigger logs the change. A dry run rolls the transaction
+/// back after every write, so every check (the kind's guards, the
+/// database's constraints) has run.
 async fn mark<K: Kind>(
     store: &Store,
     kind: &K,
     write: Write<'_>,
     id: &str,
     expected_version: Option<i64>,
+    validate_only: bool,
 ) -> Result<Record<K::Spec>, Error> {
     let tenant = &write.caller.tenant;
     let deleting = write.action == Action::Delete;
@@ -1038,10 +1136,18 @@ async fn mark<K: Kind>(
         // The row is locked (or, on SQLite, the database): not expected.
         return Err(contended::<K>());
     }
+    // Before the version row, as in every locked write.
+    if !validate_only {
+        write.remember(&txn, &next.record).await?;
+    }
     // Last: the version row's trigger takes the change log's lock.
     insert_row(&txn, K::Versions::default(), next.version_row(&write))
         .await
         .map_err(db_error)?;
+    if validate_only {
+        txn.rollback().await.map_err(db_error)?;
+        return Ok(next.record);
+    }
     txn.commit().await.map_err(db_error)?;
     if let Some(recent) = kind.recent(store) {
         recent.forget(tenant, id);
@@ -1239,6 +1345,129 @@ fn forget_purged<K: Kind>(store: &Store, kind: &K, tenant: &str, id: &str) {
     store.changes().raise(tenant);
 }
 
+/// How a write that is not a version runs (a label move, a label policy):
+/// whether it is remembered under a request id, or only checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct How<'a> {
+    /// The request id to remember the write under.
+    pub claim: Option<&'a Claim>,
+    /// Only run the checks; write nothing (AIP-163).
+    pub validate_only: bool,
+}
+
+/// What a dry run (AIP-163 `validate_only`) answers: the resource as the
+/// write would leave it, and the changes its version would record.
+#[derive(Debug)]
+pub struct Validated<S> {
+    pub record: Record<S>,
+    pub diff: Vec<Change>,
+}
+
+/// A dry run of [`create`]: the locking path's write of version 1 (every
+/// check the kind makes: the name free, its references there) in a
+/// transaction that is rolled back. Nothing is visible to anyone else (the
+/// transaction never commits), no version number is taken, the change log
+/// and its watchers and this process's recent records are not touched.
+pub async fn validate_create<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    spec: K::Spec,
+) -> Result<Validated<K::Spec>, Error> {
+    let txn = store.begin_write().await?;
+    let written = write_locked_with_diff(&txn, kind, write, Base::New(id), spec).await;
+    txn.rollback().await.map_err(db_error)?;
+    written?.ok_or_else(contended::<K>)
+}
+
+/// A dry run of [`update`] (as [`validate_create`]): a change that changes
+/// nothing answers the current record and no changes.
+pub async fn validate_update<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    change: impl Fn(&Record<K::Spec>) -> Result<K::Spec, Error> + Sync,
+) -> Result<Validated<K::Spec>, Error> {
+    let target = Target::Change(&change);
+    validate_version(store, kind, write, id, expected_version, target).await
+}
+
+/// A dry run of [`rollback`] (as [`validate_create`]).
+pub async fn validate_rollback<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    number: i64,
+    expected_version: Option<i64>,
+) -> Result<Validated<K::Spec>, Error> {
+    let target = Target::Version(number);
+    validate_version(store, kind, write, id, expected_version, target).await
+}
+
+async fn validate_version<K: Kind>(
+    store: &Store,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    target: Target<'_, K::Spec>,
+) -> Result<Validated<K::Spec>, Error> {
+    let txn = store.begin_write().await?;
+    let validated = validate_in(&txn, kind, write, id, expected_version, &target).await;
+    txn.rollback().await.map_err(db_error)?;
+    validated
+}
+
+async fn validate_in<K: Kind>(
+    txn: &DatabaseTransaction,
+    kind: &K,
+    write: &Write<'_>,
+    id: &str,
+    expected_version: Option<i64>,
+    target: &Target<'_, K::Spec>,
+) -> Result<Validated<K::Spec>, Error> {
+    let tenant = &write.caller.tenant;
+    let current = get_locked::<K>(txn, tenant, id).await?;
+    check_etag::<K>(expected_version, &current)?;
+    let spec = target.spec::<K>(txn, tenant, &current).await?;
+    if spec == current.spec && write.action == Action::Update {
+        return Ok(Validated {
+            record: current,
+            diff: Vec::new(),
+        });
+    }
+    let base = Base::Current(&current);
+    write_locked_with_diff(txn, kind, write, base, spec)
+        .await?
+        .ok_or_else(contended::<K>)
+}
+
+/// The record resource `id` had at its version `number`, rebuilt from that
+/// immutable version row (what a retried call is answered with).
+pub async fn record_at<K: Kind>(
+    db: &impl ConnectionTrait,
+    tenant: &str,
+    id: &str,
+    number: i64,
+) -> Result<Record<K::Spec>, Error> {
+    let version = get_version::<K>(db, tenant, id, number).await?;
+    Ok(Record {
+        id: id.to_owned(),
+        spec: K::Spec::from_json(&version.configuration)?,
+        version: version.version_number,
+        create_time: version.resource_create_time,
+        update_time: version.create_time,
+        created_by: version.resource_created_by,
+        updated_by: version.changed_by,
+        delete_time: (version.action == Action::Delete).then_some(version.create_time),
+        version_hash: None,
+    })
+}
+
 /// The ABORTED answer when the locking path keeps losing.
 fn contended<K: Kind>() -> Error {
     Error::Aborted(format!(
@@ -1262,6 +1491,8 @@ struct Next<K: Kind> {
     columns: Vec<(&'static str, SimpleExpr)>,
     snapshot: SimpleExpr,
     diff: SimpleExpr,
+    /// The changes `diff` holds.
+    changes: Vec<Change>,
 }
 
 impl<K: Kind> Next<K> {
@@ -1329,6 +1560,7 @@ impl<K: Kind> Next<K> {
             diff: json_val(backend, &diff),
             snapshot,
             record,
+            changes,
         })
     }
 

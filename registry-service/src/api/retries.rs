@@ -1,0 +1,315 @@
+//! Idempotent retries (AIP-155 `request_id`) and dry runs (AIP-163
+//! `validate_only`) of every mutation, once: a request type declares its
+//! method name ([`mutations!`]); a handler reads its [`Intent`] first, puts
+//! it on its write ([`Intent::stamp`]) and runs that write through
+//! [`Registry::once`], saying how a remembered answer is rebuilt.
+//!
+//! A call with a request id:
+//! 1. waits for any call of the same (tenant, request id) in this process
+//!    to finish (so concurrent duplicates through one replica queue rather
+//!    than race);
+//! 2. is answered from its row of `request_ids` when one is there (the
+//!    same method and fingerprint; else INVALID_ARGUMENT on `request_id`);
+//! 3. else runs, its write remembering the id in the same statement or
+//!    transaction ([`crate::store::request_ids`]); when the write fails,
+//!    the row is read once more — a concurrent call through another
+//!    replica may have won the id, and its answer is the answer — and
+//!    otherwise the failure is (a failure is never remembered).
+//!
+//! The fingerprint is SHA-256 over the request's protobuf encoding with
+//! `request_id` and `validate_only` cleared; maps are generated as
+//! `BTreeMap`s (proto/build.rs), so equal requests encode equally.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use proto::v1 as pb;
+use sha2::{Digest, Sha256};
+
+use super::Registry;
+use crate::caller::Caller;
+use crate::error::Error;
+use crate::store::request_ids::{self, Answer, Claim};
+use crate::store::versioned::{How, Write};
+
+/// How long a request id is remembered unless configured
+/// (`REGISTRY_REQUEST_ID_RETENTION_SECONDS`): AIP-155's "at least 24 hours"
+/// hint is what clients expect.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// A call's (tenant, request id).
+type CallKey = (String, String);
+
+/// What this process knows of request ids: how long they are remembered,
+/// the calls in progress, and the test hook.
+#[derive(Debug)]
+pub struct Retries {
+    retention: Duration,
+    /// One lock per (tenant, request id) of a call in progress here.
+    in_progress: Mutex<HashMap<CallKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Test only (refused outside development mode, see SECURITY.md): the
+    /// process aborts right after the write of a call with this request id
+    /// committed, before it answers.
+    abort_after_commit: Option<String>,
+}
+
+impl Retries {
+    /// Request ids remembered for `retention`; `abort_after_commit` is the
+    /// test hook (`None` in production).
+    pub fn new(retention: Duration, abort_after_commit: Option<String>) -> Self {
+        Self {
+            retention,
+            in_progress: Mutex::default(),
+            abort_after_commit,
+        }
+    }
+
+    /// How long a request id is remembered.
+    pub fn retention(&self) -> Duration {
+        self.retention
+    }
+
+    /// Waits for this process's other calls with `request_id` in `tenant`
+    /// and holds the turn until the answer is dropped.
+    async fn turn(&self, tenant: &str, request_id: &str) -> Turn<'_> {
+        let key = (tenant.to_owned(), request_id.to_owned());
+        let lock = {
+            // A poisoned map only means a panic elsewhere held it: the map
+            // itself is still whole.
+            let mut calls = self.in_progress.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(calls.entry(key.clone()).or_default())
+        };
+        let guard = Arc::clone(&lock).lock_owned().await;
+        Turn {
+            retries: self,
+            key,
+            lock,
+            guard: Some(guard),
+        }
+    }
+}
+
+/// A call's turn on its request id; the entry goes when the last waiter
+/// leaves.
+struct Turn<'r> {
+    retries: &'r Retries,
+    key: CallKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        self.guard = None;
+        let mut calls = self
+            .retries
+            .in_progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Two references: the map's and this one; nobody waits.
+        if Arc::strong_count(&self.lock) == 2 {
+            calls.remove(&self.key);
+        }
+    }
+}
+
+/// A mutation request: it carries `request_id` and `validate_only`.
+pub trait Mutation: prost::Message + Clone {
+    /// The method, as remembered with the request id.
+    const METHOD: &'static str;
+    /// The request id sent (empty: none).
+    fn request_id(&self) -> &str;
+    /// Whether only the checks are to run.
+    fn validate_only(&self) -> bool;
+    /// The request as fingerprinted: without the two fields.
+    fn without_retry_fields(&self) -> Self;
+}
+
+/// Declares request types as [`Mutation`]s with their method names.
+macro_rules! mutations {
+    ($($request:ident => $method:literal),* $(,)?) => {
+        $(impl Mutation for pb::$request {
+            const METHOD: &'static str = $method;
+            fn request_id(&self) -> &str {
+                &self.request_id
+            }
+            fn validate_only(&self) -> bool {
+                self.validate_only
+            }
+            fn without_retry_fields(&self) -> Self {
+                Self {
+                    request_id: String::new(),
+                    validate_only: false,
+                    ..self.clone()
+                }
+            }
+        })*
+    };
+}
+
+mutations! {
+    CreateAgentRequest => "CreateAgent",
+    UpdateAgentRequest => "UpdateAgent",
+    DeleteAgentRequest => "DeleteAgent",
+    RollbackAgentRequest => "RollbackAgent",
+    SetAgentLabelRequest => "SetAgentLabel",
+    DeleteAgentLabelRequest => "DeleteAgentLabel",
+    CreateProviderRequest => "CreateProvider",
+    UpdateProviderRequest => "UpdateProvider",
+    DeleteProviderRequest => "DeleteProvider",
+    RollbackProviderRequest => "RollbackProvider",
+    SetProviderLabelRequest => "SetProviderLabel",
+    DeleteProviderLabelRequest => "DeleteProviderLabel",
+    RevokeProviderKeyRequest => "RevokeProviderKey",
+    UpdateLabelPolicyRequest => "UpdateLabelPolicy",
+}
+
+/// What a mutation request asks besides its change: to be remembered under
+/// a request id, or only checked.
+#[derive(Debug, Clone, Default)]
+pub struct Intent {
+    /// The request id and fingerprint; `None` without a request id.
+    pub claim: Option<Claim>,
+    /// Only run the checks.
+    pub validate_only: bool,
+}
+
+impl Intent {
+    /// The intent of `request`: its request id checked (a UUID, or
+    /// INVALID_ARGUMENT on `request_id`) and, when there is one, the
+    /// request fingerprinted. Checked before anything else of the request;
+    /// a request without an id costs nothing here.
+    pub fn of<M: Mutation>(request: &M) -> Result<Self, Error> {
+        let request_id = request.request_id();
+        let claim = if request_id.is_empty() {
+            None
+        } else {
+            let parsed = uuid::Uuid::try_parse(request_id)
+                .map_err(|_| Error::bad_field("request_id", "is not a UUID"))?;
+            let digest = Sha256::digest(request.without_retry_fields().encode_to_vec());
+            Some(Claim {
+                // Canonical (lowercase, hyphenated): one id, one row.
+                request_id: parsed.hyphenated().to_string(),
+                method: M::METHOD,
+                fingerprint: hex::encode(digest),
+            })
+        };
+        Ok(Self {
+            claim,
+            validate_only: request.validate_only(),
+        })
+    }
+
+    /// `write` carrying the request id, and remembered under it unless
+    /// this is a dry run.
+    pub fn stamp<'a>(&self, mut write: Write<'a>) -> Write<'a> {
+        write.request_id = self.claim.as_ref().map(|c| c.request_id.clone());
+        write.claim = self.remembered().cloned();
+        write
+    }
+
+    /// How a write that is not a version (a delete, a label move) runs.
+    pub fn how(&self) -> How<'_> {
+        How {
+            claim: self.remembered(),
+            validate_only: self.validate_only,
+        }
+    }
+
+    /// The claim to remember: none for a dry run (it writes nothing).
+    fn remembered(&self) -> Option<&Claim> {
+        self.claim.as_ref().filter(|_| !self.validate_only)
+    }
+}
+
+impl Registry {
+    /// Runs a mutation once per request id: the answer of `run`, or, when
+    /// `intent`'s request id was already answered, that answer rebuilt by
+    /// `rebuild` from what was remembered (see the module documentation).
+    pub async fn once<T, Ran, Rebuilt>(
+        &self,
+        caller: &Caller,
+        intent: &Intent,
+        run: impl FnOnce() -> Ran,
+        rebuild: impl FnOnce(Answer) -> Rebuilt,
+    ) -> Result<T, Error>
+    where
+        Ran: Future<Output = Result<T, Error>>,
+        Rebuilt: Future<Output = Result<T, Error>>,
+    {
+        let Some(claim) = intent.remembered() else {
+            return run().await;
+        };
+        let _turn = self.retries.turn(&caller.tenant, &claim.request_id).await;
+        if let Some(answer) = self.remembered(caller, claim).await? {
+            return rebuild(answer).await;
+        }
+        match run().await {
+            Ok(answer) => {
+                if self.retries.abort_after_commit.as_deref() == Some(&claim.request_id) {
+                    tracing::error!(
+                        request_id = %claim.request_id,
+                        "aborting after the commit as REGISTRY_TEST_ABORT_AFTER_COMMIT asks"
+                    );
+                    std::process::abort();
+                }
+                Ok(answer)
+            }
+            Err(error) => match self.remembered(caller, claim).await? {
+                Some(answer) => rebuild(answer).await,
+                None => Err(error),
+            },
+        }
+    }
+
+    /// The remembered answer of `claim`'s request id in the caller's
+    /// tenant: `None` when there is none (an expired one is forgotten
+    /// here), INVALID_ARGUMENT when it was used for another request.
+    async fn remembered(&self, caller: &Caller, claim: &Claim) -> Result<Option<Answer>, Error> {
+        let tenant = &caller.tenant;
+        let Some(found) = request_ids::find(&self.db, tenant, &claim.request_id).await? else {
+            return Ok(None);
+        };
+        let retention = chrono::Duration::from_std(self.retries.retention)
+            .map_err(|e| Error::Internal(format!("request id retention: {e}")))?;
+        let expired_before = crate::store::now() - retention;
+        if found.create_time < expired_before {
+            request_ids::forget_expired(&self.db, tenant, &claim.request_id, expired_before)
+                .await?;
+            return Ok(None);
+        }
+        if found.method != claim.method || found.fingerprint != claim.fingerprint {
+            return Err(Error::bad_field(
+                "request_id",
+                format!(
+                    "was already used for a different request (a {} call); send a new \
+                     request_id for a new request",
+                    found.method
+                ),
+            ));
+        }
+        Ok(Some(found.answer()))
+    }
+}
+
+/// Deletes request ids older than `retention` every `retention / 24`
+/// (at least every second, at most every hour), until the task is dropped.
+pub async fn prune_expired(db: crate::store::Store, retention: Duration) {
+    let period = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(60 * 60));
+    let mut ticks = tokio::time::interval(period);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Ok(retention) = chrono::Duration::from_std(retention) else {
+            return;
+        };
+        let before = crate::store::now() - retention;
+        match request_ids::prune(db.pool(), before).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "expired request ids deleted"),
+            Err(error) => tracing::warn!(%error, "deleting expired request ids failed"),
+        }
+    }
+}
