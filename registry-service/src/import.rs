@@ -883,12 +883,7 @@ impl Importer<'_> {
                     .clone()
                     .unwrap_or_else(|| self.caller.subject.clone()),
             };
-            let write = Write {
-                caller: &caller,
-                action: version.action,
-                description: version.description,
-                request_id: None,
-            };
+            let write = Write::new(&caller, version.action, version.description);
             let result = if version.action == Action::Create {
                 store::versioned::create(store, &Agents, write, id.clone(), version.spec).await
             } else {
