@@ -12,23 +12,42 @@
 //! `skipped <name>: <reason>`, `failed <name>: <reason>`) and a summary
 //! line; the exit status is non-zero when a row failed. Keys and tokens are
 //! never printed.
+//!
+//! Then the platform's agents of the tenant (an agent's tenant is its
+//! provider's: `agents` has no tenant column) come over with their whole
+//! history: every `agent_versions` snapshot is mapped to an [`AgentSpec`]
+//! and validated as `CreateAgent` validates it, its legacy provider id
+//! replaced by the id of the provider this import (or an earlier run)
+//! created for that row. Only when every version maps is anything written:
+//! version 1 through `versioned::create`, each later one through
+//! `versioned::update` with the platform's action (UPDATE or ROLLBACK),
+//! description and user (its email as `changed_by`), so the registry
+//! computes the diffs and the change log, audit trail and hash chains
+//! record each version as they record the API's writes. Not carried over:
+//! the platform's timestamps (versions are stamped at import time), and
+//! `is_active`, which the platform's agents do not have (see README,
+//! "Moving over from the Python platform"). Lines: `imported agent <name>
+//! as <id> (<n> versions)`, `skipped agent …`, `failed agent …`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-use migrations::entity::provider;
+use migrations::entity::{agent, provider};
 use sea_orm::{
     ColumnTrait, ConnectOptions, ConnectionTrait, Database, DatabaseConnection, EntityTrait,
     QueryFilter, QueryResult, QuerySelect, Statement,
 };
 use serde_json::{Map, Value};
 
+use crate::api::describe;
 use crate::caller::Caller;
 use crate::config::{Args, ImportArgs};
 use crate::crypto::Crypto;
 use crate::error::Error;
+use crate::model::agent::AgentSpec;
 use crate::model::provider::ProviderSpec;
 use crate::model::version::Action;
+use crate::store::agents::Agents;
 use crate::store::providers::Providers;
 use crate::store::versioned::Write;
 use crate::store::{self, db_error, providers};
@@ -55,6 +74,8 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
         &read_tenants(&legacy).await,
         &tenant,
     )?;
+    let tenant_provider_ids: HashSet<i64> = rows.iter().map(|row| row.id).collect();
+    let agents = read_legacy_agents(&legacy).await?;
     legacy.close().await.map_err(legacy_error)?;
 
     let db = if import.dry_run {
@@ -93,7 +114,9 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
         crypto: &crypto,
         caller: Caller { tenant, subject },
         dry_run: import.dry_run,
-        taken: HashSet::new(),
+        taken: HashMap::new(),
+        agents_taken: HashSet::new(),
+        provider_ids: HashMap::new(),
         has_default: false,
         report: Report::default(),
     };
@@ -105,7 +128,17 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
              names already taken are not checked"
         );
     }
-    let result = importer.import_all(rows).await;
+    let mut result = importer.import_all(rows).await;
+    if result.is_ok() {
+        match agents {
+            Some(agents) => {
+                result = importer.import_agents(agents, &tenant_provider_ids).await;
+            }
+            None => println!(
+                "note: the Python platform's database has no agents table; no agents imported"
+            ),
+        }
+    }
     let report = importer.report;
     println!("{}", report.summary(import.dry_run));
     result?;
@@ -162,8 +195,14 @@ struct Importer<'a> {
     crypto: &'a Crypto,
     caller: Caller,
     dry_run: bool,
-    /// Provider names the tenant has (or will have after this run).
-    taken: HashSet<String>,
+    /// Provider names the tenant has (or will have after this run), with
+    /// the id of the provider holding each.
+    taken: HashMap<String, String>,
+    /// Agent names the tenant has (or will have after this run).
+    agents_taken: HashSet<String>,
+    /// Legacy provider id -> the registry id of the provider it became
+    /// (this run's, or the one of that name an earlier run created).
+    provider_ids: HashMap<i64, String>,
     /// Whether the tenant has a default provider (or will have).
     has_default: bool,
     report: Report,
@@ -182,15 +221,25 @@ impl Importer<'_> {
         let Some(db) = self.db else {
             return Ok(());
         };
-        let names: Vec<String> = provider::Entity::find()
+        let names: Vec<(String, String)> = provider::Entity::find()
             .select_only()
             .column(provider::Column::Name)
+            .column(provider::Column::Id)
             .filter(provider::Column::TenantId.eq(self.caller.tenant.clone()))
             .into_tuple()
             .all(db)
             .await
             .map_err(db_error)?;
         self.taken = names.into_iter().collect();
+        let agent_names: Vec<String> = agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Name)
+            .filter(agent::Column::TenantId.eq(self.caller.tenant.clone()))
+            .into_tuple()
+            .all(db)
+            .await
+            .map_err(db_error)?;
+        self.agents_taken = agent_names.into_iter().collect();
         self.has_default = providers::default_of(db, &self.caller.tenant)
             .await?
             .is_some();
@@ -201,7 +250,8 @@ impl Importer<'_> {
         let mut batch = Vec::new();
         for row in rows {
             let name = row.name.clone();
-            if self.taken.contains(&name) {
+            if let Some(existing) = self.taken.get(&name) {
+                self.provider_ids.insert(row.id, existing.clone());
                 self.skipped(
                     &name,
                     "a provider with this name already exists in the tenant",
@@ -210,7 +260,7 @@ impl Importer<'_> {
             }
             match plan(row) {
                 Ok(planned) => {
-                    self.taken.insert(name);
+                    self.taken.insert(name, planned.id.clone());
                     batch.push(planned);
                 }
                 Err(reason) => self.failed(&name, &reason),
@@ -277,16 +327,19 @@ impl Importer<'_> {
             Some(store) if !self.dry_run => store,
             _ => {
                 println!("would import {} as {}{suffix}", shown(&name), planned.id);
+                self.provider_ids.insert(planned.row.id, planned.id);
                 self.report.imported += 1;
                 return Ok(());
             }
         };
         let write = Write::new(&self.caller, Action::Create, CHANGE_DESCRIPTION.to_owned());
         let kind = Providers::default();
+        let legacy_id = planned.row.id;
         match store::versioned::create(store, &kind, write, planned.id.clone(), planned.spec).await
         {
             Ok(record) => {
                 println!("imported {} as {}{suffix}", shown(&name), record.id);
+                self.provider_ids.insert(legacy_id, record.id);
                 self.report.imported += 1;
                 Ok(())
             }
@@ -335,6 +388,7 @@ fn notes(notes: &[String]) -> String {
 
 /// One row of the platform's `llm_providers` table.
 struct LegacyRow {
+    id: i64,
     tenant_id: i64,
     name: String,
     provider_type: String,
@@ -580,7 +634,8 @@ fn legacy_detail(error: &sea_orm::DbErr) -> String {
 /// on SQLite and PostgreSQL (where `provider_type` is a native enum and
 /// `config` JSON).
 async fn read_legacy_rows(legacy: &DatabaseConnection) -> Result<Vec<LegacyRow>, Error> {
-    const SQL: &str = "SELECT CAST(tenant_id AS BIGINT) AS tenant_id, name, \
+    const SQL: &str = "SELECT CAST(id AS BIGINT) AS id, \
+        CAST(tenant_id AS BIGINT) AS tenant_id, name, \
         CAST(provider_type AS TEXT) AS provider_type, model_name, api_base, api_key, \
         CAST(config AS TEXT) AS config, is_active, is_default \
         FROM llm_providers ORDER BY id";
@@ -615,6 +670,7 @@ fn legacy_row(row: &QueryResult) -> Result<LegacyRow, Error> {
             .map_err(|e| column(name, e))
     };
     Ok(LegacyRow {
+        id: row.try_get::<i64>("", "id").map_err(|e| column("id", e))?,
         tenant_id: row
             .try_get::<i64>("", "tenant_id")
             .map_err(|e| column("tenant_id", e))?,
@@ -709,12 +765,397 @@ fn rows_of_tenant(
     }
 }
 
+/// An agent of the platform (`agents`) with its version history
+/// (`agent_versions`, oldest first).
+#[derive(Debug)]
+struct LegacyAgent {
+    name: String,
+    /// The legacy provider its current row runs on (it tells the tenant:
+    /// the platform's agents have no tenant column of their own).
+    provider_id: i64,
+    versions: Vec<LegacyVersion>,
+}
+
+/// One row of `agent_versions`.
+#[derive(Debug)]
+struct LegacyVersion {
+    number: i64,
+    action: String,
+    /// The user's email (`users.email`), `user <id>` when the user row is
+    /// gone, `None` when the platform recorded no user.
+    changed_by: Option<String>,
+    /// The full configuration snapshot (JSON).
+    configuration: String,
+    description: Option<String>,
+}
+
+/// A version ready to be written.
+struct PlannedVersion {
+    action: Action,
+    spec: AgentSpec,
+    changed_by: Option<String>,
+    description: String,
+}
+
+/// The snapshot keys of the platform's `Agent` columns that map to the
+/// registry's `Agent` (every one of them does).
+const AGENT_KEYS: &[&str] = &[
+    "name",
+    "role",
+    "goal",
+    "backstory",
+    "llm_provider_id",
+    "temperature",
+    "max_tokens",
+    "allow_delegation",
+    "verbose",
+    "cache",
+    "max_iter",
+    "max_rpm",
+    "max_execution_time",
+    "allow_code_execution",
+    "respect_context_window",
+    "max_retry_limit",
+];
+
+impl Importer<'_> {
+    /// Imports the agents whose provider is one of the tenant's legacy
+    /// providers (`tenant_provider_ids`); the others belong to another
+    /// tenant and are left alone.
+    async fn import_agents(
+        &mut self,
+        agents: Vec<LegacyAgent>,
+        tenant_provider_ids: &HashSet<i64>,
+    ) -> Result<(), Error> {
+        for legacy in agents {
+            if !tenant_provider_ids.contains(&legacy.provider_id) {
+                continue;
+            }
+            let name = legacy.name.clone();
+            if self.agents_taken.contains(&name) {
+                self.skipped_agent(
+                    &name,
+                    "an agent with this name already exists in the tenant",
+                );
+                continue;
+            }
+            let planned = match plan_agent(&legacy, &self.provider_ids, tenant_provider_ids) {
+                Ok(planned) => planned,
+                Err(reason) => {
+                    self.failed_agent(&name, &reason);
+                    continue;
+                }
+            };
+            self.agents_taken.insert(name.clone());
+            self.write_agent(&name, planned).await?;
+        }
+        Ok(())
+    }
+
+    /// Creates the agent from its first version, then appends each later
+    /// one through the same core the API writes with (so the registry
+    /// computes each diff, and the change log and audit trail record each
+    /// version).
+    async fn write_agent(
+        &mut self,
+        name: &str,
+        (versions, mut notes): (Vec<PlannedVersion>, Vec<String>),
+    ) -> Result<(), Error> {
+        let count = versions.len();
+        let store = match self.store {
+            Some(store) if !self.dry_run => store,
+            _ => {
+                notes.insert(0, versions_note(count));
+                println!("would import agent {}{}", shown(name), self::notes(&notes));
+                self.report.imported += 1;
+                return Ok(());
+            }
+        };
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut written = 0;
+        let mut merged = 0;
+        let mut current = 0;
+        for version in versions {
+            let caller = Caller {
+                tenant: self.caller.tenant.clone(),
+                subject: version
+                    .changed_by
+                    .clone()
+                    .unwrap_or_else(|| self.caller.subject.clone()),
+            };
+            let write = Write::new(&caller, version.action, version.description);
+            let result = if version.action == Action::Create {
+                store::versioned::create(store, &Agents, write, id.clone(), version.spec).await
+            } else {
+                let spec = version.spec;
+                store::versioned::update(store, &Agents, write, &id, None, |_| Ok(spec.clone()))
+                    .await
+            };
+            match result {
+                Ok(record) => {
+                    if record.version == current {
+                        merged += 1;
+                    }
+                    current = record.version;
+                    written += 1;
+                }
+                Err(Error::AlreadyExists { .. } | Error::NameHeldByDeleted { .. })
+                    if written == 0 =>
+                {
+                    self.skipped_agent(
+                        name,
+                        "an agent with this name already exists in the tenant",
+                    );
+                    return Ok(());
+                }
+                Err(error @ Error::Unavailable { .. }) => return Err(error),
+                Err(error) if written == 0 => {
+                    self.failed_agent(name, &error.to_string());
+                    return Ok(());
+                }
+                Err(error) => {
+                    self.failed_agent(
+                        name,
+                        &format!(
+                            "{id} holds only its first {current} version(s): version {} \
+                             failed: {error}",
+                            written + 1
+                        ),
+                    );
+                    return Ok(());
+                }
+            }
+        }
+        notes.insert(
+            0,
+            versions_note(usize::try_from(current).unwrap_or_default()),
+        );
+        if merged > 0 {
+            notes.push(format!(
+                "{merged} legacy version(s) identical to the one before once mapped: not repeated"
+            ));
+        }
+        println!(
+            "imported agent {} as {id}{}",
+            shown(name),
+            self::notes(&notes)
+        );
+        self.report.imported += 1;
+        Ok(())
+    }
+
+    fn skipped_agent(&mut self, name: &str, reason: &str) {
+        println!("skipped agent {}: {reason}", shown(name));
+        self.report.skipped += 1;
+    }
+
+    fn failed_agent(&mut self, name: &str, reason: &str) {
+        println!("failed agent {}: {reason}", shown(name));
+        self.report.failed += 1;
+    }
+}
+
+/// Every version of `legacy` mapped and validated as the API would, so
+/// an agent that does not map writes nothing.
+fn plan_agent(
+    legacy: &LegacyAgent,
+    provider_ids: &HashMap<i64, String>,
+    tenant_provider_ids: &HashSet<i64>,
+) -> Result<(Vec<PlannedVersion>, Vec<String>), String> {
+    if legacy.versions.is_empty() {
+        return Err("it has no version history on the Python platform".to_owned());
+    }
+    let mut planned = Vec::with_capacity(legacy.versions.len());
+    let mut ignored = BTreeSet::new();
+    for (index, version) in legacy.versions.iter().enumerate() {
+        let at = |reason: String| format!("version {}: {reason}", version.number);
+        let action = match version.action.trim().to_ascii_lowercase().as_str() {
+            _ if index == 0 => Action::Create,
+            "update" | "create" => Action::Update,
+            "rollback" => Action::Rollback,
+            other => return Err(at(format!("unknown action {other:?}"))),
+        };
+        let config = config_object(Some(&version.configuration))
+            .map_err(|e| at(e.replace("config", "configuration")))?;
+        ignored.extend(
+            config
+                .keys()
+                .filter(|key| !AGENT_KEYS.contains(&key.as_str()))
+                .cloned(),
+        );
+        let input = agent_message(&config, provider_ids, tenant_provider_ids).map_err(at)?;
+        let spec = AgentSpec::from_proto(&input).map_err(|e| at(e.to_string()))?;
+        // Checked as a request's change_description is.
+        let description = describe(version.description.as_deref().unwrap_or_default(), || {
+            CHANGE_DESCRIPTION.to_owned()
+        })
+        .map_err(|e| at(e.to_string()))?;
+        planned.push(PlannedVersion {
+            action,
+            spec,
+            changed_by: version.changed_by.clone(),
+            description,
+        });
+    }
+    let mut notes = Vec::new();
+    if !ignored.is_empty() {
+        let keys: Vec<String> = ignored.into_iter().collect();
+        notes.push(format!(
+            "configuration keys not carried over: {}",
+            keys.join(", ")
+        ));
+    }
+    Ok((planned, notes))
+}
+
+/// The registry's `Agent` for one legacy snapshot.
+fn agent_message(
+    config: &Map<String, Value>,
+    provider_ids: &HashMap<i64, String>,
+    tenant_provider_ids: &HashSet<i64>,
+) -> Result<pb::Agent, String> {
+    let get = |key: &str| config.get(key).filter(|v| !v.is_null());
+    let string = |key: &str| get(key).map(|v| text(key, v)).transpose();
+    let flag = |key: &str| {
+        get(key)
+            .map(|v| {
+                v.as_bool()
+                    .ok_or_else(|| format!("configuration.{key} is not a boolean"))
+            })
+            .transpose()
+    };
+    let whole = |key: &str| get(key).map(|v| integer(key, v)).transpose();
+    let legacy_provider = get("llm_provider_id")
+        .and_then(Value::as_i64)
+        .ok_or("configuration.llm_provider_id is missing")?;
+    if !tenant_provider_ids.contains(&legacy_provider) {
+        return Err(format!(
+            "its provider (legacy id {legacy_provider}) belongs to another tenant"
+        ));
+    }
+    let provider_id = provider_ids
+        .get(&legacy_provider)
+        .ok_or_else(|| format!("its provider (legacy id {legacy_provider}) was not imported"))?;
+    let max_tokens = whole("max_tokens")?;
+    Ok(pb::Agent {
+        name: string("name")?.unwrap_or_default(),
+        role: string("role")?.unwrap_or_default(),
+        goal: string("goal")?.unwrap_or_default(),
+        backstory: string("backstory")?.unwrap_or_default(),
+        llm_provider_id: Some(provider_id.clone()),
+        temperature: get("temperature")
+            .map(|v| number("temperature", v))
+            .transpose()?,
+        llm_overrides: max_tokens.map(|max_tokens| pb::ModelParameters {
+            max_tokens: Some(max_tokens),
+            ..Default::default()
+        }),
+        allow_delegation: flag("allow_delegation")?,
+        verbose: flag("verbose")?,
+        cache: flag("cache")?,
+        max_iter: whole("max_iter")?,
+        max_rpm: whole("max_rpm")?,
+        max_execution_time: whole("max_execution_time")?,
+        allow_code_execution: flag("allow_code_execution")?,
+        respect_context_window: flag("respect_context_window")?,
+        max_retry_limit: whole("max_retry_limit")?,
+        ..Default::default()
+    })
+}
+
+fn versions_note(count: usize) -> String {
+    if count == 1 {
+        "1 version".to_owned()
+    } else {
+        format!("{count} versions")
+    }
+}
+
+/// Every agent of the platform with its versions; `None` when the database
+/// has no `agents` table (a platform that never stored agents).
+async fn read_legacy_agents(
+    legacy: &DatabaseConnection,
+) -> Result<Option<Vec<LegacyAgent>>, Error> {
+    let backend = legacy.get_database_backend();
+    let query = |sql: &str| legacy.query_all_raw(Statement::from_string(backend, sql.to_owned()));
+    if query("SELECT 1 FROM agents WHERE 1 = 0").await.is_err() {
+        return Ok(None);
+    }
+    let rows = query(
+        "SELECT CAST(id AS BIGINT) AS id, name, \
+         CAST(llm_provider_id AS BIGINT) AS llm_provider_id FROM agents ORDER BY id",
+    )
+    .await
+    .map_err(legacy_error)?;
+    let unreadable = |table: &str, name: &str, error: sea_orm::DbErr| {
+        Error::config(
+            LEGACY_URL_SETTING,
+            format!("{table}.{name} is unreadable: {}", legacy_detail(&error)),
+        )
+    };
+    let mut agents = Vec::with_capacity(rows.len());
+    let mut index = HashMap::new();
+    for row in &rows {
+        let get = |name: &str| {
+            row.try_get::<i64>("", name)
+                .map_err(|e| unreadable("agents", name, e))
+        };
+        index.insert(get("id")?, agents.len());
+        agents.push(LegacyAgent {
+            name: row
+                .try_get::<String>("", "name")
+                .map_err(|e| unreadable("agents", "name", e))?,
+            provider_id: get("llm_provider_id")?,
+            versions: Vec::new(),
+        });
+    }
+    let versions = query(
+        "SELECT CAST(v.agent_id AS BIGINT) AS agent_id, \
+         CAST(v.version_number AS BIGINT) AS version_number, \
+         CAST(v.action AS TEXT) AS action, \
+         CAST(v.changed_by_user_id AS BIGINT) AS user_id, u.email AS email, \
+         CAST(v.configuration AS TEXT) AS configuration, v.change_description \
+         FROM agent_versions v LEFT JOIN users u ON u.id = v.changed_by_user_id \
+         ORDER BY v.agent_id, v.version_number, v.id",
+    )
+    .await
+    .map_err(legacy_error)?;
+    for row in &versions {
+        let column = |name: &str, e| unreadable("agent_versions", name, e);
+        let agent_id: i64 = row
+            .try_get("", "agent_id")
+            .map_err(|e| column("agent_id", e))?;
+        let Some(&position) = index.get(&agent_id) else {
+            continue;
+        };
+        let user: Option<i64> = row
+            .try_get("", "user_id")
+            .map_err(|e| column("user_id", e))?;
+        let email: Option<String> = row.try_get("", "email").map_err(|e| column("email", e))?;
+        agents[position].versions.push(LegacyVersion {
+            number: row
+                .try_get("", "version_number")
+                .map_err(|e| column("version_number", e))?,
+            action: row.try_get("", "action").map_err(|e| column("action", e))?,
+            changed_by: email.or_else(|| user.map(|id| format!("user {id}"))),
+            configuration: row
+                .try_get("", "configuration")
+                .map_err(|e| column("configuration", e))?,
+            description: row
+                .try_get("", "change_description")
+                .map_err(|e| column("change_description", e))?,
+        });
+    }
+    Ok(Some(agents))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn row(provider_type: &str, api_base: Option<&str>, config: &str) -> LegacyRow {
         LegacyRow {
+            id: 1,
             tenant_id: 1,
             name: "Legacy".to_owned(),
             provider_type: provider_type.to_owned(),
@@ -837,5 +1278,91 @@ mod tests {
         assert_eq!(shown("two\nlines"), "\"two\\nlines\"");
         let printed = format!("{:?}", row("OPENAI", None, "{}"));
         assert!(!printed.contains("Z0FB"), "{printed}");
+    }
+
+    fn legacy_agent(versions: &[(&str, Value)]) -> LegacyAgent {
+        LegacyAgent {
+            name: "Researcher".to_owned(),
+            provider_id: 1,
+            versions: versions
+                .iter()
+                .enumerate()
+                .map(|(index, (action, configuration))| LegacyVersion {
+                    number: i64::try_from(index).unwrap_or_default() + 1,
+                    action: (*action).to_owned(),
+                    changed_by: Some("alice@acme.test".to_owned()),
+                    configuration: configuration.to_string(),
+                    description: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn agent_snapshots_map_to_specs_on_the_imported_providers() {
+        let snapshot = |provider: i64, extra: Value| {
+            let mut config = serde_json::json!({
+                "name": "Researcher", "role": "Analyst", "goal": "Find facts",
+                "backstory": "", "llm_provider_id": provider, "temperature": 0.5,
+                "max_tokens": 512, "max_iter": 20, "verbose": true, "max_rpm": null
+            });
+            if let (Some(config), Value::Object(extra)) = (config.as_object_mut(), extra) {
+                config.extend(extra);
+            }
+            config
+        };
+        const NEW_1: &str = "01900000-0000-7000-8000-000000000001";
+        const NEW_2: &str = "01900000-0000-7000-8000-000000000002";
+        let provider_ids = HashMap::from([(1, NEW_1.to_owned()), (2, NEW_2.to_owned())]);
+        let tenant = HashSet::from([1, 2, 3]);
+        let legacy = legacy_agent(&[
+            ("UPDATE", snapshot(1, serde_json::json!({"team": "x"}))),
+            ("rollback", snapshot(2, Value::Null)),
+        ]);
+        let (versions, notes) = plan_agent(&legacy, &provider_ids, &tenant).expect("maps");
+        assert_eq!(
+            versions[0].action,
+            Action::Create,
+            "the first is the CREATE"
+        );
+        assert_eq!(versions[1].action, Action::Rollback);
+        assert_eq!(versions[0].description, CHANGE_DESCRIPTION);
+        let spec = &versions[0].spec;
+        assert_eq!(spec.llm_provider_id.as_deref(), Some(NEW_1));
+        assert_eq!(spec.temperature, Some(0.5));
+        assert_eq!(spec.llm_overrides.max_tokens, Some(512));
+        assert_eq!(spec.max_iter, 20);
+        assert!(spec.verbose);
+        assert_eq!(versions[1].spec.llm_provider_id.as_deref(), Some(NEW_2));
+        assert_eq!(notes, ["configuration keys not carried over: team"]);
+
+        for (provider, expected) in [
+            (3, "version 1: its provider (legacy id 3) was not imported"),
+            (
+                9,
+                "version 1: its provider (legacy id 9) belongs to another tenant",
+            ),
+        ] {
+            let legacy = legacy_agent(&[("CREATE", snapshot(provider, Value::Null))]);
+            let error = plan_agent(&legacy, &provider_ids, &tenant).err();
+            assert_eq!(error.as_deref(), Some(expected));
+        }
+        let legacy = legacy_agent(&[
+            ("CREATE", snapshot(1, Value::Null)),
+            (
+                "UPDATE",
+                snapshot(1, serde_json::json!({"temperature": 9.0})),
+            ),
+        ]);
+        let error = plan_agent(&legacy, &provider_ids, &tenant).err();
+        assert!(
+            error.is_some_and(|e| e.starts_with("version 2: ") && e.contains("temperature")),
+            "validated as CreateAgent validates"
+        );
+        let error = plan_agent(&legacy_agent(&[]), &provider_ids, &tenant).err();
+        assert_eq!(
+            error.as_deref(),
+            Some("it has no version history on the Python platform")
+        );
     }
 }

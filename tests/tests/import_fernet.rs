@@ -408,8 +408,276 @@ async fn fixtures_import_and_resolve_to_the_original_keys_without_storing_them()
     }
 }
 
+/// The platform's agent tables (as SQLAlchemy creates them on SQLite), with
+/// two agents of tenant 1 and one of tenant 2. "Researcher" has three
+/// versions (create by alice, update by bob, rollback to version 1 by
+/// alice) and moved from provider 1 to 2 and back; "Writer" one version
+/// recorded without a user, on provider 5.
+async fn add_legacy_agents(legacy: &LegacyCopy) {
+    let db = Database::connect(format!("{}?mode=rw", legacy.url()))
+        .await
+        .expect("open legacy copy");
+    let snapshot = |name: &str, role: &str, provider: i64, temperature: f64| {
+        serde_json::json!({
+            "name": name, "role": role, "goal": "Find the facts", "backstory": "",
+            "llm_provider_id": provider, "temperature": temperature, "max_tokens": null,
+            "allow_delegation": true, "verbose": false, "cache": true, "max_iter": 15,
+            "max_rpm": null, "max_execution_time": null, "allow_code_execution": false,
+            "respect_context_window": true, "max_retry_limit": 2
+        })
+        .to_string()
+        .replace('\'', "''")
+    };
+    let sql = format!(
+        "CREATE TABLE users (id INTEGER NOT NULL, created_at DATETIME NOT NULL,
+             updated_at DATETIME NOT NULL, tenant_id INTEGER NOT NULL, email VARCHAR(255) NOT NULL,
+             full_name VARCHAR(255), role VARCHAR(32) NOT NULL, is_active BOOLEAN NOT NULL,
+             PRIMARY KEY (id));
+         CREATE TABLE agents (id INTEGER NOT NULL, created_at DATETIME NOT NULL,
+             updated_at DATETIME NOT NULL, name VARCHAR(255) NOT NULL, role VARCHAR(255) NOT NULL,
+             goal TEXT NOT NULL, backstory TEXT NOT NULL, llm_provider_id INTEGER NOT NULL,
+             temperature FLOAT NOT NULL, max_tokens INTEGER, allow_delegation BOOLEAN NOT NULL,
+             verbose BOOLEAN NOT NULL, cache BOOLEAN NOT NULL, max_iter INTEGER NOT NULL,
+             max_rpm INTEGER, max_execution_time INTEGER, allow_code_execution BOOLEAN NOT NULL,
+             respect_context_window BOOLEAN NOT NULL, max_retry_limit INTEGER NOT NULL,
+             PRIMARY KEY (id));
+         CREATE TABLE agent_versions (id INTEGER NOT NULL, created_at DATETIME NOT NULL,
+             updated_at DATETIME NOT NULL, agent_id INTEGER NOT NULL, version_number INTEGER NOT NULL,
+             action VARCHAR(8) NOT NULL, changed_by_user_id INTEGER, configuration JSON NOT NULL,
+             diff_from_previous JSON, change_description TEXT, PRIMARY KEY (id));
+         INSERT INTO users VALUES
+             (1, '2025-01-01', '2025-01-01', 1, 'alice@acme.test', 'Alice', 'admin', 1),
+             (2, '2025-01-01', '2025-01-01', 1, 'bob@acme.test', 'Bob', 'member', 1);
+         INSERT INTO agents VALUES
+             (1, '2025-01-02', '2025-01-04', 'Researcher', 'Analyst', 'Find the facts', '', 1,
+              0.7, NULL, 1, 0, 1, 15, NULL, NULL, 0, 1, 2),
+             (2, '2025-01-02', '2025-01-02', 'Writer', 'Author', 'Find the facts', '', 5,
+              0.9, NULL, 1, 0, 1, 15, NULL, NULL, 0, 1, 2),
+             (3, '2025-01-02', '2025-01-02', 'Globex Agent', 'Spy', 'Find the facts', '', 6,
+              0.7, NULL, 1, 0, 1, 15, NULL, NULL, 0, 1, 2);
+         INSERT INTO agent_versions VALUES
+             (1, '2025-01-02', '2025-01-02', 1, 1, 'CREATE', 1, '{r1}', NULL, 'Initial agent creation'),
+             (2, '2025-01-03', '2025-01-03', 1, 2, 'UPDATE', 2, '{r2}', NULL, 'Agent configuration updated'),
+             (3, '2025-01-04', '2025-01-04', 1, 3, 'ROLLBACK', 1, '{r1}', NULL, 'Rolled back to version 1'),
+             (4, '2025-01-02', '2025-01-02', 2, 1, 'CREATE', NULL, '{w1}', NULL, NULL),
+             (5, '2025-01-02', '2025-01-02', 3, 1, 'CREATE', NULL, '{g1}', NULL, 'Initial agent creation');",
+        r1 = snapshot("Researcher", "Analyst", 1, 0.7),
+        r2 = snapshot("Researcher", "Analyst", 2, 0.2),
+        w1 = snapshot("Writer", "Author", 5, 0.9),
+        g1 = snapshot("Globex Agent", "Spy", 6, 0.7),
+    );
+    db.execute_unprepared(&sql)
+        .await
+        .expect("the platform's agents");
+    db.close().await.expect("close legacy copy");
+}
+
+async fn agent_history(c: &mut Clients, agent_id: &str) -> Vec<pb::AgentVersion> {
+    let mut versions = c
+        .agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: agent_id.to_owned(),
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .expect("agent versions")
+        .into_inner()
+        .versions;
+    versions.sort_by_key(|v| v.version_number);
+    versions
+}
+
 #[tokio::test]
-async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() {
+async fn agents_come_over_with_their_version_history_on_the_imported_providers() {
+    let fixtures = fixtures();
+    let stack = Stack::launch(
+        legacy_crypto(text(&fixtures, "/legacy/master_secret")),
+        Stack::default_registry(),
+    )
+    .await;
+    let legacy = LegacyCopy::new();
+    add_legacy_agents(&legacy).await;
+
+    let (status, output) = import(
+        &stack,
+        &stack.crypto_endpoint,
+        &legacy.url(),
+        &["--dry-run"],
+    )
+    .await;
+    assert!(status.success(), "{output}");
+    let lines = report_lines(&output);
+    assert!(
+        lines.contains(&"would import agent Researcher (3 versions)"),
+        "{output}"
+    );
+    assert!(
+        lines.contains(&"would import agent Writer (1 version)"),
+        "{output}"
+    );
+    assert!(
+        lines.contains(
+            &"import-fernet (dry run, nothing written): 7 to import, 0 skipped, 0 failed"
+        ),
+        "{output}"
+    );
+    assert_eq!(count(&stack, "SELECT COUNT(*) FROM agents").await, 0);
+
+    let (status, output) = import(&stack, &stack.crypto_endpoint, &legacy.url(), &[]).await;
+    assert!(status.success(), "{output}");
+    let lines = report_lines(&output);
+    assert!(
+        lines.contains(&"import-fernet: 7 imported, 0 skipped, 0 failed"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("Globex Agent"),
+        "another tenant's agent: {output}"
+    );
+    let researcher_line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("imported agent Researcher as "))
+        .unwrap_or_else(|| panic!("{output}"));
+    let (researcher_id, tail) = researcher_line.split_once(' ').expect("id and notes");
+    assert_eq!(tail, "(3 versions)");
+
+    let mut c = clients(&stack).await;
+    let providers = list_providers(&mut c).await;
+    let provider_id = |name: &str| {
+        providers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.id.clone())
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    let agents = c
+        .agents
+        .list_agents(pb::ListAgentsRequest {
+            page_size: 50,
+            ..Default::default()
+        })
+        .await
+        .expect("list agents")
+        .into_inner()
+        .agents;
+    let mut names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(names, ["Researcher", "Writer"]);
+    let researcher = agents
+        .iter()
+        .find(|a| a.name == "Researcher")
+        .expect("researcher");
+    assert_eq!(researcher.id, researcher_id);
+    assert_eq!(researcher.version, 3);
+    assert_eq!(researcher.temperature, Some(0.7));
+    assert_eq!(researcher.role, "Analyst");
+    assert_eq!(researcher.max_iter, Some(15));
+    assert_eq!(
+        researcher.llm_provider_id.as_deref(),
+        Some(provider_id("OpenAI GPT-4").as_str())
+    );
+    let writer = agents.iter().find(|a| a.name == "Writer").expect("writer");
+    assert_eq!(
+        writer.llm_provider_id.as_deref(),
+        Some(provider_id("Custom Gateway").as_str())
+    );
+
+    let history = agent_history(&mut c, researcher_id).await;
+    let summary: Vec<(i64, i32, &str, &str)> = history
+        .iter()
+        .map(|v| {
+            (
+                v.version_number,
+                v.action,
+                v.change_description.as_str(),
+                v.changed_by.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (
+                1,
+                pb::VersionAction::Create as i32,
+                "Initial agent creation",
+                "alice@acme.test"
+            ),
+            (
+                2,
+                pb::VersionAction::Update as i32,
+                "Agent configuration updated",
+                "bob@acme.test"
+            ),
+            (
+                3,
+                pb::VersionAction::Rollback as i32,
+                "Rolled back to version 1",
+                "alice@acme.test"
+            ),
+        ]
+    );
+    let claude = provider_id("Claude Sonnet");
+    let version_2 = history[1].configuration.as_ref().expect("snapshot");
+    assert_eq!(version_2.llm_provider_id.as_deref(), Some(claude.as_str()));
+    assert_eq!(version_2.temperature, Some(0.2));
+    let mut changed: Vec<&str> = history[1].diff.iter().map(|d| d.path.as_str()).collect();
+    changed.sort_unstable();
+    assert_eq!(changed, ["llm_provider_id", "temperature"]);
+    let writer_history = agent_history(&mut c, &writer.id).await;
+    assert_eq!(writer_history.len(), 1);
+    assert_eq!(writer_history[0].changed_by, SUBJECT, "no user recorded");
+    assert_eq!(
+        writer_history[0].change_description,
+        "Imported from the Python platform"
+    );
+
+    // A second run imports nothing new.
+    let (status, output) = import(&stack, &stack.crypto_endpoint, &legacy.url(), &[]).await;
+    assert!(status.success(), "{output}");
+    let lines = report_lines(&output);
+    assert!(
+        lines.contains(
+            &"skipped agent Researcher: an agent with this name already exists in the tenant"
+        ),
+        "{output}"
+    );
+    assert!(
+        lines.contains(&"import-fernet: 0 imported, 7 skipped, 0 failed"),
+        "{output}"
+    );
+    assert_eq!(count(&stack, "SELECT COUNT(*) FROM agents").await, 2);
+    assert_eq!(
+        count(&stack, "SELECT COUNT(*) FROM agent_versions").await,
+        4
+    );
+    // The imported versions keep the invariants registry-written ones keep
+    // (numbers 1..N, current row = newest snapshot, hash chains), and each
+    // is in the audit trail under its platform user.
+    let (verified, report) = Process::run_to_exit(
+        &binary("registry-service"),
+        Launch::default()
+            .env("DATABASE_URL", stack.database.url())
+            .arg("verify"),
+    )
+    .await;
+    assert!(verified.success(), "{report}");
+    assert!(report.contains("0 problems"), "{report}");
+    let audited = count(
+        &stack,
+        &format!(
+            "SELECT COUNT(*) FROM audit_events WHERE resource = 'agents/{researcher_id}' \
+             AND actor IN ('alice@acme.test', 'bob@acme.test')"
+        ),
+    )
+    .await;
+    assert_eq!(audited, 3, "one audit event per imported version");
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn a_wrong_legacy_secret_fails_every_keyed_row_and_its_agents_and_creates_none_of_them() {
     let fixtures = fixtures();
     let stack = Stack::launch(
         legacy_crypto("not-the-platforms-master-secret"),
@@ -417,6 +685,7 @@ async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() 
     )
     .await;
     let legacy = LegacyCopy::new();
+    add_legacy_agents(&legacy).await;
 
     let (status, output) = import(&stack, &stack.crypto_endpoint, &legacy.url(), &[]).await;
     assert!(!status.success(), "{output}");
@@ -439,7 +708,20 @@ async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() 
         assert!(lines.contains(&line.as_str()), "{line}\n{output}");
     }
     assert!(
-        lines.contains(&"import-fernet: 1 imported, 0 skipped, 4 failed"),
+        lines.contains(
+            &"failed agent Researcher: version 1: its provider (legacy id 1) was not imported"
+        ),
+        "an agent on a provider that failed fails too: {output}"
+    );
+    assert!(
+        lines.contains(
+            &"failed agent Writer: version 1: its provider (legacy id 5) was not imported"
+        ),
+        "{output}"
+    );
+    assert_eq!(count(&stack, "SELECT COUNT(*) FROM agents").await, 0);
+    assert!(
+        lines.contains(&"import-fernet: 1 imported, 0 skipped, 6 failed"),
         "{output}"
     );
     assert_eq!(count(&stack, "SELECT COUNT(*) FROM providers").await, 1);
@@ -466,7 +748,7 @@ async fn a_wrong_legacy_secret_fails_every_keyed_row_and_creates_none_of_them() 
     let (status, again) = import(&stack, &right.url(), &legacy.url(), &[]).await;
     assert!(status.success(), "{again}");
     assert!(
-        report_lines(&again).contains(&"import-fernet: 4 imported, 1 skipped, 0 failed"),
+        report_lines(&again).contains(&"import-fernet: 6 imported, 1 skipped, 0 failed"),
         "{again}"
     );
     let mut c = clients(&stack).await;
