@@ -1138,6 +1138,12 @@ async fn undelete_and_purge_are_retried_once_and_dry_run() {
     assert_eq!((undeleted.version, undeleted.delete_time), (3, None));
     let retried = undelete(&mut alice, SECOND, false).await.expect("retry");
     assert_eq!(retried, undeleted);
+    // The UNDELETE version's audit event (written by its trigger) names the
+    // request id, once.
+    let audited = format!(
+        "SELECT COUNT(*) FROM audit_events WHERE action = 'UNDELETE' AND request_id = '{SECOND}'"
+    );
+    assert_eq!(stack.database.count(&audited).await, 1);
     let actions: Vec<i32> = alice.versions(&id).await.iter().map(|v| v.action).collect();
     assert_eq!(
         actions,
