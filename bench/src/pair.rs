@@ -77,6 +77,30 @@ pub struct Target {
     /// default one signed with the test secret the started registry trusts.
     #[arg(long)]
     pub token: Option<String>,
+    /// Pins every thread of both services to these CPUs once they are
+    /// started (a `taskset` list: `1`, `2-3`), so that the services'
+    /// throughput is not also the bench client's: by default the client
+    /// shares every core with them.
+    #[arg(long)]
+    pub server_cpus: Option<String>,
+    /// Pins this client's threads to these CPUs (with `--server-cpus`: the
+    /// others).
+    #[arg(long)]
+    pub client_cpus: Option<String>,
+}
+
+/// Pins every thread of process `pid` to `cpus` (a `taskset` CPU list).
+/// Threads it starts later inherit the pinning from their creator.
+fn pin(pid: u32, cpus: &str) {
+    let status = std::process::Command::new("taskset")
+        .args(["--all-tasks", "--pid", "--cpu-list", cpus, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run taskset (util-linux)");
+    assert!(
+        status.success(),
+        "taskset --cpu-list {cpus} of {pid}: {status}"
+    );
 }
 
 /// Settings beyond the ones every subcommand uses.
@@ -156,6 +180,13 @@ impl Pair {
             with_metrics(tests::stack::Stack::default_registry(), REGISTRY_LOG_LEVEL),
         )
         .await;
+        if let Some(cpus) = &target.server_cpus {
+            pin(crypto.pid(), cpus);
+            pin(registry.pid(), cpus);
+        }
+        if let Some(cpus) = &target.client_cpus {
+            pin(std::process::id(), cpus);
+        }
         // Without --token: a token of the test secret the registry above
         // verifies, with every role the workload needs.
         let token = target.token.clone().unwrap_or_else(|| {

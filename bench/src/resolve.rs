@@ -107,10 +107,12 @@ pub async fn run(args: ResolveArgs) {
     pair.stop().await;
 
     println!(
-        "\nResolveAgent, {} calls in flight, {} calls per round and mode ({})",
+        "\nResolveAgent, {} calls in flight, {} calls per round and mode ({}; services on CPUs {}, client on {})",
         args.concurrency,
         args.calls,
-        args.target.db.name()
+        args.target.db.name(),
+        args.target.server_cpus.as_deref().unwrap_or("any"),
+        args.target.client_cpus.as_deref().unwrap_or("any"),
     );
     println!("| round | mode | ops/s | p50 ms | p99 ms | registry + crypto CPU µs/call |");
     println!("|---|---|---|---|---|---|");
@@ -146,6 +148,8 @@ pub async fn run(args: ResolveArgs) {
             "concurrency": args.concurrency,
             "calls": args.calls,
             "rounds": args.rounds,
+            "server_cpus": args.target.server_cpus,
+            "client_cpus": args.target.client_cpus,
         },
         "results": rows,
         "not_modified_over_full": round1(ratio),

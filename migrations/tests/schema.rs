@@ -231,7 +231,7 @@ const TABLES: [&str; 15] = [
     "request_ids",
     "tenant_revisions",
 ];
-const INDEXES: [&str; 22] = [
+const INDEXES: [&str; 23] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_delete_time",
     "ix_agents_llm_provider_id",
@@ -243,6 +243,7 @@ const INDEXES: [&str; 22] = [
     "ix_audit_events_tenant",
     "ix_audit_events_time",
     "ix_label_moves_resource",
+    "ix_labels_search",
     "ix_providers_delete_time",
     "ix_providers_tenant_create_time",
     "ix_providers_tenant_id",
@@ -1216,7 +1217,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261208_000001_agent_tools_column",
             "m20261208_000002_soft_delete",
             "m20261208_000003_audit",
-            "m20261208_000010_request_ids"
+            "m20261208_000010_request_ids",
+            "m20261209_000001_label_search"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -77,6 +77,19 @@ async fn create_agent(
         .into_inner()
 }
 
+/// Points `label` of agent `id` at its version `version`.
+async fn label_agent(c: &mut Clients, id: &str, label: &str, version: i64) {
+    c.agents
+        .set_agent_label(pb::SetAgentLabelRequest {
+            agent_id: id.to_owned(),
+            label: label.to_owned(),
+            version_number: version,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("label {id} {label}: {e:?}"));
+}
+
 /// One page of agents.
 async fn agent_page(
     c: &mut Clients,
@@ -358,6 +371,9 @@ async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
         }
         tools
     };
+    // Labels as the tools: "stable" where "common", "canary" where "rare"
+    // (the label field is a membership of the labels table every kind
+    // shares, tested per row or by its owners as a tool is).
     let mut writers = tokio::task::JoinSet::new();
     for worker in 0..16 {
         let mut c = Clients {
@@ -366,7 +382,13 @@ async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
         };
         writers.spawn(async move {
             for i in (worker..AGENTS).step_by(16) {
-                create_agent(&mut c, &format!("agent-{i:04}"), &tools_of(i), None).await;
+                let tools = tools_of(i);
+                let agent = create_agent(&mut c, &format!("agent-{i:04}"), &tools, None).await;
+                for (tool, label) in [("common", "stable"), ("rare", "canary")] {
+                    if tools.contains(&tool) {
+                        label_agent(&mut c, &agent.id, label, 1).await;
+                    }
+                }
             }
         });
     }
@@ -395,6 +417,13 @@ async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
             r#"tool:common AND name = "agent-10*""#,
             named(&|i| (1000..1100).contains(&i) && !i.is_multiple_of(10)),
         ),
+        ("label:stable", common.clone()),
+        ("NOT label:stable", named(&|i| i.is_multiple_of(10))),
+        ("label:canary", named(&|i| i % 100 == 1)),
+        (
+            "label:stable AND NOT label:canary",
+            named(&|i| !i.is_multiple_of(10) && i % 100 != 1),
+        ),
     ] {
         let (mut listed, totals) = all_agents(&mut c, filter, "", 100).await;
         let counted = i32::try_from(expected.len().min(1_000)).expect("small");
@@ -407,6 +436,118 @@ async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
     let mut descending = common.clone();
     descending.reverse();
     assert_eq!(by_name, descending);
+    stack.finish().await;
+}
+
+/// `label`: the resources holding a label, as the label moves and goes;
+/// `latest` is held by every resource; agents' and providers' labels are
+/// apart, and so are tenants'.
+#[tokio::test]
+async fn a_label_selects_exactly_the_resources_that_hold_it() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    let openai = create_provider(&mut c, "openai", pb::ProviderType::Openai, true).await;
+    create_provider(&mut c, "claude", pb::ProviderType::Anthropic, false).await;
+    let alpha = create_agent(&mut c, "alpha", &["calc"], None).await;
+    let beta = create_agent(&mut c, "beta", &[], None).await;
+    let gamma = create_agent(&mut c, "gamma", &["calc"], None).await;
+    // beta gets a second version, so a label can move within it.
+    c.agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: beta.id.clone(),
+                goal: "Find more".to_owned(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: names(&["goal"]),
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("update beta");
+    label_agent(&mut c, &alpha.id, "production", 1).await;
+    label_agent(&mut c, &beta.id, "production", 1).await;
+    label_agent(&mut c, &beta.id, "canary", 2).await;
+    // Another tenant's agent of the same name holds "canary": not ours.
+    let mut other = clients_as(&stack, "globex").await;
+    let theirs = create_agent(&mut other, "gamma", &[], None).await;
+    label_agent(&mut other, &theirs.id, "canary", 1).await;
+    // A provider's "staging" is not an agent's.
+    c.providers
+        .set_provider_label(pb::SetProviderLabelRequest {
+            provider_id: openai.id.clone(),
+            label: "staging".to_owned(),
+            version_number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("label the provider");
+
+    let cases: Vec<(&str, Vec<&str>)> = vec![
+        ("label:production", vec!["alpha", "beta"]),
+        (r#"label = "canary""#, vec!["beta"]),
+        ("label:prod", vec![]),
+        ("label:staging", vec![]),
+        ("NOT label:production", vec!["gamma"]),
+        ("label:production AND label:canary", vec!["beta"]),
+        ("label:production OR label:canary", vec!["alpha", "beta"]),
+        ("label:production AND tool:calc", vec!["alpha"]),
+        ("label:latest", vec!["alpha", "beta", "gamma"]),
+        ("NOT label:latest", vec![]),
+        ("label:latest AND NOT label:production", vec!["gamma"]),
+    ];
+    for (filter, expected) in cases {
+        assert_eq!(selected(&mut c, filter).await, names(&expected), "{filter}");
+    }
+    assert_eq!(
+        selected(&mut other, "label:canary").await,
+        names(&["gamma"])
+    );
+    assert_eq!(
+        selected_providers(&mut c, "label:staging").await,
+        names(&["openai"])
+    );
+    assert_eq!(
+        selected_providers(&mut c, "NOT label:staging AND label:latest").await,
+        names(&["claude"])
+    );
+    assert_eq!(
+        selected_providers(&mut c, "label:production").await,
+        names(&[])
+    );
+
+    // A label that moves stays selected; one deleted is not.
+    label_agent(&mut c, &alpha.id, "canary", 1).await;
+    c.agents
+        .delete_agent_label(pb::DeleteAgentLabelRequest {
+            agent_id: beta.id.clone(),
+            label: "production".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("delete beta's production");
+    label_agent(&mut c, &gamma.id, "production", 1).await;
+    assert_eq!(
+        selected(&mut c, "label:production").await,
+        names(&["alpha", "gamma"])
+    );
+    assert_eq!(
+        selected(&mut c, "label:canary").await,
+        names(&["alpha", "beta"])
+    );
+
+    // A prefix is refused: a label is matched whole.
+    let refused = agent_page(&mut c, r#"label = "prod*""#, "", 10, "")
+        .await
+        .expect_err("a label prefix");
+    assert_eq!(
+        violations(&refused),
+        [(
+            "filter".to_owned(),
+            "at 8: label takes a whole value, not a prefix ('*')".to_owned()
+        )]
+    );
     stack.finish().await;
 }
 
@@ -469,7 +610,7 @@ async fn every_provider_field_selects_exactly_the_expected_providers() {
         violations(&refused),
         [(
             "filter".to_owned(),
-            r#"at 0: unknown field "tool"; fields: name, provider_type, is_default, create_time, update_time, deleted"#
+            r#"at 0: unknown field "tool"; fields: name, provider_type, is_default, create_time, update_time, label, deleted"#
                 .to_owned()
         )]
     );
@@ -614,7 +755,7 @@ async fn mistakes_are_refused_with_their_position_and_what_was_expected() {
         (r#"name = "open"#, "at 7: this string has no closing '\"'"),
         (
             r#"nme = "x""#,
-            r#"at 0: unknown field "nme"; fields: name, provider, tool, create_time, update_time, deleted"#,
+            r#"at 0: unknown field "nme"; fields: name, provider, tool, create_time, update_time, label, deleted"#,
         ),
         (
             "tool > x",

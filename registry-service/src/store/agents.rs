@@ -37,7 +37,8 @@ impl Kind for Agents {
     /// `provider` is the assigned provider's id (`""`: none, the tenant's
     /// default); `tool` is a side table the database keeps from
     /// `config.tools` in the same statement as every write of the row (a
-    /// trigger, `m20261207_000002_search`).
+    /// trigger, `m20261207_000002_search`); `label` is a label of the agent
+    /// (`search::label`).
     const FILTER_FIELDS: &'static [Field] = &[
         search::NAME,
         Field::new("provider", Column::Reference("llm_provider_id")),
@@ -47,16 +48,13 @@ impl Kind for Agents {
                 table: "agent_tools",
                 owner: "agent_id",
                 value: "tool",
+                scope: None,
+                implicit: None,
             },
         ),
         search::CREATE_TIME,
         search::UPDATE_TIME,
-        // label: over the labels table (one for every kind: `kind`,
-        // `resource_id`, `label`, `tenant_id`), `Field::new("label",
-        // Column::Has { table: "labels", owner: "resource_id", value:
-        // "label" })` once `Column::Has` also names the kind's column
-        // (`labels.kind = 'agent'`), with an index (tenant_id, kind, label,
-        // resource_id) for `label:"production"`.
+        search::label(Self::NAMES.kind),
         search::DELETED,
     ];
 

@@ -44,7 +44,7 @@ impl Kind for Providers {
     const NAMES: Names = Names::new("provider", "provider version", "provider_id");
     const LOGGED_AS: ResourceKind = ResourceKind::Provider;
     /// `provider_type` as stored (`OPENAI`) or as the proto enum names it
-    /// (`PROVIDER_TYPE_OPENAI`).
+    /// (`PROVIDER_TYPE_OPENAI`); `label` as for every kind.
     const FILTER_FIELDS: &'static [Field] = &[
         search::NAME,
         Field::new(
@@ -58,7 +58,7 @@ impl Kind for Providers {
         Field::new("is_default", Column::Bool("is_default")),
         search::CREATE_TIME,
         search::UPDATE_TIME,
-        // label: as for agents (`labels.kind = 'provider'`).
+        search::label(Self::NAMES.kind),
         search::DELETED,
     ];
 

@@ -65,15 +65,21 @@ pub enum Column {
         prefix: &'static str,
         values: &'static [&'static str],
     },
-    /// Membership: the resource has a row in `table` (a side table kept by
-    /// the database with the resource's own row) whose `owner` column is
-    /// its id and whose `value` column is the value: `field:"x"` or
-    /// `field = "x"`. The side table has a `tenant_id` column; its index
-    /// `(tenant_id, value, owner)` finds the few owners of a rare value.
+    /// Membership: the resource has a row in `table` (a side table kept
+    /// with the resource's own row) whose `owner` column is its id and
+    /// whose `value` column is the value: `field:"x"` or `field = "x"`.
+    /// The side table has a `tenant_id` column; its index `(tenant_id,
+    /// [scope column,] value, owner)` finds the few owners of a rare value.
     Has {
         table: &'static str,
         owner: &'static str,
         value: &'static str,
+        /// For a side table that serves several kinds: its column naming
+        /// the kind, and this kind's name there (`labels.kind = 'agent'`).
+        scope: Option<(&'static str, &'static str)>,
+        /// A value every resource has without a row (the label `latest`):
+        /// testing it selects every resource.
+        implicit: Option<&'static str>,
     },
 }
 
@@ -83,6 +89,24 @@ pub const NAME: Field = Field::new("name", Column::Text("name"));
 pub const CREATE_TIME: Field = Field::new("create_time", Column::Time("create_time"));
 /// `update_time`: when its current version was written.
 pub const UPDATE_TIME: Field = Field::new("update_time", Column::Time("update_time"));
+/// `label`: the resource of kind `kind` (its [`Names::kind`]) has a label
+/// of that name (`label:"production"`), from the `labels` table every kind
+/// shares (indexed for it in `m20261209_000001_label_search`). Every
+/// resource has the implicit `latest`.
+///
+/// [`Names::kind`]: super::versioned::Names
+pub const fn label(kind: &'static str) -> Field {
+    Field::new(
+        "label",
+        Column::Has {
+            table: "labels",
+            owner: "resource_id",
+            value: "label",
+            scope: Some(("kind", kind)),
+            implicit: Some(crate::model::label::LATEST),
+        },
+    )
+}
 /// `deleted`: the resource is soft-deleted. A List selects deleted
 /// resources only with `show_deleted`, whatever the filter says.
 pub const DELETED: Field = Field::new("deleted", Column::IsSet("delete_time"));
@@ -405,6 +429,7 @@ struct Membership {
     table: &'static str,
     owner: &'static str,
     column: &'static str,
+    scope: Option<(&'static str, &'static str)>,
     value: String,
 }
 
@@ -421,8 +446,8 @@ impl Membership {
         let found = Query::select()
             .expr(Expr::val(1))
             .from(table.clone())
-            .and_where(Expr::col((table.clone(), Alias::new("tenant_id"))).eq(tenant))
-            .and_where(Expr::col((table, Alias::new(self.column))).eq(self.value.as_str()))
+            .and_where(Expr::col((table, Alias::new("tenant_id"))).eq(tenant))
+            .and_where(self.value_condition())
             .limit(few + 1)
             .to_owned();
         let count = Query::select()
@@ -443,7 +468,7 @@ impl Membership {
     fn condition<K: Kind>(&self, tenant: &str, per_row: bool) -> SimpleExpr {
         let table = Alias::new(self.table);
         let column = |name: &str| Expr::col((table.clone(), Alias::new(name)));
-        let value = column(self.column).eq(self.value.as_str());
+        let value = self.value_condition();
         if per_row {
             let this_row = Query::select()
                 .expr(Expr::val(1))
@@ -460,6 +485,17 @@ impl Membership {
                 .and_where(value)
                 .to_owned();
             col::<K>("id").in_subquery(owners)
+        }
+    }
+
+    /// The side table's rows of this value (and of this kind, for a table
+    /// that serves several).
+    fn value_condition(&self) -> SimpleExpr {
+        let column = |name: &str| Expr::col((Alias::new(self.table), Alias::new(name)));
+        let value = column(self.column).eq(self.value.as_str());
+        match self.scope {
+            Some((kind_column, kind)) => column(kind_column).eq(kind).and(value),
+            None => value,
         }
     }
 }
@@ -481,14 +517,20 @@ fn memberships_of<K: Kind>(filter: &Filter, found: &mut Vec<Membership>) {
                         table,
                         owner,
                         value,
+                        scope,
+                        implicit,
                     },
                 ..
             }) = field
             {
+                if *implicit == Some(c.value.text.as_str()) {
+                    return;
+                }
                 let membership = Membership {
                     table,
                     owner,
                     column: value,
+                    scope: *scope,
                     value: c.value.text.clone(),
                 };
                 if !found.contains(&membership) {
@@ -665,15 +707,23 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
             table,
             owner,
             value: member,
+            scope,
+            implicit,
         } => {
             let text = exact()?;
             if !matches!(c.op, Op::Has | Op::Eq) {
                 return Err(takes(": or = (has; negate with NOT)"));
             }
+            if implicit == Some(text) {
+                // Every resource has it: true, as a comparison that is
+                // never NULL.
+                return Ok(Expr::val(1).eq(1));
+            }
             let membership = Membership {
                 table,
                 owner,
                 column: member,
+                scope,
                 value: text.to_owned(),
             };
             let per_row = to.common.contains(&membership);
