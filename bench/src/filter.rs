@@ -106,6 +106,12 @@ pub async fn run(args: FilterArgs) {
         ("tool (50%)", r#"tool:"search""#.to_owned(), ""),
         ("tool (rare)", r#"tool:"rare-tool""#.to_owned(), ""),
         ("NOT tool (50%)", r#"NOT tool:"search""#.to_owned(), ""),
+        ("label (1%)", r#"label:"production""#.to_owned(), ""),
+        (
+            "label AND tool (0.5%), by update_time desc",
+            r#"label:"production" AND tool:"search""#.to_owned(),
+            "update_time desc",
+        ),
         ("order name desc", String::new(), "name desc"),
         ("order update_time desc", String::new(), "update_time desc"),
         ("order create_time desc", String::new(), "create_time desc"),
@@ -148,7 +154,7 @@ pub async fn run(args: FilterArgs) {
     pair.stop().await;
 
     println!(
-        "\nListAgents first page, {} agents in one tenant ({} updated since), page_size {}, {} calls each, one at a time ({})",
+        "\nListAgents first page, {} agents in one tenant ({} updated since, their label production on the new version), page_size {}, {} calls each, one at a time ({})",
         args.agents,
         updated,
         args.page_size,
@@ -283,7 +289,8 @@ async fn seed(api: &Api, providers: &[String], count: usize, concurrency: usize)
     }
 }
 
-/// Updates one agent in 100 (their update_time moves past every other's).
+/// Updates one agent in 100 (their update_time moves past every other's)
+/// and points its label `production` at the new version.
 async fn touch_some(api: &Api, count: usize) -> usize {
     let mut updated = 0;
     for i in (0..count).step_by(100) {
@@ -302,6 +309,14 @@ async fn touch_some(api: &Api, count: usize) -> usize {
         api.update_agent(goal_update(&agent.id, "Touched"))
             .await
             .expect("UpdateAgent");
+        api.set_agent_label(pb::SetAgentLabelRequest {
+            agent_id: agent.id.clone(),
+            label: "production".to_owned(),
+            version_number: 2,
+            ..Default::default()
+        })
+        .await
+        .expect("SetAgentLabel");
         updated += 1;
     }
     updated

@@ -453,6 +453,16 @@ impl Api {
             .await
     }
 
+    /// AgentService.SetAgentLabel.
+    pub async fn set_agent_label(
+        &self,
+        message: pb::SetAgentLabelRequest,
+    ) -> Result<Response<pb::Label>, Status> {
+        AgentServiceClient::new(self.channel())
+            .set_agent_label(self.request(message))
+            .await
+    }
+
     /// AgentService.ListAgentVersions.
     pub async fn list_agent_versions(
         &self,
