@@ -22,6 +22,16 @@ use tonic::Code;
 /// The provider key of the workflow: it must appear in no event.
 const KEY: &str = "sk-audit-0123456789-never-in-the-trail";
 
+/// The request ids the workflow sends (AIP-155), each on one call: the
+/// agent's create and update (both one-statement writes), the first label
+/// move, the rollback (a locking write) and the purge. Each must be in its
+/// call's event and in no other.
+const CREATE_REQUEST: &str = "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4fa001";
+const UPDATE_REQUEST: &str = "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4fa002";
+const LABEL_REQUEST: &str = "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4fa003";
+const ROLLBACK_REQUEST: &str = "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4fa004";
+const PURGE_REQUEST: &str = "0193f1b2-7c4d-7e8f-9a0b-1c2d3e4fa005";
+
 /// The clients of one caller.
 struct Caller {
     agents: AgentServiceClient<Authed>,
@@ -62,7 +72,7 @@ impl Caller {
             .into_inner()
     }
 
-    async fn create_agent(&mut self, name: &str, provider_id: &str) -> pb::Agent {
+    async fn create_agent(&mut self, name: &str, provider_id: &str, request_id: &str) -> pb::Agent {
         self.agents
             .create_agent(pb::CreateAgentRequest {
                 agent: Some(pb::Agent {
@@ -73,6 +83,7 @@ impl Caller {
                     ..Default::default()
                 }),
                 change_description: String::new(),
+                request_id: request_id.to_owned(),
                 ..Default::default()
             })
             .await
@@ -80,7 +91,7 @@ impl Caller {
             .into_inner()
     }
 
-    async fn update_goal(&mut self, id: &str, goal: &str) -> pb::Agent {
+    async fn update_goal(&mut self, id: &str, goal: &str, request_id: &str) -> pb::Agent {
         self.agents
             .update_agent(pb::UpdateAgentRequest {
                 agent: Some(pb::Agent {
@@ -92,6 +103,7 @@ impl Caller {
                     paths: vec!["goal".to_owned()],
                 }),
                 change_description: String::new(),
+                request_id: request_id.to_owned(),
                 ..Default::default()
             })
             .await
@@ -99,7 +111,7 @@ impl Caller {
             .into_inner()
     }
 
-    async fn set_label(&mut self, id: &str, label: &str, version: i64) {
+    async fn set_label(&mut self, id: &str, label: &str, version: i64, request_id: &str) {
         self.agents
             .set_agent_label(pb::SetAgentLabelRequest {
                 agent_id: id.to_owned(),
@@ -107,6 +119,7 @@ impl Caller {
                 version_number: version,
                 expected_version: None,
                 reason: "release".to_owned(),
+                request_id: request_id.to_owned(),
                 ..Default::default()
             })
             .await
@@ -161,11 +174,21 @@ fn summary(event: pb::AuditEvent) -> (String, String, String, String) {
 }
 
 fn row(action: &str, actor: &str, resource: &str) -> (String, String, String, String) {
+    requested(action, actor, resource, "")
+}
+
+/// An event of a call that sent `request_id`.
+fn requested(
+    action: &str,
+    actor: &str,
+    resource: &str,
+    request_id: &str,
+) -> (String, String, String, String) {
     (
         action.to_owned(),
         actor.to_owned(),
         resource.to_owned(),
-        String::new(),
+        request_id.to_owned(),
     )
 }
 
@@ -177,16 +200,21 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
     let mut runner = Caller::new(stack, "runner", tenant, &["runtime"]).await;
 
     let provider = alice.create_provider("openai").await;
-    let agent = bob.create_agent("analyst", &provider.id).await;
-    bob.update_goal(&agent.id, "Analyze deeply").await;
-    bob.set_label(&agent.id, "production", 2).await;
-    bob.set_label(&agent.id, "production", 1).await;
+    let agent = bob
+        .create_agent("analyst", &provider.id, CREATE_REQUEST)
+        .await;
+    bob.update_goal(&agent.id, "Analyze deeply", UPDATE_REQUEST)
+        .await;
+    bob.set_label(&agent.id, "production", 2, LABEL_REQUEST)
+        .await;
+    bob.set_label(&agent.id, "production", 1, "").await;
     bob.agents
         .rollback_agent(pb::RollbackAgentRequest {
             agent_id: agent.id.clone(),
             version_number: 1,
             etag: String::new(),
             change_description: String::new(),
+            request_id: ROLLBACK_REQUEST.to_owned(),
             ..Default::default()
         })
         .await
@@ -243,6 +271,7 @@ async fn workflow(stack: &Stack, tenant: &str) -> (String, String) {
         .purge_agent(pb::PurgeAgentRequest {
             id: agent.id.clone(),
             etag: String::new(),
+            request_id: PURGE_REQUEST.to_owned(),
             ..Default::default()
         })
         .await
@@ -271,18 +300,18 @@ async fn a_workflow_yields_exactly_its_audit_events_with_no_key_anywhere() {
 
     let expected = vec![
         row("CREATE", "alice", &provider),
-        row("CREATE", "bob", &agent),
-        row("UPDATE", "bob", &agent),
+        requested("CREATE", "bob", &agent, CREATE_REQUEST),
+        requested("UPDATE", "bob", &agent, UPDATE_REQUEST),
+        requested("LABEL_SET", "bob", &agent, LABEL_REQUEST),
         row("LABEL_SET", "bob", &agent),
-        row("LABEL_SET", "bob", &agent),
-        row("ROLLBACK", "bob", &agent),
+        requested("ROLLBACK", "bob", &agent, ROLLBACK_REQUEST),
         row("CREDENTIAL_RELEASE", "runner", &agent),
         row("LABEL_DELETE", "bob", &agent),
         row("LABEL_POLICY_UPDATE", "alice", ""),
         row("DELETE", "bob", &agent),
         row("UNDELETE", "bob", &agent),
         row("DELETE", "bob", &agent),
-        row("PURGE", "alice", &agent),
+        requested("PURGE", "alice", &agent, PURGE_REQUEST),
         row("KEY_REVOKE", "alice", &provider),
         row("UPDATE", "alice", &provider),
     ];
@@ -409,7 +438,7 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
         vec![
             row("CREATE", "alice", &provider),
             row("LABEL_POLICY_UPDATE", "alice", ""),
-            row("PURGE", "alice", &agent),
+            requested("PURGE", "alice", &agent, PURGE_REQUEST),
             row("KEY_REVOKE", "alice", &provider),
             row("UPDATE", "alice", &provider),
         ]
@@ -433,10 +462,16 @@ async fn admins_see_their_tenant_operators_every_tenant_and_no_one_else_anything
             .trail(r#"action = "LABEL_*" AND NOT action = "LABEL_POLICY_UPDATE""#)
             .await,
         vec![
-            row("LABEL_SET", "bob", &agent),
+            requested("LABEL_SET", "bob", &agent, LABEL_REQUEST),
             row("LABEL_SET", "bob", &agent),
             row("LABEL_DELETE", "bob", &agent),
         ]
+    );
+    assert_eq!(
+        alice
+            .trail(&format!(r#"request_id = "{ROLLBACK_REQUEST}""#))
+            .await,
+        vec![requested("ROLLBACK", "bob", &agent, ROLLBACK_REQUEST)]
     );
     assert_eq!(
         alice
@@ -558,9 +593,9 @@ async fn verify(stack: &Stack, args: &[&str]) -> (bool, String) {
 
 /// An agent of `bob`'s with versions 1..=3 (goal g1, g2).
 async fn agent_with_three_versions(bob: &mut Caller, name: &str, provider_id: &str) -> String {
-    let agent = bob.create_agent(name, provider_id).await;
-    bob.update_goal(&agent.id, "g1").await;
-    bob.update_goal(&agent.id, "g2").await;
+    let agent = bob.create_agent(name, provider_id, "").await;
+    bob.update_goal(&agent.id, "g1", "").await;
+    bob.update_goal(&agent.id, "g2", "").await;
     agent.id
 }
 
@@ -574,8 +609,8 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
     let edited = agent_with_three_versions(&mut bob, "edited", &provider.id).await;
     let labelled = agent_with_three_versions(&mut bob, "labelled", &provider.id).await;
     let cut = agent_with_three_versions(&mut bob, "cut", &provider.id).await;
-    bob.set_label(&labelled, "production", 1).await;
-    bob.set_label(&labelled, "production", 3).await;
+    bob.set_label(&labelled, "production", 1, "").await;
+    bob.set_label(&labelled, "production", 3, "").await;
     runner.resolve(&edited, "").await;
     until_count(
         &stack,
