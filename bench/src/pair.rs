@@ -77,14 +77,16 @@ pub struct Target {
     /// default one signed with the test secret the started registry trusts.
     #[arg(long)]
     pub token: Option<String>,
-    /// Pins every thread of both services to these CPUs once they are
-    /// started (a `taskset` list: `1`, `2-3`), so that the services'
-    /// throughput is not also the bench client's: by default the client
-    /// shares every core with them.
+    /// Pins every thread of registry-service to these CPUs once it is
+    /// started (a `taskset` list: `1`, `2-3`), so that its throughput is
+    /// not also the bench client's: by default the client and both
+    /// services share every core.
     #[arg(long)]
-    pub server_cpus: Option<String>,
-    /// Pins this client's threads to these CPUs (with `--server-cpus`: the
-    /// others).
+    pub registry_cpus: Option<String>,
+    /// Pins every thread of crypto-service to these CPUs.
+    #[arg(long)]
+    pub crypto_cpus: Option<String>,
+    /// Pins this client's threads to these CPUs.
     #[arg(long)]
     pub client_cpus: Option<String>,
 }
@@ -180,9 +182,11 @@ impl Pair {
             with_metrics(tests::stack::Stack::default_registry(), REGISTRY_LOG_LEVEL),
         )
         .await;
-        if let Some(cpus) = &target.server_cpus {
-            pin(crypto.pid(), cpus);
+        if let Some(cpus) = &target.registry_cpus {
             pin(registry.pid(), cpus);
+        }
+        if let Some(cpus) = &target.crypto_cpus {
+            pin(crypto.pid(), cpus);
         }
         if let Some(cpus) = &target.client_cpus {
             pin(std::process::id(), cpus);

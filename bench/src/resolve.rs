@@ -107,11 +107,12 @@ pub async fn run(args: ResolveArgs) {
     pair.stop().await;
 
     println!(
-        "\nResolveAgent, {} calls in flight, {} calls per round and mode ({}; services on CPUs {}, client on {})",
+        "\nResolveAgent, {} calls in flight, {} calls per round and mode ({}; CPUs: registry {}, crypto {}, client {})",
         args.concurrency,
         args.calls,
         args.target.db.name(),
-        args.target.server_cpus.as_deref().unwrap_or("any"),
+        args.target.registry_cpus.as_deref().unwrap_or("any"),
+        args.target.crypto_cpus.as_deref().unwrap_or("any"),
         args.target.client_cpus.as_deref().unwrap_or("any"),
     );
     println!("| round | mode | ops/s | p50 ms | p99 ms | registry + crypto CPU µs/call |");
@@ -148,7 +149,8 @@ pub async fn run(args: ResolveArgs) {
             "concurrency": args.concurrency,
             "calls": args.calls,
             "rounds": args.rounds,
-            "server_cpus": args.target.server_cpus,
+            "registry_cpus": args.target.registry_cpus,
+            "crypto_cpus": args.target.crypto_cpus,
             "client_cpus": args.target.client_cpus,
         },
         "results": rows,
