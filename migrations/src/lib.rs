@@ -32,7 +32,7 @@ mod m20261208_000001_agent_tools_column;
 mod m20261208_000002_soft_delete;
 mod m20261208_000003_audit;
 mod m20261208_000010_request_ids;
-mod m20261209_000001_label_search;
+mod m20261209_000001_list_indexes;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 pub use m20261208_000003_audit::audit_trigger;
@@ -62,7 +62,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000002_soft_delete::Migration),
             Box::new(m20261208_000003_audit::Migration),
             Box::new(m20261208_000010_request_ids::Migration),
-            Box::new(m20261209_000001_label_search::Migration),
+            Box::new(m20261209_000001_list_indexes::Migration),
         ]
     }
 }

@@ -234,8 +234,8 @@ const TABLES: [&str; 15] = [
 const INDEXES: [&str; 23] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_delete_time",
+    "ix_agents_live_tenant",
     "ix_agents_llm_provider_id",
-    "ix_agents_tenant",
     "ix_agents_tenant_create_time",
     "ix_agents_tenant_id",
     "ix_agents_tenant_provider",
@@ -1218,7 +1218,7 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261208_000002_soft_delete",
             "m20261208_000003_audit",
             "m20261208_000010_request_ids",
-            "m20261209_000001_label_search"
+            "m20261209_000001_list_indexes"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");

@@ -91,7 +91,7 @@ pub const CREATE_TIME: Field = Field::new("create_time", Column::Time("create_ti
 pub const UPDATE_TIME: Field = Field::new("update_time", Column::Time("update_time"));
 /// `label`: the resource of kind `kind` (its [`Names::kind`]) has a label
 /// of that name (`label:"production"`), from the `labels` table every kind
-/// shares (indexed for it in `m20261209_000001_label_search`). Every
+/// shares (indexed for it in `m20261209_000001_list_indexes`). Every
 /// resource has the implicit `latest`.
 ///
 /// [`Names::kind`]: super::versioned::Names
