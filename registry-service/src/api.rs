@@ -765,12 +765,33 @@ impl Registry {
         record: &Record<K::Spec>,
     ) -> Result<K::Message, Error> {
         let labels = label_store::labels_of::<K>(&self.db, tenant, &record.id).await?;
+        Ok(self.with_labels::<K>(record, labels))
+    }
+
+    /// The answer of an update or rollback: the message of what it wrote,
+    /// with the labels its write read, or else read now (one query).
+    pub async fn written<K: Resource>(
+        &self,
+        tenant: &str,
+        written: versioned::Written<K::Spec>,
+    ) -> Result<K::Message, Error> {
+        match written.labels {
+            Some(labels) => Ok(self.with_labels::<K>(&written.record, labels)),
+            None => self.labelled::<K>(tenant, &written.record).await,
+        }
+    }
+
+    fn with_labels<K: Resource>(
+        &self,
+        record: &Record<K::Spec>,
+        labels: Vec<label_store::LabelRecord>,
+    ) -> K::Message {
         let labels = labels
             .into_iter()
             .map(|l| (l.label, l.version_number))
             .collect();
         let meta = Meta::labelled(record, labels, self.purge_after);
-        Ok(K::message(&record.spec, meta))
+        K::message(&record.spec, meta)
     }
 
     /// List: one page of the caller's resources that `filter` selects, in
@@ -983,8 +1004,8 @@ impl Registry {
             return self.validated::<K>(&caller.tenant, validated).await;
         }
         let rollback = || async {
-            let record = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
-            self.labelled::<K>(&caller.tenant, &record).await
+            let written = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
+            self.written::<K>(&caller.tenant, written).await
         };
         let rebuild = |answer| self.labelled_at::<K>(caller, answer);
         self.once(caller, intent, rollback, rebuild).await

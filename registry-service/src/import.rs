@@ -890,6 +890,7 @@ impl Importer<'_> {
                 let spec = version.spec;
                 store::versioned::update(store, &Agents, write, &id, None, |_| Ok(spec.clone()))
                     .await
+                    .map(|written| written.record)
             };
             match result {
                 Ok(record) => {

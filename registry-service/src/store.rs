@@ -46,7 +46,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
     CommonTableExpression, Expr, InsertStatement, IntoIden, Query, QueryStatementWriter,
-    SimpleExpr, SqliteQueryBuilder, SubQueryStatement, WithClause,
+    SelectStatement, SimpleExpr, SqliteQueryBuilder, SubQueryStatement, WithClause,
 };
 use sea_orm::{
     ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
@@ -273,6 +273,11 @@ impl ConnectionTrait for Store {
 /// id, [`request_ids`]) written exactly when the version row is: one more
 /// CTE of the same statement on PostgreSQL, one more statement of the same
 /// batch on SQLite. A clash on its key fails the whole write.
+///
+/// `read_after`, when given, is a query whose rows the answer carries on
+/// SQLite, run in the write's batch right after it (no read of its own on
+/// the read connection); on PostgreSQL it is not run (`None`: the caller
+/// reads).
 impl Store {
     pub async fn write_with_version<V, C, S>(
         &self,
@@ -280,7 +285,8 @@ impl Store {
         versions: V,
         version_row: Vec<(C, SimpleExpr)>,
         remembered: Option<Vec<(sea_orm::sea_query::Alias, SimpleExpr)>>,
-    ) -> Result<bool, DbErr>
+        read_after: Option<SelectStatement>,
+    ) -> Result<(bool, Option<Vec<QueryResult>>), DbErr>
     where
         V: EntityTrait,
         C: IntoIden,
@@ -320,7 +326,11 @@ impl Store {
                     .map_err(|e| DbErr::Custom(e.to_string()))?;
                 statements.push(remember.build(SqliteQueryBuilder));
             }
-            return writes.write(statements).await;
+            let read = read_after.map(|query| query.build(SqliteQueryBuilder));
+            let wanted = read.is_some();
+            let written = writes.write(statements, read).await?;
+            let rows = wanted.then(|| written.read.into_iter().map(QueryResult::from).collect());
+            return Ok((written.changed, rows));
         }
         const WRITTEN: &str = "written";
         const REMEMBERED: &str = "remembered";
@@ -351,7 +361,7 @@ impl Store {
             .select_from(Query::select().exprs(values).from(WRITTEN).to_owned())
             .map_err(|e| DbErr::Custom(e.to_string()))?;
         let written = self.pool.execute(&insert).await?.rows_affected();
-        Ok(written == 1)
+        Ok((written == 1, None))
     }
 }
 
@@ -362,7 +372,7 @@ impl Store {
     pub async fn write_alone(&self, insert: InsertStatement) -> Result<(), DbErr> {
         match &self.backend {
             Backend::Sqlite { writes, .. } => writes
-                .write(vec![insert.build(SqliteQueryBuilder)])
+                .write(vec![insert.build(SqliteQueryBuilder)], None)
                 .await
                 .map(|_| ()),
             Backend::Postgres => self.pool.execute(&insert).await.map(|_| ()),

@@ -90,8 +90,8 @@ super::versioned_service! {
             return Ok(Response::new(validated.await?));
         }
         let update = || async {
-            let record = versioned::update(&self.db, &Agents, write, id, expected, change).await?;
-            self.labelled::<Agents>(&caller.tenant, &record).await
+            let written = versioned::update(&self.db, &Agents, write, id, expected, change).await?;
+            self.written::<Agents>(&caller.tenant, written).await
         };
         let rebuild = |answer| self.labelled_at::<Agents>(&caller, answer);
         Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))

@@ -205,8 +205,8 @@ super::versioned_service! {
                     .validated::<Providers>(&caller.tenant, validated.await?)
                     .await;
             }
-            let record = versioned::update(&self.db, &kind, write, id, expected, change).await?;
-            self.labelled::<Providers>(&caller.tenant, &record).await
+            let written = versioned::update(&self.db, &kind, write, id, expected, change).await?;
+            self.written::<Providers>(&caller.tenant, written).await
         };
         let rebuild = |answer| self.labelled_at::<Providers>(&caller, answer);
         Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))

@@ -3,7 +3,11 @@
 //! the previous group was committing.
 //!
 //! Each write is a list of statements whose last one tells whether it
-//! wrote (see [`super::Store::write_with_version`]). A task owns the queue; it
+//! wrote (see [`super::Store::write_with_version`]), optionally followed by
+//! a read whose rows come back with that answer: what the write's own
+//! transaction sees right after it, with no trip of its own to a
+//! connection (a write's answer that needs one more read, the labels of
+//! an updated resource, gets it here). A task owns the queue; it
 //! takes every waiting write (up to [`MAX_GROUP`]) and sends them as one
 //! batch, `BEGIN IMMEDIATE; <write 1>; SELECT changes(); <write 2>; SELECT
 //! changes(); …`, to the connection's thread, and `COMMIT` once every
@@ -56,6 +60,17 @@ const QUEUE_DEPTH: usize = 1024;
 /// The column name of the row that closes each write's statements.
 const WRITTEN: &str = "agentregistry_written";
 
+/// The first column's name of the rows of a write's read.
+const READ: &str = "agentregistry_read";
+
+/// A write's outcome: whether its last statement changed a row, and the
+/// rows of its read (none without one).
+#[derive(Debug, Default)]
+pub struct Written {
+    pub changed: bool,
+    pub read: Vec<sqlx::sqlite::SqliteRow>,
+}
+
 /// The queue of writes in front of the committer task.
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
@@ -70,7 +85,7 @@ pub struct GroupCommit {
 struct PendingWrite {
     sql: String,
     values: Values,
-    outcome: oneshot::Sender<Result<bool, DbErr>>,
+    outcome: oneshot::Sender<Result<Written, DbErr>>,
 }
 
 impl GroupCommit {
@@ -95,9 +110,14 @@ impl GroupCommit {
     }
 
     /// Queues `statements` as one write and waits for its group to commit;
-    /// answers whether the last statement changed a row.
-    pub async fn write(&self, statements: Vec<(String, Values)>) -> Result<bool, DbErr> {
-        let (sql, values) = joined(statements);
+    /// answers whether the last statement changed a row, and the rows of
+    /// `read` (a `SELECT`), run after them in the same transaction.
+    pub async fn write(
+        &self,
+        statements: Vec<(String, Values)>,
+        read: Option<(String, Values)>,
+    ) -> Result<Written, DbErr> {
+        let (sql, values) = joined(statements, read);
         let (outcome, answer) = oneshot::channel();
         let pending = PendingWrite {
             sql,
@@ -130,15 +150,25 @@ fn stopped() -> DbErr {
     ))
 }
 
-/// The statements as one SQL text ending in `SELECT changes()`, and their
-/// values in order (SQLite's placeholders are positional).
-fn joined(statements: Vec<(String, Values)>) -> (String, Values) {
+/// The statements, then the read with its rows marked (a `SELECT` leaves
+/// `changes()` as the last write set it), as one SQL text ending in
+/// `SELECT changes()`, and their values in order (SQLite's placeholders are
+/// positional).
+fn joined(statements: Vec<(String, Values)>, read: Option<(String, Values)>) -> (String, Values) {
     let mut sql = String::new();
     let mut values = Vec::new();
     for (statement, statement_values) in statements {
         sql.push_str(&statement);
         sql.push_str(";\n");
         values.extend(statement_values.0);
+    }
+    if let Some((read, read_values)) = read {
+        sql.push_str("SELECT 1 AS ");
+        sql.push_str(READ);
+        sql.push_str(", * FROM (");
+        sql.push_str(&read);
+        sql.push_str(");\n");
+        values.extend(read_values.0);
     }
     sql.push_str("SELECT changes() AS ");
     sql.push_str(WRITTEN);
@@ -210,13 +240,13 @@ impl From<DbErr> for Failed {
 }
 
 /// Runs the writes of `group` in one IMMEDIATE transaction on a connection
-/// of `pool` and answers, per write, whether it wrote. On failure the open
+/// of `pool` and answers, per write, whether it wrote and what it read. On failure the open
 /// transaction is rolled back on the same connection before it goes back to
 /// the pool, or the connection is closed.
 async fn run_transaction(
     pool: &sqlx::SqlitePool,
     group: &[PendingWrite],
-) -> Result<Vec<bool>, Failed> {
+) -> Result<Vec<Written>, Failed> {
     let mut sql = String::from("BEGIN IMMEDIATE;\n");
     let mut values = Vec::new();
     for pending in group {
@@ -235,20 +265,25 @@ async fn run_transaction(
     .persistent(group.len() <= MAX_CACHED_GROUP);
     // Each write's `SELECT changes()` row, as it comes: when a statement
     // fails, the writes before it have theirs, so the one at fault is the
-    // next. Rows a statement returned (`RETURNING`) are skipped.
+    // next. A read's rows come before it and go with it; rows a statement
+    // returned (`RETURNING`) are skipped.
     let mut written = Vec::with_capacity(group.len());
+    let mut read = Vec::new();
     let failure = {
         let mut rows = batch.fetch(&mut *connection);
         loop {
             match rows.next().await {
                 None => break None,
                 Some(Ok(row)) => {
-                    let closes_a_write = row
-                        .try_column(0)
-                        .is_ok_and(|column| sqlx::Column::name(column) == WRITTEN);
-                    if closes_a_write {
+                    let first = row.try_column(0).map(sqlx::Column::name).ok();
+                    if first == Some(READ) {
+                        read.push(row);
+                    } else if first == Some(WRITTEN) {
                         match row.try_get::<i64, _>(0) {
-                            Ok(changed) => written.push(changed == 1),
+                            Ok(changed) => written.push(Written {
+                                changed: changed == 1,
+                                read: std::mem::take(&mut read),
+                            }),
                             Err(error) => break Some(error),
                         }
                     }
@@ -338,11 +373,17 @@ mod tests {
         pool
     }
 
-    type Answer = oneshot::Receiver<Result<bool, DbErr>>;
+    type Answer = oneshot::Receiver<Result<Written, DbErr>>;
 
     /// One write of one statement with one bound name.
     fn write(sql: &str, name: &str) -> (PendingWrite, Answer) {
-        let (sql, values) = joined(vec![(sql.to_owned(), Values(vec![name.into()]))]);
+        read_after(sql, name, None)
+    }
+
+    /// [`write`], then `read` with no bound value.
+    fn read_after(sql: &str, name: &str, read: Option<&str>) -> (PendingWrite, Answer) {
+        let read = read.map(|read| (read.to_owned(), Values(Vec::new())));
+        let (sql, values) = joined(vec![(sql.to_owned(), Values(vec![name.into()]))], read);
         let (outcome, answer) = oneshot::channel();
         let pending = PendingWrite {
             sql,
@@ -383,7 +424,7 @@ mod tests {
         .await;
         let mut outcomes = Vec::new();
         for answer in answers {
-            outcomes.push(answer.await.expect("answered").expect("no error"));
+            outcomes.push(answer.await.expect("answered").expect("no error").changed);
         }
         assert_eq!(outcomes, [true, true, true, false]);
         assert_eq!(names(&pool).await, [("a".into(), 1), ("b".into(), 0)]);
@@ -394,7 +435,7 @@ mod tests {
         let pool = database().await;
         let first = run(&pool, vec![insert("x")]).await;
         for answer in first {
-            assert!(answer.await.expect("answered").expect("no error"));
+            assert!(answer.await.expect("answered").expect("no error").changed);
         }
         let answers = run(
             &pool,
@@ -405,13 +446,53 @@ mod tests {
         for answer in answers {
             outcomes.push(answer.await.expect("answered"));
         }
-        assert!(matches!(outcomes[0], Ok(true)), "{outcomes:?}");
+        let changed = |i: usize| outcomes[i].as_ref().is_ok_and(|w| w.changed);
+        assert!(changed(0), "{outcomes:?}");
         let clash = outcomes[1].as_ref().expect_err("the duplicate fails");
         assert!(super::super::unique_violation(clash).is_some(), "{clash:?}");
-        assert!(matches!(outcomes[2], Ok(true)), "{outcomes:?}");
-        assert!(matches!(outcomes[3], Ok(true)), "{outcomes:?}");
+        assert!(changed(2), "{outcomes:?}");
+        assert!(changed(3), "{outcomes:?}");
         let expected = [("a".into(), 0), ("b".into(), 0), ("x".into(), 1)];
         assert_eq!(names(&pool).await, expected);
+    }
+
+    #[tokio::test]
+    async fn each_write_gets_the_rows_of_its_own_read_as_its_transaction_saw_them() {
+        let pool = database().await;
+        let names_now = Some("SELECT name, n FROM t ORDER BY name");
+        let answers = run(
+            &pool,
+            vec![
+                read_after("INSERT INTO t (name) VALUES (?)", "a", names_now),
+                insert("b"),
+                read_after("UPDATE t SET n = n + 1 WHERE name = ?", "b", names_now),
+                read_after("UPDATE t SET n = n + 1 WHERE name = ?", "nobody", names_now),
+            ],
+        )
+        .await;
+        let mut outcomes = Vec::new();
+        for answer in answers {
+            let written = answer.await.expect("answered").expect("no error");
+            let rows: Vec<(String, i64)> = written
+                .read
+                .iter()
+                .map(|row| (row.get("name"), row.get("n")))
+                .collect();
+            outcomes.push((written.changed, rows));
+        }
+        let a = ("a".to_owned(), 0);
+        let b_bumped = ("b".to_owned(), 1);
+        assert_eq!(
+            outcomes,
+            [
+                (true, vec![a.clone()]),
+                (true, vec![]),
+                (true, vec![a.clone(), b_bumped.clone()]),
+                // The read does not change what `changes()` says of the
+                // write before it.
+                (false, vec![a, b_bumped]),
+            ]
+        );
     }
 
     #[tokio::test]
@@ -426,7 +507,13 @@ mod tests {
         }
         drop(queue_in);
         commit_groups(pool.clone(), queue, Histogram::new([1.0].into_iter())).await;
-        assert!(kept_answer.await.expect("answered").expect("no error"));
+        assert!(
+            kept_answer
+                .await
+                .expect("answered")
+                .expect("no error")
+                .changed
+        );
         assert_eq!(names(&pool).await, [("kept".into(), 0)]);
     }
 
@@ -443,7 +530,7 @@ mod tests {
         let committer = GroupCommit { writes, running };
         assert!(!committer.running());
         let error = committer
-            .write(vec![("SELECT 1".to_owned(), Values(Vec::new()))])
+            .write(vec![("SELECT 1".to_owned(), Values(Vec::new()))], None)
             .await
             .expect_err("refused");
         assert!(matches!(

@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, OnConflict, Order, Query, SelectStatement};
-use sea_orm::{ConnectionTrait, DatabaseTransaction, FromQueryResult, StatementBuilder};
+use sea_orm::{
+    ConnectionTrait, DatabaseTransaction, FromQueryResult, QueryResult, StatementBuilder,
+};
 use serde_json::Value;
 
 use super::audit::{self, Action as AuditAction, Entry};
@@ -420,13 +422,26 @@ pub async fn labels_of<K: Kind>(
     tenant: &str,
     id: &str,
 ) -> Result<Vec<LabelRecord>, Error> {
-    let query = Query::select()
+    read_all::<LabelRecord>(db, &labels_query::<K>(tenant, id)).await
+}
+
+/// The query of [`labels_of`] (which a write may also run in its own
+/// batch: [`super::versioned::Written::labels`]).
+pub fn labels_query<K: Kind>(tenant: &str, id: &str) -> SelectStatement {
+    Query::select()
         .columns(["label", "version_number", "update_time", "updated_by"].map(Alias::new))
         .from(Alias::new(LABELS))
         .and_where(resource::<K>(tenant, id))
         .order_by(Alias::new("label"), Order::Asc)
-        .to_owned();
-    read_all::<LabelRecord>(db, &query).await
+        .to_owned()
+}
+
+/// The labels in `rows` of [`labels_query`].
+pub fn from_rows(rows: &[QueryResult]) -> Result<Vec<LabelRecord>, Error> {
+    rows.iter()
+        .map(|row| LabelRecord::from_query_result(row, ""))
+        .collect::<Result<_, _>>()
+        .map_err(db_error)
 }
 
 /// The labels of resource `id` (which must exist, deleted or not:

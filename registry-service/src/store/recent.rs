@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use hashlink::LruCache;
 use prometheus_client::metrics::counter::Counter;
 
-use super::versioned::Record;
+use super::versioned::{Record, Written};
 use crate::error::Error;
 use crate::telemetry::RegistryMetrics;
 
@@ -163,10 +163,10 @@ impl<S: Clone + Weigh> Recent<S> {
         &self,
         tenant: &str,
         id: &str,
-        outcome: Result<Record<S>, Error>,
-    ) -> Result<Record<S>, Error> {
+        outcome: Result<Written<S>, Error>,
+    ) -> Result<Written<S>, Error> {
         match &outcome {
-            Ok(record) => self.remember(tenant, record),
+            Ok(written) => self.remember(tenant, &written.record),
             Err(error) => self.forget_if_gone(tenant, id, error),
         }
         outcome

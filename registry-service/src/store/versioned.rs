@@ -45,6 +45,7 @@ use serde_json::Value;
 use super::audit::{self, Action as AuditAction, Entry};
 use super::chain::{self, Link};
 use super::changes::{self, ChangeAction, NewChange, ResourceKind};
+use super::labels::{self, LabelRecord};
 use super::recent::{Recent, Weigh};
 use super::request_ids::{self, Answer, Claim};
 use super::search::{self, Search};
@@ -72,6 +73,28 @@ pub struct Record<S> {
     /// The hash of the newest version row: the head of the resource's
     /// version chain (`None` before its first hashed version).
     pub version_hash: Option<String>,
+}
+
+/// What an update or a rollback wrote, and the resource's labels when the
+/// write read them with it.
+#[derive(Debug)]
+pub struct Written<S> {
+    pub record: Record<S>,
+    /// The labels as the write's own transaction left them: read in the
+    /// fast write's batch on SQLite (where that saves a read of its own
+    /// after the commit); `None` on the other paths, whose caller reads
+    /// them ([`labels::labels_of`]).
+    pub labels: Option<Vec<LabelRecord>>,
+}
+
+impl<S> Written<S> {
+    /// `record`, with no labels read.
+    fn alone(record: Record<S>) -> Self {
+        Self {
+            record,
+            labels: None,
+        }
+    }
 }
 
 /// Who writes a version, and why.
@@ -684,7 +707,7 @@ pub async fn create<K: Kind>(
     let written = if kind.fast(None, &spec) {
         write_fast(store, kind, &write, base, spec)
             .await
-            .and_then(|written| written.ok_or_else(contended::<K>))
+            .and_then(|written| written.map(|w| w.record).ok_or_else(contended::<K>))
     } else {
         create_locked(store, kind, &write, base, spec).await
     };
@@ -783,7 +806,7 @@ pub async fn update<K: Kind>(
     id: &str,
     expected_version: Option<i64>,
     change: impl Fn(&Record<K::Spec>) -> Result<K::Spec, Error> + Sync,
-) -> Result<Record<K::Spec>, Error> {
+) -> Result<Written<K::Spec>, Error> {
     let target = Target::Change(&change);
     let written = write_version(store, kind, &write, id, expected_version, target).await;
     store.changes().raise(&write.caller.tenant);
@@ -802,7 +825,7 @@ pub async fn rollback<K: Kind>(
     id: &str,
     number: i64,
     expected_version: Option<i64>,
-) -> Result<Record<K::Spec>, Error> {
+) -> Result<Written<K::Spec>, Error> {
     let target = Target::Version(number);
     let written = write_version(store, kind, &write, id, expected_version, target).await;
     store.changes().raise(&write.caller.tenant);
@@ -842,7 +865,7 @@ async fn write_version<K: Kind>(
     id: &str,
     expected_version: Option<i64>,
     target: Target<'_, K::Spec>,
-) -> Result<Record<K::Spec>, Error> {
+) -> Result<Written<K::Spec>, Error> {
     let tenant = &write.caller.tenant;
     let Some(recent) = kind.recent(store) else {
         return from_the_row(store, kind, write, id, expected_version, &target).await;
@@ -863,10 +886,10 @@ async fn write_version<K: Kind>(
         };
         let base = Base::Current(&**guess);
         if let Some(spec) = spec
-            && let Some(record) = write_fast(store, kind, write, base, spec).await?
+            && let Some(written) = write_fast(store, kind, write, base, spec).await?
         {
-            recent.written_from_guess(tenant, &record);
-            return Ok(record);
+            recent.written_from_guess(tenant, &written.record);
+            return Ok(written);
         }
     }
     recent.reading_the_row(guess.is_some());
@@ -882,7 +905,7 @@ async fn from_the_row<K: Kind>(
     id: &str,
     expected_version: Option<i64>,
     target: &Target<'_, K::Spec>,
-) -> Result<Record<K::Spec>, Error> {
+) -> Result<Written<K::Spec>, Error> {
     let tenant = &write.caller.tenant;
     let (current, spec) = match target {
         Target::Change(change) => {
@@ -899,10 +922,10 @@ async fn from_the_row<K: Kind>(
     };
     if spec == current.spec && write.action == Action::Update {
         write.remember(store, &current).await?;
-        return Ok(current);
+        return Ok(Written::alone(current));
     }
-    if let Some(record) = write_fast(store, kind, write, Base::Current(&current), spec).await? {
-        return Ok(record);
+    if let Some(written) = write_fast(store, kind, write, Base::Current(&current), spec).await? {
+        return Ok(written);
     }
     for _ in 0..MAX_WRITE_ATTEMPTS {
         let txn = store.begin_write().await?;
@@ -914,12 +937,12 @@ async fn from_the_row<K: Kind>(
                 write.remember(&txn, &current).await?;
                 txn.commit().await.map_err(db_error)?;
             }
-            return Ok(current);
+            return Ok(Written::alone(current));
         }
         let base = Base::Current(&current);
         if let Some(record) = write_locked(&txn, kind, write, base, spec).await? {
             txn.commit().await.map_err(db_error)?;
-            return Ok(record);
+            return Ok(Written::alone(record));
         }
     }
     Err(contended::<K>())
@@ -937,15 +960,17 @@ fn check_etag<K: Kind>(expected: Option<i64>, current: &Record<K::Spec>) -> Resu
 
 /// The row (a conditional bump, or an insert meeting the kind's guard) and
 /// its version row, written together without a read in the transaction
-/// ([`Store::write_with_version`]). `None` when another writer took the version
-/// first, or the kind's write needs the locking path.
+/// ([`Store::write_with_version`]); a bump also reads the resource's labels
+/// with it where that is free (see [`Written::labels`]; a create answers
+/// without labels). `None` when another writer took the version first, or
+/// the kind's write needs the locking path.
 async fn write_fast<K: Kind>(
     store: &Store,
     kind: &K,
     write: &Write<'_>,
     base: Base<'_, K::Spec>,
     spec: K::Spec,
-) -> Result<Option<Record<K::Spec>>, Error> {
+) -> Result<Option<Written<K::Spec>>, Error> {
     if !kind.fast(base.current().map(|c| &c.spec), &spec) {
         return Ok(None);
     }
@@ -956,7 +981,7 @@ async fn write_fast<K: Kind>(
         Base::New(_) => {
             let (insert, refused) = next.insert(kind, write)?;
             let version_row = next.version_row(write);
-            let written = store.write_with_version(insert, versions, version_row, remembered);
+            let written = store.write_with_version(insert, versions, version_row, remembered, None);
             (written.await, refused)
         }
         Base::Current(current) => {
@@ -965,14 +990,19 @@ async fn write_fast<K: Kind>(
             bump.and_where(live::<K>());
             bump.returning_col(Alias::new("id"));
             let version_row = next.version_row(write);
-            let written = store.write_with_version(bump, versions, version_row, remembered);
+            let labels = labels::labels_query::<K>(&write.caller.tenant, &current.id);
+            let written =
+                store.write_with_version(bump, versions, version_row, remembered, Some(labels));
             (written.await, None)
         }
     };
     match (written, refused) {
-        (Ok(true), _) => Ok(Some(next.record)),
-        (Ok(false), Some(refused)) => Err(refused),
-        (Ok(false), None) => Ok(None),
+        (Ok((true, rows)), _) => Ok(Some(Written {
+            record: next.record,
+            labels: rows.map(|rows| labels::from_rows(&rows)).transpose()?,
+        })),
+        (Ok((false, _)), Some(refused)) => Err(refused),
+        (Ok((false, _)), None) => Ok(None),
         (Err(error), _) if request_ids::is_taken(&error) => Err(Error::RequestInProgress),
         (Err(error), _) => match kind.clash(error, &next.record.spec) {
             Clash::Retry => Ok(None),
