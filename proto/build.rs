@@ -76,8 +76,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // whatever order its map entries were inserted in, which the
         // registry's request fingerprints (AIP-155 retries) rely on.
         .btree_map(".")
-        // Encode buffers sized per message (long-lived streams hold theirs).
-        .codec_path("crate::codec::SizedCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -15,8 +15,6 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/descriptor_set.bin"));
 
-pub mod codec;
-
 /// `agentregistry.v1`: agents, providers, their versions and the runtime view.
 pub mod v1 {
     #![allow(missing_docs, missing_debug_implementations, clippy::all)] // generated code
