@@ -11,6 +11,17 @@
 //! copies payloads under 1 KiB into its frame buffer) and holds what h2
 //! writes until h2 flushes, so each flush leaves in one `write`: a response
 //! and its trailers together, and often the responses of several streams.
+//!
+//! A flush of a little waits one turn of the scheduler first. Each HTTP/2
+//! stream is a task of its own that queues its frames and wakes the
+//! connection's task; woken that way, the connection's task runs next, before
+//! the other streams' tasks made ready by the same event (one change sent to
+//! many watch streams), and flushed one stream's message at a time: one
+//! system call per message. Waiting its turn behind them (waking itself and
+//! answering `Pending`, which tokio treats as a yield to the back of the run
+//! queue) lets those tasks queue their frames first, and the flush then
+//! writes them all. A flush waits at most one turn, and only when fewer than
+//! [`FLUSH_AT_ONCE`] bytes are held.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +39,10 @@ use tonic::transport::server::Connected;
 
 /// Most bytes held before they are written without waiting for a flush.
 const MOST_HELD: usize = 64 * 1024;
+
+/// Bytes held from which a flush writes at once, without waiting a turn
+/// for more: enough to make the system call's cost small beside them.
+const FLUSH_AT_ONCE: usize = 16 * 1024;
 
 /// Room kept for the next flush once everything held is written; a larger
 /// buffer (after a burst) is given back, so idle connections stay small.
@@ -118,6 +133,8 @@ pub fn unix_incoming(
 pub struct Gathered<T> {
     inner: T,
     held: Vec<u8>,
+    /// The flush under way has waited its turn: the next one writes.
+    turn_waited: bool,
 }
 
 impl<T> Gathered<T> {
@@ -126,6 +143,7 @@ impl<T> Gathered<T> {
         Self {
             inner,
             held: Vec::new(),
+            turn_waited: false,
         }
     }
 }
@@ -166,7 +184,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gathered<T> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if !this.turn_waited && !this.held.is_empty() && this.held.len() < FLUSH_AT_ONCE {
+            this.turn_waited = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         ready!(this.poll_write_held(cx))?;
+        this.turn_waited = false;
         Pin::new(&mut this.inner).poll_flush(cx)
     }
 
@@ -202,7 +226,32 @@ impl<T: Connected> Connected for Gathered<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
     use tokio::io::AsyncWriteExt;
+
+    /// Counts the times it is woken.
+    #[derive(Default)]
+    struct Wakes(AtomicUsize);
+
+    impl Wake for Wakes {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls one flush of `gathered` by hand; says whether it finished and
+    /// how many times it woke its task.
+    fn poll_flush_once(gathered: &mut Gathered<Recorder>) -> (Poll<io::Result<()>>, usize) {
+        let wakes = Arc::new(Wakes::default());
+        let waker = Waker::from(wakes.clone());
+        let polled = Pin::new(gathered).poll_flush(&mut Context::from_waker(&waker));
+        (polled, wakes.0.load(Ordering::SeqCst))
+    }
 
     /// Records every write it is given, taking at most `most_per_write`
     /// bytes of each.
@@ -262,6 +311,48 @@ mod tests {
             1,
             "an empty flush writes nothing"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_small_flush_waits_one_turn_for_more_and_then_writes_all() -> io::Result<()> {
+        let mut gathered = Gathered::new(Recorder::new(usize::MAX));
+        gathered.write_all(b"first stream").await?;
+        let (polled, wakes) = poll_flush_once(&mut gathered);
+        assert!(polled.is_pending(), "the first flush waits a turn");
+        assert_eq!(wakes, 1, "and asks to be polled again at once");
+        assert!(gathered.inner.writes.is_empty());
+
+        // Meanwhile another stream's frames are queued; the flush that
+        // comes back writes both together, without waiting again.
+        gathered.write_all(b"second stream").await?;
+        let (polled, wakes) = poll_flush_once(&mut gathered);
+        assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
+        assert_eq!(wakes, 0);
+        assert_eq!(
+            gathered.inner.writes,
+            [b"first streamsecond stream".to_vec()]
+        );
+
+        // The next flush waits its own turn again.
+        gathered.write_all(b"later").await?;
+        assert!(poll_flush_once(&mut gathered).0.is_pending());
+        assert!(poll_flush_once(&mut gathered).0.is_ready());
+        assert_eq!(gathered.inner.writes.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_flush_of_much_or_of_nothing_does_not_wait() -> io::Result<()> {
+        let mut gathered = Gathered::new(Recorder::new(usize::MAX));
+        let (polled, wakes) = poll_flush_once(&mut gathered);
+        assert!(polled.is_ready() && wakes == 0, "nothing held: no turn");
+        let much = vec![4u8; FLUSH_AT_ONCE];
+        gathered.write_all(&much).await?;
+        let (polled, wakes) = poll_flush_once(&mut gathered);
+        assert!(matches!(polled, Poll::Ready(Ok(()))), "{polled:?}");
+        assert_eq!(wakes, 0);
+        assert_eq!(gathered.inner.writes, [much]);
         Ok(())
     }
 

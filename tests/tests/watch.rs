@@ -3,7 +3,8 @@
 //! after a dropped stream misses and repeats nothing; a slow reader is cut
 //! (RESOURCE_EXHAUSTED) and resumes; compacted revisions answer
 //! OUT_OF_RANGE naming the oldest kept; SIGTERM ends streams at once; on
-//! PostgreSQL a write through one replica reaches a watcher on another.
+//! PostgreSQL a write through one replica reaches a watcher on another;
+//! many streams of one connection each get every change.
 
 use std::time::{Duration, Instant};
 
@@ -209,6 +210,45 @@ async fn every_change_arrives_once_in_order_and_a_resume_misses_nothing() {
         live_revisions.push(next_change(&mut live).await.revision);
     }
     assert_eq!(live_revisions, vec![6, 7, 8]);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn many_streams_of_one_connection_each_get_every_change_while_its_calls_answer() {
+    // A connection's streams share its writes (`ops::connection` holds them
+    // and a small flush waits a turn for the other streams' frames): none
+    // may lose or reorder a change, and the writes, unary calls on the same
+    // connection, are answered meanwhile.
+    const STREAMS: usize = 100;
+    let stack = Stack::start().await;
+    let admin = stack.channel_as("alice", "acme", &["admin"]).await;
+    let mut streams = Vec::with_capacity(STREAMS);
+    for _ in 0..STREAMS {
+        let mut changes = watch(admin.clone(), None, &[]).await;
+        assert_eq!(synced(&mut changes).await, 0);
+        streams.push(changes);
+    }
+
+    let analyst = create_agent(&admin, "analyst").await;
+    for goal in ["Analyze more", "Analyze again", "Analyze less"] {
+        set_goal(&admin, &analyst.id, goal).await;
+    }
+
+    use pb::ChangeAction as A;
+    use pb::ResourceKind as K;
+    let expected: Vec<Seen> = vec![
+        (1, K::Agent, A::Create, 1),
+        (2, K::Agent, A::Update, 2),
+        (3, K::Agent, A::Update, 3),
+        (4, K::Agent, A::Update, 4),
+    ];
+    for (index, changes) in streams.iter_mut().enumerate() {
+        let mut received = Vec::with_capacity(expected.len());
+        for _ in &expected {
+            received.push(seen(&next_change(changes).await));
+        }
+        assert_eq!(received, expected, "stream {index}");
+    }
     stack.finish().await;
 }
 
