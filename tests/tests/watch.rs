@@ -229,11 +229,6 @@ async fn many_streams_of_one_connection_each_get_every_change_while_its_calls_an
         streams.push(changes);
     }
 
-    let analyst = create_agent(&admin, "analyst").await;
-    for goal in ["Analyze more", "Analyze again", "Analyze less"] {
-        set_goal(&admin, &analyst.id, goal).await;
-    }
-
     use pb::ChangeAction as A;
     use pb::ResourceKind as K;
     let expected: Vec<Seen> = vec![
@@ -242,13 +237,24 @@ async fn many_streams_of_one_connection_each_get_every_change_while_its_calls_an
         (3, K::Agent, A::Update, 3),
         (4, K::Agent, A::Update, 4),
     ];
-    for (index, changes) in streams.iter_mut().enumerate() {
-        let mut received = Vec::with_capacity(expected.len());
-        for _ in &expected {
-            received.push(seen(&next_change(changes).await));
+    // A connection whose writes stall would hang the calls below: bounded,
+    // so that it fails instead.
+    let writes_and_deliveries = async {
+        let analyst = create_agent(&admin, "analyst").await;
+        for goal in ["Analyze more", "Analyze again", "Analyze less"] {
+            set_goal(&admin, &analyst.id, goal).await;
         }
-        assert_eq!(received, expected, "stream {index}");
-    }
+        for (index, changes) in streams.iter_mut().enumerate() {
+            let mut received = Vec::with_capacity(expected.len());
+            for _ in &expected {
+                received.push(seen(&next_change(changes).await));
+            }
+            assert_eq!(received, expected, "stream {index}");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), writes_and_deliveries)
+        .await
+        .expect("the writes answered and every stream got every change within 60 s");
     stack.finish().await;
 }
 
