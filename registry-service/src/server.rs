@@ -170,12 +170,6 @@ pub async fn serve(
         registry.db.clone(),
         registry.retries.retention(),
     ));
-    // SQLite's planner statistics follow the tables' growth (List filters
-    // that OR two fields need them); PostgreSQL keeps its own.
-    let statistics = tokio::spawn(crate::store::statistics::keep_fresh(
-        registry.db.clone(),
-        crate::store::statistics::PERIOD,
-    ));
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
     // caller resumes elsewhere): they would otherwise hold the drain to its
@@ -198,7 +192,6 @@ pub async fn serve(
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
     prune_request_ids.abort();
-    statistics.abort();
     feed.abort();
     retention.abort();
     audit_upkeep.abort();

@@ -38,7 +38,6 @@ pub mod recent;
 pub mod request_ids;
 pub mod search;
 mod sqlite_reads;
-pub mod statistics;
 pub mod versioned;
 
 use std::sync::Arc;

@@ -13,7 +13,7 @@ use proto::v1 as pb;
 use proto::v1::agent_service_client::AgentServiceClient;
 use proto::v1::provider_service_client::ProviderServiceClient;
 use tests::auth::Authed;
-use tests::stack::{Stack, start_registry};
+use tests::stack::Stack;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -933,51 +933,5 @@ async fn injection_attempts_are_values_that_match_nothing() {
     // A forged token's cursor is a bound value too: refused or harmless.
     let page = agent_page(&mut c, "", "name", 1, "").await.expect("page");
     assert_eq!(page.agents[0].name, "x");
-    stack.finish().await;
-}
-
-/// SQLite keeps no planner statistics unless asked, and without them an OR
-/// of two indexed fields walks the whole tenant (BENCHMARKS.md, filters):
-/// a registry analyzes the tables that grew since their last analysis,
-/// starting when it starts. (PostgreSQL gathers its own.)
-#[tokio::test]
-async fn sqlite_gathers_planner_statistics_for_tables_that_grew() {
-    let mut stack = Stack::start().await;
-    if stack.database.is_postgres() {
-        stack.finish().await;
-        return;
-    }
-    let mut c = clients_as(&stack, "acme").await;
-    for i in 0..40 {
-        create_agent(&mut c, &format!("agent-{i:02}"), &["search"], None).await;
-    }
-    // The registry started on empty tables; the next one to start finds
-    // them grown.
-    let restarted = start_registry(
-        &stack.database,
-        &stack.crypto_endpoint,
-        Stack::default_registry(),
-    )
-    .await;
-    let old = std::mem::replace(&mut stack.registry, restarted);
-    old.terminate().await;
-    let analyzed = "SELECT COUNT(*) FROM sqlite_master m \
-        WHERE m.name = 'sqlite_stat1' AND EXISTS (SELECT 1 FROM sqlite_stat1 s \
-        WHERE s.tbl IN ('agents', 'agent_tools'))";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while stack.database.count(analyzed).await == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no statistics of agents or agent_tools within 30 s"
-        );
-        tokio::task::yield_now().await;
-    }
-    let mut c = clients_as(&stack, "acme").await;
-    assert_eq!(
-        selected(&mut c, r#"name = "agent-01*" OR tool:"search""#)
-            .await
-            .len(),
-        40
-    );
     stack.finish().await;
 }
