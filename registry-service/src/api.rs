@@ -1003,12 +1003,16 @@ impl Registry {
                 versioned::validate_rollback(&self.db, kind, &write, id, number, expected).await?;
             return self.validated::<K>(&caller.tenant, validated).await;
         }
+        // A rollback's only effect is its transaction (a provider's key
+        // comes from the snapshot: crypto-service is not called).
         let rollback = || async {
+            let write = write.clone();
             let written = versioned::rollback(&self.db, kind, write, id, number, expected).await?;
             self.written::<K>(&caller.tenant, written).await
         };
         let rebuild = |answer| self.labelled_at::<K>(caller, answer);
-        self.once(caller, intent, rollback, rebuild).await
+        self.once_write_first(caller, intent, rollback, rebuild)
+            .await
     }
 
     /// A dry run's answer: the resource as it would be, with its labels

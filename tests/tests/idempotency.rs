@@ -643,6 +643,73 @@ async fn expired_request_ids_are_forgotten() {
     stack.finish().await;
 }
 
+/// An expired id that the hourly pruning has not deleted yet: an agent's
+/// write goes first (it has no effect outside its transaction), meets the
+/// old row on the primary key, and must still succeed — for a create, an
+/// update and a rollback alike.
+#[tokio::test]
+async fn an_expired_request_id_still_stored_is_free() {
+    let stack = Stack::start().await;
+    let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
+    // Every stored id made 26 years old; answers how many are that old.
+    let age_every_id = || async {
+        let database = &stack.database;
+        database
+            .count("UPDATE request_ids SET create_time = '2000-01-01 00:00:00+00:00' RETURNING CAST(1 AS BIGINT)")
+            .await;
+        database
+            .count(
+                "SELECT COUNT(*) FROM request_ids WHERE create_time < '2001-01-01 00:00:00+00:00'",
+            )
+            .await
+    };
+
+    let analyst = alice.create(agent("analyst"), FIRST).await.expect("create");
+    assert_eq!(age_every_id().await, 1, "the row is there, expired");
+    let writer = alice
+        .create(agent("writer"), FIRST)
+        .await
+        .expect("an expired id names a new request");
+    assert_eq!((writer.name.as_str(), writer.version), ("writer", 1));
+    assert_ne!(writer.id, analyst.id);
+    assert_eq!(alice.agent_count().await, 2);
+    assert_eq!(rows(&stack.database, "request_ids").await, 1);
+    // Remembered anew: its retry is answered, not run.
+    let retried = alice.create(agent("writer"), FIRST).await.expect("retry");
+    assert_eq!(retried, writer);
+    assert_eq!(alice.agent_count().await, 2);
+
+    let updated = alice
+        .update_goal(&writer.id, "Write well", (SECOND, false))
+        .await
+        .expect("update");
+    assert_eq!(age_every_id().await, 2);
+    let again = alice
+        .update_goal(&writer.id, "Write better", (SECOND, false))
+        .await
+        .expect("an expired id names a new update");
+    assert_eq!(
+        (again.version, again.goal.as_str()),
+        (updated.version + 1, "Write better")
+    );
+
+    assert_eq!(age_every_id().await, 2);
+    let rolled_back = alice
+        .agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: writer.id.clone(),
+            version_number: 1,
+            request_id: SECOND.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("an expired id names a new rollback")
+        .into_inner();
+    assert_eq!(rolled_back.version, again.version + 1);
+    assert_eq!(alice.versions(&writer.id).await.len(), 4);
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn a_dry_run_answers_the_diff_a_real_call_records_and_changes_nothing() {
     let stack = Stack::start().await;

@@ -53,11 +53,13 @@ super::versioned_service! {
             return Ok(Response::new(validated.await?));
         }
         let create = || async {
+            let (write, id, spec) = (write.clone(), id.clone(), spec.clone());
             let record = versioned::create(&self.db, &Agents, write, id, spec).await?;
             Ok(message::<Agents>(&record))
         };
         let rebuild = |answer| self.created_at::<Agents>(&caller, answer);
-        Ok(Response::new(self.once(&caller, &intent, create, rebuild).await?))
+        let created = self.once_write_first(&caller, &intent, create, rebuild);
+        Ok(Response::new(created.await?))
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %request.get_ref().agent.as_ref().map_or("", |a| &a.id)))]
@@ -90,10 +92,12 @@ super::versioned_service! {
             return Ok(Response::new(validated.await?));
         }
         let update = || async {
-            let written = versioned::update(&self.db, &Agents, write, id, expected, change).await?;
+            let write = write.clone();
+            let written = versioned::update(&self.db, &Agents, write, id, expected, &change).await?;
             self.written::<Agents>(&caller.tenant, written).await
         };
         let rebuild = |answer| self.labelled_at::<Agents>(&caller, answer);
-        Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))
+        let updated = self.once_write_first(&caller, &intent, update, rebuild);
+        Ok(Response::new(updated.await?))
     }
 }

@@ -16,6 +16,14 @@
 //!    replica may have won the id, and its answer is the answer — and
 //!    otherwise the failure is (a failure is never remembered).
 //!
+//! A mutation whose only effect is its transaction (an agent's create and
+//! update, a rollback) takes steps 2 and 3 the other way round
+//! ([`Registry::once_write_first`]): its write goes first, and a used id
+//! makes it fail on the primary key of `request_ids` and roll back whole,
+//! so the lookup is paid only by a retry or a failure. A mutation that
+//! calls crypto-service before its transaction looks first, so a retry
+//! never calls it again.
+//!
 //! The fingerprint is SHA-256 over the request's protobuf encoding with
 //! `request_id` and `validate_only` cleared; maps are generated as
 //! `BTreeMap`s (proto/build.rs), so equal requests encode equally.
@@ -228,10 +236,23 @@ impl Intent {
     }
 }
 
+/// What a request id was found to hold.
+enum Remembered {
+    /// The answer of the call that used it (the same request).
+    Answer(Answer),
+    /// A row older than the retention, deleted just now: the id is free.
+    Expired,
+    /// No row: the id is free.
+    Nothing,
+}
+
 impl Registry {
     /// Runs a mutation once per request id: the answer of `run`, or, when
     /// `intent`'s request id was already answered, that answer rebuilt by
     /// `rebuild` from what was remembered (see the module documentation).
+    /// The id is looked up before `run`: for a mutation with an effect
+    /// outside its transaction (a call to crypto-service), which a retry
+    /// must not repeat.
     pub async fn once<T, Ran, Rebuilt>(
         &self,
         caller: &Caller,
@@ -247,34 +268,89 @@ impl Registry {
             return run().await;
         };
         let _turn = self.retries.turn(&caller.tenant, &claim.request_id).await;
-        if let Some(answer) = self.remembered(caller, claim).await? {
-            return rebuild(answer).await;
-        }
-        match run().await {
-            Ok(answer) => {
-                if self.retries.abort_after_commit.as_deref() == Some(&claim.request_id) {
-                    tracing::error!(
-                        request_id = %claim.request_id,
-                        "aborting after the commit as REGISTRY_TEST_ABORT_AFTER_COMMIT asks"
-                    );
-                    std::process::abort();
-                }
-                Ok(answer)
+        match self.remembered(caller, claim).await? {
+            Remembered::Answer(answer) => rebuild(answer).await,
+            Remembered::Expired | Remembered::Nothing => {
+                self.run_remembering(caller, claim, run(), rebuild).await
             }
+        }
+    }
+
+    /// [`Registry::once`] for a mutation whose only effect is its
+    /// transaction: `run` goes first, and the id is looked up only when it
+    /// fails. Its write stores the id in the same transaction, so a
+    /// request id already used makes the write fail (the primary key of
+    /// `request_ids`) and roll back whole: a retry still writes nothing
+    /// again, and a first call saves the lookup. `run` runs a second time
+    /// only when the id it met had expired (and is forgotten now).
+    pub async fn once_write_first<T, Ran, Rebuilt>(
+        &self,
+        caller: &Caller,
+        intent: &Intent,
+        run: impl Fn() -> Ran,
+        rebuild: impl FnOnce(Answer) -> Rebuilt,
+    ) -> Result<T, Error>
+    where
+        Ran: Future<Output = Result<T, Error>>,
+        Rebuilt: Future<Output = Result<T, Error>>,
+    {
+        let Some(claim) = intent.remembered() else {
+            return run().await;
+        };
+        let _turn = self.retries.turn(&caller.tenant, &claim.request_id).await;
+        let error = match run().await {
+            Ok(answer) => return Ok(self.answered(claim, answer)),
+            Err(error) => error,
+        };
+        match self.remembered(caller, claim).await? {
+            Remembered::Answer(answer) => rebuild(answer).await,
+            Remembered::Expired => self.run_remembering(caller, claim, run(), rebuild).await,
+            Remembered::Nothing => Err(error),
+        }
+    }
+
+    /// The answer of `ran`, a call with `claim`'s request id that was not
+    /// answered before; when it fails, the id is looked up once more: a
+    /// concurrent call through another replica may have won it, and its
+    /// answer is the answer (a failure is never remembered).
+    async fn run_remembering<T, Rebuilt>(
+        &self,
+        caller: &Caller,
+        claim: &Claim,
+        ran: impl Future<Output = Result<T, Error>>,
+        rebuild: impl FnOnce(Answer) -> Rebuilt,
+    ) -> Result<T, Error>
+    where
+        Rebuilt: Future<Output = Result<T, Error>>,
+    {
+        match ran.await {
+            Ok(answer) => Ok(self.answered(claim, answer)),
             Err(error) => match self.remembered(caller, claim).await? {
-                Some(answer) => rebuild(answer).await,
-                None => Err(error),
+                Remembered::Answer(answer) => rebuild(answer).await,
+                Remembered::Expired | Remembered::Nothing => Err(error),
             },
         }
     }
 
-    /// The remembered answer of `claim`'s request id in the caller's
-    /// tenant: `None` when there is none (an expired one is forgotten
-    /// here), INVALID_ARGUMENT when it was used for another request.
-    async fn remembered(&self, caller: &Caller, claim: &Claim) -> Result<Option<Answer>, Error> {
+    /// `answer`, once its write has committed; the test hook aborts here.
+    fn answered<T>(&self, claim: &Claim, answer: T) -> T {
+        if self.retries.abort_after_commit.as_deref() == Some(&claim.request_id) {
+            tracing::error!(
+                request_id = %claim.request_id,
+                "aborting after the commit as REGISTRY_TEST_ABORT_AFTER_COMMIT asks"
+            );
+            std::process::abort();
+        }
+        answer
+    }
+
+    /// What `claim`'s request id holds in the caller's tenant (an expired
+    /// row is forgotten here); INVALID_ARGUMENT when it was used for
+    /// another request.
+    async fn remembered(&self, caller: &Caller, claim: &Claim) -> Result<Remembered, Error> {
         let tenant = &caller.tenant;
         let Some(found) = request_ids::find(&self.db, tenant, &claim.request_id).await? else {
-            return Ok(None);
+            return Ok(Remembered::Nothing);
         };
         let retention = chrono::Duration::from_std(self.retries.retention)
             .map_err(|e| Error::Internal(format!("request id retention: {e}")))?;
@@ -282,7 +358,7 @@ impl Registry {
         if found.create_time < expired_before {
             request_ids::forget_expired(&self.db, tenant, &claim.request_id, expired_before)
                 .await?;
-            return Ok(None);
+            return Ok(Remembered::Expired);
         }
         if found.method != claim.method || found.fingerprint != claim.fingerprint {
             return Err(Error::bad_field(
@@ -294,7 +370,7 @@ impl Registry {
                 ),
             ));
         }
-        Ok(Some(found.answer()))
+        Ok(Remembered::Answer(found.answer()))
     }
 }
 

@@ -98,7 +98,7 @@ impl<S> Written<S> {
 }
 
 /// Who writes a version, and why.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Write<'a> {
     pub caller: &'a Caller,
     pub action: Action,
