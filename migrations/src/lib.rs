@@ -33,6 +33,7 @@ mod m20261208_000002_soft_delete;
 mod m20261208_000003_audit;
 mod m20261208_000010_request_ids;
 mod m20261209_000001_list_indexes;
+mod m20261210_000001_live_agent_index;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 pub use m20261208_000003_audit::audit_trigger;
@@ -63,6 +64,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000003_audit::Migration),
             Box::new(m20261208_000010_request_ids::Migration),
             Box::new(m20261209_000001_list_indexes::Migration),
+            Box::new(m20261210_000001_live_agent_index::Migration),
         ]
     }
 }

@@ -204,6 +204,7 @@ on_both_backends!(
     down_drops_every_table_and_up_applies_again,
     version_rows_record_their_change_with_the_tenants_next_revision,
     agent_tools_follow_each_agents_tools,
+    a_write_finds_its_agent_by_id_in_a_large_tenant,
 );
 
 // ---------------------------------------------------------------------------
@@ -234,7 +235,7 @@ const TABLES: [&str; 15] = [
 const INDEXES: [&str; 23] = [
     "ix_agent_tools_tenant_tool",
     "ix_agents_delete_time",
-    "ix_agents_live_tenant",
+    "ix_agents_live_tenant_id",
     "ix_agents_llm_provider_id",
     "ix_agents_tenant_create_time",
     "ix_agents_tenant_id",
@@ -1195,6 +1196,46 @@ async fn agent_tools_follow_each_agents_tools(db: DatabaseConnection) {
     assert_eq!(tools(db.clone()).await, ["a0:web", "a2:web"]);
 }
 
+/// A write of an agent finds its row by tenant, id and `delete_time IS
+/// NULL`. The plan must look the id up in an index, also in a tenant of
+/// many agents and before the planner has statistics (a new database, no
+/// ANALYZE yet): a partial index on the tenant alone once made PostgreSQL
+/// read every live agent of the tenant per write.
+async fn a_write_finds_its_agent_by_id_in_a_large_tenant(db: DatabaseConnection) {
+    up(&db).await;
+    let agents: Vec<_> = (0..300)
+        .map(|i| new_agent(&format!("agent-{i:03}"), T1, &format!("name-{i:03}"), None))
+        .collect();
+    agent::Entity::insert_many(agents)
+        .exec(&db)
+        .await
+        .expect("300 agents");
+    let lookup = "UPDATE agents SET version = version + 1 WHERE id = 'agent-150' \
+                  AND tenant_id = 'tenant-1' AND version = 1 AND delete_time IS NULL";
+    let backend = db.get_database_backend();
+    let (explain, column) = match backend {
+        DbBackend::Postgres => (format!("EXPLAIN {lookup}"), "QUERY PLAN"),
+        _ => (format!("EXPLAIN QUERY PLAN {lookup}"), "detail"),
+    };
+    let plan: Vec<String> = db
+        .query_all_raw(Statement::from_string(backend, explain))
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", column).expect("a plan line"))
+        .collect();
+    // PostgreSQL: `Index Cond: (… (id = 'agent-150'::text))`; SQLite:
+    // `SEARCH agents USING INDEX … (… id=?)`. Not `tenant_id =` alone.
+    let by_id = |line: &String| match backend {
+        DbBackend::Postgres => line.contains("Index Cond:") && line.contains("(id = "),
+        _ => line.contains("SEARCH agents") && (line.contains("(id=?") || line.contains(" id=?")),
+    };
+    assert!(
+        plan.iter().any(by_id),
+        "the id is not an index condition: {plan:#?}"
+    );
+}
+
 async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
     let names = |status: &[(String, bool)]| -> Vec<String> {
         status.iter().map(|(name, _)| name.clone()).collect()
@@ -1218,7 +1259,8 @@ async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {
             "m20261208_000002_soft_delete",
             "m20261208_000003_audit",
             "m20261208_000010_request_ids",
-            "m20261209_000001_list_indexes"
+            "m20261209_000001_list_indexes",
+            "m20261210_000001_live_agent_index"
         ]
     );
     assert!(before.iter().all(|(_, applied)| !applied), "{before:?}");
