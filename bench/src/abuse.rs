@@ -97,7 +97,14 @@ pub struct AbuseArgs {
 /// Runs every attack and prints one table row per attack and server.
 pub async fn run(args: AbuseArgs) {
     let load_before = load_average();
-    let pair = Pair::start_with(&args.target, Options { metrics: true }).await;
+    let pair = Pair::start_with(
+        &args.target,
+        Options {
+            metrics: true,
+            ..Options::default()
+        },
+    )
+    .await;
     let (registry_metrics, crypto_metrics) = pair.metrics_addresses();
     let registry = Server {
         name: "registry",

@@ -7,6 +7,12 @@
 //! (`--calls` measured after 20 unmeasured), and its p50/p99 latency, the
 //! registry's CPU per call and the `total_size` it reported are printed.
 //!
+//! On SQLite the registry checks its planner statistics every second
+//! (`REGISTRY_SQLITE_STATISTICS_SECONDS`, 60 by default), and the cases
+//! run once the statistics describe the seeded table: what a registry
+//! that has been running a while plans with, not one a second after a
+//! bulk load. The row count they were taken at is printed.
+//!
 //! The write cost of `agent_tools` (kept by triggers): CreateAgent and an
 //! UpdateAgent that changes the tools, timed with the triggers in place,
 //! then again after the bench drops them in its own database, alternating
@@ -21,7 +27,7 @@ use proto::v1 as pb;
 use sea_orm::{ConnectionTrait, Database};
 use serde_json::{Value, json};
 
-use crate::pair::{Api, Pair, Target};
+use crate::pair::{Api, Options, Pair, Target};
 use crate::stats::{TreeCpu, percentile, round1, round3};
 
 /// Flags of `bench filter`.
@@ -55,7 +61,11 @@ const RARE: usize = 10_000;
 
 /// Runs the measurement and prints the tables.
 pub async fn run(args: FilterArgs) {
-    let pair = Pair::start(&args.target).await;
+    let options = Options {
+        sqlite_statistics_seconds: Some(1),
+        ..Options::default()
+    };
+    let pair = Pair::start_with(&args.target, options).await;
     let api = &pair.api;
     let providers: Vec<String> = {
         let mut ids = Vec::new();
@@ -74,6 +84,13 @@ pub async fn run(args: FilterArgs) {
         args.agents as f64 / seconds
     );
     let updated = touch_some(api, args.agents).await;
+    let analyzed_at = match args.target.db {
+        crate::pair::Db::Sqlite => Some(sqlite_statistics(&pair.database_url()).await),
+        crate::pair::Db::Postgres => None,
+    };
+    if let Some(rows) = analyzed_at {
+        println!("SQLite planner statistics of agents taken at {rows} rows");
+    }
 
     let middle = api
         .list_agents(pb::ListAgentsRequest {
@@ -202,6 +219,7 @@ pub async fn run(args: FilterArgs) {
             "page_size": args.page_size,
             "calls": args.calls,
             "seed_seconds": round3(seconds),
+            "sqlite_statistics_rows": analyzed_at,
         },
         "results": rows,
         "writes": writes,
@@ -521,5 +539,36 @@ async fn set_triggers(db: &sea_orm::DatabaseConnection, postgres: bool, on: bool
         db.execute_unprepared(statement)
             .await
             .unwrap_or_else(|e| panic!("{statement}: {e}"));
+    }
+}
+
+/// Waits (up to a minute) until the registry's SQLite planner statistics
+/// describe `agents` with at least a thousand rows, and answers the row
+/// count they were taken at (0 when they never came: the cases then run
+/// without them, and the printed count says so).
+async fn sqlite_statistics(url: &str) -> i64 {
+    let db = Database::connect(url)
+        .await
+        .expect("open the bench's SQLite file");
+    // `sqlite_stat1` appears with the first analysis; until then the query
+    // fails and counts as none. Its `stat` starts with the table's rows.
+    let query = "SELECT MAX(CAST(stat AS INTEGER)) FROM sqlite_stat1 WHERE tbl = 'agents'";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = db
+            .query_one_raw(sea_orm::Statement::from_string(
+                db.get_database_backend(),
+                query.to_owned(),
+            ))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|row| row.try_get_by_index::<Option<i64>>(0).ok().flatten())
+            .unwrap_or(0);
+        if rows >= 1000 || Instant::now() >= deadline {
+            let _ = db.close().await;
+            return rows;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

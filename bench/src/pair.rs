@@ -111,6 +111,9 @@ pub struct Options {
     /// Both services also serve Prometheus `/metrics` on an ephemeral
     /// loopback port ([`Pair::metrics_addresses`]).
     pub metrics: bool,
+    /// `REGISTRY_SQLITE_STATISTICS_SECONDS` for the registry (its default
+    /// when `None`).
+    pub sqlite_statistics_seconds: Option<u64>,
 }
 
 /// The two running services, their database and a client.
@@ -176,10 +179,14 @@ impl Pair {
                 (database, pid)
             }
         };
+        let mut launch = tests::stack::Stack::default_registry();
+        if let Some(seconds) = options.sqlite_statistics_seconds {
+            launch = launch.env("REGISTRY_SQLITE_STATISTICS_SECONDS", seconds.to_string());
+        }
         let registry = start_registry(
             &database,
             &crypto.url(),
-            with_metrics(tests::stack::Stack::default_registry(), REGISTRY_LOG_LEVEL),
+            with_metrics(launch, REGISTRY_LOG_LEVEL),
         )
         .await;
         if let Some(cpus) = &target.registry_cpus {
@@ -250,6 +257,11 @@ impl Pair {
     /// The registry's database (for direct SQL in `bench versions`).
     pub fn database(&self) -> &TestDatabase {
         &self.database
+    }
+
+    /// The registry's database URL.
+    pub fn database_url(&self) -> String {
+        self.database.url()
     }
 
     /// Warnings and errors the services logged (their "serving" lines

@@ -329,6 +329,12 @@ pub struct ServeArgs {
         default_value_t = 86_400
     )]
     pub request_id_retention_seconds: u64,
+    /// SQLite only: seconds between checks of the tables' sizes, after
+    /// which SQLite's query planner statistics are gathered again for the
+    /// tables that grew or shrank a lot (`PRAGMA optimize`; see
+    /// ARCHITECTURE.md, "SQLite's planner statistics"). At least 1.
+    #[arg(long, env = "REGISTRY_SQLITE_STATISTICS_SECONDS", default_value_t = 60)]
+    pub sqlite_statistics_seconds: u64,
     /// Tests only, refused outside development mode (REGISTRY_DEV): the
     /// process aborts right after the write of a call with this request id
     /// committed, before it answers (a crash between commit and response,
@@ -726,6 +732,8 @@ pub struct Settings {
     pub grpc_web_allowed_origins: crate::cors::AllowedOrigins,
     /// How long request ids are remembered.
     pub request_id_retention: Duration,
+    /// How often SQLite's planner statistics are checked.
+    pub sqlite_statistics_interval: Duration,
     /// The test hook's request id (development mode only).
     pub abort_after_commit: Option<String>,
     pub grpc: ops::cli::GrpcArgs,
@@ -896,6 +904,11 @@ impl ServeArgs {
                 self.request_id_retention_seconds,
                 1,
                 MAX_REQUEST_ID_RETENTION_SECONDS,
+            )?),
+            sqlite_statistics_interval: Duration::from_secs(at_least(
+                "REGISTRY_SQLITE_STATISTICS_SECONDS",
+                self.sqlite_statistics_seconds,
+                1,
             )?),
             abort_after_commit: self.abort_after_commit()?,
             grpc: self.grpc.clone(),

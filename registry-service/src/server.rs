@@ -170,6 +170,12 @@ pub async fn serve(
         registry.db.clone(),
         registry.retries.retention(),
     ));
+    // SQLite's planner statistics follow the tables' growth (a List filter
+    // that ORs two fields needs them); PostgreSQL gathers its own.
+    let statistics = tokio::spawn(crate::store::statistics::keep_fresh(
+        registry.db.clone(),
+        settings.sqlite_statistics_interval,
+    ));
     // The dependency check stops before readiness flips for the drain, so
     // it cannot flip it back. Watch streams end at once (UNAVAILABLE: the
     // caller resumes elsewhere): they would otherwise hold the drain to its
@@ -192,6 +198,7 @@ pub async fn serve(
     // Probes see NOT_SERVING until here; then the health port closes too.
     drop(health_only);
     prune_request_ids.abort();
+    statistics.abort();
     feed.abort();
     retention.abort();
     audit_upkeep.abort();

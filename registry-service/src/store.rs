@@ -38,6 +38,7 @@ pub mod recent;
 pub mod request_ids;
 pub mod search;
 mod sqlite_reads;
+pub mod statistics;
 pub mod versioned;
 
 use std::sync::Arc;
@@ -206,6 +207,16 @@ impl Store {
         match &self.backend {
             Backend::Sqlite { writes, .. } => writes.running(),
             Backend::Postgres => true,
+        }
+    }
+
+    /// On SQLite, closes the read connection: the next query opens one
+    /// that plans with the planner statistics as they are now (a
+    /// connection reads them when it opens, and an analysis by another
+    /// connection does not reach it). On PostgreSQL, nothing.
+    pub async fn replan_reads(&self) {
+        if let Backend::Sqlite { reads, .. } = &self.backend {
+            reads.reopen().await;
         }
     }
 

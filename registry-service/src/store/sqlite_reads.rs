@@ -63,6 +63,16 @@ impl SqliteReads {
     }
 }
 
+impl SqliteReads {
+    /// Closes the connection (if one is open); the next read opens a new
+    /// one. A read in progress finishes first: it holds the connection.
+    pub async fn reopen(&self) {
+        if let Some(open) = self.connection.lock().await.take() {
+            let _ = open.close().await;
+        }
+    }
+}
+
 /// The statement's SQL and values, with a trailing `LIMIT ?` written as a
 /// number instead of a bound value.
 ///
