@@ -181,6 +181,174 @@ fn names(list: &[&str]) -> Vec<String> {
     list.iter().map(|n| (*n).to_owned()).collect()
 }
 
+/// UpdateAgent with `paths` of `agent` on agent `id`.
+async fn update_agent(c: &mut Clients, id: &str, agent: pb::Agent, paths: &[&str]) -> pb::Agent {
+    c.agents
+        .update_agent(pb::UpdateAgentRequest {
+            agent: Some(pb::Agent {
+                id: id.to_owned(),
+                ..agent
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: names(paths),
+            }),
+            change_description: String::new(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("update {paths:?}: {e:?}"))
+        .into_inner()
+}
+
+/// Where agent `name` is found, and the bystander with it: by its name, by
+/// each provider (whether the agent is on it) and by each tool (whether
+/// the agent has it).
+async fn assert_found(
+    c: &mut Clients,
+    name: &str,
+    providers: [(&str, bool); 2],
+    tools: [(&str, bool); 2],
+) {
+    assert_eq!(
+        selected(c, &format!("name = {name:?}")).await,
+        [name],
+        "by name"
+    );
+    // The bystander is on the first provider, with the tool "search".
+    for (at, (provider, holds)) in providers.into_iter().enumerate() {
+        let mut expected = if at == 0 { vec!["bystander"] } else { vec![] };
+        if holds {
+            expected.push(name);
+            expected.sort_unstable();
+        }
+        let found = selected(c, &format!("provider = {provider:?}")).await;
+        assert_eq!(found, expected, "provider {provider}");
+    }
+    for (tool, holds) in tools {
+        let found = selected(c, &format!("tool:{tool:?}")).await;
+        let expected: Vec<&str> = match (tool, holds) {
+            ("search", true) => {
+                let mut both = vec!["bystander", name];
+                both.sort_unstable();
+                both
+            }
+            ("search", false) => vec!["bystander"],
+            (_, true) => vec![name],
+            (_, false) => vec![],
+        };
+        assert_eq!(found, expected, "tool {tool}");
+    }
+}
+
+/// An update sets only the columns whose value moved (SQLite rewrites an
+/// index entry for every column an UPDATE sets, moved or not): each change
+/// moves the agent in the indexes over what it changed, leaves it in the
+/// others, and a rollback moves it back in all of them at once.
+#[tokio::test]
+async fn each_change_moves_the_agent_in_the_indexes_over_what_it_changed() {
+    let stack = Stack::start().await;
+    let mut c = clients_as(&stack, "acme").await;
+    let p1 = create_provider(&mut c, "p-one", pb::ProviderType::Openai, false)
+        .await
+        .id;
+    let p2 = create_provider(&mut c, "p-two", pb::ProviderType::Openai, false)
+        .await
+        .id;
+    let agent = create_agent(&mut c, "first", &["search"], Some(&p1)).await;
+    create_agent(&mut c, "bystander", &["search"], Some(&p1)).await;
+    let id = agent.id.as_str();
+    assert_found(
+        &mut c,
+        "first",
+        [(&p1, true), (&p2, false)],
+        [("search", true), ("scrape", false)],
+    )
+    .await;
+
+    let renamed = pb::Agent {
+        name: "second".to_owned(),
+        ..Default::default()
+    };
+    update_agent(&mut c, id, renamed, &["name"]).await;
+    assert!(
+        selected(&mut c, r#"name = "first""#).await.is_empty(),
+        "the old name"
+    );
+    assert_found(
+        &mut c,
+        "second",
+        [(&p1, true), (&p2, false)],
+        [("search", true), ("scrape", false)],
+    )
+    .await;
+
+    let moved = pb::Agent {
+        llm_provider_id: Some(p2.clone()),
+        ..Default::default()
+    };
+    update_agent(&mut c, id, moved, &["llm_provider_id"]).await;
+    assert_found(
+        &mut c,
+        "second",
+        [(&p1, false), (&p2, true)],
+        [("search", true), ("scrape", false)],
+    )
+    .await;
+
+    let retooled = pb::Agent {
+        tools: names(&["scrape"]),
+        ..Default::default()
+    };
+    update_agent(&mut c, id, retooled, &["tools"]).await;
+    assert_found(
+        &mut c,
+        "second",
+        [(&p1, false), (&p2, true)],
+        [("search", false), ("scrape", true)],
+    )
+    .await;
+
+    let goal = pb::Agent {
+        goal: "Find other things".to_owned(),
+        ..Default::default()
+    };
+    let latest = update_agent(&mut c, id, goal, &["goal"]).await;
+    assert_eq!(latest.version, 5);
+    assert_found(
+        &mut c,
+        "second",
+        [(&p1, false), (&p2, true)],
+        [("search", false), ("scrape", true)],
+    )
+    .await;
+
+    let back = c
+        .agents
+        .rollback_agent(pb::RollbackAgentRequest {
+            agent_id: id.to_owned(),
+            version_number: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("rollback to version 1")
+        .into_inner();
+    assert_eq!((back.name.as_str(), back.version), ("first", 6));
+    assert!(
+        selected(&mut c, r#"name = "second""#).await.is_empty(),
+        "the later name"
+    );
+    assert_found(
+        &mut c,
+        "first",
+        [(&p1, true), (&p2, false)],
+        [("search", true), ("scrape", false)],
+    )
+    .await;
+    // The name the rollback left is free again.
+    create_agent(&mut c, "second", &[], None).await;
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn every_agent_field_and_operator_selects_exactly_the_expected_agents() {
     let stack = Stack::start().await;

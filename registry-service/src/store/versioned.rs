@@ -466,15 +466,11 @@ pub async fn list<K: Kind>(
     if let Some(condition) = search.condition::<K>(db).await? {
         scope = scope.filter(condition);
     }
-    let total = if search.is_filtered() {
-        count_up_to(db, &scope, COUNTED_MATCHES).await?
-    } else {
-        scope.clone().count(db).await.map_err(db_error)?
-    };
-    let mut query = scope;
+    let mut query = scope.clone();
     for (term, direction) in search.order_terms::<K>() {
         query = query.order_by(term, direction);
     }
+    let first_page = after.is_none();
     if let Some(after) = after {
         query = query.filter(search.after::<K>(&after)?);
     }
@@ -484,7 +480,18 @@ pub async fn list<K: Kind>(
         .all(db)
         .await
         .map_err(db_error)?;
-    let records = rows.into_iter().map(|read| read.0).collect();
+    let records: Vec<_> = rows.into_iter().map(|read| read.0).collect();
+    // A first page that is not full holds every match: counting them again
+    // would walk the same rows a second time (a filter that matches
+    // nothing walks every candidate).
+    let found = u64::try_from(records.len()).unwrap_or(u64::MAX);
+    let total = if first_page && found <= limit {
+        found
+    } else if search.is_filtered() {
+        count_up_to(db, &scope, COUNTED_MATCHES).await?
+    } else {
+        scope.count(db).await.map_err(db_error)?
+    };
     let total = i64::try_from(total).unwrap_or(i64::MAX);
     Ok(paginate(records, limit, |r| search.cursor::<K>(r), total))
 }
@@ -1545,6 +1552,11 @@ pub fn not_found<K: Kind>(id: &str) -> Error {
 struct Next<K: Kind> {
     record: Record<K::Spec>,
     columns: Vec<(&'static str, SimpleExpr)>,
+    /// Of `columns`, those whose value the current row already holds. A
+    /// bump leaves them out: SQLite rewrites the entry of every index over
+    /// a column an UPDATE sets, whether or not its value moved (an agent's
+    /// name and provider are in three).
+    unchanged: Vec<&'static str>,
     snapshot: SimpleExpr,
     diff: SimpleExpr,
     /// The changes `diff` holds.
@@ -1611,8 +1623,21 @@ impl<K: Kind> Next<K> {
         };
         record.version_hash = Some(hashed.hash_after(prev.unwrap_or_default()));
         let snapshot = json_val(backend, &json);
+        let columns = K::columns(&record.spec, &snapshot, backend)?;
+        // The snapshot's own column always moves with the version; the
+        // others are compared with the current row's.
+        let unchanged = match base.current() {
+            Some(current) => K::columns(&current.spec, &snapshot, backend)?
+                .into_iter()
+                .zip(&columns)
+                .filter(|((_, before), (_, after))| before == after && *after != snapshot)
+                .map(|((name, _), _)| name)
+                .collect(),
+            None => Vec::new(),
+        };
         Ok(Self {
-            columns: K::columns(&record.spec, &snapshot, backend)?,
+            columns,
+            unchanged,
             diff: json_val(backend, &diff),
             snapshot,
             record,
@@ -1672,7 +1697,12 @@ impl<K: Kind> Next<K> {
     /// <current>`: takes the version number only if nobody else did.
     fn bump(&self, write: &Write<'_>, current: &Record<K::Spec>) -> UpdateStatement {
         let record = &self.record;
-        let mut values: Vec<(Alias, SimpleExpr)> = self.own_columns().collect();
+        let mut values: Vec<(Alias, SimpleExpr)> = self
+            .columns
+            .iter()
+            .filter(|(name, _)| !self.unchanged.contains(name))
+            .map(|(name, value)| (Alias::new(*name), value.clone()))
+            .collect();
         values.extend([
             (Alias::new("version"), val(record.version)),
             (Alias::new("update_time"), val(record.update_time)),
