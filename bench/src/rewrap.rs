@@ -42,6 +42,7 @@ pub async fn run(values: u64, batch: u64) {
         url: format!("sqlite://{}", dir.path().join("registry.db").display()),
         max_connections: 4,
         acquire_timeout: std::time::Duration::from_secs(30),
+        sqlite_cache_mib: store::SQLITE_DEFAULT_CACHE_MIB,
     };
     let db = store::connect(&settings).await.expect("database");
     store::migrate_up(&db).await.expect("migrations");

@@ -9,8 +9,9 @@
 //!
 //! The triggers now read the tools from `tools`, never from `config`. The
 //! registry writes both from one spec in one statement, so they cannot
-//! disagree; a write that leaves `tools` out (none does) would leave
-//! `agent_tools` as it was, never wrong for another agent. The old rows'
+//! disagree; an update that leaves `tools` out (one whose tools did not
+//! change: it sets only the columns that moved) leaves `agent_tools` as it
+//! was, never wrong for another agent. The old rows'
 //! `tools` are filled from their configuration when the migration runs.
 
 use sea_orm_migration::prelude::*;

@@ -107,6 +107,7 @@ mod tests {
             url: format!("sqlite://{}?mode=rwc", path.display()),
             max_connections: 1,
             acquire_timeout: std::time::Duration::from_millis(2500),
+            sqlite_cache_mib: crate::store::SQLITE_DEFAULT_CACHE_MIB,
         };
         let pool = connect(&settings).await.expect("connect");
         migrate_up(&pool).await.expect("migrate");
