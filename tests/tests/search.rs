@@ -200,42 +200,38 @@ async fn update_agent(c: &mut Clients, id: &str, agent: pb::Agent, paths: &[&str
         .into_inner()
 }
 
-/// Where agent `name` is found, and the bystander with it: by its name, by
-/// each provider (whether the agent is on it) and by each tool (whether
-/// the agent has it).
+/// Where agent `name` is found, with the bystander (on the first provider,
+/// with the tool "search"): by its name; by each of `providers`, on which
+/// it is where `on` says; by "search" and "scrape", which it has where
+/// `has` says.
 async fn assert_found(
     c: &mut Clients,
     name: &str,
-    providers: [(&str, bool); 2],
-    tools: [(&str, bool); 2],
+    providers: [&str; 2],
+    on: [bool; 2],
+    has: [bool; 2],
 ) {
     assert_eq!(
         selected(c, &format!("name = {name:?}")).await,
         [name],
         "by name"
     );
-    // The bystander is on the first provider, with the tool "search".
-    for (at, (provider, holds)) in providers.into_iter().enumerate() {
+    for (at, provider) in providers.into_iter().enumerate() {
         let mut expected = if at == 0 { vec!["bystander"] } else { vec![] };
-        if holds {
+        if on[at] {
             expected.push(name);
             expected.sort_unstable();
         }
         let found = selected(c, &format!("provider = {provider:?}")).await;
         assert_eq!(found, expected, "provider {provider}");
     }
-    for (tool, holds) in tools {
+    for (at, tool) in ["search", "scrape"].into_iter().enumerate() {
+        let mut expected = if at == 0 { vec!["bystander"] } else { vec![] };
+        if has[at] {
+            expected.push(name);
+            expected.sort_unstable();
+        }
         let found = selected(c, &format!("tool:{tool:?}")).await;
-        let expected: Vec<&str> = match (tool, holds) {
-            ("search", true) => {
-                let mut both = vec!["bystander", name];
-                both.sort_unstable();
-                both
-            }
-            ("search", false) => vec!["bystander"],
-            (_, true) => vec![name],
-            (_, false) => vec![],
-        };
         assert_eq!(found, expected, "tool {tool}");
     }
 }
@@ -256,71 +252,56 @@ async fn each_change_moves_the_agent_in_the_indexes_over_what_it_changed() {
         .id;
     let agent = create_agent(&mut c, "first", &["search"], Some(&p1)).await;
     create_agent(&mut c, "bystander", &["search"], Some(&p1)).await;
-    let id = agent.id.as_str();
-    assert_found(
-        &mut c,
-        "first",
-        [(&p1, true), (&p2, false)],
-        [("search", true), ("scrape", false)],
-    )
-    .await;
+    let (id, providers) = (agent.id.as_str(), [p1.as_str(), p2.as_str()]);
+    assert_found(&mut c, "first", providers, [true, false], [true, false]).await;
 
-    let renamed = pb::Agent {
-        name: "second".to_owned(),
-        ..Default::default()
-    };
-    update_agent(&mut c, id, renamed, &["name"]).await;
-    assert!(
-        selected(&mut c, r#"name = "first""#).await.is_empty(),
-        "the old name"
-    );
-    assert_found(
-        &mut c,
-        "second",
-        [(&p1, true), (&p2, false)],
-        [("search", true), ("scrape", false)],
-    )
-    .await;
-
-    let moved = pb::Agent {
-        llm_provider_id: Some(p2.clone()),
-        ..Default::default()
-    };
-    update_agent(&mut c, id, moved, &["llm_provider_id"]).await;
-    assert_found(
-        &mut c,
-        "second",
-        [(&p1, false), (&p2, true)],
-        [("search", true), ("scrape", false)],
-    )
-    .await;
-
-    let retooled = pb::Agent {
-        tools: names(&["scrape"]),
-        ..Default::default()
-    };
-    update_agent(&mut c, id, retooled, &["tools"]).await;
-    assert_found(
-        &mut c,
-        "second",
-        [(&p1, false), (&p2, true)],
-        [("search", false), ("scrape", true)],
-    )
-    .await;
-
-    let goal = pb::Agent {
-        goal: "Find other things".to_owned(),
-        ..Default::default()
-    };
-    let latest = update_agent(&mut c, id, goal, &["goal"]).await;
-    assert_eq!(latest.version, 5);
-    assert_found(
-        &mut c,
-        "second",
-        [(&p1, false), (&p2, true)],
-        [("search", false), ("scrape", true)],
-    )
-    .await;
+    // (the change, its mask, then: the name, on p1/p2, has search/scrape)
+    let steps = [
+        (
+            pb::Agent {
+                name: "second".to_owned(),
+                ..Default::default()
+            },
+            "name",
+            [true, false],
+            [true, false],
+        ),
+        (
+            pb::Agent {
+                llm_provider_id: Some(p2.clone()),
+                ..Default::default()
+            },
+            "llm_provider_id",
+            [false, true],
+            [true, false],
+        ),
+        (
+            pb::Agent {
+                tools: names(&["scrape"]),
+                ..Default::default()
+            },
+            "tools",
+            [false, true],
+            [false, true],
+        ),
+        (
+            pb::Agent {
+                goal: "Find other things".to_owned(),
+                ..Default::default()
+            },
+            "goal",
+            [false, true],
+            [false, true],
+        ),
+    ];
+    for (change, path, on, has) in steps {
+        update_agent(&mut c, id, change, &[path]).await;
+        assert!(
+            selected(&mut c, r#"name = "first""#).await.is_empty(),
+            "the old name after {path}"
+        );
+        assert_found(&mut c, "second", providers, on, has).await;
+    }
 
     let back = c
         .agents
@@ -337,13 +318,7 @@ async fn each_change_moves_the_agent_in_the_indexes_over_what_it_changed() {
         selected(&mut c, r#"name = "second""#).await.is_empty(),
         "the later name"
     );
-    assert_found(
-        &mut c,
-        "first",
-        [(&p1, true), (&p2, false)],
-        [("search", true), ("scrape", false)],
-    )
-    .await;
+    assert_found(&mut c, "first", providers, [true, false], [true, false]).await;
     // The name the rollback left is free again.
     create_agent(&mut c, "second", &[], None).await;
     stack.finish().await;
