@@ -88,8 +88,8 @@ pub struct DatabaseSettings {
 /// SQLite's page cache per connection unless set: the pages a filtered
 /// ListAgents walks over 100,000 agents (their indexes, and the rows it
 /// reads) fit, where SQLite's default of 2 MiB made each of them a read
-/// from the operating system (`label AND tool` 8.7 against 2.2 ms;
-/// BENCHMARKS.md, issue 18).
+/// from the operating system (`label AND tool`, ordered: p50 10.7–13.5
+/// against 8.6–9.0 ms; BENCHMARKS.md, issue 18).
 pub const SQLITE_DEFAULT_CACHE_MIB: u32 = 32;
 
 /// Opens the pool. SQLite gets WAL, `synchronous=FULL`, foreign keys, a
