@@ -566,7 +566,7 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), Error> {
 mod tests {
     use super::*;
 
-    async fn pragma(db: &DatabaseConnection, name: &str) -> String {
+    async fn pragma(db: &impl ConnectionTrait, name: &str) -> String {
         let statement = Statement::from_string(DbBackend::Sqlite, format!("PRAGMA {name}"));
         let row = db
             .query_one_raw(statement)
@@ -580,7 +580,7 @@ mod tests {
 
     /// The connection the registry itself opens (not a test helper's):
     /// WAL, every commit durable (FULL), foreign keys, the busy timeout,
-    /// the page cache's size.
+    /// the page cache's size (the read connection's too).
     #[tokio::test]
     async fn the_registry_opens_sqlite_in_wal_with_full_sync_foreign_keys_busy_timeout_and_cache() {
         let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
@@ -596,6 +596,13 @@ mod tests {
         assert_eq!(pragma(&db, "foreign_keys").await, "1");
         assert_eq!(pragma(&db, "busy_timeout").await, "2500");
         assert_eq!(pragma(&db, "cache_size").await, "-49152", "48 MiB, in KiB");
+        // The store's reads go through a read-only connection of their own.
+        let store = Store::new(db.clone(), &RegistryMetrics::default(), (0, 0));
+        assert_eq!(
+            pragma(&store, "cache_size").await,
+            "-49152",
+            "the read connection"
+        );
         db.close().await.expect("close");
         let _ = std::fs::remove_file(path);
     }
