@@ -85,11 +85,12 @@ pub struct DatabaseSettings {
     pub sqlite_cache_mib: u32,
 }
 
-/// SQLite's page cache per connection unless set: the pages a filtered
-/// ListAgents walks over 100,000 agents (their indexes, and the rows it
-/// reads) fit, where SQLite's default of 2 MiB made each of them a read
-/// from the operating system (`label AND tool`, ordered: p50 10.7–13.5
-/// against 8.6–9.0 ms; BENCHMARKS.md, issue 18).
+/// SQLite's page cache per connection unless set. SQLite's default of
+/// 2 MiB holds 4 % of the agents' indexes at 100,000 agents, and each page
+/// a filtered ListAgents read past it came from the operating system
+/// (`label AND tool`, ordered: p50 10.7–13.5 against 8.6–9.0 ms). The read
+/// connection's cache is emptied by every write, and refilling a large one
+/// costs more: a trade (ARCHITECTURE.md, "SQLite's planner statistics").
 pub const SQLITE_DEFAULT_CACHE_MIB: u32 = 32;
 
 /// Opens the pool. SQLite gets WAL, `synchronous=FULL`, foreign keys, a

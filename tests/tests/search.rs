@@ -216,23 +216,25 @@ async fn assert_found(
         [name],
         "by name"
     );
-    for (at, provider) in providers.into_iter().enumerate() {
-        let mut expected = if at == 0 { vec!["bystander"] } else { vec![] };
-        if on[at] {
+    // (filter, whether the agent matches it); the bystander matches the
+    // first of each pair.
+    let filters = [
+        (format!("provider = {:?}", providers[0]), on[0]),
+        (format!("provider = {:?}", providers[1]), on[1]),
+        (r#"tool:"search""#.to_owned(), has[0]),
+        (r#"tool:"scrape""#.to_owned(), has[1]),
+    ];
+    for (at, (filter, matches)) in filters.into_iter().enumerate() {
+        let mut expected = if at % 2 == 0 {
+            vec!["bystander"]
+        } else {
+            vec![]
+        };
+        if matches {
             expected.push(name);
             expected.sort_unstable();
         }
-        let found = selected(c, &format!("provider = {provider:?}")).await;
-        assert_eq!(found, expected, "provider {provider}");
-    }
-    for (at, tool) in ["search", "scrape"].into_iter().enumerate() {
-        let mut expected = if at == 0 { vec!["bystander"] } else { vec![] };
-        if has[at] {
-            expected.push(name);
-            expected.sort_unstable();
-        }
-        let found = selected(c, &format!("tool:{tool:?}")).await;
-        assert_eq!(found, expected, "tool {tool}");
+        assert_eq!(selected(c, &filter).await, expected, "{filter}");
     }
 }
 
