@@ -124,7 +124,24 @@ impl TestDatabase {
         .collect()
     }
 
-    /// Runs one SQL statement against the test database (for checks).
+    /// Runs one writing SQL statement against the test database and
+    /// answers how many rows it changed. The statement has committed when
+    /// this returns: its connection is closed first (a `RETURNING` read
+    /// through [`Database::count`] may leave SQLite's implicit transaction
+    /// open until the pool's connection is dropped, after the next check).
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let db = Database::connect(self.url()).await.expect("connect");
+        let changed = db
+            .execute_unprepared(sql)
+            .await
+            .expect("statement")
+            .rows_affected();
+        db.close().await.expect("close");
+        changed
+    }
+
+    /// Runs one SQL query against the test database and answers the first
+    /// column of its first row (for checks).
     pub async fn count(&self, sql: &str) -> i64 {
         let db = Database::connect(self.url()).await.expect("connect");
         let row = db
