@@ -92,20 +92,27 @@ pub async fn run(args: FilterArgs) {
         println!("SQLite planner statistics of agents taken at {rows} rows");
     }
 
-    let middle = api
-        .list_agents(pb::ListAgentsRequest {
-            page_size: 1,
-            filter: format!("name = {:?}", name_of(args.agents / 2)),
-            ..Default::default()
-        })
-        .await
-        .expect("the middle agent")
-        .into_inner()
-        .agents
-        .into_iter()
-        .next()
-        .and_then(|a| a.create_time)
-        .expect("the middle agent's create_time");
+    // Paged on: a page the scan budget stopped may be empty.
+    let (mut middle, mut token) = (None, String::new());
+    while middle.is_none() {
+        let page = api
+            .list_agents(pb::ListAgentsRequest {
+                page_size: 1,
+                filter: format!("name = {:?}", name_of(args.agents / 2)),
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .expect("the middle agent")
+            .into_inner();
+        middle = page.agents.into_iter().next().and_then(|a| a.create_time);
+        assert!(
+            middle.is_some() || !page.next_page_token.is_empty(),
+            "the middle agent is listed"
+        );
+        token = page.next_page_token;
+    }
+    let middle = middle.expect("the middle agent's create_time");
     // prost's Display of a Timestamp is RFC 3339 (UTC).
     let middle_time = middle.to_string();
     // p2's agents are even, so every one has "search"; p1's are odd, none.
@@ -178,18 +185,28 @@ pub async fn run(args: FilterArgs) {
         args.calls,
         args.target.db.name()
     );
-    println!("| case | filter | order_by | total_size | p50 ms | p99 ms | registry CPU µs/call |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| case | filter | order_by | total_size | first page | p50 ms | p99 ms | registry CPU µs/call | short first page: calls / ms to the end |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     for row in &rows {
+        let windowed = &row["windowed_to_the_end"];
+        let to_the_end = if windowed.is_null() {
+            "–".to_owned()
+        } else {
+            format!("{} / {}", windowed["calls"], windowed["ms"])
+        };
         println!(
-            "| {} | `{}` | `{}` | {} | {} | {} | {} |",
+            "| {} | `{}` | `{}` | {} | {} | {} | {} | {} | {} |",
             row["case"].as_str().unwrap_or_default(),
             row["filter"].as_str().unwrap_or_default(),
             row["order_by"].as_str().unwrap_or_default(),
             row["total_size"],
+            row["first_page_items"],
             row["p50_ms"],
             row["p99_ms"],
             row["registry_cpu_us_per_call"],
+            to_the_end,
         );
     }
     if !writes.is_empty() {
@@ -369,16 +386,40 @@ async fn measure(
         order_by: order_by.to_owned(),
         show_deleted: false,
     };
-    let mut total_size = 0;
+    let mut first = pb::ListAgentsResponse::default();
     for _ in 0..20 {
-        let page = pair
+        first = pair
             .api
             .list_agents(request())
             .await
             .unwrap_or_else(|e| panic!("{label}: {e:?}"))
             .into_inner();
-        total_size = page.total_size;
     }
+    let total_size = first.total_size;
+    // A first page short of page_size with a next page stopped at the scan
+    // budget (a window): page on to the end, timing the calls it takes.
+    let short = first.agents.len() < usize::try_from(args.page_size).unwrap_or(0);
+    let to_the_end = if short && !first.next_page_token.is_empty() {
+        let started = Instant::now();
+        let (mut calls, mut found, mut token) = (1usize, first.agents.len(), first.next_page_token);
+        while !token.is_empty() {
+            let page = pair
+                .api
+                .list_agents(pb::ListAgentsRequest {
+                    page_token: token,
+                    ..request()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("{label}, paging on: {e:?}"))
+                .into_inner();
+            calls += 1;
+            found += page.agents.len();
+            token = page.next_page_token;
+        }
+        json!({"calls": calls, "found": found, "ms": round3(started.elapsed().as_secs_f64() * 1e3)})
+    } else {
+        Value::Null
+    };
     let roots = [pair.registry_pid()];
     let cpu_before = TreeCpu::read(&roots);
     let mut latencies = Vec::with_capacity(args.calls);
@@ -395,11 +436,16 @@ async fn measure(
         "filter": filter,
         "order_by": order_by,
         "total_size": total_size,
+        "first_page_items": first.agents.len(),
+        "windowed_to_the_end": to_the_end,
         "p50_ms": ms(percentile(&latencies, 0.50)),
         "p99_ms": ms(percentile(&latencies, 0.99)),
         "registry_cpu_us_per_call": round1(cpu.runtime * 1e6 / args.calls as f64),
     });
-    println!("{label}: p50 {} ms, total_size {total_size}", row["p50_ms"]);
+    println!(
+        "{label}: p50 {} ms, total_size {total_size}, first page {} agents, windowed to the end: {}",
+        row["p50_ms"], row["first_page_items"], row["windowed_to_the_end"]
+    );
     row
 }
 

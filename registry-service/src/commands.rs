@@ -113,7 +113,8 @@ async fn serve(args: &Args) -> Result<(), Error> {
         db,
         &registry_metrics,
         (settings.recent_agents, settings.recent_agents_bytes),
-    );
+    )
+    .with_list_scan(settings.list_scan);
     let registry = Registry {
         feed: crate::watch::Feed::new(db.clone(), settings.watch.clone()),
         resolutions: Arc::new(crate::api::runtime::Resolutions::new(

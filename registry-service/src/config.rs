@@ -346,6 +346,26 @@ pub struct ServeArgs {
     /// ARCHITECTURE.md, "SQLite's planner statistics"). At least 1.
     #[arg(long, env = "REGISTRY_SQLITE_STATISTICS_SECONDS", default_value_t = 60)]
     pub sqlite_statistics_seconds: u64,
+    /// SQLite only: virtual machine instructions a filtered List's page
+    /// query, and then its count, may run before the page is read from a
+    /// window instead (`REGISTRY_LIST_SCAN_WINDOW` rows: a page with fewer
+    /// items than asked, or none, and a next page token) and `total_size`
+    /// is the page's own. 100,000 is a few milliseconds. 0 to
+    /// 1,000,000,000; 0 reads every filtered page from a window.
+    #[arg(
+        long,
+        env = "REGISTRY_LIST_SCAN_STEPS",
+        default_value_t = store::search::DEFAULT_LIST_SCAN_STEPS
+    )]
+    pub list_scan_steps: u64,
+    /// The rows, in the listing's order, that a filtered page read from a
+    /// window tests against the filter. 1 to 100,000.
+    #[arg(
+        long,
+        env = "REGISTRY_LIST_SCAN_WINDOW",
+        default_value_t = store::search::DEFAULT_LIST_SCAN_WINDOW
+    )]
+    pub list_scan_window: u64,
     /// Tests only, refused outside development mode (REGISTRY_DEV): the
     /// process aborts right after the write of a call with this request id
     /// committed, before it answers (a crash between commit and response,
@@ -745,6 +765,8 @@ pub struct Settings {
     pub request_id_retention: Duration,
     /// How often SQLite's planner statistics are checked.
     pub sqlite_statistics_interval: Duration,
+    /// How far a filtered listing searches before it answers.
+    pub list_scan: store::search::ListScan,
     /// The test hook's request id (development mode only).
     pub abort_after_commit: Option<String>,
     pub grpc: ops::cli::GrpcArgs,
@@ -922,6 +944,20 @@ impl ServeArgs {
                 self.sqlite_statistics_seconds,
                 1,
             )?),
+            list_scan: store::search::ListScan {
+                steps: within(
+                    "REGISTRY_LIST_SCAN_STEPS",
+                    self.list_scan_steps,
+                    0,
+                    MAX_LIST_SCAN_STEPS,
+                )?,
+                window: within(
+                    "REGISTRY_LIST_SCAN_WINDOW",
+                    self.list_scan_window,
+                    1,
+                    MAX_LIST_SCAN_WINDOW,
+                )?,
+            },
             abort_after_commit: self.abort_after_commit()?,
             grpc: self.grpc.clone(),
         })
@@ -1069,6 +1105,13 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
 
 /// `value` when it is at least `min`; a smaller one is refused, not
 /// raised: a setting the operator wrote is never silently changed.
+/// The most a filtered page may search: about a minute of SQLite's work,
+/// past which a caller has long given up.
+const MAX_LIST_SCAN_STEPS: u64 = 1_000_000_000;
+/// The largest window a filtered page may read (SQLite reads about 1,400
+/// rows a millisecond).
+const MAX_LIST_SCAN_WINDOW: u64 = 100_000;
+
 fn at_least<T: PartialOrd + std::fmt::Display>(
     setting: &str,
     value: T,
@@ -1131,6 +1174,52 @@ mod tests {
                     );
                 }
                 other => panic!("{value}: {other:?}"),
+            }
+        }
+    }
+
+    fn list_scan(flags: &[&str]) -> Result<crate::store::search::ListScan, Error> {
+        let args =
+            Args::try_parse_from([&["registry-service"], flags].concat()).expect("the flags parse");
+        args.serve.settings(&args.common).map(|s| s.list_scan)
+    }
+
+    /// A filtered page's budget and window are taken within their ranges
+    /// (a zero budget too: every filtered page from a window) and refused
+    /// outside them, never clamped.
+    #[test]
+    fn the_list_scan_is_refused_outside_its_range() {
+        let taken = list_scan(&[]).expect("the defaults");
+        assert_eq!((taken.steps, taken.window), (100_000, 2_000));
+        let taken = list_scan(&["--list-scan-steps", "0", "--list-scan-window", "1"])
+            .expect("the smallest");
+        assert_eq!((taken.steps, taken.window), (0, 1));
+        for (flag, value, setting, problem) in [
+            (
+                "--list-scan-steps",
+                "1000000001",
+                "REGISTRY_LIST_SCAN_STEPS",
+                "must be at most 1000000000",
+            ),
+            (
+                "--list-scan-window",
+                "0",
+                "REGISTRY_LIST_SCAN_WINDOW",
+                "must be at least 1",
+            ),
+            (
+                "--list-scan-window",
+                "100001",
+                "REGISTRY_LIST_SCAN_WINDOW",
+                "must be at most 100000",
+            ),
+        ] {
+            match list_scan(&[flag, value]) {
+                Err(Error::Config {
+                    setting: said_setting,
+                    problem: said,
+                }) => assert_eq!((said_setting.as_str(), said.as_str()), (setting, problem)),
+                other => panic!("{flag} {value}: {other:?}"),
             }
         }
     }

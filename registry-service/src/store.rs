@@ -173,6 +173,7 @@ pub struct Store {
     backend: Backend,
     recent_agents: Arc<Recent<AgentSpec>>,
     changes: Arc<ChangeSignal>,
+    list_scan: search::ListScan,
 }
 
 impl Store {
@@ -200,7 +201,40 @@ impl Store {
             backend,
             recent_agents: Arc::new(Recent::new("agent", recent_agents, metrics)),
             changes: Arc::default(),
+            list_scan: search::ListScan::default(),
             pool,
+        }
+    }
+
+    /// This store with filtered listings bounded by `scan`.
+    pub fn with_list_scan(self, scan: search::ListScan) -> Self {
+        Self {
+            list_scan: scan,
+            ..self
+        }
+    }
+
+    /// How far a filtered listing may search before it answers.
+    pub fn list_scan(&self) -> search::ListScan {
+        self.list_scan
+    }
+
+    /// Runs the query `statement` for at most `steps` of SQLite's virtual
+    /// machine instructions: its rows, or `None` when SQLite stopped it at
+    /// the end of its budget (a zero budget: not run, on either database).
+    /// PostgreSQL runs it to its end (each call has a connection of its own
+    /// there, and its planner intersects indexes instead of walking one).
+    pub async fn query_within(
+        &self,
+        statement: Statement,
+        steps: u64,
+    ) -> Result<Option<Vec<QueryResult>>, DbErr> {
+        if steps == 0 {
+            return Ok(None);
+        }
+        match &self.backend {
+            Backend::Sqlite { reads, .. } => reads.query_all_within(statement, steps).await,
+            Backend::Postgres => self.pool.query_all_raw(statement).await.map(Some),
         }
     }
 
@@ -604,6 +638,49 @@ mod tests {
             "-49152",
             "the read connection"
         );
+        db.close().await.expect("close");
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// A read with a budget on SQLite's read connection is stopped when
+    /// the budget is spent — a statement that would count for minutes
+    /// answers within the test's patience — and the connection reads on
+    /// after it, with a budget or without.
+    #[tokio::test]
+    async fn a_read_with_a_budget_stops_at_its_end_and_the_connection_reads_on() {
+        let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
+        let settings = DatabaseSettings {
+            url: format!("sqlite://{}?mode=rwc", path.display()),
+            max_connections: 1,
+            acquire_timeout: Duration::from_millis(2500),
+            sqlite_cache_mib: 2,
+        };
+        let db = connect(&settings).await.expect("the registry connects");
+        let store = Store::new(db.clone(), &RegistryMetrics::default(), (0, 0));
+        let endless = || {
+            Statement::from_string(
+                DbBackend::Sqlite,
+                "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000000000) \
+                 SELECT COUNT(*) FROM n",
+            )
+        };
+        let one = || Statement::from_string(DbBackend::Sqlite, "SELECT 7");
+        for steps in [0, 1, 50_000] {
+            let started = std::time::Instant::now();
+            let stopped = store
+                .query_within(endless(), steps)
+                .await
+                .expect("a stopped read is no error");
+            assert!(stopped.is_none(), "stopped after {steps} steps");
+            assert!(started.elapsed() < Duration::from_secs(10));
+            let rows = store
+                .query_within(one(), 1_000)
+                .await
+                .expect("the next read")
+                .expect("within its budget");
+            assert_eq!(rows[0].try_get_by_index::<i64>(0).expect("a number"), 7);
+            assert_eq!(pragma(&store, "cache_size").await, "-2048", "no budget");
+        }
         db.close().await.expect("close");
         let _ = std::fs::remove_file(path);
     }

@@ -832,6 +832,114 @@ async fn orders_page_both_ways_without_gaps_or_duplicates() {
     stack.finish().await;
 }
 
+/// A filtered page read from a window (`REGISTRY_LIST_SCAN_STEPS=0`:
+/// every filtered page is; a window of 4 rows) tests at most those rows:
+/// pages may be short or empty and still have a next page, and paging on
+/// yields exactly the matches, in order, each once — in every order, for
+/// a filter nothing meets too. The unfiltered listing is not windowed.
+#[tokio::test]
+async fn filtered_pages_read_from_windows_page_to_exactly_the_matches() {
+    const WINDOW: usize = 4;
+    let stack = Stack::start_with(
+        Stack::default_registry()
+            .env("REGISTRY_LIST_SCAN_STEPS", "0")
+            .env("REGISTRY_LIST_SCAN_WINDOW", WINDOW.to_string()),
+    )
+    .await;
+    let mut c = clients_as(&stack, "acme").await;
+    let mut providers = Vec::new();
+    for name in ["pa", "pb", "pc"] {
+        let kind = pb::ProviderType::Openai;
+        providers.push(create_provider(&mut c, name, kind, false).await.id);
+    }
+    // Agent i: provider i % 3; the tool "search" when i is even, "rare"
+    // for 7 and 19 (both on pb). Names unlike the creation order.
+    let count = 24usize;
+    let name_of = |i: usize| format!("agent-{:02}", (i * 5) % count);
+    let mut ids = Vec::new();
+    for i in 0..count {
+        let mut tools = Vec::new();
+        if i.is_multiple_of(2) {
+            tools.push("search");
+        }
+        if i == 7 || i == 19 {
+            tools.push("rare");
+        }
+        let provider = Some(providers[i % 3].as_str());
+        ids.push(create_agent(&mut c, &name_of(i), &tools, provider).await.id);
+    }
+    // Updated last: 10, then 3.
+    let updated = [10usize, 3];
+    for i in updated {
+        let agent = pb::Agent {
+            goal: "Find more".to_owned(),
+            ..Default::default()
+        };
+        update_agent(&mut c, &ids[i], agent, &["goal"]).await;
+    }
+    let by_update: Vec<usize> = (0..count)
+        .filter(|i| !updated.contains(i))
+        .chain(updated)
+        .collect();
+    let (pa, pb_id) = (&providers[0], &providers[1]);
+    // (filter, which agents it selects)
+    type Selects = fn(usize) -> bool;
+    let filters: [(String, Selects); 4] = [
+        (format!("provider = {pa:?} AND tool:search"), |i| i % 6 == 0),
+        (format!("provider = {pa:?} AND tool:rare"), |_| false),
+        (format!("provider = {pb_id:?} AND tool:rare"), |i| {
+            i == 7 || i == 19
+        }),
+        ("NOT tool:search".to_owned(), |i| i % 2 == 1),
+    ];
+    for (filter, selects) in &filters {
+        let in_creation: Vec<usize> = (0..count).filter(|i| selects(*i)).collect();
+        let mut by_name = in_creation.clone();
+        by_name.sort_by_key(|i| name_of(*i));
+        let updated_order: Vec<usize> = by_update.iter().copied().filter(|i| selects(*i)).collect();
+        let reversed = |list: &[usize]| list.iter().rev().copied().collect::<Vec<_>>();
+        for (order_by, expected) in [
+            ("", in_creation.clone()),
+            ("name desc", reversed(&by_name)),
+            ("create_time", in_creation.clone()),
+            ("update_time desc", reversed(&updated_order)),
+        ] {
+            let expected: Vec<String> = expected.into_iter().map(name_of).collect();
+            let page_size = 3;
+            let (mut listed, mut calls, mut token) = (Vec::new(), 0, String::new());
+            loop {
+                let page = agent_page(&mut c, filter, order_by, page_size, &token)
+                    .await
+                    .unwrap_or_else(|e| panic!("{filter:?} / {order_by:?}: {e:?}"));
+                calls += 1;
+                assert!(
+                    page.agents.len() <= 3,
+                    "{filter:?} {order_by:?}: a page of 3"
+                );
+                let on_page = i32::try_from(page.agents.len()).expect("small");
+                assert_eq!(page.total_size, on_page, "a windowed page counts its own");
+                listed.extend(page.agents.into_iter().map(|a| a.name));
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            assert_eq!(listed, expected, "{filter:?} / {order_by:?}");
+            // Each call tested at most a window of rows: 24 rows took at
+            // least 6 calls, whatever the filter selects.
+            assert!(
+                calls >= count / WINDOW,
+                "{filter:?} / {order_by:?}: {calls} calls"
+            );
+        }
+    }
+    // Unfiltered: full pages, the tenant's count.
+    let (listed, totals) = all_agents(&mut c, "", "name desc", 5).await;
+    assert_eq!(listed.len(), count);
+    assert_eq!(totals, BTreeSet::from([24]));
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn a_page_token_is_bound_to_its_filter_and_order() {
     let stack = Stack::start().await;

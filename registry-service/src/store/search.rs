@@ -13,6 +13,13 @@
 //! Pages stay keyset pages: the cursor is the last row's sort keys and id,
 //! and the next page starts strictly after it in the same order (the id
 //! breaks ties, in the direction of the last key).
+//!
+//! A filtered page is bounded ([`ListScan`]): its query runs for at most a
+//! budget of SQLite instructions, and one that runs out (SQLite walking a large tenant for a
+//! filter few or none of its rows meet) is answered from a window instead —
+//! the matches among the next rows in order, however few, with a cursor
+//! after the window's last row. The caller pages on (AIP-158: a page may
+//! hold fewer items than asked, or none, and still have a next page).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SimpleExpr};
@@ -133,6 +140,40 @@ impl Key {
             Self::Name => "name",
             Self::CreateTime => "create_time",
             Self::UpdateTime => "update_time",
+        }
+    }
+}
+
+/// How far a filtered listing searches before it answers
+/// (`REGISTRY_LIST_SCAN_STEPS`, `REGISTRY_LIST_SCAN_WINDOW`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListScan {
+    /// SQLite virtual machine instructions a filtered page's query, and
+    /// then its count, may run (PostgreSQL runs them to their end). Zero:
+    /// every filtered page is read from a window, and its count is not
+    /// taken.
+    pub steps: u64,
+    /// The rows, in the listing's order, that a page read from a window
+    /// tests against the filter.
+    pub window: u64,
+}
+
+/// The default budget. In `bench filter`'s tenant of 100,000 agents the
+/// costliest filtered page that a side index answers (`label AND tool`,
+/// ordered: 1,000 label owners looked up and sorted) took about 44,000
+/// instructions and its count about 30,000; a walk of the tenant's rows
+/// for a filter none meets, 850,000 (56–84 ms). 100,000 is 6–10 ms of
+/// such a walk on the bench's machine.
+pub const DEFAULT_LIST_SCAN_STEPS: u64 = 100_000;
+/// The default window: 2,000 rows take SQLite about 1.5 ms to read and
+/// test (BENCHMARKS.md, "Bounded filtered pages").
+pub const DEFAULT_LIST_SCAN_WINDOW: u64 = 2_000;
+
+impl Default for ListScan {
+    fn default() -> Self {
+        Self {
+            steps: DEFAULT_LIST_SCAN_STEPS,
+            window: DEFAULT_LIST_SCAN_WINDOW,
         }
     }
 }

@@ -15,19 +15,49 @@
 //!
 //! A connection that fails with anything but an SQL error (I/O, its thread
 //! gone) is closed and the next read opens a new one.
+//!
+//! A read may come with a budget of SQLite virtual machine instructions
+//! ([`SqliteReads::query_all_within`]): SQLite's progress handler, called
+//! every [`PROGRESS_STEPS`] instructions on the connection's thread,
+//! interrupts the statement once the budget is spent, and the read answers
+//! that it ran out instead of rows. One read at a time holds the
+//! connection, so a search that would walk a whole tenant cannot keep
+//! every other caller's reads waiting behind it. Instructions, not time:
+//! the same query over the same rows runs out, or not, however loaded the
+//! machine is, so a page's answer does not depend on the load.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sea_orm::sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use sea_orm::sqlx::{self, ConnectOptions, Connection};
 use sea_orm::{DbErr, QueryResult, RuntimeErr, Statement, Value, Values};
 use tokio::sync::Mutex;
 
+/// Virtual machine instructions between two calls of the progress
+/// handler: well under a millisecond of work, so a budget is kept to
+/// within them, while a call (an atomic decrement) costs nothing
+/// measurable.
+pub const PROGRESS_STEPS: u64 = 1_000;
+
+/// The budget of a read without one.
+const UNLIMITED: u64 = u64::MAX;
+
+/// SQLite's result code of a statement its progress handler stopped.
+const SQLITE_INTERRUPT: &str = "9";
+
+/// The progress handler's calls the running read has left ([`UNLIMITED`]:
+/// it runs to its end). Set before each read by the task that holds the
+/// connection, counted down by the progress handler on the connection's
+/// thread.
+type Remaining = Arc<AtomicU64>;
+
 /// The read connection, opened on first use.
 #[derive(Debug, Clone)]
 pub struct SqliteReads {
     options: Arc<SqliteConnectOptions>,
     connection: Arc<Mutex<Option<SqliteConnection>>>,
+    remaining: Remaining,
 }
 
 impl SqliteReads {
@@ -37,21 +67,57 @@ impl SqliteReads {
         Self {
             options: Arc::new(options),
             connection: Arc::new(Mutex::new(None)),
+            remaining: Arc::new(AtomicU64::new(UNLIMITED)),
         }
     }
 
     /// Runs `statement` and answers its rows.
     pub async fn query_all(&self, statement: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.run(statement, None)
+            .await?
+            .ok_or_else(|| DbErr::Custom("a read without a budget was interrupted".to_owned()))
+    }
+
+    /// Runs `statement` for at most `steps` virtual machine instructions
+    /// (rounded up to [`PROGRESS_STEPS`]): its rows, or `None` when it was
+    /// stopped at the end of its budget.
+    pub async fn query_all_within(
+        &self,
+        statement: Statement,
+        steps: u64,
+    ) -> Result<Option<Vec<QueryResult>>, DbErr> {
+        self.run(statement, Some(steps.div_ceil(PROGRESS_STEPS)))
+            .await
+    }
+
+    /// Runs `statement` with `calls` of the progress handler (`None`: as
+    /// many as it takes).
+    async fn run(
+        &self,
+        statement: Statement,
+        calls: Option<u64>,
+    ) -> Result<Option<Vec<QueryResult>>, DbErr> {
         let mut held = self.connection.lock().await;
         let connection = match &mut *held {
             Some(connection) => connection,
-            None => held.insert(self.options.connect().await.map_err(query_error)?),
+            None => held.insert(self.open().await.map_err(query_error)?),
         };
         let (sql, values) = with_literal_limit(statement);
         let query = sqlx::query_with(sqlx::AssertSqlSafe(sql), sea_query_sqlx::SqlxValues(values));
+        // Every read sets the budget it runs under, so one left behind by a
+        // read whose caller went away holds nobody else.
+        self.remaining
+            .store(calls.unwrap_or(UNLIMITED), Ordering::Relaxed);
         match query.fetch_all(&mut *connection).await {
-            Ok(rows) => Ok(rows.into_iter().map(QueryResult::from).collect()),
+            Ok(rows) => Ok(Some(rows.into_iter().map(QueryResult::from).collect())),
             Err(error) => {
+                let interrupted = error
+                    .as_database_error()
+                    .and_then(|e| e.code())
+                    .is_some_and(|code| code == SQLITE_INTERRUPT);
+                if interrupted && calls.is_some() {
+                    return Ok(None);
+                }
                 if error.as_database_error().is_none()
                     && let Some(broken) = held.take()
                 {
@@ -60,6 +126,30 @@ impl SqliteReads {
                 Err(query_error(error))
             }
         }
+    }
+
+    /// A new read connection, with the progress handler that keeps the
+    /// budget.
+    async fn open(&self) -> Result<SqliteConnection, sqlx::Error> {
+        let mut connection = self.options.connect().await?;
+        let remaining = Arc::clone(&self.remaining);
+        let every = i32::try_from(PROGRESS_STEPS).unwrap_or(i32::MAX);
+        connection
+            .lock_handle()
+            .await?
+            .set_progress_handler(every, move || {
+                // `false` interrupts the statement. Only the connection's
+                // thread counts down, between two stores of the caller.
+                match remaining.load(Ordering::Relaxed) {
+                    UNLIMITED => true,
+                    0 => false,
+                    left => {
+                        remaining.store(left - 1, Ordering::Relaxed);
+                        true
+                    }
+                }
+            });
+        Ok(connection)
     }
 }
 

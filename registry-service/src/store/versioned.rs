@@ -33,7 +33,7 @@ use std::future::Future;
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, InsertStatement, Query, SimpleExpr, UpdateStatement,
+    Alias, Expr, ExprTrait, InsertStatement, JoinType, Query, SimpleExpr, UpdateStatement,
 };
 use sea_orm::{
     ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
@@ -453,47 +453,168 @@ async fn first<K: Kind>(
 /// One page of the tenant's resources that `search` selects (deleted ones
 /// only when `shown` says: a filter cannot bring them back), in its order
 /// (oldest first by default), after the cursor `after`.
+///
+/// The unfiltered listing walks one index in its order, which the `LIMIT`
+/// ends. A filtered page is bounded by the store's [`search::ListScan`]:
+/// when its query runs out of budget, the page is read from a window
+/// ([`list_window`]); when its count does, `total_size` is the page's own
+/// matches (read as "at least", like a count that reached
+/// [`COUNTED_MATCHES`]).
 pub async fn list<K: Kind>(
-    db: &impl ConnectionTrait,
+    db: &Store,
     tenant: &str,
     (search, shown): (&Search, Shown),
     after: Option<String>,
     limit: u64,
 ) -> Result<Page<Record<K::Spec>>, Error> {
-    let mut scope = K::Entity::find()
+    let listed = K::Entity::find()
         .filter(col::<K>("tenant_id").eq(tenant))
         .apply_if(shown.condition::<K>(), QueryFilter::filter);
-    if let Some(condition) = search.condition::<K>(db).await? {
-        scope = scope.filter(condition);
-    }
-    let mut query = scope.clone();
-    for (term, direction) in search.order_terms::<K>() {
-        query = query.order_by(term, direction);
-    }
-    let first_page = after.is_none();
-    if let Some(after) = after {
-        query = query.filter(search.after::<K>(&after)?);
-    }
-    let rows = query
-        .limit(limit + 1)
-        .into_model::<Read<K>>()
-        .all(db)
-        .await
-        .map_err(db_error)?;
-    let records: Vec<_> = rows.into_iter().map(|read| read.0).collect();
+    let condition = search.condition::<K>(db).await?;
+    let scope = listed
+        .clone()
+        .apply_if(condition.clone(), QueryFilter::filter);
+    let page = in_order_after::<K>(scope.clone(), search, after.as_deref())?;
+    let statement = db
+        .get_database_backend()
+        .build(&page.limit(limit + 1).into_query());
+    let scan = db.list_scan();
+    let rows = match condition {
+        None => db.query_all_raw(statement).await.map_err(db_error)?,
+        Some(condition) => match db
+            .query_within(statement, scan.steps)
+            .await
+            .map_err(db_error)?
+        {
+            Some(rows) => rows,
+            None => {
+                let window = Window {
+                    listed,
+                    condition,
+                    rows: scan.window,
+                };
+                return list_window::<K>(db, search, window, after, limit).await;
+            }
+        },
+    };
+    let records = records_of::<K>(rows)?;
     // A first page that is not full holds every match: counting them again
     // would walk the same rows a second time (a filter that matches
     // nothing walks every candidate).
     let found = u64::try_from(records.len()).unwrap_or(u64::MAX);
-    let total = if first_page && found <= limit {
+    let total = if after.is_none() && found <= limit {
         found
     } else if search.is_filtered() {
-        count_up_to(db, &scope, COUNTED_MATCHES).await?
+        count_up_to(db, &scope, COUNTED_MATCHES, scan.steps)
+            .await?
+            .unwrap_or(Ord::min(found, limit))
     } else {
         scope.count(db).await.map_err(db_error)?
     };
     let total = i64::try_from(total).unwrap_or(i64::MAX);
     Ok(paginate(records, limit, |r| search.cursor::<K>(r), total))
+}
+
+/// `select` in `search`'s order, strictly after the cursor `after`.
+fn in_order_after<K: Kind>(
+    mut select: sea_orm::Select<K::Entity>,
+    search: &Search,
+    after: Option<&str>,
+) -> Result<sea_orm::Select<K::Entity>, Error> {
+    for (term, direction) in search.order_terms::<K>() {
+        select = select.order_by(term, direction);
+    }
+    if let Some(after) = after {
+        select = select.filter(search.after::<K>(after)?);
+    }
+    Ok(select)
+}
+
+/// The rows a filtered page read from a window tests.
+struct Window<E: EntityTrait> {
+    /// The tenant's rows the listing shows (live, or deleted too).
+    listed: sea_orm::Select<E>,
+    /// The filter's condition.
+    condition: SimpleExpr,
+    /// How many rows, in the listing's order, the window holds.
+    rows: u64,
+}
+
+/// A filtered page read from a window: the next `window.rows` listed rows
+/// after `after`, in order (a walk of the order's index that the `LIMIT`
+/// ends), then those of them the filter selects, up to `limit` — each a
+/// lookup by id, never a walk of the tenant. When they fill the page it
+/// continues after its last row, as any page; when they do not and the
+/// window was full, after the window's last row (a short page, or an
+/// empty one, with a next page); else the listing ends here.
+/// `total_size` is this page's matches: counting every match is what the
+/// budget ran out on.
+async fn list_window<K: Kind>(
+    db: &Store,
+    search: &Search,
+    window: Window<K::Entity>,
+    after: Option<String>,
+    limit: u64,
+) -> Result<Page<Record<K::Spec>>, Error> {
+    let ahead = in_order_after::<K>(window.listed, search, after.as_deref())?;
+    // SELECT <the kind's columns> FROM (<the window's ids>) AS window
+    // CROSS JOIN <table> WHERE <table>.id = window.id AND <filter>: SQLite
+    // keeps a CROSS JOIN's order, so the window drives the lookups.
+    let window_alias = Alias::new("scan_window");
+    let window_id = "window_id";
+    let ids = ahead
+        .clone()
+        .select_only()
+        .column_as(col::<K>("id"), window_id)
+        .limit(window.rows)
+        .into_query();
+    let mut page = K::Entity::find()
+        .filter(Expr::col((window_alias.clone(), Alias::new(window_id))).eq(col::<K>("id")))
+        .filter(window.condition);
+    for (term, direction) in search.order_terms::<K>() {
+        page = page.order_by(term, direction);
+    }
+    let mut statement = page.limit(limit + 1).into_query();
+    statement
+        .from_clear()
+        .from_subquery(ids, window_alias)
+        .join(
+            JoinType::CrossJoin,
+            K::Entity::default(),
+            sea_orm::Condition::all(),
+        );
+    let rows = db
+        .query_all_raw(db.get_database_backend().build(&statement))
+        .await
+        .map_err(db_error)?;
+    let records = records_of::<K>(rows)?;
+    let found = u64::try_from(records.len()).unwrap_or(u64::MAX);
+    let total = i64::try_from(Ord::min(found, limit)).unwrap_or(i64::MAX);
+    if found > limit {
+        return Ok(paginate(records, limit, |r| search.cursor::<K>(r), total));
+    }
+    let last_of_window = ahead
+        .offset(window.rows.saturating_sub(1))
+        .limit(1)
+        .into_model::<Read<K>>()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    Ok(Page {
+        items: records,
+        next_after: last_of_window
+            .first()
+            .map(|read| search.cursor::<K>(&read.0)),
+        total,
+    })
+}
+
+/// Records from rows of the kind's full select.
+fn records_of<K: Kind>(rows: Vec<QueryResult>) -> Result<Vec<Record<K::Spec>>, Error> {
+    rows.iter()
+        .map(|row| Read::<K>::from_query_result(row, "").map(|read| read.0))
+        .collect::<Result<_, _>>()
+        .map_err(db_error)
 }
 
 /// A filtered listing's `total_size` counts at most this many matches: a
@@ -502,12 +623,14 @@ pub async fn list<K: Kind>(
 /// 16 ms, most of it counting (`bench filter`, BENCHMARKS.md).
 pub const COUNTED_MATCHES: u64 = 1_000;
 
-/// The rows `scope` selects, counted up to `most`.
+/// The rows `scope` selects, counted up to `most` within `steps` of
+/// SQLite's instructions (`None`: the count ran out of them).
 async fn count_up_to<E: EntityTrait>(
-    db: &impl ConnectionTrait,
+    db: &Store,
     scope: &sea_orm::Select<E>,
     most: u64,
-) -> Result<u64, Error> {
+    steps: u64,
+) -> Result<Option<u64>, Error> {
     let matches = scope
         .clone()
         .select_only()
@@ -518,15 +641,18 @@ async fn count_up_to<E: EntityTrait>(
         .expr_as(Expr::cust("COUNT(*)"), Alias::new("matches"))
         .from_subquery(matches, Alias::new("matched"))
         .to_owned();
-    let row = db
-        .query_one_raw(db.get_database_backend().build(&count))
+    let Some(rows) = db
+        .query_within(db.get_database_backend().build(&count), steps)
         .await
-        .map_err(db_error)?;
-    let counted: i64 = match row {
+        .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    let counted: i64 = match rows.first() {
         Some(row) => row.try_get("", "matches").map_err(db_error)?,
         None => 0,
     };
-    Ok(u64::try_from(counted).unwrap_or(0))
+    Ok(Some(u64::try_from(counted).unwrap_or(0)))
 }
 
 /// The version columns every version table has, as a select reads them.
