@@ -350,7 +350,7 @@ pub struct ServeArgs {
     /// query, and then its count, may run before the page is read from a
     /// window instead (`REGISTRY_LIST_SCAN_WINDOW` rows: a page with fewer
     /// items than asked, or none, and a next page token) and `total_size`
-    /// is the page's own. 100,000 is a few milliseconds. 0 to
+    /// is the page's own. 50,000 is a few milliseconds. 0 to
     /// 1,000,000,000; 0 reads every filtered page from a window.
     #[arg(
         long,
@@ -1190,7 +1190,7 @@ mod tests {
     #[test]
     fn the_list_scan_is_refused_outside_its_range() {
         let taken = list_scan(&[]).expect("the defaults");
-        assert_eq!((taken.steps, taken.window), (100_000, 2_000));
+        assert_eq!((taken.steps, taken.window), (50_000, 2_000));
         let taken = list_scan(&["--list-scan-steps", "0", "--list-scan-window", "1"])
             .expect("the smallest");
         assert_eq!((taken.steps, taken.window), (0, 1));
