@@ -613,19 +613,27 @@ mod tests {
             .expect("a text or integer value")
     }
 
-    /// The connection the registry itself opens (not a test helper's):
-    /// WAL, every commit durable (FULL), foreign keys, the busy timeout,
-    /// the page cache's size (the read connection's too).
-    #[tokio::test]
-    async fn the_registry_opens_sqlite_in_wal_with_full_sync_foreign_keys_busy_timeout_and_cache() {
+    /// A new SQLite database in the temporary directory, opened as the
+    /// registry opens its own (a busy timeout of 2.5 s, a page cache of
+    /// `cache_mib`); the caller removes the file at `path`.
+    async fn fresh_sqlite(cache_mib: u32) -> (DatabaseConnection, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
         let settings = DatabaseSettings {
             url: format!("sqlite://{}?mode=rwc", path.display()),
             max_connections: 1,
             acquire_timeout: Duration::from_millis(2500),
-            sqlite_cache_mib: 48,
+            sqlite_cache_mib: cache_mib,
         };
         let db = connect(&settings).await.expect("the registry connects");
+        (db, path)
+    }
+
+    /// The connection the registry itself opens (not a test helper's):
+    /// WAL, every commit durable (FULL), foreign keys, the busy timeout,
+    /// the page cache's size (the read connection's too).
+    #[tokio::test]
+    async fn the_registry_opens_sqlite_in_wal_with_full_sync_foreign_keys_busy_timeout_and_cache() {
+        let (db, path) = fresh_sqlite(48).await;
         assert_eq!(pragma(&db, "journal_mode").await, "wal");
         assert_eq!(pragma(&db, "synchronous").await, "2", "FULL");
         assert_eq!(pragma(&db, "foreign_keys").await, "1");
@@ -648,14 +656,7 @@ mod tests {
     /// after it, with a budget or without.
     #[tokio::test]
     async fn a_read_with_a_budget_stops_at_its_end_and_the_connection_reads_on() {
-        let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
-        let settings = DatabaseSettings {
-            url: format!("sqlite://{}?mode=rwc", path.display()),
-            max_connections: 1,
-            acquire_timeout: Duration::from_millis(2500),
-            sqlite_cache_mib: 2,
-        };
-        let db = connect(&settings).await.expect("the registry connects");
+        let (db, path) = fresh_sqlite(2).await;
         let store = Store::new(db.clone(), &RegistryMetrics::default(), (0, 0));
         let endless = || {
             Statement::from_string(
