@@ -138,15 +138,17 @@ impl SqliteReads {
             .lock_handle()
             .await?
             .set_progress_handler(every, move || {
-                // `false` interrupts the statement. Only the connection's
-                // thread counts down, between two stores of the caller.
-                match remaining.load(Ordering::Relaxed) {
-                    UNLIMITED => true,
-                    0 => false,
-                    left => {
-                        remaining.store(left - 1, Ordering::Relaxed);
-                        true
-                    }
+                // `false` interrupts the statement. A compare-and-swap, so
+                // that a statement still running for a caller that went
+                // away never writes over the next read's budget (and never
+                // gives an unlimited read one); it may spend some of it.
+                let counted =
+                    remaining.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                        (left != UNLIMITED && left > 0).then(|| left - 1)
+                    });
+                match counted {
+                    Ok(_) => true,
+                    Err(left) => left == UNLIMITED,
                 }
             });
         Ok(connection)
