@@ -1103,15 +1103,15 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 
-/// `value` when it is at least `min`; a smaller one is refused, not
-/// raised: a setting the operator wrote is never silently changed.
-/// The most a filtered page may search: about a minute of SQLite's work,
-/// past which a caller has long given up.
+/// The most a filtered page may search: a minute or more of SQLite's
+/// work, past which a caller has long given up.
 const MAX_LIST_SCAN_STEPS: u64 = 1_000_000_000;
-/// The largest window a filtered page may read (SQLite reads about 1,400
-/// rows a millisecond).
+/// The largest window a filtered page may read (SQLite reads and tests
+/// 600–1,500 rows a millisecond).
 const MAX_LIST_SCAN_WINDOW: u64 = 100_000;
 
+/// `value` when it is at least `min`; a smaller one is refused, not
+/// raised: a setting the operator wrote is never silently changed.
 fn at_least<T: PartialOrd + std::fmt::Display>(
     setting: &str,
     value: T,

@@ -15,10 +15,10 @@
 //! breaks ties, in the direction of the last key).
 //!
 //! A filtered page is bounded ([`ListScan`]): its query runs for at most a
-//! budget of SQLite instructions, and one that runs out (SQLite walking a large tenant for a
-//! filter few or none of its rows meet) is answered from a window instead —
-//! the matches among the next rows in order, however few, with a cursor
-//! after the window's last row. The caller pages on (AIP-158: a page may
+//! budget of SQLite instructions, and one that runs out (SQLite walking a
+//! large tenant for a filter few or none of its rows meet) is answered from
+//! a window instead — the matches among the next rows in order, however
+//! few, with a cursor after the window's last row. The caller pages on (AIP-158: a page may
 //! hold fewer items than asked, or none, and still have a next page).
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -160,13 +160,14 @@ pub struct ListScan {
 
 /// The default budget. A walk of the rows of `bench filter`'s tenant of
 /// 100,000 agents for a filter none of them meets took about 850,000
-/// instructions (56–84 ms; about 8.5 a row), so 50,000 is a walk of about
-/// 6,000 rows, 3–9 ms on the bench's machine as its load varies. Every
-/// other filtered page of the bench, and its count, finishes inside it
-/// (BENCHMARKS.md, "Bounded filtered pages").
+/// instructions (about 56 ms; 8.5 a row;
+/// `bench/results/session15/instructions_per_query.py`), so 50,000 is a
+/// walk of about 6,000 rows, 3–9 ms on the bench's machine as its load
+/// varies. Every other filtered page of the bench, and its count, finishes
+/// inside it (BENCHMARKS.md, "Bounded filtered pages").
 pub const DEFAULT_LIST_SCAN_STEPS: u64 = 50_000;
-/// The default window: 2,000 rows take SQLite about 1.5 ms to read and
-/// test (BENCHMARKS.md, "Bounded filtered pages").
+/// The default window: 2,000 rows take SQLite 1.3–3.2 ms to read and test
+/// (about 34,000 instructions; the same script).
 pub const DEFAULT_LIST_SCAN_WINDOW: u64 = 2_000;
 
 impl Default for ListScan {

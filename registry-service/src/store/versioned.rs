@@ -568,12 +568,11 @@ async fn list_window<K: Kind>(
         .column_as(col::<K>("id"), window_id)
         .limit(window.rows)
         .into_query();
-    let mut page = K::Entity::find()
+    let page = K::Entity::find()
         .filter(Expr::col((window_alias.clone(), Alias::new(window_id))).eq(col::<K>("id")))
         .filter(window.condition);
-    for (term, direction) in search.order_terms::<K>() {
-        page = page.order_by(term, direction);
-    }
+    // The window is after the cursor already.
+    let page = in_order_after::<K>(page, search, None)?;
     let mut statement = page.limit(limit + 1).into_query();
     statement
         .from_clear()
