@@ -598,7 +598,7 @@ pub async fn ping(db: &DatabaseConnection) -> Result<(), Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     async fn pragma(db: &impl ConnectionTrait, name: &str) -> String {
@@ -616,7 +616,7 @@ mod tests {
     /// A new SQLite database in the temporary directory, opened as the
     /// registry opens its own (a busy timeout of 2.5 s, a page cache of
     /// `cache_mib`); the caller removes the file at `path`.
-    async fn fresh_sqlite(cache_mib: u32) -> (DatabaseConnection, std::path::PathBuf) {
+    pub(crate) async fn fresh_sqlite(cache_mib: u32) -> (DatabaseConnection, std::path::PathBuf) {
         let path = std::env::temp_dir().join(format!("registry-{}.db", uuid::Uuid::now_v7()));
         let settings = DatabaseSettings {
             url: format!("sqlite://{}?mode=rwc", path.display()),

@@ -584,6 +584,62 @@ async fn a_tool_many_agents_have_selects_as_exactly_as_a_rare_one() {
     stack.finish().await;
 }
 
+/// Without a filter, `total_size` counts the tenant's agents up to 10,000
+/// (agent.proto, ListAgentsResponse): a tenant just under that answers its
+/// exact count; one past it answers 10,000 ("at least"), and paging still
+/// lists every agent once, in order.
+#[tokio::test]
+async fn a_tenant_past_the_counted_rows_answers_the_cap_and_pages_to_every_agent() {
+    const COUNTED_ROWS: usize = 10_000;
+    let stack = Stack::start().await;
+    let c = clients_as(&stack, "acme").await;
+    let create_range = |range: std::ops::Range<usize>| {
+        let mut writers = tokio::task::JoinSet::new();
+        for worker in 0..16 {
+            let mut c = Clients {
+                agents: c.agents.clone(),
+                providers: c.providers.clone(),
+            };
+            let range = range.clone();
+            writers.spawn(async move {
+                for i in range.skip(worker).step_by(16) {
+                    create_agent(&mut c, &format!("agent-{i:05}"), &[], None).await;
+                }
+            });
+        }
+        writers
+    };
+    let mut writers = create_range(0..COUNTED_ROWS - 1);
+    while let Some(done) = writers.join_next().await {
+        done.expect("a writer");
+    }
+    let mut reader = Clients {
+        agents: c.agents.clone(),
+        providers: c.providers.clone(),
+    };
+    let under = agent_page(&mut reader, "", "", 100, "")
+        .await
+        .expect("a page");
+    assert_eq!(under.total_size, 9_999, "exact under the cap");
+
+    let mut writers = create_range(COUNTED_ROWS - 1..COUNTED_ROWS + 1);
+    while let Some(done) = writers.join_next().await {
+        done.expect("a writer");
+    }
+    let (listed, totals) = all_agents(&mut reader, "", "name", 100).await;
+    assert_eq!(totals, BTreeSet::from([10_000]), "every page: the cap");
+    let expected: Vec<String> = (0..=COUNTED_ROWS)
+        .map(|i| format!("agent-{i:05}"))
+        .collect();
+    assert_eq!(listed.len(), 10_001);
+    assert_eq!(listed, expected, "every agent once, in name order");
+    // A filter counts its own matches, exactly under its own cap.
+    let (some, totals) = all_agents(&mut reader, r#"name = "agent-0999*""#, "", 100).await;
+    assert_eq!(some.len(), 10);
+    assert_eq!(totals, BTreeSet::from([10]));
+    stack.finish().await;
+}
+
 /// `label`: the resources holding a label, as the label moves and goes;
 /// `latest` is held by every resource; agents' and providers' labels are
 /// apart, and so are tenants'.

@@ -8,10 +8,10 @@
 //! default over.
 
 use migrations::entity::{agent, provider, provider_key_revision, provider_version};
-use sea_orm::sea_query::{Expr, SimpleExpr};
+use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, Set,
+    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait, Set,
 };
 use serde_json::Value;
 
@@ -100,6 +100,19 @@ impl Kind for Providers {
             ("api_key_ciphertext", val(spec.api_key.clone())),
             ("is_default", val(spec.is_default)),
         ])
+    }
+
+    /// The key's ciphertext, which the rewrap job re-encrypts in place: a
+    /// write that keeps the key copies the ciphertext it read into its
+    /// version, so it must not commit over a ciphertext rewrapped since
+    /// (its version would keep the old key version alive after the job
+    /// reported the provider moved).
+    fn still_as_read(current: &ProviderSpec) -> Option<SimpleExpr> {
+        let stored = versioned::col::<Self>("api_key_ciphertext");
+        Some(match &current.api_key {
+            Some(ciphertext) => stored.eq(ciphertext.clone()),
+            None => stored.is_null(),
+        })
     }
 
     /// A clash on the one-default index (or any but the name's) means
@@ -506,6 +519,10 @@ async fn take_default(
         .col_expr(provider::Column::VersionHash, Expr::value(hash.clone()))
         .filter(provider::Column::Id.eq(previous.id.clone()))
         .filter(provider::Column::Version.eq(previous.version))
+        .apply_if(
+            Providers::still_as_read(&previous.spec),
+            QueryFilter::filter,
+        )
         .exec(txn)
         .await
         .map_err(db_error)?;
@@ -533,4 +550,100 @@ fn in_use(agents: u64) -> Error {
         "PROVIDER_IN_USE",
         format!("{agents} agent(s) are assigned to this provider; reassign them first"),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use sea_orm::{ConnectionTrait, Database};
+
+    use super::*;
+    use crate::caller::Caller;
+    use crate::model::params::ModelParams;
+    use crate::model::provider::ProviderKind;
+    use crate::model::version::Action;
+    use crate::store::tests::fresh_sqlite;
+    use crate::store::{Store, migrate_up};
+    use crate::telemetry::RegistryMetrics;
+
+    /// An update that keeps the key copies the ciphertext it read into its
+    /// version. The rewrap job (its own process, its own connection)
+    /// re-encrypts the key between that read and the write: the write must
+    /// not commit over it. It is tried again over the rewrapped row, and
+    /// the new version carries the ciphertext the job stored — else the
+    /// old key version would live on in a version the job had reported
+    /// moved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_update_racing_the_rewrap_job_keeps_the_rewrapped_ciphertext() {
+        let (db, path) = fresh_sqlite(2).await;
+        migrate_up(&db).await.expect("the migrations run");
+        let store = Store::new(db.clone(), &RegistryMetrics::default(), (0, 0));
+        let job = Database::connect(format!("sqlite://{}", path.display()))
+            .await
+            .expect("the job's own connection");
+        let caller = Caller {
+            tenant: "tenant-a".to_owned(),
+            subject: "alice".to_owned(),
+        };
+        let kind = Providers {
+            revoke_replaced: false,
+        };
+        let spec = ProviderSpec {
+            name: "main".to_owned(),
+            provider_type: ProviderKind::Openai,
+            model_name: "gpt-4o".to_owned(),
+            base_url: None,
+            api_version: None,
+            default_parameters: ModelParams::default(),
+            is_default: false,
+            api_key: Some("sealed-under-key-1".to_owned()),
+            api_key_revision: None,
+        };
+        let created = Write::new(&caller, Action::Create, "created".to_owned());
+        versioned::create(&store, &kind, created, "p1".to_owned(), spec)
+            .await
+            .expect("created");
+
+        // The change runs after the update read the row and before it
+        // writes: the job's write lands exactly there, once.
+        let rewrapped = AtomicBool::new(false);
+        let change = |current: &ProviderRecord| {
+            if !rewrapped.swap(true, Ordering::SeqCst) {
+                let rewrap = job.execute_unprepared(
+                    "UPDATE providers SET api_key_ciphertext = 'sealed-under-key-2' \
+                     WHERE id = 'p1' AND api_key_ciphertext = 'sealed-under-key-1'",
+                );
+                let done = tokio::task::block_in_place(|| {
+                    tokio::runtime::Handle::current().block_on(rewrap)
+                });
+                assert_eq!(done.expect("the job's write").rows_affected(), 1);
+            }
+            let mut next = current.spec.clone();
+            next.model_name = "gpt-4.1".to_owned();
+            Ok(next)
+        };
+        let updated = Write::new(&caller, Action::Update, "model".to_owned());
+        let written = versioned::update(&store, &kind, updated, "p1", None, change)
+            .await
+            .expect("the update is written");
+        assert!(rewrapped.load(Ordering::SeqCst), "the job ran in between");
+
+        assert_eq!(written.record.version, 2, "one version, not two");
+        assert_eq!(
+            written.record.spec.api_key.as_deref(),
+            Some("sealed-under-key-2")
+        );
+        let version = versioned::get_version::<Providers>(&db, "tenant-a", "p1", 2)
+            .await
+            .expect("version 2");
+        assert_eq!(version.configuration["api_key"], "sealed-under-key-2");
+        assert_eq!(version.configuration["model_name"], "gpt-4.1");
+        let stored = get(&db, "tenant-a", "p1").await.expect("the provider");
+        assert_eq!(stored.spec.api_key.as_deref(), Some("sealed-under-key-2"));
+        assert_eq!(stored.version, 2);
+        job.close().await.expect("close");
+        db.close().await.expect("close");
+        let _ = std::fs::remove_file(path);
+    }
 }

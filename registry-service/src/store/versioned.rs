@@ -37,8 +37,8 @@ use sea_orm::sea_query::{
 };
 use sea_orm::{
     ActiveEnum, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    FromQueryResult, IdenStatic, Iterable, PaginatorTrait, QueryFilter, QueryOrder, QueryResult,
-    QuerySelect, QueryTrait, Related,
+    FromQueryResult, IdenStatic, Iterable, QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    QueryTrait, Related,
 };
 use serde_json::Value;
 
@@ -240,6 +240,15 @@ pub trait Kind: Sync {
     /// a value, or a subquery the row's insert evaluates as it writes).
     fn version_columns(_tenant: &str, _spec: &Self::Spec) -> Vec<(&'static str, SimpleExpr)> {
         Vec::new()
+    }
+
+    /// A condition on the current row that a write over `current` must
+    /// still find when it commits, beyond its version number: a column
+    /// that changes outside versioned writes (the rewrap job's ciphertexts)
+    /// and that the new version copies from what the write read. A write
+    /// that finds it changed writes nothing and is tried again.
+    fn still_as_read(_current: &Self::Spec) -> Option<SimpleExpr> {
+        None
     }
 
     /// The records this process wrote last, when the kind keeps them.
@@ -455,7 +464,7 @@ async fn first<K: Kind>(
 /// (oldest first by default), after the cursor `after`.
 ///
 /// The unfiltered listing walks one index in its order, which the `LIMIT`
-/// ends. A filtered page is bounded by the store's [`search::ListScan`]:
+/// ends, and counts up to [`COUNTED_ROWS`]. A filtered page is bounded by the store's [`search::ListScan`]:
 /// when its query runs out of budget, the page is read from a window
 /// ([`list_window`]); when its count does, `total_size` is the page's own
 /// matches (read as "at least", like a count that reached
@@ -509,7 +518,10 @@ pub async fn list<K: Kind>(
             .await?
             .unwrap_or(Ord::min(found, limit))
     } else {
-        scope.count(db).await.map_err(db_error)?
+        // No step budget: the cap bounds the walk of the tenant's index.
+        count_up_to(db, &scope, COUNTED_ROWS, u64::MAX)
+            .await?
+            .unwrap_or(COUNTED_ROWS)
     };
     let total = i64::try_from(total).unwrap_or(i64::MAX);
     Ok(paginate(records, limit, |r| search.cursor::<K>(r), total))
@@ -621,6 +633,12 @@ fn records_of<K: Kind>(rows: Vec<QueryResult>) -> Result<Vec<Record<K::Spec>>, E
 /// first page of `NOT tool:"search"` over 100,000 agents (half match) took
 /// 16 ms, most of it counting (`bench filter`, BENCHMARKS.md).
 pub const COUNTED_MATCHES: u64 = 1_000;
+
+/// An unfiltered listing's `total_size` counts at most this many rows, so
+/// that a tenant's size does not set what a page costs: the count walks
+/// one index entry per row, no filter, and 100,000 of them took 5-6 ms
+/// of the first page's 6 ms (`bench filter`, BENCHMARKS.md).
+pub const COUNTED_ROWS: u64 = 10_000;
 
 /// The rows `scope` selects, counted up to `most` within `steps` of
 /// SQLite's instructions (`None`: the count ran out of them).
@@ -1819,7 +1837,9 @@ impl<K: Kind> Next<K> {
     }
 
     /// `UPDATE <table> SET … WHERE id = … AND tenant_id = … AND version =
-    /// <current>`: takes the version number only if nobody else did.
+    /// <current> [AND <what the kind needs still as read>]`: takes the
+    /// version number only if nobody else did, and only over the row the
+    /// write read ([`Kind::still_as_read`]).
     fn bump(&self, write: &Write<'_>, current: &Record<K::Spec>) -> UpdateStatement {
         let record = &self.record;
         let mut values: Vec<(Alias, SimpleExpr)> = self
@@ -1834,12 +1854,15 @@ impl<K: Kind> Next<K> {
             (Alias::new("updated_by"), val(record.updated_by.clone())),
             (Alias::new("version_hash"), val(record.version_hash.clone())),
         ]);
-        Query::update()
-            .table(K::Entity::default())
+        let mut bump = Query::update();
+        bump.table(K::Entity::default())
             .values(values)
             .and_where(scoped::<K>(&write.caller.tenant, &current.id))
-            .and_where(col::<K>("version").eq(current.version))
-            .to_owned()
+            .and_where(col::<K>("version").eq(current.version));
+        if let Some(as_read) = K::still_as_read(&current.spec) {
+            bump.and_where(as_read);
+        }
+        bump
     }
 
     /// The version row that records this version as written by `write`,
