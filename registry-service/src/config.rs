@@ -346,8 +346,8 @@ pub struct ServeArgs {
     /// ARCHITECTURE.md, "SQLite's planner statistics"). At least 1.
     #[arg(long, env = "REGISTRY_SQLITE_STATISTICS_SECONDS", default_value_t = 60)]
     pub sqlite_statistics_seconds: u64,
-    /// SQLite only: virtual machine instructions a filtered List's page
-    /// query, and then its count, may run before the page is read from a
+    /// SQLite only: virtual machine instructions a filtered List's (or
+    /// ListAuditEvents') page query, and then its count, may run before the page is read from a
     /// window instead (`REGISTRY_LIST_SCAN_WINDOW` rows: a page with fewer
     /// items than asked, or none, and a next page token) and `total_size`
     /// is the page's own. 50,000 is a few milliseconds. 0 to
@@ -358,8 +358,8 @@ pub struct ServeArgs {
         default_value_t = store::search::DEFAULT_LIST_SCAN_STEPS
     )]
     pub list_scan_steps: u64,
-    /// The rows, in the listing's order, that a filtered page read from a
-    /// window tests against the filter. 1 to 100,000.
+    /// The rows (or audit events), in the listing's order, that a filtered
+    /// page read from a window tests against the filter. 1 to 100,000.
     #[arg(
         long,
         env = "REGISTRY_LIST_SCAN_WINDOW",

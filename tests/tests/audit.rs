@@ -814,3 +814,96 @@ async fn a_retention_or_seal_interval_out_of_bounds_stops_the_registry_at_start(
         assert!(output.contains(setting), "{setting}={value}: {output}");
     }
 }
+
+/// A filtered audit page is bounded like a filtered List: with the scan
+/// budget at 0 every filtered page is read from a window of the next 4
+/// visible events, so pages may be short or empty with a next page, and
+/// paging on yields exactly the events the filter selects, newest first —
+/// never another tenant's, whose events interleave. An unfiltered page
+/// is never windowed.
+#[tokio::test]
+async fn a_filtered_trail_read_from_windows_pages_to_exactly_its_events() {
+    const WINDOW: usize = 4;
+    let stack = Stack::start_with(
+        Stack::default_registry()
+            .env("REGISTRY_LIST_SCAN_STEPS", "0")
+            .env("REGISTRY_LIST_SCAN_WINDOW", WINDOW.to_string()),
+    )
+    .await;
+    let alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    let bob = Caller::new(&stack, "bob", "acme", &["admin"]).await;
+    let carol = Caller::new(&stack, "carol", "other", &["admin"]).await;
+    let create = |caller: &Caller, name: String| {
+        let mut agents = caller.agents.clone();
+        async move {
+            let agent = agents
+                .create_agent(pb::CreateAgentRequest {
+                    agent: Some(pb::Agent {
+                        name,
+                        role: "Analyst".to_owned(),
+                        goal: "Analyze".to_owned(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .expect("create agent")
+                .into_inner();
+            format!("agents/{}", agent.id)
+        }
+    };
+    // acme: alice, alice, bob, then carol in another tenant, eight times.
+    let mut bobs = Vec::new();
+    let mut acme = Vec::new();
+    for i in 0..8 {
+        for j in 0..2 {
+            let resource = create(&alice, format!("alice-{i}-{j}")).await;
+            acme.push(row("CREATE", "alice", &resource));
+        }
+        let resource = create(&bob, format!("bob-{i}")).await;
+        bobs.push(row("CREATE", "bob", &resource));
+        acme.push(row("CREATE", "bob", &resource));
+        create(&carol, format!("carol-{i}")).await;
+    }
+    bobs.reverse();
+    acme.reverse();
+
+    // Page by page, 3 at a time: the pages' sizes, and every event.
+    let pages = |caller: &Caller, filter: &'static str| {
+        let mut audit = caller.audit.clone();
+        async move {
+            let (mut sizes, mut events, mut token) = (Vec::new(), Vec::new(), String::new());
+            loop {
+                let page = audit
+                    .list_audit_events(pb::ListAuditEventsRequest {
+                        filter: filter.to_owned(),
+                        page_size: 3,
+                        page_token: token,
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{filter:?}: {e:?}"))
+                    .into_inner();
+                sizes.push(page.audit_events.len());
+                assert!(page.audit_events.iter().all(|e| e.tenant == "acme"));
+                events.extend(page.audit_events.into_iter().map(summary));
+                if page.next_page_token.is_empty() {
+                    return (sizes, events);
+                }
+                token = page.next_page_token;
+            }
+        }
+    };
+    // 24 acme events in windows of 4: bob's one in each of 6 windows.
+    let (sizes, events) = pages(&alice, r#"actor = "bob""#).await;
+    assert_eq!(events, bobs, "exactly bob's events, newest first");
+    assert!(sizes.len() >= 24 / WINDOW, "a window per call: {sizes:?}");
+    assert!(sizes.iter().all(|&n| n < 3), "short pages: {sizes:?}");
+    let (sizes, events) = pages(&alice, r#"actor = "nobody""#).await;
+    assert!(events.is_empty());
+    assert!(sizes.len() >= 24 / WINDOW, "every window read: {sizes:?}");
+    // Unfiltered: full pages of 3, every acme event.
+    let (sizes, events) = pages(&alice, "").await;
+    assert_eq!(events, acme);
+    assert_eq!(sizes, vec![3; 8]);
+    stack.finish().await;
+}

@@ -19,9 +19,9 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query, SimpleExpr,
+    Alias, Condition, Expr, ExprTrait, Func, InsertStatement, OnConflict, Order, Query, SimpleExpr,
 };
-use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, StatementBuilder};
+use sea_orm::{ConnectionTrait, DbBackend, FromQueryResult, QueryResult, StatementBuilder};
 use serde_json::Value;
 
 use super::chain::Link;
@@ -382,32 +382,114 @@ pub enum Visible<'a> {
 
 /// One page of the events `filter` selects among the `visible` ones,
 /// newest first, before event `before` (a page's last id).
+///
+/// A filtered page is bounded as a filtered List of resources is (the
+/// store's [`ListScan`](super::search::ListScan)): its query runs within
+/// the scan budget, and one that runs out (a filter few events meet, in a
+/// long trail) is read from a window of the next visible events instead
+/// ([`list_window`]), so it may be short or empty and still have a next
+/// page. Nothing counts a filtered trail (`total` is -1).
 pub async fn list(
-    db: &impl ConnectionTrait,
+    db: &Store,
     visible: Visible<'_>,
     filter: &AuditFilter,
     before: Option<i64>,
     limit: u64,
 ) -> Result<Page<EventRecord>, Error> {
-    let id = || Expr::col((Alias::new(EVENTS), Alias::new("id")));
+    let shown = shown_before(visible, before);
     let mut query = Query::select();
     query
         .columns(COLUMNS.map(|c| (Alias::new(EVENTS), Alias::new(c))))
         .from(Alias::new(EVENTS))
+        .cond_where(shown.clone())
         .order_by((Alias::new(EVENTS), Alias::new("id")), Order::Desc)
         .limit(limit + 1);
-    if let Visible::Tenant(tenant) = visible {
-        query.and_where(Expr::col((Alias::new(EVENTS), Alias::new("tenant_id"))).eq(tenant));
+    let Some(condition) = &filter.condition else {
+        let rows = read_all::<EventRecord>(db, &query).await?;
+        return Ok(paginate(rows, limit, |e| e.id.to_string(), -1));
+    };
+    query.and_where(condition.clone());
+    let scan = db.list_scan();
+    let statement = db.get_database_backend().build(&query);
+    match db
+        .query_within(statement, scan.steps)
+        .await
+        .map_err(db_error)?
+    {
+        Some(rows) => {
+            let rows = records::<EventRecord>(&rows)?;
+            Ok(paginate(rows, limit, |e| e.id.to_string(), -1))
+        }
+        None => list_window(db, shown, condition, scan.window, limit).await,
     }
-    if let Some(condition) = &filter.condition {
-        query.and_where(condition.clone());
+}
+
+/// The `visible` events before event `before`.
+fn shown_before(visible: Visible<'_>, before: Option<i64>) -> Condition {
+    let column = |name: &str| Expr::col((Alias::new(EVENTS), Alias::new(name)));
+    Condition::all()
+        .add_option(match visible {
+            Visible::Tenant(tenant) => Some(column("tenant_id").eq(tenant)),
+            Visible::Everything => None,
+        })
+        .add_option(before.map(|before| column("id").lt(before)))
+}
+
+/// A filtered page read from a window: the ids of the next `rows` events
+/// `shown` selects, newest first (a walk of an index the `LIMIT` ends),
+/// then those of them `condition` selects, up to `limit`. When they fill
+/// the page it continues after its last event; when they do not and the
+/// window was full, before the window's oldest event (a short page, or an
+/// empty one, with a next page); else the trail ends here.
+async fn list_window(
+    db: &Store,
+    shown: Condition,
+    condition: &SimpleExpr,
+    rows: u64,
+    limit: u64,
+) -> Result<Page<EventRecord>, Error> {
+    let id = || Expr::col((Alias::new(EVENTS), Alias::new("id")));
+    let window = Query::select()
+        .expr_as(id(), Alias::new("window_id"))
+        .from(Alias::new(EVENTS))
+        .cond_where(shown)
+        .order_by((Alias::new(EVENTS), Alias::new("id")), Order::Desc)
+        .limit(rows)
+        .to_owned();
+    let mut page = Query::select();
+    page.columns(COLUMNS.map(|c| (Alias::new(EVENTS), Alias::new(c))))
+        .from(Alias::new(EVENTS))
+        .and_where(id().in_subquery(window.clone()))
+        .and_where(condition.clone())
+        .order_by((Alias::new(EVENTS), Alias::new("id")), Order::Desc)
+        .limit(limit + 1);
+    let found = read_all::<EventRecord>(db, &page).await?;
+    if found.len() as u64 > limit {
+        return Ok(paginate(found, limit, |e| e.id.to_string(), -1));
     }
-    if let Some(before) = before {
-        query.and_where(id().lt(before));
-    }
-    let rows = read_all::<EventRecord>(db, &query).await?;
-    // A count of a filtered audit trail walks every match: not given.
-    Ok(paginate(rows, limit, |e| e.id.to_string(), -1))
+    let extent = Query::select()
+        .expr_as(Expr::cust("COUNT(*)"), Alias::new("events"))
+        .expr_as(Expr::cust("MIN(window_id)"), Alias::new("oldest"))
+        .from_subquery(window, Alias::new("scan_window"))
+        .to_owned();
+    let extent = read_all::<WindowExtent>(db, &extent).await?;
+    let next_after = extent
+        .first()
+        .filter(|extent| u64::try_from(extent.events).is_ok_and(|events| events >= rows))
+        .and_then(|extent| extent.oldest)
+        .map(|oldest| oldest.to_string());
+    Ok(Page {
+        items: found,
+        next_after,
+        total: -1,
+    })
+}
+
+/// How many events a window held, and its oldest.
+#[derive(Debug, FromQueryResult)]
+struct WindowExtent {
+    events: i64,
+    oldest: Option<i64>,
 }
 
 /// Every row `query` selects, read as `T`.
@@ -416,6 +498,11 @@ async fn read_all<T: FromQueryResult>(
     query: &impl StatementBuilder,
 ) -> Result<Vec<T>, Error> {
     let rows = db.query_all(query).await.map_err(db_error)?;
+    records(&rows)
+}
+
+/// `rows`, read as `T`.
+fn records<T: FromQueryResult>(rows: &[QueryResult]) -> Result<Vec<T>, Error> {
     rows.iter()
         .map(|row| T::from_query_result(row, ""))
         .collect::<Result<_, _>>()
