@@ -165,8 +165,9 @@ impl SqliteReads {
     }
 }
 
-/// The statement's SQL and values, with a trailing `LIMIT ?` written as a
-/// number instead of a bound value.
+/// The statement's SQL and values, with its last bound value written as a
+/// number instead, when that value is a `LIMIT` (a trailing one, or a
+/// subquery's after which nothing else is bound: a filtered page's).
 ///
 /// SQLite (3.51, as bundled) plans a bound LIMIT with its value and marks
 /// the statement to be prepared again whenever that parameter is bound
@@ -177,10 +178,11 @@ fn with_literal_limit(statement: Statement) -> (String, Values) {
     let mut values = statement.values.unwrap_or(Values(Vec::new())).0;
     let mut sql = statement.sql;
     const BOUND_LIMIT: &str = " LIMIT ?";
-    if let (Some(stem), Some(Value::BigUnsigned(Some(limit)))) =
-        (sql.strip_suffix(BOUND_LIMIT), values.last())
+    if let Some(at) = sql.rfind(BOUND_LIMIT)
+        && !sql[at + BOUND_LIMIT.len()..].contains('?')
+        && let Some(Value::BigUnsigned(Some(limit))) = values.last()
     {
-        sql = format!("{stem} LIMIT {limit}");
+        sql.replace_range(at..at + BOUND_LIMIT.len(), &format!(" LIMIT {limit}"));
         values.pop();
     }
     (sql, Values(values))
@@ -223,6 +225,21 @@ mod tests {
     }
 
     #[test]
+    fn a_subquery_limit_bound_last_becomes_a_literal() {
+        let (sql, values) = with_literal_limit(statement(
+            "SELECT * FROM agents WHERE id IN (SELECT id FROM agents WHERE tenant_id = ? \
+             ORDER BY name LIMIT ?) ORDER BY name",
+            vec!["acme".into(), 11u64.into()],
+        ));
+        assert_eq!(
+            sql,
+            "SELECT * FROM agents WHERE id IN (SELECT id FROM agents WHERE tenant_id = ? \
+             ORDER BY name LIMIT 11) ORDER BY name"
+        );
+        assert_eq!(values.0, vec![Value::from("acme")]);
+    }
+
+    #[test]
     fn other_statements_are_left_alone() {
         for (sql, values) in [
             ("SELECT id FROM agents WHERE id = ?", vec![Value::from("x")]),
@@ -233,6 +250,10 @@ mod tests {
             (
                 "SELECT id FROM agents WHERE name = ? LIMIT ?",
                 vec![Value::from("a"), Value::from("b")],
+            ),
+            (
+                "SELECT id FROM (SELECT id FROM agents LIMIT ?) WHERE name = ?",
+                vec![Value::from(5u64), Value::from("a")],
             ),
         ] {
             let (kept_sql, kept_values) = with_literal_limit(statement(sql, values.clone()));
