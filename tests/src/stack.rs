@@ -192,6 +192,18 @@ impl Stack {
         Self::launch(Launch::default(), registry).await
     }
 
+    /// Starts both services with the registry's list scan budget at 0:
+    /// every filtered page (a List's, ListAuditEvents') is read from a
+    /// window of the next `window` rows.
+    pub async fn start_windowed(window: usize) -> Self {
+        Self::start_with(
+            Self::default_registry()
+                .env("REGISTRY_LIST_SCAN_STEPS", "0")
+                .env("REGISTRY_LIST_SCAN_WINDOW", window.to_string()),
+        )
+        .await
+    }
+
     /// The registry settings [`Stack::start`] uses, to extend.
     pub fn default_registry() -> Launch {
         expect_stack_tokens(

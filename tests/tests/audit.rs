@@ -824,12 +824,7 @@ async fn a_retention_or_seal_interval_out_of_bounds_stops_the_registry_at_start(
 #[tokio::test]
 async fn a_filtered_trail_read_from_windows_pages_to_exactly_its_events() {
     const WINDOW: usize = 4;
-    let stack = Stack::start_with(
-        Stack::default_registry()
-            .env("REGISTRY_LIST_SCAN_STEPS", "0")
-            .env("REGISTRY_LIST_SCAN_WINDOW", WINDOW.to_string()),
-    )
-    .await;
+    let stack = Stack::start_windowed(WINDOW).await;
     let alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
     let bob = Caller::new(&stack, "bob", "acme", &["admin"]).await;
     let carol = Caller::new(&stack, "carol", "other", &["admin"]).await;

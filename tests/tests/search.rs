@@ -896,12 +896,7 @@ async fn orders_page_both_ways_without_gaps_or_duplicates() {
 #[tokio::test]
 async fn filtered_pages_read_from_windows_page_to_exactly_the_matches() {
     const WINDOW: usize = 4;
-    let stack = Stack::start_with(
-        Stack::default_registry()
-            .env("REGISTRY_LIST_SCAN_STEPS", "0")
-            .env("REGISTRY_LIST_SCAN_WINDOW", WINDOW.to_string()),
-    )
-    .await;
+    let stack = Stack::start_windowed(WINDOW).await;
     let mut c = clients_as(&stack, "acme").await;
     let mut providers = Vec::new();
     for name in ["pa", "pb", "pc"] {
