@@ -465,8 +465,10 @@ async fn first<K: Kind>(
 /// (oldest first by default), after the cursor `after`.
 ///
 /// The unfiltered listing walks one index in its order, which the `LIMIT`
-/// ends, and counts up to [`COUNTED_ROWS`]. A filtered page is bounded by the store's [`search::ListScan`]:
-/// when its query runs out of budget, the page is read from a window
+/// ends, and counts up to [`COUNTED_ROWS`]. A filtered page reads its
+/// matches' ids first ([`keys_first`]) and is bounded by the store's
+/// [`search::ListScan`]: when its query runs out of budget, the page is
+/// read from a window
 /// ([`list_window`]); when its count does, `total_size` is the page's own
 /// matches (read as "at least", like a count that reached
 /// [`COUNTED_MATCHES`]).
@@ -534,10 +536,11 @@ pub async fn list<K: Kind>(
 /// first, then only those rows read: `SELECT … WHERE id IN (SELECT id …
 /// ORDER BY … LIMIT rows) ORDER BY …`. A filtered page whose matches come
 /// from a side table sorts them (SQLite keeps the best `rows` in a
-/// temporary b-tree): sorting their keys instead of their whole rows
-/// (an agent's is ~700 bytes) took a third to a half of the page's time
-/// off (BENCHMARKS.md); a page that walks an index in order reads its
-/// rows once more by id.
+/// temporary b-tree): sorting their keys instead of their whole rows (an
+/// agent's is ~700 bytes) cut SQLite's time for the bench's `label AND
+/// tool` page by 28–55 % and the registry's CPU per call by 15–24 %
+/// (BENCHMARKS.md); a page that walks an index in order reads its rows
+/// once more by id.
 fn keys_first<K: Kind>(
     page: sea_orm::Select<K::Entity>,
     search: &Search,
@@ -661,8 +664,9 @@ pub const COUNTED_MATCHES: u64 = 1_000;
 
 /// An unfiltered listing's `total_size` counts at most this many rows, so
 /// that a tenant's size does not set what a page costs: the count walks
-/// one index entry per row, no filter, and 100,000 of them took 5-6 ms
-/// of the first page's 6 ms (`bench filter`, BENCHMARKS.md).
+/// one index entry per row, and all 100,000 of the bench's agents took
+/// 4.8–6.1 ms of SQLite's time, most of an unfiltered page's 5–8 ms;
+/// 10,000 take 0.45–0.7 ms (BENCHMARKS.md).
 pub const COUNTED_ROWS: u64 = 10_000;
 
 /// The rows `scope` selects, counted up to `most` within `steps` of
