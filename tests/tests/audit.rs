@@ -888,7 +888,8 @@ async fn a_filtered_trail_read_from_windows_pages_to_exactly_its_events() {
             }
         }
     };
-    // 24 acme events in windows of 4: bob's one in each of 6 windows.
+    // 24 acme events in windows of 4, newest first: one or two of bob's
+    // in each of the 6 windows, so no page is full.
     let (sizes, events) = pages(&alice, r#"actor = "bob""#).await;
     assert_eq!(events, bobs, "exactly bob's events, newest first");
     assert!(sizes.len() >= 24 / WINDOW, "a window per call: {sizes:?}");
