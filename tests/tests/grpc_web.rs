@@ -595,7 +595,8 @@ impl PageServer {
     }
 }
 
-/// Serves `/` and `/page.js` (and 404 for anything else) until aborted.
+/// Serves `/` and `/page.js`, holds `/hold` open unanswered until the
+/// page aborts it (and 404 for anything else), until aborted.
 async fn serve_page(listener: TcpListener, html: Vec<u8>, script: Vec<u8>) {
     let files = Arc::new((html, script));
     loop {
@@ -608,6 +609,12 @@ async fn serve_page(listener: TcpListener, html: Vec<u8>, script: Vec<u8>) {
                 return;
             };
             let path = head.split_whitespace().nth(1).unwrap_or_default();
+            if path == "/hold" {
+                // Never answered: held until the page aborts it (see
+                // browser/page.js), which closes the connection.
+                let _ = stream.read(&mut [0u8; 1]).await;
+                return;
+            }
             let (status, kind, body): (&str, &str, &[u8]) = match path {
                 "/" => ("200 OK", "text/html; charset=utf-8", &files.0),
                 "/page.js" => ("200 OK", "text/javascript", &files.1),
