@@ -346,12 +346,13 @@ pub struct ServeArgs {
     /// ARCHITECTURE.md, "SQLite's planner statistics"). At least 1.
     #[arg(long, env = "REGISTRY_SQLITE_STATISTICS_SECONDS", default_value_t = 60)]
     pub sqlite_statistics_seconds: u64,
-    /// SQLite only: virtual machine instructions a filtered List's (or
-    /// ListAuditEvents') page query, and then its count, may run before the page is read from a
-    /// window instead (`REGISTRY_LIST_SCAN_WINDOW` rows: a page with fewer
-    /// items than asked, or none, and a next page token) and `total_size`
-    /// is the page's own. 50,000 is a few milliseconds. 0 to
-    /// 1,000,000,000; 0 reads every filtered page from a window.
+    /// SQLite only: virtual machine instructions a filtered page's query
+    /// (a List's, and then its count; or ListAuditEvents') may run before
+    /// the page is read from a window instead (`REGISTRY_LIST_SCAN_WINDOW`
+    /// rows: a page with fewer items than asked, or none, and a next page
+    /// token; a List's `total_size` is then the page's own). 50,000 is a
+    /// few milliseconds. 0 to 1,000,000,000; 0 reads every filtered page
+    /// from a window.
     #[arg(
         long,
         env = "REGISTRY_LIST_SCAN_STEPS",
