@@ -407,3 +407,130 @@ async fn a_crypto_service_with_the_wrong_key_makes_the_registry_not_ready_with_o
     assert_eq!(logs.matches("holds the wrong key").count(), 1, "{logs}");
     database.drop_database().await;
 }
+
+/// What RetireKeyVersion's count rests on: while crypto-service retires a
+/// version, no write can reach a place a stored value lives (a provider
+/// row, a version snapshot, the canary), and a locking write cannot read
+/// its row to change it either; reads go on. Without this hold, a rollback
+/// that read a snapshot before the rewrap job moved it could store the old
+/// ciphertext between the count and the retire, under a key no keyring
+/// would hold any more.
+#[tokio::test]
+async fn no_stored_value_can_change_while_a_key_version_is_retired() {
+    use registry_service::store::{self, keys};
+
+    let database = TestDatabase::fresh().await;
+    let db = store::connect(&store::DatabaseSettings {
+        url: database.url(),
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(5),
+        sqlite_cache_mib: 2,
+    })
+    .await
+    .expect("connect");
+    store::migrate_up(&db).await.expect("migrate");
+    let probe = LockProbe::open(&database).await;
+    let writers = probe.writers();
+    for writer in &writers {
+        probe.run(writer).await.expect("a writer before the retire");
+    }
+
+    let answer = keys::retire_unused(&db, 1, 100, || async {
+        for writer in &writers {
+            let refused = probe.run(writer).await.expect_err(writer);
+            assert!(probe.is_lock_wait(&refused), "{writer}: {refused}");
+        }
+        probe
+            .run("SELECT COUNT(*) FROM provider_versions")
+            .await
+            .expect("a read during the retire");
+        Ok("retired")
+    })
+    .await
+    .expect("nothing is stored under version 1");
+    assert_eq!(answer, "retired");
+    for writer in &writers {
+        probe.run(writer).await.expect("a writer after the retire");
+    }
+
+    // One value under version 1: refused, and crypto-service never asked.
+    database
+        .execute(
+            "INSERT INTO key_canary (id, ciphertext, create_time) \
+             VALUES ('canary', 'arc1.1.c2VhbGVk', '2026-12-07T00:00:00Z')",
+        )
+        .await;
+    let refused = keys::retire_unused::<(), _>(&db, 1, 100, || async {
+        panic!("crypto-service was asked to retire a version in use")
+    })
+    .await
+    .expect_err("version 1 protects the canary");
+    assert!(
+        matches!(
+            refused,
+            registry_service::Error::FailedPrecondition {
+                reason: "KEY_VERSION_IN_USE",
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    db.close().await.expect("close");
+    database.drop_database().await;
+}
+
+/// One connection of its own to the test database that waits for no lock
+/// (SQLite: a busy timeout of 0; PostgreSQL: a lock timeout of 50 ms).
+struct LockProbe {
+    db: sea_orm::DatabaseConnection,
+    postgres: bool,
+}
+
+impl LockProbe {
+    async fn open(database: &TestDatabase) -> Self {
+        use sea_orm::ConnectionTrait;
+        let mut options = sea_orm::ConnectOptions::new(database.url());
+        options.max_connections(1).min_connections(1);
+        let db = sea_orm::Database::connect(options).await.expect("connect");
+        let postgres = database.is_postgres();
+        let no_wait = if postgres {
+            "SET lock_timeout = '50ms'"
+        } else {
+            "PRAGMA busy_timeout = 0"
+        };
+        db.execute_unprepared(no_wait).await.expect("no wait");
+        Self { db, postgres }
+    }
+
+    /// A statement of each kind of writer of the places values live: the
+    /// locking path's first step and a write to each table.
+    fn writers(&self) -> Vec<&'static str> {
+        let locking_read = if self.postgres {
+            "SELECT id FROM providers FOR UPDATE"
+        } else {
+            // On SQLite the locking path starts by taking the write lock.
+            "BEGIN IMMEDIATE; ROLLBACK"
+        };
+        vec![
+            locking_read,
+            "UPDATE providers SET name = name WHERE id = 'none'",
+            "UPDATE provider_versions SET change_description = change_description WHERE id = -1",
+            "UPDATE key_canary SET ciphertext = ciphertext WHERE id = 'none'",
+        ]
+    }
+
+    async fn run(&self, sql: &str) -> Result<(), sea_orm::DbErr> {
+        use sea_orm::ConnectionTrait;
+        self.db.execute_unprepared(sql).await.map(|_| ())
+    }
+
+    /// Whether `error` is the database refusing to wait for a lock.
+    fn is_lock_wait(&self, error: &sea_orm::DbErr) -> bool {
+        let text = error.to_string();
+        if self.postgres {
+            text.contains("lock timeout")
+        } else {
+            text.contains("database is locked")
+        }
+    }
+}

@@ -77,16 +77,10 @@ impl KeyService for Registry {
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let caller = Caller::of(&request)?;
         let version = request.get_ref().version;
-        let counts = keys::count_by_version(self.db.pool(), COUNT_BATCH, Scope::Everything).await?;
-        let in_use = counts.get(&Some(version)).copied().unwrap_or(0);
-        if in_use > 0 {
-            return Err(Error::precondition(
-                "KEY_VERSION_IN_USE",
-                format!("key version {version} still protects {in_use} stored values: run RewrapCredentials first"),
-            )
-            .into());
-        }
-        self.crypto.retire(version).await?;
+        keys::retire_unused(self.db.pool(), version, COUNT_BATCH, || {
+            self.crypto.retire(version)
+        })
+        .await?;
         tracing::warn!(version, "key version retired");
         let details = serde_json::json!({ "version": version });
         let entry = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use migrations::entity::{key_canary, provider, provider_version};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use serde_json::Value;
 
@@ -60,7 +60,7 @@ pub enum Scope<'a> {
 
 /// Counts the stored values in `scope` by the key version each names.
 pub async fn count_by_version(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     batch: u64,
     scope: Scope<'_>,
 ) -> Result<Counts, Error> {
@@ -82,6 +82,68 @@ pub async fn count_by_version(
     })
     .await?;
     Ok(counts)
+}
+
+/// Runs `retire` (crypto-service's RetireKeyVersion) only when no stored
+/// value names key `version`, counted while no write can store one:
+/// answers `KEY_VERSION_IN_USE` otherwise, without calling it.
+///
+/// A count alone is not enough: a write that read a value before the
+/// rewrap job moved it (a rollback copying an old snapshot, say) could
+/// store it between the count and the retire, and that value would then
+/// name a key nobody holds. So, after a first count outside any lock
+/// (which refuses the common case, a retire run too early, without
+/// holding anyone), the count runs again inside a write transaction that
+/// holds every writer of the places a value lives, and `retire` runs
+/// before it ends: on SQLite the transaction's write lock; on PostgreSQL
+/// an `EXCLUSIVE` lock on the three tables, which also waits for a
+/// locking write that has read its row `FOR UPDATE` and not yet written.
+/// Writes wait for the second count and the call (ARCHITECTURE.md, "What
+/// the fast paths rely on"); reads do not.
+pub async fn retire_unused<T, Fut>(
+    db: &DatabaseConnection,
+    version: u32,
+    batch: u64,
+    retire: impl FnOnce() -> Fut,
+) -> Result<T, Error>
+where
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    refuse_if_in_use(db, version, batch).await?;
+    let txn = begin_write(db).await?;
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_unprepared(
+            "LOCK TABLE providers, provider_versions, key_canary IN EXCLUSIVE MODE",
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    refuse_if_in_use(&txn, version, batch).await?;
+    let retired = retire().await?;
+    // The transaction wrote nothing: ending it only releases the writers,
+    // and the key is retired whatever its end answers.
+    if let Err(error) = txn.commit().await {
+        tracing::warn!(%error, "the retire's lock ended with an error");
+    }
+    Ok(retired)
+}
+
+async fn refuse_if_in_use(
+    db: &impl ConnectionTrait,
+    version: u32,
+    batch: u64,
+) -> Result<(), Error> {
+    let counts = count_by_version(db, batch, Scope::Everything).await?;
+    match counts.get(&Some(version)).copied().unwrap_or(0) {
+        0 => Ok(()),
+        in_use => Err(Error::precondition(
+            "KEY_VERSION_IN_USE",
+            format!(
+                "key version {version} still protects {in_use} stored values: run \
+                 RewrapCredentials first"
+            ),
+        )),
+    }
 }
 
 /// Moves every stored value not on `active` to it, `batch` values per
@@ -202,7 +264,7 @@ struct Cursor {
 /// Up to `batch` stored values after `cursor`, providers first, then
 /// version snapshots, then the canary.
 async fn next_batch(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     cursor: &mut Cursor,
     batch: u64,
 ) -> Result<Vec<Stored>, Error> {
@@ -288,7 +350,7 @@ async fn next_batch(
 }
 
 async fn for_each_batch_from<F, Fut>(
-    db: &DatabaseConnection,
+    db: &impl ConnectionTrait,
     batch: u64,
     cursor: &mut Cursor,
     mut each: F,
