@@ -435,7 +435,7 @@ async fn no_stored_value_can_change_while_a_key_version_is_retired() {
         probe.run(writer).await.expect("a writer before the retire");
     }
 
-    let answer = keys::retire_unused(&db, 1, 100, || async {
+    let answer = keys::retire_unused(&db, 1, || async {
         for writer in &writers {
             let refused = probe.run(writer).await.expect_err(writer);
             assert!(probe.is_lock_wait(&refused), "{writer}: {refused}");
@@ -460,7 +460,7 @@ async fn no_stored_value_can_change_while_a_key_version_is_retired() {
              VALUES ('canary', 'arc1.1.c2VhbGVk', '2026-12-07T00:00:00Z')",
         )
         .await;
-    let refused = keys::retire_unused::<(), _>(&db, 1, 100, || async {
+    let refused = keys::retire_unused::<(), _>(&db, 1, || async {
         panic!("crypto-service was asked to retire a version in use")
     })
     .await

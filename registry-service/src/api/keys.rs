@@ -16,8 +16,6 @@ use crate::store::audit::{self, Action, Entry};
 use crate::store::keys::{self, RewrapReport, Scope};
 use sea_orm::DatabaseConnection;
 
-/// Values read per database page when counting.
-const COUNT_BATCH: u64 = 1000;
 /// Rewrap batch size when the request gives none.
 const DEFAULT_BATCH: u32 = 500;
 
@@ -77,10 +75,7 @@ impl KeyService for Registry {
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let caller = Caller::of(&request)?;
         let version = request.get_ref().version;
-        keys::retire_unused(self.db.pool(), version, COUNT_BATCH, || {
-            self.crypto.retire(version)
-        })
-        .await?;
+        keys::retire_unused(self.db.pool(), version, || self.crypto.retire(version)).await?;
         tracing::warn!(version, "key version retired");
         let details = serde_json::json!({ "version": version });
         let entry = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);
@@ -100,7 +95,7 @@ pub async fn key_status(
     scope: Scope<'_>,
 ) -> Result<pb::KeyStatus, Error> {
     let info = crypto.key_info().await?;
-    let mut counts = keys::count_by_version(db, COUNT_BATCH, scope).await?;
+    let mut counts = keys::count_by_version(db, scope).await?;
     let show_check_values = scope == Scope::Everything;
     let total_values = counts.values().sum();
     let mut versions: Vec<pb::KeyVersionStatus> = info
@@ -146,7 +141,7 @@ pub async fn rewrap(
     let active = crypto.key_info().await?.active_version;
     let report =
         keys::rewrap_all(db, crypto, active, u64::from(batch), max_values, progress).await?;
-    let counts = keys::count_by_version(db, COUNT_BATCH, Scope::Everything).await?;
+    let counts = keys::count_by_version(db, Scope::Everything).await?;
     let remaining = counts
         .iter()
         .filter(|(version, _)| **version != Some(active))
