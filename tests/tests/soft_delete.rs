@@ -541,11 +541,21 @@ async fn a_provider_stays_while_live_agents_use_it_and_its_purge_waits_for_delet
         .await
         .expect("create");
 
-    // In use by a live agent: refused, as before soft delete.
-    let (code, reason) = refusal(admin.delete_provider(&pid).await);
+    // In use by a live agent: refused, as before soft delete, and the
+    // answer says how many.
+    let refused = admin.delete_provider(&pid).await;
+    let message = refused
+        .as_ref()
+        .err()
+        .map(|status| status.message().to_owned());
+    let (code, reason) = refusal(refused);
     assert_eq!(
         (code, reason.as_str()),
         (Code::FailedPrecondition, "PROVIDER_IN_USE")
+    );
+    assert_eq!(
+        message.as_deref(),
+        Some("1 agent(s) are assigned to this provider; reassign them first")
     );
 
     // A deleted agent does not hold the provider's delete back.

@@ -11,7 +11,7 @@ use migrations::entity::{agent, provider, provider_key_revision, provider_versio
 use sea_orm::sea_query::{Expr, ExprTrait, SimpleExpr};
 use sea_orm::{
     ActiveEnum, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbBackend, DbErr, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait, Set,
+    QueryFilter, QueryOrder, QueryResult, QuerySelect, QueryTrait, Set,
 };
 use serde_json::Value;
 
@@ -219,17 +219,25 @@ impl Kind for Providers {
         tenant: &str,
         id: &str,
     ) -> Result<(), Error> {
+        // Counted up to a cap: the walk of the agents' index happens inside
+        // the write transaction (on SQLite, every writer waits for it).
         let assigned = agent::Entity::find()
+            .select_only()
+            .column(agent::Column::Id)
             .filter(agent::Column::TenantId.eq(tenant))
             .filter(agent::Column::LlmProviderId.eq(id))
             .filter(agent::Column::DeleteTime.is_null())
-            .count(txn)
+            .limit(COUNTED_ASSIGNED + 1)
+            .into_tuple::<String>()
+            .all(txn)
             .await
-            .map_err(db_error)?;
-        if assigned > 0 {
-            return Err(in_use(assigned));
+            .map_err(db_error)?
+            .len();
+        match u64::try_from(assigned).unwrap_or(u64::MAX) {
+            0 => Ok(()),
+            n if n > COUNTED_ASSIGNED => Err(in_use(&format!("more than {COUNTED_ASSIGNED}"))),
+            n => Err(in_use(&n.to_string())),
         }
-        Ok(())
     }
 
     /// Refused while deleted agents still name the provider (the foreign
@@ -545,7 +553,11 @@ async fn take_default(
     Ok(true)
 }
 
-fn in_use(agents: u64) -> Error {
+/// The most live agents a refused delete counts for its message.
+const COUNTED_ASSIGNED: u64 = 1_000;
+
+/// `agents`: how many are assigned, as the message says it.
+fn in_use(agents: &str) -> Error {
     Error::precondition(
         "PROVIDER_IN_USE",
         format!("{agents} agent(s) are assigned to this provider; reassign them first"),
