@@ -717,10 +717,10 @@ const VERSION_COLUMNS: [&str; 7] = [
 /// row of `tenant` answers (`<owner> = (SELECT id FROM <table> WHERE id =
 /// … AND tenant_id = …)`, evaluated once): another tenant's id finds no
 /// row there, so its history is never read. With only the join's tenant
-/// test, SQLite walked the version index of the id given and tested each
-/// row: a caller naming another tenant's resource of 200,000 versions
-/// cost 32 ms for its NOT_FOUND (BENCHMARKS.md, "Another tenant's
-/// history").
+/// test, PostgreSQL walked the version index of the id given and tested
+/// each row: a caller naming another tenant's resource of 200,000
+/// versions cost 37–61 ms for its NOT_FOUND (BENCHMARKS.md, "Another
+/// tenant's history"); SQLite's plan left it to the planner.
 fn versions_of<K: Kind>(tenant: &str, id: &str) -> sea_orm::Select<K::Versions> {
     let mut query = K::Versions::find().select_only();
     for name in VERSION_COLUMNS {
