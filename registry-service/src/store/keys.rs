@@ -67,9 +67,9 @@ pub enum Scope<'a> {
 /// tenant's.
 ///
 /// Reading every value into the registry instead (as the rewrap job must)
-/// took 580–600 ms for 110,000 values, on the connection a locking write
-/// needs, and 36–40 ms for a tenant's 1,100; the aggregates take 180–200
-/// and 4 ms (BENCHMARKS.md, "Counting stored values").
+/// took 576–598 ms for 110,000 values, on the connection a locking write
+/// needs, and 36–40 ms for a tenant's 1,100; the aggregates take 177–200
+/// and 3.5–4.3 ms (BENCHMARKS.md, "Counting stored values").
 pub async fn count_by_version(
     db: &impl ConnectionTrait,
     scope: Scope<'_>,

@@ -719,7 +719,7 @@ const VERSION_COLUMNS: [&str; 7] = [
 /// row there, so its history is never read. With only the join's tenant
 /// test, PostgreSQL walked the version index of the id given and tested
 /// each row: a caller naming another tenant's resource of 200,000
-/// versions cost 37–61 ms for its NOT_FOUND (BENCHMARKS.md, "Another
+/// versions cost 43–61 ms for its NOT_FOUND (BENCHMARKS.md, "Another
 /// tenant's history"); SQLite's plan left it to the planner.
 fn versions_of<K: Kind>(tenant: &str, id: &str) -> sea_orm::Select<K::Versions> {
     let mut query = K::Versions::find().select_only();
