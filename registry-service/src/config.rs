@@ -359,6 +359,17 @@ pub struct ServeArgs {
         default_value_t = store::search::DEFAULT_LIST_SCAN_STEPS
     )]
     pub list_scan_steps: u64,
+    /// PostgreSQL only: milliseconds a filtered page's query (a List's,
+    /// and then its count; or ListAuditEvents') may run before the page is
+    /// read from a window instead, as on SQLite when its instructions run
+    /// out. PostgreSQL counts no instructions, so this is time: on a loaded
+    /// machine a page may come from a window sooner. 1 to 60,000.
+    #[arg(
+        long,
+        env = "REGISTRY_LIST_SCAN_POSTGRES_MS",
+        default_value_t = store::search::DEFAULT_LIST_SCAN_POSTGRES_MS
+    )]
+    pub list_scan_postgres_ms: u64,
     /// The rows (or audit events), in the listing's order, that a filtered
     /// page read from a window tests against the filter. 1 to 100,000.
     #[arg(
@@ -952,6 +963,12 @@ impl ServeArgs {
                     0,
                     MAX_LIST_SCAN_STEPS,
                 )?,
+                postgres_time: Duration::from_millis(within(
+                    "REGISTRY_LIST_SCAN_POSTGRES_MS",
+                    self.list_scan_postgres_ms,
+                    1,
+                    MAX_LIST_SCAN_POSTGRES_MS,
+                )?),
                 window: within(
                     "REGISTRY_LIST_SCAN_WINDOW",
                     self.list_scan_window,
@@ -1110,6 +1127,8 @@ const MAX_LIST_SCAN_STEPS: u64 = 1_000_000_000;
 /// The largest window a filtered page may read (SQLite reads and tests
 /// 600–1,500 rows a millisecond).
 const MAX_LIST_SCAN_WINDOW: u64 = 100_000;
+/// The longest `REGISTRY_LIST_SCAN_POSTGRES_MS`: a minute.
+const MAX_LIST_SCAN_POSTGRES_MS: u64 = 60_000;
 
 /// `value` when it is at least `min`; a smaller one is refused, not
 /// raised: a setting the operator wrote is never silently changed.
@@ -1140,6 +1159,8 @@ fn within<T: PartialOrd + std::fmt::Display>(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use clap::Parser;
 
     use super::Args;
@@ -1192,9 +1213,18 @@ mod tests {
     fn the_list_scan_is_refused_outside_its_range() {
         let taken = list_scan(&[]).expect("the defaults");
         assert_eq!((taken.steps, taken.window), (50_000, 2_000));
-        let taken = list_scan(&["--list-scan-steps", "0", "--list-scan-window", "1"])
-            .expect("the smallest");
+        assert_eq!(taken.postgres_time, Duration::from_millis(25));
+        let smallest = [
+            "--list-scan-steps",
+            "0",
+            "--list-scan-window",
+            "1",
+            "--list-scan-postgres-ms",
+            "1",
+        ];
+        let taken = list_scan(&smallest).expect("the smallest");
         assert_eq!((taken.steps, taken.window), (0, 1));
+        assert_eq!(taken.postgres_time, Duration::from_millis(1));
         for (flag, value, setting, problem) in [
             (
                 "--list-scan-steps",
@@ -1213,6 +1243,18 @@ mod tests {
                 "100001",
                 "REGISTRY_LIST_SCAN_WINDOW",
                 "must be at most 100000",
+            ),
+            (
+                "--list-scan-postgres-ms",
+                "0",
+                "REGISTRY_LIST_SCAN_POSTGRES_MS",
+                "must be at least 1",
+            ),
+            (
+                "--list-scan-postgres-ms",
+                "60001",
+                "REGISTRY_LIST_SCAN_POSTGRES_MS",
+                "must be at most 60000",
             ),
         ] {
             match list_scan(&[flag, value]) {

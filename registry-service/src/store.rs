@@ -163,6 +163,52 @@ enum Backend {
     Postgres,
 }
 
+/// The budget of [`Store::query_within`] that runs a query to its end.
+pub const UNBOUNDED: u64 = u64::MAX;
+
+/// PostgreSQL's code for a statement it cancelled (`query_canceled`: its
+/// `statement_timeout` ran out, or an operator cancelled it).
+const POSTGRES_QUERY_CANCELED: &str = "57014";
+
+/// Runs the query `statement` on PostgreSQL for at most `time`: its rows,
+/// or `None` when PostgreSQL cancelled it. The timeout is set for the
+/// statement's own transaction (`SET LOCAL`), so it ends with it — also
+/// when the caller goes away half-way and the transaction is rolled back —
+/// and no pooled connection keeps it.
+async fn postgres_query_within(
+    pool: &DatabaseConnection,
+    statement: Statement,
+    time: Duration,
+) -> Result<Option<Vec<QueryResult>>, DbErr> {
+    let millis = time.as_millis().max(1);
+    let txn = pool.begin().await?;
+    txn.execute_unprepared(&format!("SET LOCAL statement_timeout = {millis}"))
+        .await?;
+    match txn.query_all_raw(statement).await {
+        Ok(rows) => {
+            txn.commit().await?;
+            Ok(Some(rows))
+        }
+        Err(error) if database_code(&error).as_deref() == Some(POSTGRES_QUERY_CANCELED) => {
+            txn.rollback().await?;
+            Ok(None)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The database's own code of a statement's error, if it gave one.
+fn database_code(error: &DbErr) -> Option<String> {
+    match error {
+        DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e))
+        | DbErr::Query(sea_orm::RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|code| code.into_owned()),
+        _ => None,
+    }
+}
+
 /// The database: its pool, its [`Backend`], and the agents this process
 /// wrote last (`recent`). As a [`ConnectionTrait`] it runs a query where
 /// its backend reads and a statement on the pool; a locking transaction
@@ -221,9 +267,11 @@ impl Store {
 
     /// Runs the query `statement` for at most `steps` of SQLite's virtual
     /// machine instructions: its rows, or `None` when SQLite stopped it at
-    /// the end of its budget (a zero budget: not run, on either database).
-    /// PostgreSQL runs it to its end (each call has a connection of its own
-    /// there, and its planner intersects indexes instead of walking one).
+    /// the end of its budget (a zero budget: not run, on either database;
+    /// [`UNBOUNDED`]: run to its end, on either). PostgreSQL counts no
+    /// instructions: any other budget there is the list scan's time
+    /// ([`search::ListScan::postgres_time`]), after which PostgreSQL
+    /// cancels the statement and the answer is `None` too.
     pub async fn query_within(
         &self,
         statement: Statement,
@@ -234,7 +282,12 @@ impl Store {
         }
         match &self.backend {
             Backend::Sqlite { reads, .. } => reads.query_all_within(statement, steps).await,
-            Backend::Postgres => self.pool.query_all_raw(statement).await.map(Some),
+            Backend::Postgres if steps == UNBOUNDED => {
+                self.pool.query_all_raw(statement).await.map(Some)
+            }
+            Backend::Postgres => {
+                postgres_query_within(&self.pool, statement, self.list_scan.postgres_time).await
+            }
         }
     }
 

@@ -414,10 +414,17 @@ async fn a_crypto_service_with_the_wrong_key_makes_the_registry_not_ready_with_o
 /// its row to change it either; reads go on. Without this hold, a rollback
 /// that read a snapshot before the rewrap job moved it could store the old
 /// ciphertext between the count and the retire, under a key no keyring
-/// would hold any more.
+/// would hold any more. The retire's audit event commits with it: one
+/// event for a retire carried out, none for one refused by the count or
+/// failed in crypto-service.
 #[tokio::test]
 async fn no_stored_value_can_change_while_a_key_version_is_retired() {
+    use registry_service::store::audit::{Action, Entry};
     use registry_service::store::{self, keys};
+    let event = |version: u32| {
+        let details = serde_json::json!({ "version": version });
+        Entry::platform("operator-1", Action::KeyVersionRetire, details)
+    };
 
     let database = TestDatabase::fresh().await;
     let db = store::connect(&store::DatabaseSettings {
@@ -435,7 +442,22 @@ async fn no_stored_value_can_change_while_a_key_version_is_retired() {
         probe.run(writer).await.expect("a writer before the retire");
     }
 
-    let answer = keys::retire_unused(&db, 1, || async {
+    // crypto-service failing the retire: nothing recorded.
+    let failed = keys::retire_unused::<(), _>(&db, 2, event(2), || async {
+        Err(registry_service::Error::Unavailable {
+            dependency: "crypto-service",
+            detail: "down".to_owned(),
+        })
+    })
+    .await
+    .expect_err("crypto-service failed");
+    assert!(
+        matches!(failed, registry_service::Error::Unavailable { .. }),
+        "{failed:?}"
+    );
+    assert_eq!(retire_events(&probe).await, Vec::<String>::new());
+
+    let answer = keys::retire_unused(&db, 1, event(1), || async {
         for writer in &writers {
             let refused = probe.run(writer).await.expect_err(writer);
             assert!(probe.is_lock_wait(&refused), "{writer}: {refused}");
@@ -452,6 +474,8 @@ async fn no_stored_value_can_change_while_a_key_version_is_retired() {
     for writer in &writers {
         probe.run(writer).await.expect("a writer after the retire");
     }
+    let recorded = vec![r#"operator-1 {"version":1}"#.to_owned()];
+    assert_eq!(retire_events(&probe).await, recorded);
 
     // One value under version 1: refused, and crypto-service never asked.
     database
@@ -460,7 +484,7 @@ async fn no_stored_value_can_change_while_a_key_version_is_retired() {
              VALUES ('canary', 'arc1.1.c2VhbGVk', '2026-12-07T00:00:00Z')",
         )
         .await;
-    let refused = keys::retire_unused::<(), _>(&db, 1, || async {
+    let refused = keys::retire_unused::<(), _>(&db, 1, event(1), || async {
         panic!("crypto-service was asked to retire a version in use")
     })
     .await
@@ -475,8 +499,25 @@ async fn no_stored_value_can_change_while_a_key_version_is_retired() {
         ),
         "{refused:?}"
     );
+    assert_eq!(retire_events(&probe).await, recorded, "nothing more");
     db.close().await.expect("close");
     database.drop_database().await;
+}
+
+/// The actor and details of every KEY_VERSION_RETIRE event stored, in order.
+async fn retire_events(probe: &LockProbe) -> Vec<String> {
+    use sea_orm::{ConnectionTrait, Statement};
+    let sql = "SELECT actor, details FROM audit_events \
+               WHERE action = 'KEY_VERSION_RETIRE' ORDER BY id";
+    let statement = Statement::from_string(probe.db.get_database_backend(), sql);
+    let rows = probe.db.query_all_raw(statement).await.expect("the events");
+    rows.iter()
+        .map(|row| {
+            let actor: String = row.try_get("", "actor").expect("actor");
+            let details: serde_json::Value = row.try_get("", "details").expect("details");
+            format!("{actor} {details}")
+        })
+        .collect()
 }
 
 /// One connection of its own to the test database that waits for no lock

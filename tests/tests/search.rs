@@ -991,6 +991,73 @@ async fn filtered_pages_read_from_windows_page_to_exactly_the_matches() {
     stack.finish().await;
 }
 
+/// What bounds a filtered page's query on either database: a query that
+/// would run for minutes (a count to ten billion) stops at the end of its
+/// budget — SQLite's instructions, PostgreSQL's time — and answers that it
+/// ran out, not an error; the store reads on afterwards, and on
+/// PostgreSQL the pooled connection keeps no timeout.
+#[tokio::test]
+async fn a_bounded_read_stops_at_its_end_on_either_database() {
+    use registry_service::store::{self, Store, search::ListScan};
+    use registry_service::telemetry::RegistryMetrics;
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let database = tests::stack::TestDatabase::fresh().await;
+    let db = store::connect(&store::DatabaseSettings {
+        url: database.url(),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        sqlite_cache_mib: 2,
+    })
+    .await
+    .expect("connect");
+    let backend = db.get_database_backend();
+    let scan = ListScan {
+        steps: 50_000,
+        postgres_time: Duration::from_millis(50),
+        window: 10,
+    };
+    let store = Store::new(db.clone(), &RegistryMetrics::default(), (0, 0)).with_list_scan(scan);
+    let endless = || {
+        Statement::from_string(
+            backend,
+            "WITH RECURSIVE n(i) AS (SELECT CAST(1 AS BIGINT) UNION ALL \
+             SELECT i + 1 FROM n WHERE i < 10000000000) SELECT COUNT(*) AS counted FROM n",
+        )
+    };
+    for round in 0..2 {
+        let began = Instant::now();
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(20),
+            store.query_within(endless(), scan.steps),
+        )
+        .await
+        .expect("stopped long before 20 s")
+        .expect("a stopped read is no error");
+        assert!(
+            stopped.is_none(),
+            "round {round}: stopped after {:?}",
+            began.elapsed()
+        );
+        let seven = Statement::from_string(backend, "SELECT CAST(7 AS BIGINT) AS seven");
+        let rows = store
+            .query_within(seven, scan.steps)
+            .await
+            .expect("the next read")
+            .expect("within its budget");
+        let seven: i64 = rows[0].try_get("", "seven").expect("a number");
+        assert_eq!(seven, 7);
+    }
+    if database.is_postgres() {
+        let show = Statement::from_string(backend, "SHOW statement_timeout");
+        let row = db.query_one_raw(show).await.expect("SHOW").expect("a row");
+        let timeout: String = row.try_get_by_index(0).expect("text");
+        assert_eq!(timeout, "0", "the pool's connection keeps no timeout");
+    }
+    db.close().await.expect("close");
+    database.drop_database().await;
+}
+
 #[tokio::test]
 async fn a_page_token_is_bound_to_its_filter_and_order() {
     let stack = Stack::start().await;

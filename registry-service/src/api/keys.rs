@@ -75,11 +75,11 @@ impl KeyService for Registry {
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let caller = Caller::of(&request)?;
         let version = request.get_ref().version;
-        keys::retire_unused(self.db.pool(), version, || self.crypto.retire(version)).await?;
-        tracing::warn!(version, "key version retired");
         let details = serde_json::json!({ "version": version });
-        let entry = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);
-        audit::append(&self.db, entry).await?;
+        let event = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);
+        let retire = || self.crypto.retire(version);
+        keys::retire_unused(self.db.pool(), version, event, retire).await?;
+        tracing::warn!(version, "key version retired");
         Ok(Response::new(
             key_status(self.db.pool(), &self.crypto, Scope::Everything).await?,
         ))

@@ -14,6 +14,7 @@ use sea_orm::{
 };
 use serde_json::Value;
 
+use super::audit::{self, Entry};
 use super::{begin_write, db_error, unique_violation};
 use crate::crypto::{Crypto, RawFailure, api_key_aad, key_version_of};
 use crate::error::Error;
@@ -152,8 +153,10 @@ impl Scope<'_> {
 }
 
 /// Runs `retire` (crypto-service's RetireKeyVersion) only when no stored
-/// value names key `version`, counted while no write can store one:
-/// answers `KEY_VERSION_IN_USE` otherwise, without calling it.
+/// value names key `version`, counted while no write can store one, and
+/// records `event` (the retire's audit event) with it: answers
+/// `KEY_VERSION_IN_USE` otherwise, without calling it or recording
+/// anything.
 ///
 /// A count alone is not enough: a write that read a value before the
 /// rewrap job moved it (a rollback copying an old snapshot, say) could
@@ -167,9 +170,16 @@ impl Scope<'_> {
 /// locking write that has read its row `FOR UPDATE` and not yet written.
 /// Writes wait for the second count and the call (ARCHITECTURE.md, "What
 /// the fast paths rely on"); reads do not.
+///
+/// The event is written in that transaction before crypto-service is
+/// asked, so a retire it refuses (or that fails) leaves no event, and one
+/// it carries out commits its event as the writers are let go. Only a
+/// commit that fails after the retire leaves the retire unrecorded: that
+/// is logged, and the caller gets the error.
 pub async fn retire_unused<T, Fut>(
     db: &DatabaseConnection,
     version: u32,
+    event: Entry<'_>,
     retire: impl FnOnce() -> Fut,
 ) -> Result<T, Error>
 where
@@ -185,11 +195,15 @@ where
         .map_err(db_error)?;
     }
     refuse_if_in_use(&txn, version).await?;
+    audit::record(&txn, event).await?;
     let retired = retire().await?;
-    // The transaction wrote nothing: ending it only releases the writers,
-    // and the key is retired whatever its end answers.
     if let Err(error) = txn.commit().await {
-        tracing::warn!(%error, "the retire's lock ended with an error");
+        tracing::error!(
+            version,
+            %error,
+            "key version retired, but its audit event was not committed"
+        );
+        return Err(db_error(error));
     }
     Ok(retired)
 }

@@ -15,11 +15,14 @@
 //! breaks ties, in the direction of the last key).
 //!
 //! A filtered page is bounded ([`ListScan`]): its query runs for at most a
-//! budget of SQLite instructions, and one that runs out (SQLite walking a
-//! large tenant for a filter few or none of its rows meet) is answered from
-//! a window instead — the matches among the next rows in order, however
-//! few, with a cursor after the window's last row. The caller pages on (AIP-158: a page may
-//! hold fewer items than asked, or none, and still have a next page).
+//! budget of SQLite instructions (on PostgreSQL, of time), and one that
+//! runs out (the database walking a large tenant for a filter few or none
+//! of its rows meet) is answered from a window instead — the matches among
+//! the next rows in order, however few, with a cursor after the window's
+//! last row. The caller pages on (AIP-158: a page may hold fewer items
+//! than asked, or none, and still have a next page).
+
+use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, SimpleExpr};
@@ -145,14 +148,17 @@ impl Key {
 }
 
 /// How far a filtered listing searches before it answers
-/// (`REGISTRY_LIST_SCAN_STEPS`, `REGISTRY_LIST_SCAN_WINDOW`).
+/// (`REGISTRY_LIST_SCAN_STEPS`, `REGISTRY_LIST_SCAN_POSTGRES_MS`,
+/// `REGISTRY_LIST_SCAN_WINDOW`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ListScan {
     /// SQLite virtual machine instructions a filtered page's query, and
-    /// then its count, may run (PostgreSQL runs them to their end). Zero:
-    /// every filtered page is read from a window, and its count is not
-    /// taken.
+    /// then its count, may run. Zero, on either database: every filtered
+    /// page is read from a window, and its count is not taken.
     pub steps: u64,
+    /// How long a filtered page's query, and then its count, may run on
+    /// PostgreSQL (its `statement_timeout`), which counts no instructions.
+    pub postgres_time: Duration,
     /// The rows, in the listing's order, that a page read from a window
     /// tests against the filter.
     pub window: u64,
@@ -170,10 +176,23 @@ pub const DEFAULT_LIST_SCAN_STEPS: u64 = 50_000;
 /// (about 34,000 instructions; the same script).
 pub const DEFAULT_LIST_SCAN_WINDOW: u64 = 2_000;
 
+/// The default time on PostgreSQL, in milliseconds. Unlike SQLite, every call there has a
+/// connection of its own, but the pool's connections are few (10 by
+/// default): a handful of callers repeating a filter that walks a large
+/// tenant (a combination that matches nothing took 223 ms at 100,000
+/// agents, BENCHMARKS.md) would hold all of them, and every other
+/// tenant's call would wait for one. 25 ms is longer than every filtered
+/// page of `bench filter` that the planner answers from an index, so only
+/// the walks are cut short; a time, not a count of work, so on a loaded
+/// machine a page may come from a window sooner (the same matches, on
+/// more pages).
+pub const DEFAULT_LIST_SCAN_POSTGRES_MS: u64 = 25;
+
 impl Default for ListScan {
     fn default() -> Self {
         Self {
             steps: DEFAULT_LIST_SCAN_STEPS,
+            postgres_time: Duration::from_millis(DEFAULT_LIST_SCAN_POSTGRES_MS),
             window: DEFAULT_LIST_SCAN_WINDOW,
         }
     }

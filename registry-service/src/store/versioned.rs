@@ -524,7 +524,7 @@ pub async fn list<K: Kind>(
             .unwrap_or(Ord::min(found, limit))
     } else {
         // No step budget: the cap bounds the walk of the tenant's index.
-        count_up_to(db, &scope, COUNTED_ROWS, u64::MAX)
+        count_up_to(db, &scope, COUNTED_ROWS, super::UNBOUNDED)
             .await?
             .unwrap_or(COUNTED_ROWS)
     };
