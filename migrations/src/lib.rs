@@ -34,6 +34,7 @@ mod m20261208_000003_audit;
 mod m20261208_000010_request_ids;
 mod m20261209_000001_list_indexes;
 mod m20261210_000001_live_agent_index;
+mod m20261211_000001_label_history_index;
 
 pub use m20261207_000003_change_log::{NOTIFY_CHANNEL, version_trigger};
 pub use m20261208_000003_audit::audit_trigger;
@@ -65,6 +66,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261208_000010_request_ids::Migration),
             Box::new(m20261209_000001_list_indexes::Migration),
             Box::new(m20261210_000001_live_agent_index::Migration),
+            Box::new(m20261211_000001_label_history_index::Migration),
         ]
     }
 }
