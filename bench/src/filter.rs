@@ -84,16 +84,19 @@ pub async fn run(args: FilterArgs) {
         args.agents as f64 / seconds
     );
     let updated = touch_some(api, args.agents).await;
-    match args.target.db {
+    // SQLite: the rows of agents its statistics were taken at.
+    let analyzed_at = match args.target.db {
         crate::pair::Db::Sqlite => {
             let rows = sqlite_statistics(&pair.database_url()).await;
             println!("SQLite planner statistics of agents taken at {rows} rows");
+            Some(rows)
         }
         crate::pair::Db::Postgres => {
             postgres_statistics(&pair.database_url()).await;
             println!("PostgreSQL planner statistics taken (ANALYZE)");
+            None
         }
-    }
+    };
 
     // Paged on: a page the scan budget stopped may be empty.
     let (mut middle, mut token) = (None, String::new());

@@ -1,6 +1,9 @@
 #!/bin/bash
-# `bench filter` on PostgreSQL (100,000 agents, 50 calls a case), the
-# session's start and its build alternating, two rounds.
+# `bench filter` on PostgreSQL (100,000 agents, planner statistics taken
+# after the load, 50 calls a case), the session's start and its build
+# alternating, two rounds. /work/rel-base: ec94c4a's registry-service and
+# crypto-service beside this session's bench (which runs the ANALYZE);
+# /work/rel-new: this session's three.
 #   bash pgfilter.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
