@@ -335,16 +335,26 @@ async fn seed(api: &Api, providers: &[String], count: usize, concurrency: usize)
 async fn touch_some(api: &Api, count: usize) -> usize {
     let mut updated = 0;
     for i in (0..count).step_by(100) {
-        let found = api
-            .list_agents(pb::ListAgentsRequest {
-                page_size: 1,
-                filter: format!("name = {:?}", name_of(i)),
-                ..Default::default()
-            })
-            .await
-            .expect("find an agent")
-            .into_inner();
-        let Some(agent) = found.agents.into_iter().next() else {
+        // Paged on: a page the scan budget stopped may be empty.
+        let (mut found, mut token) = (None, String::new());
+        loop {
+            let page = api
+                .list_agents(pb::ListAgentsRequest {
+                    page_size: 1,
+                    filter: format!("name = {:?}", name_of(i)),
+                    page_token: token,
+                    ..Default::default()
+                })
+                .await
+                .expect("find an agent")
+                .into_inner();
+            found = found.or(page.agents.into_iter().next());
+            if found.is_some() || page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        let Some(agent) = found else {
             continue;
         };
         api.update_agent(goal_update(&agent.id, "Touched"))

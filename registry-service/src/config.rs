@@ -1213,7 +1213,7 @@ mod tests {
     fn the_list_scan_is_refused_outside_its_range() {
         let taken = list_scan(&[]).expect("the defaults");
         assert_eq!((taken.steps, taken.window), (50_000, 2_000));
-        assert_eq!(taken.postgres_time, Duration::from_millis(25));
+        assert_eq!(taken.postgres_time, Duration::from_millis(50));
         let smallest = [
             "--list-scan-steps",
             "0",

@@ -176,17 +176,17 @@ pub const DEFAULT_LIST_SCAN_STEPS: u64 = 50_000;
 /// (about 34,000 instructions; the same script).
 pub const DEFAULT_LIST_SCAN_WINDOW: u64 = 2_000;
 
-/// The default time on PostgreSQL, in milliseconds. Unlike SQLite, every call there has a
-/// connection of its own, but the pool's connections are few (10 by
-/// default): a handful of callers repeating a filter that walks a large
-/// tenant (a combination that matches nothing took 223 ms at 100,000
-/// agents, BENCHMARKS.md) would hold all of them, and every other
-/// tenant's call would wait for one. 25 ms is longer than every filtered
-/// page of `bench filter` that the planner answers from an index, so only
-/// the walks are cut short; a time, not a count of work, so on a loaded
-/// machine a page may come from a window sooner (the same matches, on
-/// more pages).
-pub const DEFAULT_LIST_SCAN_POSTGRES_MS: u64 = 25;
+/// The default time on PostgreSQL, in milliseconds. Unlike SQLite, every
+/// call there has a connection of its own, but the pool's connections are
+/// few (10 by default): a handful of callers repeating a filter that walks
+/// a large tenant (a combination that matches nothing, 70 ms at 100,000
+/// agents, and growing with the tenant; BENCHMARKS.md) would hold all of
+/// them, and every other tenant's call would wait for one. Every filtered
+/// page of `bench filter` that has matches took at most 25 ms with
+/// planner statistics, so 50 ms cuts only the walks. A time, not a count
+/// of work: on a loaded server a page may come from a window sooner (the
+/// same matches, on more pages).
+pub const DEFAULT_LIST_SCAN_POSTGRES_MS: u64 = 50;
 
 impl Default for ListScan {
     fn default() -> Self {
