@@ -604,10 +604,6 @@ async fn set_triggers(db: &sea_orm::DatabaseConnection, postgres: bool, on: bool
     }
 }
 
-/// Waits (up to a minute) until the registry's SQLite planner statistics
-/// describe `agents` with at least a thousand rows, and answers the row
-/// count they were taken at (0 when they never came: the cases then run
-/// without them, and the printed count says so).
 /// Takes PostgreSQL's planner statistics of the bench's database, as
 /// autovacuum would soon after the load on a server that runs it (the
 /// default; some test servers, this project's bench machine among them,
@@ -621,6 +617,10 @@ async fn postgres_statistics(url: &str) {
     let _ = db.close().await;
 }
 
+/// Waits (up to a minute) until the registry's SQLite planner statistics
+/// describe `agents` with at least a thousand rows, and answers the row
+/// count they were taken at (0 when they never came: the cases then run
+/// without them, and the printed count says so).
 async fn sqlite_statistics(url: &str) -> i64 {
     let db = Database::connect(url)
         .await

@@ -1215,17 +1215,7 @@ async fn a_write_finds_its_agent_by_id_in_a_large_tenant(db: DatabaseConnection)
     let lookup = "UPDATE agents SET version = version + 1 WHERE id = 'agent-150' \
                   AND tenant_id = 'tenant-1' AND version = 1 AND delete_time IS NULL";
     let backend = db.get_database_backend();
-    let (explain, column) = match backend {
-        DbBackend::Postgres => (format!("EXPLAIN {lookup}"), "QUERY PLAN"),
-        _ => (format!("EXPLAIN QUERY PLAN {lookup}"), "detail"),
-    };
-    let plan: Vec<String> = db
-        .query_all_raw(Statement::from_string(backend, explain))
-        .await
-        .expect("explain")
-        .iter()
-        .map(|row| row.try_get::<String>("", column).expect("a plan line"))
-        .collect();
+    let plan = plan_of(&db, lookup).await;
     // PostgreSQL: `Index Cond: (… (id = 'agent-150'::text))`; SQLite:
     // `SEARCH agents USING INDEX … (… id=?)`. Not `tenant_id =` alone.
     let by_id = |line: &String| match backend {
@@ -1267,17 +1257,7 @@ async fn one_labels_history_is_read_from_an_index_of_its_own(db: DatabaseConnect
         "SELECT id, label FROM label_moves WHERE kind = 'agent' AND resource_id = 'agent-1' \
          AND tenant_id = '{T1}' AND label = 'label-3' AND id > 5 ORDER BY id LIMIT 11"
     );
-    let (explain, column) = match backend {
-        DbBackend::Postgres => (format!("EXPLAIN {history}"), "QUERY PLAN"),
-        _ => (format!("EXPLAIN QUERY PLAN {history}"), "detail"),
-    };
-    let plan: Vec<String> = db
-        .query_all_raw(Statement::from_string(backend, explain))
-        .await
-        .expect("explain")
-        .iter()
-        .map(|row| row.try_get::<String>("", column).expect("a plan line"))
-        .collect();
+    let plan = plan_of(&db, &history).await;
     let by_label = |line: &String| match backend {
         DbBackend::Postgres => line.contains("ix_label_moves_label"),
         _ => line.contains("USING INDEX ix_label_moves_label") && line.contains("label=?"),
@@ -1292,6 +1272,22 @@ async fn one_labels_history_is_read_from_an_index_of_its_own(db: DatabaseConnect
             .any(|line| line.contains("Sort") || line.contains("TEMP B-TREE")),
         "the moves are sorted, not read in order: {plan:#?}"
     );
+}
+
+/// The lines of the database's plan for `sql` (PostgreSQL's `EXPLAIN`,
+/// SQLite's `EXPLAIN QUERY PLAN`).
+async fn plan_of(db: &DatabaseConnection, sql: &str) -> Vec<String> {
+    let backend = db.get_database_backend();
+    let (explain, column) = match backend {
+        DbBackend::Postgres => (format!("EXPLAIN {sql}"), "QUERY PLAN"),
+        _ => (format!("EXPLAIN QUERY PLAN {sql}"), "detail"),
+    };
+    db.query_all_raw(Statement::from_string(backend, explain))
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", column).expect("a plan line"))
+        .collect()
 }
 
 async fn down_drops_every_table_and_up_applies_again(db: DatabaseConnection) {

@@ -179,10 +179,10 @@ pub const DEFAULT_LIST_SCAN_WINDOW: u64 = 2_000;
 /// The default time on PostgreSQL, in milliseconds. Unlike SQLite, every
 /// call there has a connection of its own, but the pool's connections are
 /// few (10 by default): a handful of callers repeating a filter that walks
-/// a large tenant (a combination that matches nothing, 70 ms at 100,000
-/// agents, and growing with the tenant; BENCHMARKS.md) would hold all of
+/// a large tenant (a combination that matches nothing, 70–75 ms at
+/// 100,000 agents, and growing with the tenant; BENCHMARKS.md) would hold all of
 /// them, and every other tenant's call would wait for one. Every filtered
-/// page of `bench filter` that has matches took at most 25 ms with
+/// page of `bench filter` that has matches took at most 27 ms (p50) with
 /// planner statistics, so 50 ms cuts only the walks. A time, not a count
 /// of work: on a loaded server a page may come from a window sooner (the
 /// same matches, on more pages).
