@@ -376,9 +376,14 @@ impl Registry {
 
 /// Deletes request ids older than `retention` every `retention / 24`
 /// (at least every second, at most every hour), until the task is dropped.
+/// The first round comes one period after start-up, not at once: an
+/// expired id is free whether or not its row is still there, so nothing
+/// waits for it, and a round at start-up ran whenever the pool's
+/// connection came free, among the first calls (an end-to-end test that
+/// ages a row by hand saw it vanish).
 pub async fn prune_expired(db: crate::store::Store, retention: Duration) {
     let period = (retention / 24).clamp(Duration::from_secs(1), Duration::from_secs(60 * 60));
-    let mut ticks = tokio::time::interval(period);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
