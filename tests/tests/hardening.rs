@@ -646,6 +646,79 @@ async fn key_operations_need_the_platform_operator_not_a_tenant_admin() {
     stack.finish().await;
 }
 
+/// A tenant admin's key counts read at most 10,000 of the tenant's stored
+/// values (SECURITY.md): a tenant's version snapshots grow with every
+/// provider write, and each counted one is a JSON value taken apart, on a
+/// connection every tenant's calls share. At the cap the counts are
+/// exact; one value more answers FAILED_PRECONDITION
+/// `TOO_MANY_STORED_VALUES` for that tenant alone, and the platform
+/// operator still counts everything. Before: the count read every
+/// snapshot, however many.
+#[tokio::test]
+async fn a_tenants_key_count_reads_at_most_ten_thousand_values() {
+    use tonic_types::StatusExt;
+
+    let stack = Stack::start().await;
+    tests::health::wait_for_status(stack.channel().await, "", ServingStatus::Serving).await;
+    let acme = stack.channel_as("ada", "acme", &["admin"]).await;
+    let globex = stack.channel_as("gil", "globex", &["admin"]).await;
+    let operator = stack
+        .channel_as(tests::auth::STACK_OPERATOR, "ops", &["platform-operator"])
+        .await;
+    let provider = pb::provider_service_client::ProviderServiceClient::new(acme.clone())
+        .create_provider(provider_with_key("many", "sk-many-versions"))
+        .await
+        .expect("acme provider")
+        .into_inner();
+    pb::provider_service_client::ProviderServiceClient::new(globex.clone())
+        .create_provider(provider_with_key("few", "sk-few-versions"))
+        .await
+        .expect("globex provider");
+    // Copies of acme's version 1 snapshot (its key included) as versions
+    // `from..=to`, as a long history would leave them.
+    let copies = |from: u32, to: u32| {
+        format!(
+            "INSERT INTO provider_versions (provider_id, tenant_id, version_number, action, \
+             configuration, diff, change_description, changed_by, create_time) \
+             WITH RECURSIVE n(i) AS (SELECT {from} UNION ALL SELECT i + 1 FROM n WHERE i < {to}) \
+             SELECT v.provider_id, v.tenant_id, n.i, v.action, v.configuration, v.diff, \
+             v.change_description, v.changed_by, v.create_time \
+             FROM provider_versions v CROSS JOIN n \
+             WHERE v.provider_id = '{}' AND v.version_number = 1",
+            provider.id
+        )
+    };
+    let status = async |channel: &tests::auth::Authed| {
+        pb::key_service_client::KeyServiceClient::new(channel.clone())
+            .get_key_status(pb::GetKeyStatusRequest {})
+            .await
+    };
+
+    // The row and 9,999 snapshots: 10,000 values, counted exactly.
+    assert_eq!(stack.database.execute(&copies(2, 9_999)).await, 9_998);
+    let counted = status(&acme).await.expect("at the cap").into_inner();
+    assert_eq!(counted.total_values, 10_000, "{counted:?}");
+    let by_version: u64 = counted.versions.iter().map(|v| v.stored_values).sum();
+    assert_eq!(by_version, 10_000, "{counted:?}");
+
+    // One more: refused, for acme alone.
+    assert_eq!(stack.database.execute(&copies(10_000, 10_000)).await, 1);
+    let refused = status(&acme).await.expect_err("over the cap");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let info = refused.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "TOO_MANY_STORED_VALUES");
+    assert!(
+        refused.message().contains("platform operator"),
+        "says who can count: {refused:?}"
+    );
+    let other = status(&globex).await.expect("globex's own counts");
+    assert_eq!(other.into_inner().total_values, 2);
+    // Every value: acme's 10,001, globex's 2 and the registry's canary.
+    let everything = status(&operator).await.expect("the operator counts all");
+    assert_eq!(everything.into_inner().total_values, 10_004);
+    stack.finish().await;
+}
+
 /// Every stored key gets a credential revision, shown on the provider and
 /// in diffs; a revoked revision never comes back. Key A (revision 1) is
 /// replaced by B (2): a rollback to version 1 restores A, as the platform

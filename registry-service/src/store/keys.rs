@@ -60,12 +60,24 @@ pub enum Scope<'a> {
     Tenant(&'a str),
 }
 
+/// The most stored values a tenant's count reads ([`Scope::Tenant`]). A
+/// tenant's version snapshots grow with every provider write, and each
+/// counted snapshot is a JSON value taken apart (about 30 of SQLite's
+/// instructions and 3.5 µs; 1,100 took 3.5–4.3 ms, BENCHMARKS.md): so a
+/// tenant admin's call costs at most about 35 ms of the database, however
+/// long the tenant's history. The platform operator's count
+/// ([`Scope::Everything`]) is not capped.
+pub const TENANT_COUNTED_VALUES: u64 = 10_000;
+
 /// Counts the stored values in `scope` by the key version each names: one
 /// aggregate per place, grouped in the database by the ciphertext's
 /// `arc1.<version>.` prefix, so only the groups cross to the registry. A
 /// tenant's version snapshots are found through its providers (the
 /// snapshots' `(provider_id, version_number)` index), not by reading every
-/// tenant's.
+/// tenant's, and a tenant's places together are read up to
+/// [`TENANT_COUNTED_VALUES`]: a tenant with more answers
+/// FAILED_PRECONDITION `TOO_MANY_STORED_VALUES`, having read one value
+/// more than the cap.
 ///
 /// Reading every value into the registry instead (as the rewrap job must)
 /// took 576–598 ms for 110,000 values, on the connection a locking write
@@ -87,26 +99,51 @@ pub async fn count_by_version(
     if scope == Scope::Everything {
         places.push(("key_canary", "ciphertext", Condition::all()));
     }
+    let cap = match scope {
+        Scope::Everything => None,
+        Scope::Tenant(_) => Some(TENANT_COUNTED_VALUES),
+    };
     let mut counts = Counts::new();
+    let mut counted: u64 = 0;
     for (table, value, condition) in places {
-        let prefix = version_prefix(backend, value);
-        let query = Query::select()
-            .expr_as(prefix.clone(), Alias::new("prefix"))
-            .expr_as(Expr::cust("COUNT(*)"), Alias::new("values_counted"))
+        let values = Query::select()
+            .expr_as(version_prefix(backend, value), Alias::new("prefix"))
             .from(Alias::new(table))
             .and_where(Expr::cust(format!("{value} IS NOT NULL")))
             .cond_where(condition)
-            .add_group_by([prefix])
+            .apply_if(cap, |values, cap| {
+                // One more than is left under the cap: reading it is how
+                // the count knows it ran over.
+                values.limit(cap.saturating_sub(counted).saturating_add(1));
+            })
+            .to_owned();
+        let grouped = Query::select()
+            .column(Alias::new("prefix"))
+            .expr_as(Expr::cust("COUNT(*)"), Alias::new("values_counted"))
+            .from_subquery(values, Alias::new("stored"))
+            .group_by_col(Alias::new("prefix"))
             .to_owned();
         for row in db
-            .query_all_raw(backend.build(&query))
+            .query_all_raw(backend.build(&grouped))
             .await
             .map_err(db_error)?
         {
             let prefix: Option<String> = row.try_get("", "prefix").map_err(db_error)?;
-            let counted: i64 = row.try_get("", "values_counted").map_err(db_error)?;
+            let in_group: i64 = row.try_get("", "values_counted").map_err(db_error)?;
+            let in_group = u64::try_from(in_group).unwrap_or(0);
+            counted = counted.saturating_add(in_group);
             let version = prefix.as_deref().and_then(key_version_of);
-            *counts.entry(version).or_default() += u64::try_from(counted).unwrap_or(0);
+            *counts.entry(version).or_default() += in_group;
+        }
+        if let Some(cap) = cap.filter(|cap| counted > *cap) {
+            return Err(Error::precondition(
+                "TOO_MANY_STORED_VALUES",
+                format!(
+                    "this tenant stores more than {cap} provider keys (current and in version \
+                     snapshots), more than one call counts: the platform operator's \
+                     GetKeyStatus counts every stored value"
+                ),
+            ));
         }
     }
     Ok(counts)
