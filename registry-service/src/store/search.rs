@@ -526,32 +526,23 @@ impl Membership {
 
     /// `id IN (<the owners>)` or, when `per_row`, `EXISTS (<this row's
     /// membership>)`.
-    fn condition<K: Kind>(&self, to: &Target<'_>, per_row: bool) -> SimpleExpr {
+    fn condition<K: Kind>(&self, tenant: &str, per_row: bool) -> SimpleExpr {
         let table = Alias::new(self.table);
         let column = |name: &str| Expr::col((table.clone(), Alias::new(name)));
         let value = self.value_condition();
         if per_row {
-            let mut this_row = Query::select()
+            let this_row = Query::select()
                 .expr(Expr::val(1))
                 .from(table.clone())
                 .and_where(column(self.owner).equals((K::Entity::default(), Alias::new("id"))))
                 .and_where(value)
                 .to_owned();
-            if to.backend == DbBackend::Postgres {
-                // PostgreSQL turns a plain EXISTS into a semi-join, and
-                // may then hash every owner of the value in the tenant
-                // before the first row (a common tool's 50,000 rows: 35 ms
-                // of a 2,000-row window's 43, BENCHMARKS.md). An OFFSET
-                // keeps it a test per row, one index probe each, as on
-                // SQLite; OFFSET 0 skips nothing.
-                this_row.offset(0);
-            }
             Expr::exists(this_row)
         } else {
             let owners = Query::select()
                 .column((table.clone(), Alias::new(self.owner)))
                 .from(table.clone())
-                .and_where(column("tenant_id").eq(to.tenant))
+                .and_where(column("tenant_id").eq(tenant))
                 .and_where(value)
                 .to_owned();
             col::<K>("id").in_subquery(owners)
@@ -797,7 +788,7 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
                 value: text.to_owned(),
             };
             let per_row = to.common.contains(&membership);
-            Ok(membership.condition::<K>(to, per_row))
+            Ok(membership.condition::<K>(to.tenant, per_row))
         }
     }
 }
