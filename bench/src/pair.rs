@@ -179,7 +179,9 @@ impl Pair {
                 (database, pid)
             }
         };
-        let mut launch = tests::stack::Stack::default_registry();
+        // The deployment's defaults (the suite's stack lengthens a
+        // filtered page's time on PostgreSQL to a minute).
+        let mut launch = tests::stack::Stack::registry_as_deployed();
         if let Some(seconds) = options.sqlite_statistics_seconds {
             launch = launch.env("REGISTRY_SQLITE_STATISTICS_SECONDS", seconds.to_string());
         }
@@ -220,7 +222,7 @@ impl Pair {
         start_registry(
             &self.database,
             &self.crypto.url(),
-            tests::stack::Stack::default_registry()
+            tests::stack::Stack::registry_as_deployed()
                 .arg("--log-level")
                 .arg(REGISTRY_LOG_LEVEL),
         )

@@ -210,11 +210,16 @@ impl Stack {
     /// out sooner on a loaded machine. `a_bounded_read_stops_at_its_end_on_either_database`
     /// tests that budget, and `start_windowed` the windows it leads to.
     pub fn default_registry() -> Launch {
+        Self::registry_as_deployed().env("REGISTRY_LIST_SCAN_POSTGRES_MS", "60000")
+    }
+
+    /// The registry with the suite's tokens and platform operator and
+    /// otherwise a deployment's defaults: what a benchmark measures.
+    pub fn registry_as_deployed() -> Launch {
         expect_stack_tokens(
             Launch::default().env("JWT_HS256_SECRET", crate::auth::STACK_JWT_SECRET),
         )
         .env("PLATFORM_OPERATOR_SUBJECTS", crate::auth::STACK_OPERATOR)
-        .env("REGISTRY_LIST_SCAN_POSTGRES_MS", "60000")
     }
 
     /// Starts both services with extra settings for each; crypto-service

@@ -1058,6 +1058,102 @@ async fn a_bounded_read_stops_at_its_end_on_either_database() {
     database.drop_database().await;
 }
 
+/// A window tests a tool most of a tenant's agents have row by row, one
+/// index probe per window row, on either database: PostgreSQL would
+/// otherwise turn the `EXISTS` into a join, which it may answer by reading
+/// every owner of the tool first (BENCHMARKS.md, "A window probes each row
+/// on PostgreSQL").
+#[tokio::test]
+async fn a_window_tests_a_common_tool_row_by_row_on_either_database() {
+    use registry_service::store::{self, agents::Agents, search::Search};
+    use sea_orm::sea_query::{Alias, Asterisk, Query};
+    use sea_orm::{ConnectionTrait, DbBackend, Statement};
+
+    let database = tests::stack::TestDatabase::fresh().await;
+    let db = store::connect(&store::DatabaseSettings {
+        url: database.url(),
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(5),
+        sqlite_cache_mib: 2,
+    })
+    .await
+    .expect("connect");
+    store::migrate_up(&db).await.expect("migrate");
+    let backend = db.get_database_backend();
+    // More owners than a filter lists (search::FEW_OWNERS is 1,000): the
+    // tool is common, so the condition tests it per row.
+    let owners = registry_service::store::search::FEW_OWNERS + 1;
+    let seed = format!(
+        "INSERT INTO agents (id, tenant_id, name, config, tools, version, create_time, \
+         update_time, created_by, updated_by) \
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {owners}) \
+         SELECT 'agent-' || i, 't', 'agent-' || i, '{{}}', '[\"common\"]', 1, \
+         CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, 'seed', 'seed' FROM n"
+    );
+    db.execute_unprepared(&seed).await.expect("seed");
+    let counted = db
+        .query_one_raw(Statement::from_string(
+            backend,
+            "SELECT COUNT(*) AS owners FROM agent_tools WHERE tool = 'common'",
+        ))
+        .await
+        .expect("count")
+        .expect("a row");
+    let counted: i64 = counted.try_get("", "owners").expect("a number");
+    assert_eq!(
+        u64::try_from(counted).expect("a count"),
+        owners,
+        "the triggers list the tool"
+    );
+
+    let search = Search::new::<Agents>("t", (r#"tool:"common""#, "update_time desc"), backend)
+        .expect("a valid filter");
+    let condition = search
+        .condition::<Agents>(&db)
+        .await
+        .expect("the condition")
+        .expect("a filter")
+        .window;
+    let page = Query::select()
+        .column(Asterisk)
+        .from(Alias::new("agents"))
+        .cond_where(condition)
+        .limit(11)
+        .to_owned();
+    let statement = backend.build(&page);
+    let (explain, column) = match backend {
+        DbBackend::Postgres => ("EXPLAIN ", "QUERY PLAN"),
+        _ => ("EXPLAIN QUERY PLAN ", "detail"),
+    };
+    let explained = Statement::from_sql_and_values(
+        backend,
+        format!("{explain}{}", statement.sql),
+        statement.values.map(|v| v.0).unwrap_or_default(),
+    );
+    let plan = db
+        .query_all_raw(explained)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get::<String>("", column).expect("a plan line"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    if database.is_postgres() {
+        assert!(
+            plan.contains("SubPlan") && !plan.contains("Semi Join"),
+            "the window probes the tool per row, not by a join:\n{plan}"
+        );
+    } else {
+        // SQLite runs an EXISTS as a lookup per row of the outer scan.
+        assert!(
+            plan.contains("SEARCH agent_tools") && plan.contains("agent_id=?"),
+            "the tool is probed per row:\n{plan}"
+        );
+    }
+    db.close().await.expect("close");
+    database.drop_database().await;
+}
+
 #[tokio::test]
 async fn a_page_token_is_bound_to_its_filter_and_order() {
     let stack = Stack::start().await;

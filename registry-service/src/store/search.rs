@@ -228,6 +228,7 @@ impl Search {
             tenant,
             backend,
             common: &[],
+            window: false,
         };
         let mut checked = None;
         let filter_checked = filter::parse(filter).and_then(|parsed| {
@@ -273,7 +274,7 @@ impl Search {
         self.parsed.is_some()
     }
 
-    /// The condition rows must meet, if any. Each membership (`tool:"x"`)
+    /// The conditions rows must meet, if any. Each membership (`tool:"x"`)
     /// is first counted in its side table, up to [`FEW_OWNERS`] + 1: a
     /// value with few owners is tested as `id IN (<its owners>)` (the
     /// owners drive the query), one with more as `EXISTS (<this row's
@@ -282,7 +283,7 @@ impl Search {
     pub async fn condition<K: Kind>(
         &self,
         db: &impl ConnectionTrait,
-    ) -> Result<Option<SimpleExpr>, Error> {
+    ) -> Result<Option<Conditions>, Error> {
         let Some(parsed) = &self.parsed else {
             return Ok(None);
         };
@@ -295,12 +296,16 @@ impl Search {
                 common.push(membership.clone());
             }
         }
-        let to = Target {
+        let mut to = Target {
             tenant: &self.tenant,
             backend: self.backend,
             common: &common,
+            window: false,
         };
-        condition::<K>(parsed, &to).map(Some)
+        let page = condition::<K>(parsed, &to)?;
+        to.window = true;
+        let window = condition::<K>(parsed, &to)?;
+        Ok(Some(Conditions { page, window }))
     }
 
     /// `ORDER BY` terms: the keys, then the id in the last key's direction.
@@ -476,6 +481,27 @@ struct Target<'a> {
     backend: DbBackend,
     /// Memberships whose value has many owners (tested per row).
     common: &'a [Membership],
+    /// Whether the condition tests a window's rows ([`Conditions::window`]).
+    window: bool,
+}
+
+/// A filter's condition, as a page's query and count test it and as a
+/// window's rows do: the same test, but a window must probe each of its
+/// rows, and PostgreSQL left to plan a common membership's `EXISTS` turns
+/// it into a join that may first read every owner of the value (by hand,
+/// at 100,000 agents, a window of 2,000 rows hash-joined the 50,000
+/// `agent_tools` rows of a common tool: 35 ms of the window's 43;
+/// `bench/results/session18/window-explain.txt`). There the window's `EXISTS` carries an
+/// `OFFSET 0`, which PostgreSQL never turns into a join: one index probe
+/// per window row. The page's query keeps the planner's choice: with the
+/// same `OFFSET`, a common tool's first page took twice as long
+/// (BENCHMARKS.md, "A window probes each row on PostgreSQL").
+#[derive(Debug, Clone)]
+pub struct Conditions {
+    /// For the page's query and its count.
+    pub page: SimpleExpr,
+    /// For a window's rows.
+    pub window: SimpleExpr,
 }
 
 /// When a side table holds at most this many owners of a value, a filter
@@ -525,24 +551,28 @@ impl Membership {
     }
 
     /// `id IN (<the owners>)` or, when `per_row`, `EXISTS (<this row's
-    /// membership>)`.
-    fn condition<K: Kind>(&self, tenant: &str, per_row: bool) -> SimpleExpr {
+    /// membership>)` (on PostgreSQL, for a window, with `OFFSET 0`: see
+    /// [`Conditions`]).
+    fn condition<K: Kind>(&self, to: &Target<'_>, per_row: bool) -> SimpleExpr {
         let table = Alias::new(self.table);
         let column = |name: &str| Expr::col((table.clone(), Alias::new(name)));
         let value = self.value_condition();
         if per_row {
-            let this_row = Query::select()
+            let mut this_row = Query::select()
                 .expr(Expr::val(1))
                 .from(table.clone())
                 .and_where(column(self.owner).equals((K::Entity::default(), Alias::new("id"))))
                 .and_where(value)
                 .to_owned();
+            if to.window && to.backend == DbBackend::Postgres {
+                this_row.offset(0);
+            }
             Expr::exists(this_row)
         } else {
             let owners = Query::select()
                 .column((table.clone(), Alias::new(self.owner)))
                 .from(table.clone())
-                .and_where(column("tenant_id").eq(tenant))
+                .and_where(column("tenant_id").eq(to.tenant))
                 .and_where(value)
                 .to_owned();
             col::<K>("id").in_subquery(owners)
@@ -788,7 +818,7 @@ fn compare<K: Kind>(c: &Comparison, to: &Target<'_>) -> Result<SimpleExpr, Error
                 value: text.to_owned(),
             };
             let per_row = to.common.contains(&membership);
-            Ok(membership.condition::<K>(to.tenant, per_row))
+            Ok(membership.condition::<K>(to, per_row))
         }
     }
 }

@@ -482,7 +482,8 @@ pub async fn list<K: Kind>(
     let listed = K::Entity::find()
         .filter(col::<K>("tenant_id").eq(tenant))
         .apply_if(shown.condition::<K>(), QueryFilter::filter);
-    let condition = search.condition::<K>(db).await?;
+    let conditions = search.condition::<K>(db).await?;
+    let condition = conditions.as_ref().map(|c| c.page.clone());
     let scope = listed
         .clone()
         .apply_if(condition.clone(), QueryFilter::filter);
@@ -493,9 +494,9 @@ pub async fn list<K: Kind>(
     };
     let statement = db.get_database_backend().build(&page);
     let scan = db.list_scan();
-    let rows = match condition {
+    let rows = match conditions {
         None => db.query_all_raw(statement).await.map_err(db_error)?,
-        Some(condition) => match db
+        Some(conditions) => match db
             .query_within(statement, scan.steps)
             .await
             .map_err(db_error)?
@@ -504,7 +505,7 @@ pub async fn list<K: Kind>(
             None => {
                 let window = Window {
                     listed,
-                    condition,
+                    condition: conditions.window,
                     rows: scan.window,
                 };
                 return list_window::<K>(db, search, window, after, limit).await;
@@ -574,7 +575,7 @@ fn in_order_after<K: Kind>(
 struct Window<E: EntityTrait> {
     /// The tenant's rows the listing shows (live, or deleted too).
     listed: sea_orm::Select<E>,
-    /// The filter's condition.
+    /// The filter's condition, as a window tests it.
     condition: SimpleExpr,
     /// How many rows, in the listing's order, the window holds.
     rows: u64,
