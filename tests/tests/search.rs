@@ -1109,7 +1109,7 @@ async fn a_window_tests_a_common_tool_row_by_row_on_either_database() {
     let search = Search::new::<Agents>("t", (r#"tool:"common""#, "update_time desc"), backend)
         .expect("a valid filter");
     let condition = search
-        .condition::<Agents>(&db)
+        .conditions::<Agents>(&db)
         .await
         .expect("the condition")
         .expect("a filter")

@@ -62,11 +62,11 @@ pub enum Scope<'a> {
 
 /// The most stored values a tenant's count reads ([`Scope::Tenant`]). A
 /// tenant's version snapshots grow with every provider write, and each
-/// counted snapshot is a JSON value taken apart (about 30 of SQLite's
-/// instructions and 3.5 µs; 1,100 took 3.5–4.3 ms, BENCHMARKS.md): so a
-/// tenant admin's call costs at most about 35 ms of the database, however
-/// long the tenant's history. The platform operator's count
-/// ([`Scope::Everything`]) is not capped.
+/// counted snapshot is a JSON value taken apart: a tenant of 100,000
+/// values took 251–317 ms a call, and with the cap it takes 22–37 ms
+/// however long its history (BENCHMARKS.md, "A tenant's key count,
+/// capped"). The platform operator's count ([`Scope::Everything`]) is not
+/// capped.
 pub const TENANT_COUNTED_VALUES: u64 = 10_000;
 
 /// Counts the stored values in `scope` by the key version each names: one

@@ -280,7 +280,7 @@ impl Search {
     /// owners drive the query), one with more as `EXISTS (<this row's
     /// membership>)` per row (a page's rows come after a few probes, where
     /// listing tens of thousands of owners first would take milliseconds).
-    pub async fn condition<K: Kind>(
+    pub async fn conditions<K: Kind>(
         &self,
         db: &impl ConnectionTrait,
     ) -> Result<Option<Conditions>, Error> {
@@ -491,11 +491,12 @@ struct Target<'a> {
 /// it into a join that may first read every owner of the value (by hand,
 /// at 100,000 agents, a window of 2,000 rows hash-joined the 50,000
 /// `agent_tools` rows of a common tool: 35 ms of the window's 43;
-/// `bench/results/session18/window-explain.txt`). There the window's `EXISTS` carries an
-/// `OFFSET 0`, which PostgreSQL never turns into a join: one index probe
-/// per window row. The page's query keeps the planner's choice: with the
-/// same `OFFSET`, a common tool's first page took twice as long
-/// (BENCHMARKS.md, "A window probes each row on PostgreSQL").
+/// `bench/results/session18/window-explain.txt`). There the window's
+/// `EXISTS` carries an `OFFSET 0`, which PostgreSQL never turns into a
+/// join: one index probe per window row. The page's query keeps the
+/// planner's choice: with the same `OFFSET`, a common tool's first page
+/// took twice as long (BENCHMARKS.md, "A window probes each row on
+/// PostgreSQL").
 #[derive(Debug, Clone)]
 pub struct Conditions {
     /// For the page's query and its count.
@@ -506,7 +507,7 @@ pub struct Conditions {
 
 /// When a side table holds at most this many owners of a value, a filter
 /// on it lists them; with more, it tests each row (see
-/// [`Search::condition`]).
+/// [`Search::conditions`]).
 pub const FEW_OWNERS: u64 = 1000;
 
 /// A membership a filter tests: the resource has a row in `table` whose

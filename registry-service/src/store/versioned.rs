@@ -482,7 +482,7 @@ pub async fn list<K: Kind>(
     let listed = K::Entity::find()
         .filter(col::<K>("tenant_id").eq(tenant))
         .apply_if(shown.condition::<K>(), QueryFilter::filter);
-    let conditions = search.condition::<K>(db).await?;
+    let conditions = search.conditions::<K>(db).await?;
     let condition = conditions.as_ref().map(|c| c.page.clone());
     let scope = listed
         .clone()
