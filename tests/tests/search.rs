@@ -991,19 +991,11 @@ async fn filtered_pages_read_from_windows_page_to_exactly_the_matches() {
     stack.finish().await;
 }
 
-/// What bounds a filtered page's query on either database: a query that
-/// would run for minutes (a count to ten billion) stops at the end of its
-/// budget — SQLite's instructions, PostgreSQL's time — and answers that it
-/// ran out, not an error; the store reads on afterwards, and on
-/// PostgreSQL the pooled connection keeps no timeout.
-#[tokio::test]
-async fn a_bounded_read_stops_at_its_end_on_either_database() {
-    use registry_service::store::{self, Store, search::ListScan};
-    use registry_service::telemetry::RegistryMetrics;
-    use sea_orm::{ConnectionTrait, Statement};
-
+/// A fresh database of the suite's kind and one connection to it, as the
+/// registry opens it (no schema yet).
+async fn fresh_connection() -> (tests::stack::TestDatabase, sea_orm::DatabaseConnection) {
     let database = tests::stack::TestDatabase::fresh().await;
-    let db = store::connect(&store::DatabaseSettings {
+    let db = registry_service::store::connect(&registry_service::store::DatabaseSettings {
         url: database.url(),
         max_connections: 1,
         acquire_timeout: Duration::from_secs(5),
@@ -1011,6 +1003,21 @@ async fn a_bounded_read_stops_at_its_end_on_either_database() {
     })
     .await
     .expect("connect");
+    (database, db)
+}
+
+/// What bounds a filtered page's query on either database: a query that
+/// would run for minutes (a count to ten billion) stops at the end of its
+/// budget — SQLite's instructions, PostgreSQL's time — and answers that it
+/// ran out, not an error; the store reads on afterwards, and on
+/// PostgreSQL the pooled connection keeps no timeout.
+#[tokio::test]
+async fn a_bounded_read_stops_at_its_end_on_either_database() {
+    use registry_service::store::{Store, search::ListScan};
+    use registry_service::telemetry::RegistryMetrics;
+    use sea_orm::{ConnectionTrait, Statement};
+
+    let (database, db) = fresh_connection().await;
     let backend = db.get_database_backend();
     let scan = ListScan {
         steps: 50_000,
@@ -1069,15 +1076,7 @@ async fn a_window_tests_a_common_tool_row_by_row_on_either_database() {
     use sea_orm::sea_query::{Alias, Asterisk, Query};
     use sea_orm::{ConnectionTrait, DbBackend, Statement};
 
-    let database = tests::stack::TestDatabase::fresh().await;
-    let db = store::connect(&store::DatabaseSettings {
-        url: database.url(),
-        max_connections: 1,
-        acquire_timeout: Duration::from_secs(5),
-        sqlite_cache_mib: 2,
-    })
-    .await
-    .expect("connect");
+    let (database, db) = fresh_connection().await;
     store::migrate_up(&db).await.expect("migrate");
     let backend = db.get_database_backend();
     // More owners than a filter lists (search::FEW_OWNERS is 1,000): the
