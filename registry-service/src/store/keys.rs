@@ -63,7 +63,7 @@ pub enum Scope<'a> {
 /// The most stored values a tenant's count reads ([`Scope::Tenant`]). A
 /// tenant's version snapshots grow with every provider write, and each
 /// counted snapshot is a JSON value taken apart: a tenant of 100,000
-/// values took 251–317 ms a call, and with the cap it takes 22–37 ms
+/// values took 251–317 ms a call, and with the cap it takes 22–36 ms
 /// however long its history (BENCHMARKS.md, "A tenant's key count,
 /// capped"). The platform operator's count ([`Scope::Everything`]) is not
 /// capped.
