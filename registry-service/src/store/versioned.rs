@@ -483,12 +483,12 @@ pub async fn list<K: Kind>(
         .filter(col::<K>("tenant_id").eq(tenant))
         .apply_if(shown.condition::<K>(), QueryFilter::filter);
     let conditions = search.conditions::<K>(db).await?;
-    let condition = conditions.as_ref().map(|c| c.page.clone());
-    let scope = listed
-        .clone()
-        .apply_if(condition.clone(), QueryFilter::filter);
+    let scope = listed.clone().apply_if(
+        conditions.as_ref().map(|c| c.page.clone()),
+        QueryFilter::filter,
+    );
     let page = in_order_after::<K>(scope.clone(), search, after.as_deref())?;
-    let page = match condition {
+    let page = match conditions {
         None => page.limit(limit + 1).into_query(),
         Some(_) => keys_first::<K>(page, search, limit + 1)?,
     };
