@@ -1035,7 +1035,7 @@ async fn a_provider_dry_run_calls_crypto_service_for_nothing() {
 }
 
 #[tokio::test]
-async fn a_retried_provider_write_answers_the_first_answer_without_crypto_service() {
+async fn a_retried_provider_write_answers_the_first_answer_without_encrypting_again() {
     let crypto = Launch::default().arg("--metrics-listen").arg("127.0.0.1:0");
     let registry = Stack::default_registry().env("REGISTRY_HEALTH_INTERVAL_SECONDS", "3600");
     let stack = Stack::launch(crypto, registry).await;
@@ -1123,6 +1123,110 @@ async fn a_retried_provider_write_answers_the_first_answer_without_crypto_servic
         .expect("policy retried")
         .into_inner();
     assert_eq!(set_again, set);
+    stack.finish().await;
+}
+
+/// A provider's key stays out of a request's fingerprint (an unkeyed
+/// digest of a weak key could be guessed offline from the table): the same
+/// request with another key fingerprints alike, in another tenant. A retry
+/// that sends a key is compared by the key's value instead: the first key
+/// is answered, another key or none is refused, and neither writes; a key
+/// the update mask does not name is not taken, nor compared.
+#[tokio::test]
+async fn a_retried_key_is_compared_by_value_and_kept_out_of_fingerprints() {
+    let stack = Stack::start().await;
+    let mut alice = Caller::new(&stack, "acme", &["admin"]).await;
+    let mut bob = Caller::new(&stack, "globex", &["admin"]).await;
+    let create = |key: &str| pb::CreateProviderRequest {
+        provider: Some(provider("openai", key)),
+        request_id: FIRST.to_owned(),
+        ..Default::default()
+    };
+    let created = alice
+        .providers
+        .create_provider(create("sk-first-key"))
+        .await
+        .expect("create")
+        .into_inner();
+    bob.providers
+        .create_provider(create("sk-other-key"))
+        .await
+        .expect("the same request id and request in another tenant");
+    let fingerprints = "SELECT COUNT(DISTINCT fingerprint) FROM request_ids \
+                        WHERE method = 'CreateProvider'";
+    assert_eq!(rows(&stack.database, "request_ids").await, 2);
+    assert_eq!(
+        stack.database.count(fingerprints).await,
+        1,
+        "no key in them"
+    );
+
+    let before = footprint(&stack.database).await;
+    for other in ["sk-other-key", ""] {
+        let refused = alice
+            .providers
+            .create_provider(create(other))
+            .await
+            .expect_err("another key");
+        assert_eq!(violated_fields(&refused), ["request_id"], "{other:?}");
+    }
+    let retried = alice
+        .providers
+        .create_provider(create("sk-first-key"))
+        .await
+        .expect("retry with the first key")
+        .into_inner();
+    assert_eq!(retried, created);
+    assert_eq!(footprint(&stack.database).await, before);
+
+    let update = |key: &str, paths: &[&str], request_id: &str| pb::UpdateProviderRequest {
+        provider: Some(pb::Provider {
+            id: created.id.clone(),
+            model_name: "gpt-4.1".to_owned(),
+            api_key: key.to_owned(),
+            ..Default::default()
+        }),
+        update_mask: Some(mask(paths)),
+        request_id: request_id.to_owned(),
+        ..Default::default()
+    };
+    let rotated = alice
+        .providers
+        .update_provider(update("sk-second-key", &["api_key"], SECOND))
+        .await
+        .expect("rotate")
+        .into_inner();
+    assert_eq!((rotated.version, rotated.api_key_revision), (2, 2));
+    let before = footprint(&stack.database).await;
+    let refused = alice
+        .providers
+        .update_provider(update("sk-third-key", &["api_key"], SECOND))
+        .await
+        .expect_err("another key");
+    assert_eq!(violated_fields(&refused), ["request_id"]);
+    let retried = alice
+        .providers
+        .update_provider(update("sk-second-key", &["api_key"], SECOND))
+        .await
+        .expect("retry with the same key")
+        .into_inner();
+    assert_eq!(retried, rotated);
+    assert_eq!(footprint(&stack.database).await, before);
+
+    let renamed = alice
+        .providers
+        .update_provider(update("sk-ignored-key", &["model_name"], THIRD))
+        .await
+        .expect("a model change")
+        .into_inner();
+    assert_eq!((renamed.version, renamed.api_key_revision), (3, 2));
+    let renamed_again = alice
+        .providers
+        .update_provider(update("sk-also-ignored", &["model_name"], THIRD))
+        .await
+        .expect("the ignored key is not compared")
+        .into_inner();
+    assert_eq!(renamed_again, renamed);
     stack.finish().await;
 }
 

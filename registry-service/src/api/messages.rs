@@ -628,6 +628,14 @@ impl ProviderSpec {
         draft.finish(spec, v, new_api_key)
     }
 
+    /// The non-empty key an update with mask `paths` (`None`: a full
+    /// replace) sets, as [`ProviderSpec::updated`] and
+    /// [`ProviderSpec::from_proto`] take it; `None` when it sets none.
+    pub fn key_set_by<'a>(input: &'a pb::Provider, paths: Option<&[String]>) -> Option<&'a str> {
+        let taken = paths.is_none_or(|paths| paths.iter().any(|path| path == "api_key"));
+        (taken && !input.api_key.is_empty()).then_some(input.api_key.as_str())
+    }
+
     /// The fields a request without an update mask sets.
     pub fn fields_set(input: &pb::Provider) -> Vec<String> {
         ProviderDraft::of(input).fields_set.names()

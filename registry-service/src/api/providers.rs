@@ -1,13 +1,18 @@
 //! `ProviderService`. A new API key is encrypted by crypto-service before
 //! the transaction starts, so a crypto outage writes nothing; reads never
-//! call crypto-service.
+//! call crypto-service. A retry answered from its request id that sends a
+//! key has it compared with the key its first call stored (decrypted for
+//! the comparison, never answered): the request's fingerprint holds only
+//! that a key was sent (`retries`).
 
 use proto::v1 as pb;
 use proto::v1::provider_service_server::ProviderService;
 use tonic::{Request, Response, Status};
 
+use subtle::ConstantTimeEq;
+
 use super::messages::{self, check_provider_counts};
-use super::retries::Intent;
+use super::retries::{self, Intent, Mutation};
 use super::{
     Registry, Resource, UpdateParts, creation, describe_as, message, parts, require_id,
     require_version, required,
@@ -18,6 +23,7 @@ use crate::model::Snapshot;
 use crate::model::provider::{self, ProviderInput, ProviderSpec};
 use crate::model::version::Action;
 use crate::store::providers::{self as store, Providers};
+use crate::store::request_ids::Answer;
 use crate::store::versioned::{self, Record, Write};
 
 impl Resource for Providers {
@@ -102,6 +108,38 @@ impl Registry {
             .encrypt_api_key(&caller.tenant, provider_id, key);
         Ok(Some(sealed.await?))
     }
+
+    /// For a retry of a `method` call answered with `answer` that sends
+    /// key `sent`: the key the answered version stores must be `sent`,
+    /// else the request id is refused as used for another request. The
+    /// stored key is decrypted for the comparison only; a retry that sends
+    /// no key asks crypto-service nothing.
+    async fn same_key(
+        &self,
+        caller: &Caller,
+        answer: &Answer,
+        sent: Option<&str>,
+        method: &str,
+    ) -> Result<(), Error> {
+        let Some(sent) = sent else {
+            return Ok(());
+        };
+        let (tenant, id) = (&caller.tenant, &answer.resource_id);
+        let answered =
+            versioned::record_at::<Providers>(&self.db, tenant, id, answer.version_number);
+        let same = match answered.await?.spec.api_key {
+            Some(ciphertext) => {
+                let stored = self.crypto.decrypt_api_key(tenant, id, &ciphertext).await?;
+                bool::from(stored.as_bytes().ct_eq(sent.as_bytes()))
+            }
+            None => false,
+        };
+        if same {
+            Ok(())
+        } else {
+            Err(retries::used_for_another_request(method))
+        }
+    }
 }
 
 super::versioned_service! {
@@ -145,12 +183,18 @@ super::versioned_service! {
         }
         // The key is encrypted inside the turn: a retry that is answered
         // from its request id asks crypto-service nothing.
+        let sent_key = input.new_api_key.clone();
         let create = || async {
             let spec = self.seal_key(&caller, &id, input, (None, false)).await?;
             let record = versioned::create(&self.db, &kind, write, id, spec).await?;
             Ok(message::<Providers>(&record))
         };
-        let rebuild = |answer| self.created_at::<Providers>(&caller, answer);
+        let rebuild = |answer: Answer| async {
+            let sent = sent_key.as_ref().map(|key| key.as_str());
+            let method = pb::CreateProviderRequest::METHOD;
+            self.same_key(&caller, &answer, sent, method).await?;
+            self.created_at::<Providers>(&caller, answer).await
+        };
         Ok(Response::new(self.once(&caller, &intent, create, rebuild).await?))
     }
 
@@ -208,7 +252,12 @@ super::versioned_service! {
             let written = versioned::update(&self.db, &kind, write, id, expected, change).await?;
             self.written::<Providers>(&caller.tenant, written).await
         };
-        let rebuild = |answer| self.labelled_at::<Providers>(&caller, answer);
+        let rebuild = |answer: Answer| async {
+            let sent = ProviderSpec::key_set_by(&input, paths.as_deref());
+            let method = pb::UpdateProviderRequest::METHOD;
+            self.same_key(&caller, &answer, sent, method).await?;
+            self.labelled_at::<Providers>(&caller, answer).await
+        };
         Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))
     }
 

@@ -26,7 +26,12 @@
 //!
 //! The fingerprint is SHA-256 over the request's protobuf encoding with
 //! `request_id` and `validate_only` cleared; maps are generated as
-//! `BTreeMap`s (proto/build.rs), so equal requests encode equally.
+//! `BTreeMap`s (proto/build.rs), so equal requests encode equally. A
+//! provider's `api_key` is not in it, only whether one was sent
+//! ([`KEY_SENT`]): an unkeyed digest of a key would let anyone who reads
+//! the table test guesses of a weak key offline. A retry that sends a key
+//! is compared by the key's value instead, against the key its remembered
+//! version stores (`api::providers`).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -131,13 +136,18 @@ pub trait Mutation: prost::Message + Clone {
     fn request_id(&self) -> &str;
     /// Whether only the checks are to run.
     fn validate_only(&self) -> bool;
-    /// The request as fingerprinted: without the two fields.
-    fn without_retry_fields(&self) -> Self;
+    /// The request as fingerprinted: without the two fields, and with a
+    /// sent key replaced by [`KEY_SENT`].
+    fn fingerprinted(&self) -> Self;
 }
 
-/// Declares request types as [`Mutation`]s with their method names.
+/// What a fingerprinted request holds in place of a non-empty `api_key`.
+pub const KEY_SENT: &str = "(a key: compared by value on a retry)";
+
+/// Declares request types as [`Mutation`]s with their method names; `key
+/// in provider` names the message whose `api_key` a request may carry.
 macro_rules! mutations {
-    ($($request:ident => $method:literal),* $(,)?) => {
+    ($($request:ident => $method:literal $(key in $holder:ident)?),* $(,)?) => {
         $(impl Mutation for pb::$request {
             const METHOD: &'static str = $method;
             fn request_id(&self) -> &str {
@@ -146,12 +156,19 @@ macro_rules! mutations {
             fn validate_only(&self) -> bool {
                 self.validate_only
             }
-            fn without_retry_fields(&self) -> Self {
-                Self {
+            fn fingerprinted(&self) -> Self {
+                #[allow(unused_mut)]
+                let mut request = Self {
                     request_id: String::new(),
                     validate_only: false,
                     ..self.clone()
-                }
+                };
+                $(if let Some(holder) = request.$holder.as_mut()
+                    && !holder.api_key.is_empty()
+                {
+                    holder.api_key = KEY_SENT.to_owned();
+                })?
+                request
             }
         })*
     };
@@ -166,8 +183,8 @@ mutations! {
     RollbackAgentRequest => "RollbackAgent",
     SetAgentLabelRequest => "SetAgentLabel",
     DeleteAgentLabelRequest => "DeleteAgentLabel",
-    CreateProviderRequest => "CreateProvider",
-    UpdateProviderRequest => "UpdateProvider",
+    CreateProviderRequest => "CreateProvider" key in provider,
+    UpdateProviderRequest => "UpdateProvider" key in provider,
     DeleteProviderRequest => "DeleteProvider",
     UndeleteProviderRequest => "UndeleteProvider",
     PurgeProviderRequest => "PurgeProvider",
@@ -200,7 +217,7 @@ impl Intent {
         } else {
             let parsed = uuid::Uuid::try_parse(request_id)
                 .map_err(|_| Error::bad_field("request_id", "is not a UUID"))?;
-            let digest = Sha256::digest(request.without_retry_fields().encode_to_vec());
+            let digest = Sha256::digest(request.fingerprinted().encode_to_vec());
             Some(Claim {
                 // Canonical (lowercase, hyphenated): one id, one row.
                 request_id: parsed.hyphenated().to_string(),
@@ -361,17 +378,22 @@ impl Registry {
             return Ok(Remembered::Expired);
         }
         if found.method != claim.method || found.fingerprint != claim.fingerprint {
-            return Err(Error::bad_field(
-                "request_id",
-                format!(
-                    "was already used for a different request (a {} call); send a new \
-                     request_id for a new request",
-                    found.method
-                ),
-            ));
+            return Err(used_for_another_request(&found.method));
         }
         Ok(Remembered::Answer(found.answer()))
     }
+}
+
+/// INVALID_ARGUMENT on `request_id`: it answered another request (a
+/// `method` call) first.
+pub fn used_for_another_request(method: &str) -> Error {
+    Error::bad_field(
+        "request_id",
+        format!(
+            "was already used for a different request (a {method} call); send a new \
+             request_id for a new request"
+        ),
+    )
 }
 
 /// Deletes request ids older than `retention` every `retention / 24`
