@@ -744,7 +744,7 @@ fn admitted<B>(span: &tracing::Span, request: &mut http::Request<B>, identity: I
 }
 
 /// Answers a refused call, after reading its body off.
-async fn refused<B, E>(
+pub(crate) async fn refused<B, E>(
     method: &str,
     request: http::Request<B>,
     status: Status,

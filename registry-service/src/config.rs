@@ -340,6 +340,16 @@ pub struct ServeArgs {
         default_value_t = 86_400
     )]
     pub request_id_retention_seconds: u64,
+    /// Calls a tenant may make a minute on this server (each replica
+    /// counts its own); a call over it answers RESOURCE_EXHAUSTED with the
+    /// wait in RetryInfo, before any work. Only authenticated, permitted
+    /// calls count. 0 (the default): no limit.
+    #[arg(long, env = "REGISTRY_TENANT_CALLS_PER_MINUTE", default_value_t = 0)]
+    pub tenant_calls_per_minute: u32,
+    /// With a tenant rate: the most calls a tenant may make at once, after
+    /// it was idle. 0 (the default): the rate's minute, all at once.
+    #[arg(long, env = "REGISTRY_TENANT_CALL_BURST", default_value_t = 0)]
+    pub tenant_call_burst: u32,
     /// SQLite only: seconds between checks of the tables' sizes, after
     /// which SQLite's query planner statistics are gathered again for the
     /// tables that grew or shrank a lot (`PRAGMA optimize`; see
@@ -781,6 +791,8 @@ pub struct Settings {
     pub list_scan: store::search::ListScan,
     /// The test hook's request id (development mode only).
     pub abort_after_commit: Option<String>,
+    /// Each tenant's call rate; `None`: no limit.
+    pub tenant_rate: Option<crate::tenant_limits::TenantRate>,
     pub grpc: ops::cli::GrpcArgs,
 }
 
@@ -977,8 +989,30 @@ impl ServeArgs {
                 )?,
             },
             abort_after_commit: self.abort_after_commit()?,
+            tenant_rate: self.tenant_rate()?,
             grpc: self.grpc.clone(),
         })
+    }
+
+    /// Each tenant's call rate: none without a rate; a burst needs one.
+    fn tenant_rate(&self) -> Result<Option<crate::tenant_limits::TenantRate>, Error> {
+        use crate::tenant_limits::{MAX_CALLS_PER_MINUTE, TenantRate};
+        const RATE: &str = "REGISTRY_TENANT_CALLS_PER_MINUTE";
+        const BURST: &str = "REGISTRY_TENANT_CALL_BURST";
+        let per_minute = within(RATE, self.tenant_calls_per_minute, 0, MAX_CALLS_PER_MINUTE)?;
+        let burst = within(BURST, self.tenant_call_burst, 0, MAX_CALLS_PER_MINUTE)?;
+        match (per_minute, burst) {
+            (0, 0) => Ok(None),
+            (0, _) => Err(Error::config(
+                BURST,
+                "limits a tenant's call rate: set REGISTRY_TENANT_CALLS_PER_MINUTE too",
+            )),
+            (per_minute, 0) => Ok(Some(TenantRate {
+                per_minute,
+                burst: per_minute,
+            })),
+            (per_minute, burst) => Ok(Some(TenantRate { per_minute, burst })),
+        }
     }
 
     /// The test hook, refused outside development mode and unless it names
@@ -1263,6 +1297,56 @@ mod tests {
                     problem: said,
                 }) => assert_eq!((said_setting.as_str(), said.as_str()), (setting, problem)),
                 other => panic!("{flag} {value}: {other:?}"),
+            }
+        }
+    }
+
+    fn tenant_rate(flags: &[&str]) -> Result<Option<crate::tenant_limits::TenantRate>, Error> {
+        let args =
+            Args::try_parse_from([&["registry-service"], flags].concat()).expect("the flags parse");
+        args.serve.settings(&args.common).map(|s| s.tenant_rate)
+    }
+
+    /// No tenant rate unless one is set; a burst defaults to the rate's
+    /// minute; a burst without a rate, and values past a million a
+    /// second, are refused.
+    #[test]
+    fn a_tenant_rate_is_off_unless_set_and_refused_when_malformed() {
+        use crate::tenant_limits::TenantRate;
+        assert_eq!(tenant_rate(&[]).ok(), Some(None));
+        let rate = |per_minute, burst| Some(Some(TenantRate { per_minute, burst }));
+        let per_minute = ["--tenant-calls-per-minute", "600"];
+        assert_eq!(tenant_rate(&per_minute).ok(), rate(600, 600));
+        let with_burst = [&per_minute[..], &["--tenant-call-burst", "20"]].concat();
+        assert_eq!(tenant_rate(&with_burst).ok(), rate(600, 20));
+        for (flags, setting, problem) in [
+            (
+                &["--tenant-call-burst", "20"][..],
+                "REGISTRY_TENANT_CALL_BURST",
+                "limits a tenant's call rate: set REGISTRY_TENANT_CALLS_PER_MINUTE too",
+            ),
+            (
+                &["--tenant-calls-per-minute", "60000001"][..],
+                "REGISTRY_TENANT_CALLS_PER_MINUTE",
+                "must be at most 60000000",
+            ),
+            (
+                &[
+                    "--tenant-calls-per-minute",
+                    "60",
+                    "--tenant-call-burst",
+                    "60000001",
+                ][..],
+                "REGISTRY_TENANT_CALL_BURST",
+                "must be at most 60000000",
+            ),
+        ] {
+            match tenant_rate(flags) {
+                Err(Error::Config {
+                    setting: said_setting,
+                    problem: said,
+                }) => assert_eq!((said_setting.as_str(), said.as_str()), (setting, problem)),
+                other => panic!("{flags:?}: {other:?}"),
             }
         }
     }

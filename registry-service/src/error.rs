@@ -100,6 +100,18 @@ pub enum Error {
     /// fell too far behind; retryable.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller's tenant called more often than its rate
+    /// (`REGISTRY_TENANT_CALLS_PER_MINUTE`) allows; retryable after
+    /// `retry_after`.
+    #[error(
+        "this tenant's call rate is used up (at most {per_minute} calls a minute, {burst} at \
+         once, on this replica); retry after the delay in RetryInfo"
+    )]
+    TenantRateLimited {
+        per_minute: u32,
+        burst: u32,
+        retry_after: std::time::Duration,
+    },
     /// This server is shutting down; retryable (on another replica, or
     /// once it is back).
     #[error("{0}")]
@@ -346,6 +358,15 @@ impl From<Error> for Status {
             Error::ResourceExhausted(_) => {
                 let mut details = info("RESOURCE_EXHAUSTED", vec![]);
                 details.set_retry_info(Some(RETRY_DELAY));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            Error::TenantRateLimited { retry_after, .. } => {
+                let mut details = info("TENANT_RATE_LIMITED", vec![]);
+                details.set_retry_info(Some(retry_after));
+                details.add_quota_failure_violation(
+                    "tenant",
+                    "calls a minute per tenant (REGISTRY_TENANT_CALLS_PER_MINUTE)",
+                );
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
             Error::ShuttingDown(_) => {

@@ -21,6 +21,7 @@ pub mod retention;
 pub mod server;
 pub mod store;
 pub mod telemetry;
+pub mod tenant_limits;
 pub mod verify;
 pub mod watch;
 

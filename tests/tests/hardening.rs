@@ -1047,3 +1047,73 @@ async fn keys_go_only_to_the_hosts_the_deployment_allows() {
     listed.terminate().await;
     open.finish().await;
 }
+
+/// With `REGISTRY_TENANT_CALLS_PER_MINUTE`, a tenant's calls over its rate
+/// are refused with RESOURCE_EXHAUSTED, the wait in `RetryInfo`, before
+/// any work (a refused CreateAgent writes nothing); every caller of the
+/// tenant shares its rate, another tenant has its own, calls refused for
+/// their token or role cost nothing, and health checks are no tenant's.
+#[tokio::test]
+async fn a_tenant_over_its_call_rate_is_refused_before_any_work_and_no_other_tenant_is() {
+    use tonic_types::StatusExt;
+
+    // Three calls at once, then one a minute: no call comes back within
+    // the test.
+    let registry = Stack::default_registry()
+        .env("REGISTRY_TENANT_CALLS_PER_MINUTE", "1")
+        .env("REGISTRY_TENANT_CALL_BURST", "3");
+    let stack = Stack::start_with(registry).await;
+    let health = stack.channel().await;
+    let viewer = stack.channel_as("vic", "acme", &["viewer"]).await;
+    let editor = stack.channel_as("eda", "acme", &["editor"]).await;
+    let other_tenant = stack.channel_as("gil", "globex", &["viewer"]).await;
+    let list = async |channel: &tests::auth::Authed| {
+        pb::agent_service_client::AgentServiceClient::new(channel.clone())
+            .list_agents(pb::ListAgentsRequest::default())
+            .await
+    };
+
+    // Refused by role: not counted.
+    for _ in 0..5 {
+        let denied = pb::provider_service_client::ProviderServiceClient::new(viewer.clone())
+            .create_provider(provider_with_key("p", "sk-denied"))
+            .await
+            .expect_err("a viewer creates no provider");
+        assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    }
+    for call in 0..3 {
+        list(&viewer)
+            .await
+            .unwrap_or_else(|e| panic!("call {call}: {e:?}"));
+    }
+    let over = list(&viewer).await.expect_err("the fourth call");
+    assert_eq!(over.code(), Code::ResourceExhausted, "{over:?}");
+    let info = over.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.reason, "TENANT_RATE_LIMITED");
+    let retry = over.get_details_retry_info().expect("RetryInfo");
+    let delay = retry.retry_delay.expect("a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(60),
+        "one call a minute comes back within a minute: {delay:?}"
+    );
+    let quota = over.get_details_quota_failure().expect("QuotaFailure");
+    assert_eq!(quota.violations[0].subject, "tenant");
+
+    // Another caller of the tenant shares its rate; a refused write
+    // writes nothing.
+    let refused = pb::agent_service_client::AgentServiceClient::new(editor.clone())
+        .create_agent(pb::CreateAgentRequest {
+            agent: Some(agent("late")),
+            ..Default::default()
+        })
+        .await
+        .expect_err("the tenant's rate is used up");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert_eq!(stack.database.count("SELECT COUNT(*) FROM agents").await, 0);
+
+    // Another tenant, and health, are unaffected.
+    let theirs = list(&other_tenant).await.expect("globex has its own rate");
+    assert_eq!(theirs.into_inner().total_size, 0);
+    tests::health::wait_for_status(health, "", ServingStatus::Serving).await;
+    stack.finish().await;
+}
