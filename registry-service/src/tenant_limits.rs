@@ -61,10 +61,14 @@ pub struct TenantLimits {
 }
 
 impl TenantLimits {
-    /// Limits at `rate` (its `per_minute` and `burst` at least 1).
+    /// Limits at `rate`; a `per_minute` or `burst` of 0 counts as 1 (the
+    /// settings refuse a rate of 0 and make a burst of 0 the rate).
     pub fn new(rate: TenantRate) -> Self {
         Self {
-            rate,
+            rate: TenantRate {
+                per_minute: rate.per_minute.max(1),
+                burst: rate.burst.max(1),
+            },
             buckets: Mutex::new(Buckets {
                 by_tenant: HashMap::new(),
                 next_sweep: Instant::now(),
@@ -105,7 +109,8 @@ impl TenantLimits {
             bucket.calls -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.calls) / per_second))
+            let wait = (1.0 - bucket.calls) / per_second;
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
         }
     }
 }
