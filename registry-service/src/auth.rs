@@ -6,7 +6,9 @@
 //! table of method → roles. Health and reflection pass without a token (a
 //! probe or grpcurl has none); a method missing from the table is denied.
 //! Failures are UNAUTHENTICATED or PERMISSION_DENIED with a reason that helps
-//! the caller and never echoes the token.
+//! the caller and never echoes the token. With a tenant rate set, an
+//! admitted call over its tenant's rate is refused here too
+//! ([`crate::tenant_limits`]), before anything reads its body.
 //!
 //! Keys come from configuration (an HS256 secret, a PEM key, a JWKS file)
 //! or from an identity provider ([`jwks`], fetched with [`fetch`]); the
@@ -30,6 +32,7 @@ use tonic::codegen::http;
 
 use crate::caller::{Caller, PlatformOperator, TenantAdmin};
 use crate::error::Error;
+use crate::tenant_limits::{TenantLimits, TenantRate};
 use claims::ClaimMapping;
 
 /// A role a token can grant.
@@ -635,12 +638,17 @@ fn unauthenticated(reason: &str) -> Status {
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Authenticator>,
+    limits: Option<Arc<TenantLimits>>,
 }
 
 impl AuthLayer {
-    /// A layer checking calls with `authenticator`.
-    pub fn new(authenticator: Arc<Authenticator>) -> Self {
-        Self { authenticator }
+    /// A layer checking calls with `authenticator`, and each tenant's
+    /// calls against `rate` (`None`: no limit).
+    pub fn new(authenticator: Arc<Authenticator>, rate: Option<TenantRate>) -> Self {
+        Self {
+            authenticator,
+            limits: rate.map(|rate| Arc::new(TenantLimits::new(rate))),
+        }
     }
 }
 
@@ -651,6 +659,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Authenticated {
             inner,
             authenticator: Arc::clone(&self.authenticator),
+            limits: self.limits.clone(),
         }
     }
 }
@@ -660,6 +669,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Authenticated<S> {
     inner: S,
     authenticator: Arc<Authenticator>,
+    limits: Option<Arc<TenantLimits>>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -698,10 +708,13 @@ where
         // The per-RPC span (ops::rpc) is current here.
         let span = tracing::Span::current();
         match self.authenticator.admit(&method, authorization) {
-            Ok(identity) => {
-                admitted(&span, &mut request, identity);
-                Box::pin(inner.call(request))
-            }
+            Ok(identity) => match within_rate(self.limits.as_deref(), identity) {
+                Ok(identity) => {
+                    admitted(&span, &mut request, identity);
+                    Box::pin(inner.call(request))
+                }
+                Err(status) => Box::pin(async move { refused(&method, request, status).await }),
+            },
             Err(status) => match self.authenticator.may_refresh_for(authorization) {
                 // The provider may have rotated its keys: fetch them (at
                 // most once per minimum interval for all callers together)
@@ -709,6 +722,7 @@ where
                 Some(remote) => {
                     let remote = Arc::clone(remote);
                     let authenticator = Arc::clone(&self.authenticator);
+                    let limits = self.limits.clone();
                     let authorization = authorization.map(str::to_owned);
                     Box::pin(async move {
                         let retried = if remote.refresh_for_unknown_kid().await {
@@ -716,7 +730,8 @@ where
                         } else {
                             Err(status)
                         };
-                        match retried {
+                        match retried.and_then(|identity| within_rate(limits.as_deref(), identity))
+                        {
                             Ok(identity) => {
                                 admitted(&span, &mut request, identity);
                                 inner.call(request).await
@@ -728,6 +743,14 @@ where
                 None => Box::pin(async move { refused(&method, request, status).await }),
             },
         }
+    }
+}
+
+/// `identity`, when its tenant is within its rate (or no rate is set).
+fn within_rate(limits: Option<&TenantLimits>, identity: Identity) -> Result<Identity, Status> {
+    match limits {
+        Some(limits) => limits.take_call(&identity.caller.tenant).map(|()| identity),
+        None => Ok(identity),
     }
 }
 
@@ -744,7 +767,7 @@ fn admitted<B>(span: &tracing::Span, request: &mut http::Request<B>, identity: I
 }
 
 /// Answers a refused call, after reading its body off.
-pub(crate) async fn refused<B, E>(
+async fn refused<B, E>(
     method: &str,
     request: http::Request<B>,
     status: Status,

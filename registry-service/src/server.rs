@@ -89,13 +89,10 @@ pub async fn serve(
         .layer(ops::rpc::RpcLayer::new(metrics.rpc.clone(), methods))
         // Then: no call reaches a handler without a verified caller whose
         // roles allow the method (health and reflection excepted).
-        .layer(AuthLayer::new(authenticator))
-        // Then: an admitted call over its tenant's rate is refused before
-        // its body is decoded (when a rate is set), so no tenant's flood
+        // An admitted call over its tenant's rate (when one is set) is
+        // refused there too, before its body is decoded: no tenant's flood
         // reaches the handlers and the database every tenant shares.
-        .layer(crate::tenant_limits::TenantLimitLayer::new(
-            settings.tenant_rate,
-        ))
+        .layer(AuthLayer::new(authenticator, settings.tenant_rate))
         .add_service(health_service.clone())
         .add_service(reflection.v1())
         .add_service(reflection.v1alpha())

@@ -1,24 +1,20 @@
 //! A call rate per tenant (`REGISTRY_TENANT_CALLS_PER_MINUTE`, off by
-//! default): one token bucket per tenant in this process, and the tower
-//! layer, just below authentication, that refuses an admitted call over its
-//! tenant's rate with RESOURCE_EXHAUSTED (`TENANT_RATE_LIMITED`, with the
-//! wait in `RetryInfo`) before its body is decoded or any handler runs.
+//! default): one token bucket per tenant in this process. The auth layer
+//! takes a call from the bucket of each call it admits, and refuses one
+//! over its tenant's rate with RESOURCE_EXHAUSTED (`TENANT_RATE_LIMITED`,
+//! with the wait in `RetryInfo`) before its body is decoded or any handler
+//! runs.
 //!
 //! Only admitted calls count: a refused token or role costs its tenant
 //! nothing, and health and reflection are not a tenant's. The buckets are
 //! this replica's: N replicas admit up to N times the rate.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tonic::Status;
-use tonic::codegen::http;
 
-use crate::caller::Caller;
 use crate::error::Error;
 
 /// The most tenants tracked before idle buckets (full again, so the same
@@ -76,9 +72,16 @@ impl TenantLimits {
         }
     }
 
+    /// Takes one call from `tenant`'s bucket now: granted, or the status
+    /// that refuses it.
+    pub fn take_call(&self, tenant: &str) -> Result<(), Status> {
+        self.take(tenant, Instant::now())
+            .map_err(|wait| over_rate(self.rate, wait))
+    }
+
     /// Takes one call from `tenant`'s bucket at `now`: granted, or the
     /// time until one will be.
-    pub fn take(&self, tenant: &str, now: Instant) -> Result<(), Duration> {
+    fn take(&self, tenant: &str, now: Instant) -> Result<(), Duration> {
         let per_second = f64::from(self.rate.per_minute) / 60.0;
         let burst = f64::from(self.rate.burst);
         let mut buckets = self
@@ -111,82 +114,6 @@ impl TenantLimits {
         } else {
             let wait = (1.0 - bucket.calls) / per_second;
             Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
-        }
-    }
-}
-
-/// The layer refusing calls over their tenant's rate; with no limits, it
-/// passes every call on.
-#[derive(Debug, Clone)]
-pub struct TenantLimitLayer {
-    limits: Option<Arc<TenantLimits>>,
-}
-
-impl TenantLimitLayer {
-    /// A layer applying `rate` to every tenant (`None`: no limit).
-    pub fn new(rate: Option<TenantRate>) -> Self {
-        Self {
-            limits: rate.map(|rate| Arc::new(TenantLimits::new(rate))),
-        }
-    }
-}
-
-impl<S> tower::Layer<S> for TenantLimitLayer {
-    type Service = TenantLimited<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        TenantLimited {
-            inner,
-            limits: self.limits.clone(),
-        }
-    }
-}
-
-/// A service behind [`TenantLimitLayer`].
-#[derive(Debug, Clone)]
-pub struct TenantLimited<S> {
-    inner: S,
-    limits: Option<Arc<TenantLimits>>,
-}
-
-type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
-
-impl<S, B> tower::Service<http::Request<B>> for TenantLimited<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: http_body::Body + Unpin + Send + 'static,
-    B::Data: Send,
-{
-    type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The ready service answers this call; a fresh clone takes its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let refusal = match (&self.limits, request.extensions().get::<Caller>()) {
-            (Some(limits), Some(caller)) => limits
-                .take(&caller.tenant, Instant::now())
-                .err()
-                .map(|wait| over_rate(limits.rate, wait)),
-            _ => None,
-        };
-        match refusal {
-            None => Box::pin(inner.call(request)),
-            Some(status) => {
-                let method = request.uri().path().to_owned();
-                Box::pin(async move { crate::auth::refused(&method, request, status).await })
-            }
         }
     }
 }
