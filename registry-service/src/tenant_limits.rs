@@ -112,8 +112,9 @@ impl TenantLimits {
             bucket.calls -= 1.0;
             Ok(())
         } else {
-            let wait = (1.0 - bucket.calls) / per_second;
-            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::MAX))
+            // At most a minute: the slowest rate is one call a minute.
+            let wait = ((1.0 - bucket.calls) / per_second).min(60.0);
+            Err(Duration::try_from_secs_f64(wait).unwrap_or(Duration::from_secs(60)))
         }
     }
 }
