@@ -46,9 +46,13 @@ pub enum Error {
         /// The deleted resource's id.
         id: String,
     },
-    /// The etag is stale, or a concurrent writer won repeatedly.
+    /// The etag (of a resource, or of a label's target) is stale.
     #[error("{0}")]
     Aborted(String),
+    /// Concurrent writers of the same resource won every attempt of a
+    /// locking write; nothing was written, and the call may be retried.
+    #[error("{0}")]
+    Contended(String),
     /// Another call with the same request id (AIP-155) is being written
     /// and its answer is not readable yet; retryable.
     #[error(
@@ -313,6 +317,9 @@ impl From<Error> for Status {
             Error::Aborted(_) => {
                 Status::with_error_details(Code::Aborted, message, info("ETAG_MISMATCH", vec![]))
             }
+            Error::Contended(_) => {
+                Status::with_error_details(Code::Aborted, message, info("WRITE_CONTENDED", vec![]))
+            }
             Error::RequestInProgress => {
                 let mut details = info("REQUEST_IN_PROGRESS", vec![]);
                 details.set_retry_info(Some(RETRY_DELAY));
@@ -383,5 +390,32 @@ impl From<Error> for Status {
                 Status::internal("internal error")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    /// The reason a status's ErrorInfo gives, and its code.
+    fn answered(error: Error) -> (Code, String) {
+        let status = Status::from(error);
+        let reason = status.get_details_error_info().map(|info| info.reason);
+        (status.code(), reason.unwrap_or_default())
+    }
+
+    /// ABORTED says which of its two causes it is (common.proto): a stale
+    /// etag is read again, a lost race is simply retried.
+    #[test]
+    fn aborted_names_a_stale_etag_apart_from_a_contended_write() {
+        let stale = crate::store::stale_etag("agent", 7);
+        assert_eq!(answered(stale), (Code::Aborted, "ETAG_MISMATCH".to_owned()));
+        let contended = Error::Contended("too many concurrent writers".to_owned());
+        assert_eq!(
+            answered(contended),
+            (Code::Aborted, "WRITE_CONTENDED".to_owned())
+        );
     }
 }

@@ -380,9 +380,7 @@ pub async fn revoke_key(
             return Ok(written);
         }
     }
-    Err(Error::Aborted(
-        "too many concurrent writers on this provider; try again".to_owned(),
-    ))
+    Err(versioned::contended::<Providers>())
 }
 
 /// Records that `revision` of `provider_id` was stored now.

@@ -1717,8 +1717,8 @@ pub async fn record_at<K: Kind>(
 }
 
 /// The ABORTED answer when the locking path keeps losing.
-fn contended<K: Kind>() -> Error {
-    Error::Aborted(format!(
+pub fn contended<K: Kind>() -> Error {
+    Error::Contended(format!(
         "too many concurrent writers on this {}; try again",
         K::NAMES.kind
     ))
