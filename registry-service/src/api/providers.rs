@@ -182,7 +182,8 @@ super::versioned_service! {
             return Ok(Response::new(validated.await?));
         }
         // The key is encrypted inside the turn: a retry that is answered
-        // from its request id asks crypto-service nothing.
+        // from its request id encrypts nothing (one that sends a key has
+        // the stored key decrypted once, to compare them).
         let sent_key = input.new_api_key.clone();
         let create = || async {
             let spec = self.seal_key(&caller, &id, input, (None, false)).await?;

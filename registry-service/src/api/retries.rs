@@ -166,7 +166,9 @@ macro_rules! mutations {
                 $(if let Some(holder) = request.$holder.as_mut()
                     && !holder.api_key.is_empty()
                 {
-                    holder.api_key = KEY_SENT.to_owned();
+                    // The clone's copy of the key is wiped, not just dropped.
+                    zeroize::Zeroize::zeroize(&mut holder.api_key);
+                    holder.api_key.push_str(KEY_SENT);
                 })?
                 request
             }
