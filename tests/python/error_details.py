@@ -15,6 +15,9 @@ its details unpacked into the googleapis classes:
     FAILED_PRECONDITION  PreconditionFailure + ErrorInfo
     PERMISSION_DENIED    ErrorInfo MISSING_ROLE
     UNAVAILABLE          RetryInfo + ErrorInfo DEPENDENCY_UNAVAILABLE
+    RESOURCE_EXHAUSTED   RetryInfo + QuotaFailure + ErrorInfo TENANT_RATE_LIMITED
+                         (the registry runs with a tenant call rate; one
+                         tenant calls until it is refused)
 
 It also checks that proto/google/ holds the published googleapis files:
 compiled the same way, each is identical to the copy googleapis-common-protos
@@ -228,6 +231,27 @@ def run(args: argparse.Namespace, pb: Stubs, out_dir: pathlib.Path) -> int:
         info = error_info(checks, details, "DEPENDENCY_UNAVAILABLE", "crypto down")
         checks.equal(info.metadata["dependency"], "crypto-service", "crypto down: dependency")
 
+        # RESOURCE_EXHAUSTED: a tenant over its call rate (the registry
+        # lets each tenant make 1,000 calls at once, then one a minute);
+        # RetryInfo says when to retry, QuotaFailure which quota.
+        throttled = bearer(args.throttled_token)
+        error = None
+        for _ in range(1001):
+            try:
+                agents.ListAgents(pb.agent.ListAgentsRequest(), metadata=throttled, timeout=TIMEOUT)
+            except grpc.RpcError as refused:
+                error = refused
+                break
+        checks.that(error is not None, "tenant rate: a call past the burst is refused")
+        details = details_of(checks, error, grpc.StatusCode.RESOURCE_EXHAUSTED, "tenant rate")
+        retry = details.get("RetryInfo")
+        checks.that(retry is not None, "tenant rate: has RetryInfo")
+        checks.that(retry.retry_delay.ToMilliseconds() > 0, "tenant rate: RetryInfo.retry_delay > 0")
+        quota = details.get("QuotaFailure")
+        checks.that(quota is not None, "tenant rate: has QuotaFailure")
+        checks.equal([v.subject for v in quota.violations], ["tenant"], "tenant rate: QuotaFailure subject")
+        error_info(checks, details, "TENANT_RATE_LIMITED", "tenant rate")
+
     print(f"error details: all {checks.count} checks passed", flush=True)
     return 0
 
@@ -239,6 +263,7 @@ def main() -> int:
     parser.add_argument("--admin-token", required=True)
     parser.add_argument("--editor-token", required=True)
     parser.add_argument("--viewer-token", required=True)
+    parser.add_argument("--throttled-token", required=True, help="a token of a tenant of its own")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="agentregistry-stubs-") as out:
         out_dir = pathlib.Path(out)

@@ -95,17 +95,18 @@ async fn python_client_runs_the_workflow_from_the_protos() {
 }
 
 /// How many checks error_details.py asserts; update it with the program.
-const DETAIL_CHECKS: u32 = 64;
+const DETAIL_CHECKS: u32 = 75;
 
 /// The googleapis messages reflection must describe, so grpcurl (and any
 /// reflection client) decodes the details we send.
-const DETAIL_MESSAGES: [&str; 7] = [
+const DETAIL_MESSAGES: [&str; 8] = [
     "google.rpc.Status",
     "google.rpc.ErrorInfo",
     "google.rpc.BadRequest",
     "google.rpc.PreconditionFailure",
     "google.rpc.ResourceInfo",
     "google.rpc.RetryInfo",
+    "google.rpc.QuotaFailure",
     "google.rpc.Code",
 ];
 
@@ -113,7 +114,12 @@ const DETAIL_MESSAGES: [&str; 7] = [
 async fn python_decodes_every_documented_error_detail_with_stock_packages() {
     require_python_modules();
 
-    let mut stack = Stack::start().await;
+    // A tenant call rate the script's own tenant stays inside (1,000 at
+    // once, then one a minute) and another tenant's calls run past.
+    let registry = Stack::default_registry()
+        .env("REGISTRY_TENANT_CALLS_PER_MINUTE", "1")
+        .env("REGISTRY_TENANT_CALL_BURST", "1000");
+    let mut stack = Stack::start_with(registry).await;
     // UNAVAILABLE is provoked with crypto-service down; the other errors
     // need only the registry and its database.
     stack.stop_crypto().await;
@@ -129,6 +135,10 @@ async fn python_decodes_every_documented_error_detail_with_stock_packages() {
         .args(["--admin-token", &token("admin")])
         .args(["--editor-token", &token("editor")])
         .args(["--viewer-token", &token("viewer")])
+        .args([
+            "--throttled-token",
+            &auth::token("details-throttled", "throttled", &["viewer"]),
+        ])
         .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(DEADLINE, run)
