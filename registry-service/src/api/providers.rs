@@ -109,33 +109,34 @@ impl Registry {
         Ok(Some(sealed.await?))
     }
 
-    /// For a retry of a `method` call answered with `answer` that sends
-    /// key `sent`: the key the answered version stores must be `sent`,
-    /// else the request id is refused as used for another request. The
-    /// stored key is decrypted for the comparison only; a retry that sends
-    /// no key asks crypto-service nothing.
-    async fn same_key(
+    /// The provider as `answer`'s version holds it, for a retry of a
+    /// `method` call that sends key `sent`: that version's key must be
+    /// `sent`, else the request id is refused as used for another request.
+    /// The stored key is decrypted for the comparison only; a retry that
+    /// sends no key asks crypto-service nothing.
+    async fn answered_with_key(
         &self,
         caller: &Caller,
-        answer: &Answer,
+        answer: Answer,
         sent: Option<&str>,
         method: &str,
-    ) -> Result<(), Error> {
-        let Some(sent) = sent else {
-            return Ok(());
-        };
+    ) -> Result<Record<ProviderSpec>, Error> {
         let (tenant, id) = (&caller.tenant, &answer.resource_id);
         let answered =
             versioned::record_at::<Providers>(&self.db, tenant, id, answer.version_number);
-        let same = match answered.await?.spec.api_key {
+        let answered = answered.await?;
+        let Some(sent) = sent else {
+            return Ok(answered);
+        };
+        let same = match &answered.spec.api_key {
             Some(ciphertext) => {
-                let stored = self.crypto.decrypt_api_key(tenant, id, &ciphertext).await?;
+                let stored = self.crypto.decrypt_api_key(tenant, id, ciphertext).await?;
                 bool::from(stored.as_bytes().ct_eq(sent.as_bytes()))
             }
             None => false,
         };
         if same {
-            Ok(())
+            Ok(answered)
         } else {
             Err(retries::used_for_another_request(method))
         }
@@ -193,8 +194,8 @@ super::versioned_service! {
         let rebuild = |answer: Answer| async {
             let sent = sent_key.as_ref().map(|key| key.as_str());
             let method = pb::CreateProviderRequest::METHOD;
-            self.same_key(&caller, &answer, sent, method).await?;
-            self.created_at::<Providers>(&caller, answer).await
+            let answered = self.answered_with_key(&caller, answer, sent, method);
+            Ok(message::<Providers>(&answered.await?))
         };
         Ok(Response::new(self.once(&caller, &intent, create, rebuild).await?))
     }
@@ -256,8 +257,9 @@ super::versioned_service! {
         let rebuild = |answer: Answer| async {
             let sent = ProviderSpec::key_set_by(&input, paths.as_deref());
             let method = pb::UpdateProviderRequest::METHOD;
-            self.same_key(&caller, &answer, sent, method).await?;
-            self.labelled_at::<Providers>(&caller, answer).await
+            let answered = self.answered_with_key(&caller, answer, sent, method);
+            self.labelled::<Providers>(&caller.tenant, &answered.await?)
+                .await
         };
         Ok(Response::new(self.once(&caller, &intent, update, rebuild).await?))
     }
