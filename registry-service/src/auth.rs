@@ -396,11 +396,11 @@ impl Authenticator {
         let subject = Subject::deserialize(&claims).map_err(|_| malformed())?.sub;
         let tenant = self.claims.tenant(&claims).map_err(|_| malformed())?;
         let roles = self.claims.roles(&claims).map_err(|_| malformed())?;
-        if subject.is_empty() || subject.contains('\0') {
-            return Err(unauthenticated("token has an empty or malformed sub"));
+        if let Err(problem) = check_identity_name(&subject) {
+            return Err(unauthenticated(&format!("token's sub {problem}")));
         }
-        if tenant.is_empty() || tenant.contains('\0') {
-            return Err(unauthenticated("token has an empty or malformed tenant"));
+        if let Err(problem) = check_identity_name(&tenant) {
+            return Err(unauthenticated(&format!("token's tenant {problem}")));
         }
         Ok(Identity {
             roles,
@@ -531,6 +531,28 @@ pub fn mint_hs256(
 
 /// The refusal of a token whose kid names no key this registry holds.
 const UNKNOWN_KID: &str = "unknown signing key (kid)";
+
+/// The most bytes a subject or tenant may hold. Both are stored in every
+/// row a caller writes (`changed_by`, `tenant`), in audit events and in
+/// the process's per-tenant state, so a token may not set their size; 256
+/// bytes hold any identity provider's subject, an e-mail address or a URL.
+pub const MAX_IDENTITY_NAME_BYTES: usize = 256;
+
+/// Why `name` cannot be a subject or tenant: empty, longer than
+/// [`MAX_IDENTITY_NAME_BYTES`], or holding a control character (a NUL, a
+/// line break, an escape), which would let a name forge log lines or
+/// compare unequal to what an operator types.
+pub fn check_identity_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        Err("is empty".to_owned())
+    } else if name.len() > MAX_IDENTITY_NAME_BYTES {
+        Err(format!("is longer than {MAX_IDENTITY_NAME_BYTES} bytes"))
+    } else if name.chars().any(char::is_control) {
+        Err("holds a control character".to_owned())
+    } else {
+        Ok(())
+    }
+}
 
 /// The token of an `authorization` header value.
 fn bearer(header: &str) -> Result<&str, Status> {

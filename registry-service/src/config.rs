@@ -674,9 +674,8 @@ impl JwtArgs {
                 );
             }
             (None, Some(tenant)) => {
-                if tenant.contains('\0') {
-                    return Err(Error::config("REGISTRY_FIXED_TENANT", "contains NUL"));
-                }
+                crate::auth::check_identity_name(tenant)
+                    .map_err(|problem| Error::config("REGISTRY_FIXED_TENANT", problem))?;
                 mapping.tenant = TenantSource::Fixed(tenant.to_owned());
             }
             (None, None) => {}

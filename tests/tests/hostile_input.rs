@@ -992,6 +992,107 @@ async fn a_nul_byte_is_invalid_argument_naming_the_field_on_every_backend() {
     stack.finish().await;
 }
 
+/// A verified token still may not choose how large a subject or tenant
+/// is, nor put a control character in one: both are written into every
+/// row the caller writes. 256 bytes pass and are stored whole; one byte
+/// more, an 8 KiB claim (what fits in the 16 KiB of headers a call may
+/// carry) or a line break is UNAUTHENTICATED before any
+/// handler runs.
+#[tokio::test]
+async fn oversized_or_control_character_identities_are_refused_at_the_door() {
+    let stack = Stack::start().await;
+    let create = |subject: String, tenant: String, name: &'static str| {
+        let stack = &stack;
+        async move {
+            let token = tests::auth::token(&subject, &tenant, &["editor"]);
+            let channel = authed(stack.channel().await, Bearer::new(&token));
+            AgentServiceClient::new(channel)
+                .create_agent(pb::CreateAgentRequest {
+                    agent: Some(agent(name)),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+
+    // 256 bytes, counted in bytes: 64 four-byte characters.
+    let widest_subject = "🤖".repeat(64);
+    let widest_tenant = "t".repeat(256);
+    let stored = create(widest_subject.clone(), widest_tenant.clone(), "widest")
+        .await
+        .expect("a 256-byte subject and tenant are accepted")
+        .into_inner();
+    assert_eq!(stored.created_by, widest_subject);
+    let tenant_rows = stack
+        .database
+        .count(&format!(
+            "SELECT COUNT(*) FROM agents WHERE tenant_id = '{widest_tenant}'"
+        ))
+        .await;
+    assert_eq!(tenant_rows, 1, "the 256-byte tenant is stored whole");
+
+    let refusals = [
+        (
+            "sub",
+            format!("{widest_subject}x"),
+            "acme".to_owned(),
+            "sub is longer than 256 bytes",
+        ),
+        (
+            "tenant",
+            "mallory".to_owned(),
+            format!("{widest_tenant}x"),
+            "tenant is longer than 256 bytes",
+        ),
+        (
+            "sub",
+            "m".repeat(8 * 1024),
+            "acme".to_owned(),
+            "sub is longer than 256 bytes",
+        ),
+        (
+            "tenant",
+            "mallory".to_owned(),
+            "t".repeat(8 * 1024),
+            "tenant is longer than 256 bytes",
+        ),
+        (
+            "sub",
+            "mallory\nforged log line".to_owned(),
+            "acme".to_owned(),
+            "sub holds a control character",
+        ),
+        (
+            "tenant",
+            "mallory".to_owned(),
+            "acme\u{1b}[2J".to_owned(),
+            "tenant holds a control character",
+        ),
+        (
+            "tenant",
+            "mallory".to_owned(),
+            "acme\u{7f}".to_owned(),
+            "tenant holds a control character",
+        ),
+    ];
+    for (claim, subject, tenant, reason) in refusals {
+        let what = format!("{claim} of {} bytes", subject.len().max(tenant.len()));
+        let status = refused!(
+            stack,
+            what,
+            Code::Unauthenticated,
+            NONE,
+            create(subject, tenant, "refused")
+        );
+        assert!(
+            status.message().contains(reason),
+            "{what}: {}",
+            status.message()
+        );
+    }
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn sql_looking_names_are_stored_verbatim_and_the_tables_stay_intact() {
     let stack = Stack::start().await;

@@ -446,6 +446,18 @@ async fn the_registry_does_not_start_without_the_providers_keys() {
             "REGISTRY_FIXED_TENANT: conflicts with REGISTRY_TENANT_CLAIM",
         ),
         (
+            base()
+                .env("REGISTRY_TENANT_CLAIM", "")
+                .env("REGISTRY_FIXED_TENANT", "acme\nforged"),
+            "REGISTRY_FIXED_TENANT: holds a control character",
+        ),
+        (
+            base()
+                .env("REGISTRY_TENANT_CLAIM", "")
+                .env("REGISTRY_FIXED_TENANT", "t".repeat(257)),
+            "REGISTRY_FIXED_TENANT: is longer than 256 bytes",
+        ),
+        (
             base().env(
                 "JWT_HS256_SECRET",
                 "a-secret-that-is-long-enough-0123456789",
