@@ -16,35 +16,55 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-/// One row's content, field by field in its chain's fixed order.
-#[derive(Debug, Default)]
-pub struct Link(Vec<Value>);
+/// One row's content, field by field in its chain's fixed order, kept as
+/// its canonical encoding: each field is encoded as it is appended, so no
+/// value is copied to be hashed.
+#[derive(Debug)]
+pub struct Link {
+    /// The encoding so far: `[` and the fields appended, comma-separated.
+    encoded: Vec<u8>,
+}
+
+impl Default for Link {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Link {
     /// An empty row.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            encoded: b"[".to_vec(),
+        }
+    }
+
+    /// Starts the next field.
+    fn field(&mut self) -> &mut Vec<u8> {
+        if self.encoded.len() > 1 {
+            self.encoded.push(b',');
+        }
+        &mut self.encoded
     }
 
     /// Appends a text field.
     #[must_use]
     pub fn text(mut self, text: &str) -> Self {
-        self.0.push(Value::String(text.to_owned()));
+        encode_scalar(text, self.field());
         self
     }
 
     /// Appends an optional text field (`null` when absent).
     #[must_use]
     pub fn optional(mut self, text: Option<&str>) -> Self {
-        self.0
-            .push(text.map_or(Value::Null, |t| Value::String(t.to_owned())));
+        encode_scalar(&text, self.field());
         self
     }
 
     /// Appends a number field.
     #[must_use]
     pub fn number(mut self, number: i64) -> Self {
-        self.0.push(Value::from(number));
+        encode_scalar(&number, self.field());
         self
     }
 
@@ -52,84 +72,124 @@ impl Link {
     #[must_use]
     pub fn time(mut self, time: DateTime<Utc>) -> Self {
         let text = time.to_rfc3339_opts(SecondsFormat::Micros, true);
-        self.0.push(Value::String(text));
+        encode_scalar(&text, self.field());
         self
     }
 
     /// Appends a JSON field.
     #[must_use]
     pub fn json(mut self, value: &Value) -> Self {
-        self.0.push(value.clone());
+        encode(value, None, self.field());
+        self
+    }
+
+    /// Appends a configuration as its version row's hash covers it: the
+    /// provider key's ciphertext (`api_key`), which the rewrap job
+    /// re-encrypts in place, is replaced by a marker; its revision
+    /// (`api_key_revision`) stays covered.
+    #[must_use]
+    pub fn configuration(mut self, configuration: &Value) -> Self {
+        encode(configuration, Some(("api_key", KEY_MARKER)), self.field());
         self
     }
 
     /// The hash of this row after the row whose hash is `prev` (`""` for
     /// the first link).
     pub fn hash_after(&self, prev: &str) -> String {
-        let mut encoded = String::new();
-        canonical(&Value::Array(self.0.clone()), &mut encoded);
         let mut hasher = Sha256::new();
         hasher.update(prev.as_bytes());
         hasher.update(b"\n");
-        hasher.update(encoded.as_bytes());
+        hasher.update(&self.encoded);
+        hasher.update(b"]");
         hex::encode(hasher.finalize())
     }
 }
 
-/// Writes `value` in the canonical encoding (see the module documentation).
-pub fn canonical(value: &Value, out: &mut String) {
+/// What a configuration's hash covers in place of a provider key's
+/// ciphertext.
+const KEY_MARKER: &str = "***encrypted***";
+
+/// Writes `value` canonically into `out`; with `masked`, a top-level string
+/// member of that name is written as the given marker instead.
+fn encode(value: &Value, masked: Option<(&str, &str)>, out: &mut Vec<u8>) {
     match value {
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                canonical(item, out);
+                encode(item, None, out);
             }
-            out.push(']');
+            out.push(b']');
         }
         Value::Object(fields) => {
             let mut sorted: Vec<(&String, &Value)> = fields.iter().collect();
             sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-            out.push('{');
+            out.push(b'{');
             for (i, (key, item)) in sorted.into_iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                canonical(item, out);
+                encode_scalar(key, out);
+                out.push(b':');
+                match masked {
+                    Some((name, marker)) if key.as_str() == name && item.is_string() => {
+                        encode_scalar(marker, out);
+                    }
+                    _ => encode(item, None, out),
+                }
             }
-            out.push('}');
+            out.push(b'}');
         }
-        scalar => out.push_str(&scalar.to_string()),
+        scalar => encode_scalar(scalar, out),
     }
 }
 
-/// A configuration as its version row's hash covers it: the provider key's
-/// ciphertext (`api_key`), which the rewrap job re-encrypts in place, is
-/// replaced by a marker; its revision (`api_key_revision`) stays covered.
-pub fn hashed_configuration(configuration: &Value) -> Value {
-    let mut hashed = configuration.clone();
-    if let Some(key) = hashed.get_mut("api_key")
-        && key.is_string()
-    {
-        *key = Value::String("***encrypted***".to_owned());
-    }
-    hashed
+/// Writes a string, number, boolean or null as `serde_json` prints it.
+fn encode_scalar<T: serde::Serialize + ?Sized>(scalar: &T, out: &mut Vec<u8>) {
+    // Writing a scalar into a Vec cannot fail: serde_json fails only on a
+    // map with non-string keys or a failing writer.
+    let _ = serde_json::to_writer(out, scalar);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The bytes a link hashes after its predecessor's hash and `\n`.
+    fn encoding(link: &Link) -> String {
+        let mut encoded = String::from_utf8(link.encoded.clone()).expect("UTF-8");
+        encoded.push(']');
+        encoded
+    }
+
     #[test]
     fn keys_are_sorted_and_nothing_else_moves() {
         let value = serde_json::json!({"b": [1, {"z": null, "a": "x"}], "a": 0.7});
-        let mut out = String::new();
-        canonical(&value, &mut out);
-        assert_eq!(out, r#"{"a":0.7,"b":[1,{"a":"x","z":null}]}"#);
+        let link = Link::new().json(&value);
+        assert_eq!(encoding(&link), r#"[{"a":0.7,"b":[1,{"a":"x","z":null}]}]"#);
+    }
+
+    #[test]
+    fn every_field_kind_is_encoded_as_the_module_says() {
+        let time = DateTime::parse_from_rfc3339("2026-12-07T10:00:00.123456789Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let link = Link::new()
+            .text("tab\there \"quoted\" é")
+            .optional(None)
+            .optional(Some("x"))
+            .number(-42)
+            .time(time)
+            .json(&serde_json::json!([true, null, 1.5, {"é": "\u{1}"}]));
+        assert_eq!(
+            encoding(&link),
+            r#"["tab\there \"quoted\" é",null,"x",-42,"2026-12-07T10:00:00.123456Z",[true,null,1.5,{"é":"\u0001"}]]"#
+        );
+        let hash = link.hash_after("prev");
+        let expected = Sha256::digest(format!("prev\n{}", encoding(&link)).as_bytes());
+        assert_eq!(hash, hex::encode(expected));
     }
 
     #[test]
@@ -145,6 +205,14 @@ mod tests {
     fn a_ciphertext_is_not_hashed_but_its_revision_is() {
         let one = serde_json::json!({"api_key": "arc1.1.x", "api_key_revision": 2});
         let rewrapped = serde_json::json!({"api_key": "arc1.2.y", "api_key_revision": 2});
-        assert_eq!(hashed_configuration(&one), hashed_configuration(&rewrapped));
+        let hash = |configuration: &Value| Link::new().configuration(configuration).hash_after("");
+        assert_eq!(hash(&one), hash(&rewrapped));
+        let other_revision = serde_json::json!({"api_key": "arc1.1.x", "api_key_revision": 3});
+        assert_ne!(hash(&one), hash(&other_revision));
+        let link = Link::new().configuration(&one);
+        assert_eq!(
+            encoding(&link),
+            r#"[{"api_key":"***encrypted***","api_key_revision":2}]"#
+        );
     }
 }

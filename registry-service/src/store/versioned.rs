@@ -44,7 +44,7 @@ use sea_orm::{
 use serde_json::Value;
 
 use super::audit::{self, Action as AuditAction, Entry};
-use super::chain::{self, Link};
+use super::chain::Link;
 use super::changes::{self, ChangeAction, NewChange, ResourceKind};
 use super::labels::{self, LabelRecord};
 use super::recent::{Recent, Weigh};
@@ -1988,7 +1988,7 @@ impl Hashed<'_> {
             .text(self.id)
             .number(self.number)
             .text(self.action)
-            .json(&chain::hashed_configuration(self.configuration))
+            .configuration(self.configuration)
             .json(self.diff)
             .text(self.description)
             .text(self.changed_by)
