@@ -505,6 +505,14 @@ pub fn mint_hs256(
             ),
         ));
     }
+    for (field, name) in [("subject", &args.subject), ("tenant", &args.tenant)] {
+        check_identity_name(name).map_err(|problem| {
+            Error::bad_field(
+                field,
+                format!("{problem}: the registry would refuse the token"),
+            )
+        })?;
+    }
     let now = jsonwebtoken::get_current_timestamp();
     let mut claims = serde_json::json!({
         "sub": args.subject,
@@ -539,9 +547,10 @@ const UNKNOWN_KID: &str = "unknown signing key (kid)";
 pub const MAX_IDENTITY_NAME_BYTES: usize = 256;
 
 /// Why `name` cannot be a subject or tenant: empty, longer than
-/// [`MAX_IDENTITY_NAME_BYTES`], or holding a control character (a NUL, a
-/// line break, an escape), which would let a name forge log lines or
-/// compare unequal to what an operator types.
+/// [`MAX_IDENTITY_NAME_BYTES`], or holding a control character (C0 and
+/// C1: a NUL, a line feed, a terminal escape, DEL), which would reach log
+/// lines and terminals as it is. Unicode's format characters (bidi
+/// overrides, zero-width spaces) are not control characters and pass.
 pub fn check_identity_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("is empty".to_owned())
@@ -946,5 +955,39 @@ mod tests {
         assert!(named.verify(&with_kid(Some("k1"))).is_ok());
         assert!(named.verify(&with_kid(None)).is_ok());
         assert!(named.verify(&with_kid(Some("k2"))).is_err());
+    }
+
+    /// `token` mints no subject or tenant the registry would refuse.
+    #[test]
+    fn the_token_subcommand_refuses_names_the_registry_would() {
+        let mint = |subject: String, tenant: String| {
+            let args = crate::config::TokenArgs {
+                subject,
+                tenant,
+                roles: vec!["viewer".to_owned()],
+                ttl_seconds: 60,
+            };
+            mint_hs256(
+                b"0123456789abcdef0123456789abcdef",
+                &Expectations::default(),
+                &args,
+            )
+        };
+        let widest = "w".repeat(MAX_IDENTITY_NAME_BYTES);
+        assert!(mint(widest.clone(), widest.clone()).is_ok());
+        for (subject, tenant, field) in [
+            (format!("{widest}w"), "acme".to_owned(), "subject"),
+            ("ops".to_owned(), format!("{widest}w"), "tenant"),
+            ("ops\n".to_owned(), "acme".to_owned(), "subject"),
+        ] {
+            match mint(subject, tenant) {
+                Err(Error::BadRequest(violations)) => {
+                    assert_eq!(violations.len(), 1);
+                    assert_eq!(violations[0].field, field);
+                    assert!(violations[0].description.contains("would refuse"));
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
     }
 }

@@ -862,6 +862,25 @@ impl Common {
     }
 }
 
+/// `PLATFORM_OPERATOR_SUBJECTS`, trimmed, empty entries dropped. An entry
+/// no token could carry (longer than 256 bytes, or holding a control
+/// character: `auth::check_identity_name`) is refused, so that a listed
+/// operator who could never be admitted does not pass unnoticed.
+fn operator_subjects(listed: &[String]) -> Result<Vec<String>, Error> {
+    listed
+        .iter()
+        .map(|subject| subject.trim())
+        .filter(|subject| !subject.is_empty())
+        .map(|subject| {
+            crate::auth::check_identity_name(subject)
+                .map(|()| subject.to_owned())
+                .map_err(|problem| {
+                    Error::config("PLATFORM_OPERATOR_SUBJECTS", format!("an entry {problem}"))
+                })
+        })
+        .collect()
+}
+
 impl ServeArgs {
     /// Validates into [`Settings`].
     pub fn settings(&self, common: &Common) -> Result<Settings, Error> {
@@ -942,12 +961,7 @@ impl ServeArgs {
                 )?),
             },
             resolve_cache: self.resolve_cache,
-            platform_operator_subjects: self
-                .platform_operator_subjects
-                .iter()
-                .map(|subject| subject.trim().to_owned())
-                .filter(|subject| !subject.is_empty())
-                .collect(),
+            platform_operator_subjects: operator_subjects(&self.platform_operator_subjects)?,
             destinations: crate::destinations::Destinations::parse(
                 &self.provider_allowed_hosts,
                 "PROVIDER_ALLOWED_HOSTS",
@@ -1304,6 +1318,47 @@ mod tests {
         let args =
             Args::try_parse_from([&["registry-service"], flags].concat()).expect("the flags parse");
         args.serve.settings(&args.common).map(|s| s.tenant_rate)
+    }
+
+    /// Operator subjects are trimmed, and one no token could carry is
+    /// refused.
+    #[test]
+    fn an_operator_subject_no_token_could_carry_is_refused() {
+        let operators = |listed: &str| {
+            let flags = ["registry-service", "--platform-operator-subjects", listed];
+            let args = Args::try_parse_from(flags).expect("the flags parse");
+            args.serve
+                .settings(&args.common)
+                .map(|s| s.platform_operator_subjects)
+        };
+        let listed = operators(" ops-1 ,,ops-2").expect("two subjects");
+        assert_eq!(listed, ["ops-1", "ops-2"]);
+        let widest = "o".repeat(256);
+        assert_eq!(
+            operators(&widest).expect("256 bytes"),
+            std::slice::from_ref(&widest)
+        );
+        for (listed, problem) in [
+            (
+                format!("ops-1,{widest}o"),
+                "an entry is longer than 256 bytes",
+            ),
+            (
+                "ops\u{1b}[2J".to_owned(),
+                "an entry holds a control character",
+            ),
+        ] {
+            match operators(&listed) {
+                Err(Error::Config {
+                    setting,
+                    problem: said,
+                }) => assert_eq!(
+                    (setting.as_str(), said.as_str()),
+                    ("PLATFORM_OPERATOR_SUBJECTS", problem)
+                ),
+                other => panic!("{listed:?}: {other:?}"),
+            }
+        }
     }
 
     /// No tenant rate unless one is set; a burst defaults to the rate's

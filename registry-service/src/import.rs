@@ -21,7 +21,9 @@
 //! created for that row. Only when every version maps is anything written:
 //! version 1 through `versioned::create`, each later one through
 //! `versioned::update` with the platform's action (UPDATE or ROLLBACK),
-//! description and user (its email as `changed_by`), so the registry
+//! description and user (its email as `changed_by`; `user <id>` for no
+//! email, or for one longer than 256 bytes or holding a control
+//! character, which no token's subject may be), so the registry
 //! computes the diffs and the change log, audit trail and hash chains
 //! record each version as they record the API's writes. Not carried over:
 //! the platform's timestamps (versions are stamped at import time), and
@@ -155,11 +157,12 @@ pub async fn run(args: &Args, import: &ImportArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// A tenant or subject flag, trimmed: held to the rule a token's are
+/// (`auth::check_identity_name`), so that no import writes rows under a
+/// tenant no token could name.
 fn required(setting: &str, value: &str) -> Result<String, Error> {
     let value = value.trim();
-    if value.is_empty() {
-        return Err(Error::config(setting, "must not be empty"));
-    }
+    crate::auth::check_identity_name(value).map_err(|problem| Error::config(setting, problem))?;
     Ok(value.to_owned())
 }
 
@@ -1138,7 +1141,12 @@ async fn read_legacy_agents(
                 .try_get("", "version_number")
                 .map_err(|e| column("version_number", e))?,
             action: row.try_get("", "action").map_err(|e| column("action", e))?,
-            changed_by: email.or_else(|| user.map(|id| format!("user {id}"))),
+            // An email no token could carry as its subject (over 256
+            // bytes, or with a control character) is recorded by its
+            // user id instead, as a version with no email is.
+            changed_by: email
+                .filter(|email| crate::auth::check_identity_name(email).is_ok())
+                .or_else(|| user.map(|id| format!("user {id}"))),
             configuration: row
                 .try_get("", "configuration")
                 .map_err(|e| column("configuration", e))?,

@@ -808,6 +808,46 @@ async fn several_legacy_tenants_need_the_tenant_named() {
     stack.finish().await;
 }
 
+/// `--tenant` and `--subject` are held to a token's rule: no import writes
+/// rows under a tenant no token could name, or records a subject no token
+/// could carry.
+#[tokio::test]
+async fn a_tenant_or_subject_no_token_could_carry_is_refused_before_anything_is_read() {
+    let stack = Stack::start().await;
+    let legacy = LegacyCopy::new();
+    let long_tenant = "t".repeat(257);
+    for (tenant, subject, expected) in [
+        (
+            long_tenant.as_str(),
+            "import",
+            "--tenant: is longer than 256 bytes",
+        ),
+        ("ac\nme", "import", "--tenant: holds a control character"),
+        (
+            "acme",
+            "import\u{1b}[2J",
+            "--subject: holds a control character",
+        ),
+    ] {
+        let launch = Stack::default_registry()
+            .arg("import-fernet")
+            .arg("--legacy-database-url")
+            .arg(legacy.url())
+            .arg("--tenant")
+            .arg(tenant)
+            .arg("--subject")
+            .arg(subject)
+            .env("DATABASE_URL", stack.database.url())
+            .env("CRYPTO_ENDPOINT", stack.crypto_endpoint.clone());
+        let (status, output) = Process::run_to_exit(&binary("registry-service"), launch).await;
+        assert!(!status.success(), "{expected}: {output}");
+        assert!(output.contains(expected), "{expected}: {output}");
+    }
+    assert_eq!(count(&stack, "SELECT COUNT(*) FROM providers").await, 0);
+    assert_eq!(count(&stack, "SELECT COUNT(*) FROM agents").await, 0);
+    stack.finish().await;
+}
+
 /// The platform on PostgreSQL: `provider_type` a native enum, `config`
 /// JSON, booleans, as SQLAlchemy creates them. Runs with TEST_POSTGRES_URL.
 #[tokio::test]

@@ -134,8 +134,8 @@ impl ClaimMapping {
         Ok(map)
     }
 
-    /// The tenant: a non-empty string without NUL at the tenant path, or
-    /// the fixed tenant.
+    /// The tenant: the string at the tenant path, or the fixed tenant
+    /// (`Authenticator::verify` then holds it to `check_identity_name`).
     pub fn tenant(&self, claims: &Value) -> Result<String, Malformed> {
         match &self.tenant {
             TenantSource::Fixed(tenant) => Ok(tenant.clone()),

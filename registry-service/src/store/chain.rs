@@ -19,10 +19,17 @@ use sha2::{Digest, Sha256};
 /// One row's content, field by field in its chain's fixed order, kept as
 /// its canonical encoding: each field is encoded as it is appended, so no
 /// value is copied to be hashed.
-#[derive(Debug)]
 pub struct Link {
     /// The encoding so far: `[` and the fields appended, comma-separated.
     encoded: Vec<u8>,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Link")
+            .field(&String::from_utf8_lossy(&self.encoded))
+            .finish()
+    }
 }
 
 impl Default for Link {
@@ -199,6 +206,36 @@ mod tests {
         assert_eq!(first.len(), 64);
         assert_ne!(first, row.hash_after(&first));
         assert_ne!(first, Link::new().text("t").number(2).hash_after(""));
+    }
+
+    /// A fixed row and its hash, computed outside this code (Python's
+    /// `json.dumps(row, ensure_ascii=False, separators=(",", ":"),
+    /// sort_keys=True)`, then SHA-256 of `"abc\n" + encoding`): chains
+    /// already stored verify only while this encoding stays as it is.
+    /// Only the configuration's top-level `api_key` is masked, and keys
+    /// sort by bytes (`Z` before `a`).
+    #[test]
+    fn a_stored_chain_keeps_its_hash() {
+        let time = DateTime::parse_from_rfc3339("2026-12-07T10:00:00.123456Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let configuration = serde_json::json!({
+            "name": "n",
+            "api_key": "arc1.1.x",
+            "api_key_revision": 2,
+            "nested": {"api_key": "stays", "b": [1, 2.5, null, true]},
+            "Z": "upper",
+        });
+        let link = Link::new()
+            .text("tab\there \"q\" é🤖")
+            .optional(None)
+            .number(-42)
+            .time(time)
+            .configuration(&configuration);
+        assert_eq!(
+            link.hash_after("abc"),
+            "a3bf5c9afa36789d98637ba28b81007a05073d32f4af44c89ce0b471bd3e2c47"
+        );
     }
 
     #[test]
