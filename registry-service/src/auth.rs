@@ -547,10 +547,11 @@ const UNKNOWN_KID: &str = "unknown signing key (kid)";
 pub const MAX_IDENTITY_NAME_BYTES: usize = 256;
 
 /// Why `name` cannot be a subject or tenant: empty, longer than
-/// [`MAX_IDENTITY_NAME_BYTES`], or holding a control character (C0 and
-/// C1: a NUL, a line feed, a terminal escape, DEL), which would reach log
-/// lines and terminals as it is. Unicode's format characters (bidi
-/// overrides, zero-width spaces) are not control characters and pass.
+/// [`MAX_IDENTITY_NAME_BYTES`], holding a control character (C0 and C1: a
+/// NUL, a line feed, a terminal escape, DEL), which would reach log lines
+/// and terminals as it is, or a character that reorders or hides the text
+/// around it ([`hides_or_reorders`]), with which one name can be shown as
+/// another in an audit listing.
 pub fn check_identity_name(name: &str) -> Result<(), String> {
     if name.is_empty() {
         Err("is empty".to_owned())
@@ -558,9 +559,29 @@ pub fn check_identity_name(name: &str) -> Result<(), String> {
         Err(format!("is longer than {MAX_IDENTITY_NAME_BYTES} bytes"))
     } else if name.chars().any(char::is_control) {
         Err("holds a control character".to_owned())
+    } else if name.chars().any(hides_or_reorders) {
+        Err("holds a text-direction or invisible character".to_owned())
     } else {
         Ok(())
     }
+}
+
+/// Unicode's bidirectional formatting characters (embeddings, overrides,
+/// isolates and marks: what rustc's `text_direction_codepoint` lints
+/// name), the line and paragraph separators, the zero-width space and the
+/// byte-order mark. The zero-width joiner and non-joiner pass: scripts and
+/// emoji sequences need them.
+fn hides_or_reorders(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}'
+            | '\u{200B}'
+            | '\u{200E}'
+            | '\u{200F}'
+            | '\u{2028}'..='\u{202E}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
 }
 
 /// The token of an `authorization` header value.
@@ -955,6 +976,38 @@ mod tests {
         assert!(named.verify(&with_kid(Some("k1"))).is_ok());
         assert!(named.verify(&with_kid(None)).is_ok());
         assert!(named.verify(&with_kid(Some("k2"))).is_err());
+    }
+
+    /// Direction and invisible characters are refused wherever they stand;
+    /// other non-ASCII text, joiners included, passes.
+    #[test]
+    fn a_name_that_could_show_as_another_is_refused() {
+        for c in [
+            '\u{061C}', '\u{200B}', '\u{200E}', '\u{200F}', '\u{2028}', '\u{2029}', '\u{202A}',
+            '\u{202E}', '\u{2066}', '\u{2069}', '\u{FEFF}',
+        ] {
+            for name in [format!("{c}acme"), format!("ac{c}me"), format!("acme{c}")] {
+                assert_eq!(
+                    check_identity_name(&name),
+                    Err("holds a text-direction or invisible character".to_owned()),
+                    "U+{:04X}",
+                    u32::from(c)
+                );
+            }
+        }
+        for name in [
+            "é🤖",
+            "\u{0645}\u{0627}\u{0647}",
+            "👨\u{200D}👩",
+            "ab\u{200C}c",
+            "a b",
+        ] {
+            assert_eq!(check_identity_name(name), Ok(()), "{name:?}");
+        }
+        assert_eq!(
+            check_identity_name("\u{85}acme"),
+            Err("holds a control character".to_owned())
+        );
     }
 
     /// `token` mints no subject or tenant the registry would refuse.

@@ -863,9 +863,8 @@ impl Common {
 }
 
 /// `PLATFORM_OPERATOR_SUBJECTS`, trimmed, empty entries dropped. An entry
-/// no token could carry (longer than 256 bytes, or holding a control
-/// character: `auth::check_identity_name`) is refused, so that a listed
-/// operator who could never be admitted does not pass unnoticed.
+/// no token could carry (`auth::check_identity_name`) is refused, so that
+/// a listed operator who could never be admitted does not pass unnoticed.
 fn operator_subjects(listed: &[String]) -> Result<Vec<String>, Error> {
     listed
         .iter()

@@ -22,10 +22,10 @@
 //! version 1 through `versioned::create`, each later one through
 //! `versioned::update` with the platform's action (UPDATE or ROLLBACK),
 //! description and user (its email as `changed_by`; `user <id>` for no
-//! email, or for one longer than 256 bytes or holding a control
-//! character, which no token's subject may be), so the registry
-//! computes the diffs and the change log, audit trail and hash chains
-//! record each version as they record the API's writes. Not carried over:
+//! email, or for one no token's subject may be, by
+//! `auth::check_identity_name`), so the registry computes the diffs and
+//! the change log, audit trail and hash chains record each version as
+//! they record the API's writes. Not carried over:
 //! the platform's timestamps (versions are stamped at import time), and
 //! `is_active`, which the platform's agents do not have (see README,
 //! "Moving over from the Python platform"). Lines: `imported agent <name>
@@ -1141,9 +1141,9 @@ async fn read_legacy_agents(
                 .try_get("", "version_number")
                 .map_err(|e| column("version_number", e))?,
             action: row.try_get("", "action").map_err(|e| column("action", e))?,
-            // An email no token could carry as its subject (over 256
-            // bytes, or with a control character) is recorded by its
-            // user id instead, as a version with no email is.
+            // An email no token could carry as its subject
+            // (`check_identity_name`) is recorded by its user id
+            // instead, as a version with no email is.
             changed_by: email
                 .filter(|email| crate::auth::check_identity_name(email).is_ok())
                 .or_else(|| user.map(|id| format!("user {id}"))),

@@ -993,11 +993,12 @@ async fn a_nul_byte_is_invalid_argument_naming_the_field_on_every_backend() {
 }
 
 /// A verified token still may not choose how large a subject or tenant
-/// is, nor put a control character in one: both are written into every
-/// row the caller writes. 256 bytes pass and are stored whole; one byte
-/// more, an 8 KiB claim (what fits in the 16 KiB of headers a call may
-/// carry) or a line break is UNAUTHENTICATED before any
-/// handler runs.
+/// is, nor put a control, text-direction or invisible character in one:
+/// both are written into every row the caller writes. 256 bytes pass and
+/// are stored whole; one byte more, an 8 KiB claim (what fits in the 16
+/// KiB of headers a call may carry), a line break, a right-to-left
+/// override or a zero-width space is UNAUTHENTICATED before any handler
+/// runs.
 #[tokio::test]
 async fn oversized_or_control_character_identities_are_refused_at_the_door() {
     let stack = Stack::start().await;
@@ -1073,6 +1074,18 @@ async fn oversized_or_control_character_identities_are_refused_at_the_door() {
             "mallory".to_owned(),
             "acme\u{7f}".to_owned(),
             "tenant holds a control character",
+        ),
+        (
+            "tenant",
+            "mallory".to_owned(),
+            "\u{202e}emca".to_owned(),
+            "tenant holds a text-direction or invisible character",
+        ),
+        (
+            "sub",
+            "mall\u{200b}ory".to_owned(),
+            "acme".to_owned(),
+            "sub holds a text-direction or invisible character",
         ),
     ];
     for (claim, subject, tenant, reason) in refusals {
