@@ -908,11 +908,14 @@ impl Registry {
         let tenant = &caller.tenant;
         let from = versioned::get_version::<K>(&self.db, tenant, id, from).await?;
         let to = versioned::get_version::<K>(&self.db, tenant, id, to).await?;
+        // Both sides in today's stored form: a snapshot stored by an
+        // earlier release may spell an unset field differently (an empty
+        // backstory as `""` rather than left out), which is no change.
         let new = K::Spec::from_json(&to.configuration)?;
         let changes = K::diff(
             &K::Spec::from_json(&from.configuration)?,
             &new,
-            &to.configuration,
+            &new.to_json(),
         );
         Ok(changes.iter().map(messages::change).collect())
     }

@@ -753,6 +753,17 @@ where
         if is_public(&method) {
             return Box::pin(inner.call(request));
         }
+        // Two credentials are ambiguous: which one would the call act as?
+        let repeated = request
+            .headers()
+            .get_all(http::header::AUTHORIZATION)
+            .iter()
+            .nth(1)
+            .is_some();
+        if repeated {
+            let status = unauthenticated("more than one authorization header: send exactly one");
+            return Box::pin(async move { refused(&method, request, status).await });
+        }
         let authorization = request
             .headers()
             .get(http::header::AUTHORIZATION)

@@ -830,6 +830,42 @@ async fn one_tenant_cannot_touch_another_tenants_resources() {
     stack.finish().await;
 }
 
+/// Two credentials on one call are ambiguous (which one does it act as?):
+/// refused whichever comes first, while either alone is admitted.
+#[tokio::test]
+async fn two_authorization_headers_are_unauthenticated_in_either_order() {
+    let stack = Stack::start().await;
+    let channel = stack.channel().await;
+    let viewer = auth::token("vera", "acme", &["viewer"]);
+    let admin = auth::token("ada", "globex", &["admin"]);
+    let list = |tokens: &[&str]| {
+        let mut request = tonic::Request::new(pb::ListAgentsRequest::default().encode_to_vec());
+        for token in tokens {
+            request.metadata_mut().append(
+                "authorization",
+                format!("Bearer {token}").parse().expect("ascii"),
+            );
+        }
+        let channel = channel.clone();
+        async move {
+            tests::raw::unary(
+                channel,
+                "/agentregistry.v1.AgentService/ListAgents",
+                request,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|status| status.code())
+        }
+    };
+    assert_eq!(list(&[&viewer]).await, Ok(()));
+    assert_eq!(list(&[&admin]).await, Ok(()));
+    assert_eq!(list(&[&viewer, &admin]).await, Err(Code::Unauthenticated));
+    assert_eq!(list(&[&admin, &viewer]).await, Err(Code::Unauthenticated));
+    assert_eq!(list(&[&viewer, &viewer]).await, Err(Code::Unauthenticated));
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn page_tokens_do_not_cross_tenants() {
     let stack = Stack::start().await;

@@ -636,6 +636,14 @@ async fn key_operations_need_the_platform_operator_not_a_tenant_admin() {
         .find(|v| v.active)
         .expect("an active version");
     assert_eq!(active.check_value.len(), 16, "{status:?}");
+    // Versions are numbered from 1: 0 is the request's mistake, not a
+    // state of the keyring.
+    let zero = keys
+        .retire_key_version(pb::RetireKeyVersionRequest { version: 0 })
+        .await
+        .expect_err("version 0");
+    assert_eq!(zero.code(), Code::InvalidArgument, "{zero:?}");
+    assert_eq!(violations(&zero), ["version"]);
     let rewrapped = keys
         .rewrap_credentials(pb::RewrapCredentialsRequest::default())
         .await

@@ -674,6 +674,71 @@ async fn provider_types_outside_the_enum_are_a_provider_type_violation() {
     stack.finish().await;
 }
 
+/// Values the registry would otherwise store as something the caller did
+/// not say (an enum value it does not know) or show to every viewer (a
+/// password in a URL), and URLs no client could call: each is its field's
+/// violation, and nothing is written.
+#[tokio::test]
+async fn unknown_enum_values_and_urls_with_credentials_are_refused() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    let existing = create_agent(&mut c, agent("Existing Agent")).await;
+    for value in [3, 99, -1, i32::MAX] {
+        refused!(
+            stack,
+            format!("CreateAgent code_execution_mode {value}"),
+            Code::InvalidArgument,
+            ["agent.code_execution_mode"],
+            c.agents.create_agent(create_request(pb::Agent {
+                code_execution_mode: value,
+                ..agent(&format!("Mode {value}"))
+            }))
+        );
+        refused!(
+            stack,
+            format!("UpdateAgent code_execution_mode {value}"),
+            Code::InvalidArgument,
+            ["agent.code_execution_mode"],
+            c.agents.update_agent(update_request(
+                pb::Agent {
+                    id: existing.id.clone(),
+                    code_execution_mode: value,
+                    ..Default::default()
+                },
+                &["code_execution_mode"],
+            ))
+        );
+    }
+    for url in [
+        "https://admin:SuperSecretPw@llm.example.com/v1",
+        "https://sk-in-the-userinfo@llm.example.com",
+        "http://[::1]:99999",
+        "https:///v1",
+    ] {
+        refused!(
+            stack,
+            format!("CreateProvider base_url {url}"),
+            Code::InvalidArgument,
+            ["provider.base_url"],
+            c.providers.create_provider(pb::CreateProviderRequest {
+                provider: Some(pb::Provider {
+                    provider_type: pb::ProviderType::OpenaiCompatible.into(),
+                    base_url: url.to_owned(),
+                    ..openai(&format!("Compatible {url}"))
+                }),
+                change_description: String::new(),
+                ..Default::default()
+            })
+        );
+    }
+    still_serving(&stack, &mut c).await;
+    let logs = stack.finish().await;
+    assert!(
+        !logs.contains("SuperSecretPw"),
+        "a refused URL's password was logged"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Text that looks like something else.
 // ---------------------------------------------------------------------------

@@ -183,6 +183,16 @@ async fn sigterm_lets_in_flight_calls_finish_refuses_new_ones_and_exits_zero() {
     let (status, output) = stack.registry.wait().await;
     assert!(status.success(), "exit {status:?}\n{output}");
     assert!(output.contains("registry-service stopped"));
+    // An orderly stop is not an error: alerts on error lines must not fire
+    // at every deploy.
+    let errors: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "errors logged by a graceful stop: {errors:#?}"
+    );
     drop(db);
     if let Some(crypto) = stack.crypto {
         crypto.terminate().await;

@@ -1423,3 +1423,120 @@ async fn the_migrate_subcommand_reports_applies_and_reverts() {
     );
     database.drop_database().await;
 }
+
+/// A string or list field going from empty to set is ADDED (only its new
+/// value), and back to empty REMOVED (only its old value): the presence
+/// rule of `FieldChange` in common.proto. Version diffs, DiffAgentVersions
+/// and snapshots stored by an earlier release (which kept an empty
+/// backstory as `""` and no tools as `[]`) all follow it.
+#[tokio::test]
+async fn a_field_that_becomes_set_or_empty_is_added_or_removed() {
+    use prost_types::value::Kind;
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    let created = create_agent(
+        &mut c,
+        pb::Agent {
+            backstory: String::new(),
+            ..data_analyst("presence", None)
+        },
+    )
+    .await;
+    let set = pb::Agent {
+        id: created.id.clone(),
+        backstory: "Expert".into(),
+        tools: vec!["search".into()],
+        ..Default::default()
+    };
+    update(&mut c, set, &["backstory", "tools"])
+        .await
+        .expect("set");
+    let cleared = pb::Agent {
+        id: created.id.clone(),
+        ..Default::default()
+    };
+    update(&mut c, cleared, &["backstory", "tools"])
+        .await
+        .expect("clear");
+
+    let shown = |kind: Option<Kind>| format!("{kind:?}");
+    let backstory = shown(Some(Kind::StringValue("Expert".into())));
+    let tools = shown(Some(Kind::ListValue(prost_types::ListValue {
+        values: vec![prost_types::Value {
+            kind: Some(Kind::StringValue("search".into())),
+        }],
+    })));
+    let none = shown(None);
+    let (added, removed) = (pb::ChangeKind::Added as i32, pb::ChangeKind::Removed as i32);
+    let set_diff = BTreeMap::from([
+        (
+            "backstory".to_owned(),
+            (added, none.clone(), backstory.clone()),
+        ),
+        ("tools".to_owned(), (added, none.clone(), tools.clone())),
+    ]);
+    let cleared_diff = BTreeMap::from([
+        ("backstory".to_owned(), (removed, backstory, none.clone())),
+        ("tools".to_owned(), (removed, tools, none)),
+    ]);
+
+    let history = c
+        .agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: created.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    let numbers: Vec<i64> = history.versions.iter().map(|v| v.version_number).collect();
+    assert_eq!(numbers, [3, 2, 1]);
+    assert_eq!(changes(&history.versions[1].diff), set_diff, "version 2");
+    assert_eq!(
+        changes(&history.versions[0].diff),
+        cleared_diff,
+        "version 3"
+    );
+
+    // Versions 1 and 3 as an earlier release stored them.
+    let db = sea_orm::Database::connect(stack.database.url())
+        .await
+        .expect("connect");
+    let spelled_out = if stack.database.is_postgres() {
+        r#"(configuration::jsonb || '{"backstory": "", "tools": []}'::jsonb)::json"#
+    } else {
+        r"json_set(configuration, '$.backstory', '', '$.tools', json('[]'))"
+    };
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(&format!(
+        "UPDATE agent_versions SET configuration = {spelled_out} \
+         WHERE agent_id = '{}' AND version_number IN (1, 3)",
+        created.id
+    ))
+    .await
+    .expect("an earlier release's snapshots");
+    drop(db);
+
+    let diff = |from_version: i64, to_version: i64| {
+        let mut agents = c.agents.clone();
+        let agent_id = created.id.clone();
+        async move {
+            agents
+                .diff_agent_versions(pb::DiffAgentVersionsRequest {
+                    agent_id,
+                    from_version,
+                    to_version,
+                })
+                .await
+                .expect("diff")
+                .into_inner()
+                .changes
+        }
+    };
+    assert_eq!(changes(&diff(1, 2).await), set_diff, "1 → 2");
+    assert_eq!(changes(&diff(2, 3).await), cleared_diff, "2 → 3");
+    assert!(diff(1, 3).await.is_empty(), "1 and 3 are both unset");
+    assert!(diff(3, 1).await.is_empty(), "and the other way");
+    stack.finish().await;
+}

@@ -75,6 +75,10 @@ impl KeyService for Registry {
     ) -> Result<Response<pb::KeyStatus>, Status> {
         let caller = Caller::of(&request)?;
         let version = request.get_ref().version;
+        if version == 0 {
+            // Key versions are numbered from 1.
+            return Err(Error::bad_field("version", "must be 1 or more").into());
+        }
         let details = serde_json::json!({ "version": version });
         let event = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);
         let retire = || self.crypto.retire(version);

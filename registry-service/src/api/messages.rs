@@ -113,6 +113,8 @@ fn params_message(params: &ModelParams) -> Option<pb::ModelParameters> {
 /// Refuses an agent message whose repeated fields hold more items than any
 /// valid agent can, before anything iterates over them or copies them: the
 /// item checks, duplicate checks and mask merges after this are bounded.
+/// Also what the conversion to a spec would lose: numbers JSON cannot
+/// hold, an enum value this registry does not know.
 pub fn check_agent_counts(input: &pb::Agent) -> Result<(), Error> {
     let mut v = Violations::default();
     if input.tools.len() > agent::MAX_TOOLS {
@@ -144,6 +146,14 @@ pub fn check_agent_counts(input: &pb::Agent) -> Result<(), Error> {
     }
     let overrides = input.llm_overrides.as_ref();
     check_stop_count(overrides, "agent.llm_overrides", &mut v);
+    // Read as SAFE otherwise: a value from a newer client must not be
+    // stored as something it did not say.
+    if pb::CodeExecutionMode::try_from(input.code_execution_mode).is_err() {
+        v.add(
+            "agent.code_execution_mode",
+            format!("must be a known mode (got {})", input.code_execution_mode),
+        );
+    }
     v.finish(())
 }
 

@@ -80,9 +80,13 @@ pub struct AgentSpec {
     pub name: String,
     pub role: String,
     pub goal: String,
-    #[serde(default)]
+    /// Left out of the stored form when empty, like every string and list
+    /// whose emptiness means "not set": a diff then shows it ADDED when it
+    /// is set and REMOVED when it is cleared (the presence rule of
+    /// `FieldChange` in common.proto).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backstory: String,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tools: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm_provider_id: Option<String>,

@@ -93,6 +93,49 @@ pub struct ProviderSpec {
     pub api_key_revision: Option<i64>,
 }
 
+/// What makes `url` unusable as a provider's `base_url`, if anything: it
+/// must be http(s), name a host, and carry no user information — a
+/// password there would be shown to every viewer of the provider (a
+/// credential belongs in `api_key`, which is encrypted).
+fn base_url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return Some("must be an http:// or https:// URL");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Some(
+            "must not carry user information (it would be shown to every viewer): \
+             send the credential as api_key",
+        );
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        // An IPv6 literal: `[::1]:8080`.
+        Some(bracketed) => match bracketed.split_once(']') {
+            Some((host, after)) if after.is_empty() || after.starts_with(':') => {
+                (host, after.strip_prefix(':'))
+            }
+            _ => return Some("has a malformed IPv6 address"),
+        },
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return Some("must name a host");
+    }
+    // An empty port means the scheme's own.
+    match port {
+        Some(port) if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) => {
+            Some("has a port outside 1–65535")
+        }
+        _ => None,
+    }
+}
+
 /// Update-mask paths of a provider (besides `default_parameters.<field>`).
 pub const FIELDS: &[&str] = &[
     "name",
@@ -180,8 +223,8 @@ impl ProviderSpec {
         check_length(&mut v, "provider.api_key", api_key, 4096);
         if let Some(url) = &self.base_url {
             check_length(&mut v, "provider.base_url", url, 2048);
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                v.add("provider.base_url", "must be an http:// or https:// URL");
+            if let Some(problem) = base_url_problem(url) {
+                v.add("provider.base_url", problem);
             }
         }
         let needs_base_url = matches!(
@@ -279,5 +322,33 @@ mod tests {
         let legacy = ProviderSpec::diff(&with_key("arc1.1.a", None), &with_key("arc1.1.b", None));
         assert_eq!(legacy[0].old, Some(ENCRYPTED_MARKER.into()));
         assert_eq!(legacy[0].new, Some(ENCRYPTED_MARKER.into()));
+    }
+
+    #[test]
+    fn a_base_url_names_a_host_without_user_information() {
+        for fine in [
+            "https://api.example.com/v1",
+            "http://127.0.0.1:8080",
+            "https://[::1]:8443/openai",
+            "https://example.com:/v1",
+            "https://example.com?api-version=1",
+        ] {
+            assert_eq!(base_url_problem(fine), None, "{fine}");
+        }
+        for (bad, problem) in [
+            ("ftp://example.com", "http:// or https://"),
+            ("https://admin:secret@example.com/v1", "user information"),
+            ("https://token@example.com", "user information"),
+            ("https:///v1", "name a host"),
+            ("https://:443", "name a host"),
+            ("https://[::1", "IPv6"),
+            ("https://[::1]x", "IPv6"),
+            ("http://[::1]:99999", "port"),
+            ("http://example.com:0", "port"),
+            ("http://example.com:https", "port"),
+        ] {
+            let found = base_url_problem(bad).unwrap_or_default();
+            assert!(found.contains(problem), "{bad}: {found:?}");
+        }
     }
 }

@@ -131,14 +131,21 @@ impl GroupCommit {
     }
 }
 
-/// Clears the flag it holds when dropped.
+/// Clears the flag it holds when dropped; logs an error when the drop is
+/// the committer task's panic unwinding. Any other end is the process
+/// shutting down (its runtime drops the task, or the last writer is
+/// gone): no error to report.
 #[derive(Debug)]
 struct Stopped(Arc<AtomicBool>);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
         self.0.store(false, Ordering::Relaxed);
-        tracing::error!("the SQLite committer stopped: agent writes fail until a restart");
+        if std::thread::panicking() {
+            tracing::error!("the SQLite committer stopped: agent writes fail until a restart");
+        } else {
+            tracing::debug!("the SQLite committer stopped");
+        }
     }
 }
 
