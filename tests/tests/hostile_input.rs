@@ -739,6 +739,97 @@ async fn unknown_enum_values_and_urls_with_credentials_are_refused() {
     );
 }
 
+/// A tool configuration of `keys` numeric settings named `prefix0`, … .
+fn settings(prefix: &str, keys: usize) -> prost_types::Struct {
+    prost_types::Struct {
+        fields: (0..keys)
+            .map(|i| {
+                let value = prost_types::Value {
+                    kind: Some(prost_types::value::Kind::NumberValue(i as f64)),
+                };
+                (format!("{prefix}{i:04}"), value)
+            })
+            .collect(),
+    }
+}
+
+/// Every field within its own limit, together past what a configuration
+/// may hold: refused before anything is stored. A change of hundreds of
+/// settings at once is stored as one change of the field, not one per
+/// key, so a version's diff stays about the size of the configuration.
+#[tokio::test]
+async fn a_configuration_past_its_size_is_refused_and_a_wide_change_is_stored_whole() {
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    // 15 tools with about 8 KiB of settings each: each under 16 KiB,
+    // together about 125 KiB (the request about 210 KiB, under the message
+    // limit).
+    let tools: Vec<String> = (0..15).map(|i| format!("tool-{i}")).collect();
+    let heavy = pb::Agent {
+        tools: tools.clone(),
+        tool_config: tools
+            .iter()
+            .map(|tool| (tool.clone(), settings("k", 700)))
+            .collect(),
+        ..agent("Heavy")
+    };
+    let status = refused!(
+        stack,
+        "CreateAgent of about 125 KiB of configuration",
+        Code::InvalidArgument,
+        ["agent"],
+        c.agents.create_agent(create_request(heavy))
+    );
+    assert!(
+        status.message().contains("65536 bytes"),
+        "{}",
+        status.message()
+    );
+
+    let created = create_agent(
+        &mut c,
+        pb::Agent {
+            tools: vec!["search".into()],
+            tool_config: [("search".to_owned(), settings("a", 300))].into(),
+            ..agent("Wide")
+        },
+    )
+    .await;
+    c.agents
+        .update_agent(update_request(
+            pb::Agent {
+                id: created.id.clone(),
+                tool_config: [("search".to_owned(), settings("b", 300))].into(),
+                ..Default::default()
+            },
+            &["tool_config"],
+        ))
+        .await
+        .expect("600 settings change at once");
+    let history = c
+        .agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: created.id.clone(),
+            page_size: 10,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner();
+    let diff = &history.versions[0].diff;
+    let shape: Vec<(&str, i32)> = diff.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+    assert_eq!(shape, [("tool_config", pb::ChangeKind::Modified as i32)]);
+    // Two snapshots of ~5 KiB of settings, the diff's two values of the
+    // same size: no per-key paths on top.
+    let size = history.encoded_len();
+    assert!(
+        size < 32 * 1024,
+        "a history of two versions took {size} bytes"
+    );
+    still_serving(&stack, &mut c).await;
+    stack.finish().await;
+}
+
 // ---------------------------------------------------------------------------
 // Text that looks like something else.
 // ---------------------------------------------------------------------------

@@ -33,6 +33,11 @@ pub const DEFAULT_DATE_FORMAT: &str = "%Y-%m-%d";
 pub const MAX_JSON_BYTES: usize = 16 * 1024;
 /// The deepest nesting of that JSON.
 pub const MAX_JSON_DEPTH: usize = 16;
+/// The most a whole configuration may hold, as stored (JSON). Each field
+/// has its own limit, but together they reached the message size limit:
+/// every version stores a snapshot and a diff, so a 200 KiB configuration
+/// updated a few times made 2 MiB version rows and 8 MiB history pages.
+pub const MAX_CONFIGURATION_BYTES: usize = 64 * 1024;
 
 /// How CrewAI runs code the agent writes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -321,7 +326,26 @@ impl AgentSpec {
             100,
         );
         self.check_crewai_settings(&mut v);
+        if v.is_empty() {
+            // Only when every field is within its own limit: the total is
+            // bounded then, and a field too long is named as that.
+            self.check_size(&mut v);
+        }
         v.finish(self)
+    }
+
+    /// The whole configuration within [`MAX_CONFIGURATION_BYTES`].
+    fn check_size(&self, v: &mut Violations) {
+        let size = serde_json::to_vec(self).map_or(0, |json| json.len());
+        if size > MAX_CONFIGURATION_BYTES {
+            v.add(
+                "agent",
+                format!(
+                    "its configuration must be at most {MAX_CONFIGURATION_BYTES} bytes of JSON \
+                     (got {size}): the largest parts are tool_config, embedder and the templates"
+                ),
+            );
+        }
     }
 
     /// The provider's label or version: at most one, only with a provider;

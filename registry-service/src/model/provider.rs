@@ -260,7 +260,7 @@ impl ProviderSpec {
     /// same revision count as unchanged (a rewrap re-encrypts each copy of
     /// a key on its own, so their ciphertexts differ).
     pub fn diff(old: &Self, new: &Self) -> Vec<Change> {
-        let mut changes = version::diff(&old.to_json(), &new.to_json());
+        let mut changes = version::diff_bounded(&old.to_json(), &new.to_json());
         let same_key = old.api_key.is_some()
             && new.api_key.is_some()
             && old.api_key_revision.is_some()

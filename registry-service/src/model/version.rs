@@ -54,6 +54,45 @@ pub fn diff(old: &Value, new: &Value) -> Vec<Change> {
     changes
 }
 
+/// The most changes a version's diff lists field by field.
+pub const MAX_DETAILED_CHANGES: usize = 100;
+
+/// [`diff`], held to [`MAX_DETAILED_CHANGES`]: past that, each changed
+/// top-level field is listed once, whole (still undone exactly by
+/// [`apply`]). A change of every key of a large JSON setting would
+/// otherwise be stored as one change per key, each with its path, in every
+/// version row and in every page of history that reads it.
+pub fn diff_bounded(old: &Value, new: &Value) -> Vec<Change> {
+    let changes = diff(old, new);
+    if changes.len() <= MAX_DETAILED_CHANGES {
+        return changes;
+    }
+    match (old, new) {
+        (Value::Object(old_fields), Value::Object(new_fields)) => {
+            let keys: BTreeSet<&String> = old_fields.keys().chain(new_fields.keys()).collect();
+            keys.into_iter()
+                .filter_map(|key| {
+                    let (old, new) = (old_fields.get(key), new_fields.get(key));
+                    let kind = match (old, new) {
+                        (Some(a), Some(b)) if a != b => ChangeKind::Modified,
+                        (Some(_), None) => ChangeKind::Removed,
+                        (None, Some(_)) => ChangeKind::Added,
+                        _ => return None,
+                    };
+                    Some(Change {
+                        path: key.clone(),
+                        kind,
+                        old: old.cloned(),
+                        new: new.cloned(),
+                    })
+                })
+                .collect()
+        }
+        // Not two objects: `diff` answered one change already.
+        _ => changes,
+    }
+}
+
 fn diff_into(prefix: &str, old: &Value, new: &Value, changes: &mut Vec<Change>) {
     match (old, new) {
         (Value::Object(old_fields), Value::Object(new_fields)) => {
@@ -207,5 +246,45 @@ mod tests {
             ]
         );
         assert!(diff(&new, &new).is_empty());
+    }
+
+    #[test]
+    fn a_diff_of_more_than_the_most_changes_lists_whole_top_level_fields() {
+        let settings = |prefix: &str, count: usize| -> Value {
+            (0..count)
+                .map(|i| (format!("{prefix}{i}"), json!(i)))
+                .collect::<serde_json::Map<String, Value>>()
+                .into()
+        };
+        let config = |tool: Value, goal: &str| json!({"name": "a", "goal": goal, "tool_config": {"search": tool}, "gone": 1});
+        // At the limit: field by field.
+        let few = (settings("a", 50), settings("b", 50));
+        let detailed = diff_bounded(&config(few.0, "g"), &config(few.1, "g"));
+        assert_eq!(detailed.len(), MAX_DETAILED_CHANGES);
+        assert!(detailed[0].path.starts_with("tool_config.search."));
+
+        // One more: each changed top-level field once, whole, and still
+        // the inverse of apply.
+        let old = config(settings("a", 51), "g");
+        let mut new = config(settings("b", 50), "h");
+        new.as_object_mut().map(|fields| fields.remove("gone"));
+        new.as_object_mut()
+            .map(|fields| fields.insert("added".into(), json!(true)));
+        let whole = diff_bounded(&old, &new);
+        let shape: Vec<(&str, ChangeKind)> =
+            whole.iter().map(|c| (c.path.as_str(), c.kind)).collect();
+        assert_eq!(
+            shape,
+            [
+                ("added", ChangeKind::Added),
+                ("goal", ChangeKind::Modified),
+                ("gone", ChangeKind::Removed),
+                ("tool_config", ChangeKind::Modified),
+            ]
+        );
+        assert_eq!(whole[0].old, None);
+        assert_eq!(whole[2].new, None);
+        assert_eq!(whole[3].old, old.get("tool_config").cloned());
+        assert_eq!(apply(&old, &whole), new);
     }
 }

@@ -227,7 +227,7 @@ pub trait Kind: Sync {
     }
     /// The changes from `old` to `new` (`new_json` is `new` as a snapshot).
     fn diff(old: &Self::Spec, _new: &Self::Spec, new_json: &Value) -> Vec<Change> {
-        version::diff(&old.to_json(), new_json)
+        version::diff_bounded(&old.to_json(), new_json)
     }
     /// The kind's own columns for `spec`; `snapshot` is the bound snapshot.
     fn columns(
