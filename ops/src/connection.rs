@@ -1,5 +1,6 @@
 //! Accepted connections as both servers hand them to tonic: TCP with
-//! Nagle's algorithm off, optionally TLS ([`tls_incoming`]), and every
+//! Nagle's algorithm off and a deadline for the first bytes
+//! ([`SpeaksWithin`]), optionally TLS ([`tls_incoming`]), and every
 //! connection's writes gathered until HTTP/2 flushes them.
 //!
 //! h2 writes the frames of a flush in pieces. On a connection that offers
@@ -48,20 +49,113 @@ const FLUSH_AT_ONCE: usize = 16 * 1024;
 /// buffer (after a burst) is given back, so idle connections stay small.
 const ROOM_KEPT: usize = 16 * 1024;
 
-/// Accepted TCP connections with `TCP_NODELAY` and gathered writes. tonic
-/// sets `TCP_NODELAY` only on listeners it binds itself; on a listener
-/// handed in (as ours are) small responses would otherwise wait for the
-/// peer's delayed ACK — about 40 ms per call.
+/// Accepted TCP connections with `TCP_NODELAY`, a deadline for their
+/// first bytes ([`SpeaksWithin`]) and gathered writes. tonic sets
+/// `TCP_NODELAY` only on listeners it binds itself; on a listener handed in
+/// (as ours are) small responses would otherwise wait for the peer's
+/// delayed ACK — about 40 ms per call.
 pub fn tcp_incoming(
     listener: tokio::net::TcpListener,
-) -> impl Stream<Item = io::Result<Gathered<tokio::net::TcpStream>>> {
+) -> impl Stream<Item = io::Result<Gathered<SpeaksWithin<tokio::net::TcpStream>>>> {
     tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
         let stream = accepted?;
         if let Err(error) = stream.set_nodelay(true) {
             tracing::warn!(%error, "cannot set TCP_NODELAY");
         }
-        Ok(Gathered::new(stream))
+        Ok(Gathered::new(SpeaksWithin::new(
+            stream,
+            FIRST_BYTES_DEADLINE,
+        )))
     })
+}
+
+/// How long a plaintext TCP client may stay silent after connecting. Each
+/// later stage has its own deadline (hyper's for an HTTP/1 request's
+/// headers, the keepalive pings on HTTP/2; TLS connections the
+/// handshake's), but a connection that never sends a byte met none of
+/// them and held its socket for good: enough of them use up the process's
+/// file descriptors.
+pub const FIRST_BYTES_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A connection whose reads fail (`TimedOut`, which closes it) when its
+/// first bytes do not arrive within a deadline; after them, it is the
+/// connection itself.
+#[derive(Debug)]
+pub struct SpeaksWithin<T> {
+    inner: T,
+    /// Until the first bytes arrive.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> SpeaksWithin<T> {
+    /// `inner`, which must send its first bytes within `deadline` from now.
+    pub fn new(inner: T, deadline: Duration) -> Self {
+        Self {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(deadline))),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for SpeaksWithin<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let Some(deadline) = this.deadline.as_mut() else {
+            return read;
+        };
+        match read {
+            Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
+                this.deadline = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no bytes within the first-bytes deadline",
+                )))
+            }
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    this.deadline = None;
+                }
+                Poll::Ready(result)
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for SpeaksWithin<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<T: Connected> Connected for SpeaksWithin<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
 }
 
 /// How long a client may take to complete its TLS handshake.

@@ -1125,3 +1125,64 @@ async fn a_tenant_over_its_call_rate_is_refused_before_any_work_and_no_other_ten
     tests::health::wait_for_status(health, "", ServingStatus::Serving).await;
     stack.finish().await;
 }
+
+/// A client that connects and sends nothing is closed after the
+/// first-bytes deadline (10 s), on both servers: before, such connections
+/// stayed open for good, and enough of them would use up the process's
+/// file descriptors. A client that has spoken is left to the protocol's
+/// own timeouts.
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_first_bytes_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start().await;
+    let crypto = stack
+        .crypto
+        .as_ref()
+        .expect("crypto-service")
+        .address
+        .clone();
+    for address in [stack.registry.address.clone(), crypto] {
+        let opened = Instant::now();
+        let mut silent = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        let mut spoken = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        // The HTTP/2 preface and an empty SETTINGS frame.
+        spoken
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            .await
+            .expect("preface");
+        // Whatever the server sends first (an HTTP/2 server its SETTINGS),
+        // then the end.
+        let mut sent = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(60), silent.read_to_end(&mut sent))
+            .await
+            .expect("closed within a minute");
+        let waited = opened.elapsed();
+        assert!(
+            sent.len() < 100,
+            "{address}: {} bytes to a silent client ({ended:?})",
+            sent.len()
+        );
+        assert!(
+            waited >= Duration::from_secs(9),
+            "{address}: closed after {waited:?}, before the deadline"
+        );
+        // The one that spoke is still open: the server's SETTINGS are there
+        // to read, then nothing, and no end.
+        let mut answer = vec![0u8; 4096];
+        let got = spoken
+            .read(&mut answer)
+            .await
+            .expect("the server's settings");
+        assert!(got > 0, "{address}: nothing from the server");
+        let open = tokio::time::timeout(Duration::from_millis(200), spoken.read(&mut answer)).await;
+        assert!(
+            open.is_err() || matches!(open, Ok(Ok(n)) if n > 0),
+            "{address}: the connection that spoke was closed: {open:?}"
+        );
+    }
+    stack.finish().await;
+}

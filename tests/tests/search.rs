@@ -991,6 +991,48 @@ async fn filtered_pages_read_from_windows_page_to_exactly_the_matches() {
     stack.finish().await;
 }
 
+/// A window is shared among the memberships a filter tests (each a lookup
+/// per row): with two, a window of 4 tests 2 rows a page, so a page holds
+/// at most 2 matches even when every row matches, and paging on still
+/// yields each match once, in order.
+#[tokio::test]
+async fn a_window_is_shared_among_the_memberships_a_filter_tests() {
+    const WINDOW: usize = 4;
+    let stack = Stack::start_windowed(WINDOW).await;
+    let mut c = clients_as(&stack, "acme").await;
+    let count = 8;
+    let mut names = Vec::new();
+    for i in 0..count {
+        let name = format!("agent-{i}");
+        create_agent(&mut c, &name, &["search", "browse"], None).await;
+        names.push(name);
+    }
+    for (filter, per_page) in [
+        ("tool:search", WINDOW),
+        ("tool:search OR tool:browse", WINDOW / 2),
+        ("tool:search AND tool:browse", WINDOW / 2),
+    ] {
+        let (mut listed, mut pages, mut token) = (Vec::new(), Vec::new(), String::new());
+        loop {
+            let page = agent_page(&mut c, filter, "name", 100, &token)
+                .await
+                .unwrap_or_else(|e| panic!("{filter:?}: {e:?}"));
+            pages.push(page.agents.len());
+            listed.extend(page.agents.into_iter().map(|a| a.name));
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(listed, names, "{filter:?}");
+        assert!(
+            pages.iter().all(|&n| n <= per_page) && pages[0] == per_page,
+            "{filter:?}: pages of {pages:?}, {per_page} rows a window"
+        );
+    }
+    stack.finish().await;
+}
+
 /// A fresh database of the suite's kind and one connection to it, as the
 /// registry opens it (no schema yet).
 async fn fresh_connection() -> (tests::stack::TestDatabase, sea_orm::DatabaseConnection) {

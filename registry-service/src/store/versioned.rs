@@ -506,7 +506,7 @@ pub async fn list<K: Kind>(
                 let window = Window {
                     listed,
                     condition: conditions.window,
-                    rows: scan.window,
+                    rows: search.window_rows(scan.window),
                 };
                 return list_window::<K>(db, search, window, after, limit).await;
             }
