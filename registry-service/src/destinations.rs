@@ -7,6 +7,7 @@
 //! endpoint, which the registry does not choose, and is always allowed.
 
 use crate::error::Error;
+use crate::model::provider::base_url_host;
 
 /// The allowed destination hosts, or any host.
 #[derive(Debug, Clone, Default)]
@@ -77,25 +78,12 @@ impl Destinations {
     }
 }
 
-/// The host of an `http://` or `https://` URL, lowercased, without port or
-/// trailing dot; `None` when there is none or the URL carries user
-/// information (`https://trusted.example@other.example/` sends to
-/// `other.example`: refused rather than guessed).
+/// The host a `base_url` sends to (see [`base_url_host`]); `None` when
+/// the URL names none, or carries user information
+/// (`https://trusted.example@other.example/` sends to `other.example`:
+/// refused rather than guessed).
 pub fn host_of(url: &str) -> Option<String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    if authority.contains('@') {
-        return None;
-    }
-    let host = match authority.strip_prefix('[') {
-        // An IPv6 literal: `[::1]:8080`.
-        Some(bracketed) => bracketed.split(']').next()?,
-        None => authority.split(':').next()?,
-    };
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+    base_url_host(url).ok()
 }
 
 fn is_host_name(name: &str) -> bool {

@@ -93,20 +93,22 @@ pub struct ProviderSpec {
     pub api_key_revision: Option<i64>,
 }
 
-/// What makes `url` unusable as a provider's `base_url`, if anything: it
-/// must be http(s), name a host, and carry no user information — a
-/// password there would be shown to every viewer of the provider (a
-/// credential belongs in `api_key`, which is encrypted).
-fn base_url_problem(url: &str) -> Option<&'static str> {
+/// The host a provider's `base_url` sends to (lower-case, without port or
+/// trailing dot), or what makes the URL unusable: it must be http(s), name
+/// a host, give a port of 1–65535 if any, and carry no user information —
+/// a password there would be shown to every viewer of the provider (a
+/// credential belongs in `api_key`, which is encrypted), and
+/// `https://trusted.example@other.example/` sends to `other.example`.
+pub fn base_url_host(url: &str) -> Result<String, &'static str> {
     let Some(rest) = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
     else {
-        return Some("must be an http:// or https:// URL");
+        return Err("must be an http:// or https:// URL");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
-        return Some(
+        return Err(
             "must not carry user information (it would be shown to every viewer): \
              send the credential as api_key",
         );
@@ -117,22 +119,23 @@ fn base_url_problem(url: &str) -> Option<&'static str> {
             Some((host, after)) if after.is_empty() || after.starts_with(':') => {
                 (host, after.strip_prefix(':'))
             }
-            _ => return Some("has a malformed IPv6 address"),
+            _ => return Err("has a malformed IPv6 address"),
         },
         None => match authority.split_once(':') {
             Some((host, port)) => (host, Some(port)),
             None => (authority, None),
         },
     };
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
     if host.is_empty() {
-        return Some("must name a host");
+        return Err("must name a host");
     }
     // An empty port means the scheme's own.
     match port {
         Some(port) if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) => {
-            Some("has a port outside 1–65535")
+            Err("has a port outside 1–65535")
         }
-        _ => None,
+        _ => Ok(host),
     }
 }
 
@@ -223,7 +226,7 @@ impl ProviderSpec {
         check_length(&mut v, "provider.api_key", api_key, 4096);
         if let Some(url) = &self.base_url {
             check_length(&mut v, "provider.base_url", url, 2048);
-            if let Some(problem) = base_url_problem(url) {
+            if let Err(problem) = base_url_host(url) {
                 v.add("provider.base_url", problem);
             }
         }
@@ -326,28 +329,29 @@ mod tests {
 
     #[test]
     fn a_base_url_names_a_host_without_user_information() {
-        for fine in [
-            "https://api.example.com/v1",
-            "http://127.0.0.1:8080",
-            "https://[::1]:8443/openai",
-            "https://example.com:/v1",
-            "https://example.com?api-version=1",
+        for (fine, host) in [
+            ("https://api.example.com/v1", "api.example.com"),
+            ("http://127.0.0.1:8080", "127.0.0.1"),
+            ("https://[::1]:8443/openai", "::1"),
+            ("https://Example.COM.:/v1", "example.com"),
+            ("https://example.com?api-version=1", "example.com"),
         ] {
-            assert_eq!(base_url_problem(fine), None, "{fine}");
+            assert_eq!(base_url_host(fine).as_deref(), Ok(host), "{fine}");
         }
         for (bad, problem) in [
             ("ftp://example.com", "http:// or https://"),
             ("https://admin:secret@example.com/v1", "user information"),
-            ("https://token@example.com", "user information"),
+            ("https://trusted.example@other.example/", "user information"),
             ("https:///v1", "name a host"),
             ("https://:443", "name a host"),
+            ("https://./", "name a host"),
             ("https://[::1", "IPv6"),
             ("https://[::1]x", "IPv6"),
             ("http://[::1]:99999", "port"),
             ("http://example.com:0", "port"),
             ("http://example.com:https", "port"),
         ] {
-            let found = base_url_problem(bad).unwrap_or_default();
+            let found = base_url_host(bad).err().unwrap_or_default();
             assert!(found.contains(problem), "{bad}: {found:?}");
         }
     }
