@@ -106,6 +106,19 @@ fn changes(diff: &[pb::FieldChange]) -> BTreeMap<String, (i32, String, String)> 
         .collect()
 }
 
+/// The first page of agent `id`'s versions, newest first (up to 20).
+async fn history(c: &mut Clients, id: &str) -> pb::ListAgentVersionsResponse {
+    c.agents
+        .list_agent_versions(pb::ListAgentVersionsRequest {
+            agent_id: id.to_owned(),
+            page_size: 20,
+            page_token: String::new(),
+        })
+        .await
+        .expect("versions")
+        .into_inner()
+}
+
 fn number(value: f64) -> String {
     format!("{:?}", Some(prost_types::value::Kind::NumberValue(value)))
 }
@@ -157,16 +170,7 @@ async fn create_update_list_and_rollback_follow_the_report_examples() {
         "fields outside the mask are kept"
     );
 
-    let history = c
-        .agents
-        .list_agent_versions(pb::ListAgentVersionsRequest {
-            agent_id: created.id.clone(),
-            page_size: 10,
-            page_token: String::new(),
-        })
-        .await
-        .expect("versions")
-        .into_inner();
+    let history = history(&mut c, &created.id).await;
     assert_eq!(history.total_size, 2);
     assert_eq!(
         history
@@ -1301,16 +1305,7 @@ async fn updates_from_a_stale_agent_answer_as_the_row_does() {
         (v10.version, v10.temperature, v10.max_iter),
         (10, Some(0.8), Some(15))
     );
-    let history = a
-        .agents
-        .list_agent_versions(pb::ListAgentVersionsRequest {
-            agent_id: id.clone(),
-            page_size: 20,
-            page_token: String::new(),
-        })
-        .await
-        .expect("versions")
-        .into_inner();
+    let history = history(&mut a, &id).await;
     assert_eq!(
         history
             .versions
@@ -1480,16 +1475,7 @@ async fn a_field_that_becomes_set_or_empty_is_added_or_removed() {
         ("tools".to_owned(), (removed, tools, none)),
     ]);
 
-    let history = c
-        .agents
-        .list_agent_versions(pb::ListAgentVersionsRequest {
-            agent_id: created.id.clone(),
-            page_size: 10,
-            page_token: String::new(),
-        })
-        .await
-        .expect("versions")
-        .into_inner();
+    let history = history(&mut c, &created.id).await;
     let numbers: Vec<i64> = history.versions.iter().map(|v| v.version_number).collect();
     assert_eq!(numbers, [3, 2, 1]);
     assert_eq!(changes(&history.versions[1].diff), set_diff, "version 2");
