@@ -192,9 +192,9 @@ pub fn version_cursor(after: Option<String>) -> Result<Option<i64>, Error> {
 /// A versioned kind as the API serves it: its messages.
 pub trait Resource: Kind {
     /// The resource message (`pb::Agent`).
-    type Message;
+    type Message: prost::Message;
     /// The version message (`pb::AgentVersion`).
-    type Version;
+    type Version: prost::Message;
     /// The message of `spec` with the resource metadata `meta`.
     fn message(spec: &Self::Spec, meta: Meta) -> Self::Message;
     /// The version message of `version`.
@@ -830,10 +830,18 @@ impl Registry {
                 Meta::labelled(record, labels, self.purge_after),
             )
         };
+        let mut items: Vec<K::Message> = page.items.iter().map(message).collect();
+        let next_after = match page::cut_to_bytes(&mut items) {
+            // Full by size: the next page starts after the last one kept.
+            Some(kept) => page
+                .items
+                .get(kept - 1)
+                .map(|record| search.cursor::<K>(record)),
+            None => page.next_after,
+        };
         Ok(Listed {
-            items: page.items.iter().map(message).collect(),
-            next_page_token: page
-                .next_after
+            items,
+            next_page_token: next_after
                 .map(|k| scope.token_after(&k))
                 .unwrap_or_default(),
             total_size: clamp_total(page.total),
@@ -863,14 +871,22 @@ impl Registry {
                 .map(|l| l.label.clone())
                 .collect()
         };
-        Ok(Listed {
-            items: page
+        let mut items: Vec<K::Version> = page
+            .items
+            .iter()
+            .map(|v| version_of::<K>(id, v, naming(v.version_number)))
+            .collect::<Result<_, _>>()?;
+        let next_after = match page::cut_to_bytes(&mut items) {
+            // Full by size: the next page starts below the last one kept.
+            Some(kept) => page
                 .items
-                .iter()
-                .map(|v| version_of::<K>(id, v, naming(v.version_number)))
-                .collect::<Result<_, _>>()?,
-            next_page_token: page
-                .next_after
+                .get(kept - 1)
+                .map(|version| version.version_number.to_string()),
+            None => page.next_after,
+        };
+        Ok(Listed {
+            items,
+            next_page_token: next_after
                 .map(|k| scope.token_after(&k))
                 .unwrap_or_default(),
             total_size: clamp_total(page.total),

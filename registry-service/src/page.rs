@@ -1,4 +1,5 @@
-//! Page sizes and opaque keyset page tokens (AIP-158).
+//! Page sizes, the bytes a page may hold, and opaque keyset page tokens
+//! (AIP-158).
 //!
 //! A token carries the last key of the page it ended and a fingerprint of
 //! the request it belongs to (tenant, method, parent). Reused with other
@@ -15,6 +16,26 @@ use crate::error::Error;
 pub const DEFAULT_PAGE_SIZE: u64 = 10;
 /// Largest page; larger requests are clamped.
 pub const MAX_PAGE_SIZE: u64 = 100;
+/// Encoded bytes past which a page of resources or versions ends early
+/// (AIP-158 lets a page hold fewer items than asked): 100 agents of 64 KiB
+/// would be a 6.4 MiB answer, past the 4 MiB most gRPC clients receive by
+/// default. A page always holds at least one item.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
+/// Cuts `items` (a page's messages, in order) before the first one that
+/// takes the page past [`MAX_PAGE_BYTES`], never before the second:
+/// answers how many it kept when it cut, `None` when every one fits.
+pub fn cut_to_bytes<T: prost::Message>(items: &mut Vec<T>) -> Option<usize> {
+    let mut bytes = 0usize;
+    for (index, item) in items.iter().enumerate() {
+        bytes = bytes.saturating_add(item.encoded_len());
+        if bytes > MAX_PAGE_BYTES && index > 0 {
+            items.truncate(index);
+            return Some(index);
+        }
+    }
+    None
+}
 
 /// The page size to serve for a requested `page_size`.
 pub fn size(requested: i32) -> Result<u64, Error> {
@@ -124,5 +145,26 @@ mod tests {
         let mut twice = own[..own.len() - 1].to_vec();
         twice.extend_from_slice(b",\"k\":\"key-2\"}");
         assert!(scope.resume_after(&URL_SAFE_NO_PAD.encode(&twice)).is_err());
+    }
+
+    #[test]
+    fn a_page_is_cut_before_the_item_that_takes_it_past_its_bytes() {
+        // An Any holding n bytes (and no type URL) encodes in n + 4 here
+        // (tag, three-byte length).
+        let item = |n: usize| prost_types::Any {
+            type_url: String::new(),
+            value: vec![7; n],
+        };
+        let quarter = MAX_PAGE_BYTES / 4 - 4;
+        let mut fits = vec![item(quarter); 4];
+        assert_eq!(cut_to_bytes(&mut fits), None);
+        assert_eq!(fits.len(), 4);
+        let mut over = vec![item(quarter); 5];
+        assert_eq!(cut_to_bytes(&mut over), Some(4));
+        assert_eq!(over.len(), 4);
+        // One item larger than the page is still a page of one.
+        let mut huge = vec![item(2 * MAX_PAGE_BYTES), item(1)];
+        assert_eq!(cut_to_bytes(&mut huge), Some(1));
+        assert_eq!(huge.len(), 1);
     }
 }

@@ -830,6 +830,100 @@ async fn a_configuration_past_its_size_is_refused_and_a_wide_change_is_stored_wh
     stack.finish().await;
 }
 
+/// A page ends early once its messages pass 1 MiB (AIP-158: fewer items
+/// than asked, with a next page): 100 agents near the configuration limit
+/// would otherwise be a 6 MiB answer, past what gRPC clients receive by
+/// default. Paging on still yields every item once, in order.
+#[tokio::test]
+async fn pages_of_large_resources_stop_at_a_mebibyte_and_page_on() {
+    const MIB: usize = 1024 * 1024;
+    let stack = Stack::start().await;
+    let mut c = clients(&stack).await;
+    // Four tools of ~15 KiB of settings: ~60 KiB stored, ~80 KiB a message.
+    let tools: Vec<String> = (0..4).map(|i| format!("tool-{i}")).collect();
+    let large = |name: String| pb::Agent {
+        tools: tools.clone(),
+        tool_config: tools
+            .iter()
+            .map(|tool| (tool.clone(), settings("k", 1_000)))
+            .collect(),
+        ..agent(&name)
+    };
+    let names: Vec<String> = (0..20).map(|i| format!("large-{i:02}")).collect();
+    let mut first = None;
+    for name in &names {
+        let created = create_agent(&mut c, large(name.clone())).await;
+        first.get_or_insert(created.id);
+    }
+    let (mut listed, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = c
+            .agents
+            .list_agents(pb::ListAgentsRequest {
+                page_size: 100,
+                page_token: token,
+                order_by: "name".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("a page of agents")
+            .into_inner();
+        assert!(
+            page.encoded_len() <= MIB + 1024,
+            "{} bytes",
+            page.encoded_len()
+        );
+        pages += 1;
+        listed.extend(page.agents.into_iter().map(|a| a.name));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(listed, names);
+    assert!(pages >= 2, "20 agents of ~80 KiB fit one page");
+
+    let id = first.expect("an agent");
+    for round in 0..15 {
+        let goal = pb::Agent {
+            id: id.clone(),
+            goal: format!("Goal {round}"),
+            ..Default::default()
+        };
+        c.agents
+            .update_agent(update_request(goal, &["goal"]))
+            .await
+            .expect("update");
+    }
+    let (mut numbers, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let page = c
+            .agents
+            .list_agent_versions(pb::ListAgentVersionsRequest {
+                agent_id: id.clone(),
+                page_size: 100,
+                page_token: token,
+            })
+            .await
+            .expect("a page of versions")
+            .into_inner();
+        assert!(
+            page.encoded_len() <= MIB + 1024,
+            "{} bytes",
+            page.encoded_len()
+        );
+        pages += 1;
+        numbers.extend(page.versions.iter().map(|v| v.version_number));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(numbers, (1..=16).rev().collect::<Vec<i64>>());
+    assert!(pages >= 2, "16 versions of ~80 KiB fit one page");
+    stack.finish().await;
+}
+
 // ---------------------------------------------------------------------------
 // Text that looks like something else.
 // ---------------------------------------------------------------------------
