@@ -830,13 +830,32 @@ async fn a_configuration_past_its_size_is_refused_and_a_wide_change_is_stored_wh
     stack.finish().await;
 }
 
+/// Every item of a listing, from `page` (a page token to the page's
+/// items, its encoded size and the next token), each page checked to be
+/// within 1 MiB (and the response's few other bytes); and how many pages
+/// it took.
+async fn page_through<T>(
+    mut page: impl AsyncFnMut(String) -> (Vec<T>, usize, String),
+) -> (Vec<T>, usize) {
+    let (mut items, mut pages, mut token) = (Vec::new(), 0, String::new());
+    loop {
+        let (more, bytes, next) = page(token).await;
+        assert!(bytes <= 1024 * 1024 + 1024, "a page of {bytes} bytes");
+        items.extend(more);
+        pages += 1;
+        if next.is_empty() {
+            return (items, pages);
+        }
+        token = next;
+    }
+}
+
 /// A page ends early once its messages pass 1 MiB (AIP-158: fewer items
 /// than asked, with a next page): 100 agents near the configuration limit
 /// would otherwise be a 6 MiB answer, past what gRPC clients receive by
 /// default. Paging on still yields every item once, in order.
 #[tokio::test]
 async fn pages_of_large_resources_stop_at_a_mebibyte_and_page_on() {
-    const MIB: usize = 1024 * 1024;
     let stack = Stack::start().await;
     let mut c = clients(&stack).await;
     // Four tools of ~15 KiB of settings: ~60 KiB stored, ~80 KiB a message.
@@ -855,31 +874,24 @@ async fn pages_of_large_resources_stop_at_a_mebibyte_and_page_on() {
         let created = create_agent(&mut c, large(name.clone())).await;
         first.get_or_insert(created.id);
     }
-    let (mut listed, mut pages, mut token) = (Vec::new(), 0, String::new());
-    loop {
-        let page = c
-            .agents
+    let agents = c.agents.clone();
+    let (listed, pages) = page_through(async |page_token| {
+        let page = agents
+            .clone()
             .list_agents(pb::ListAgentsRequest {
                 page_size: 100,
-                page_token: token,
+                page_token,
                 order_by: "name".into(),
                 ..Default::default()
             })
             .await
             .expect("a page of agents")
             .into_inner();
-        assert!(
-            page.encoded_len() <= MIB + 1024,
-            "{} bytes",
-            page.encoded_len()
-        );
-        pages += 1;
-        listed.extend(page.agents.into_iter().map(|a| a.name));
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+        let bytes = page.encoded_len();
+        let names = page.agents.into_iter().map(|a| a.name).collect();
+        (names, bytes, page.next_page_token)
+    })
+    .await;
     assert_eq!(listed, names);
     assert!(pages >= 2, "20 agents of ~80 KiB fit one page");
 
@@ -895,30 +907,22 @@ async fn pages_of_large_resources_stop_at_a_mebibyte_and_page_on() {
             .await
             .expect("update");
     }
-    let (mut numbers, mut pages, mut token) = (Vec::new(), 0, String::new());
-    loop {
-        let page = c
-            .agents
+    let (numbers, pages) = page_through(async |page_token| {
+        let page = agents
+            .clone()
             .list_agent_versions(pb::ListAgentVersionsRequest {
                 agent_id: id.clone(),
                 page_size: 100,
-                page_token: token,
+                page_token,
             })
             .await
             .expect("a page of versions")
             .into_inner();
-        assert!(
-            page.encoded_len() <= MIB + 1024,
-            "{} bytes",
-            page.encoded_len()
-        );
-        pages += 1;
-        numbers.extend(page.versions.iter().map(|v| v.version_number));
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+        let bytes = page.encoded_len();
+        let numbers = page.versions.iter().map(|v| v.version_number).collect();
+        (numbers, bytes, page.next_page_token)
+    })
+    .await;
     assert_eq!(numbers, (1..=16).rev().collect::<Vec<i64>>());
     assert!(pages >= 2, "16 versions of ~80 KiB fit one page");
     stack.finish().await;

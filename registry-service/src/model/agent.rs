@@ -36,7 +36,7 @@ pub const MAX_JSON_DEPTH: usize = 16;
 /// The most a whole configuration may hold, as stored (JSON). Each field
 /// has its own limit, but together they reached the message size limit:
 /// every version stores a snapshot and a diff, so a 200 KiB configuration
-/// updated a few times made 2 MiB version rows and 8 MiB history pages.
+/// updated a few times made 2 MiB version rows and 7.7 MB history pages.
 pub const MAX_CONFIGURATION_BYTES: usize = 64 * 1024;
 
 /// How CrewAI runs code the agent writes.
