@@ -1090,15 +1090,23 @@ pub fn etag(version: i64) -> String {
     format!("\"{version}\"")
 }
 
-/// The version an etag names; `None` when no etag was sent.
+/// The version an etag names; `None` when no etag was sent. Only the form
+/// [`etag`] writes is taken: a quoted positive number without leading
+/// zeros, so `1`, `"1` or `"+1"` are refused, not read as version 1.
 pub fn parse_etag(etag: &str, field: &str) -> Result<Option<i64>, Error> {
     if etag.is_empty() {
         return Ok(None);
     }
-    etag.trim_matches('"')
-        .parse()
+    etag.strip_prefix('"')
+        .and_then(|rest| rest.strip_suffix('"'))
+        .filter(|digits| {
+            !digits.starts_with('0')
+                && !digits.is_empty()
+                && digits.bytes().all(|b| b.is_ascii_digit())
+        })
+        .and_then(|digits| digits.parse::<i64>().ok())
         .map(Some)
-        .map_err(|_| Error::bad_field(field, "is not an etag this service issued"))
+        .ok_or_else(|| Error::bad_field(field, "is not an etag this service issued"))
 }
 
 /// A default change description, as the platform wrote them.

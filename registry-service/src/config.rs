@@ -279,6 +279,15 @@ pub struct ServeArgs {
     /// refused with RESOURCE_EXHAUSTED.
     #[arg(long, env = "REGISTRY_WATCH_MAX_STREAMS", default_value_t = 10_000)]
     pub watch_max_streams: usize,
+    /// Most WatchChanges streams one tenant may hold open at once on this
+    /// server (at least 1); more are refused with RESOURCE_EXHAUSTED, so
+    /// one tenant cannot take every stream.
+    #[arg(
+        long,
+        env = "REGISTRY_WATCH_MAX_STREAMS_PER_TENANT",
+        default_value_t = 1_000
+    )]
+    pub watch_max_streams_per_tenant: usize,
     /// Changes kept per tenant for WatchChanges to replay (its last
     /// revisions); older ones are compacted away, and a watch from before
     /// them answers OUT_OF_RANGE.
@@ -918,6 +927,11 @@ impl ServeArgs {
                     crate::watch::MAX_BUFFER,
                 )?,
                 max_streams: self.watch_max_streams,
+                max_streams_per_tenant: at_least(
+                    "REGISTRY_WATCH_MAX_STREAMS_PER_TENANT",
+                    self.watch_max_streams_per_tenant,
+                    1,
+                )?,
                 history: at_least("REGISTRY_WATCH_HISTORY", self.watch_history, 1)?,
                 compaction_interval: Duration::from_secs(at_least(
                     "REGISTRY_WATCH_COMPACTION_SECONDS",

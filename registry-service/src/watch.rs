@@ -41,6 +41,9 @@ pub struct WatchSettings {
     pub buffer: usize,
     /// Most streams open at once.
     pub max_streams: usize,
+    /// Most streams one tenant may hold open at once, so that one tenant
+    /// cannot take every stream of the server.
+    pub max_streams_per_tenant: usize,
     /// Revisions kept per tenant.
     pub history: i64,
     /// Between compactions.
@@ -61,6 +64,8 @@ struct Inner {
     settings: WatchSettings,
     tenants: Mutex<HashMap<String, Tenant>>,
     streams: Arc<Semaphore>,
+    /// Streams open per tenant (tenants with none have no entry).
+    open_by_tenant: Mutex<HashMap<String, usize>>,
     stopping: watch::Sender<bool>,
     signal: Arc<ChangeSignal>,
 }
@@ -114,6 +119,7 @@ impl Feed {
                 store,
                 settings,
                 tenants: Mutex::default(),
+                open_by_tenant: Mutex::default(),
                 stopping: watch::Sender::new(false),
                 signal,
             }),
@@ -244,6 +250,7 @@ impl Feed {
         after: Option<i64>,
         kinds: Vec<ResourceKind>,
     ) -> Result<Stream, Error> {
+        let share = self.take_tenant_share(tenant)?;
         let permit = Arc::clone(&self.inner.streams)
             .try_acquire_owned()
             .map_err(|_| {
@@ -274,7 +281,34 @@ impl Feed {
             phase: Phase::Replay,
             synced: false,
             _permit: permit,
+            _share: share,
         })
+    }
+
+    /// One of `tenant`'s streams, counted until the answer is dropped;
+    /// RESOURCE_EXHAUSTED when the tenant holds its most already.
+    fn take_tenant_share(&self, tenant: &str) -> Result<TenantShare, Error> {
+        let most = self.inner.settings.max_streams_per_tenant;
+        let mut open = self.open_by_tenant();
+        let count = open.entry(tenant.to_owned()).or_insert(0);
+        if *count >= most {
+            return Err(Error::ResourceExhausted(format!(
+                "this tenant has {most} watch streams open on this server, its most; close one \
+                 or try another replica"
+            )));
+        }
+        *count += 1;
+        Ok(TenantShare {
+            feed: self.clone(),
+            tenant: tenant.to_owned(),
+        })
+    }
+
+    fn open_by_tenant(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.inner
+            .open_by_tenant
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// A receiver of `tenant`'s channel, made (with `current` as its last
@@ -372,6 +406,26 @@ pub struct Stream {
     /// SYNCED was sent (a later replay, to repair a gap, sends none).
     synced: bool,
     _permit: OwnedSemaphorePermit,
+    _share: TenantShare,
+}
+
+/// A tenant's count of open streams holds one more while this lives.
+#[derive(Debug)]
+struct TenantShare {
+    feed: Feed,
+    tenant: String,
+}
+
+impl Drop for TenantShare {
+    fn drop(&mut self) {
+        let mut open = self.feed.open_by_tenant();
+        if let Some(count) = open.get_mut(&self.tenant) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.tenant);
+            }
+        }
+    }
 }
 
 impl Stream {

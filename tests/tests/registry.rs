@@ -675,6 +675,48 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .into_inner();
     assert_eq!((current.version, current.goal), (1, agent.goal));
 
+    // An etag in any form other than the one the registry issues is
+    // refused, not read as a version: the bare current version, a missing
+    // quote, a sign, a leading zero, doubled quotes.
+    for malformed in [
+        "1",
+        "\"1",
+        "1\"",
+        "\"+1\"",
+        "\"01\"",
+        "\"\"1\"\"",
+        "\"-1\"",
+        "\"\"",
+    ] {
+        let status = c
+            .agents
+            .update_agent(pb::UpdateAgentRequest {
+                agent: Some(pb::Agent {
+                    id: agent.id.clone(),
+                    goal: "new".into(),
+                    etag: malformed.into(),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["goal"]),
+                change_description: String::new(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("malformed etag");
+        assert_eq!(status.code(), Code::InvalidArgument, "{malformed}");
+        assert_eq!(violations(&status), ["agent.etag"], "{malformed}");
+    }
+    let current = c
+        .agents
+        .get_agent(pb::GetAgentRequest {
+            id: agent.id.clone(),
+            show_deleted: false,
+        })
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(current.version, 1);
+
     // A rename onto a taken name and a rollback to a missing version write
     // nothing: no version row, the agent unchanged (these go through the
     // one-statement write on PostgreSQL, the one-command batch on SQLite).

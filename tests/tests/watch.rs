@@ -4,7 +4,8 @@
 //! (RESOURCE_EXHAUSTED) and resumes; compacted revisions answer
 //! OUT_OF_RANGE naming the oldest kept; SIGTERM ends streams at once; on
 //! PostgreSQL a write through one replica reaches a watcher on another;
-//! many streams of one connection each get every change.
+//! many streams of one connection each get every change; one tenant cannot
+//! hold every stream of a server.
 
 use std::time::{Duration, Instant};
 
@@ -24,14 +25,22 @@ const EVENT_DEADLINE: Duration = Duration::from_secs(10);
 type Changes = Streaming<pb::Change>;
 
 async fn watch(channel: Authed, after: Option<i64>, kinds: &[pb::ResourceKind]) -> Changes {
+    open(channel, after, kinds).await.expect("watch")
+}
+
+/// A stream, or the status that refused it.
+async fn open(
+    channel: Authed,
+    after: Option<i64>,
+    kinds: &[pb::ResourceKind],
+) -> Result<Changes, tonic::Status> {
     WatchServiceClient::new(channel)
         .watch_changes(pb::WatchChangesRequest {
             after_revision: after,
             kinds: kinds.iter().map(|kind| i32::from(*kind)).collect(),
         })
         .await
-        .expect("watch")
-        .into_inner()
+        .map(tonic::Response::into_inner)
 }
 
 async fn next(changes: &mut Changes) -> Result<pb::Change, tonic::Status> {
@@ -439,6 +448,65 @@ async fn compacted_revisions_answer_out_of_range_naming_the_oldest_kept() {
     assert_eq!(next_change(&mut kept).await.revision, 4);
     assert_eq!(next_change(&mut kept).await.revision, 5);
     assert_eq!(synced(&mut kept).await, 5);
+    stack.finish().await;
+}
+
+#[tokio::test]
+async fn one_tenant_cannot_take_every_stream_of_the_server() {
+    let registry = Stack::default_registry()
+        .env("REGISTRY_WATCH_MAX_STREAMS", "3")
+        .env("REGISTRY_WATCH_MAX_STREAMS_PER_TENANT", "2");
+    let stack = Stack::start_with(registry).await;
+    let acme = stack.channel_as("robot", "acme", &["runtime"]).await;
+    let globex = stack.channel_as("rita", "globex", &["runtime"]).await;
+
+    let mut first = watch(acme.clone(), None, &[]).await;
+    let mut second = watch(acme.clone(), None, &[]).await;
+    assert_eq!(synced(&mut first).await, 0);
+    assert_eq!(synced(&mut second).await, 0);
+    let refused = open(acme.clone(), None, &[])
+        .await
+        .expect_err("a third stream of acme");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("this tenant has 2 watch streams open"),
+        "{refused:?}"
+    );
+
+    // Another tenant still gets the server's last stream, and then the
+    // server's own bound holds.
+    let mut theirs = watch(globex.clone(), None, &[]).await;
+    assert_eq!(synced(&mut theirs).await, 0);
+    let refused = open(globex.clone(), None, &[])
+        .await
+        .expect_err("a fourth stream of the server");
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(
+        refused
+            .message()
+            .contains("this server has 3 watch streams open"),
+        "{refused:?}"
+    );
+
+    // A stream acme closes gives its share back (once the server has seen
+    // the stream cancelled: asked again until then, within the deadline).
+    drop(first);
+    let deadline = Instant::now() + EVENT_DEADLINE;
+    let mut again = loop {
+        match open(acme.clone(), None, &[]).await {
+            Ok(stream) => break stream,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert!(
+                    Instant::now() < deadline,
+                    "the closed stream was never released"
+                );
+            }
+        }
+    };
+    assert_eq!(synced(&mut again).await, 0);
     stack.finish().await;
 }
 
