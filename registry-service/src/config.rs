@@ -320,7 +320,10 @@ pub struct ServeArgs {
     #[arg(long, env = "REGISTRY_AUDIT_RETENTION_DAYS", default_value_t = 365)]
     pub audit_retention_days: u32,
     /// Milliseconds between rounds of the task that chains new audit events
-    /// (tamper evidence) and deletes expired ones.
+    /// (tamper evidence). A round asks the database only when a commit
+    /// through this process may have recorded an event, and at least once
+    /// a minute (events of other replicas); expired events are looked for
+    /// every 10 minutes.
     #[arg(long, env = "REGISTRY_AUDIT_SEAL_MILLISECONDS", default_value_t = 1000)]
     pub audit_seal_milliseconds: u64,
     /// Token subjects (`sub`) that may act as platform operators: only a

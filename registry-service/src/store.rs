@@ -219,6 +219,9 @@ pub struct Store {
     backend: Backend,
     recent_agents: Arc<Recent<AgentSpec>>,
     changes: Arc<ChangeSignal>,
+    /// Notified after each commit through this process that may have
+    /// recorded an audit event: what the trail's sealer waits on.
+    audit_recorded: Arc<tokio::sync::Notify>,
     list_scan: search::ListScan,
 }
 
@@ -247,6 +250,7 @@ impl Store {
             backend,
             recent_agents: Arc::new(Recent::new("agent", recent_agents, metrics)),
             changes: Arc::default(),
+            audit_recorded: Arc::default(),
             list_scan: search::ListScan::default(),
             pool,
         }
@@ -339,6 +343,28 @@ impl Store {
     /// waits on.
     pub fn changes(&self) -> &Arc<ChangeSignal> {
         &self.changes
+    }
+
+    /// Says, after its commit, that a write of `tenant` changed a resource
+    /// or a label: wakes the watch feed ([`Store::changes`]) and the audit
+    /// trail's sealer (the write's event).
+    pub fn committed(&self, tenant: &str) {
+        self.changes.raise(tenant);
+        self.audit_recorded.notify_one();
+    }
+
+    /// Says, after its commit, that an audit event was recorded with no
+    /// resource changed (a credential release, a key operation, a label
+    /// policy): wakes the audit trail's sealer.
+    pub fn audit_recorded(&self) {
+        self.audit_recorded.notify_one();
+    }
+
+    /// Completes at the first [`Store::committed`] or
+    /// [`Store::audit_recorded`] since the last wait completed (at once if
+    /// one came in between): the trail may have grown.
+    pub async fn audit_may_have_grown(&self) {
+        self.audit_recorded.notified().await;
     }
 }
 

@@ -6,7 +6,8 @@
 //! read once and held once whatever the number of watchers. It looks when
 //! a write through this process commits (the store's [`ChangeSignal`]),
 //! when PostgreSQL notifies a change committed through any replica, and
-//! every poll interval (the bound if a notification is lost).
+//! every poll interval while any tenant is watched (the bound if a
+//! notification is lost).
 //!
 //! A stream ([`Feed::watch`]) subscribes first, then replays the log from
 //! its revision, then follows the broadcast, skipping what the replay
@@ -63,6 +64,9 @@ struct Inner {
     store: Store,
     settings: WatchSettings,
     tenants: Mutex<HashMap<String, Tenant>>,
+    /// Notified when a tenant gets its first watcher: the poll applies
+    /// again.
+    watched: tokio::sync::Notify,
     streams: Arc<Semaphore>,
     /// Streams open per tenant (tenants with none have no entry).
     open_by_tenant: Mutex<HashMap<String, usize>>,
@@ -119,6 +123,7 @@ impl Feed {
                 store,
                 settings,
                 tenants: Mutex::default(),
+                watched: tokio::sync::Notify::new(),
                 open_by_tenant: Mutex::default(),
                 stopping: watch::Sender::new(false),
                 signal,
@@ -146,10 +151,14 @@ impl Feed {
         compaction.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let listener = self.listen_to_other_replicas();
         loop {
+            // With no tenant watched there is nothing to poll: an idle
+            // registry does not wake for it.
+            let watching = !self.tenants().is_empty();
             let everyone = tokio::select! {
                 () = stopped(&mut stopping) => break,
                 () = self.inner.signal.raised() => false,
-                _ = poll.tick() => true,
+                () = self.inner.watched.notified() => continue,
+                _ = poll.tick(), if watching => true,
                 _ = compaction.tick() => {
                     self.compact().await;
                     continue;
@@ -315,9 +324,12 @@ impl Feed {
     /// revision) when the tenant had none.
     fn subscribe(&self, tenant: &str, current: i64) -> broadcast::Receiver<Arc<ChangeRecord>> {
         let mut tenants = self.tenants();
-        let entry = tenants.entry(tenant.to_owned()).or_insert_with(|| Tenant {
-            sender: broadcast::Sender::new(self.inner.settings.buffer),
-            last: current,
+        let entry = tenants.entry(tenant.to_owned()).or_insert_with(|| {
+            self.inner.watched.notify_one();
+            Tenant {
+                sender: broadcast::Sender::new(self.inner.settings.buffer),
+                last: current,
+            }
         });
         entry.sender.subscribe()
     }

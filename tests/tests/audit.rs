@@ -741,6 +741,96 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
     stack.finish().await;
 }
 
+/// Waits until every audit event is sealed (within [`SEALED_DEADLINE`],
+/// well inside the minute an idle registry may wait between looks).
+async fn until_sealed(stack: &Stack) {
+    until_count(
+        stack,
+        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
+        0,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_event_that_changes_no_resource_is_sealed_at_the_next_round() {
+    // The sealer looks when a commit through its process may have recorded
+    // an event, else once a minute: each event below is the only one since
+    // the last seal, and none of them writes a version.
+    let stack = Stack::start_with(sealing_quickly()).await;
+    let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
+    let mut bob = Caller::new(&stack, "bob", "acme", &["editor"]).await;
+    let mut runner = Caller::new(&stack, "runner", "acme", &["runtime"]).await;
+    let provider = alice.create_provider("openai").await;
+    let agent = bob.create_agent("analyst", &provider.id, "").await;
+    until_sealed(&stack).await;
+
+    // A label policy.
+    alice
+        .policy
+        .update_label_policy(pb::UpdateLabelPolicyRequest {
+            protected_labels: vec!["production".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .expect("label policy");
+    until_sealed(&stack).await;
+
+    // A credential release.
+    assert_eq!(runner.resolve(&agent.id, "").await.api_key, KEY);
+    until_sealed(&stack).await;
+
+    // A revoked key revision that is no longer the current one.
+    alice
+        .providers
+        .update_provider(pb::UpdateProviderRequest {
+            provider: Some(pb::Provider {
+                id: provider.id.clone(),
+                api_key: "sk-audit-second".to_owned(),
+                ..Default::default()
+            }),
+            update_mask: Some(FieldMask {
+                paths: vec!["api_key".to_owned()],
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("a new key");
+    until_sealed(&stack).await;
+    let unchanged = alice
+        .providers
+        .revoke_provider_key(pb::RevokeProviderKeyRequest {
+            provider_id: provider.id.clone(),
+            revision: 1,
+            reason: "rotated".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("revoke the replaced key")
+        .into_inner();
+    assert_eq!(unchanged.version, 2, "no version written");
+    until_sealed(&stack).await;
+
+    // A key operation.
+    let operator = stack
+        .channel_as(STACK_OPERATOR, "platform", &["platform-operator"])
+        .await;
+    KeyServiceClient::new(operator)
+        .rewrap_credentials(pb::RewrapCredentialsRequest::default())
+        .await
+        .expect("rewrap");
+    until_sealed(&stack).await;
+    let trail = alice.trail("").await;
+    let actions: Vec<&str> = trail.iter().map(|event| event.0.as_str()).collect();
+    assert!(
+        actions.contains(&"LABEL_POLICY_UPDATE")
+            && actions.contains(&"CREDENTIAL_RELEASE")
+            && actions.contains(&"KEY_REVOKE"),
+        "{trail:?}"
+    );
+    stack.finish().await;
+}
+
 #[tokio::test]
 async fn events_past_their_retention_are_deleted_and_the_rest_still_verifies() {
     // Sealing once at start-up, then not for an hour: the events written

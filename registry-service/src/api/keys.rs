@@ -83,6 +83,7 @@ impl KeyService for Registry {
         let event = Entry::platform(&caller.subject, Action::KeyVersionRetire, details);
         let retire = || self.crypto.retire(version);
         keys::retire_unused(self.db.pool(), version, event, retire).await?;
+        self.db.audit_recorded();
         tracing::warn!(version, "key version retired");
         Ok(Response::new(
             key_status(self.db.pool(), &self.crypto, Scope::Everything).await?,

@@ -178,6 +178,9 @@ impl<'a> Entry<'a> {
 }
 
 /// Records `entry` through `db`: inside the transaction of what it records.
+/// After the commit the caller says so ([`Store::committed`] or
+/// [`Store::audit_recorded`]): the sealer looks then (else within
+/// [`IDLE_LOOK_EVERY`]).
 pub async fn record(db: &impl ConnectionTrait, entry: Entry<'_>) -> Result<(), Error> {
     let insert = entry.insert(db.get_database_backend());
     db.execute(&insert).await.map_err(db_error)?;
@@ -188,7 +191,9 @@ pub async fn record(db: &impl ConnectionTrait, entry: Entry<'_>) -> Result<(), E
 /// SQLite a share of the group commit).
 pub async fn append(store: &Store, entry: Entry<'_>) -> Result<(), Error> {
     let insert = entry.insert(store.get_database_backend());
-    store.write_alone(insert).await.map_err(db_error)
+    store.write_alone(insert).await.map_err(db_error)?;
+    store.audit_recorded();
+    Ok(())
 }
 
 /// One stored event.
@@ -697,32 +702,58 @@ pub async fn sealed_after(
     read_all(db, &query).await
 }
 
-/// The trail's upkeep, every `interval` until aborted: chains the new
-/// events ([`seal`], as many rounds as there are full batches) and deletes
-/// those older than `retention` ([`delete_expired`]). A failed round is
-/// logged and tried again at the next tick.
+/// The longest the sealer goes without looking for unsealed events when
+/// this process recorded none: events of another replica whose sealer
+/// stopped before sealing them, or of the offline `rewrap` command.
+const IDLE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// How often expired events are looked for: retention is counted in days.
+const EXPIRY_LOOK_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The trail's upkeep until aborted: chains the new events ([`seal`], as
+/// many rounds as there are full batches) at start, then after each commit
+/// through this process that may have recorded one
+/// ([`Store::audit_may_have_grown`]), at most once per `interval`, and at
+/// least every [`IDLE_LOOK_EVERY`]; at start and then at the first of those
+/// rounds [`EXPIRY_LOOK_EVERY`] after the last, deletes events older than
+/// `retention` ([`delete_expired`]). An idle registry so neither wakes nor
+/// asks its database anything between its idle looks. A failed round is
+/// logged and tried again after `interval`.
 pub async fn upkeep(store: Store, retention: std::time::Duration, interval: std::time::Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    use tokio::time::{Instant, sleep, timeout};
+    let mut next_expiry_look = Instant::now();
     loop {
-        ticks.tick().await;
-        loop {
-            match seal(&store).await {
-                Ok(sealed) if sealed == SEAL_BATCH => continue,
-                Ok(_) => break,
-                Err(error) => {
-                    tracing::warn!(%error, "sealing the audit trail failed");
-                    break;
+        let sealed = seal_all(&store).await;
+        if Instant::now() >= next_expiry_look {
+            next_expiry_look = Instant::now() + EXPIRY_LOOK_EVERY;
+            if let Ok(retention) = chrono::Duration::from_std(retention) {
+                match delete_expired(&store, super::now() - retention).await {
+                    Ok(0) => {}
+                    Ok(deleted) => tracing::info!(deleted, "expired audit events deleted"),
+                    Err(error) => tracing::warn!(%error, "deleting expired audit events failed"),
                 }
             }
         }
-        let Ok(retention) = chrono::Duration::from_std(retention) else {
-            continue;
-        };
-        match delete_expired(&store, super::now() - retention).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "expired audit events deleted"),
-            Err(error) => tracing::warn!(%error, "deleting expired audit events failed"),
+        sleep(interval).await;
+        if sealed {
+            // A commit during the round or the sleep has left its wake-up:
+            // this completes at once.
+            let _ = timeout(IDLE_LOOK_EVERY, store.audit_may_have_grown()).await;
+        }
+    }
+}
+
+/// Seals in rounds until one seals less than a full batch; `false` when a
+/// round failed.
+async fn seal_all(store: &Store) -> bool {
+    loop {
+        match seal(store).await {
+            Ok(sealed) if sealed == SEAL_BATCH => continue,
+            Ok(_) => return true,
+            Err(error) => {
+                tracing::warn!(%error, "sealing the audit trail failed");
+                return false;
+            }
         }
     }
 }

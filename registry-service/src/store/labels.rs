@@ -241,7 +241,7 @@ pub async fn move_label<K: Kind>(
     };
     changes::record(&txn, logged).await?;
     txn.commit().await.map_err(db_error)?;
-    store.changes().raise(tenant);
+    store.committed(tenant);
     Ok(change.to.map(|_| LabelRecord::of(label, answer)))
 }
 
@@ -645,6 +645,7 @@ pub async fn set_policy(
     entry.request_id = how.claim.map(|claim| claim.request_id.as_str());
     audit::record(&txn, entry).await?;
     txn.commit().await.map_err(db_error)?;
+    store.audit_recorded();
     Ok(Policy {
         protected_labels: labels,
         updated: Some((time, caller.subject.clone())),

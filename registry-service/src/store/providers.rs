@@ -361,6 +361,7 @@ pub async fn revoke_key(
             }
             write.remember(&txn, &current).await?;
             txn.commit().await.map_err(db_error)?;
+            store.audit_recorded();
             return Ok(unchanged(current));
         }
         let mut spec = current.spec.clone();
@@ -376,7 +377,7 @@ pub async fn revoke_key(
                 return Ok(written);
             }
             txn.commit().await.map_err(db_error)?;
-            store.changes().raise(&write.caller.tenant);
+            store.committed(&write.caller.tenant);
             return Ok(written);
         }
     }

@@ -910,7 +910,7 @@ pub async fn create<K: Kind>(
     if let Some(recent) = kind.recent(store) {
         recent.remember(&write.caller.tenant, &record);
     }
-    store.changes().raise(&write.caller.tenant);
+    store.committed(&write.caller.tenant);
     Ok(record)
 }
 
@@ -1001,7 +1001,7 @@ pub async fn update<K: Kind>(
 ) -> Result<Written<K::Spec>, Error> {
     let target = Target::Change(&change);
     let written = write_version(store, kind, &write, id, expected_version, target).await;
-    store.changes().raise(&write.caller.tenant);
+    store.committed(&write.caller.tenant);
     match written {
         Err(error) => Err(explain_name_clash::<K>(store, &write.caller.tenant, error).await),
         written => written,
@@ -1020,7 +1020,7 @@ pub async fn rollback<K: Kind>(
 ) -> Result<Written<K::Spec>, Error> {
     let target = Target::Version(number);
     let written = write_version(store, kind, &write, id, expected_version, target).await;
-    store.changes().raise(&write.caller.tenant);
+    store.committed(&write.caller.tenant);
     match written {
         Err(error) => Err(explain_name_clash::<K>(store, &write.caller.tenant, error).await),
         written => written,
@@ -1374,7 +1374,7 @@ async fn mark<K: Kind>(
     if let Some(recent) = kind.recent(store) {
         recent.forget(tenant, id);
     }
-    store.changes().raise(tenant);
+    store.committed(tenant);
     Ok(next.record)
 }
 
@@ -1590,7 +1590,7 @@ fn forget_purged<K: Kind>(store: &Store, kind: &K, tenant: &str, id: &str) {
     if let Some(recent) = kind.recent(store) {
         recent.forget(tenant, id);
     }
-    store.changes().raise(tenant);
+    store.committed(tenant);
 }
 
 /// How a write that is not a version runs (a label move, a label policy):
