@@ -5,6 +5,7 @@
 //! `ARCHITECTURE.md` at the workspace root for how it fits with the registry.
 
 pub mod audit;
+pub mod batch_limit;
 pub mod ciphertext;
 pub mod config;
 pub mod error;

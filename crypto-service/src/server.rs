@@ -10,6 +10,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tonic::transport::server::Router;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::batch_limit::BatchLimitLayer;
 use crate::config::Settings;
 use crate::error::Error;
 use crate::identity::GateLayer;
@@ -122,6 +123,11 @@ fn router(
         Crypto::new(keyring, settings.limits).with_legacy_key(settings.legacy_key.clone());
     let crypto = CryptoServiceServer::new(handlers)
         .max_decoding_message_size(settings.limits.max_message_bytes);
+    // A batch's items are counted as they arrive, before prost decodes them.
+    let crypto = tower::Layer::layer(
+        &BatchLimitLayer::new(settings.limits.max_batch_items),
+        crypto,
+    );
     let crypto = tower::Layer::layer(&GateLayer::new(settings.callers.clone()), crypto);
 
     // Outermost: a span, metrics and an access log line for every call,

@@ -423,6 +423,55 @@ async fn batches_keep_order_and_name_the_bad_item() {
     assert_eq!(violation_fields(&status), ["items"]);
 }
 
+/// The process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+#[tokio::test]
+async fn a_batch_past_its_limit_is_refused_before_its_items_are_decoded() {
+    // The default limits: 1,000 items, 4 MiB messages. Just under 4 MiB of
+    // empty items is two million of them; decoded, about 240 MB.
+    let service = start_crypto(with_key(KEY_ONE)).await;
+    let channel = service.channel().await;
+    let hostile = [0x0a, 0x00].repeat((4 * 1024 * 1024 - 64) / 2);
+    let peak_before = peak_rss_kib(service.pid());
+    for method in ["EncryptBatch", "DecryptBatch", "Rewrap", "ImportFernet"] {
+        let path = format!("/agentregistry.crypto.v1.CryptoService/{method}");
+        let status =
+            tests::raw::unary(channel.clone(), &path, tonic::Request::new(hostile.clone()))
+                .await
+                .expect_err("two million items");
+        assert_eq!(status.code(), Code::InvalidArgument, "{method}: {status:?}");
+        assert_eq!(violation_fields(&status), ["items"], "{method}");
+        assert!(
+            status.message().contains("at most 1000 items"),
+            "{method}: {status:?}"
+        );
+    }
+    let grown_kib = peak_rss_kib(service.pid()).saturating_sub(peak_before);
+    assert!(
+        grown_kib < 64 * 1024,
+        "the peak memory grew by {grown_kib} KiB: the items were decoded"
+    );
+
+    // A batch at the limit is served.
+    let sealed = client(&service)
+        .await
+        .encrypt_batch(EncryptBatchRequest {
+            items: vec![encrypt_request(b"x", b""); 1000],
+        })
+        .await
+        .expect("1,000 items")
+        .into_inner();
+    assert_eq!(sealed.items.len(), 1000);
+}
+
 #[tokio::test]
 async fn bad_input_gets_a_field_violation_per_bad_field() {
     let service = start_crypto(
