@@ -1,5 +1,5 @@
 //! Accepted connections as both servers hand them to tonic: TCP with
-//! Nagle's algorithm off and a deadline for the first bytes
+//! Nagle's algorithm off and a deadline for the first bytes of a request
 //! ([`SpeaksWithin`]), optionally TLS ([`tls_incoming`]), and every
 //! connection's writes gathered until HTTP/2 flushes them.
 //!
@@ -69,30 +69,40 @@ pub fn tcp_incoming(
     })
 }
 
-/// How long a plaintext TCP client may stay silent after connecting. Each
-/// later stage has its own deadline (hyper's for an HTTP/1 request's
-/// headers, the keepalive pings on HTTP/2; TLS connections the
-/// handshake's), but a connection that never sends a byte met none of
-/// them and held its socket for good: enough of them use up the process's
-/// file descriptors.
+/// How long a plaintext TCP client may take, after connecting, to send
+/// its first [`FIRST_BYTES`]. Each later stage has its own deadline
+/// (hyper's for an HTTP/1 request's headers, the keepalive pings on
+/// HTTP/2; TLS connections the handshake's), but a connection that never
+/// sent a whole HTTP/2 preface met none of them and held its socket for
+/// good — one byte was enough: enough of them use up the process's file
+/// descriptors.
 pub const FIRST_BYTES_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The bytes a client must send within [`FIRST_BYTES_DEADLINE`]: the
+/// HTTP/2 connection preface's length (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+/// Any HTTP/1 request (grpc-web) is longer: its request line and `Host`.
+pub const FIRST_BYTES: usize = 24;
+
 /// A connection whose reads fail (`TimedOut`, which closes it) when its
-/// first bytes do not arrive within a deadline; after them, it is the
-/// connection itself.
+/// first [`FIRST_BYTES`] do not arrive within a deadline; after them, it
+/// is the connection itself.
 #[derive(Debug)]
 pub struct SpeaksWithin<T> {
     inner: T,
     /// Until the first bytes arrive.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Of the first bytes, those not read yet.
+    unheard: usize,
 }
 
 impl<T> SpeaksWithin<T> {
-    /// `inner`, which must send its first bytes within `deadline` from now.
+    /// `inner`, which must send its first [`FIRST_BYTES`] within
+    /// `deadline` from now.
     pub fn new(inner: T, deadline: Duration) -> Self {
         Self {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(deadline))),
+            unheard: FIRST_BYTES,
         }
     }
 }
@@ -119,7 +129,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for SpeaksWithin<T> {
             }
             Poll::Pending => Poll::Pending,
             Poll::Ready(result) => {
-                if buf.filled().len() > before {
+                let heard = buf.filled().len() - before;
+                this.unheard = this.unheard.saturating_sub(heard);
+                if this.unheard == 0 {
                     this.deadline = None;
                 }
                 Poll::Ready(result)

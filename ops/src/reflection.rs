@@ -16,6 +16,10 @@
 //!
 //! Files are answered with the exact bytes of the descriptor set, so custom
 //! options (field behaviour and the like) reach the client intact.
+//!
+//! Anyone who can connect may call it: a request is at most
+//! [`MAX_REQUEST_BYTES`], refused before it is decoded (tonic's default
+//! was 4 MiB, and a request's `host` is echoed in each answer).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -24,6 +28,10 @@ use prost::Message;
 use prost_types::{DescriptorProto, FileDescriptorProto};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+
+/// The largest reflection request decoded: a symbol or file name, a host,
+/// and their framing.
+pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 
 /// The services every server serves besides its own.
 const STANDARD_SERVICES: [&str; 3] = [
@@ -67,6 +75,7 @@ impl Reflection {
         tonic_reflection::pb::v1::server_reflection_server::ServerReflectionServer::new(
             self.clone(),
         )
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
     /// The v1alpha service (grpcurl 1.8 speaks only this one).
@@ -76,6 +85,7 @@ impl Reflection {
         tonic_reflection::pb::v1alpha::server_reflection_server::ServerReflectionServer::new(
             self.clone(),
         )
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 }
 
@@ -299,7 +309,17 @@ macro_rules! serve_version {
                 let (responses, stream) = mpsc::channel(1);
                 tokio::spawn(async move {
                     let mut sent = HashSet::new();
-                    while let Ok(Some(request)) = requests.message().await {
+                    loop {
+                        let request = match requests.message().await {
+                            Ok(Some(request)) => request,
+                            Ok(None) => return,
+                            // A request that could not be read (too large,
+                            // malformed) ends the stream with its status.
+                            Err(status) => {
+                                let _ = responses.send(Err(status)).await;
+                                return;
+                            }
+                        };
                         let ask = match &request.message_request {
                             Some(MessageRequest::FileByFilename(name)) => Ask::File(name),
                             Some(MessageRequest::FileContainingSymbol(symbol)) => {

@@ -349,8 +349,18 @@ impl Authenticator {
     pub fn verify(&self, token: &str) -> Result<Identity, Status> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| unauthenticated("malformed token"))?;
-        if !header_is_json(token) {
-            return Err(unauthenticated("malformed token"));
+        match header_json(token) {
+            None => return Err(unauthenticated("malformed token")),
+            // RFC 7515 §4.1.11: a recipient refuses a token whose `crit`
+            // names extensions it does not understand, and this registry
+            // understands none.
+            Some(header) if header.get("crit").is_some() => {
+                return Err(unauthenticated(
+                    "the token's header names critical extensions (crit) this registry does not \
+                     understand",
+                ));
+            }
+            Some(_) => {}
         }
         let keys = self.keys();
         // A kid names one key: an unknown one is refused even when a
@@ -650,15 +660,16 @@ fn jwk_algorithm(jwk: &jsonwebtoken::jwk::Jwk) -> Option<Algorithm> {
     }
 }
 
-/// Whether the token's header is valid JSON text throughout: RFC 7519
+/// The token's header when it is valid JSON text throughout: RFC 7519
 /// §7.2 requires it, and jsonwebtoken's header parse skips the members it
 /// does not read without checking them.
-fn header_is_json(token: &str) -> bool {
+fn header_json(token: &str) -> Option<serde_json::Value> {
     use base64::Engine;
     let header = token.split('.').next().unwrap_or_default();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header)
-        .is_ok_and(|json| serde_json::from_slice::<serde_json::Value>(&json).is_ok())
+        .ok()?;
+    serde_json::from_slice(&json).ok()
 }
 
 fn reason(kind: &ErrorKind) -> &'static str {

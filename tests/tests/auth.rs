@@ -1040,6 +1040,14 @@ async fn unsigned_swapped_and_unknown_key_tokens_are_refused() {
             claims(br"\ud800"),
             Code::Unauthenticated,
         ),
+        // RFC 7515 §4.1.11: critical extensions the registry does not
+        // understand (it understands none).
+        (
+            "crit",
+            br#"{"alg":"HS256","typ":"JWT","crit":["exp-ext"],"exp-ext":1}"#.to_vec(),
+            claims(valid),
+            Code::Unauthenticated,
+        ),
     ] {
         let token = auth::sign_raw(&header, &claims);
         assert_eq!(

@@ -1126,11 +1126,65 @@ async fn a_tenant_over_its_call_rate_is_refused_before_any_work_and_no_other_ten
     stack.finish().await;
 }
 
-/// A client that connects and sends nothing is closed after the
-/// first-bytes deadline (10 s), on both servers: before, such connections
-/// stayed open for good, and enough of them would use up the process's
-/// file descriptors. A client that has spoken is left to the protocol's
-/// own timeouts.
+/// Health and reflection answer anyone who can connect, with no token, so
+/// what they decode and hold is bounded on both servers: a health request
+/// past 1 KiB and a reflection request past 16 KiB are refused before
+/// they are decoded, and a service name past 256 bytes is refused. Before,
+/// tonic's 4 MiB default let a few connections of Health/Watch streams,
+/// each naming a 4 MB service, hold over a gigabyte.
+#[tokio::test]
+async fn unauthenticated_health_and_reflection_requests_are_bounded() {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    let stack = Stack::start().await;
+    let crypto = stack.crypto.as_ref().expect("crypto-service");
+    for process in [&stack.registry, crypto] {
+        let channel = process.channel().await;
+        let mut health = HealthClient::new(channel.clone());
+        let named = |length: usize| HealthCheckRequest {
+            service: "s".repeat(length),
+        };
+        let status = health.watch(named(300)).await.expect_err("a 300-byte name");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let status = health.check(named(300)).await.expect_err("a 300-byte name");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        // Past the request limit (far below tonic's 4 MiB default): refused
+        // unread, whatever the call.
+        let status = match health.watch(named(64 * 1024)).await {
+            Ok(stream) => stream
+                .into_inner()
+                .message()
+                .await
+                .expect_err("a 64 KiB request"),
+            Err(status) => status,
+        };
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        let status = tests::raw::unary(
+            channel.clone(),
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            tonic::Request::new(vec![0x0a; 32 * 1024]),
+        )
+        .await
+        .expect_err("a 32 KiB reflection request");
+        assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+        // A name of ordinary length is still answered.
+        let answer = health
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("the server's status")
+            .into_inner();
+        assert_eq!(answer.status(), ServingStatus::Serving);
+    }
+    stack.finish().await;
+}
+
+/// A client that connects and sends nothing, or only the first byte of a
+/// preface, is closed after the first-bytes deadline (10 s), on both
+/// servers: before, such connections stayed open for good, and enough of
+/// them would use up the process's file descriptors. A client that has
+/// sent its preface is left to the protocol's own timeouts.
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_first_bytes_deadline() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -1146,6 +1200,10 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_first_bytes_deadlin
         let mut silent = tokio::net::TcpStream::connect(&address)
             .await
             .expect("connect");
+        let mut dribbled = tokio::net::TcpStream::connect(&address)
+            .await
+            .expect("connect");
+        dribbled.write_all(b"P").await.expect("one byte");
         let mut spoken = tokio::net::TcpStream::connect(&address)
             .await
             .expect("connect");
@@ -1169,6 +1227,15 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_first_bytes_deadlin
         assert!(
             waited >= Duration::from_secs(9),
             "{address}: closed after {waited:?}, before the deadline"
+        );
+        let mut sent = Vec::new();
+        let ended = tokio::time::timeout(Duration::from_secs(10), dribbled.read_to_end(&mut sent))
+            .await
+            .expect("the one-byte client closed by the same deadline");
+        assert!(
+            sent.len() < 100,
+            "{address}: {} bytes to a one-byte client ({ended:?})",
+            sent.len()
         );
         // The one that spoke is still open: the server's SETTINGS are there
         // to read, then nothing, and no end.
