@@ -1167,7 +1167,8 @@ async fn unauthenticated_health_and_reflection_requests_are_bounded() {
         .await
         .expect_err("a 32 KiB reflection request");
         assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-        // A name of ordinary length is still answered.
+        // A name of ordinary length is still answered (SERVING, or not yet
+        // while the registry's first dependency check runs).
         let answer = health
             .check(HealthCheckRequest {
                 service: String::new(),
@@ -1175,7 +1176,13 @@ async fn unauthenticated_health_and_reflection_requests_are_bounded() {
             .await
             .expect("the server's status")
             .into_inner();
-        assert_eq!(answer.status(), ServingStatus::Serving);
+        assert!(
+            matches!(
+                answer.status(),
+                ServingStatus::Serving | ServingStatus::NotServing
+            ),
+            "{answer:?}"
+        );
     }
     stack.finish().await;
 }
