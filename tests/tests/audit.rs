@@ -581,6 +581,17 @@ async fn until_count(stack: &Stack, sql: &str, wanted: i64) {
 }
 
 /// `registry-service verify` with `args`: whether it passed, and its output.
+/// Waits until every audit event is sealed (within [`SEALED_DEADLINE`],
+/// well inside the minute an idle registry may wait between looks).
+async fn until_sealed(stack: &Stack) {
+    until_count(
+        stack,
+        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
+        0,
+    )
+    .await;
+}
+
 async fn verify(stack: &Stack, args: &[&str]) -> (bool, String) {
     let launch = tests::Launch::default()
         .env("DATABASE_URL", stack.database.url())
@@ -612,12 +623,7 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
     bob.set_label(&labelled, "production", 1, "").await;
     bob.set_label(&labelled, "production", 3, "").await;
     runner.resolve(&edited, "").await;
-    until_count(
-        &stack,
-        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
-        0,
-    )
-    .await;
+    until_sealed(&stack).await;
 
     // Untouched: clean, and its heads exported.
     let (ok, output) = verify(&stack, &[]).await;
@@ -741,17 +747,6 @@ async fn verify_names_the_first_broken_link_of_each_chain_and_exported_heads_cat
     stack.finish().await;
 }
 
-/// Waits until every audit event is sealed (within [`SEALED_DEADLINE`],
-/// well inside the minute an idle registry may wait between looks).
-async fn until_sealed(stack: &Stack) {
-    until_count(
-        stack,
-        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
-        0,
-    )
-    .await;
-}
-
 #[tokio::test]
 async fn an_event_that_changes_no_resource_is_sealed_at_the_next_round() {
     // The sealer looks when a commit through its process may have recorded
@@ -873,12 +868,7 @@ async fn events_past_their_retention_are_deleted_and_the_rest_still_verifies() {
     let first = std::mem::replace(&mut stack.registry, second);
     first.terminate().await;
     until_count(&stack, "SELECT COUNT(*) FROM audit_events", 2).await;
-    until_count(
-        &stack,
-        "SELECT COUNT(*) FROM audit_events WHERE hash IS NULL",
-        0,
-    )
-    .await;
+    until_sealed(&stack).await;
     let mut alice = Caller::new(&stack, "alice", "acme", &["admin"]).await;
     let trail = alice.trail("").await;
     assert_eq!(trail.len(), 2, "{trail:?}");

@@ -86,6 +86,17 @@ async fn create_provider(c: &mut Clients, provider: pb::Provider) -> pb::Provide
         .into_inner()
 }
 
+async fn get_agent(c: &mut Clients, id: &str) -> pb::Agent {
+    c.agents
+        .get_agent(pb::GetAgentRequest {
+            id: id.to_owned(),
+            show_deleted: false,
+        })
+        .await
+        .expect("get")
+        .into_inner()
+}
+
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask {
         paths: paths.iter().map(|p| (*p).to_owned()).collect(),
@@ -664,15 +675,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .await
         .expect_err("stale etag");
     assert_eq!(status.code(), Code::Aborted);
-    let current = c
-        .agents
-        .get_agent(pb::GetAgentRequest {
-            id: agent.id.clone(),
-            show_deleted: false,
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let current = get_agent(&mut c, &agent.id).await;
     assert_eq!((current.version, current.goal), (1, agent.goal));
 
     // An etag in any form other than the one the registry issues is
@@ -706,15 +709,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         assert_eq!(status.code(), Code::InvalidArgument, "{malformed}");
         assert_eq!(violations(&status), ["agent.etag"], "{malformed}");
     }
-    let current = c
-        .agents
-        .get_agent(pb::GetAgentRequest {
-            id: agent.id.clone(),
-            show_deleted: false,
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let current = get_agent(&mut c, &agent.id).await;
     assert_eq!(current.version, 1);
 
     // A rename onto a taken name and a rollback to a missing version write
@@ -746,15 +741,7 @@ async fn bad_input_names_every_bad_field_and_unknown_ids_are_not_found() {
         .await
         .expect_err("rollback to a missing version");
     assert_eq!(status.code(), Code::NotFound);
-    let current = c
-        .agents
-        .get_agent(pb::GetAgentRequest {
-            id: other.id.clone(),
-            show_deleted: false,
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let current = get_agent(&mut c, &other.id).await;
     assert_eq!((current.version, current.name), (1, "Other".to_owned()));
     assert_eq!(
         stack
@@ -1119,15 +1106,7 @@ async fn concurrent_writers_without_etags_all_apply_in_order() {
     for writer in writers {
         writer.await.expect("writer");
     }
-    let current = c
-        .agents
-        .get_agent(pb::GetAgentRequest {
-            id: agent.id.clone(),
-            show_deleted: false,
-        })
-        .await
-        .expect("get")
-        .into_inner();
+    let current = get_agent(&mut c, &agent.id).await;
     assert_eq!(current.version, 1 + 16 * 20);
     let versions = stack
         .database
