@@ -831,14 +831,9 @@ impl Registry {
             )
         };
         let mut items: Vec<K::Message> = page.items.iter().map(message).collect();
-        let next_after = match page::cut_to_bytes(&mut items) {
-            // Full by size: the next page starts after the last one kept.
-            Some(kept) => page
-                .items
-                .get(kept - 1)
-                .map(|record| search.cursor::<K>(record)),
-            None => page.next_after,
-        };
+        let next_after = page::cut_with_next(&mut items, &page.items, page.next_after, |record| {
+            search.cursor::<K>(record)
+        });
         Ok(Listed {
             items,
             next_page_token: next_after
@@ -876,14 +871,9 @@ impl Registry {
             .iter()
             .map(|v| version_of::<K>(id, v, naming(v.version_number)))
             .collect::<Result<_, _>>()?;
-        let next_after = match page::cut_to_bytes(&mut items) {
-            // Full by size: the next page starts below the last one kept.
-            Some(kept) => page
-                .items
-                .get(kept - 1)
-                .map(|version| version.version_number.to_string()),
-            None => page.next_after,
-        };
+        let next_after = page::cut_with_next(&mut items, &page.items, page.next_after, |version| {
+            version.version_number.to_string()
+        });
         Ok(Listed {
             items,
             next_page_token: next_after

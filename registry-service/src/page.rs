@@ -25,7 +25,7 @@ pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
 /// Cuts `items` (a page's messages, in order) before the first one that
 /// takes the page past [`MAX_PAGE_BYTES`], never before the second:
 /// answers how many it kept when it cut, `None` when every one fits.
-pub fn cut_to_bytes<T: prost::Message>(items: &mut Vec<T>) -> Option<usize> {
+fn cut_to_bytes<T: prost::Message>(items: &mut Vec<T>) -> Option<usize> {
     let mut bytes = 0usize;
     for (index, item) in items.iter().enumerate() {
         bytes = bytes.saturating_add(item.encoded_len());
@@ -35,6 +35,23 @@ pub fn cut_to_bytes<T: prost::Message>(items: &mut Vec<T>) -> Option<usize> {
         }
     }
     None
+}
+
+/// Cuts a page's `items` to [`MAX_PAGE_BYTES`] ([`cut_to_bytes`]) and
+/// answers the key the next page starts after: when it cut, the `key` of
+/// the last record kept (`records` are the page's records, in the order of
+/// `items`); else the page's own `next_after`.
+pub fn cut_with_next<T: prost::Message, R>(
+    items: &mut Vec<T>,
+    records: &[R],
+    next_after: Option<String>,
+    key: impl FnOnce(&R) -> String,
+) -> Option<String> {
+    match cut_to_bytes(items) {
+        // At least one item is kept.
+        Some(kept) => records.get(kept - 1).map(key),
+        None => next_after,
+    }
 }
 
 /// The page size to serve for a requested `page_size`.
